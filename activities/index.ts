@@ -1,0 +1,15 @@
+/**
+ * The activity factory: every activity a worker registers, bound to injected
+ * clients. Workflows import this module as a type only.
+ */
+import { createRunStage, type StageRunnerDeps } from './run-stage.js';
+
+/** Dependencies of all activities. */
+export type ActivityDeps = StageRunnerDeps;
+
+/** Builds the activities with their clients and configuration. */
+export function createActivities(deps: ActivityDeps) {
+  return {
+    runStage: createRunStage(deps),
+  };
+}

@@ -1,0 +1,385 @@
+/**
+ * runStage: runs one stage as a child process that follows the stage protocol
+ * (docs/stage-protocol.md), heartbeating its progress, and publishes its
+ * outputs to object storage with a manifest written last.
+ */
+import { createWriteStream, type WriteStream } from 'node:fs';
+import { mkdir, rm, writeFile, access } from 'node:fs/promises';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { Context, CancelledFailure } from '@temporalio/activity';
+import { ApplicationFailure } from '@temporalio/common';
+import { execa } from 'execa';
+import { EXIT_CODE_FAILURES, FailureTypes, type FailureType } from '../schemas/names.js';
+import { STAGE_KINDS, isStageKind } from '../schemas/stage-kinds.js';
+import { EventFileReader, type StageEvent } from './events.js';
+import { isRetryableType, stageFailure, storageFailure } from './errors.js';
+import { describeFiles, keys, sha256File, type ObjectStore } from './storage.js';
+import type { OutputManifest, StageProgress, StageResult, StageTask } from './types.js';
+
+/** Settings of the worker that runs stages. */
+export interface StageRunnerConfig {
+  /** Directory under which each attempt gets its work directory. */
+  workRoot: string;
+  /** Current directory of stage processes (the project root, where `run:` paths resolve). */
+  projectDir: string;
+  /** Python of the stages environment, for built-in kinds. */
+  python?: string;
+  /** `cuda` when the worker found a GPU, else `cpu`. */
+  device: 'cpu' | 'cuda';
+  /** Value for CUDA_VISIBLE_DEVICES on GPU workers. */
+  cudaVisibleDevices?: string;
+  /** Queue this worker serves (`cpu`/`gpu`): names its running-process records. */
+  queue: 'cpu' | 'gpu';
+  /** Shortest interval between progress signals to the workflow. @default 10000 */
+  progressIntervalMs?: number;
+  /** How often the events file is read. @default 250 */
+  pollIntervalMs?: number;
+  /** How often the stage log is copied to object storage while it runs. @default 5000 */
+  logUploadIntervalMs?: number;
+  /** Grace period between SIGTERM and SIGKILL. @default 30000 */
+  killGraceMs?: number;
+  /** Keep attempt work directories after success (for debugging). @default false */
+  keepWorkDirs?: boolean;
+}
+
+/** Dependencies of the stage activities, injected so tests can use real or fake ones. */
+export interface StageRunnerDeps {
+  storage: ObjectStore;
+  config: StageRunnerConfig;
+  /** Sends a progress signal to the run's workflow; errors are ignored. */
+  notify?: (runId: string, progress: StageProgress) => Promise<void>;
+}
+
+/** Upper-cases a stage id for `TANREN_INPUT_<ID>`. */
+export function inputEnvName(stageId: string): string {
+  return `TANREN_INPUT_${stageId.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`;
+}
+
+/** Directory of the records of stage process groups a worker has running. */
+export function runningDir(workRoot: string): string {
+  return path.join(workRoot, 'running');
+}
+
+function lastLines(lines: string[], n: number): string {
+  return lines.slice(-n).join('\n');
+}
+
+/** Creates the `runStage` activity bound to its dependencies. */
+export function createRunStage(deps: StageRunnerDeps) {
+  const { storage, config } = deps;
+  const progressInterval = config.progressIntervalMs ?? 10_000;
+  const pollInterval = config.pollIntervalMs ?? 250;
+  const logUploadInterval = config.logUploadIntervalMs ?? 5000;
+
+  return async function runStage(task: StageTask): Promise<StageResult> {
+    const ctx = Context.current();
+    const attempt = ctx.info.attempt;
+    const { stage, runId } = task;
+    const log = ctx.log;
+    const startedAt = new Date().toISOString();
+    const notify = async (p: Omit<StageProgress, 'stage' | 'attempt' | 'at'>) => {
+      if (!deps.notify) return;
+      try {
+        await deps.notify(runId, { stage: stage.id, attempt, at: new Date().toISOString(), ...p });
+      } catch (err) {
+        log.debug('progress signal not delivered', { error: String(err) });
+      }
+    };
+    await notify({ kind: 'started' });
+
+    const dir = path.join(config.workRoot, runId, stage.id, `attempt-${attempt}`);
+    const dirs = {
+      inputs: path.join(dir, 'inputs'),
+      output: path.join(dir, 'output'),
+      checkpoints: path.join(dir, 'checkpoints'),
+    };
+    await rm(dir, { recursive: true, force: true });
+    for (const d of Object.values(dirs)) await mkdir(d, { recursive: true });
+    const paramsFile = path.join(dir, 'params.json');
+    const eventsFile = path.join(dir, 'events.jsonl');
+    const logFile = path.join(dir, 'stage.log');
+    await writeFile(paramsFile, JSON.stringify(stage.with ?? {}, null, 2));
+    await writeFile(eventsFile, '');
+
+    // Inputs: every file of each needed stage's manifest, verified by digest.
+    const inputEnv: Record<string, string> = {};
+    for (const input of task.inputs) {
+      let manifest: OutputManifest;
+      try {
+        manifest = JSON.parse(await storage.getText(input.manifestKey)) as OutputManifest;
+      } catch (err) {
+        throw storageFailure(`reading the manifest of stage "${input.stage}" (${input.manifestKey})`, err);
+      }
+      const target = path.join(dirs.inputs, input.stage);
+      await mkdir(target, { recursive: true });
+      for (const f of manifest.files) {
+        const dest = path.join(target, f.path);
+        try {
+          await storage.getFile(manifest.prefix + f.path, dest);
+        } catch (err) {
+          throw storageFailure(`downloading ${manifest.prefix + f.path} for stage "${stage.id}"`, err);
+        }
+        const digest = await sha256File(dest);
+        if (digest !== f.sha256) {
+          throw stageFailure(
+            FailureTypes.InvalidStageInput,
+            `stage "${stage.id}": input ${manifest.prefix + f.path} from stage "${input.stage}" has sha256 ${digest}, manifest says ${f.sha256}`,
+          );
+        }
+      }
+      inputEnv[inputEnvName(input.stage)] = target;
+      ctx.heartbeat({ attempt, phase: 'downloading inputs' });
+    }
+
+    let argv: string[];
+    if (stage.run) {
+      argv = stage.run;
+    } else if (stage.uses && isStageKind(stage.uses)) {
+      if (!config.python) {
+        throw stageFailure(
+          FailureTypes.StageConfigError,
+          `stage "${stage.id}" uses the built-in kind "${stage.uses}", but this worker has no stages environment: ` +
+            'run `make stages` (or set TANREN_PYTHON to the Python of the stages environment) and restart the worker',
+        );
+      }
+      argv = [config.python, '-m', `tanren_stages.${STAGE_KINDS[stage.uses].module}`];
+    } else {
+      throw stageFailure(FailureTypes.InvalidPipelineSpec, `stage "${stage.id}": unknown kind "${stage.uses}"`);
+    }
+
+    const env: Record<string, string> = {
+      TANREN_RUN_ID: runId,
+      TANREN_PIPELINE: task.pipeline,
+      TANREN_STAGE_ID: stage.id,
+      TANREN_ATTEMPT: String(attempt),
+      TANREN_PARAMS: paramsFile,
+      TANREN_INPUTS: dirs.inputs,
+      TANREN_OUTPUT: dirs.output,
+      TANREN_CHECKPOINTS: dirs.checkpoints,
+      TANREN_EVENTS: eventsFile,
+      TANREN_DEVICE: config.device,
+      PYTHONUNBUFFERED: '1',
+      ...inputEnv,
+    };
+    if (config.cudaVisibleDevices !== undefined) env.CUDA_VISIBLE_DEVICES = config.cudaVisibleDevices;
+
+    const logStream: WriteStream = createWriteStream(logFile, { flags: 'a' });
+    const tail: string[] = [];
+    const record = (streamName: 'stdout' | 'stderr', line: string) => {
+      logStream.write(`${line}\n`);
+      tail.push(line);
+      if (tail.length > 50) tail.shift();
+      log.info(line, { stage: stage.id, attempt, stream: streamName });
+    };
+
+    let child;
+    try {
+      child = execa(argv[0]!, argv.slice(1), {
+        cwd: config.projectDir,
+        env,
+        extendEnv: true,
+        detached: true, // own process group, so cancellation reaches grandchildren too
+        reject: false,
+        stdin: 'ignore',
+        buffer: false,
+        cleanup: true,
+      });
+    } catch (err) {
+      throw stageFailure(FailureTypes.StageConfigError, `stage "${stage.id}": cannot start ${argv[0]}: ${(err as Error).message}`);
+    }
+    const pid = child.pid;
+    const record_ = pid ? path.join(runningDir(config.workRoot), `${config.queue}-${pid}.json`) : undefined;
+    if (record_) {
+      await mkdir(path.dirname(record_), { recursive: true });
+      await writeFile(record_, JSON.stringify({ pgid: pid, runId, stage: stage.id, attempt }));
+    }
+    if (child.stdout) createInterface({ input: child.stdout }).on('line', (l) => record('stdout', l));
+    if (child.stderr) createInterface({ input: child.stderr }).on('line', (l) => record('stderr', l));
+
+    const killGroup = (signal: NodeJS.Signals) => {
+      if (!pid) return;
+      try {
+        process.kill(-pid, signal);
+      } catch {
+        // the group is already gone
+      }
+    };
+    let cancelled = false;
+    let killTimer: NodeJS.Timeout | undefined;
+    const onCancel = () => {
+      cancelled = true;
+      log.info('cancelling stage: SIGTERM to its process group', { stage: stage.id });
+      killGroup('SIGTERM');
+      killTimer = setTimeout(() => killGroup('SIGKILL'), task.killGraceMs ?? config.killGraceMs ?? 30_000);
+    };
+    ctx.cancellationSignal.addEventListener('abort', onCancel, { once: true });
+
+    const reader = new EventFileReader(eventsFile, (line, why) =>
+      log.warn(`stage event ignored (${why})`, { stage: stage.id, line: line.slice(0, 200) }),
+    );
+    const state = {
+      step: undefined as number | undefined,
+      total: undefined as number | undefined,
+      message: undefined as string | undefined,
+      metrics: {} as Record<string, number>,
+      result: {} as Record<string, unknown>,
+      checkpoints: [] as Array<{ path: string; step?: number }>,
+      error: undefined as { type: string; message: string } | undefined,
+    };
+    let lastSignal = 0;
+    let signalDirty = false;
+    const apply = (e: StageEvent) => {
+      switch (e.event) {
+        case 'progress':
+          state.step = e.step;
+          state.total = e.total ?? state.total;
+          state.message = e.message ?? state.message;
+          signalDirty = true;
+          break;
+        case 'metric':
+          Object.assign(state.metrics, e.values);
+          signalDirty = true;
+          break;
+        case 'checkpoint':
+          state.checkpoints.push({ path: e.path, step: e.step });
+          break;
+        case 'result':
+          Object.assign(state.result, e.values);
+          break;
+        case 'error':
+          state.error = { type: e.type, message: e.message };
+          break;
+        case 'artifact':
+          break;
+        default:
+          log.debug('unknown stage event', { event: (e as { event: string }).event });
+      }
+    };
+    const pump = async (final: boolean) => {
+      for (const e of await reader.poll()) apply(e);
+      ctx.heartbeat({
+        attempt,
+        step: state.step,
+        total: state.total,
+        message: state.message,
+        metrics: state.metrics,
+        lastCheckpoint: state.checkpoints.at(-1),
+      });
+      const now = Date.now();
+      if (!final && signalDirty && now - lastSignal >= progressInterval) {
+        lastSignal = now;
+        signalDirty = false;
+        await notify({ kind: 'progress', step: state.step, total: state.total, message: state.message, metrics: state.metrics });
+      }
+    };
+    const logKey = keys.log(runId, stage.id, attempt);
+    let lastLogUpload = Date.now();
+    const uploadLog = async () => {
+      try {
+        await storage.putFile(logKey, logFile);
+      } catch (err) {
+        log.warn('stage log not uploaded', { error: String(err) });
+      }
+    };
+
+    let done = false;
+    const poller = (async () => {
+      while (!done) {
+        await new Promise((r) => setTimeout(r, pollInterval));
+        if (done) break;
+        try {
+          await pump(false);
+        } catch (err) {
+          log.warn('reading stage events failed', { error: String(err) });
+        }
+        if (Date.now() - lastLogUpload >= logUploadInterval) {
+          lastLogUpload = Date.now();
+          await uploadLog();
+        }
+      }
+    })();
+
+    const outcome = await child;
+    done = true;
+    await poller;
+    if (killTimer) clearTimeout(killTimer);
+    ctx.cancellationSignal.removeEventListener('abort', onCancel);
+    // A stage may leave grandchildren behind; they belong to its group.
+    killGroup('SIGKILL');
+    if (record_) await rm(record_, { force: true });
+    await pump(true);
+    await new Promise<void>((r) => logStream.end(r));
+    await uploadLog();
+
+    if (cancelled) {
+      throw new CancelledFailure(`stage "${stage.id}" cancelled`);
+    }
+
+    if (outcome.exitCode !== 0 || outcome.signal) {
+      let type: FailureType = FailureTypes.StageCrashed;
+      let reason: string;
+      if (outcome.signal) {
+        reason = `killed by ${outcome.signal}`;
+      } else {
+        type = EXIT_CODE_FAILURES[outcome.exitCode ?? -1] ?? FailureTypes.StageCrashed;
+        reason = `exited with code ${outcome.exitCode}`;
+      }
+      if (state.error && (Object.values(FailureTypes) as string[]).includes(state.error.type)) {
+        type = state.error.type as FailureType;
+      }
+      const said = state.error?.message ?? tail.filter((l) => l.trim()).at(-1) ?? '';
+      const message = `stage "${stage.id}" ${reason}${said ? `: ${said}` : ''}`;
+      if (isRetryableType(type)) {
+        await notify({ kind: 'attempt-failed', failure: { type, message } });
+      }
+      throw stageFailure(type, message, { exitCode: outcome.exitCode, signal: outcome.signal, logKey, logTail: lastLines(tail, 20) });
+    }
+
+    for (const expected of stage.outputs ?? []) {
+      try {
+        await access(path.join(dirs.output, expected));
+      } catch {
+        throw stageFailure(
+          FailureTypes.InvalidStageOutput,
+          `stage "${stage.id}" succeeded but did not write its declared output "${expected}" (outputs[] in the spec)`,
+        );
+      }
+    }
+
+    const files = await describeFiles(dirs.output);
+    const prefix = keys.outputs(runId, stage.id);
+    try {
+      for (const f of files) {
+        await storage.putFile(prefix + f.path, path.join(dirs.output, f.path));
+        ctx.heartbeat({ attempt, phase: 'uploading outputs', file: f.path });
+      }
+      const manifest: OutputManifest = {
+        runId,
+        stage: stage.id,
+        attempt,
+        createdAt: new Date().toISOString(),
+        prefix,
+        files,
+        result: state.result,
+      };
+      // Written last: a manifest means every file it lists is complete.
+      await storage.putText(keys.manifest(runId, stage.id), JSON.stringify(manifest, null, 2));
+    } catch (err) {
+      if (err instanceof ApplicationFailure) throw err;
+      throw storageFailure(`uploading the outputs of stage "${stage.id}"`, err);
+    }
+    if (!config.keepWorkDirs) await rm(dir, { recursive: true, force: true });
+    return {
+      stage: stage.id,
+      attempt,
+      manifestKey: keys.manifest(runId, stage.id),
+      files: files.length,
+      bytes: files.reduce((n, f) => n + f.size, 0),
+      result: state.result,
+      metrics: state.metrics,
+      startedAt,
+      endedAt: new Date().toISOString(),
+    };
+  };
+}

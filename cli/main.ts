@@ -1,0 +1,36 @@
+#!/usr/bin/env node
+/** The `tanren` command. */
+import { Command } from 'commander';
+import { configureCancelCommand } from './commands/cancel.js';
+import { configurePauseCommand } from './commands/pause.js';
+import { configureRenderCommand } from './commands/render.js';
+import { configureResumeCommand } from './commands/resume.js';
+import { configureStatusCommand } from './commands/status.js';
+import { configureSubmitCommand } from './commands/submit.js';
+import { configureValidateCommand } from './commands/validate.js';
+import { configureWatchCommand } from './commands/watch.js';
+import { configureWorkerCommand } from './commands/worker.js';
+import { TANREN_VERSION } from './version.js';
+
+const program = new Command('tanren')
+  .description('declarative LLM training pipelines on Temporal')
+  .version(TANREN_VERSION)
+  .exitOverride((err) => {
+    process.exit(err.exitCode === 0 ? 0 : 2);
+  });
+
+for (const configure of [
+  configureValidateCommand,
+  configureRenderCommand,
+  configureSubmitCommand,
+  configureStatusCommand,
+  configureWatchCommand,
+  configurePauseCommand,
+  configureResumeCommand,
+  configureCancelCommand,
+  configureWorkerCommand,
+]) {
+  configure(program);
+}
+
+await program.parseAsync(process.argv);

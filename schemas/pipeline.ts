@@ -1,0 +1,136 @@
+/**
+ * The pipeline spec: the single source of truth for what a YAML/JSON pipeline
+ * may contain. Types are inferred from the schemas; the JSON Schema in
+ * schemas/pipeline.schema.json is exported from them (`npm run schema:export`).
+ * Pure code: the workflow validates its input with it too.
+ */
+import { z } from 'zod';
+import { parseDuration } from './durations.js';
+
+const STAGE_ID = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+
+/** A duration string such as `30s`, `10m`, `1h30m`. */
+export const DurationSchema = z
+  .string()
+  .refine((v) => parseDuration(v) !== undefined, {
+    message: 'not a duration: use a number with a unit, e.g. 500ms, 30s, 10m, 2h, 1d or 1h30m',
+  })
+  .describe('A duration: a number with a unit (ms, s, m, h, d), e.g. 30s, 10m, 1h30m');
+
+/** Retry policy of a stage's activity; unset fields fall back to `defaults.retry`. */
+export const RetryPolicySchema = z
+  .object({
+    maximumAttempts: z.number().int().min(0).optional().describe('Attempts in all, 0 for unlimited. @default 3'),
+    initialInterval: DurationSchema.optional().describe('Wait before the first retry. @default 1s'),
+    backoffCoefficient: z.number().min(1).optional().describe('Each wait is the previous one times this. @default 2'),
+    maximumInterval: DurationSchema.optional().describe('Longest wait between retries. @default 5m'),
+  })
+  .strict()
+  .describe('How a failed stage is retried (Temporal retry policy)');
+
+/** What to keep of a training stage's checkpoints. */
+export const CheckpointPolicySchema = z
+  .object({
+    keep: z.number().int().min(1).optional().describe('Keep the newest N checkpoints in object storage. @default 2'),
+    resume: z.boolean().optional().describe('Resume a retried attempt from the newest complete checkpoint. @default true'),
+  })
+  .strict()
+  .describe('Checkpoint policy of a training stage');
+
+/** One stage of a pipeline: a built-in kind (`uses`) or a command (`run`). */
+export const StageSchema = z
+  .object({
+    id: z
+      .string()
+      .regex(STAGE_ID, 'stage ids are lower-case letters, digits, "-" and "_", starting with a letter or digit')
+      .describe('Unique id of the stage; also the activity id in Temporal'),
+    uses: z.string().optional().describe('A built-in stage kind, e.g. pretrain'),
+    run: z.array(z.string()).min(1).optional().describe('A command following the stage protocol, as an argument array (no shell)'),
+    version: z.string().optional().describe('Version of a `run` command, part of its cache key'),
+    needs: z.array(z.string()).default([]).describe('Stages that must succeed first; their outputs become this stage\'s inputs'),
+    queue: z.string().optional().describe('cpu or gpu; defaults to the kind\'s queue, or cpu for `run` stages'),
+    with: z.record(z.string(), z.unknown()).default({}).describe('Parameters passed to the stage in its params file'),
+    retry: RetryPolicySchema.optional(),
+    timeout: DurationSchema.optional().describe('Longest one attempt may run (start-to-close)'),
+    heartbeatTimeout: DurationSchema.optional().describe('Longest silence before an attempt counts as lost'),
+    checkpoint: CheckpointPolicySchema.optional(),
+    cache: z.boolean().optional().describe('Reuse outputs of an identical earlier run. @default true'),
+    inputs: z.array(z.string()).optional().describe('Needed stages whose outputs are downloaded. @default all of `needs`'),
+    outputs: z.array(z.string()).optional().describe('Paths the stage must produce under its output directory'),
+    memoryEstimateGiB: z.number().positive().optional().describe('GPU memory the stage needs, checked before it starts'),
+  })
+  .strict()
+  .describe('One stage of the pipeline');
+
+/** Defaults applied to every stage that does not set the field itself. */
+export const DefaultsSchema = z
+  .object({
+    retry: RetryPolicySchema.optional(),
+    timeout: DurationSchema.optional().describe('@default 2h'),
+    heartbeatTimeout: DurationSchema.optional().describe('@default 2m'),
+    cache: z.boolean().optional(),
+  })
+  .strict()
+  .describe('Defaults for every stage');
+
+/** Task queue names of the run; unset ones are filled in by `tanren render`/`submit`. */
+export const QueuesSchema = z
+  .object({
+    cpu: z.string().min(1).optional().describe('Task queue of CPU stages. @default tanren-cpu'),
+    gpu: z.string().min(1).optional().describe('Task queue of GPU stages. @default tanren-gpu-<host of the submitter>'),
+  })
+  .strict()
+  .describe('Task queues');
+
+/** A whole pipeline spec, as written in pipelines/*.yaml. */
+export const PipelineSpecSchema = z
+  .object({
+    $schema: z.string().optional().describe('Path or URL of this JSON Schema, for editors'),
+    name: z
+      .string()
+      .regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, 'pipeline names are lower-case letters, digits, ".", "-" and "_"')
+      .describe('Name of the pipeline; part of every run id'),
+    description: z.string().optional(),
+    profile: z.string().optional().describe('Hardware profile the pipeline is sized for, e.g. tiny-cpu or rtx3090'),
+    params: z
+      .record(z.string(), z.union([z.string(), z.number(), z.boolean()]))
+      .default({})
+      .describe('Values substituted into `with` and `run` as ${{ params.NAME }}; `--set NAME=VALUE` overrides them'),
+    queues: QueuesSchema.optional(),
+    defaults: DefaultsSchema.optional(),
+    stages: z.array(StageSchema).min(1, 'a pipeline needs at least one stage').describe('The stages, in any order'),
+  })
+  .strict()
+  .describe('A tanren pipeline');
+
+/** A pipeline spec after parsing (defaults applied). */
+export type PipelineSpec = z.infer<typeof PipelineSpecSchema>;
+/** One stage after parsing. */
+export type StageSpec = z.infer<typeof StageSchema>;
+/** Retry policy as written in a spec. */
+export type RetryPolicySpec = z.infer<typeof RetryPolicySchema>;
+
+/** Options of one run, next to the spec in the workflow input. */
+export const RunOptionsSchema = z
+  .object({
+    noCache: z.boolean().optional().describe('Ignore cached outputs of earlier runs'),
+    runName: z.string().optional(),
+    specFile: z.string().optional().describe('Where the spec came from, for messages'),
+    specDigest: z.string().optional().describe('sha256 of the rendered spec'),
+    tanrenVersion: z.string().optional(),
+  })
+  .strict();
+
+/** The workflow input: exactly what `tanren render` prints and `tctl`/`temporal` users pass. */
+export const PipelineRunInputSchema = z
+  .object({
+    spec: z.unknown().describe('The pipeline spec (validated by the workflow)'),
+    options: RunOptionsSchema.default({}),
+  })
+  .strict()
+  .describe('Input of pipelineWorkflow');
+
+/** Workflow input after validation of the envelope (the spec itself is validated separately). */
+export type PipelineRunInput = { spec: unknown; options?: z.infer<typeof RunOptionsSchema> };
+/** Run options. */
+export type RunOptions = z.infer<typeof RunOptionsSchema>;

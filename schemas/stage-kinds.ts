@@ -1,0 +1,39 @@
+/**
+ * The built-in stage kinds (`uses:`): which Python module runs each one and
+ * which queue it goes to unless the stage says otherwise. Pure data.
+ */
+
+/** A built-in stage kind. */
+export interface StageKindInfo {
+  /** Python module under stages/ (run as `python -m tanren_stages.<module>`). */
+  readonly module: string;
+  /** Queue used when the stage names none. */
+  readonly defaultQueue: 'cpu' | 'gpu';
+  /** One line for `tanren validate` and the docs. */
+  readonly summary: string;
+}
+
+/** Every built-in kind, keyed by the name used in `uses:`. */
+export const STAGE_KINDS = {
+  preflight: { module: 'preflight', defaultQueue: 'gpu', summary: 'check Python, packages, torch, CUDA, bf16, VRAM, disk and compilers' },
+  'wiki40b-to-jsonl': { module: 'wiki40b_to_jsonl', defaultQueue: 'cpu', summary: 'wiki-40b shards to filtered jsonl' },
+  'train-tokenizer': { module: 'train_tokenizer', defaultQueue: 'cpu', summary: 'SentencePiece unigram tokenizer' },
+  tokenize: { module: 'tokenize', defaultQueue: 'cpu', summary: 'jsonl to a Megatron-LM indexed dataset' },
+  pretrain: { module: 'pretrain', defaultQueue: 'gpu', summary: 'next-token pretraining of a Llama-architecture model' },
+  sft: { module: 'sft', defaultQueue: 'gpu', summary: 'supervised fine-tuning with TRL' },
+  dpo: { module: 'dpo', defaultQueue: 'gpu', summary: 'direct preference optimisation with TRL' },
+  'llm-jp-eval': { module: 'llm_jp_eval', defaultQueue: 'gpu', summary: 'llm-jp-eval style exact-match evaluation' },
+  'mt-bench': { module: 'mt_bench', defaultQueue: 'gpu', summary: 'Japanese MT-Bench answers and LLM-as-judge grading' },
+  report: { module: 'report', defaultQueue: 'cpu', summary: 'HTML report with charts' },
+} as const satisfies Record<string, StageKindInfo>;
+
+/** Name of a built-in stage kind. */
+export type StageKind = keyof typeof STAGE_KINDS;
+
+/** Names of all built-in kinds, sorted. */
+export const STAGE_KIND_NAMES = Object.keys(STAGE_KINDS).sort() as StageKind[];
+
+/** True when `name` is a built-in kind. */
+export function isStageKind(name: string): name is StageKind {
+  return Object.prototype.hasOwnProperty.call(STAGE_KINDS, name);
+}

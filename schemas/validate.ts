@@ -1,0 +1,202 @@
+/**
+ * Validation of a pipeline spec beyond its shape: the stage graph (duplicate
+ * ids, unknown needs, cycles), kinds, queues and parameter references. Every
+ * problem names the stage id and the field path. Pure code.
+ */
+import type { z } from 'zod';
+import { PipelineSpecSchema, type PipelineSpec } from './pipeline.js';
+import { isStageKind, STAGE_KIND_NAMES, STAGE_KINDS } from './stage-kinds.js';
+
+/** One thing wrong with a spec. */
+export interface SpecProblem {
+  /** Field path, e.g. `stages[2].needs[0]`. */
+  path: string;
+  /** Id of the stage the problem is in, when there is one. */
+  stage?: string;
+  message: string;
+}
+
+/** Result of {@link validatePipelineSpec}. */
+export type SpecValidation = { ok: true; spec: PipelineSpec } | { ok: false; problems: SpecProblem[] };
+
+const PARAM_REF = /\$\{\{\s*params\.([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}/g;
+
+/** Turns a zod path into `stages[2].with.lr`. */
+export function formatPath(path: ReadonlyArray<PropertyKey>): string {
+  let out = '';
+  for (const part of path) {
+    if (typeof part === 'number') out += `[${part}]`;
+    else out += out ? `.${String(part)}` : String(part);
+  }
+  return out || '(top level)';
+}
+
+function stageIdAt(raw: unknown, index: unknown): string | undefined {
+  if (typeof index !== 'number' || !raw || typeof raw !== 'object') return undefined;
+  const stages = (raw as { stages?: unknown }).stages;
+  if (!Array.isArray(stages)) return undefined;
+  const id = (stages[index] as { id?: unknown } | undefined)?.id;
+  return typeof id === 'string' ? id : undefined;
+}
+
+function zodProblems(raw: unknown, error: z.ZodError): SpecProblem[] {
+  return error.issues.map((issue) => {
+    let message = issue.message;
+    if (issue.code === 'unrecognized_keys') message = `unknown field(s): ${issue.keys.join(', ')}`;
+    const stage = issue.path[0] === 'stages' ? stageIdAt(raw, issue.path[1]) : undefined;
+    return { path: formatPath(issue.path), ...(stage ? { stage } : {}), message };
+  });
+}
+
+/** Finds one cycle in the needs graph and returns it as a closed list of ids (a → b → a), or undefined. */
+export function findCycle(stages: ReadonlyArray<{ id: string; needs: readonly string[] }>): string[] | undefined {
+  const needs = new Map(stages.map((s) => [s.id, s.needs]));
+  const state = new Map<string, 'visiting' | 'done'>();
+  const stack: string[] = [];
+  const visit = (id: string): string[] | undefined => {
+    state.set(id, 'visiting');
+    stack.push(id);
+    for (const next of needs.get(id) ?? []) {
+      if (!needs.has(next)) continue;
+      if (state.get(next) === 'visiting') return [...stack.slice(stack.indexOf(next)), next];
+      if (!state.has(next)) {
+        const found = visit(next);
+        if (found) return found;
+      }
+    }
+    stack.pop();
+    state.set(id, 'done');
+    return undefined;
+  };
+  for (const s of stages) {
+    if (!state.has(s.id)) {
+      const found = visit(s.id);
+      if (found) return found;
+    }
+  }
+  return undefined;
+}
+
+function collectParamRefs(value: unknown, path: string, out: Array<{ name: string; path: string }>): void {
+  if (typeof value === 'string') {
+    for (const m of value.matchAll(PARAM_REF)) out.push({ name: m[1]!, path });
+  } else if (Array.isArray(value)) {
+    value.forEach((v, i) => collectParamRefs(v, `${path}[${i}]`, out));
+  } else if (value && typeof value === 'object') {
+    for (const [k, v] of Object.entries(value)) collectParamRefs(v, `${path}.${k}`, out);
+  }
+}
+
+function graphProblems(spec: PipelineSpec): SpecProblem[] {
+  const problems: SpecProblem[] = [];
+  const seen = new Map<string, number>();
+  spec.stages.forEach((stage, i) => {
+    const at = (field: string) => `stages[${i}]${field ? `.${field}` : ''}`;
+    const add = (field: string, message: string) => problems.push({ path: at(field), stage: stage.id, message });
+    const first = seen.get(stage.id);
+    if (first !== undefined) add('id', `duplicate stage id "${stage.id}" (first used by stages[${first}])`);
+    else seen.set(stage.id, i);
+
+    if (stage.uses === undefined && stage.run === undefined) add('', 'a stage needs either `uses` (a built-in kind) or `run` (a command)');
+    if (stage.uses !== undefined && stage.run !== undefined) add('', 'a stage has either `uses` or `run`, not both');
+    if (stage.uses !== undefined && !isStageKind(stage.uses)) {
+      add('uses', `unknown stage kind "${stage.uses}" (known: ${STAGE_KIND_NAMES.join(', ')})`);
+    }
+    if (stage.queue !== undefined && stage.queue !== 'cpu' && stage.queue !== 'gpu') {
+      add('queue', `unknown queue "${stage.queue}" (known: cpu, gpu)`);
+    }
+    const needSeen = new Set<string>();
+    stage.needs.forEach((need, j) => {
+      if (need === stage.id) add(`needs[${j}]`, `stage "${stage.id}" cannot need itself`);
+      if (needSeen.has(need)) add(`needs[${j}]`, `"${need}" is listed twice`);
+      needSeen.add(need);
+    });
+    stage.inputs?.forEach((input, j) => {
+      if (!stage.needs.includes(input)) add(`inputs[${j}]`, `input "${input}" is not in needs (${stage.needs.join(', ') || 'none'})`);
+    });
+  });
+  const ids = new Set(spec.stages.map((s) => s.id));
+  spec.stages.forEach((stage, i) => {
+    stage.needs.forEach((need, j) => {
+      if (!ids.has(need) && need !== stage.id) {
+        problems.push({
+          path: `stages[${i}].needs[${j}]`,
+          stage: stage.id,
+          message: `unknown stage "${need}" (stages: ${[...ids].join(', ')})`,
+        });
+      }
+    });
+  });
+  const cycle = findCycle(spec.stages);
+  if (cycle) {
+    const i = spec.stages.findIndex((s) => s.id === cycle[0]);
+    problems.push({ path: `stages[${i}].needs`, stage: cycle[0]!, message: `cycle in needs: ${cycle.join(' → ')}` });
+  }
+  const refs: Array<{ name: string; path: string }> = [];
+  spec.stages.forEach((stage, i) => {
+    collectParamRefs(stage.with, `stages[${i}].with`, refs);
+    if (stage.run) collectParamRefs(stage.run, `stages[${i}].run`, refs);
+  });
+  for (const ref of refs) {
+    if (!(ref.name in spec.params)) {
+      const i = Number(/^stages\[(\d+)\]/.exec(ref.path)?.[1]);
+      problems.push({
+        path: ref.path,
+        stage: spec.stages[i]?.id,
+        message: `unknown parameter "${ref.name}" (params: ${Object.keys(spec.params).join(', ') || 'none'})`,
+      } as SpecProblem);
+    }
+  }
+  return problems;
+}
+
+/** Validates a parsed YAML/JSON value as a pipeline spec and returns every problem found. */
+export function validatePipelineSpec(raw: unknown): SpecValidation {
+  const parsed = PipelineSpecSchema.safeParse(raw);
+  if (!parsed.success) return { ok: false, problems: zodProblems(raw, parsed.error) };
+  const problems = graphProblems(parsed.data);
+  return problems.length ? { ok: false, problems } : { ok: true, spec: parsed.data };
+}
+
+/** One line per problem: `<source>: stage "x": stages[1].needs[0]: unknown stage "y"`. */
+export function formatProblems(problems: readonly SpecProblem[], source = 'pipeline spec'): string {
+  return problems
+    .map((p) => `${source}: ${p.stage ? `stage "${p.stage}": ` : ''}${p.path}: ${p.message}`)
+    .join('\n');
+}
+
+/** Queue (`cpu`/`gpu`) a stage runs on. */
+export function stageQueue(stage: { uses?: string; queue?: string }): 'cpu' | 'gpu' {
+  if (stage.queue === 'gpu' || stage.queue === 'cpu') return stage.queue;
+  if (stage.uses && isStageKind(stage.uses)) return STAGE_KINDS[stage.uses].defaultQueue;
+  return 'cpu';
+}
+
+/** Replaces `${{ params.NAME }}` in every string of `value`; a string that is only a reference takes the parameter's type. */
+export function substituteParams<T>(value: T, params: Readonly<Record<string, string | number | boolean>>): T {
+  const walk = (v: unknown): unknown => {
+    if (typeof v === 'string') {
+      const whole = /^\$\{\{\s*params\.([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}$/.exec(v);
+      if (whole && whole[1]! in params) return params[whole[1]!];
+      return v.replace(PARAM_REF, (m, name: string) => (name in params ? String(params[name]) : m));
+    }
+    if (Array.isArray(v)) return v.map(walk);
+    if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, walk(x)]));
+    return v;
+  };
+  return walk(value) as T;
+}
+
+/** Applies `--set` overrides and substitutes parameters into every stage. The spec must already be valid. */
+export function resolveSpec(spec: PipelineSpec, overrides: Readonly<Record<string, string | number | boolean>> = {}): PipelineSpec {
+  const params = { ...spec.params, ...overrides };
+  return {
+    ...spec,
+    params,
+    stages: spec.stages.map((s) => ({
+      ...s,
+      with: substituteParams(s.with, params),
+      ...(s.run ? { run: substituteParams(s.run, params) } : {}),
+    })),
+  };
+}

@@ -1,0 +1,106 @@
+/**
+ * Configuration of workers and the CLI: one zod schema over the environment,
+ * parsed once at start-up. Values missing from the environment are taken from
+ * the `.tanren/env` file that `infra/dev up` writes, so a local setup needs no
+ * exports. Secrets are read from files or env vars and never logged.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { z } from 'zod';
+import { DEFAULT_CPU_TASK_QUEUE, GPU_TASK_QUEUE_PREFIX } from '../schemas/names.js';
+
+/** The environment variables tanren reads. */
+export const EnvSchema = z.object({
+  TEMPORAL_ADDRESS: z.string().default('127.0.0.1:7233').describe('Temporal frontend host:port'),
+  TEMPORAL_NAMESPACE: z.string().default('default'),
+  TEMPORAL_TLS_CERT: z.string().optional().describe('Path of the client certificate (mTLS)'),
+  TEMPORAL_TLS_KEY: z.string().optional().describe('Path of the client key (mTLS)'),
+  TEMPORAL_TLS_CA: z.string().optional().describe('Path of the server CA certificate'),
+  TANREN_UI_URL: z.string().default('http://127.0.0.1:8233').describe('Base URL of the Temporal UI'),
+  TANREN_S3_ENDPOINT: z.string().default('http://127.0.0.1:9000'),
+  TANREN_S3_REGION: z.string().optional(),
+  TANREN_S3_ACCESS_KEY: z.string().optional(),
+  TANREN_S3_SECRET_KEY: z.string().optional(),
+  TANREN_S3_CREDENTIALS_FILE: z.string().optional().describe('File with TANREN_S3_ACCESS_KEY=… and TANREN_S3_SECRET_KEY=… lines'),
+  TANREN_BUCKET: z.string().default('tanren'),
+  TANREN_WORK_DIR: z.string().optional().describe('Where stage attempts get their work directories'),
+  TANREN_PROJECT_DIR: z.string().optional().describe('Current directory of stage processes'),
+  TANREN_PYTHON: z.string().optional().describe('Python of the stages environment'),
+  TANREN_CPU_QUEUE: z.string().default(DEFAULT_CPU_TASK_QUEUE),
+  TANREN_GPU_QUEUE: z.string().optional().describe('@default tanren-gpu-<host>'),
+  TANREN_GPU_DEVICES: z.string().default('0').describe('CUDA_VISIBLE_DEVICES of the GPU worker'),
+  TANREN_CPU_CONCURRENCY: z.coerce.number().int().min(1).default(4),
+  TANREN_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error']).default('info'),
+  TANREN_KILL_GRACE_MS: z.coerce.number().int().min(0).default(30_000),
+  TANREN_PROGRESS_INTERVAL_MS: z.coerce.number().int().min(0).default(10_000),
+});
+
+/** Parsed environment. */
+export type TanrenEnv = z.infer<typeof EnvSchema>;
+
+/** Reads `KEY=VALUE` lines (comments and blank lines ignored, optional quotes). */
+export function readEnvFile(file: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const raw of readFileSync(file, 'utf8').split('\n')) {
+    const line = raw.trim();
+    if (!line || line.startsWith('#')) continue;
+    const m = /^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line);
+    if (!m) continue;
+    out[m[1]!] = m[2]!.replace(/^(['"])(.*)\1$/, '$2');
+  }
+  return out;
+}
+
+/** Finds the project root: the nearest directory above `from` holding `.tanren/env` or package.json of tanren. */
+export function findProjectDir(from = process.cwd()): string {
+  for (let dir = path.resolve(from); ; dir = path.dirname(dir)) {
+    if (existsSync(path.join(dir, '.tanren', 'env'))) return dir;
+    if (path.dirname(dir) === dir) return path.resolve(from);
+  }
+}
+
+/** Loads the environment: process env first, then `<project>/.tanren/env`. Fails fast with the bad variable named. */
+export function loadEnv(source: NodeJS.ProcessEnv = process.env): TanrenEnv & { projectDir: string } {
+  const projectDir = source.TANREN_PROJECT_DIR ?? findProjectDir();
+  const fileVars = path.join(source.TANREN_STATE_DIR ?? path.join(projectDir, '.tanren'), 'env');
+  const merged: Record<string, string | undefined> = {};
+  if (existsSync(fileVars)) Object.assign(merged, readEnvFile(fileVars));
+  for (const [k, v] of Object.entries(source)) if (v !== undefined && v !== '') merged[k] = v;
+  const parsed = EnvSchema.safeParse(merged);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
+    throw new ConfigError(`invalid tanren environment:\n${lines.join('\n')}`);
+  }
+  return { ...parsed.data, projectDir };
+}
+
+/** A configuration problem a person must fix (exit code 78 in the CLI). */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+/** S3 credentials from env vars or the credentials file. */
+export function s3Credentials(env: TanrenEnv): { accessKey: string; secretKey: string } {
+  let accessKey = env.TANREN_S3_ACCESS_KEY;
+  let secretKey = env.TANREN_S3_SECRET_KEY;
+  if ((!accessKey || !secretKey) && env.TANREN_S3_CREDENTIALS_FILE) {
+    if (!existsSync(env.TANREN_S3_CREDENTIALS_FILE)) {
+      throw new ConfigError(`TANREN_S3_CREDENTIALS_FILE: ${env.TANREN_S3_CREDENTIALS_FILE} does not exist (run \`infra/dev up\`?)`);
+    }
+    const vars = readEnvFile(env.TANREN_S3_CREDENTIALS_FILE);
+    accessKey ??= vars.TANREN_S3_ACCESS_KEY;
+    secretKey ??= vars.TANREN_S3_SECRET_KEY;
+  }
+  if (!accessKey || !secretKey) {
+    throw new ConfigError(
+      'no object-storage credentials: set TANREN_S3_ACCESS_KEY and TANREN_S3_SECRET_KEY, or TANREN_S3_CREDENTIALS_FILE (`infra/dev up` writes one)',
+    );
+  }
+  return { accessKey, secretKey };
+}
+
+/** GPU task queue of this host: TANREN_GPU_QUEUE or `tanren-gpu-<host>`. */
+export function gpuQueueName(env: Pick<TanrenEnv, 'TANREN_GPU_QUEUE'>): string {
+  return env.TANREN_GPU_QUEUE ?? `${GPU_TASK_QUEUE_PREFIX}${os.hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-')}`;
+}

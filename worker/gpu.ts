@@ -1,0 +1,78 @@
+/**
+ * The GPU host's guarantees: one GPU worker per host and device set (a lock
+ * file), and an honest answer to "is there a GPU here".
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+/** What the worker found about GPUs. */
+export interface GpuProbe {
+  found: boolean;
+  /** Device names from nvidia-smi, when found. */
+  devices: string[];
+  /** Why none was found. */
+  reason?: string;
+}
+
+/** Asks nvidia-smi for the visible devices. */
+export function probeGpu(): GpuProbe {
+  try {
+    const out = execFileSync('nvidia-smi', ['--query-gpu=name,memory.total', '--format=csv,noheader'], {
+      encoding: 'utf8',
+      timeout: 10_000,
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
+    const devices = out.split('\n').map((l) => l.trim()).filter(Boolean);
+    return devices.length ? { found: true, devices } : { found: false, devices: [], reason: 'nvidia-smi lists no device' };
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    return { found: false, devices: [], reason: code === 'ENOENT' ? 'nvidia-smi not found' : `nvidia-smi failed: ${(err as Error).message}` };
+  }
+}
+
+/** Raised when another GPU worker holds the host and device set. */
+export class GpuLockedError extends Error {
+  override name = 'GpuLockedError';
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as { code?: string }).code === 'EPERM';
+  }
+}
+
+/**
+ * Takes the per-host, per-device lock of a GPU worker. A lock whose owner
+ * died is taken over. Returns the release function.
+ */
+export function acquireGpuLock(lockDir: string, devices: string): () => void {
+  mkdirSync(lockDir, { recursive: true });
+  const file = path.join(lockDir, `gpu-${os.hostname()}-${devices.replace(/[^0-9a-zA-Z]/g, '_')}.lock`);
+  for (let tries = 0; tries < 2; tries++) {
+    try {
+      writeFileSync(file, JSON.stringify({ pid: process.pid, startedAt: new Date().toISOString() }), { flag: 'wx' });
+      return () => rmSync(file, { force: true });
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'EEXIST') throw err;
+      let owner: { pid?: number } = {};
+      try {
+        owner = JSON.parse(readFileSync(file, 'utf8')) as { pid?: number };
+      } catch {
+        // unreadable lock: treat as stale
+      }
+      if (owner.pid && owner.pid !== process.pid && alive(owner.pid)) {
+        throw new GpuLockedError(
+          `another GPU worker (pid ${owner.pid}) already serves device(s) ${devices} on ${os.hostname()} (lock ${file}); ` +
+            'stop it first, or give this worker other devices with TANREN_GPU_DEVICES',
+        );
+      }
+      rmSync(file, { force: true });
+    }
+  }
+  throw new GpuLockedError(`could not take the GPU lock ${file}`);
+}

@@ -1,0 +1,159 @@
+/**
+ * Worker entry points. A CPU worker serves pipeline workflows (the control
+ * queue) and CPU stages in parallel; a GPU worker serves its host's GPU queue,
+ * one stage at a time.
+ */
+import { readdir, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Worker, bundleWorkflowCode, type WorkflowBundle } from '@temporalio/worker';
+import type { Logger } from 'pino';
+import { createActivities } from '../activities/index.js';
+import { runningDir } from '../activities/run-stage.js';
+import { createObjectStore } from '../activities/storage.js';
+import { CONTROL_TASK_QUEUE } from '../schemas/names.js';
+import { stageProgressSignal } from '../workflows/pipeline.js';
+import { gpuQueueName, s3Credentials, type TanrenEnv } from './config.js';
+import { connectClient, connectWorker } from './connection.js';
+import { acquireGpuLock, probeGpu } from './gpu.js';
+
+/** Options of {@link runWorker}. */
+export interface RunWorkerOptions {
+  queue: 'cpu' | 'gpu';
+  env: TanrenEnv & { projectDir: string };
+  logger: Logger;
+  /** Override of the task queue served (tests use unique queues). */
+  taskQueue?: string;
+  /** Also serve the control queue (workflows); CPU workers do by default. */
+  serveWorkflows?: boolean;
+  controlTaskQueue?: string;
+  /** Resolves when the worker should stop (besides SIGTERM/SIGINT). */
+  stopWhen?: Promise<void>;
+  /** Called once the worker polls. */
+  onRunning?: () => void;
+}
+
+/** Path of the compiled workflows module the worker bundles. */
+export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.js', import.meta.url));
+
+let bundle: Promise<WorkflowBundle> | undefined;
+/** Bundles the workflow code once per process. */
+export function workflowBundle(): Promise<WorkflowBundle> {
+  bundle ??= bundleWorkflowCode({ workflowsPath: WORKFLOWS_PATH, logger: undefined });
+  return bundle;
+}
+
+/** Kills stage process groups a previous worker of this queue left running (it died without cleaning up). */
+export async function reapOrphanStages(workRoot: string, queue: 'cpu' | 'gpu', logger: Logger): Promise<number> {
+  const dir = runningDir(workRoot);
+  let names: string[] = [];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return 0;
+  }
+  let reaped = 0;
+  for (const name of names.filter((n) => n.startsWith(`${queue}-`))) {
+    const file = path.join(dir, name);
+    try {
+      const rec = JSON.parse(await readFile(file, 'utf8')) as { pgid: number; runId: string; stage: string };
+      try {
+        process.kill(-rec.pgid, 'SIGKILL');
+        reaped++;
+        logger.warn({ runId: rec.runId, stage: rec.stage, pgid: rec.pgid }, 'killed a stage left running by a worker that died');
+      } catch {
+        // already gone
+      }
+    } catch {
+      // unreadable record
+    }
+    await rm(file, { force: true });
+  }
+  return reaped;
+}
+
+/** Runs a worker until it is told to stop. */
+export async function runWorker(opts: RunWorkerOptions): Promise<void> {
+  const { env, logger, queue } = opts;
+  const workRoot = path.resolve(env.TANREN_WORK_DIR ?? path.join(env.projectDir, '.tanren', 'work'));
+  const storage = createObjectStore({ endpoint: env.TANREN_S3_ENDPOINT, bucket: env.TANREN_BUCKET, region: env.TANREN_S3_REGION, ...s3Credentials(env) });
+  await storage.ensureBucket();
+
+  let release: (() => void) | undefined;
+  let device: 'cpu' | 'cuda' = 'cpu';
+  const taskQueue = opts.taskQueue ?? (queue === 'gpu' ? gpuQueueName(env) : env.TANREN_CPU_QUEUE);
+  if (queue === 'gpu') {
+    const lockDir = path.join(process.env.TANREN_CACHE ?? path.join(os.homedir(), '.cache', 'tanren'), 'locks');
+    release = acquireGpuLock(lockDir, `${taskQueue}-${env.TANREN_GPU_DEVICES}`);
+    const gpu = probeGpu();
+    if (gpu.found) {
+      device = 'cuda';
+      logger.info({ devices: gpu.devices, cudaVisibleDevices: env.TANREN_GPU_DEVICES }, 'GPU found');
+    } else {
+      logger.warn(
+        { reason: gpu.reason },
+        'no GPU found: GPU-queue stages will run on the CPU (fine for the tiny CPU profile, far too slow for real training)',
+      );
+    }
+  }
+  await reapOrphanStages(workRoot, queue, logger);
+
+  const client = await connectClient(env);
+  const activities = createActivities({
+    storage,
+    config: {
+      workRoot,
+      projectDir: env.projectDir,
+      python: env.TANREN_PYTHON,
+      device,
+      queue,
+      ...(queue === 'gpu' ? { cudaVisibleDevices: env.TANREN_GPU_DEVICES } : {}),
+      killGraceMs: env.TANREN_KILL_GRACE_MS,
+      progressIntervalMs: env.TANREN_PROGRESS_INTERVAL_MS,
+    },
+    notify: async (runId, progress) => {
+      await client.workflow.getHandle(runId).signal(stageProgressSignal, progress);
+    },
+  });
+
+  const connection = await connectWorker(env);
+  const workers: Worker[] = [];
+  try {
+    workers.push(
+      await Worker.create({
+        connection,
+        namespace: env.TEMPORAL_NAMESPACE,
+        taskQueue,
+        activities,
+        // One GPU, one stage: the GPU worker never runs two activities at once.
+        maxConcurrentActivityTaskExecutions: queue === 'gpu' ? 1 : env.TANREN_CPU_CONCURRENCY,
+        shutdownGraceTime: `${Math.ceil(env.TANREN_KILL_GRACE_MS / 1000) + 5}s`,
+        identity: `tanren-${queue}@${os.hostname()}:${process.pid}`,
+      }),
+    );
+    if (opts.serveWorkflows ?? queue === 'cpu') {
+      workers.push(
+        await Worker.create({
+          connection,
+          namespace: env.TEMPORAL_NAMESPACE,
+          taskQueue: opts.controlTaskQueue ?? CONTROL_TASK_QUEUE,
+          workflowBundle: await workflowBundle(),
+          identity: `tanren-control@${os.hostname()}:${process.pid}`,
+        }),
+      );
+    }
+    const running = Promise.all(workers.map((w) => w.run()));
+    logger.info({ queue, taskQueue, workflows: workers.length > 1, device }, 'worker running');
+    opts.onRunning?.();
+    if (opts.stopWhen) {
+      void opts.stopWhen.then(() => workers.forEach((w) => w.getState() === 'RUNNING' && w.shutdown()));
+    }
+    await running;
+    logger.info({ queue }, 'worker stopped');
+  } finally {
+    release?.();
+    await connection.close();
+    await client.connection.close();
+  }
+}
