@@ -23,9 +23,16 @@ export const RetryPolicySchema = z
     maximumAttempts: z.number().int().min(0).optional().describe('Attempts in all, 0 for unlimited. @default 3'),
     initialInterval: DurationSchema.optional().describe('Wait before the first retry. @default 1s'),
     backoffCoefficient: z.number().min(1).optional().describe('Each wait is the previous one times this. @default 2'),
-    maximumInterval: DurationSchema.optional().describe('Longest wait between retries. @default 5m'),
+    maximumInterval: DurationSchema.optional().describe('Longest wait between retries. @default 100 times initialInterval'),
   })
   .strict()
+  .refine(
+    (r) =>
+      !r.initialInterval ||
+      !r.maximumInterval ||
+      (parseDuration(r.maximumInterval) ?? 0) >= (parseDuration(r.initialInterval) ?? 0),
+    { message: 'maximumInterval must not be shorter than initialInterval', path: ['maximumInterval'] },
+  )
   .describe('How a failed stage is retried (Temporal retry policy)');
 
 /** What to keep of a training stage's checkpoints. */

@@ -87,7 +87,34 @@ function collectParamRefs(value: unknown, path: string, out: Array<{ name: strin
   }
 }
 
-function graphProblems(spec: PipelineSpec): SpecProblem[] {
+/** The part of a spec the graph checks read; built leniently from raw input when the shape check failed. */
+interface GraphView {
+  params: Record<string, unknown>;
+  stages: Array<{ id: string; needs: string[]; uses?: string; run?: unknown[]; queue?: string; with?: unknown; inputs?: string[] }>;
+}
+
+function lenientView(raw: unknown): GraphView | undefined {
+  if (!raw || typeof raw !== 'object') return undefined;
+  const r = raw as { params?: unknown; stages?: unknown };
+  if (!Array.isArray(r.stages)) return undefined;
+  const strings = (v: unknown) => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []);
+  const stages: GraphView['stages'] = r.stages.map((s: unknown, i: number) => {
+    const st = (s && typeof s === 'object' ? s : {}) as Record<string, unknown>;
+    return {
+      id: typeof st.id === 'string' ? st.id : `#${i}`,
+      needs: strings(st.needs),
+      ...(typeof st.uses === 'string' ? { uses: st.uses } : {}),
+      ...(Array.isArray(st.run) ? { run: st.run } : {}),
+      ...(typeof st.queue === 'string' ? { queue: st.queue } : {}),
+      with: st.with,
+      ...(Array.isArray(st.inputs) ? { inputs: strings(st.inputs) } : {}),
+    };
+  });
+  const params = r.params && typeof r.params === 'object' ? (r.params as Record<string, unknown>) : {};
+  return { params, stages };
+}
+
+function graphProblems(spec: GraphView): SpecProblem[] {
   const problems: SpecProblem[] = [];
   const seen = new Map<string, number>();
   spec.stages.forEach((stage, i) => {
@@ -153,7 +180,16 @@ function graphProblems(spec: PipelineSpec): SpecProblem[] {
 /** Validates a parsed YAML/JSON value as a pipeline spec and returns every problem found. */
 export function validatePipelineSpec(raw: unknown): SpecValidation {
   const parsed = PipelineSpecSchema.safeParse(raw);
-  if (!parsed.success) return { ok: false, problems: zodProblems(raw, parsed.error) };
+  if (!parsed.success) {
+    // Report the graph's problems too, so one run of `tanren validate` lists everything.
+    const problems = zodProblems(raw, parsed.error);
+    const view = lenientView(raw);
+    const seen = new Set(problems.map((p) => `${p.path}|${p.message}`));
+    for (const p of view ? graphProblems(view) : []) {
+      if (!seen.has(`${p.path}|${p.message}`)) problems.push(p);
+    }
+    return { ok: false, problems };
+  }
   const problems = graphProblems(parsed.data);
   return problems.length ? { ok: false, problems } : { ok: true, spec: parsed.data };
 }

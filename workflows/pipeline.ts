@@ -231,7 +231,8 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
         maximumAttempts: retry.maximumAttempts ?? 3,
         initialInterval: ms(retry.initialInterval, 1000),
         backoffCoefficient: retry.backoffCoefficient ?? 2,
-        maximumInterval: ms(retry.maximumInterval, 5 * 60_000),
+        // Temporal's own default: 100 times the initial interval.
+        maximumInterval: ms(retry.maximumInterval, 100 * ms(retry.initialInterval, 1000)),
         nonRetryableErrorTypes: [...NON_RETRYABLE_FAILURE_TYPES],
       },
     });

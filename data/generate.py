@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Writes tanren's small committed fixtures, deterministically (fixed seed).
+
+    python3 data/generate.py          # needs pyarrow (use the stages venv)
+
+Everything here is synthetic and written by us: Japanese sentences built from
+vocabulary templates so a tokenizer and a tiny LM have structure to learn, in
+the real formats (wiki-40b parquet with its markers, chat/DPO jsonl, llm-jp-eval
+JSON, MT-bench question/reference jsonl).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SEED = 20240611
+
+PLACES = ["東京", "大阪", "京都", "札幌", "福岡", "名古屋", "仙台", "広島", "神戸", "横浜", "奈良", "金沢", "長崎", "那覇", "松山", "新潟"]
+REGIONS = ["関東地方", "近畿地方", "北海道", "九州地方", "中部地方", "東北地方", "中国地方", "四国地方", "沖縄県"]
+KINDS = ["寺院", "神社", "城", "博物館", "公園", "橋", "駅", "大学", "図書館", "美術館", "港", "山", "川", "湖"]
+PEOPLE = ["山田太郎", "佐藤花子", "鈴木一郎", "高橋健", "田中美咲", "伊藤誠", "渡辺直子", "中村翔", "小林優", "加藤明"]
+JOBS = ["作家", "画家", "建築家", "政治家", "科学者", "音楽家", "俳優", "医師", "教師", "技術者"]
+TOPICS = ["文学", "歴史", "物理学", "数学", "音楽", "美術", "経済学", "哲学", "化学", "天文学"]
+ADJ = ["有名な", "古い", "新しい", "大きな", "美しい", "静かな", "重要な", "人気のある"]
+ERAS = ["江戸時代", "明治時代", "大正時代", "昭和時代", "平成時代", "室町時代", "鎌倉時代"]
+VERBS = ["建てられた", "設立された", "整備された", "再建された", "開業した", "発見された"]
+SECTIONS = ["概要", "歴史", "特徴", "交通", "脚注", "人物", "作品", "評価", "沿革", "地理"]
+
+def sentence(rng: random.Random, name: str) -> str:
+    t = rng.randrange(10)
+    p, r, k = rng.choice(PLACES), rng.choice(REGIONS), rng.choice(KINDS)
+    if t == 0:
+        return f"{name}は{r}の{p}にある{rng.choice(ADJ)}{k}である。"
+    if t == 1:
+        return f"{rng.choice(ERAS)}に{rng.choice(VERBS)}。"
+    if t == 2:
+        return f"{rng.randint(1600, 2020)}年に{rng.choice(PEOPLE)}によって{rng.choice(VERBS)}。"
+    if t == 3:
+        return f"{p}駅から徒歩{rng.randint(2, 30)}分の場所にある。"
+    if t == 4:
+        return f"{rng.choice(PEOPLE)}は{name}について{rng.choice(TOPICS)}の観点から研究した。"
+    if t == 5:
+        return f"毎年{rng.randint(1, 12)}月には多くの観光客が訪れる。"
+    if t == 6:
+        return f"{name}の周辺には{rng.choice(ADJ)}{rng.choice(KINDS)}がある。"
+    if t == 7:
+        return f"{rng.choice(JOBS)}の{rng.choice(PEOPLE)}は{p}で生まれた。"
+    if t == 8:
+        return f"{name}は{rng.choice(TOPICS)}の分野で知られている。"
+    return f"現在は{p}市が管理している。"
+
+def article(rng: random.Random) -> tuple[str, str]:
+    title = rng.choice(PLACES) + rng.choice(["中央", "北", "南", "東", "西", "新", ""]) + rng.choice(KINDS)
+    parts = ["", "_START_ARTICLE_", title]
+    for s in rng.sample(SECTIONS, rng.randint(2, 4)):
+        parts += ["_START_SECTION_", s]
+        for _ in range(rng.randint(1, 3)):
+            sents = [sentence(rng, title) for _ in range(rng.randint(3, 6))]
+            cut = rng.randrange(len(sents))
+            para = "".join(sents[:cut + 1]) + ("_NEWLINE_" + "".join(sents[cut + 1:]) if cut + 1 < len(sents) else "")
+            parts += ["_START_PARAGRAPH_", para]
+    return title, "\n".join(parts) + "\n"
+
+def english_article(rng: random.Random) -> str:
+    words = "the city river bridge museum was built in century by famous architect and is known for its garden station".split()
+    body = " ".join(rng.choice(words) for _ in range(80)) + "."
+    return f"\n_START_ARTICLE_\nEnglish Bridge {rng.randint(1, 99)}\n_START_PARAGRAPH_\n{body}\n"
+
+def wiki40b(rng: random.Random) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rows = []
+    for i in range(360):
+        _, text = article(rng)
+        rows.append(text)
+    for i in range(12):  # exact duplicates of earlier articles
+        rows.append(rows[rng.randrange(100)])
+    for i in range(15):  # too short
+        rows.append(f"\n_START_ARTICLE_\n短い{i}\n_START_PARAGRAPH_\n{rng.choice(PLACES)}の駅。\n")
+    for i in range(15):  # mostly not Japanese
+        rows.append(english_article(rng))
+    rng.shuffle(rows)
+    ids = [f"Q{100000 + i}" for i in range(len(rows))]
+    vers = [str(rng.randint(10**17, 10**18)) for _ in rows]
+    table = pa.table({"wikidata_id": ids, "text": rows, "version_id": vers})
+    out = HERE / "wiki40b-ja" / "train-00000-of-00001.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out, row_group_size=64, compression="zstd")
+
+QA = [(f"{p}は何地方にありますか？", f"{p}は{r}にあります。") for p, r in
+      [("東京", "関東地方"), ("大阪", "近畿地方"), ("京都", "近畿地方"), ("札幌", "北海道"), ("福岡", "九州地方"),
+       ("名古屋", "中部地方"), ("仙台", "東北地方"), ("広島", "中国地方"), ("松山", "四国地方"), ("那覇", "沖縄県"),
+       ("横浜", "関東地方"), ("神戸", "近畿地方"), ("長崎", "九州地方"), ("金沢", "中部地方"), ("新潟", "中部地方")]]
+
+def sft(rng: random.Random) -> None:
+    sys_msg = "あなたは親切な日本語アシスタントです。"
+    lines = []
+    for i, (q, a) in enumerate(QA * 4):
+        msgs = ([{"role": "system", "content": sys_msg}] if i % 2 == 0 else []) + [
+            {"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        if i % 3 == 0:
+            w = rng.choice(TOPICS)
+            msgs += [{"role": "user", "content": f"{w}について一言で説明してください。"},
+                     {"role": "assistant", "content": f"{w}は奥が深い学問です。"}]
+        lines.append(json.dumps({"messages": msgs}, ensure_ascii=False))
+    (HERE / "sft").mkdir(exist_ok=True)
+    (HERE / "sft" / "chat.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+def dpo(rng: random.Random) -> None:
+    lines = []
+    for i in range(64):
+        p = rng.choice(PLACES)
+        prompt = f"{p}について教えてください。"
+        chosen = f"はい。{p}は{rng.choice(ADJ)}街です。{rng.choice(KINDS)}が有名です。"
+        rejected = "わかりません。" * rng.randint(2, 4)
+        if i % 2:
+            prompt = [{"role": "user", "content": prompt}]
+        lines.append(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}, ensure_ascii=False))
+    (HERE / "dpo").mkdir(exist_ok=True)
+    (HERE / "dpo" / "pairs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+def jaster(rng: random.Random) -> None:
+    d = HERE / "jaster"
+    d.mkdir(exist_ok=True)
+    samples = []
+    for p, r in [(q.split("は")[0], a.split("は")[1].replace("にあります。", "")) for q, a in QA]:
+        choices = rng.sample(REGIONS, 3)
+        if r not in choices:
+            choices[rng.randrange(3)] = r
+        ans = choices.index(r)
+        samples.append({"input": f"質問：{p}は何地方にありますか？\n選択肢：0.{choices[0]},1.{choices[1]},2.{choices[2]}", "output": str(ans)})
+    mc = {"instruction": "質問と回答の選択肢を入力として受け取り、選択肢から回答を選択してください。回答の他には何も含めないことを厳守してください。",
+          "output_length": 1, "metrics": ["exact_match"], "few_shots": samples[:3], "samples": samples[3:]}
+    (d / "toy_regionqa.json").write_text(json.dumps(mc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    qa = []
+    for i in range(12):
+        person, job, place = PEOPLE[i % len(PEOPLE)], JOBS[i % len(JOBS)], PLACES[i % len(PLACES)]
+        qa.append({"input": f"文章：{job}の{person}は{place}で生まれた。\n質問：{person}はどこで生まれましたか？", "output": place})
+    rc = {"instruction": "文章と質問を入力として受け取り、質問に対する回答を抜き出してください。回答の他には何も含めないことを厳守してください。",
+          "output_length": 8, "metrics": ["char_f1", "exact_match"], "few_shots": qa[:2], "samples": qa[2:]}
+    (d / "toy_birthplace.json").write_text(json.dumps(rc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+def mt_bench() -> None:
+    d = HERE / "mt-bench"
+    d.mkdir(exist_ok=True)
+    qs = [
+        (81, "writing", ["京都旅行についての短いブログ記事を書いてください。", "その記事を三文で要約してください。"]),
+        (91, "roleplay", ["あなたは駅員です。道に迷った旅行者に話しかけてください。", "旅行者が英語しか話せない場合はどうしますか？"]),
+        (101, "reasoning", ["りんごが3個、みかんがりんごより2個多くあります。果物は全部で何個ですか？", "みかんを1個食べたら何個残りますか？"]),
+        (111, "math", ["12 × 13 を計算してください。", "その結果を7で割った余りを求めてください。"]),
+        (121, "coding", ["Pythonでリストの合計を返す関数を書いてください。", "空のリストの場合はどうなりますか？"]),
+        (131, "extraction", ["次の文から地名を抜き出してください：山田太郎は大阪で生まれ東京で働いた。", "抜き出した地名を五十音順に並べてください。"]),
+        (141, "stem", ["水の沸点は気圧によってどう変わりますか？", "富士山の山頂ではどうなりますか？"]),
+        (151, "humanities", ["江戸時代の特徴を簡単に説明してください。", "明治時代との違いを一つ挙げてください。"]),
+    ]
+    (d / "question.jsonl").write_text("".join(json.dumps({"question_id": i, "category": c, "turns": t}, ensure_ascii=False) + "\n" for i, c, t in qs), encoding="utf-8")
+    refs = {101: ["りんご3個、みかん5個で、全部で8個です。", "7個残ります。"],
+            111: ["156です。", "156 = 7 × 22 + 2 なので余りは2です。"],
+            121: ["def total(xs):\n    return sum(xs)", "sum([]) は 0 を返すので 0 になります。"]}
+    (d / "reference_answer.jsonl").write_text("".join(json.dumps({"question_id": i, "model_id": "reference", "choices": [{"index": 0, "turns": t}]}, ensure_ascii=False) + "\n" for i, t in refs.items()), encoding="utf-8")
+
+def reference_scores() -> None:
+    rows = [("model", "mt_bench", "llm_jp_eval", "note"),
+            ("placeholder-large-instruct", "8.0", "0.60", "illustrative placeholder, not a published figure"),
+            ("placeholder-7b-instruct", "6.0", "0.50", "illustrative placeholder, not a published figure"),
+            ("placeholder-1b-base", "2.5", "0.30", "illustrative placeholder, not a published figure"),
+            ("tiny-cpu-fixture", "1.0", "0.05", "illustrative placeholder, expected range of the tiny CPU pipeline")]
+    with open(HERE / "reference-scores.csv", "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh, lineterminator="\n").writerows(rows)
+
+def main() -> None:
+    rng = random.Random(SEED)
+    wiki40b(rng)
+    sft(rng)
+    dpo(rng)
+    jaster(rng)
+    mt_bench()
+    reference_scores()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""Stage `pretrain`: a small Llama causal LM trained from scratch on a Megatron indexed dataset.
+
+params (defaults):
+  input                      needed stage with <prefix>.idx/.bin and tokenizer/ (default: the one that has them)
+  data_prefix                (default "text_document")
+  hidden_size 256, intermediate_size 4*hidden... (default 688), num_layers 4, num_heads 4,
+  num_kv_heads (= num_heads), seq_len 256, rope_theta 10000.0
+  micro_batch_size 8, gradient_accumulation_steps 1, max_steps 1000 (or max_tokens)
+  lr 3e-4, min_lr_ratio 0.1, warmup_steps 100, weight_decay 0.1, adam_beta1 0.9, adam_beta2 0.95,
+  grad_clip 1.0, seed 1234, precision "auto" (bf16 on a CUDA GPU that supports it, else fp32),
+  gradient_checkpointing false, checkpoint_every 0 (0 = only at the end / on SIGTERM),
+  log_every 1, threads (torch CPU threads; default unchanged), device "auto"
+Checkpoints go to $TANREN_CHECKPOINTS/step-XXXXXX (model, optimizer, scheduler, RNG states,
+data position); $TANREN_RESUME_FROM resumes exactly. Data order is a seeded permutation per
+epoch indexed by the consumed-sample count, so a resumed run sees the same batches.
+Test switch: TANREN_TEST_INJECT_OOM_ABOVE_MICRO_BATCH=<n> fails with OutOfMemory when micro_batch_size > n.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .common import bf16_ok, pick_device
+from .indexed_dataset import IndexedDataset
+from .protocol import InvalidStageInput, OutOfMemory, StageConfigError, StageContext, StopFlag, run_stage, write_json
+
+KNOWN = {"input", "data_prefix", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "seq_len",
+         "rope_theta", "micro_batch_size", "gradient_accumulation_steps", "max_steps", "max_tokens", "lr", "min_lr_ratio",
+         "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2", "grad_clip", "seed", "precision", "gradient_checkpointing",
+         "checkpoint_every", "log_every", "threads", "device", "deterministic"}
+
+
+class TokenWindows:
+    """Fixed-length windows over the concatenated token stream, in a seeded order per epoch."""
+
+    def __init__(self, ds: IndexedDataset, seq_len: int, seed: int):
+        self.tokens = ds.all_tokens()
+        self.seq_len = seq_len
+        self.n = (len(self.tokens) - 1) // seq_len
+        self.seed = seed
+        self._perm_epoch = -1
+        self._perm = None
+        if self.n < 1:
+            raise InvalidStageInput(f"dataset {ds.prefix} has {len(self.tokens)} tokens, fewer than seq_len+1 = {seq_len + 1}")
+
+    def sample(self, k: int) -> np.ndarray:
+        epoch, pos = divmod(k, self.n)
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            self._perm_epoch = epoch
+        i = int(self._perm[pos]) * self.seq_len
+        return np.asarray(self.tokens[i:i + self.seq_len + 1], dtype=np.int64)
+
+    def batch(self, start: int, size: int) -> np.ndarray:
+        return np.stack([self.sample(start + j) for j in range(size)])
+
+
+def lr_lambda_factory(warmup: int, total: int, min_ratio: float):
+    def f(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if total <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def find_data(ctx: StageContext, prefix: str) -> tuple[Path, Path | None]:
+    if ctx.params.has("input"):
+        dirs = [ctx.input_dir(ctx.params.str("input"))]
+    else:
+        dirs = ctx.input_dirs()
+    for d in dirs:
+        if (d / f"{prefix}.idx").is_file():
+            tok = d / "tokenizer" if (d / "tokenizer").is_dir() else None
+            if tok is None:
+                tok = next((x / "tokenizer" for x in ctx.input_dirs() if (x / "tokenizer").is_dir()), None)
+            return d / prefix, tok
+    raise InvalidStageInput(f"{ctx.params.source}: no {prefix}.idx in the needed stages (set 'input' or 'data_prefix')")
+
+
+def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, state: dict) -> str:
+    import torch
+
+    name = f"step-{step:06d}"
+    tmp = root / f".{name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(model.state_dict(), tmp / "model.pt")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, tmp / "rng.pt")
+    model.config.to_json_file(str(tmp / "config.json"))
+    write_json(tmp / "trainer_state.json", state)
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return name
+
+
+def main(ctx: StageContext) -> None:
+    import torch
+
+    p = ctx.params
+    p.reject_unknown(KNOWN)
+    seed = p.int("seed", 1234)
+    mbs = p.int("micro_batch_size", 8, min=1)
+    gas = p.int("gradient_accumulation_steps", 1, min=1)
+    oom_at = os.environ.get("TANREN_TEST_INJECT_OOM_ABOVE_MICRO_BATCH")
+    if oom_at and mbs > int(oom_at):
+        raise OutOfMemory(f"injected: micro_batch_size {mbs} > TANREN_TEST_INJECT_OOM_ABOVE_MICRO_BATCH={oom_at}")
+    seq_len = p.int("seq_len", 256, min=8)
+    hidden = p.int("hidden_size", 256, min=8)
+    heads = p.int("num_heads", 4, min=1)
+    kv_heads = p.int("num_kv_heads", heads, min=1)
+    if hidden % heads:
+        raise InvalidStageInput(f"{p.source}: field 'hidden_size' ({hidden}) must be divisible by num_heads ({heads})")
+    if heads % kv_heads:
+        raise InvalidStageInput(f"{p.source}: field 'num_kv_heads' ({kv_heads}) must divide num_heads ({heads})")
+    max_steps = p.int("max_steps", None, min=1)
+    max_tokens = p.int("max_tokens", None, min=1)
+    if max_steps is None:
+        max_steps = max(1, math.ceil(max_tokens / (mbs * gas * seq_len))) if max_tokens else 1000
+    lr = p.float("lr", 3e-4, min=0)
+    warmup = p.int("warmup_steps", min(100, max_steps // 10), min=0)
+    ckpt_every = p.int("checkpoint_every", 0, min=0)
+    log_every = p.int("log_every", 1, min=1)
+    precision = p.str("precision", "auto", choices=["auto", "bf16", "fp32"])
+    if p.has("threads"):
+        torch.set_num_threads(p.int("threads", min=1))
+    if p.bool("deterministic", True):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    device = pick_device(ctx)
+    if precision == "bf16" and not bf16_ok(device):
+        raise StageConfigError(f"{p.source}: field 'precision' is bf16 but device {device} does not support it")
+    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_ok(device))
+
+    prefix, tok_dir = find_data(ctx, p.str("data_prefix", "text_document"))
+    ds = IndexedDataset(prefix)
+    windows = TokenWindows(ds, seq_len, seed)
+    tokenizer = None
+    if tok_dir is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    vocab = max(int(ds.all_tokens().max()) + 1, len(tokenizer) if tokenizer is not None else 0)
+
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=p.int("intermediate_size", int(hidden * 8 / 3 / 8 + 0.999) * 8, min=8),
+        num_hidden_layers=p.int("num_layers", 4, min=1), num_attention_heads=heads, num_key_value_heads=kv_heads,
+        max_position_embeddings=seq_len, rope_theta=p.float("rope_theta", 10000.0, min=1.0), tie_word_embeddings=True,
+        bos_token_id=getattr(tokenizer, "bos_token_id", 1), eos_token_id=getattr(tokenizer, "eos_token_id", 2),
+        pad_token_id=getattr(tokenizer, "pad_token_id", None), use_cache=False)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").to(device)
+    if p.bool("gradient_checkpointing", False):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    decay = [q for n, q in model.named_parameters() if q.ndim >= 2]
+    no_decay = [q for n, q in model.named_parameters() if q.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": p.float("weight_decay", 0.1, min=0)},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr,
+                                  betas=(p.float("adam_beta1", 0.9), p.float("adam_beta2", 0.95)), eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda_factory(warmup, max_steps, p.float("min_lr_ratio", 0.1, min=0, max=1)))
+    grad_clip = p.float("grad_clip", 1.0, min=0)
+
+    state = {"step": 0, "consumed_samples": 0, "first_loss": None, "tokens": 0, "micro_batch_size": mbs, "gradient_accumulation_steps": gas}
+    if ctx.resume_from:
+        rf = ctx.resume_from
+        if not (rf / "model.pt").is_file():
+            raise InvalidStageInput(f"TANREN_RESUME_FROM={rf} is not a pretrain checkpoint (no model.pt)")
+        model.load_state_dict(torch.load(rf / "model.pt", map_location=device))
+        optimizer.load_state_dict(torch.load(rf / "optimizer.pt", map_location=device))
+        scheduler.load_state_dict(torch.load(rf / "scheduler.pt"))
+        state.update(json.loads((rf / "trainer_state.json").read_text()))
+        rng = torch.load(rf / "rng.pt", weights_only=False)
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        print(f"resumed from {rf} at step {state['step']} (consumed {state['consumed_samples']} samples)", file=sys.stderr)
+        # the engine may have changed the batch split after an OOM: keep the data position, use the new split
+        state["micro_batch_size"], state["gradient_accumulation_steps"] = mbs, gas
+
+    ckpt_root = ctx.checkpoints or (ctx.output / "checkpoints")
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    tb = None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb = SummaryWriter(str(ctx.output / "tensorboard"))
+    except Exception as e:  # noqa: BLE001
+        print(f"tensorboard disabled: {e}", file=sys.stderr)
+    stop = StopFlag().install()
+
+    def checkpoint() -> None:
+        name = save_checkpoint(ckpt_root, state["step"], model, optimizer, scheduler, state)
+        ctx.checkpoint(name, state["step"])
+
+    model.train()
+    loss_val = None
+    t_last, tok_last = time.perf_counter(), 0
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    while state["step"] < max_steps:
+        step_loss = 0.0
+        for _ in range(gas):
+            batch = torch.from_numpy(windows.batch(state["consumed_samples"], mbs)).to(device)
+            state["consumed_samples"] += mbs
+            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
+                logits = model(input_ids=batch[:, :-1], use_cache=False).logits
+                loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+            (loss / gas).backward()
+            step_loss += loss.item() / gas
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip > 0 else None
+        lr_now = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        state["tokens"] += mbs * gas * seq_len
+        loss_val = step_loss
+        if state["first_loss"] is None:
+            state["first_loss"] = loss_val
+        if not math.isfinite(loss_val):
+            raise StageConfigError(f"loss became {loss_val} at step {state['step']}: lower 'lr' or check the data")
+        if state["step"] % log_every == 0 or state["step"] == max_steps:
+            now = time.perf_counter()
+            tps = (state["tokens"] - tok_last) / max(now - t_last, 1e-9)
+            t_last, tok_last = now, state["tokens"]
+            values = {"loss": loss_val, "lr": lr_now, "tokens_per_s": round(tps, 1)}
+            if grad_norm is not None:
+                values["grad_norm"] = float(grad_norm)
+            if device == "cuda":
+                values["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+            ctx.metric(values, step=state["step"])
+            ctx.progress(state["step"], max_steps)
+            if tb is not None:
+                for k, v in values.items():
+                    tb.add_scalar(f"train/{k}", v, state["step"])
+        if ckpt_every and state["step"] % ckpt_every == 0 and state["step"] < max_steps:
+            checkpoint()
+        if stop.requested:
+            checkpoint()
+            if tb is not None:
+                tb.close()
+            print(f"stopped by signal {stop.signum} at step {state['step']} after saving a checkpoint", file=sys.stderr, flush=True)
+            sys.exit(128 + (stop.signum or 15))
+    if tb is not None:
+        tb.close()
+    checkpoint()
+    model_dir = ctx.output / "model"
+    model.config.use_cache = True
+    model.save_pretrained(str(model_dir), safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(model_dir))
+    ctx.artifact("model/model.safetensors", "final model (HF format)")
+    ctx.result({"first_loss": state["first_loss"], "final_loss": loss_val, "steps": state["step"], "tokens": state["tokens"],
+                "parameters": sum(q.numel() for q in model.parameters())})
+
+
+if __name__ == "__main__":
+    run_stage(main)

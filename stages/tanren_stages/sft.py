@@ -1,0 +1,71 @@
+"""Stage `sft`: supervised fine-tuning with TRL's SFTTrainer, loss on assistant tokens only.
+
+params (defaults):
+  model       HF model dir; default: model/ in the needed stage (e.g. pretrain) — or `input` naming it
+  data        .jsonl file or dir (relative to the project root), rows {"messages":[{role,content}...]}
+              or {"instruction", "input"?, "output"}; or data_input: a needed stage holding *.jsonl
+  lora        false | true | {r: 16, alpha: 32, dropout: 0.05, target_modules: "all-linear"}
+  qlora / load_in_4bit  false (needs CUDA + bitsandbytes, else StageConfigError)
+  max_steps -1 (use num_train_epochs 1), lr 2e-5, micro_batch_size 4, gradient_accumulation_steps 1,
+  max_length 1024, seed 1234, warmup_ratio 0.03, lr_scheduler "cosine", checkpoint_every 0, log_every 1
+Outputs: model/ (merged when LoRA), adapter/ (LoRA), tensorboard/. Result: final_loss, first_loss, steps.
+"""
+from __future__ import annotations
+
+from .hf_train import (COMMON_KEYS, check_messages, check_qlora, data_files, device_for, events_callback, load_model_and_tokenizer,
+                       load_rows, lora_config, run_training, save_final, training_args_kwargs)
+from .protocol import InvalidStageInput, StageContext, StopFlag, run_stage
+
+
+def to_messages(where: str, row: dict) -> list[dict]:
+    if "messages" in row:
+        msgs = check_messages(where, row["messages"])
+    elif "instruction" in row and "output" in row:
+        if not isinstance(row["instruction"], str) or not isinstance(row["output"], str):
+            raise InvalidStageInput(f"{where}: fields 'instruction' and 'output' must be strings")
+        extra = row.get("input") or ""
+        if not isinstance(extra, str):
+            raise InvalidStageInput(f"{where}: field 'input' must be a string")
+        user = row["instruction"] + ("\n\n" + extra if extra else "")
+        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
+    else:
+        raise InvalidStageInput(f"{where}: expected field 'messages' or fields 'instruction'/'output' (have {', '.join(sorted(row))})")
+    if not any(m["role"] == "assistant" for m in msgs):
+        raise InvalidStageInput(f"{where}: no assistant message to learn from")
+    return msgs
+
+
+def build_trainer(ctx: StageContext, stop: StopFlag | None = None):
+    """The configured SFTTrainer (no training yet) and its events callback; tests inspect it."""
+    p = ctx.params
+    p.reject_unknown(COMMON_KEYS)
+    stop = stop or StopFlag()
+    rows = [{"messages": to_messages(w, r)} for w, r in load_rows(data_files(ctx, "chat.jsonl"))]
+    device = device_for(ctx)
+    check_qlora(ctx, device)
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    ds = Dataset.from_list(rows)
+    model, tok, _ = load_model_and_tokenizer(ctx, device)
+    peft_cfg = lora_config(ctx)
+    args = SFTConfig(**training_args_kwargs(ctx, device, 2e-5), max_length=p.int("max_length", 1024, min=8),
+                     assistant_only_loss=True, packing=False, dataset_num_proc=None)
+    cb = events_callback(ctx, stop)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_cfg, callbacks=[cb])
+    return trainer, cb, tok, peft_cfg is not None
+
+
+def main(ctx: StageContext) -> None:
+    stop = StopFlag().install()
+    trainer, cb, tok, lora = build_trainer(ctx, stop)
+    run_training(ctx, trainer, cb, stop)
+    save_final(ctx, trainer, tok, lora)
+    ctx.artifact("model/model.safetensors", "fine-tuned model")
+    hist = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    ctx.result({"final_loss": hist[-1] if hist else None, "first_loss": hist[0] if hist else None,
+                "steps": trainer.state.global_step, "lora": lora})
+
+
+if __name__ == "__main__":
+    run_stage(main)

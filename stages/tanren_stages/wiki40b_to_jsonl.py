@@ -1,0 +1,138 @@
+"""Stage `wiki40b_to_jsonl`: wiki-40b parquet shards → articles.jsonl + stats.json.
+
+params:
+  source              directory (or single file) of parquet shards with columns
+                      wikidata_id, text[, version_id]; relative to the current dir
+  min_chars           drop articles whose converted text is shorter (default 100)
+  min_japanese_ratio  drop articles whose share of Japanese characters among
+                      non-space characters is lower (default 0.5)
+  dedup               drop exact duplicates after NFKC/whitespace normalisation (default true)
+  batch_size          rows per streamed record batch (default 1024)
+Streams record batches, so memory stays flat whatever the shard size.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from pathlib import Path
+
+from .protocol import InvalidStageInput, StageContext, Timer, run_stage, write_json
+
+_JA = re.compile(r"[\u3040-\u309f\u30a0-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3000-\u303f\uff01-\uff9f\u31f0-\u31ff]")
+_WS = re.compile(r"\s+")
+
+
+def convert_wiki40b(raw: str) -> tuple[str, str]:
+    """One wiki-40b text → (title, plain text).
+
+    Section titles become their own line, paragraphs follow on lines of their
+    own, `_NEWLINE_` inside a paragraph becomes a line break.
+    """
+    title = ""
+    out: list[str] = []
+    state = None
+    for line in raw.split("\n"):
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("_START_ARTICLE_", "_START_SECTION_", "_START_PARAGRAPH_"):
+            state = line
+            continue
+        if state == "_START_ARTICLE_":
+            title = line
+        elif state == "_START_SECTION_":
+            out.append(line)
+        elif state == "_START_PARAGRAPH_":
+            out.extend(p for p in (s.strip() for s in line.split("_NEWLINE_")) if p)
+        else:  # text before any marker: keep it
+            out.append(line.replace("_NEWLINE_", "\n"))
+        state = None if state in ("_START_ARTICLE_", "_START_SECTION_") else state
+    return title, "\n".join(out)
+
+
+def japanese_ratio(text: str) -> float:
+    chars = _WS.sub("", text)
+    if not chars:
+        return 0.0
+    return len(_JA.findall(chars)) / len(chars)
+
+
+def dedup_key(text: str) -> bytes:
+    return hashlib.sha1(_WS.sub(" ", unicodedata.normalize("NFKC", text)).strip().encode("utf-8")).digest()
+
+
+def shard_files(source: Path) -> list[Path]:
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise InvalidStageInput(f"params field 'source': {source} does not exist")
+    files = sorted(p for p in source.rglob("*.parquet"))
+    if not files:
+        raise InvalidStageInput(f"params field 'source': no .parquet files under {source}")
+    return files
+
+
+def main(ctx: StageContext) -> None:
+    import pyarrow.parquet as pq
+
+    p = ctx.params
+    p.reject_unknown({"source", "min_chars", "min_japanese_ratio", "dedup", "batch_size", "limit"})
+    source = Path(p.str("source", required=True))
+    min_chars = p.int("min_chars", 100, min=0)
+    min_ja = p.float("min_japanese_ratio", 0.5, min=0, max=1)
+    dedup = p.bool("dedup", True)
+    batch_size = p.int("batch_size", 1024, min=1)
+    limit = p.int("limit", None, min=1)
+    files = shard_files(source)
+
+    seen: set[bytes] = set()
+    stats = {"read": 0, "kept": 0, "dropped": {"empty": 0, "too_short": 0, "not_japanese": 0, "duplicate": 0}, "chars_kept": 0, "files": [str(f) for f in files]}
+    timer = Timer()
+    out_path = ctx.output / "articles.jsonl"
+    with open(out_path, "w", encoding="utf-8") as out:
+        for fi, f in enumerate(files):
+            pf = pq.ParquetFile(f)
+            cols = set(pf.schema_arrow.names)
+            for need in ("text",):
+                if need not in cols:
+                    raise InvalidStageInput(f"{f}: column '{need}' is missing (have {', '.join(sorted(cols))})")
+            id_col = "wikidata_id" if "wikidata_id" in cols else None
+            for batch in pf.iter_batches(batch_size=batch_size, columns=[c for c in ("wikidata_id", "text") if c in cols]):
+                texts = batch.column("text").to_pylist()
+                ids = batch.column(id_col).to_pylist() if id_col else [None] * len(texts)
+                for wid, raw in zip(ids, texts):
+                    stats["read"] += 1
+                    if limit and stats["kept"] >= limit:
+                        break
+                    title, text = convert_wiki40b(raw or "")
+                    if not text:
+                        stats["dropped"]["empty"] += 1
+                        continue
+                    if len(text) < min_chars:
+                        stats["dropped"]["too_short"] += 1
+                        continue
+                    if japanese_ratio(text) < min_ja:
+                        stats["dropped"]["not_japanese"] += 1
+                        continue
+                    if dedup:
+                        k = dedup_key(text)
+                        if k in seen:
+                            stats["dropped"]["duplicate"] += 1
+                            continue
+                        seen.add(k)
+                    out.write(json.dumps({"id": wid if wid is not None else f"{f.name}:{stats['read']}", "title": title, "text": text}, ensure_ascii=False) + "\n")
+                    stats["kept"] += 1
+                    stats["chars_kept"] += len(text)
+                ctx.progress(stats["read"], message=f"{f.name}: kept {stats['kept']}")
+            ctx.progress(fi + 1, len(files), message=f"shard {f.name} done")
+    stats["seconds"] = round(timer.elapsed(), 3)
+    write_json(ctx.output / "stats.json", stats)
+    ctx.artifact("articles.jsonl", "converted articles {id,title,text}")
+    ctx.artifact("stats.json", "kept / dropped counts")
+    ctx.result({"kept": stats["kept"], "read": stats["read"], "dropped": stats["dropped"], "chars_kept": stats["chars_kept"]})
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,71 @@
+/** Shared set-up of tests: the environment `infra/dev up` wrote and the installed binaries. */
+import { existsSync, readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
+import { loadEnv, readEnvFile } from '../../worker/config.js';
+import { SEARCH_ATTRIBUTES } from '../../schemas/names.js';
+
+/** The repository root. */
+export const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+
+function versions(): Record<string, string> {
+  return readEnvFile(path.join(ROOT, 'infra', 'versions.env'));
+}
+
+const cache = process.env.TANREN_CACHE ?? path.join(os.homedir(), '.cache', 'tanren');
+
+/** Path of the installed `temporal` CLI (dev server). */
+export function temporalBin(): string {
+  const p = path.join(cache, 'tools', `temporal-${versions().TEMPORAL_CLI_VERSION}`, 'temporal');
+  if (!existsSync(p)) throw new Error(`temporal CLI not installed at ${p}: run infra/install-tools`);
+  return p;
+}
+
+/** Path of the installed Java time-skipping test server. */
+export function testServerBin(): string {
+  const p = path.join(cache, 'tools', `temporal-test-server-${versions().TEMPORAL_TEST_SERVER_VERSION}`, 'temporal-test-server');
+  if (!existsSync(p)) throw new Error(`temporal test server not installed at ${p}: run infra/install-tools`);
+  return p;
+}
+
+/** The tanren search attributes, for ephemeral test servers. */
+export const searchAttributeKeys = Object.values(SEARCH_ATTRIBUTES).map((name) =>
+  defineSearchAttributeKey(name, SearchAttributeType.KEYWORD),
+);
+
+/** Environment of the running dev services (`infra/dev up`). */
+export function servicesEnv() {
+  const env = loadEnv({ ...process.env, TANREN_PROJECT_DIR: ROOT });
+  if (!existsSync(path.join(ROOT, '.tanren', 'env')) && !process.env.TEMPORAL_ADDRESS) {
+    throw new Error('dev services are not running: run `infra/dev up` (make test does)');
+  }
+  return env;
+}
+
+/** A unique suffix for task queues and ids of one test. */
+export function unique(prefix: string): string {
+  return `${prefix}-${process.pid}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 6)}`;
+}
+
+/** Waits until `check` returns a truthy value, polling; fails with `what` after `timeoutMs`. */
+export async function waitFor<T>(what: string, check: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 30_000, everyMs = 100): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await check();
+      if (v) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${String(last)})` : ''}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+/** Reads a file as JSON. */
+export function readJson<T>(file: string): T {
+  return JSON.parse(readFileSync(file, 'utf8')) as T;
+}

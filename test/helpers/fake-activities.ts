@@ -1,0 +1,75 @@
+/**
+ * A scriptable `runStage` for workflow tests: each stage's `with` says how it
+ * behaves (fail N attempts, which failure type, block until released).
+ */
+import { Context } from '@temporalio/activity';
+import { ApplicationFailure } from '@temporalio/common';
+import type { StageResult, StageTask } from '../../activities/types.js';
+
+/** What the fake recorded of one attempt. */
+export interface AttemptRecord {
+  stage: string;
+  attempt: number;
+  start: number;
+  end?: number;
+  outcome?: 'ok' | 'failed' | 'cancelled';
+}
+
+/** Creates the fake activities and the record of what they did. */
+export function createFakeActivities() {
+  const attempts: AttemptRecord[] = [];
+  const gates = new Map<string, () => void>();
+  const waiting = new Map<string, Promise<void>>();
+  const gate = (stage: string) => {
+    if (!waiting.has(stage)) waiting.set(stage, new Promise<void>((r) => gates.set(stage, r)));
+    return waiting.get(stage)!;
+  };
+  const activities = {
+    async runStage(task: StageTask): Promise<StageResult> {
+      const ctx = Context.current();
+      const w = task.stage.with as { failAttempts?: number; failType?: string; block?: boolean; hang?: boolean; sleepMs?: number };
+      const rec: AttemptRecord = { stage: task.stage.id, attempt: ctx.info.attempt, start: Date.now() };
+      attempts.push(rec);
+      try {
+        if (w.hang) {
+          // Never heartbeats and never returns: only a timeout or cancellation ends it.
+          await ctx.cancelled;
+        }
+        if (w.block) {
+          const beat = setInterval(() => ctx.heartbeat({ waiting: true }), 200);
+          try {
+            await Promise.race([gate(task.stage.id), ctx.cancelled]);
+          } finally {
+            clearInterval(beat);
+          }
+        }
+        if (w.sleepMs) await ctx.sleep(w.sleepMs);
+        if (w.failAttempts && ctx.info.attempt <= w.failAttempts) {
+          throw ApplicationFailure.create({
+            type: w.failType ?? 'StageCrashed',
+            message: `planned failure of attempt ${ctx.info.attempt}`,
+            nonRetryable: w.failType === 'InvalidStageInput',
+          });
+        }
+        rec.outcome = 'ok';
+        return {
+          stage: task.stage.id,
+          attempt: ctx.info.attempt,
+          manifestKey: `runs/${task.runId}/${task.stage.id}/manifest.json`,
+          files: 0,
+          bytes: 0,
+          result: { inputs: task.inputs.map((i) => i.stage) },
+          metrics: {},
+          startedAt: new Date(rec.start).toISOString(),
+          endedAt: new Date().toISOString(),
+        };
+      } catch (err) {
+        rec.outcome = ctx.cancellationSignal.aborted ? 'cancelled' : 'failed';
+        throw err;
+      } finally {
+        rec.end = Date.now();
+      }
+    },
+  };
+  return { activities, attempts, release: (stage: string) => (gate(stage), gates.get(stage)!()) };
+}

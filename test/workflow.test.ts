@@ -1,0 +1,262 @@
+/**
+ * pipelineWorkflow on real Temporal servers (the installed dev server, and
+ * the Java time-skipping server for long backoffs and timeouts), with a
+ * scriptable fake runStage activity.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { WorkflowFailedError } from '@temporalio/client';
+import { ActivityFailure, ApplicationFailure, CancelledFailure, TimeoutFailure } from '@temporalio/common';
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import protos from '@temporalio/proto';
+import { Runtime, DefaultLogger, Worker, type WorkflowBundle } from '@temporalio/worker';
+import { workflowBundle } from '../worker/run-worker.js';
+import { pauseSignal, resumeSignal, statusQuery, type RunResult } from '../workflows/pipeline.js';
+import { createFakeActivities } from './helpers/fake-activities.js';
+import { searchAttributeKeys, temporalBin, testServerBin, unique, waitFor } from './helpers/env.js';
+
+const { temporal } = protos;
+Runtime.install({ logger: new DefaultLogger('WARN') });
+
+function input(taskQueue: string, stages: unknown[], extra: Record<string, unknown> = {}) {
+  return { spec: { name: 'wf-test', queues: { cpu: taskQueue, gpu: taskQueue }, stages, ...extra }, options: {} };
+}
+
+describe('pipelineWorkflow on the local dev server', () => {
+  let env: TestWorkflowEnvironment;
+  let bundle: WorkflowBundle;
+
+  before(async () => {
+    env = await TestWorkflowEnvironment.createLocal({
+      server: { executable: { type: 'existing-path', path: temporalBin() }, searchAttributes: searchAttributeKeys },
+    });
+    bundle = await workflowBundle();
+  });
+  after(async () => {
+    await env?.teardown();
+  });
+
+  async function withWorker<T>(fake: ReturnType<typeof createFakeActivities>, fn: (taskQueue: string) => Promise<T>): Promise<T> {
+    const taskQueue = unique('wf');
+    const worker = await Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle: bundle, activities: fake.activities });
+    return worker.runUntil(fn(taskQueue));
+  }
+
+  it('runs a diamond in dependency order, independent stages concurrently', async () => {
+    const fake = createFakeActivities();
+    const result = await withWorker(fake, (tq) =>
+      env.client.workflow.execute('pipelineWorkflow', {
+        taskQueue: tq,
+        workflowId: unique('diamond'),
+        args: [
+          input(tq, [
+            { id: 'a', run: ['x'] },
+            { id: 'b', needs: ['a'], run: ['x'], with: { sleepMs: 300 } },
+            { id: 'c', needs: ['a'], run: ['x'], with: { sleepMs: 300 } },
+            { id: 'd', needs: ['b', 'c'], run: ['x'] },
+          ]),
+        ],
+      }),
+    );
+    const r = result as RunResult;
+    assert.equal(r.state, 'succeeded');
+    assert.deepEqual(r.stages.map((s) => [s.id, s.state]), [['a', 'succeeded'], ['b', 'succeeded'], ['c', 'succeeded'], ['d', 'succeeded']]);
+    const at = (id: string) => fake.attempts.find((x) => x.stage === id)!;
+    assert.ok(at('b').start >= at('a').end!, 'b started after a ended');
+    assert.ok(at('b').start < at('c').end! && at('c').start < at('b').end!, 'b and c overlapped');
+    assert.ok(at('d').start >= Math.max(at('b').end!, at('c').end!), 'd waited for b and c');
+    assert.deepEqual(r.stages.find((s) => s.id === 'd')!.result, { inputs: ['b', 'c'] });
+  });
+
+  it('retries a failing stage with backoff until it succeeds', async () => {
+    const fake = createFakeActivities();
+    const r = (await withWorker(fake, (tq) =>
+      env.client.workflow.execute('pipelineWorkflow', {
+        taskQueue: tq,
+        workflowId: unique('retry'),
+        args: [input(tq, [{ id: 'flaky', run: ['x'], with: { failAttempts: 2 }, retry: { maximumAttempts: 5, initialInterval: '300ms', backoffCoefficient: 2 } }])],
+      }),
+    )) as RunResult;
+    const tries = fake.attempts.filter((a) => a.stage === 'flaky');
+    assert.deepEqual(tries.map((t) => [t.attempt, t.outcome]), [[1, 'failed'], [2, 'failed'], [3, 'ok']]);
+    const gap1 = tries[1]!.start - tries[0]!.end!;
+    const gap2 = tries[2]!.start - tries[1]!.end!;
+    assert.ok(gap1 >= 250, `first backoff ${gap1} ms`);
+    assert.ok(gap2 >= 550, `second backoff ${gap2} ms (coefficient 2)`);
+    assert.equal(r.stages[0]!.attempt, 3);
+  });
+
+  it('stops at once on a non-retryable failure, skips what depends on it, and reports the whole chain', async () => {
+    const fake = createFakeActivities();
+    const err = await withWorker(fake, (tq) =>
+      env.client.workflow
+        .execute('pipelineWorkflow', {
+          taskQueue: tq,
+          workflowId: unique('nonretry'),
+          args: [
+            input(tq, [
+              { id: 'bad', run: ['x'], with: { failAttempts: 9, failType: 'InvalidStageInput' }, retry: { maximumAttempts: 5 } },
+              { id: 'after', needs: ['bad'], run: ['x'] },
+              { id: 'other', run: ['x'] },
+            ]),
+          ],
+        })
+        .then(
+          () => assert.fail('expected the run to fail'),
+          (e: unknown) => e,
+        ),
+    );
+    assert.ok(err instanceof WorkflowFailedError);
+    assert.ok(err.cause instanceof ApplicationFailure);
+    assert.equal(err.cause.type, 'InvalidStageInput');
+    assert.match(err.cause.message, /stage "bad" failed/);
+    assert.ok(err.cause.cause instanceof ActivityFailure);
+    assert.ok(err.cause.cause.cause instanceof ApplicationFailure);
+    assert.equal(err.cause.cause.cause.type, 'InvalidStageInput');
+    assert.equal(fake.attempts.filter((a) => a.stage === 'bad').length, 1, 'no retry');
+    assert.ok(fake.attempts.some((a) => a.stage === 'other' && a.outcome === 'ok'), 'the independent branch still ran');
+    assert.ok(!fake.attempts.some((a) => a.stage === 'after'), 'the dependent stage never ran');
+    const stages = (err.cause.details![0] as { stages: Array<{ id: string; state: string }> }).stages;
+    assert.deepEqual(stages.map((s) => [s.id, s.state]), [['bad', 'failed'], ['after', 'skipped'], ['other', 'succeeded']]);
+  });
+
+  it('fails an invalid spec sent as raw JSON with InvalidPipelineSpec listing every problem', async () => {
+    const fake = createFakeActivities();
+    const err = await withWorker(fake, (tq) =>
+      env.client.workflow
+        .execute('pipelineWorkflow', {
+          taskQueue: tq,
+          workflowId: unique('invalid'),
+          args: [
+            input(tq, [
+              { id: 'a', needs: ['b'], run: ['x'] },
+              { id: 'b', needs: ['a'], run: ['x'], timeout: 'forever' },
+            ]),
+          ],
+        })
+        .then(
+          () => assert.fail('expected the run to fail'),
+          (e: unknown) => e,
+        ),
+    );
+    assert.ok(err instanceof WorkflowFailedError);
+    assert.ok(err.cause instanceof ApplicationFailure);
+    assert.equal(err.cause.type, 'InvalidPipelineSpec');
+    assert.equal(err.cause.nonRetryable, true);
+    assert.match(err.cause.message, /stage "b": stages\[1\]\.timeout: not a duration/);
+    assert.match(err.cause.message, /cycle in needs: a → b → a/);
+    assert.equal(fake.attempts.length, 0);
+  });
+
+  it('pauses: no new stage starts until resumed; running stages go on', async () => {
+    const fake = createFakeActivities();
+    await withWorker(fake, async (tq) => {
+      const handle = await env.client.workflow.start('pipelineWorkflow', {
+        taskQueue: tq,
+        workflowId: unique('pause'),
+        args: [input(tq, [{ id: 'first', run: ['x'], with: { block: true } }, { id: 'second', needs: ['first'], run: ['x'] }])],
+      });
+      await waitFor('first to run', () => fake.attempts.some((a) => a.stage === 'first'));
+      await handle.signal(pauseSignal);
+      await waitFor('paused state', async () => (await handle.query(statusQuery)).state === 'paused');
+      fake.release('first');
+      const status = await waitFor('first to succeed while paused', async () => {
+        const s = await handle.query(statusQuery);
+        return s.stages[0]!.state === 'succeeded' ? s : undefined;
+      });
+      assert.equal(status.state, 'paused');
+      assert.equal(status.stages[1]!.state, 'pending');
+      assert.ok(!fake.attempts.some((a) => a.stage === 'second'), 'second did not start while paused');
+      await handle.signal(resumeSignal);
+      const r = (await handle.result()) as RunResult;
+      assert.equal(r.stages[1]!.state, 'succeeded');
+    });
+  });
+
+  it('cancellation reaches the running stage and the run ends cancelled', async () => {
+    const fake = createFakeActivities();
+    await withWorker(fake, async (tq) => {
+      const handle = await env.client.workflow.start('pipelineWorkflow', {
+        taskQueue: tq,
+        workflowId: unique('cancel'),
+        args: [input(tq, [{ id: 'long', run: ['x'], with: { block: true }, heartbeatTimeout: '5s' }, { id: 'next', needs: ['long'], run: ['x'] }])],
+      });
+      await waitFor('long to run', () => fake.attempts.some((a) => a.stage === 'long'));
+      await handle.cancel();
+      const err = await handle.result().then(
+        () => assert.fail('expected cancellation'),
+        (e: unknown) => e,
+      );
+      assert.ok(err instanceof WorkflowFailedError);
+      assert.ok(err.cause instanceof CancelledFailure);
+      assert.equal(fake.attempts.find((a) => a.stage === 'long')!.outcome, 'cancelled');
+      const s = await handle.query(statusQuery);
+      assert.deepEqual(s.stages.map((x) => x.state), ['cancelled', 'cancelled']);
+      assert.equal(s.state, 'cancelled');
+    });
+  });
+  it('times out attempts that stop heartbeating or outlive their timeout, then fails', async () => {
+    const fake = createFakeActivities();
+    const err = await withWorker(fake, (tq) =>
+      env.client.workflow
+        .execute('pipelineWorkflow', {
+          taskQueue: tq,
+          workflowId: unique('timeout'),
+          args: [
+            input(tq, [
+              { id: 'silent', run: ['x'], with: { hang: true }, heartbeatTimeout: '1s', retry: { maximumAttempts: 2, initialInterval: '100ms' } },
+              { id: 'slow', run: ['x'], with: { block: true }, timeout: '1500ms', retry: { maximumAttempts: 1 } },
+            ]),
+          ],
+        })
+        .then(
+          () => assert.fail('expected a timeout'),
+          (e: unknown) => e,
+        ),
+    );
+    assert.ok(err instanceof WorkflowFailedError);
+    const activityFailure = (err.cause as ApplicationFailure).cause;
+    assert.ok(activityFailure instanceof ActivityFailure);
+    assert.ok(activityFailure.cause instanceof TimeoutFailure, `expected TimeoutFailure, got ${activityFailure.cause?.name}`);
+    assert.equal(fake.attempts.filter((a) => a.stage === 'silent').length, 2, 'heartbeat timeout retried once');
+    assert.equal(fake.attempts.filter((a) => a.stage === 'slow').length, 1);
+    const stages = (err.cause as ApplicationFailure).details![0] as { stages: Array<{ id: string; state: string; reason?: string }> };
+    for (const s of stages.stages) assert.equal(s.state, 'failed');
+  });
+});
+
+describe('pipelineWorkflow on the time-skipping test server', () => {
+  let env: TestWorkflowEnvironment;
+  let bundle: WorkflowBundle;
+  before(async () => {
+    env = await TestWorkflowEnvironment.createTimeSkipping({ server: { executable: { type: 'existing-path', path: testServerBin() } } });
+    // The Java test server takes custom search attributes through the operator service.
+    await env.connection.operatorService.addSearchAttributes({
+      namespace: 'default',
+      searchAttributes: Object.fromEntries(
+        searchAttributeKeys.map((k) => [k.name, temporal.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD]),
+      ),
+    });
+    bundle = await workflowBundle();
+  });
+  after(async () => {
+    await env?.teardown();
+  });
+
+  it('waits out long backoffs (10 min, then 20 min) without real waiting', async () => {
+    const fake = createFakeActivities();
+    const taskQueue = unique('ts-retry');
+    const worker = await Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle: bundle, activities: fake.activities });
+    const started = Date.now();
+    const r = (await worker.runUntil(
+      env.client.workflow.execute('pipelineWorkflow', {
+        taskQueue,
+        workflowId: unique('ts-retry'),
+        args: [input(taskQueue, [{ id: 's', run: ['x'], with: { failAttempts: 2 }, retry: { initialInterval: '10m', maximumAttempts: 3 } }])],
+      }),
+    )) as RunResult;
+    assert.equal(r.stages[0]!.attempt, 3);
+    assert.ok(Date.now() - started < 60_000);
+  });
+
+});
