@@ -6,6 +6,7 @@
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { mkdir, rm, writeFile, access } from 'node:fs/promises';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { Context, CancelledFailure } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
@@ -50,6 +51,9 @@ export interface StageRunnerDeps {
   /** Sends a progress signal to the run's workflow; errors are ignored. */
   notify?: (runId: string, progress: StageProgress) => Promise<void>;
 }
+
+/** The compiled project's root (dist/), where Node stage programs live. */
+const DIST_DIR = fileURLToPath(new URL('../', import.meta.url));
 
 /** Upper-cases a stage id for `TANREN_INPUT_<ID>`. */
 export function inputEnvName(stageId: string): string {
@@ -133,8 +137,11 @@ export function createRunStage(deps: StageRunnerDeps) {
     }
 
     let argv: string[];
+    const extraEnv: Record<string, string> = {};
     if (stage.run) {
       argv = stage.run;
+    } else if (stage.uses && isStageKind(stage.uses) && STAGE_KINDS[stage.uses].runtime === 'node') {
+      argv = [process.execPath, path.join(DIST_DIR, STAGE_KINDS[stage.uses].module)];
     } else if (stage.uses && isStageKind(stage.uses)) {
       if (!config.python) {
         throw stageFailure(
@@ -144,6 +151,9 @@ export function createRunStage(deps: StageRunnerDeps) {
         );
       }
       argv = [config.python, '-m', `tanren_stages.${STAGE_KINDS[stage.uses].module}`];
+      // The stages venv is shared by every clone; the code comes from this one.
+      const stagesDir = path.join(config.projectDir, 'stages');
+      extraEnv.PYTHONPATH = process.env.PYTHONPATH ? `${stagesDir}${path.delimiter}${process.env.PYTHONPATH}` : stagesDir;
     } else {
       throw stageFailure(FailureTypes.InvalidPipelineSpec, `stage "${stage.id}": unknown kind "${stage.uses}"`);
     }
@@ -160,6 +170,7 @@ export function createRunStage(deps: StageRunnerDeps) {
       TANREN_EVENTS: eventsFile,
       TANREN_DEVICE: config.device,
       PYTHONUNBUFFERED: '1',
+      ...extraEnv,
       ...inputEnv,
     };
     if (config.cudaVisibleDevices !== undefined) env.CUDA_VISIBLE_DEVICES = config.cudaVisibleDevices;

@@ -5,8 +5,10 @@
 
 /** A built-in stage kind. */
 export interface StageKindInfo {
-  /** Python module under stages/ (run as `python -m tanren_stages.<module>`). */
+  /** Python module under stages/ (run as `python -m tanren_stages.<module>`), or for Node kinds the script under dist/. */
   readonly module: string;
+  /** Which runtime runs the program. @default 'python' */
+  readonly runtime?: 'python' | 'node';
   /** Queue used when the stage names none. */
   readonly defaultQueue: 'cpu' | 'gpu';
   /** One line for `tanren validate` and the docs. */
@@ -24,8 +26,8 @@ export const STAGE_KINDS = {
   dpo: { module: 'dpo', defaultQueue: 'gpu', summary: 'direct preference optimisation with TRL' },
   'llm-jp-eval': { module: 'llm_jp_eval', defaultQueue: 'gpu', summary: 'llm-jp-eval style exact-match evaluation' },
   'mt-bench': { module: 'mt_bench', defaultQueue: 'gpu', summary: 'Japanese MT-Bench answers and LLM-as-judge grading' },
-  report: { module: 'report', defaultQueue: 'cpu', summary: 'HTML report with charts' },
-} as const satisfies Record<string, StageKindInfo>;
+  report: { module: 'activities/report/main.js', runtime: 'node', defaultQueue: 'cpu', summary: 'HTML report with charts' },
+} as const satisfies Record<string, StageKindInfo> as Record<'preflight' | 'wiki40b-to-jsonl' | 'train-tokenizer' | 'tokenize' | 'pretrain' | 'sft' | 'dpo' | 'llm-jp-eval' | 'mt-bench' | 'report', StageKindInfo>;
 
 /** Name of a built-in stage kind. */
 export type StageKind = keyof typeof STAGE_KINDS;
