@@ -4,8 +4,27 @@
  */
 import type { Client } from '@temporalio/client';
 import type { TanrenEnv } from '../worker/config.js';
-import { colourState, ExitCodes } from './output.js';
+import { colour, colourState, ExitCodes } from './output.js';
 import { fetchRun, renderStatus, type RunView } from './run-status.js';
+
+function formatValue(v: unknown): string {
+  if (typeof v === 'number') return Number.isInteger(v) ? String(v) : v.toPrecision(4);
+  if (typeof v === 'string') return v;
+  return JSON.stringify(v);
+}
+
+/** One line per stage with the figures its program reported (`result` events). */
+export function formatResults(view: RunView): string {
+  const lines: string[] = [];
+  for (const st of view.status?.stages ?? []) {
+    const values = Object.entries(st.result ?? {}).filter(([, v]) => v !== null && typeof v !== 'object');
+    if (values.length) lines.push(`  ${st.id.padEnd(16)} ${values.map(([k, v]) => `${k}=${formatValue(v)}`).join('  ')}`);
+    if (st.result?.judge === 'not configured') {
+      lines.push(`  ${''.padEnd(16)} ${colour.yellow('MT-Bench judge: not configured — answers were generated, no score was given')}`);
+    }
+  }
+  return lines.join('\n');
+}
 
 /** Exit code for a finished run's Temporal status. */
 export function exitCodeFor(temporalStatus: string): number {
@@ -49,6 +68,8 @@ export async function watchRun(client: Client, e: TanrenEnv, workflowId: string,
   }
   if (stop || !view) return ExitCodes.ok;
   if (!live) process.stdout.write(`\n${renderStatus(view)}\n`);
+  const results = formatResults(view);
+  if (results) process.stdout.write(`\nresults:\n${results}\n`);
   process.stdout.write(`\nrun ${workflowId}: ${colourState(view.temporalStatus.toLowerCase())}\n`);
   process.stdout.write(`artifacts: s3://${e.TANREN_BUCKET}/runs/${workflowId}/ (${e.TANREN_S3_ENDPOINT})\n`);
   return exitCodeFor(view.temporalStatus);

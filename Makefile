@@ -1,0 +1,44 @@
+# tanren — the two commands of the README are `make demo` and `make test`.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.PHONY: help install tools build stages up down status demo test test-node test-python schema clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+node_modules/.tanren-installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: node_modules/.tanren-installed tools build ## install Node packages and tools, build
+
+tools: ## install temporal, the test server, MinIO and uv into the per-user cache
+	infra/install-tools
+
+build: node_modules/.tanren-installed ## compile the TypeScript into dist/
+	npx tsc -p tsconfig.json
+
+stages: ## create (or reuse) the Python environment of the stage programs
+	infra/install-stages >/dev/null
+
+schema: build ## re-export the JSON Schemas from the zod schemas
+	node dist/schemas/export-json-schema.js
+
+up: tools ## start Temporal (with UI) and MinIO
+	infra/dev up
+
+down: ## stop workers and services (data is kept under .tanren/)
+	infra/dev down
+
+status: ## show what is running
+	infra/dev status
+
+demo: install stages ## start everything and run the reference pipeline
+	infra/demo
+
+test: install stages ## run every test against real services (starts and stops what it needs)
+	infra/test
+
+clean: ## remove build output (keeps .tanren/ run data and the tool cache)
+	rm -rf dist node_modules/.tanren-installed
