@@ -1,0 +1,193 @@
+/**
+ * runStage with MockActivityEnvironment, real child processes and the real
+ * MinIO: protocol env, events → heartbeats, exit codes → failure types,
+ * manifest written last, cancellation through the process group.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
+import { MockActivityEnvironment } from '@temporalio/testing';
+import { createRunStage } from '../activities/run-stage.js';
+import { createObjectStore, keys, sha256File, type ObjectStore } from '../activities/storage.js';
+import type { OutputManifest, StageProgress, StageResult, StageTask } from '../activities/types.js';
+import type { StageSpec } from '../schemas/pipeline.js';
+import { s3Credentials } from '../worker/config.js';
+import { ROOT, servicesEnv, unique, waitFor } from './helpers/env.js';
+
+const PY = 'python3';
+
+function recordingStore(inner: ObjectStore, calls: string[]): ObjectStore {
+  return {
+    ...inner,
+    bucket: inner.bucket,
+    endpoint: inner.endpoint,
+    putFile: async (key, file) => {
+      calls.push(`put ${key}`);
+      await inner.putFile(key, file);
+    },
+    putText: async (key, text, ct) => {
+      calls.push(`put ${key}`);
+      await inner.putText(key, text, ct);
+    },
+  };
+}
+
+describe('runStage activity', () => {
+  let storage: ObjectStore;
+  let workRoot: string;
+  before(async () => {
+    const env = servicesEnv();
+    storage = createObjectStore({ endpoint: env.TANREN_S3_ENDPOINT, bucket: env.TANREN_BUCKET, ...s3Credentials(env) });
+    await storage.ensureBucket();
+    workRoot = mkdtempSync(path.join(os.tmpdir(), 'tanren-act-'));
+  });
+  after(() => {});
+
+  function setup(opts: { killGraceMs?: number } = {}) {
+    const calls: string[] = [];
+    const signals: StageProgress[] = [];
+    const runStage = createRunStage({
+      storage: recordingStore(storage, calls),
+      config: { workRoot, projectDir: ROOT, device: 'cpu', queue: 'cpu', progressIntervalMs: 0, pollIntervalMs: 50, killGraceMs: opts.killGraceMs ?? 2000 },
+      notify: async (_run, p) => {
+        signals.push(p);
+      },
+    });
+    return { runStage, calls, signals };
+  }
+
+  function task(stage: Partial<StageSpec> & { id: string }, inputs: StageTask['inputs'] = []): StageTask {
+    return { runId: unique('act'), pipeline: 'act-test', queue: 'cpu', inputs, stage: { needs: [], with: {}, ...stage } as StageSpec };
+  }
+
+  it('runs a protocol stage: env, events to heartbeats, outputs and a manifest written last', async () => {
+    const { runStage, calls, signals } = setup();
+    const script = `
+import json, os
+ev = open(os.environ["TANREN_EVENTS"], "a")
+def emit(**k): ev.write(json.dumps(k) + "\\n"); ev.flush()
+p = json.load(open(os.environ["TANREN_PARAMS"]))
+for i in range(1, 4):
+    emit(event="progress", step=i, total=3)
+    emit(event="metric", step=i, values={"loss": 4.0 / i})
+os.makedirs(os.path.join(os.environ["TANREN_OUTPUT"], "sub"))
+open(os.path.join(os.environ["TANREN_OUTPUT"], "sub", "a.txt"), "w").write(p["word"] * 3)
+open(os.path.join(os.environ["TANREN_OUTPUT"], "b.txt"), "w").write(os.environ["TANREN_STAGE_ID"])
+emit(event="result", values={"attempt": int(os.environ["TANREN_ATTEMPT"])})
+print("hello from the stage")
+`;
+    const heartbeats: unknown[] = [];
+    const env = new MockActivityEnvironment({ attempt: 2 });
+    env.on('heartbeat', (d: unknown) => heartbeats.push(d));
+    const t = task({ id: 'writer', run: [PY, '-c', script], with: { word: 'ab' }, outputs: ['sub/a.txt'] });
+    const result = (await env.run(runStage, t)) as StageResult;
+    assert.equal(result.attempt, 2);
+    assert.equal(result.files, 2);
+    assert.deepEqual(result.result, { attempt: 2 });
+    assert.equal(result.metrics.loss, 4 / 3);
+    assert.ok(heartbeats.some((h) => (h as { step?: number }).step === 3), 'a heartbeat carried the progress');
+    assert.ok(signals.some((s) => s.kind === 'started' && s.attempt === 2));
+    const manifestKey = keys.manifest(t.runId, 'writer');
+    const puts = calls.filter((c) => c.startsWith('put runs/') && !c.includes('/logs/'));
+    assert.equal(puts.at(-1), `put ${manifestKey}`, 'manifest written after every output');
+    const manifest = JSON.parse(await storage.getText(manifestKey)) as OutputManifest;
+    assert.deepEqual(manifest.files.map((f) => f.path), ['b.txt', 'sub/a.txt']);
+    const dest = path.join(workRoot, 'check-a.txt');
+    await storage.getFile(manifest.prefix + 'sub/a.txt', dest);
+    assert.equal(readFileSync(dest, 'utf8'), 'ababab');
+    assert.equal(await sha256File(dest), manifest.files[1]!.sha256);
+    assert.match(await storage.getText(keys.log(t.runId, 'writer', 2)), /hello from the stage/);
+  });
+
+  it('downloads the inputs of needed stages, verified, into TANREN_INPUT_<ID>', async () => {
+    const { runStage } = setup();
+    const producer = task({ id: 'make-data', run: [PY, '-c', 'import os; open(os.path.join(os.environ["TANREN_OUTPUT"], "x.txt"), "w").write("42")'] });
+    const made = (await new MockActivityEnvironment().run(runStage, producer)) as StageResult;
+    const consumer = {
+      ...task({ id: 'use-data', run: [PY, '-c', 'import os, json; v = open(os.path.join(os.environ["TANREN_INPUT_MAKE_DATA"], "x.txt")).read(); open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "result", "values": {"got": v}}) + "\\n")'] }),
+      runId: producer.runId,
+      inputs: [{ stage: 'make-data', manifestKey: made.manifestKey }],
+    };
+    const used = (await new MockActivityEnvironment().run(runStage, consumer)) as StageResult;
+    assert.equal(used.result.got, '42');
+  });
+
+  it('rejects an input whose digest does not match its manifest, without retry', async () => {
+    const { runStage } = setup();
+    const producer = task({ id: 'src', run: [PY, '-c', 'import os; open(os.path.join(os.environ["TANREN_OUTPUT"], "x.txt"), "w").write("good")'] });
+    const made = (await new MockActivityEnvironment().run(runStage, producer)) as StageResult;
+    await storage.putText(`${keys.outputs(producer.runId, 'src')}x.txt`, 'tampered', 'text/plain');
+    const consumer = { ...task({ id: 'dst', run: [PY, '-c', 'pass'] }), runId: producer.runId, inputs: [{ stage: 'src', manifestKey: made.manifestKey }] };
+    await assert.rejects(new MockActivityEnvironment().run(runStage, consumer), (err: unknown) => {
+      assert.ok(err instanceof ApplicationFailure);
+      assert.equal(err.type, 'InvalidStageInput');
+      assert.equal(err.nonRetryable, true);
+      assert.match(err.message, /x\.txt from stage "src" has sha256/);
+      return true;
+    });
+  });
+
+  const exitCases: Array<[string, string, string, boolean]> = [
+    ['exit 2', 'import sys; print("bad row 3", file=sys.stderr); sys.exit(2)', 'InvalidStageInput', true],
+    ['exit 3', 'import sys; sys.exit(3)', 'StageConfigError', true],
+    ['exit 4', 'import sys; sys.exit(4)', 'OutOfMemory', false],
+    ['exit 1', 'raise SystemExit(1)', 'StageCrashed', false],
+    ['a signal', 'import os, signal; os.kill(os.getpid(), signal.SIGKILL)', 'StageCrashed', false],
+    ['an error event', 'import json, os, sys; open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "error", "type": "OutOfMemory", "message": "CUDA out of memory"}) + "\\n"); sys.exit(1)', 'OutOfMemory', false],
+  ];
+  for (const [what, code, type, nonRetryable] of exitCases) {
+    it(`maps ${what} to ${type}`, async () => {
+      const { runStage, signals } = setup();
+      await assert.rejects(new MockActivityEnvironment().run(runStage, task({ id: 'failing', run: [PY, '-c', code] })), (err: unknown) => {
+        assert.ok(err instanceof ApplicationFailure, String(err));
+        assert.equal(err.type, type);
+        assert.equal(err.nonRetryable, nonRetryable);
+        assert.match(err.message, /^stage "failing" (exited with code \d+|killed by SIGKILL)/);
+        return true;
+      });
+      assert.equal(signals.some((s) => s.kind === 'attempt-failed'), !nonRetryable, 'retryable failures are announced to the workflow');
+    });
+  }
+
+  it('fails a stage that skipped a declared output', async () => {
+    const { runStage } = setup();
+    await assert.rejects(new MockActivityEnvironment().run(runStage, task({ id: 'lazy', run: [PY, '-c', 'pass'], outputs: ['model.bin'] })), /did not write its declared output "model.bin"/);
+  });
+
+  it('on cancellation sends SIGTERM to the process group, then SIGKILL after the grace period', async () => {
+    const { runStage } = setup({ killGraceMs: 1000 });
+    const marker = path.join(workRoot, `${unique('term')}.txt`);
+    const childPidFile = path.join(workRoot, `${unique('child')}.pid`);
+    // The stage starts a grandchild, notes SIGTERM, and refuses to exit: only SIGKILL ends it.
+    const script = `
+import os, signal, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+open(${JSON.stringify(childPidFile)}, "w").write(str(child.pid))
+def on_term(*_):
+    open(${JSON.stringify(marker)}, "w").write("term")
+signal.signal(signal.SIGTERM, on_term)
+while True:
+    time.sleep(0.1)
+`;
+    const env = new MockActivityEnvironment();
+    const running = env.run(runStage, task({ id: 'stubborn', run: [PY, '-c', script] }));
+    await waitFor('the grandchild to start', () => existsSync(childPidFile) && readFileSync(childPidFile, 'utf8').length > 0);
+    const started = Date.now();
+    env.cancel();
+    await assert.rejects(running, (err: unknown) => err instanceof CancelledFailure);
+    assert.ok(Date.now() - started >= 900, 'waited the grace period before SIGKILL');
+    assert.equal(readFileSync(marker, 'utf8'), 'term', 'the stage saw SIGTERM');
+    const grandchild = Number(readFileSync(childPidFile, 'utf8'));
+    await waitFor('the grandchild to be gone', () => {
+      try {
+        process.kill(grandchild, 0);
+        return false;
+      } catch {
+        return true;
+      }
+    }, 5000);
+  });
+});
