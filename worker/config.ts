@@ -8,7 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
-import { DEFAULT_CPU_TASK_QUEUE, GPU_TASK_QUEUE_PREFIX } from '../schemas/names.js';
+import { CONTROL_TASK_QUEUE, DEFAULT_CPU_TASK_QUEUE, GPU_TASK_QUEUE_PREFIX } from '../schemas/names.js';
 
 /** The environment variables tanren reads. */
 export const EnvSchema = z.object({
@@ -27,6 +27,7 @@ export const EnvSchema = z.object({
   TANREN_WORK_DIR: z.string().optional().describe('Where stage attempts get their work directories'),
   TANREN_PROJECT_DIR: z.string().optional().describe('Current directory of stage processes'),
   TANREN_PYTHON: z.string().optional().describe('Python of the stages environment'),
+  TANREN_CONTROL_QUEUE: z.string().default(CONTROL_TASK_QUEUE).describe('Task queue of pipeline workflows'),
   TANREN_CPU_QUEUE: z.string().default(DEFAULT_CPU_TASK_QUEUE),
   TANREN_GPU_QUEUE: z.string().optional().describe('@default tanren-gpu-<host>'),
   TANREN_GPU_DEVICES: z.string().default('0').describe('CUDA_VISIBLE_DEVICES of the GPU worker'),

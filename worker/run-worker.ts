@@ -12,7 +12,6 @@ import type { Logger } from 'pino';
 import { createActivities } from '../activities/index.js';
 import { runningDir } from '../activities/run-stage.js';
 import { createObjectStore } from '../activities/storage.js';
-import { CONTROL_TASK_QUEUE } from '../schemas/names.js';
 import { stageProgressSignal } from '../workflows/pipeline.js';
 import { gpuQueueName, s3Credentials, type TanrenEnv } from './config.js';
 import { connectClient, connectWorker } from './connection.js';
@@ -137,7 +136,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
         await Worker.create({
           connection,
           namespace: env.TEMPORAL_NAMESPACE,
-          taskQueue: opts.controlTaskQueue ?? CONTROL_TASK_QUEUE,
+          taskQueue: opts.controlTaskQueue ?? env.TANREN_CONTROL_QUEUE,
           workflowBundle: await workflowBundle(),
           identity: `tanren-control@${os.hostname()}:${process.pid}`,
         }),

@@ -2,7 +2,7 @@
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/client';
 import type { Command } from 'commander';
 import { z } from 'zod';
-import { CONTROL_TASK_QUEUE, PIPELINE_WORKFLOW_TYPE, SEARCH_ATTRIBUTES } from '../../schemas/names.js';
+import { PIPELINE_WORKFLOW_TYPE, SEARCH_ATTRIBUTES } from '../../schemas/names.js';
 import type { PipelineSpec } from '../../schemas/pipeline.js';
 import { action, CliError, client, env, parseOptions } from '../common.js';
 import { ExitCodes } from '../output.js';
@@ -55,7 +55,7 @@ export function configureSubmitCommand(program: Command): void {
         let handle;
         try {
           handle = await c.workflow.start(PIPELINE_WORKFLOW_TYPE, {
-            taskQueue: CONTROL_TASK_QUEUE,
+            taskQueue: e.TANREN_CONTROL_QUEUE,
             workflowId,
             args: [input],
             searchAttributes: {
