@@ -90,7 +90,8 @@ export function createRunStage(deps: StageRunnerDeps) {
         log.debug('progress signal not delivered', { error: String(err) });
       }
     };
-    await notify({ kind: 'started' });
+    // Not awaited: the stage need not wait for the workflow to hear of it.
+    const startedSignal = notify({ kind: 'started' });
 
     const dir = path.join(config.workRoot, runId, stage.id, `attempt-${attempt}`);
     const dirs = {
@@ -295,9 +296,15 @@ export function createRunStage(deps: StageRunnerDeps) {
     };
 
     let done = false;
+    let wake: (() => void) | undefined;
+    let pollTimer: NodeJS.Timeout | undefined;
     const poller = (async () => {
       while (!done) {
-        await new Promise((r) => setTimeout(r, pollInterval));
+        // Interruptible, so a finished stage is noticed at once rather than after a poll interval.
+        await new Promise<void>((r) => {
+          wake = r;
+          pollTimer = setTimeout(r, pollInterval);
+        });
         if (done) break;
         try {
           await pump(false);
@@ -313,7 +320,10 @@ export function createRunStage(deps: StageRunnerDeps) {
 
     const outcome = await child;
     done = true;
+    clearTimeout(pollTimer);
+    wake?.();
     await poller;
+    await startedSignal;
     if (killTimer) clearTimeout(killTimer);
     ctx.cancellationSignal.removeEventListener('abort', onCancel);
     // A stage may leave grandchildren behind; they belong to its group.

@@ -216,6 +216,12 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
   const results = new Map<string, StageResult>();
   let failure: unknown;
 
+  /** The stages that have run so far, for the report stage's timeline. */
+  const timeline = () =>
+    status.stages
+      .filter((s) => s.startedAt && s.endedAt)
+      .map((s) => ({ stage: s.id, start: s.startedAt!, end: s.endedAt!, attempts: s.attempt, state: s.state }));
+
   const runStage = async (stage: StageSpec): Promise<void> => {
     const s = stageStatus(stage.id);
     const queue = stageQueue(stage);
@@ -240,7 +246,7 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
     const task: StageTask = {
       runId: info.workflowId,
       pipeline: spec.name,
-      stage,
+      stage: stage.uses === 'report' && stage.with.timeline === undefined ? { ...stage, with: { ...stage.with, timeline: timeline() } } : stage,
       queue,
       inputs: inputIds.map((id) => ({ stage: id, manifestKey: results.get(id)!.manifestKey })),
     };

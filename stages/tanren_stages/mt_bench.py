@@ -148,6 +148,9 @@ def main(ctx: StageContext) -> None:
     refs = load_references(rpath)
     ref_cats = p.list("reference_categories", REFERENCE_CATEGORIES)
     jp = p.sub("judge")
+    if jp is not None and not jp.raw("base_url") and not jp.raw("model"):
+        # A spec that leaves the judge's params empty (the tiny pipeline's default) has no judge.
+        jp = None
     judge = None
     if jp is not None:
         key_env = jp.str("api_key_env")

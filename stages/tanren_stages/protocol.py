@@ -233,6 +233,12 @@ class StageContext:
 
     def metric(self, values: dict, step: int | None = None) -> None:
         self.events.emit("metric", step=None if step is None else int(step), values=values)
+        # The events file is not an output; this history is, so reports can draw curves.
+        try:
+            with open(self.output / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": None if step is None else int(step), **values}) + "\n")
+        except OSError:
+            pass
 
     def checkpoint(self, path: str, step: int) -> None:
         self.events.emit("checkpoint", path=path, step=int(step))

@@ -1,0 +1,64 @@
+/**
+ * The `with:` object of a `uses: report` stage, validated with zod so a
+ * mistake fails the stage with InvalidStageInput naming the field.
+ */
+import { z } from 'zod';
+
+const isoTime = z
+  .string()
+  .refine((s) => Number.isFinite(Date.parse(s)), { message: 'must be an ISO 8601 time, e.g. 2025-01-31T12:00:00Z' });
+
+/** One entry of the `timeline` param. */
+export const TimelineEntrySchema = z
+  .strictObject({
+    stage: z.string().min(1).describe('stage id'),
+    start: isoTime.describe('when the stage started (ISO 8601)'),
+    end: isoTime.describe('when the stage ended (ISO 8601)'),
+    attempts: z.number().int().min(1).optional().describe('attempts it took'),
+    state: z.string().optional().describe('final state of the stage, e.g. succeeded or failed'),
+  })
+  .refine((e) => Date.parse(e.end) >= Date.parse(e.start), { message: 'end is before start', path: ['end'] });
+
+/** Params of the `report` stage kind. */
+export const ReportParamsSchema = z.strictObject({
+  reference_scores: z
+    .string()
+    .min(1)
+    .default('data/reference-scores.csv')
+    .describe('CSV of reference models (columns model,mt_bench,llm_jp_eval[,note]), relative to the current directory'),
+  timeline: z
+    .array(TimelineEntrySchema)
+    .optional()
+    .describe('stage timeline given by the engine: [{stage, start, end, attempts?}]; the section is omitted without it'),
+  title: z.string().min(1).optional().describe('page title; default "tanren report: <pipeline>"'),
+  model_name: z.string().min(1).optional().describe("label of this run's point in the scatter; default the run id"),
+  mt_bench: z.string().min(1).optional().describe('id of the needed stage holding MT-Bench outputs; default: found by its files'),
+  llm_jp_eval: z.string().min(1).optional().describe('id of the needed stage holding llm-jp-eval outputs; default: found by its files'),
+});
+
+/** Validated params of the `report` stage kind. */
+export type ReportParams = z.infer<typeof ReportParamsSchema>;
+
+/** Thrown for bad params or bad input files: the stage exits 2 (InvalidStageInput). */
+export class ReportInputError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ReportInputError';
+  }
+}
+
+/**
+ * Validates the params object read from `source` (the TANREN_PARAMS file).
+ * @throws ReportInputError naming the first bad field.
+ */
+export function parseReportParams(raw: unknown, source: string): ReportParams {
+  const parsed = ReportParamsSchema.safeParse(raw ?? {});
+  if (parsed.success) return parsed.data;
+  const issue = parsed.error.issues[0];
+  if (issue.code === 'unrecognized_keys') {
+    const allowed = Object.keys(ReportParamsSchema.shape).join(', ');
+    throw new ReportInputError(`${source}: unknown field(s) ${issue.keys.join(', ')}; allowed: ${allowed}`);
+  }
+  const field = issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('').replace(/^\./, '');
+  throw new ReportInputError(field ? `${source}: field '${field}': ${issue.message}` : `${source}: ${issue.message}`);
+}

@@ -1,0 +1,339 @@
+/**
+ * The `report` stage kind: the compiled program run as a stage over fake stage
+ * outputs (shapes as stages/tanren_stages/llm_jp_eval.py and mt_bench.py write
+ * them), plus `buildReport` on its own. With Debian's chromium installed, a
+ * screenshot of the page is saved to test-artifacts/report.png.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { buildReport, escapeHtml, namespaceSvgIds } from '../activities/report/build-report.js';
+import { parseCsv } from '../activities/report/csv.js';
+import type { ReportInputs } from '../activities/report/types.js';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const MAIN = path.join(ROOT, 'dist', 'activities', 'report', 'main.js');
+const CHROMIUM = '/usr/bin/chromium';
+
+const tmpRoot = mkdtempSync(path.join(os.tmpdir(), 'tanren-report-'));
+after(() => rmSync(tmpRoot, { recursive: true, force: true }));
+
+const REFERENCES = `model,mt_bench,llm_jp_eval,note
+ref-large-instruct,8.0,0.60,"illustrative, ""placeholder"""
+ref-7b-instruct,6.0,0.50,
+ref-1b-base,2.5,0.30,base model
+ref-no-mt,,0.2,not plotted
+`;
+
+const writeJsonl = (file: string, rows: unknown[]) => {
+  mkdirSync(path.dirname(file), { recursive: true });
+  writeFileSync(file, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
+};
+const writeJson = (file: string, v: unknown) => {
+  mkdirSync(path.dirname(file), { recursive: true });
+  writeFileSync(file, JSON.stringify(v, null, 2));
+};
+
+/** A project dir with data/reference-scores.csv and needed-stage outputs under inputs/. */
+function fixture(name: string, opts: { judge: boolean }): string {
+  const dir = path.join(tmpRoot, name);
+  const inputs = path.join(dir, 'inputs');
+  mkdirSync(path.join(dir, 'data'), { recursive: true });
+  writeFileSync(path.join(dir, 'data', 'reference-scores.csv'), REFERENCES);
+  writeFileSync(path.join(dir, 'refs.csv'), REFERENCES);
+
+  // Training stages: pretrain and sft with metrics.jsonl, dpo with only an events.jsonl (the fallback).
+  writeJsonl(
+    path.join(inputs, 'pretrain', 'metrics.jsonl'),
+    Array.from({ length: 120 }, (_, i) => ({ step: i + 1, loss: 1 + 7 * Math.exp(-(i + 1) / 40), lr: 0.003, tokens_per_s: 5000 })),
+  );
+  writeJson(path.join(inputs, 'pretrain', 'model', 'config.json'), { hidden_size: 64 });
+  writeJsonl(path.join(inputs, 'sft', 'logs', 'metrics.jsonl'), [
+    ...Array.from({ length: 12 }, (_, i) => ({ step: i + 1, values: { loss: 3 - 0.1 * i, lr: 0.001 } })),
+    { step: 12, eval_loss: 2.2 },
+  ]);
+  writeJsonl(path.join(inputs, 'dpo', 'events.jsonl'), [
+    { event: 'progress', step: 1, total: 8 },
+    ...Array.from({ length: 8 }, (_, i) => ({ event: 'metric', step: i + 1, values: { loss: 0.69 - 0.03 * i, reward_accuracy: 0.5 } })),
+    { event: 'result', values: { final_loss: 0.48 } },
+  ]);
+
+  // llm_jp_eval.py: scores.json = {average, datasets: {name: {samples, metrics, score}}}
+  writeJson(path.join(inputs, 'llm-jp-eval', 'scores.json'), {
+    average: 0.425,
+    datasets: {
+      toy_birthplace: { samples: 10, metrics: { exact_match: 0.4, char_f1: 0.55 }, score: 0.475 },
+      toy_regionqa: { samples: 10, metrics: { exact_match: 0.375 }, score: 0.375 },
+    },
+  });
+  writeJsonl(path.join(inputs, 'llm-jp-eval', 'outputs', 'toy_regionqa.jsonl'), [{ input: 'q', expected: 'a', prediction: 'a' }]);
+
+  // mt_bench.py: answers.jsonl always; scores.json only when a judge is configured.
+  writeJsonl(path.join(inputs, 'mt-bench', 'answers.jsonl'), [
+    { question_id: 1, category: 'writing', turns: ['a', 'b'], new_tokens: 20 },
+    { question_id: 2, category: 'math', turns: ['c', 'd'], new_tokens: 22 },
+  ]);
+  if (opts.judge) {
+    writeJson(path.join(inputs, 'mt-bench', 'scores.json'), {
+      score: 4.75,
+      categories: { math: 3.5, writing: 6.0 },
+      unparsable: 1,
+      judge_calls: 4,
+      judge_prompt_tokens: 4000,
+      judge_completion_tokens: 600,
+      judge_cost: 0.0123,
+    });
+  }
+  return dir;
+}
+
+interface StageRun {
+  status: number | null;
+  stderr: string;
+  events: Record<string, any>[];
+  out: string;
+}
+
+/** Runs the compiled report program as the worker would: protocol env vars, cwd = project dir. */
+function runStage(dir: string, params: unknown, env: Record<string, string> = {}): StageRun {
+  const out = path.join(dir, `output-${Math.random().toString(36).slice(2, 8)}`);
+  mkdirSync(out);
+  const paramsFile = path.join(dir, 'params.json');
+  const eventsFile = path.join(dir, 'events-out.jsonl');
+  writeFileSync(paramsFile, JSON.stringify(params));
+  writeFileSync(eventsFile, '');
+  const r = spawnSync(process.execPath, [MAIN], {
+    cwd: dir,
+    encoding: 'utf8',
+    timeout: 60_000,
+    env: {
+      PATH: process.env.PATH ?? '',
+      TANREN_RUN_ID: 'tiny-run',
+      TANREN_PIPELINE: 'wiki40b-ja.tiny',
+      TANREN_STAGE_ID: 'report',
+      TANREN_ATTEMPT: '1',
+      TANREN_PARAMS: paramsFile,
+      TANREN_INPUTS: path.join(dir, 'inputs'),
+      TANREN_OUTPUT: out,
+      TANREN_EVENTS: eventsFile,
+      ...env,
+    },
+  });
+  const events = readFileSync(eventsFile, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((l) => JSON.parse(l));
+  return { status: r.status, stderr: r.stderr, events, out };
+}
+
+const result = (run: StageRun) => run.events.find((e) => e.event === 'result')?.values;
+
+/** No network at view time: nothing but the SVG/XLink namespace names may look like a URL. */
+function assertOffline(text: string, what: string) {
+  const urls = [...text.matchAll(/https?:\/\/[^\s"'<>)]+/g)].map((m) => m[0]);
+  const unexpected = urls.filter((u) => u !== 'http://www.w3.org/2000/svg' && u !== 'http://www.w3.org/1999/xlink');
+  assert.deepEqual(unexpected, [], `${what} references ${unexpected.join(', ')}`);
+  assert.doesNotMatch(text, /@import|@font-face|<script|<link\b|<img\b/i, `${what} must not load anything`);
+}
+
+describe('report stage (dist/activities/report/main.js)', () => {
+  it('builds report.html and SVGs with the reference models and the run point', () => {
+    const dir = fixture('judged', { judge: true });
+    const run = runStage(dir, {
+      reference_scores: 'refs.csv',
+      timeline: [
+        { stage: 'pretrain', start: '2025-06-01T10:00:00Z', end: '2025-06-01T10:03:05Z' },
+        { stage: 'sft', start: '2025-06-01T10:03:10Z', end: '2025-06-01T10:04:00Z', attempts: 2 },
+      ],
+    });
+    assert.equal(run.status, 0, run.stderr);
+    for (const f of ['report.html', 'scatter.svg', 'loss.svg', 'timeline.svg']) assert.ok(existsSync(path.join(run.out, f)), `${f} written`);
+
+    const scatter = readFileSync(path.join(run.out, 'scatter.svg'), 'utf8');
+    assert.match(scatter, /^<svg[^>]+xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
+    for (const m of ['ref-large-instruct', 'ref-7b-instruct', 'ref-1b-base', 'tiny-run']) assert.ok(scatter.includes(m), `scatter shows ${m}`);
+    assert.ok(!scatter.includes('ref-no-mt'), 'a reference without an MT-Bench score is not plotted');
+
+    const loss = readFileSync(path.join(run.out, 'loss.svg'), 'utf8');
+    for (const s of ['pretrain', 'sft', 'dpo']) assert.ok(loss.includes(`>${s}<`), `loss chart has a ${s} panel`);
+
+    const html = readFileSync(path.join(run.out, 'report.html'), 'utf8');
+    for (const s of ['toy_birthplace', 'toy_regionqa', '0.425', 'writing', 'math', '4.75', 'ref-no-mt', 'Stage timeline', '2 attempts']) {
+      assert.ok(html.includes(s), `report.html mentions ${s}`);
+    }
+    assert.ok(html.includes('<svg'), 'charts are inlined');
+    assert.match(html, /loss curve read from the metric events in events\.jsonl/);
+    assertOffline(html, 'report.html');
+    for (const f of ['scatter.svg', 'loss.svg', 'timeline.svg']) assertOffline(readFileSync(path.join(run.out, f), 'utf8'), f);
+
+    assert.deepEqual(
+      run.events.filter((e) => e.event === 'artifact').map((e) => e.path),
+      ['report.html', 'scatter.svg', 'loss.svg', 'timeline.svg'],
+    );
+    const values = result(run);
+    assert.equal(values.report, 'report.html');
+    assert.equal(values.points, 4, 'three plotted references and the run');
+    assert.equal(values.run_point, true);
+    assert.equal(values.mt_bench, 4.75);
+    assert.equal(values.llm_jp_eval, 0.425);
+    assert.deepEqual(values.loss_stages, ['pretrain', 'sft', 'dpo']);
+    assert.equal(values.timeline, true);
+  });
+
+  it('without a judge shows the MT-Bench score as missing and invents none', async () => {
+    const dir = fixture('no-judge', { judge: false });
+    const run = runStage(dir, {}); // default reference_scores: data/reference-scores.csv in the cwd
+    assert.equal(run.status, 0, run.stderr);
+    const values = result(run);
+    assert.equal(values.mt_bench, null);
+    assert.equal(values.run_point, false);
+    assert.equal(values.points, 3, 'only the references');
+    assert.match(values.mt_bench_missing, /judge: not configured/);
+
+    const scatter = readFileSync(path.join(run.out, 'scatter.svg'), 'utf8');
+    assert.ok(scatter.includes('ref-large-instruct'), 'default CSV read');
+    assert.ok(scatter.includes('tiny-run: llm-jp-eval 0.425, MT-Bench missing'), 'the known score is a labelled line');
+    assert.match(scatter, /not scored \(judge: not configured\)/);
+
+    const html = readFileSync(path.join(run.out, 'report.html'), 'utf8');
+    assert.match(html, /This run's point is missing/);
+    assert.match(html, /judge: not configured/);
+    assert.match(html, /2 questions were answered/);
+    assert.match(html, /No stage timeline/);
+    assert.ok(!existsSync(path.join(run.out, 'timeline.svg')));
+    // The run's row says "missing" where the MT-Bench score would be.
+    const runRow = html.split('\n').find((l) => l.includes('this run</span>'));
+    assert.ok(runRow?.includes('<span class="missing">missing</span>'), runRow);
+
+    await screenshot(path.join(run.out, 'report.html'), 'report-no-judge.png');
+  });
+
+  it('exits 2 naming the file when the reference CSV is missing', () => {
+    const dir = fixture('missing-csv', { judge: true });
+    const run = runStage(dir, { reference_scores: 'data/nope.csv' });
+    assert.equal(run.status, 2);
+    const lines = run.stderr.trim().split('\n');
+    assert.equal(lines.length, 1, run.stderr);
+    assert.match(lines[0], /InvalidStageInput: .*reference_scores.*data\/nope\.csv.*does not exist/);
+    const err = run.events.at(-1);
+    assert.equal(err?.event, 'error');
+    assert.equal(err?.type, 'InvalidStageInput');
+    assert.ok(!existsSync(path.join(run.out, 'report.html')));
+  });
+
+  it('exits 2 on a bad CSV cell, an unknown param and a stage that is not needed', () => {
+    const dir = fixture('bad-input', { judge: true });
+    writeFileSync(path.join(dir, 'bad.csv'), 'model,mt_bench,llm_jp_eval\nx,high,0.5\n');
+    let run = runStage(dir, { reference_scores: 'bad.csv' });
+    assert.equal(run.status, 2);
+    assert.match(run.stderr, /bad\.csv:2: column 'mt_bench' must be a number or empty, got "high"/);
+
+    run = runStage(dir, { reference_score: 'refs.csv' });
+    assert.equal(run.status, 2);
+    assert.match(run.stderr, /unknown field\(s\) reference_score/);
+
+    run = runStage(dir, { reference_scores: 'refs.csv', mt_bench: 'judge' });
+    assert.equal(run.status, 2);
+    assert.match(run.stderr, /field 'mt_bench': stage "judge" is not among this stage's needs/);
+
+    run = runStage(dir, { reference_scores: 'refs.csv', timeline: [{ stage: 'x', start: 'yesterday', end: '2025-01-01T00:00:00Z' }] });
+    assert.equal(run.status, 2);
+    assert.match(run.stderr, /field 'timeline\[0\]\.start'/);
+  });
+
+  it('renders a full report for the screenshot', async () => {
+    const dir = fixture('screenshot', { judge: true });
+    const run = runStage(dir, {
+      reference_scores: 'refs.csv',
+      timeline: [
+        { stage: 'pretrain', start: '2025-06-01T10:00:00Z', end: '2025-06-01T10:03:05Z' },
+        { stage: 'sft', start: '2025-06-01T10:03:10Z', end: '2025-06-01T10:04:00Z', attempts: 2 },
+        { stage: 'dpo', start: '2025-06-01T10:04:05Z', end: '2025-06-01T10:04:50Z' },
+        { stage: 'llm-jp-eval', start: '2025-06-01T10:04:55Z', end: '2025-06-01T10:05:40Z' },
+        { stage: 'mt-bench', start: '2025-06-01T10:04:55Z', end: '2025-06-01T10:06:30Z' },
+      ],
+    });
+    assert.equal(run.status, 0, run.stderr);
+    await screenshot(path.join(run.out, 'report.html'), 'report.png');
+  });
+});
+
+/** Screenshots the page with Debian's chromium into test-artifacts/; does nothing without chromium. */
+async function screenshot(htmlFile: string, name: string): Promise<void> {
+  if (!existsSync(CHROMIUM)) return;
+  const dir = path.join(ROOT, 'test-artifacts');
+  mkdirSync(dir, { recursive: true });
+  const png = path.join(dir, name);
+  rmSync(png, { force: true });
+  const r = spawnSync(
+    CHROMIUM,
+    ['--headless', '--no-sandbox', '--disable-gpu', `--screenshot=${png}`, '--window-size=1200,2000', `file://${htmlFile}`],
+    { encoding: 'utf8', timeout: 90_000 },
+  );
+  assert.ok(existsSync(png), `chromium wrote no screenshot (exit ${r.status}): ${r.stderr.slice(-500)}`);
+  const sig = readFileSync(png).subarray(0, 8);
+  assert.deepEqual([...sig], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a], 'a PNG file');
+}
+
+describe('buildReport', () => {
+  const base: ReportInputs = {
+    title: 'r',
+    modelName: '<script>alert(1)</script>',
+    generatedAt: '2025-01-01T00:00:00.000Z',
+    references: [{ model: 'A & B <x>', mtBench: 5, llmJpEval: 0.5 }],
+    referenceSource: 'refs.csv',
+    mtBench: { status: 'absent' },
+    llmJpEval: null,
+    metrics: [],
+    timeline: null,
+    notes: [],
+  };
+
+  it('escapes names and says what is missing', async () => {
+    const r = await buildReport(base);
+    assert.ok(!r.html.includes('<script>'), 'model name escaped in HTML');
+    assert.ok(r.html.includes('&lt;script&gt;alert(1)&lt;/script&gt;'));
+    assert.ok(!r.svgs['scatter.svg'].includes('<x>'), 'reference name escaped in SVG');
+    assert.deepEqual(Object.keys(r.svgs), ['scatter.svg']);
+    assert.equal(r.summary.points, 1);
+    assert.equal(r.summary.runPoint, false);
+    assert.match(r.html, /No loss history found/);
+    assert.match(r.html, /no MT-Bench stage among this stage&#39;s needs/);
+  });
+
+  it('is deterministic for the same inputs', async () => {
+    const a = await buildReport(base);
+    const b = await buildReport(base);
+    // vega numbers clip paths per process; the page is otherwise identical.
+    const strip = (s: string) => s.replace(/clip\d+/g, 'clip');
+    assert.equal(strip(a.html), strip(b.html));
+  });
+
+  it('thins long loss curves', async () => {
+    const points = Array.from({ length: 20_000 }, (_, i) => ({ step: i, values: { loss: 10 / (i + 1) } }));
+    const r = await buildReport({ ...base, metrics: [{ stage: 'pretrain', source: 'metrics.jsonl', points }] });
+    assert.ok(r.svgs['loss.svg'].length < 100_000, `loss.svg is ${r.svgs['loss.svg'].length} bytes`);
+    assert.match(r.html, /19999/);
+  });
+
+  it('keeps inlined SVG ids apart', () => {
+    const svg = '<svg><clipPath id="clip1"></clipPath><g clip-path="url(#clip1)"></g></svg>';
+    assert.equal(namespaceSvgIds(svg, 'loss'), '<svg><clipPath id="loss-clip1"></clipPath><g clip-path="url(#loss-clip1)"></g></svg>');
+    assert.equal(escapeHtml(`"'&`), '&quot;&#39;&amp;');
+  });
+});
+
+describe('parseCsv', () => {
+  it('reads quotes, doubled quotes, CRLF, a BOM and skips blank lines', () => {
+    const rows = parseCsv('\ufeffmodel,note\r\n"a,b","say ""hi"""\r\n\r\nc,"multi\nline"\n');
+    assert.deepEqual(rows, [
+      { line: 1, fields: ['model', 'note'] },
+      { line: 2, fields: ['a,b', 'say "hi"'] },
+      { line: 4, fields: ['c', 'multi\nline'] },
+    ]);
+  });
+});
