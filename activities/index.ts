@@ -2,7 +2,7 @@
  * The activity factory: every activity a worker registers, bound to injected
  * clients. Workflows import this module as a type only.
  */
-import { createRunStage, type StageRunnerDeps } from './run-stage.js';
+import { createCheckCache, createRunStage, type StageRunnerDeps } from './run-stage.js';
 
 /** Dependencies of all activities. */
 export type ActivityDeps = StageRunnerDeps;
@@ -11,5 +11,6 @@ export type ActivityDeps = StageRunnerDeps;
 export function createActivities(deps: ActivityDeps) {
   return {
     runStage: createRunStage(deps),
+    checkCache: createCheckCache(deps),
   };
 }

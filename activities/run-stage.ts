@@ -13,6 +13,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { execa } from 'execa';
 import { EXIT_CODE_FAILURES, FailureTypes, type FailureType } from '../schemas/names.js';
 import { STAGE_KINDS, isStageKind } from '../schemas/stage-kinds.js';
+import { computeCacheKey, lookupCache, recordCache, type CacheLookup } from './cache.js';
 import { EventFileReader, type StageEvent } from './events.js';
 import { isRetryableType, stageFailure, storageFailure } from './errors.js';
 import { describeFiles, keys, sha256File, type ObjectStore } from './storage.js';
@@ -42,6 +43,42 @@ export interface StageRunnerConfig {
   killGraceMs?: number;
   /** Keep attempt work directories after success (for debugging). @default false */
   keepWorkDirs?: boolean;
+  /** Free GPU memory in GiB of the visible devices, or undefined when unknown (checked against `memoryEstimateGiB`). */
+  gpuFreeGiB?: () => number | undefined;
+}
+
+/** Settings an OutOfMemory retry changes, carried to the next attempt in heartbeat details. */
+export interface BatchSettings {
+  micro_batch_size: number;
+  gradient_accumulation_steps: number;
+}
+
+/** Heartbeat details of a stage attempt (visible in the Temporal UI, read by the next attempt). */
+export interface StageHeartbeat {
+  attempt: number;
+  step?: number;
+  total?: number;
+  message?: string;
+  metrics?: Record<string, number>;
+  lastCheckpoint?: { path: string; step?: number };
+  /** The batch settings this attempt runs with, when the stage has them. */
+  settings?: BatchSettings;
+  /** Settings the next attempt must use (after an OutOfMemory). */
+  nextSettings?: BatchSettings;
+}
+
+/** Halves the micro-batch and doubles gradient accumulation (same effective batch); undefined at micro-batch 1. */
+export function shrinkBatch(s: BatchSettings): BatchSettings | undefined {
+  if (s.micro_batch_size <= 1) return undefined;
+  const micro = Math.floor(s.micro_batch_size / 2);
+  return { micro_batch_size: micro, gradient_accumulation_steps: Math.round((s.gradient_accumulation_steps * s.micro_batch_size) / micro) };
+}
+
+function batchSettingsOf(params: Record<string, unknown>): BatchSettings | undefined {
+  const micro = Number(params.micro_batch_size);
+  if (!Number.isInteger(micro) || micro < 1) return undefined;
+  const accum = Number(params.gradient_accumulation_steps ?? 1);
+  return { micro_batch_size: micro, gradient_accumulation_steps: Number.isInteger(accum) && accum >= 1 ? accum : 1 };
 }
 
 /** Dependencies of the stage activities, injected so tests can use real or fake ones. */
@@ -53,7 +90,7 @@ export interface StageRunnerDeps {
 }
 
 /** The compiled project's root (dist/), where Node stage programs live. */
-const DIST_DIR = fileURLToPath(new URL('../', import.meta.url));
+export const DIST_DIR = fileURLToPath(new URL('../', import.meta.url));
 
 /** Upper-cases a stage id for `TANREN_INPUT_<ID>`. */
 export function inputEnvName(stageId: string): string {
@@ -104,7 +141,28 @@ export function createRunStage(deps: StageRunnerDeps) {
     const paramsFile = path.join(dir, 'params.json');
     const eventsFile = path.join(dir, 'events.jsonl');
     const logFile = path.join(dir, 'stage.log');
-    await writeFile(paramsFile, JSON.stringify(stage.with ?? {}, null, 2));
+    const previous = (ctx.info.heartbeatDetails ?? undefined) as StageHeartbeat | undefined;
+    const params: Record<string, unknown> = { ...(stage.with ?? {}) };
+    if (previous?.nextSettings && batchSettingsOf(params)) {
+      Object.assign(params, previous.nextSettings);
+      log.info('retrying after OutOfMemory with a smaller micro-batch', { stage: stage.id, ...previous.nextSettings });
+    }
+    const settings = batchSettingsOf(params);
+    await writeFile(paramsFile, JSON.stringify(params, null, 2));
+
+    if (task.queue === 'gpu' && config.device === 'cuda' && stage.memoryEstimateGiB !== undefined) {
+      const free = config.gpuFreeGiB?.();
+      if (free !== undefined && free < stage.memoryEstimateGiB) {
+        throw stageFailure(
+          FailureTypes.StageConfigError,
+          `stage "${stage.id}" needs about ${stage.memoryEstimateGiB} GiB of GPU memory (memoryEstimateGiB) but only ${free.toFixed(1)} GiB is free` +
+            `${config.cudaVisibleDevices !== undefined ? ` on CUDA_VISIBLE_DEVICES=${config.cudaVisibleDevices}` : ''}: ` +
+            'lower micro_batch_size (and raise gradient_accumulation_steps to keep the batch), enable gradient_checkpointing, ' +
+            'or fine-tune with LoRA/QLoRA instead of all weights',
+          { needGiB: stage.memoryEstimateGiB, freeGiB: free },
+        );
+      }
+    }
     await writeFile(eventsFile, '');
 
     // Inputs: every file of each needed stage's manifest, verified by digest.
@@ -277,7 +335,8 @@ export function createRunStage(deps: StageRunnerDeps) {
         message: state.message,
         metrics: state.metrics,
         lastCheckpoint: state.checkpoints.at(-1),
-      });
+        settings,
+      } satisfies StageHeartbeat);
       const now = Date.now();
       if (!final && signalDirty && now - lastSignal >= progressInterval) {
         lastSignal = now;
@@ -350,11 +409,27 @@ export function createRunStage(deps: StageRunnerDeps) {
         type = state.error.type as FailureType;
       }
       const said = state.error?.message ?? tail.filter((l) => l.trim()).at(-1) ?? '';
-      const message = `stage "${stage.id}" ${reason}${said ? `: ${said}` : ''}`;
+      let message = `stage "${stage.id}" ${reason}${said ? `: ${said}` : ''}`;
+      const details = { exitCode: outcome.exitCode, signal: outcome.signal, logKey, logTail: lastLines(tail, 20), settings };
+      // A stage without a micro-batch is retried as it is: the memory may have been taken by something else.
+      if (type === FailureTypes.OutOfMemory && settings) {
+        const next = shrinkBatch(settings);
+        if (!next) {
+          throw ApplicationFailure.create({
+            type,
+            nonRetryable: true,
+            message: `${message} — micro_batch_size is already 1: enable gradient_checkpointing, shorten seq_len, use LoRA/QLoRA, or choose a smaller model`,
+            details: [details],
+          });
+        }
+        message += ` — next attempt: micro_batch_size=${next.micro_batch_size}, gradient_accumulation_steps=${next.gradient_accumulation_steps}`;
+        // The next attempt reads these from the last heartbeat of this one.
+        ctx.heartbeat({ attempt, metrics: state.metrics, lastCheckpoint: state.checkpoints.at(-1), settings, nextSettings: next } satisfies StageHeartbeat);
+      }
       if (isRetryableType(type)) {
         await notify({ kind: 'attempt-failed', failure: { type, message } });
       }
-      throw stageFailure(type, message, { exitCode: outcome.exitCode, signal: outcome.signal, logKey, logTail: lastLines(tail, 20) });
+      throw stageFailure(type, message, details);
     }
 
     for (const expected of stage.outputs ?? []) {
@@ -390,6 +465,14 @@ export function createRunStage(deps: StageRunnerDeps) {
       if (err instanceof ApplicationFailure) throw err;
       throw storageFailure(`uploading the outputs of stage "${stage.id}"`, err);
     }
+    if (task.cache) {
+      try {
+        const { key, parts } = await computeCacheKey(storage, stage, task.inputs, { projectDir: config.projectDir, distDir: DIST_DIR });
+        await recordCache(storage, task.pipeline, { key, parts, manifestKey: keys.manifest(runId, stage.id), runId, stage: stage.id, createdAt: new Date().toISOString() });
+      } catch (err) {
+        log.warn('cache entry not recorded', { stage: stage.id, error: String(err) });
+      }
+    }
     if (!config.keepWorkDirs) await rm(dir, { recursive: true, force: true });
     return {
       stage: stage.id,
@@ -402,5 +485,16 @@ export function createRunStage(deps: StageRunnerDeps) {
       startedAt,
       endedAt: new Date().toISOString(),
     };
+  };
+}
+
+/** Creates the `checkCache` activity: looks a stage up in the cross-run cache. */
+export function createCheckCache(deps: StageRunnerDeps) {
+  return async function checkCache(task: StageTask): Promise<CacheLookup> {
+    try {
+      return await lookupCache(deps.storage, task.pipeline, task.stage, task.inputs, { projectDir: deps.config.projectDir, distDir: DIST_DIR });
+    } catch (err) {
+      throw storageFailure(`looking up the cache for stage "${task.stage.id}"`, err);
+    }
   };
 }

@@ -20,6 +20,8 @@ export interface StageTask {
   inputs: StageInputRef[];
   /** Grace period between SIGTERM and SIGKILL on cancellation, ms. */
   killGraceMs?: number;
+  /** Record the outputs in the cross-run cache after success. @default false */
+  cache?: boolean;
 }
 
 /** One file of a manifest. */

@@ -152,6 +152,66 @@ print("hello from the stage")
     });
   }
 
+  it('retries OutOfMemory with half the micro-batch and twice the accumulation until it fits', async () => {
+    const { runStage } = setup();
+    const script = `
+import json, os, sys
+p = json.load(open(os.environ["TANREN_PARAMS"]))
+if p["micro_batch_size"] > 2:
+    print("CUDA out of memory (simulated)", file=sys.stderr); sys.exit(4)
+open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "result", "values": p}) + "\\n")
+`;
+    const t = task({ id: 'train', run: [PY, '-c', script], with: { micro_batch_size: 8, gradient_accumulation_steps: 1, lr: 0.1 } });
+    let details: unknown;
+    const seen: Array<Record<string, unknown>> = [];
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      const env = new MockActivityEnvironment({ attempt, heartbeatDetails: details });
+      env.on('heartbeat', (d: unknown) => {
+        details = d;
+      });
+      try {
+        const r = (await env.run(runStage, t)) as StageResult;
+        seen.push(r.result);
+      } catch (err) {
+        assert.ok(err instanceof ApplicationFailure);
+        assert.equal(err.type, 'OutOfMemory');
+        assert.equal(err.nonRetryable, false);
+        seen.push({ failed: err.message });
+      }
+    }
+    assert.match(String(seen[0]!.failed), /next attempt: micro_batch_size=4, gradient_accumulation_steps=2/);
+    assert.match(String(seen[1]!.failed), /next attempt: micro_batch_size=2, gradient_accumulation_steps=4/);
+    assert.deepEqual(seen[2], { micro_batch_size: 2, gradient_accumulation_steps: 4, lr: 0.1 });
+  });
+
+  it('gives up on OutOfMemory at micro-batch 1, non-retryable, with what to do', async () => {
+    const { runStage } = setup();
+    const t = task({ id: 'train', run: [PY, '-c', 'import sys; sys.exit(4)'], with: { micro_batch_size: 1 } });
+    await assert.rejects(new MockActivityEnvironment().run(runStage, t), (err: unknown) => {
+      assert.ok(err instanceof ApplicationFailure);
+      assert.equal(err.type, 'OutOfMemory');
+      assert.equal(err.nonRetryable, true);
+      assert.match(err.message, /micro_batch_size is already 1: enable gradient_checkpointing/);
+      return true;
+    });
+  });
+
+  it('refuses a GPU stage whose memory estimate exceeds the free GPU memory, before starting it', async () => {
+    const runStage = createRunStage({
+      storage,
+      config: { workRoot, projectDir: ROOT, device: 'cuda', queue: 'gpu', cudaVisibleDevices: '0', gpuFreeGiB: () => 20.5 },
+    });
+    const marker = path.join(workRoot, `${unique('never')}.txt`);
+    const t = { ...task({ id: 'pretrain', run: [PY, '-c', `open(${JSON.stringify(marker)}, "w")`], memoryEstimateGiB: 30 }), queue: 'gpu' as const };
+    await assert.rejects(new MockActivityEnvironment().run(runStage, t), (err: unknown) => {
+      assert.ok(err instanceof ApplicationFailure);
+      assert.equal(err.type, 'StageConfigError');
+      assert.match(err.message, /needs about 30 GiB of GPU memory \(memoryEstimateGiB\) but only 20\.5 GiB is free on CUDA_VISIBLE_DEVICES=0: lower micro_batch_size/);
+      return true;
+    });
+    assert.equal(existsSync(marker), false, 'the stage never started');
+  });
+
   it('fails a stage that skipped a declared output', async () => {
     const { runStage } = setup();
     await assert.rejects(new MockActivityEnvironment().run(runStage, task({ id: 'lazy', run: [PY, '-c', 'pass'], outputs: ['model.bin'] })), /did not write its declared output "model.bin"/);

@@ -41,7 +41,7 @@ describe('pipelines through real workers', () => {
     const file = path.join(ROOT, 'pipelines', 'demo.yaml');
     const spec = loadSpecFile(file);
     mutate(spec);
-    const input = renderRunInput(spec, { file: 'pipelines/demo.yaml', env: workers.env });
+    const input = renderRunInput(spec, { file: 'pipelines/demo.yaml', env: workers.env, noCache: true });
     (input.spec as PipelineSpec).queues = { cpu: workers.queues.cpu, gpu: workers.queues.gpu };
     return input;
   }

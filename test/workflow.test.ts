@@ -68,6 +68,24 @@ describe('pipelineWorkflow on the local dev server', () => {
     assert.deepEqual(r.stages.find((s) => s.id === 'd')!.result, { inputs: ['b', 'c'] });
   });
 
+  it('uses cache hits without running the stage, and says why a stage ran', async () => {
+    const fake = createFakeActivities();
+    const r = (await withWorker(fake, (tq) =>
+      env.client.workflow.execute('pipelineWorkflow', {
+        taskQueue: tq,
+        workflowId: unique('cache'),
+        args: [input(tq, [{ id: 'old', run: ['x'], with: { cached: true } }, { id: 'new', needs: ['old'], run: ['x'] }, { id: 'off', run: ['x'], cache: false, with: { cached: true } }])],
+      }),
+    )) as RunResult;
+    assert.deepEqual(r.stages.map((s) => [s.id, s.state, s.cache]), [
+      ['old', 'cached', 'cache hit: outputs of run earlier'],
+      ['new', 'succeeded', 'cache miss: no earlier run of this stage'],
+      ['off', 'succeeded', 'cache: off for this stage'],
+    ]);
+    assert.deepEqual(fake.attempts.map((a) => a.stage).sort(), ['new', 'off']);
+    assert.deepEqual(r.stages[1]!.result, { inputs: ['old'] });
+  });
+
   it('retries a failing stage with backoff until it succeeds', async () => {
     const fake = createFakeActivities();
     const r = (await withWorker(fake, (tq) =>

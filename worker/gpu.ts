@@ -76,3 +76,19 @@ export function acquireGpuLock(lockDir: string, devices: string): () => void {
   }
   throw new GpuLockedError(`could not take the GPU lock ${file}`);
 }
+
+/** Free memory in GiB of the first visible device (CUDA_VISIBLE_DEVICES order), from nvidia-smi; undefined when unknown. */
+export function gpuFreeMemoryGiB(devices: string): number | undefined {
+  const first = devices.split(',')[0]?.trim();
+  try {
+    const out = execFileSync('nvidia-smi', ['--query-gpu=memory.free', '--format=csv,noheader,nounits', ...(first ? ['-i', first] : [])], {
+      encoding: 'utf8',
+      timeout: 10_000,
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
+    const mib = Number(out.split('\n')[0]?.trim());
+    return Number.isFinite(mib) ? mib / 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}

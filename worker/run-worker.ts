@@ -15,7 +15,7 @@ import { createObjectStore } from '../activities/storage.js';
 import { stageProgressSignal } from '../workflows/pipeline.js';
 import { gpuQueueName, s3Credentials, type TanrenEnv } from './config.js';
 import { connectClient, connectWorker } from './connection.js';
-import { acquireGpuLock, probeGpu } from './gpu.js';
+import { acquireGpuLock, gpuFreeMemoryGiB, probeGpu } from './gpu.js';
 
 /** Options of {@link runWorker}. */
 export interface RunWorkerOptions {
@@ -107,7 +107,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       python: env.TANREN_PYTHON,
       device,
       queue,
-      ...(queue === 'gpu' ? { cudaVisibleDevices: env.TANREN_GPU_DEVICES } : {}),
+      ...(queue === 'gpu' ? { cudaVisibleDevices: env.TANREN_GPU_DEVICES, gpuFreeGiB: () => gpuFreeMemoryGiB(env.TANREN_GPU_DEVICES) } : {}),
       killGraceMs: env.TANREN_KILL_GRACE_MS,
       progressIntervalMs: env.TANREN_PROGRESS_INTERVAL_MS,
     },

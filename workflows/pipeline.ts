@@ -28,7 +28,7 @@ import {
   SEARCH_ATTRIBUTES,
   DEFAULT_CPU_TASK_QUEUE,
 } from '../schemas/names.js';
-import { PipelineRunInputSchema, type PipelineRunInput, type PipelineSpec, type StageSpec } from '../schemas/pipeline.js';
+import { PipelineRunInputSchema, type PipelineRunInput, type PipelineSpec, type RunOptions, type StageSpec } from '../schemas/pipeline.js';
 import { formatProblems, resolveSpec, stageQueue, validatePipelineSpec } from '../schemas/validate.js';
 import { planStages, TERMINAL_STATES, type StageState } from './planner.js';
 
@@ -52,6 +52,8 @@ export interface StageStatus {
   endedAt?: string;
   /** Why the stage failed, was skipped or is retrying. */
   reason?: string;
+  /** What the cache said: `cache hit: outputs of run …`, `cache miss: params changed: lr`, `cache: off`. */
+  cache?: string;
   failureType?: string;
   attempts: Array<{ attempt: number; startedAt: string; endedAt?: string; failure?: string }>;
 }
@@ -94,7 +96,7 @@ function kindOf(stage: StageSpec): string {
 }
 
 /** Validates the workflow input, failing the run (not the task) on bad input. */
-function validateInput(input: unknown): { spec: PipelineSpec; source: string } {
+function validateInput(input: unknown): { spec: PipelineSpec; source: string; options: RunOptions } {
   const envelope = PipelineRunInputSchema.safeParse(input);
   if (!envelope.success) {
     throw ApplicationFailure.nonRetryable(
@@ -122,7 +124,7 @@ function validateInput(input: unknown): { spec: PipelineSpec; source: string } {
       FailureTypes.InvalidPipelineSpec,
     );
   }
-  return { spec, source };
+  return { spec, source, options: envelope.data.options };
 }
 
 function renderDetails(status: RunStatus): string {
@@ -145,7 +147,7 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
   const status: RunStatus = { pipeline: '(invalid)', state: 'running', stages: [], startedAt };
   setHandler(statusQuery, () => status);
 
-  const { spec } = validateInput(input);
+  const { spec, options } = validateInput(input);
   status.pipeline = spec.name;
   if (spec.profile) status.profile = spec.profile;
   const byId = new Map(spec.stages.map((s) => [s.id, s]));
@@ -214,6 +216,12 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
   const defaults = spec.defaults ?? {};
   const queueName = (q: 'cpu' | 'gpu') => (q === 'gpu' ? spec.queues!.gpu! : (spec.queues?.cpu ?? DEFAULT_CPU_TASK_QUEUE));
   const results = new Map<string, StageResult>();
+  const cacheOn = (stage: StageSpec) => !options.noCache && (stage.cache ?? defaults.cache ?? true);
+  const io = proxyActivities<Activities>({
+    taskQueue: spec.queues?.cpu ?? DEFAULT_CPU_TASK_QUEUE,
+    startToCloseTimeout: '2m',
+    retry: { maximumAttempts: 5, initialInterval: '1s', nonRetryableErrorTypes: [...NON_RETRYABLE_FAILURE_TYPES] },
+  });
   let failure: unknown;
 
   /** The stages that have run so far, for the report stage's timeline. */
@@ -250,12 +258,35 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
       queue,
       inputs: inputIds.map((id) => ({ stage: id, manifestKey: results.get(id)!.manifestKey })),
     };
-    s.state = 'running';
     s.startedAt = new Date().toISOString();
-    if (s.attempt === 0) s.attempt = 1;
-    touch();
     try {
-      const result = await act.runStage(task);
+      if (cacheOn(stage)) {
+        const lookup = await io.checkCache(task);
+        s.cache = lookup.reason;
+        if (lookup.hit) {
+          results.set(stage.id, {
+            stage: stage.id,
+            attempt: 0,
+            manifestKey: lookup.manifestKey,
+            files: 0,
+            bytes: 0,
+            result: lookup.result,
+            metrics: {},
+            startedAt: s.startedAt,
+            endedAt: new Date().toISOString(),
+          });
+          s.state = 'cached';
+          s.result = lookup.result;
+          s.manifestKey = lookup.manifestKey;
+          return;
+        }
+      } else {
+        s.cache = options.noCache ? 'cache: off for this run (--no-cache)' : 'cache: off for this stage';
+      }
+      s.state = 'running';
+      if (s.attempt === 0) s.attempt = 1;
+      touch();
+      const result = await act.runStage({ ...task, cache: stage.cache ?? defaults.cache ?? true });
       results.set(stage.id, result);
       s.state = 'succeeded';
       s.attempt = result.attempt;

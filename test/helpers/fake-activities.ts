@@ -25,6 +25,13 @@ export function createFakeActivities() {
     return waiting.get(stage)!;
   };
   const activities = {
+    /** Stages with `with.cached: true` are cache hits; the rest miss. */
+    async checkCache(task: StageTask) {
+      const w = task.stage.with as { cached?: boolean };
+      return w.cached
+        ? { hit: true as const, key: 'k', manifestKey: `runs/earlier/${task.stage.id}/manifest.json`, fromRun: 'earlier', result: { from: 'cache' }, reason: 'cache hit: outputs of run earlier' }
+        : { hit: false as const, key: 'k', reason: 'cache miss: no earlier run of this stage' };
+    },
     async runStage(task: StageTask): Promise<StageResult> {
       const ctx = Context.current();
       const w = task.stage.with as { failAttempts?: number; failType?: string; block?: boolean; hang?: boolean; sleepMs?: number };

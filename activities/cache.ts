@@ -1,0 +1,177 @@
+/**
+ * The cross-run cache of stage outputs. A stage's cache key is the sha256 of
+ * its kind or command, its resolved params, its program version and the
+ * digests of its inputs' manifests. A hit is used only when every object of
+ * the cached manifest still exists with its size; otherwise the stage runs
+ * and the status says why.
+ */
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
+import type { StageSpec } from '../schemas/pipeline.js';
+import { STAGE_KINDS, isStageKind } from '../schemas/stage-kinds.js';
+import { sha256File, type ObjectStore } from './storage.js';
+import type { OutputManifest, StageInputRef } from './types.js';
+
+/** What a cache key is made of; kept next to the entry so a miss can say what changed. */
+export interface CacheKeyParts {
+  kind: string;
+  params: Record<string, unknown>;
+  program: string;
+  inputs: Record<string, string>;
+}
+
+/** A stored cache entry. */
+export interface CacheEntry {
+  key: string;
+  parts: CacheKeyParts;
+  manifestKey: string;
+  runId: string;
+  stage: string;
+  createdAt: string;
+}
+
+/** Answer of a cache look-up. */
+export type CacheLookup =
+  | { hit: true; key: string; manifestKey: string; fromRun: string; result: Record<string, unknown>; reason: string }
+  | { hit: false; key: string; reason: string };
+
+/** Object keys of the cache. */
+export const cacheKeys = {
+  entry: (key: string) => `cache/keys/${key}.json`,
+  lastOfStage: (pipeline: string, stage: string) => `cache/stages/${pipeline}/${stage}.json`,
+};
+
+function canonical(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(canonical);
+  if (v && typeof v === 'object') {
+    return Object.fromEntries(
+      Object.keys(v)
+        .sort()
+        .map((k) => [k, canonical((v as Record<string, unknown>)[k])]),
+    );
+  }
+  return v;
+}
+
+/** sha256 of a value's canonical JSON (sorted keys). */
+export function digestJson(v: unknown): string {
+  return createHash('sha256').update(JSON.stringify(canonical(v))).digest('hex');
+}
+
+/** Digest of the stage programs: the stages package's lockfile, project file and sources. */
+async function stagesProgramDigest(projectDir: string): Promise<string> {
+  const hash = createHash('sha256');
+  const dir = path.join(projectDir, 'stages');
+  for (const f of ['pyproject.toml', 'uv.lock']) {
+    const p = path.join(dir, f);
+    if (existsSync(p)) hash.update(`${f}:${await sha256File(p)}\n`);
+  }
+  const pkg = path.join(dir, 'tanren_stages');
+  if (existsSync(pkg)) {
+    for (const f of (await readdir(pkg)).filter((n) => n.endsWith('.py')).sort()) {
+      hash.update(`${f}:${await sha256File(path.join(pkg, f))}\n`);
+    }
+  }
+  return hash.digest('hex');
+}
+
+/**
+ * Version of the program a stage runs: for built-in kinds the stage programs'
+ * digest (Node kinds: the compiled file's digest); for `run:` stages the
+ * argv, the declared `version`, and the digest of every argument that names a
+ * file in the project (so editing a script is a change).
+ */
+export async function programVersion(stage: StageSpec, projectDir: string, distDir: string): Promise<string> {
+  if (stage.uses && isStageKind(stage.uses)) {
+    const info = STAGE_KINDS[stage.uses];
+    if (info.runtime === 'node') return `node:${await sha256File(path.join(distDir, info.module))}`;
+    return `python:${await stagesProgramDigest(projectDir)}`;
+  }
+  const files: Record<string, string> = {};
+  for (const arg of stage.run ?? []) {
+    const p = path.resolve(projectDir, arg);
+    if (!arg.startsWith('-') && p.startsWith(projectDir + path.sep) && existsSync(p)) {
+      try {
+        files[arg] = await sha256File(p);
+      } catch {
+        // a directory: argv alone identifies it
+      }
+    }
+  }
+  return `run:${digestJson({ argv: stage.run, version: stage.version ?? null, files })}`;
+}
+
+/** Describes what differs between two sets of key parts, for people: `params changed: lr, warmup`. */
+export function explainChange(before: CacheKeyParts, now: CacheKeyParts): string {
+  const reasons: string[] = [];
+  if (before.kind !== now.kind) reasons.push(`kind changed: ${before.kind} → ${now.kind}`);
+  const keys = new Set([...Object.keys(before.params), ...Object.keys(now.params)]);
+  const changed = [...keys].filter((k) => digestJson(before.params[k] ?? null) !== digestJson(now.params[k] ?? null)).sort();
+  if (changed.length) reasons.push(`params changed: ${changed.join(', ')}`);
+  if (before.program !== now.program) reasons.push('program changed');
+  const inputs = new Set([...Object.keys(before.inputs), ...Object.keys(now.inputs)]);
+  const changedInputs = [...inputs].filter((k) => before.inputs[k] !== now.inputs[k]).sort();
+  if (changedInputs.length) reasons.push(`inputs changed: ${changedInputs.join(', ')}`);
+  return reasons.join('; ') || 'no earlier entry with this key';
+}
+
+/** Computes a stage's cache key from its spec and its inputs' manifests. */
+export async function computeCacheKey(
+  storage: ObjectStore,
+  stage: StageSpec,
+  inputs: readonly StageInputRef[],
+  dirs: { projectDir: string; distDir: string },
+): Promise<{ key: string; parts: CacheKeyParts }> {
+  const inputDigests: Record<string, string> = {};
+  for (const input of inputs) {
+    const manifest = JSON.parse(await storage.getText(input.manifestKey)) as OutputManifest;
+    inputDigests[input.stage] = digestJson(manifest.files.map((f) => [f.path, f.size, f.sha256]));
+  }
+  const parts: CacheKeyParts = {
+    kind: stage.uses ?? 'run',
+    params: stage.with ?? {},
+    program: await programVersion(stage, dirs.projectDir, dirs.distDir),
+    inputs: inputDigests,
+  };
+  return { key: digestJson(parts), parts };
+}
+
+async function readJson<T>(storage: ObjectStore, key: string): Promise<T | undefined> {
+  if (!(await storage.stat(key))) return undefined;
+  return JSON.parse(await storage.getText(key)) as T;
+}
+
+/** Looks a stage up in the cache and verifies that a hit's objects all still exist with their sizes. */
+export async function lookupCache(
+  storage: ObjectStore,
+  pipeline: string,
+  stage: StageSpec,
+  inputs: readonly StageInputRef[],
+  dirs: { projectDir: string; distDir: string },
+): Promise<CacheLookup> {
+  const { key, parts } = await computeCacheKey(storage, stage, inputs, dirs);
+  const entry = await readJson<CacheEntry>(storage, cacheKeys.entry(key));
+  if (!entry) {
+    const last = await readJson<CacheEntry>(storage, cacheKeys.lastOfStage(pipeline, stage.id));
+    return { hit: false, key, reason: last ? `cache miss: ${explainChange(last.parts, parts)}` : 'cache miss: no earlier run of this stage' };
+  }
+  const manifest = await readJson<OutputManifest>(storage, entry.manifestKey);
+  if (!manifest) return { hit: false, key, reason: `cache hit rejected: manifest missing (${entry.manifestKey})` };
+  for (const f of manifest.files) {
+    const found = await storage.stat(manifest.prefix + f.path);
+    if (!found) return { hit: false, key, reason: `cache hit rejected: object missing: ${manifest.prefix + f.path}` };
+    if (found.size !== f.size) {
+      return { hit: false, key, reason: `cache hit rejected: object ${manifest.prefix + f.path} has ${found.size} bytes, manifest says ${f.size}` };
+    }
+  }
+  return { hit: true, key, manifestKey: entry.manifestKey, fromRun: entry.runId, result: manifest.result, reason: `cache hit: outputs of run ${entry.runId}` };
+}
+
+/** Records a finished stage's outputs under its key (and as the stage's latest entry). */
+export async function recordCache(storage: ObjectStore, pipeline: string, entry: CacheEntry): Promise<void> {
+  const text = JSON.stringify(entry, null, 2);
+  await storage.putText(cacheKeys.entry(entry.key), text);
+  await storage.putText(cacheKeys.lastOfStage(pipeline, entry.stage), text);
+}
