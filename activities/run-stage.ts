@@ -16,7 +16,8 @@ import { STAGE_KINDS, isStageKind } from '../schemas/stage-kinds.js';
 import { computeCacheKey, lookupCache, recordCache, type CacheLookup } from './cache.js';
 import { EventFileReader, type StageEvent } from './events.js';
 import { isRetryableType, stageFailure, storageFailure } from './errors.js';
-import { describeFiles, keys, sha256File, type ObjectStore } from './storage.js';
+import { createCheckpointUploader, restoreLatestCheckpoint, type CheckpointRef } from './checkpoints.js';
+import { describeFiles, keys, sha256File, withStorageRetry, type ObjectStore, type ObjectStoreConfig } from './storage.js';
 import type { OutputManifest, StageProgress, StageResult, StageTask } from './types.js';
 
 /** Settings of the worker that runs stages. */
@@ -43,6 +44,8 @@ export interface StageRunnerConfig {
   killGraceMs?: number;
   /** Keep attempt work directories after success (for debugging). @default false */
   keepWorkDirs?: boolean;
+  /** How long uploads and downloads retry while object storage is unreachable. @default 90000 */
+  storageRetryMs?: number;
   /** Free GPU memory in GiB of the visible devices, or undefined when unknown (checked against `memoryEstimateGiB`). */
   gpuFreeGiB?: () => number | undefined;
 }
@@ -61,6 +64,8 @@ export interface StageHeartbeat {
   message?: string;
   metrics?: Record<string, number>;
   lastCheckpoint?: { path: string; step?: number };
+  /** The newest checkpoint of this attempt that is complete in object storage: the next attempt resumes from it. */
+  checkpoint?: CheckpointRef;
   /** The batch settings this attempt runs with, when the stage has them. */
   settings?: BatchSettings;
   /** Settings the next attempt must use (after an OutOfMemory). */
@@ -84,6 +89,8 @@ function batchSettingsOf(params: Record<string, unknown>): BatchSettings | undef
 /** Dependencies of the stage activities, injected so tests can use real or fake ones. */
 export interface StageRunnerDeps {
   storage: ObjectStore;
+  /** Connection settings of the same bucket, for parallel multipart checkpoint uploads. */
+  s3?: ObjectStoreConfig;
   config: StageRunnerConfig;
   /** Sends a progress signal to the run's workflow; errors are ignored. */
   notify?: (runId: string, progress: StageProgress) => Promise<void>;
@@ -130,6 +137,13 @@ export function createRunStage(deps: StageRunnerDeps) {
     // Not awaited: the stage need not wait for the workflow to hear of it.
     const startedSignal = notify({ kind: 'started' });
 
+    const retryOpts = {
+      totalMs: config.storageRetryMs,
+      onRetry: (n: number, err: unknown) => {
+        ctx.heartbeat({ attempt, message: `object storage unavailable, retrying (${n})` } satisfies StageHeartbeat);
+        log.warn('object storage unavailable, retrying', { stage: stage.id, retry: n, error: String(err) });
+      },
+    };
     const dir = path.join(config.workRoot, runId, stage.id, `attempt-${attempt}`);
     const dirs = {
       inputs: path.join(dir, 'inputs'),
@@ -170,7 +184,7 @@ export function createRunStage(deps: StageRunnerDeps) {
     for (const input of task.inputs) {
       let manifest: OutputManifest;
       try {
-        manifest = JSON.parse(await storage.getText(input.manifestKey)) as OutputManifest;
+        manifest = JSON.parse(await withStorageRetry(() => storage.getText(input.manifestKey), retryOpts)) as OutputManifest;
       } catch (err) {
         throw storageFailure(`reading the manifest of stage "${input.stage}" (${input.manifestKey})`, err);
       }
@@ -179,7 +193,7 @@ export function createRunStage(deps: StageRunnerDeps) {
       for (const f of manifest.files) {
         const dest = path.join(target, f.path);
         try {
-          await storage.getFile(manifest.prefix + f.path, dest);
+          await withStorageRetry(() => storage.getFile(manifest.prefix + f.path, dest), retryOpts);
         } catch (err) {
           throw storageFailure(`downloading ${manifest.prefix + f.path} for stage "${stage.id}"`, err);
         }
@@ -233,6 +247,44 @@ export function createRunStage(deps: StageRunnerDeps) {
       ...inputEnv,
     };
     if (config.cudaVisibleDevices !== undefined) env.CUDA_VISIBLE_DEVICES = config.cudaVisibleDevices;
+
+    // Resume from the newest complete checkpoint in object storage (the previous attempt's, by heartbeat, else any).
+    const resumeInfo: Record<string, unknown> = {};
+    if (stage.checkpoint?.resume !== false) {
+      try {
+        const restored = await withStorageRetry(
+          () => restoreLatestCheckpoint(storage, runId, stage.id, path.join(dir, 'resume'), previous?.checkpoint, { s3: deps.s3 }),
+          retryOpts,
+        );
+        for (const skip of restored?.skipped ?? []) {
+          log.warn('checkpoint skipped', { stage: stage.id, checkpoint: skip.ref.path, reason: skip.reason });
+        }
+        if (restored) {
+          env.TANREN_RESUME_FROM = restored.dir;
+          resumeInfo.resumed_from = restored.ref.path;
+          resumeInfo.resumed_from_step = restored.ref.step;
+          if (restored.skipped.length) {
+            resumeInfo.checkpoints_skipped = restored.skipped.map((k) => `${k.ref.path}: ${k.reason}`).join('; ');
+          }
+          log.info('resuming from checkpoint', { stage: stage.id, checkpoint: restored.ref.path, step: restored.ref.step });
+          void notify({
+            kind: 'progress',
+            message: `resumed from checkpoint ${restored.ref.path}${restored.skipped.length ? ` (skipped ${restored.skipped.map((k) => `${k.ref.path}: ${k.reason}`).join('; ')})` : ''}`,
+          });
+        }
+      } catch (err) {
+        throw storageFailure(`restoring the latest checkpoint of stage "${stage.id}"`, err);
+      }
+    }
+    const uploader = createCheckpointUploader({
+      storage,
+      runId,
+      stage: stage.id,
+      checkpointsDir: dirs.checkpoints,
+      keep: stage.checkpoint?.keep ?? 2,
+      s3: deps.s3,
+      log: { info: (m, a) => log.info(m, { stage: stage.id, ...a }), warn: (m, a) => log.warn(m, { stage: stage.id, ...a }) },
+    });
 
     const logStream: WriteStream = createWriteStream(logFile, { flags: 'a' });
     const tail: string[] = [];
@@ -313,6 +365,11 @@ export function createRunStage(deps: StageRunnerDeps) {
           break;
         case 'checkpoint':
           state.checkpoints.push({ path: e.path, step: e.step });
+          try {
+            uploader.announce({ path: e.path, step: e.step });
+          } catch (err) {
+            log.warn('checkpoint event ignored', { stage: stage.id, error: String(err) });
+          }
           break;
         case 'result':
           Object.assign(state.result, e.values);
@@ -335,6 +392,7 @@ export function createRunStage(deps: StageRunnerDeps) {
         message: state.message,
         metrics: state.metrics,
         lastCheckpoint: state.checkpoints.at(-1),
+        checkpoint: uploader.latest() ?? previous?.checkpoint,
         settings,
       } satisfies StageHeartbeat);
       const now = Date.now();
@@ -391,6 +449,18 @@ export function createRunStage(deps: StageRunnerDeps) {
     await pump(true);
     await new Promise<void>((r) => logStream.end(r));
     await uploadLog();
+    // Checkpoints announced before the process ended still go up: the next attempt may need them.
+    const beat = setInterval(() => ctx.heartbeat({ attempt, checkpoint: uploader.latest() ?? previous?.checkpoint, settings, message: 'uploading checkpoints' } satisfies StageHeartbeat), 1000);
+    let checkpointError: unknown;
+    try {
+      await uploader.flush();
+    } catch (err) {
+      checkpointError = err;
+      log.warn('some checkpoints were not uploaded', { stage: stage.id, error: String(err) });
+    } finally {
+      clearInterval(beat);
+    }
+    ctx.heartbeat({ attempt, metrics: state.metrics, checkpoint: uploader.latest() ?? previous?.checkpoint, settings } satisfies StageHeartbeat);
 
     if (cancelled) {
       throw new CancelledFailure(`stage "${stage.id}" cancelled`);
@@ -424,7 +494,7 @@ export function createRunStage(deps: StageRunnerDeps) {
         }
         message += ` — next attempt: micro_batch_size=${next.micro_batch_size}, gradient_accumulation_steps=${next.gradient_accumulation_steps}`;
         // The next attempt reads these from the last heartbeat of this one.
-        ctx.heartbeat({ attempt, metrics: state.metrics, lastCheckpoint: state.checkpoints.at(-1), settings, nextSettings: next } satisfies StageHeartbeat);
+        ctx.heartbeat({ attempt, metrics: state.metrics, checkpoint: uploader.latest() ?? previous?.checkpoint, settings, nextSettings: next } satisfies StageHeartbeat);
       }
       if (isRetryableType(type)) {
         await notify({ kind: 'attempt-failed', failure: { type, message } });
@@ -447,9 +517,11 @@ export function createRunStage(deps: StageRunnerDeps) {
     const prefix = keys.outputs(runId, stage.id);
     try {
       for (const f of files) {
-        await storage.putFile(prefix + f.path, path.join(dirs.output, f.path));
+        await withStorageRetry(() => storage.putFile(prefix + f.path, path.join(dirs.output, f.path)), retryOpts);
         ctx.heartbeat({ attempt, phase: 'uploading outputs', file: f.path });
       }
+      Object.assign(state.result, resumeInfo);
+      if (checkpointError) state.result.checkpoint_upload_error = String((checkpointError as Error).message ?? checkpointError);
       const manifest: OutputManifest = {
         runId,
         stage: stage.id,
@@ -460,7 +532,7 @@ export function createRunStage(deps: StageRunnerDeps) {
         result: state.result,
       };
       // Written last: a manifest means every file it lists is complete.
-      await storage.putText(keys.manifest(runId, stage.id), JSON.stringify(manifest, null, 2));
+      await withStorageRetry(() => storage.putText(keys.manifest(runId, stage.id), JSON.stringify(manifest, null, 2)), retryOpts);
     } catch (err) {
       if (err instanceof ApplicationFailure) throw err;
       throw storageFailure(`uploading the outputs of stage "${stage.id}"`, err);

@@ -143,3 +143,32 @@ export const keys = {
   manifest: (runId: string, stage: string) => `runs/${runId}/${stage}/manifest.json`,
   log: (runId: string, stage: string, attempt: number) => `runs/${runId}/${stage}/logs/attempt-${attempt}.log`,
 };
+
+/** Options of {@link withStorageRetry}. */
+export interface StorageRetryOptions {
+  /** Give up after this long. @default 90000 */
+  totalMs?: number;
+  /** First wait; doubles up to 5 s. @default 250 */
+  firstDelayMs?: number;
+  /** Called before each wait, e.g. to heartbeat while the store is away. */
+  onRetry?: (attempt: number, err: unknown) => void;
+}
+
+/**
+ * Runs a storage call, retrying with backoff while the object store is
+ * unreachable (a MinIO restart), so a brief outage does not cost the stage.
+ */
+export async function withStorageRetry<T>(fn: () => Promise<T>, opts: StorageRetryOptions = {}): Promise<T> {
+  const deadline = Date.now() + (opts.totalMs ?? 90_000);
+  let delay = opts.firstDelayMs ?? 250;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (Date.now() + delay > deadline) throw err;
+      opts.onRetry?.(attempt, err);
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 5000);
+    }
+  }
+}

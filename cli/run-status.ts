@@ -62,7 +62,9 @@ export function renderStatus(view: RunView, now = Date.now()): string {
     ];
   });
   const head = `${view.workflowId}  ${colourState(s.state)}  (${s.pipeline}${s.profile ? `, ${s.profile}` : ''})`;
-  const reasons = s.stages.filter((st) => st.reason).map((st) => `  ${st.id}: ${st.reason}`);
+  const reasons = s.stages
+    .filter((st) => st.reason || (st.cache && st.state !== 'pending'))
+    .map((st) => `  ${st.id}: ${[st.reason, st.cache].filter(Boolean).join(' · ')}`);
   return [
     head,
     table(['STAGE', 'KIND', 'QUEUE', 'STATE', 'ATTEMPT', 'PROGRESS', 'METRICS', 'ETA', 'DURATION'], rows),

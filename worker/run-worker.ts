@@ -76,7 +76,8 @@ export async function reapOrphanStages(workRoot: string, queue: 'cpu' | 'gpu', l
 export async function runWorker(opts: RunWorkerOptions): Promise<void> {
   const { env, logger, queue } = opts;
   const workRoot = path.resolve(env.TANREN_WORK_DIR ?? path.join(env.projectDir, '.tanren', 'work'));
-  const storage = createObjectStore({ endpoint: env.TANREN_S3_ENDPOINT, bucket: env.TANREN_BUCKET, region: env.TANREN_S3_REGION, ...s3Credentials(env) });
+  const s3 = { endpoint: env.TANREN_S3_ENDPOINT, bucket: env.TANREN_BUCKET, region: env.TANREN_S3_REGION, ...s3Credentials(env) };
+  const storage = createObjectStore(s3);
   await storage.ensureBucket();
 
   let release: (() => void) | undefined;
@@ -101,6 +102,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
   const client = await connectClient(env);
   const activities = createActivities({
     storage,
+    s3,
     config: {
       workRoot,
       projectDir: env.projectDir,

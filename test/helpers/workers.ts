@@ -22,7 +22,7 @@ export interface TestWorkers {
 }
 
 /** Starts a CPU worker (serving workflows too) and a GPU worker; resolves once both poll. */
-export async function startTestWorkers(opts: { prefix?: string; python?: string; envOverrides?: Record<string, unknown> } = {}): Promise<TestWorkers> {
+export async function startTestWorkers(opts: { prefix?: string; python?: string; envOverrides?: Record<string, unknown>; gpu?: boolean } = {}): Promise<TestWorkers> {
   const prefix = unique(opts.prefix ?? 'it');
   const queues = { control: `${prefix}-control`, cpu: `${prefix}-cpu`, gpu: `${prefix}-gpu` };
   const workRoot = mkdtempSync(path.join(os.tmpdir(), 'tanren-work-'));
@@ -39,7 +39,7 @@ export async function startTestWorkers(opts: { prefix?: string; python?: string;
   const stopWhen = new Promise<void>((r) => (stop = r));
   const ready: Array<Promise<void>> = [];
   const done: Array<Promise<void>> = [];
-  for (const queue of ['cpu', 'gpu'] as const) {
+  for (const queue of opts.gpu === false ? (['cpu'] as const) : (['cpu', 'gpu'] as const)) {
     let onRunning!: () => void;
     ready.push(new Promise<void>((r) => (onRunning = r)));
     done.push(
