@@ -564,7 +564,13 @@ export function createRunStage(deps: StageRunnerDeps) {
 export function createCheckCache(deps: StageRunnerDeps) {
   return async function checkCache(task: StageTask): Promise<CacheLookup> {
     try {
-      return await lookupCache(deps.storage, task.pipeline, task.stage, task.inputs, { projectDir: deps.config.projectDir, distDir: DIST_DIR });
+      const found = await lookupCache(deps.storage, task.pipeline, task.stage, task.inputs, { projectDir: deps.config.projectDir, distDir: DIST_DIR });
+      if (!found.hit) return found;
+      // Every run gets its own manifest, pointing at the cached objects, so the run stands on its own.
+      const manifest = JSON.parse(await deps.storage.getText(found.manifestKey)) as OutputManifest & { cachedFrom?: string };
+      const own = keys.manifest(task.runId, task.stage.id);
+      await deps.storage.putText(own, JSON.stringify({ ...manifest, cachedFrom: manifest.cachedFrom ?? found.fromRun }, null, 2));
+      return { ...found, manifestKey: own };
     } catch (err) {
       throw storageFailure(`looking up the cache for stage "${task.stage.id}"`, err);
     }

@@ -1,10 +1,14 @@
 #!/usr/bin/env node
 /** The `tanren` command. */
 import { Command } from 'commander';
+import { configureArtifactsCommand } from './commands/artifacts.js';
 import { configureCancelCommand } from './commands/cancel.js';
+import { configureGetCommand } from './commands/get.js';
+import { configureLogsCommand } from './commands/logs.js';
 import { configurePauseCommand } from './commands/pause.js';
 import { configureRenderCommand } from './commands/render.js';
 import { configureResumeCommand } from './commands/resume.js';
+import { configureRunsCommand } from './commands/runs.js';
 import { configureStatusCommand } from './commands/status.js';
 import { configureSubmitCommand } from './commands/submit.js';
 import { configureValidateCommand } from './commands/validate.js';
@@ -28,6 +32,10 @@ for (const configure of [
   configurePauseCommand,
   configureResumeCommand,
   configureCancelCommand,
+  configureRunsCommand,
+  configureLogsCommand,
+  configureArtifactsCommand,
+  configureGetCommand,
   configureWorkerCommand,
 ]) {
   configure(program);

@@ -112,6 +112,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       ...(queue === 'gpu' ? { cudaVisibleDevices: env.TANREN_GPU_DEVICES, gpuFreeGiB: () => gpuFreeMemoryGiB(env.TANREN_GPU_DEVICES) } : {}),
       killGraceMs: env.TANREN_KILL_GRACE_MS,
       progressIntervalMs: env.TANREN_PROGRESS_INTERVAL_MS,
+      logUploadIntervalMs: env.TANREN_LOG_UPLOAD_INTERVAL_MS,
     },
     notify: async (runId, progress) => {
       await client.workflow.getHandle(runId).signal(stageProgressSignal, progress);

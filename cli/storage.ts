@@ -1,0 +1,265 @@
+/**
+ * What the CLI needs of a run's objects: the object store built from the
+ * environment, read helpers (manifests, logs, partial reads for `logs
+ * --follow`), and which stages a run has, from Temporal when it still knows
+ * the run, else from the objects themselves.
+ */
+import type { Client } from '@temporalio/client';
+import { defaultPayloadConverter, isGrpcServiceError } from '@temporalio/client';
+import * as Minio from 'minio';
+import { createObjectStore, keys, type ObjectStore } from '../activities/storage.js';
+import type { OutputManifest } from '../activities/types.js';
+import { s3Credentials, type TanrenEnv } from '../worker/config.js';
+import { statusQuery, type RunResult } from '../workflows/pipeline.js';
+import { CliError, client as connect } from './common.js';
+import { ExitCodes } from './output.js';
+
+/** The object store and the few reads the CLI needs beyond {@link ObjectStore}. */
+export interface CliStore extends ObjectStore {
+  /** Bytes of `key` from `offset` to its end (empty when there is nothing new). */
+  getBytes(key: string, offset?: number): Promise<Buffer>;
+  /** The "directories" right under `prefix` (without the prefix, without the trailing `/`). */
+  listDirs(prefix: string): Promise<string[]>;
+}
+
+/** gRPC status NOT_FOUND. */
+const GRPC_NOT_FOUND = 5;
+const NOT_FOUND_CODES = new Set(['NotFound', 'NoSuchKey', 'InvalidRange']);
+const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EHOSTUNREACH', 'ETIMEDOUT', 'EAI_AGAIN']);
+
+/** True for a "no such object" error of the MinIO client. */
+export function isNoSuchObject(err: unknown): boolean {
+  return NOT_FOUND_CODES.has((err as { code?: string }).code ?? '');
+}
+
+/** Turns object-storage errors people can act on into {@link CliError}s. */
+function storageError(e: TanrenEnv, err: unknown): unknown {
+  if (err instanceof CliError) return err;
+  const code = (err as { code?: string }).code ?? '';
+  const cause = (err as { cause?: { code?: string } }).cause?.code ?? '';
+  if (UNREACHABLE_CODES.has(code) || UNREACHABLE_CODES.has(cause) || /fetch failed|ECONNREFUSED/.test(String((err as Error).message))) {
+    return new CliError(
+      `cannot reach object storage at ${e.TANREN_S3_ENDPOINT} (${(err as Error).message || code}); start it with \`infra/dev up\` or set TANREN_S3_ENDPOINT`,
+      ExitCodes.unavailable,
+    );
+  }
+  if (code === 'AccessDenied' || code === 'InvalidAccessKeyId' || code === 'SignatureDoesNotMatch') {
+    return new CliError(`object storage refused the credentials (${code}); check TANREN_S3_ACCESS_KEY/TANREN_S3_SECRET_KEY or TANREN_S3_CREDENTIALS_FILE`, ExitCodes.config);
+  }
+  if (code === 'NoSuchBucket') {
+    return new CliError(`bucket "${e.TANREN_BUCKET}" does not exist at ${e.TANREN_S3_ENDPOINT} (TANREN_BUCKET); no run has stored anything there`, ExitCodes.notFound);
+  }
+  return err;
+}
+
+/** Builds the object store of the environment (credentials from env vars or the credentials file). */
+export function cliStore(e: TanrenEnv): CliStore {
+  const credentials = s3Credentials(e);
+  const base = createObjectStore({ endpoint: e.TANREN_S3_ENDPOINT, bucket: e.TANREN_BUCKET, region: e.TANREN_S3_REGION, ...credentials });
+  const url = new URL(e.TANREN_S3_ENDPOINT);
+  const minio = new Minio.Client({
+    endPoint: url.hostname,
+    port: url.port ? Number(url.port) : url.protocol === 'https:' ? 443 : 80,
+    useSSL: url.protocol === 'https:',
+    region: e.TANREN_S3_REGION ?? 'us-east-1',
+    ...credentials,
+  });
+  const wrap =
+    <A extends unknown[], R>(fn: (...args: A) => Promise<R>) =>
+    async (...args: A): Promise<R> => {
+      try {
+        return await fn(...args);
+      } catch (err) {
+        throw storageError(e, err);
+      }
+    };
+  return {
+    bucket: base.bucket,
+    endpoint: base.endpoint,
+    ensureBucket: wrap(base.ensureBucket),
+    putFile: wrap(base.putFile),
+    putText: wrap(base.putText),
+    getText: wrap(base.getText),
+    getFile: wrap(base.getFile),
+    stat: wrap(base.stat),
+    list: wrap(base.list),
+    remove: wrap(base.remove),
+    getBytes: wrap(async (key: string, offset = 0) => {
+      let stream;
+      try {
+        stream = offset > 0 ? await minio.getPartialObject(e.TANREN_BUCKET, key, offset) : await minio.getObject(e.TANREN_BUCKET, key);
+      } catch (err) {
+        // Asking past the end of the object: nothing new.
+        if ((err as { code?: string }).code === 'InvalidRange') return Buffer.alloc(0);
+        throw err;
+      }
+      const chunks: Buffer[] = [];
+      for await (const chunk of stream) chunks.push(chunk as Buffer);
+      return Buffer.concat(chunks);
+    }),
+    listDirs: wrap(async (prefix: string) => {
+      const out: string[] = [];
+      for await (const item of minio.listObjectsV2(e.TANREN_BUCKET, prefix, false)) {
+        const p = (item as { prefix?: string }).prefix;
+        if (p) out.push(p.slice(prefix.length).replace(/\/$/, ''));
+      }
+      return out.sort();
+    }),
+  };
+}
+
+/** A stage's manifest, or undefined while it has none (not finished, failed, or no such stage). */
+export async function readManifest(store: ObjectStore, run: string, stage: string): Promise<OutputManifest | undefined> {
+  try {
+    return JSON.parse(await store.getText(keys.manifest(run, stage))) as OutputManifest;
+  } catch (err) {
+    if (isNoSuchObject(err)) return undefined;
+    throw err;
+  }
+}
+
+/** A stage's manifest and where it was found. */
+export interface FoundManifest {
+  manifest: OutputManifest;
+  key: string;
+  /** Set when the stage was a cache hit: the run whose outputs it reused. */
+  cachedFrom?: string;
+}
+
+/**
+ * Finds stage manifests of a run: the run's own (`runs/<run>/<stage>/manifest.json`)
+ * or, for a stage the cache satisfied, the manifest of the run that produced
+ * the outputs, whose key the workflow knows (its result, or its status query
+ * while it runs). Asks Temporal at most once per run, and only when needed.
+ */
+export function manifestFinder(e: TanrenEnv, store: ObjectStore, run: string, c?: Client) {
+  let fromWorkflow: Promise<Map<string, string>> | undefined;
+  const workflowKeys = async (): Promise<Map<string, string>> => {
+    const out = new Map<string, string>();
+    let temporal = c;
+    try {
+      temporal ??= await connect(e);
+    } catch {
+      return out;
+    }
+    try {
+      const handle = temporal.workflow.getHandle(run);
+      const desc = await handle.describe();
+      let stages: Array<{ id: string; manifestKey?: string }> = [];
+      if (desc.status.name === 'COMPLETED') stages = ((await handle.result()) as RunResult).stages;
+      else stages = (await handle.query(statusQuery)).stages;
+      for (const s of stages) if (s.manifestKey) out.set(s.id, s.manifestKey);
+    } catch {
+      // Unknown to Temporal, or no worker answers the query: only the run's own manifests count.
+    }
+    return out;
+  };
+  return async (stage: string): Promise<FoundManifest | undefined> => {
+    const own = await readManifest(store, run, stage);
+    if (own) return { manifest: own, key: keys.manifest(run, stage) };
+    fromWorkflow ??= workflowKeys();
+    const key = (await fromWorkflow).get(stage);
+    if (!key || key === keys.manifest(run, stage)) return undefined;
+    try {
+      const manifest = JSON.parse(await store.getText(key)) as OutputManifest;
+      return { manifest, key, ...(manifest.runId !== run ? { cachedFrom: manifest.runId } : {}) };
+    } catch (err) {
+      if (isNoSuchObject(err)) return undefined;
+      throw err;
+    }
+  };
+}
+
+/** Attempt numbers that have a log object, ascending. */
+export async function logAttempts(store: ObjectStore, run: string, stage: string): Promise<number[]> {
+  const prefix = `${keys.stagePrefix(run, stage)}logs/`;
+  const attempts: number[] = [];
+  for (const o of await store.list(prefix)) {
+    const m = /^attempt-(\d+)\.log$/.exec(o.key.slice(prefix.length));
+    if (m) attempts.push(Number(m[1]));
+  }
+  return attempts.sort((a, b) => a - b);
+}
+
+/** What is known of a run's stages. */
+export interface RunStages {
+  run: string;
+  /** Stage ids in spec order (from the run's input), or those with objects when Temporal no longer knows the run. */
+  stages: string[];
+  /** Temporal's status of the run (RUNNING, COMPLETED, …); undefined when Temporal does not know it. */
+  temporalStatus?: string;
+  /** Where the stage list came from. */
+  source: 'temporal' | 'storage';
+}
+
+function stagesOfInput(input: unknown): string[] | undefined {
+  const stages = (input as { spec?: { stages?: Array<{ id?: unknown }> } } | undefined)?.spec?.stages;
+  if (!Array.isArray(stages)) return undefined;
+  const ids = stages.map((s) => s?.id).filter((id): id is string => typeof id === 'string');
+  return ids.length ? ids : undefined;
+}
+
+/**
+ * The stages of `run`: from the input of its workflow (first history event) when
+ * Temporal knows the run, else from the stage prefixes in object storage.
+ * Throws a not-found {@link CliError} when neither knows the run.
+ */
+export async function runStages(e: TanrenEnv, store: CliStore, run: string, c?: Client): Promise<RunStages> {
+  let temporal: Client | undefined = c;
+  if (!temporal) {
+    try {
+      temporal = await connect(e);
+    } catch (err) {
+      // Temporal is down: the objects still say which stages ran.
+      process.stderr.write(`warning: ${(err as Error).message}; listing what object storage holds\n`);
+    }
+  }
+  if (temporal) {
+    try {
+      const handle = temporal.workflow.getHandle(run);
+      const desc = await handle.describe();
+      const history = await temporal.workflowService.getWorkflowExecutionHistory({
+        namespace: e.TEMPORAL_NAMESPACE,
+        execution: { workflowId: run, runId: desc.runId },
+        maximumPageSize: 1,
+      });
+      const started = history.history?.events?.[0]?.workflowExecutionStartedEventAttributes;
+      const payload = started?.input?.payloads?.[0];
+      let stages: string[] | undefined;
+      try {
+        stages = payload ? stagesOfInput(defaultPayloadConverter.fromPayload(payload)) : undefined;
+      } catch {
+        // Not JSON, or not a tanren input: fall back to the objects.
+      }
+      if (stages) return { run, stages, temporalStatus: desc.status.name, source: 'temporal' };
+      const stored = await store.listDirs(`runs/${run}/`);
+      return { run, stages: stored, temporalStatus: desc.status.name, source: 'storage' };
+    } catch (err) {
+      const notFound = (err as Error).name === 'WorkflowNotFoundError' || (isGrpcServiceError(err) && err.code === GRPC_NOT_FOUND);
+      if (!notFound) throw err;
+    }
+  }
+  const stored = await store.listDirs(`runs/${run}/`);
+  if (!stored.length) throw new CliError(`no such run: ${run} (neither Temporal nor object storage s3://${store.bucket}/runs/ knows it)`, ExitCodes.notFound);
+  return { run, stages: stored, source: 'storage' };
+}
+
+/** Checks that `stage` is one of the run's stages; not-found error listing them otherwise. */
+export function requireStage(known: RunStages, stage: string): void {
+  if (!known.stages.includes(stage)) {
+    throw new CliError(`run ${known.run} has no stage "${stage}" (stages: ${known.stages.join(', ') || 'none'})`, ExitCodes.notFound);
+  }
+}
+
+/** `1.5 KiB`, `12 MiB`. */
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let i = -1;
+  do {
+    v /= 1024;
+    i++;
+  } while (v >= 1024 && i < units.length - 1);
+  return `${v >= 100 ? Math.round(v) : v.toFixed(1)} ${units[i]}`;
+}
