@@ -240,6 +240,8 @@ describe('pipelineWorkflow on the local dev server', () => {
     assert.equal(fake.attempts.filter((a) => a.stage === 'slow').length, 1);
     const stages = (err.cause as ApplicationFailure).details![0] as { stages: Array<{ id: string; state: string; reason?: string }> };
     for (const s of stages.stages) assert.equal(s.state, 'failed');
+    assert.match(stages.stages.find((s) => s.id === 'silent')!.reason!, /^WorkerLost: /);
+    assert.match(stages.stages.find((s) => s.id === 'slow')!.reason!, /^StageTimedOut: /);
   });
 });
 

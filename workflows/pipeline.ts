@@ -16,6 +16,7 @@ import {
   proxyActivities,
   setCurrentDetails,
   setHandler,
+  TimeoutFailure,
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
@@ -259,6 +260,8 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
       inputs: inputIds.map((id) => ({ stage: id, manifestKey: results.get(id)!.manifestKey })),
     };
     s.startedAt = new Date().toISOString();
+    // Leave `pending` before the first await, or the planner would start this stage twice.
+    s.state = 'running';
     try {
       if (cacheOn(stage)) {
         const lookup = await io.checkCache(task);
@@ -301,9 +304,16 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
         s.state = 'cancelled';
       } else {
         s.state = 'failed';
-        const cause = (err as { cause?: { type?: string; message?: string } }).cause;
-        s.failureType = cause?.type ?? 'StageCrashed';
-        s.reason = `${s.failureType}: ${cause?.message ?? (err as Error).message}`;
+        const cause = (err as { cause?: unknown }).cause;
+        if (cause instanceof TimeoutFailure) {
+          // A heartbeat timeout means the worker (or its host) went away mid-stage.
+          s.failureType = cause.timeoutType === 'HEARTBEAT' ? FailureTypes.WorkerLost : 'StageTimedOut';
+          s.reason = `${s.failureType}: ${cause.message}`;
+        } else {
+          const app = cause as { type?: string; message?: string } | undefined;
+          s.failureType = app?.type ?? FailureTypes.StageCrashed;
+          s.reason = `${s.failureType}: ${app?.message ?? (err as Error).message}`;
+        }
         log.warn('stage failed', { stage: stage.id, reason: s.reason });
       }
       failure ??= err;
