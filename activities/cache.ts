@@ -90,9 +90,10 @@ export async function programVersion(stage: StageSpec, projectDir: string, distD
     return `python:${await stagesProgramDigest(projectDir)}`;
   }
   const files: Record<string, string> = {};
+  const root = path.resolve(projectDir);
   for (const arg of stage.run ?? []) {
-    const p = path.resolve(projectDir, arg);
-    if (!arg.startsWith('-') && p.startsWith(projectDir + path.sep) && existsSync(p)) {
+    const p = path.resolve(root, arg);
+    if (!arg.startsWith('-') && p.startsWith(root + path.sep) && existsSync(p)) {
       try {
         files[arg] = await sha256File(p);
       } catch {

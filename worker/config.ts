@@ -64,7 +64,7 @@ export function findProjectDir(from = process.cwd()): string {
 
 /** Loads the environment: process env first, then `<project>/.tanren/env`. Fails fast with the bad variable named. */
 export function loadEnv(source: NodeJS.ProcessEnv = process.env): TanrenEnv & { projectDir: string } {
-  const projectDir = source.TANREN_PROJECT_DIR ?? findProjectDir();
+  const projectDir = path.resolve(source.TANREN_PROJECT_DIR ?? findProjectDir());
   const fileVars = path.join(source.TANREN_STATE_DIR ?? path.join(projectDir, '.tanren'), 'env');
   const merged: Record<string, string | undefined> = {};
   if (existsSync(fileVars)) Object.assign(merged, readEnvFile(fileVars));
