@@ -15,7 +15,7 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import path from 'node:path';
 import * as Minio from 'minio';
-import type { ObjectStoreConfig } from './storage.js';
+import { minioClientOptions, type ObjectStoreConfig } from './storage.js';
 
 /** Backoff of retried object-store calls. */
 export interface RetryOptions {
@@ -115,14 +115,8 @@ export async function withRetry<T>(
 
 /** Creates a minio-js client from the same settings `createObjectStore` takes. */
 export function createMinioClient(config: ObjectStoreConfig): Minio.Client {
-  const url = new URL(config.endpoint);
   const client = new Minio.Client({
-    endPoint: url.hostname,
-    port: url.port ? Number(url.port) : url.protocol === 'https:' ? 443 : 80,
-    useSSL: url.protocol === 'https:',
-    accessKey: config.accessKey,
-    secretKey: config.secretKey,
-    region: config.region ?? 'us-east-1',
+    ...minioClientOptions(config),
     // Retries are ours (per part, with logging); minio-js's own would print to the console.
     retryOptions: { disableRetry: true },
   });

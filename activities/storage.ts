@@ -38,17 +38,22 @@ export interface ObjectStore {
   remove(keys: string[]): Promise<void>;
 }
 
-/** Creates an {@link ObjectStore} for a MinIO/S3 endpoint such as `http://127.0.0.1:9000`. */
-export function createObjectStore(config: ObjectStoreConfig): ObjectStore {
+/** minio-js client options for an endpoint URL such as `https://s3.example:9000`. */
+export function minioClientOptions(config: ObjectStoreConfig): Minio.ClientOptions {
   const url = new URL(config.endpoint);
-  const client = new Minio.Client({
+  return {
     endPoint: url.hostname,
     port: url.port ? Number(url.port) : url.protocol === 'https:' ? 443 : 80,
     useSSL: url.protocol === 'https:',
     accessKey: config.accessKey,
     secretKey: config.secretKey,
     region: config.region ?? 'us-east-1',
-  });
+  };
+}
+
+/** Creates an {@link ObjectStore} for a MinIO/S3 endpoint such as `http://127.0.0.1:9000`. */
+export function createObjectStore(config: ObjectStoreConfig): ObjectStore {
+  const client = new Minio.Client(minioClientOptions(config));
   const bucket = config.bucket;
   return {
     bucket,

@@ -7,13 +7,11 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import os from 'node:os';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { Client } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
-import { pino } from 'pino';
 import { createObjectStore, type ObjectStore } from '../activities/storage.js';
 import type { OutputManifest } from '../activities/types.js';
 import { loadSpecFile, renderRunInput } from '../cli/spec-file.js';
@@ -21,9 +19,9 @@ import { PIPELINE_WORKFLOW_TYPE } from '../schemas/names.js';
 import type { PipelineSpec } from '../schemas/pipeline.js';
 import { s3Credentials } from '../worker/config.js';
 import { connectClient } from '../worker/connection.js';
-import { runWorker } from '../worker/run-worker.js';
 import type { RunResult, StageStatus } from '../workflows/pipeline.js';
-import { ROOT, servicesEnv, unique } from './helpers/env.js';
+import { ROOT } from './helpers/env.js';
+import { startTestWorkers, type TestWorkers } from './helpers/workers.js';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
 
@@ -100,56 +98,30 @@ function safeReaddir(dir: string): string[] {
 }
 
 describe('wiki40b-ja.tiny end to end (Temporal + MinIO + real workers and stages)', () => {
-  const prefix = unique('llm');
-  const queues = { control: `${prefix}-control`, cpu: `${prefix}-cpu`, gpu: `${prefix}-gpu` };
-  const workRoot = mkdtempSync(path.join(os.tmpdir(), 'tanren-llm-'));
-  let stopWorkers!: () => void;
-  const stopWhen = new Promise<void>((r) => (stopWorkers = r));
-  let workersDone: Promise<unknown> = Promise.resolve();
+  let workers: TestWorkers;
   let client: Client;
   let storage: ObjectStore;
-  let env: ReturnType<typeof servicesEnv>;
+  let env: TestWorkers['env'];
+  let queues: TestWorkers['queues'];
+  let workRoot: string;
+  let prefix: string;
 
   before(async () => {
-    const python = stagesPython();
-    env = {
-      ...servicesEnv(),
-      TANREN_WORK_DIR: workRoot,
-      TANREN_PYTHON: python,
-      TANREN_PROGRESS_INTERVAL_MS: 1000,
-      TANREN_KILL_GRACE_MS: 5000,
-      TANREN_CPU_CONCURRENCY: 2,
-    };
+    workers = await startTestWorkers({
+      prefix: 'llm',
+      python: stagesPython(),
+      envOverrides: { TANREN_PROGRESS_INTERVAL_MS: 1000, TANREN_CPU_CONCURRENCY: 2 },
+    });
+    ({ env, queues, workRoot } = workers);
+    prefix = queues.control.replace(/-control$/, '');
     storage = createObjectStore({ endpoint: env.TANREN_S3_ENDPOINT, bucket: env.TANREN_BUCKET, region: env.TANREN_S3_REGION, ...s3Credentials(env) });
-    const logger = pino({ level: process.env.TANREN_TEST_LOG_LEVEL ?? 'warn' });
-    const ready: Array<Promise<void>> = [];
-    const done: Array<Promise<void>> = [];
-    for (const queue of ['cpu', 'gpu'] as const) {
-      let onRunning!: () => void;
-      ready.push(new Promise<void>((r) => (onRunning = r)));
-      done.push(
-        runWorker({
-          queue,
-          env,
-          logger,
-          taskQueue: queues[queue],
-          serveWorkflows: queue === 'cpu',
-          controlTaskQueue: queues.control,
-          stopWhen,
-          onRunning,
-        }),
-      );
-    }
-    workersDone = Promise.allSettled(done);
-    await Promise.race([Promise.all(ready), Promise.all(done).then(() => Promise.reject(new Error('a worker stopped during start-up')))]);
     client = await connectClient(env);
   });
 
   after(async () => {
-    stopWorkers();
-    await workersDone;
+    await workers?.stop();
     await client?.connection.close();
-    rmSync(workRoot, { recursive: true, force: true });
+    if (workRoot) rmSync(workRoot, { recursive: true, force: true });
   });
 
   it('runs every stage of the course chain and publishes their outputs', { timeout: 15 * 60_000 }, async (t) => {
