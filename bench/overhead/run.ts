@@ -187,7 +187,7 @@ function pipelineInput(w: Workers, shape: Shape, n: number) {
     run: TRUE_ARGV,
     needs: shape === 'chain' && i > 0 ? [`s${String(i - 1).padStart(4, '0')}`] : [],
   }));
-  return { spec: { name: `bench-${shape}-${n}`, queues: { cpu: w.cpuQueue, gpu: w.gpuQueue }, stages }, options: {} };
+  return { spec: { name: `bench-${shape}-${n}`, queues: { cpu: w.cpuQueue, gpu: w.gpuQueue }, stages }, options: { noCache: true } }; // measure orchestration, not cache hits
 }
 
 interface Phases {

@@ -9,13 +9,16 @@ it, then times on the same input:
   tokenize_files(workers=1)   the same function in this process
   plain loop                  json.loads + sp.encode(text) once per document + writer, in this process
 
-and reports tokens/s and the ratio workers=2 / single process (target ≥ 1.8× on 2 cores).
-It also times the serial parts the parent process does with workers=2 (reading
-chunks, unpickling results, writing the .bin) and tries an alternative worker
-result format (one numpy buffer per chunk instead of lists of Python ints), so
-a miss can be explained.
+  before: workers=2 / 1        the previous implementation (kept here for comparison): the parent read the
+                               files, pickled raw lines to the workers and wrote each document's Python int
+                               list with np.asarray + write
 
-Usage: PY=$(infra/install-stages | tail -1); PYTHONPATH=stages $PY bench/tokenize/run.py [--mb 30] [--reps 3] [--out FILE]
+and reports tokens/s, CPU seconds of the parent and of the workers, and the ratio workers=2 /
+workers=1 (target ≥ 1.8× on 2 cores), both measured (wall) and bounded from CPU seconds (what an
+otherwise idle 2-core machine would give). It also times the serial parts the parent process does
+with workers=2, so a miss can be explained.
+
+Usage: PY=$(infra/install-stages | tail -1); PYTHONPATH=stages $PY bench/tokenize/run.py [--mb 30] [--reps 3] [--chunk-kib 1024] [--out FILE]
 """
 from __future__ import annotations
 
@@ -105,103 +108,96 @@ def plain_loop(files, model_path, out_prefix) -> dict:
     return {"documents": docs, "tokens": w.tokens, "seconds": round(secs, 4), "tokens_per_s": round(w.tokens / secs, 1)}
 
 
-# ----- an alternative result format, to test whether IPC is the bottleneck -----
+# ----- the previous implementation, for a same-machine comparison -----
 
-def _encode_chunk_np(chunk):
-    """Like tokenize._encode_chunk, but returns (lengths int32 bytes, ids bytes in the output dtype)."""
-    status, payload = tk._encode_chunk(chunk)
-    if status == "error":
-        return status, payload
-    lengths = np.fromiter((len(x) for x in payload), dtype=np.int32, count=len(payload))
-    flat = np.fromiter((i for x in payload for i in x), dtype=_NP_DTYPE, count=int(lengths.sum()))
-    return "ok", (lengths.tobytes(), flat.tobytes())
+def _legacy_chunks(files, size: int):
+    for f in files:
+        buf: list[str] = []
+        first = 1
+        with open(f, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                if not buf:
+                    first = n
+                buf.append(line)
+                if len(buf) >= size:
+                    yield (str(f), first, buf)
+                    buf = []
+        if buf:
+            yield (str(f), first, buf)
 
 
-_NP_DTYPE = np.uint16
+def _legacy_encode_chunk(chunk):
+    _, _, lines = chunk
+    texts = [json.loads(line)["text"] for line in lines]
+    eos = tk._SP.eos_id()
+    return [x + [eos] for x in tk._SP.encode(texts, num_threads=1)]
 
 
-def tokenize_np(files, model_path, out_prefix, workers=2, chunk_docs=64, chunksize=1) -> dict:
-    """Pool of workers returning numpy buffers; the parent only appends bytes."""
+def legacy_tokenize(files, model_path, out_prefix, workers=2, chunk_docs=64) -> dict:
+    """The stage function before byte ranges + numpy results (chunk_docs=64 as the stage defaulted to)."""
+    import sentencepiece as spm
+
+    vocab = spm.SentencePieceProcessor(model_file=str(model_path)).get_piece_size()
+    t0 = time.perf_counter()
+    w = IndexedDatasetWriter(out_prefix, optimal_dtype(vocab))
+    chunks = _legacy_chunks([Path(f) for f in files], chunk_docs)
+    pool = None
+    try:
+        if workers <= 1:
+            tk._init(str(model_path), "text")
+            results = map(_legacy_encode_chunk, chunks)
+        else:
+            pool = mp.get_context("fork").Pool(workers, initializer=tk._init, initargs=(str(model_path), "text"))
+            results = pool.imap(_legacy_encode_chunk, chunks, chunksize=1)
+        for payload in results:
+            for ids in payload:
+                w.add_document(ids)
+    finally:
+        w.close()
+        if pool is not None:
+            pool.terminate()
+    secs = time.perf_counter() - t0
+    return {"documents": w.documents, "tokens": w.tokens, "seconds": round(secs, 4), "tokens_per_s": round(w.tokens / secs, 1)}
+
+
+def serial_parts(files, model_path, chunk_bytes: int) -> dict:
+    """Times, in one process, what the parent does with workers>1 and what the workers do."""
     import sentencepiece as spm
 
     vocab = spm.SentencePieceProcessor(model_file=str(model_path)).get_piece_size()
     dtype = np.dtype(optimal_dtype(vocab))
-    assert dtype == np.dtype(_NP_DTYPE)
-    t0 = time.perf_counter()
-    w = IndexedDatasetWriter(out_prefix, dtype)
-    pool = mp.get_context("fork").Pool(workers, initializer=tk._init, initargs=(str(model_path), "text"))
-    try:
-        for status, payload in pool.imap(_encode_chunk_np, tk._chunks([Path(f) for f in files], chunk_docs), chunksize=chunksize):
-            if status == "error":
-                raise RuntimeError(payload)
-            lb, ib = payload
-            lengths = np.frombuffer(lb, dtype=np.int32)
-            w.bin.write(ib)
-            w.lengths.extend(lengths.tolist())
-            n0 = len(w.doc_idx)
-            w.doc_idx.extend(range(n0, n0 + len(lengths)))
-            w.tokens += int(lengths.sum())
-    finally:
-        w.close()
-        pool.terminate()
-    secs = time.perf_counter() - t0
-    return {"documents": len(w.lengths), "tokens": w.tokens, "seconds": round(secs, 4), "tokens_per_s": round(w.tokens / secs, 1)}
-
-
-def serial_parts(files, model_path, chunk_docs=64) -> dict:
-    """Times what the parent process does with workers>1, and the workers' own work, in one process."""
-    tk._init(str(model_path), "text")
+    tk._init(str(model_path), "text", dtype.name)
     t = time.perf_counter()
-    chunks = list(tk._chunks([Path(f) for f in files], chunk_docs))
-    read_s = time.perf_counter() - t
+    tasks = list(tk.byte_ranges([Path(f) for f in files], chunk_bytes))
+    ranges_s = time.perf_counter() - t
+    task_blobs = [pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL) for x in tasks]
     t = time.perf_counter()
-    pickled_chunks = [pickle.dumps(c, protocol=pickle.HIGHEST_PROTOCOL) for c in chunks]
-    pickle_in_s = time.perf_counter() - t
-    t = time.perf_counter()
-    results = [tk._encode_chunk(c) for c in chunks]
+    results = [tk._encode_range(x) for x in tasks]
     encode_s = time.perf_counter() - t
     t = time.perf_counter()
     blobs = [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in results]
     pickle_out_s = time.perf_counter() - t
-    t = time.perf_counter()
-    for b in blobs:
-        pickle.loads(b)
-    unpickle_s = time.perf_counter() - t
     tmp = tempfile.mkdtemp()
     try:
         t = time.perf_counter()
-        w = IndexedDatasetWriter(Path(tmp) / "x", np.uint16)
-        for _, payload in results:
-            for ids in payload:
-                w.add_document(ids)
+        w = IndexedDatasetWriter(Path(tmp) / "x", dtype)
+        for blob in blobs:
+            _, n, lengths, buf = pickle.loads(blob)
+            w.add_documents(np.frombuffer(lengths, dtype=np.int32), buf)
         w.close()
-        write_s = time.perf_counter() - t
-        t = time.perf_counter()
-        np_blobs = []
-        for _, payload in results:
-            lengths = np.fromiter((len(x) for x in payload), dtype=np.int32, count=len(payload))
-            flat = np.fromiter((i for x in payload for i in x), dtype=np.uint16, count=int(lengths.sum()))
-            np_blobs.append(pickle.dumps(("ok", (lengths.tobytes(), flat.tobytes())), protocol=pickle.HIGHEST_PROTOCOL))
-        np_pack_s = time.perf_counter() - t
-        t = time.perf_counter()
-        for b in np_blobs:
-            pickle.loads(b)
-        np_unpickle_s = time.perf_counter() - t
+        unpickle_write_s = time.perf_counter() - t
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {
-        "chunks": len(chunks),
-        "parent_read_chunks_s": round(read_s, 3),
-        "parent_pickle_chunks_s": round(pickle_in_s, 3),
-        "worker_json_and_encode_s": round(encode_s, 3),
-        "worker_pickle_results_s": round(pickle_out_s, 3),
-        "parent_unpickle_results_s": round(unpickle_s, 3),
-        "parent_write_bin_s": round(write_s, 3),
+        "ranges": len(tasks),
+        "parent_byte_ranges_s": round(ranges_s, 4),
+        "parent_task_pickle_kb": round(sum(map(len, task_blobs)) / 1e3, 1),
+        "worker_read_json_encode_pack_s": round(encode_s, 3),
+        "worker_pickle_results_s": round(pickle_out_s, 4),
+        "parent_unpickle_and_write_s": round(unpickle_write_s, 4),
         "result_pickle_mb": round(sum(map(len, blobs)) / 1e6, 1),
-        "chunk_pickle_mb": round(sum(map(len, pickled_chunks)) / 1e6, 1),
-        "alt_numpy_pack_in_worker_s": round(np_pack_s, 3),
-        "alt_numpy_unpickle_in_parent_s": round(np_unpickle_s, 3),
-        "alt_numpy_result_mb": round(sum(map(len, np_blobs)) / 1e6, 1),
     }
 
 
@@ -230,7 +226,9 @@ def main() -> None:
     ap.add_argument("--mb", type=float, default=30.0, help="corpus size in MB (default 30)")
     ap.add_argument("--reps", type=int, default=3, help="interleaved rounds; medians are reported (default 3)")
     ap.add_argument("--vocab", type=int, default=2000, help="SentencePiece vocab (the fixture holds ~400 articles: at most ~2500)")
-    ap.add_argument("--chunk-docs", type=int, default=64, help="chunk_docs of tokenize_files (stage default 64)")
+    ap.add_argument("--chunk-kib", type=int, default=tk.DEFAULT_CHUNK_BYTES // 1024,
+                    help=f"chunk_bytes of tokenize_files in KiB (stage default {tk.DEFAULT_CHUNK_BYTES // 1024})")
+    ap.add_argument("--corpus", help="use this jsonl (or .jsonl.xz) corpus instead of building one (no pyarrow needed)")
     ap.add_argument("--out", help="result file (default bench/results/tokenize-<date>.json)")
     args = ap.parse_args()
     started = dt.datetime.now(dt.timezone.utc)
@@ -238,20 +236,34 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tanren-bench-tokenize-"))
     try:
         corpus = work / "corpus.jsonl"
-        log(f"building a {args.mb} MB corpus …")
-        corpus_info = build_corpus(corpus, args.mb)
+        if args.corpus:
+            import lzma
+
+            opener = lzma.open if args.corpus.endswith(".xz") else open
+            with opener(args.corpus, "rb") as src, open(corpus, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            lines = corpus.read_bytes().splitlines()
+            first_copy = sum(1 for x in lines if x.startswith(b'{"id": "0:')) or min(len(lines), 400)  # copy 0 trains the model
+            corpus_info = {"bytes": corpus.stat().st_size, "documents": len(lines), "source_documents": first_copy, "copies": None,
+                           "from": Path(args.corpus).name}
+        else:
+            log(f"building a {args.mb} MB corpus …")
+            corpus_info = build_corpus(corpus, args.mb)
         log(f"corpus: {corpus_info}; training SentencePiece (vocab {args.vocab}) …")
         t = time.perf_counter()
         model = train_model(corpus, work / "sp", args.vocab, sample=corpus_info["source_documents"])
         train_s = time.perf_counter() - t
         files = [corpus]
 
+        cb = args.chunk_kib * 1024
         variants = {
-            "workers=2": lambda r: tk.tokenize_files(files, model, work / f"w2-{r}", workers=2, chunk_docs=args.chunk_docs),
-            "workers=1": lambda r: tk.tokenize_files(files, model, work / f"w1-{r}", workers=1, chunk_docs=args.chunk_docs),
+            "workers=2": lambda r: tk.tokenize_files(files, model, work / f"w2-{r}", workers=2, chunk_bytes=cb),
+            "workers=1": lambda r: tk.tokenize_files(files, model, work / f"w1-{r}", workers=1, chunk_bytes=cb),
             "plain loop": lambda r: plain_loop(files, model, work / f"loop-{r}"),
-            "alt: workers=2, numpy results": lambda r: tokenize_np(files, model, work / f"np-{r}", workers=2, chunk_docs=args.chunk_docs),
-            "alt: workers=2, numpy results, chunk_docs=256": lambda r: tokenize_np(files, model, work / f"np256-{r}", workers=2, chunk_docs=256),
+            "workers=2, chunk_bytes=256 KiB": lambda r: tk.tokenize_files(files, model, work / f"w2s-{r}", workers=2, chunk_bytes=256 * 1024),
+            "workers=2, chunk_bytes=4 MiB": lambda r: tk.tokenize_files(files, model, work / f"w2l-{r}", workers=2, chunk_bytes=4 << 20),
+            "before: workers=2": lambda r: legacy_tokenize(files, model, work / f"old2-{r}", workers=2),
+            "before: workers=1": lambda r: legacy_tokenize(files, model, work / f"old1-{r}", workers=1),
         }
         # Interleaved rounds (rotating order), so load from other processes hits every variant alike;
         # ratios are taken within a round, then the median over rounds.
@@ -272,9 +284,9 @@ def main() -> None:
             med = sorted(rs, key=lambda x: x["tokens_per_s"])[len(rs) // 2]
             res[name] = {**med, "all_tokens_per_s": [x["tokens_per_s"] for x in rs]}
         identical = all(filecmp.cmp(work / f"w2-0.{ext}", work / f"{other}-0.{ext}", shallow=False)
-                        for other in ("w1", "loop", "np", "np256") for ext in ("bin", "idx"))
+                        for other in ("w1", "loop", "w2s", "w2l", "old2", "old1") for ext in ("bin", "idx"))
         log("timing the serial parts …")
-        parts = serial_parts(files, model, args.chunk_docs)
+        parts = serial_parts(files, model, cb)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -284,26 +296,30 @@ def main() -> None:
     ratios = {
         "workers=2 / workers=1": ratio("workers=2", "workers=1"),
         "workers=2 / plain loop": ratio("workers=2", "plain loop"),
-        "alt numpy / workers=1": ratio("alt: workers=2, numpy results", "workers=1"),
-        "alt numpy chunk 256 / workers=1": ratio("alt: workers=2, numpy results, chunk_docs=256", "workers=1"),
+        "workers=2 256 KiB / workers=1": ratio("workers=2, chunk_bytes=256 KiB", "workers=1"),
+        "workers=2 4 MiB / workers=1": ratio("workers=2, chunk_bytes=4 MiB", "workers=1"),
+        "before: workers=2 / before: workers=1": ratio("before: workers=2", "before: workers=1"),
+        "workers=2 / before: workers=2": ratio("workers=2", "before: workers=2"),
     }
     # What an otherwise idle 2-core machine would give, from CPU seconds (robust to other load):
     # wall ≥ max(parent CPU, all CPU / 2) with 2 workers; the single process needs all its CPU serially.
-    def cpu_bound(name: str) -> float:
+    def cpu_bound(name: str, single: str = "workers=1") -> float:
         rs = runs[name]
-        one = statistics.median(x["cpu_parent_s"] + x["cpu_children_s"] for x in runs["workers=1"])
+        one = statistics.median(x["cpu_parent_s"] + x["cpu_children_s"] for x in runs[single])
         par = statistics.median(max(x["cpu_parent_s"], (x["cpu_parent_s"] + x["cpu_children_s"]) / 2) for x in rs)
         return round(one / par, 2)
 
     ratios["cpu-time bound, workers=2 / workers=1"] = cpu_bound("workers=2")
-    ratios["cpu-time bound, alt numpy / workers=1"] = cpu_bound("alt: workers=2, numpy results")
+    ratios["cpu-time bound, workers=2 256 KiB / workers=1"] = cpu_bound("workers=2, chunk_bytes=256 KiB")
+    ratios["cpu-time bound, workers=2 4 MiB / workers=1"] = cpu_bound("workers=2, chunk_bytes=4 MiB")
+    ratios["cpu-time bound, before: workers=2 / before: workers=1"] = cpu_bound("before: workers=2", "before: workers=1")
     out = {
         "benchmark": "tokenize",
         "date": started.isoformat(timespec="seconds"),
         "machine": info,
         "corpus": {**corpus_info, "mb": round(corpus_info["bytes"] / 1e6, 1)},
         "tokenizer": {"type": "sentencepiece unigram", "vocab_size": args.vocab, "train_seconds": round(train_s, 2)},
-        "chunk_docs": args.chunk_docs,
+        "chunk_bytes": cb,
         "outputs_identical": identical,
         "results": res,
         "ratios": ratios,
@@ -324,7 +340,8 @@ def main() -> None:
         if j == 0:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     print("\nratios (median over interleaved rounds): " + json.dumps(ratios))
-    print(f"ratio workers=2 / workers=1: {ratios['workers=2 / workers=1']}× (target ≥ 1.8×); vs plain loop: {ratios['workers=2 / plain loop']}×")
+    print(f"ratio workers=2 / workers=1: {ratios['workers=2 / workers=1']}× wall, "
+          f"{ratios['cpu-time bound, workers=2 / workers=1']}× CPU-time bound (target ≥ 1.8×); vs plain loop: {ratios['workers=2 / plain loop']}×")
     print(f"outputs byte-identical across variants: {identical}")
     print("serial parts (one process, seconds): " + json.dumps(parts))
     print(f"written {out_file.relative_to(ROOT) if out_file.is_relative_to(ROOT) else out_file}")
