@@ -62,9 +62,11 @@ export function renderStatus(view: RunView, now = Date.now()): string {
     ];
   });
   const head = `${view.workflowId}  ${colourState(s.state)}  (${s.pipeline}${s.profile ? `, ${s.profile}` : ''})`;
+  // A first run's "no earlier run" misses are noise; hits, rejections and changes are news.
+  const cacheNote = (st: (typeof s.stages)[number]) => (st.cache && !st.cache.endsWith('no earlier run of this stage') ? st.cache : undefined);
   const reasons = s.stages
-    .filter((st) => st.reason || (st.cache && st.state !== 'pending'))
-    .map((st) => `  ${st.id}: ${[st.reason, st.cache].filter(Boolean).join(' · ')}`);
+    .filter((st) => st.reason || cacheNote(st))
+    .map((st) => `  ${st.id}: ${[st.reason, cacheNote(st)].filter(Boolean).join(' · ')}`);
   return [
     head,
     table(['STAGE', 'KIND', 'QUEUE', 'STATE', 'ATTEMPT', 'PROGRESS', 'METRICS', 'ETA', 'DURATION'], rows),
