@@ -316,8 +316,15 @@ export function createRunStage(deps: StageRunnerDeps) {
       await mkdir(path.dirname(record_), { recursive: true });
       await writeFile(record_, JSON.stringify({ pgid: pid, runId, stage: stage.id, attempt }));
     }
-    if (child.stdout) createInterface({ input: child.stdout }).on('line', (l) => record('stdout', l));
-    if (child.stderr) createInterface({ input: child.stderr }).on('line', (l) => record('stderr', l));
+    const streamsClosed: Array<Promise<void>> = [];
+    for (const [name, stream] of [['stdout', child.stdout], ['stderr', child.stderr]] as const) {
+      if (!stream) continue;
+      const lines = createInterface({ input: stream });
+      lines.on('line', (l) => record(name, l));
+      streamsClosed.push(new Promise<void>((r) => lines.once('close', () => r())));
+    }
+    // The last lines arrive after the exit event; a grandchild holding the pipe must not stall us.
+    const drained = (ms: number) => Promise.race([Promise.all(streamsClosed), new Promise((r) => setTimeout(r, ms))]);
 
     const killGroup = (signal: NodeJS.Signals) => {
       if (!pid) return;
@@ -443,8 +450,10 @@ export function createRunStage(deps: StageRunnerDeps) {
     await startedSignal;
     if (killTimer) clearTimeout(killTimer);
     ctx.cancellationSignal.removeEventListener('abort', onCancel);
+    await drained(2000);
     // A stage may leave grandchildren behind; they belong to its group.
     killGroup('SIGKILL');
+    await drained(1000);
     if (record_) await rm(record_, { force: true });
     await pump(true);
     await new Promise<void>((r) => logStream.end(r));

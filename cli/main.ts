@@ -4,6 +4,7 @@ import { Command } from 'commander';
 import { configureArtifactsCommand } from './commands/artifacts.js';
 import { configureCancelCommand } from './commands/cancel.js';
 import { configureGetCommand } from './commands/get.js';
+import { configureReportCommand } from './commands/report.js';
 import { configureLogsCommand } from './commands/logs.js';
 import { configurePauseCommand } from './commands/pause.js';
 import { configureRenderCommand } from './commands/render.js';
@@ -36,6 +37,7 @@ for (const configure of [
   configureLogsCommand,
   configureArtifactsCommand,
   configureGetCommand,
+  configureReportCommand,
   configureWorkerCommand,
 ]) {
   configure(program);

@@ -156,7 +156,11 @@ export function manifestFinder(e: TanrenEnv, store: ObjectStore, run: string, c?
   };
   return async (stage: string): Promise<FoundManifest | undefined> => {
     const own = await readManifest(store, run, stage);
-    if (own) return { manifest: own, key: keys.manifest(run, stage) };
+    if (own) {
+      // A cache hit's own manifest points at the outputs of the run that made them.
+      const from = (own as OutputManifest & { cachedFrom?: string }).cachedFrom ?? (own.runId !== run ? own.runId : undefined);
+      return { manifest: own, key: keys.manifest(run, stage), ...(from ? { cachedFrom: from } : {}) };
+    }
     fromWorkflow ??= workflowKeys();
     const key = (await fromWorkflow).get(stage);
     if (!key || key === keys.manifest(run, stage)) return undefined;

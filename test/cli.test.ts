@@ -7,6 +7,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Client, Connection } from '@temporalio/client';
 import { acquireGpuLock, GpuLockedError } from '../worker/gpu.js';
+import { prettyLine } from '../worker/logger.js';
 import { ROOT, servicesEnv, unique } from './helpers/env.js';
 
 const CLI = path.join(ROOT, 'dist', 'cli', 'main.js');
@@ -127,5 +128,13 @@ describe('GPU worker lock', () => {
       if (other.status === 7) throw new GpuLockedError(other.stderr);
     }, GpuLockedError);
     release();
+  });
+});
+
+describe('worker logs', () => {
+  it('are readable lines on a terminal, with the run, stage and attempt kept', () => {
+    const line = JSON.stringify({ level: 30, time: Date.UTC(2026, 0, 2, 3, 4, 5, 6), pid: 1, msg: 'loss 2.31', workflowId: 'demo-x', stage: 'pretrain', attempt: 2 });
+    assert.equal(prettyLine(line), '03:04:05.006 INFO  loss 2.31  workflowId=demo-x stage=pretrain attempt=2');
+    assert.equal(prettyLine('not json'), 'not json');
   });
 });

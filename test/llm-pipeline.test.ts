@@ -219,5 +219,12 @@ describe('wiki40b-ja.tiny end to end (Temporal + MinIO + real workers and stages
     for (const need of ['llm-jp-eval', 'mt-bench']) assert.ok(start >= Date.parse(byId.get(need)!.endedAt!), `report started before ${need} ended`);
     assert.deepEqual(r('report').loss_stages, ['pretrain', 'sft', 'dpo'], 'the report drew a loss curve per training stage');
     assert.equal(r('report').timeline, true, 'the engine gave the report its stage timeline');
+
+    // `tanren report <run>` rebuilds the page from what the run stored, and keeps it with the run.
+    const local = path.join(workRoot, 'report-copy');
+    const out = execFileSync(process.execPath, [path.join(ROOT, 'dist', 'cli', 'main.js'), 'report', workflowId, '--json', '-o', local], { cwd: ROOT, encoding: 'utf8' });
+    const made = JSON.parse(out) as { html: string; local: string };
+    assert.match(readFileSync(made.local, 'utf8'), /<svg/);
+    assert.ok(await storage.stat(`runs/${workflowId}/_report/outputs/report.html`), 'the report is stored with the run');
   });
 });

@@ -1,8 +1,12 @@
 """Helpers shared by the model stages: finding inputs, tokenizers, devices, chat templates."""
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from .protocol import InvalidStageInput, StageConfigError, StageContext
@@ -59,25 +63,182 @@ def find_in_inputs(ctx: StageContext, relative: str, *, param: str = "input") ->
     return None
 
 
-def resolve_model_dir(ctx: StageContext, *, param: str = "model", input_param: str = "input") -> Path:
-    """A HF model dir: params[param] (a path) or `model/` in a needed stage's outputs."""
+# A Hugging Face Hub repo id ("org/name"); a string of this form that is not an existing path is taken as one.
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+# model/base.json: written instead of full weights when a LoRA adapter is not merged (e.g. trained on a 4-bit base).
+POINTER = "base.json"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What to load: a base model (local HF directory or Hub repo id), optionally with a PEFT adapter on top."""
+
+    base: str
+    adapter: Path | None = None
+    hub: bool = False
+    base_4bit: bool = False  # the adapter was trained on a 4-bit (QLoRA) base
+
+    @property
+    def tokenizer(self) -> str:
+        """The adapter dir when it carries a tokenizer (chat tokens added in training), else the base."""
+        if self.adapter is not None and (self.adapter / "tokenizer_config.json").exists():
+            return str(self.adapter)
+        return self.base
+
+    def __str__(self) -> str:
+        return self.base + (f" + adapter {self.adapter}" if self.adapter else "")
+
+
+def _hub_source(repo: str, where: str) -> ModelSource:
+    """A Hub repo id; offline, it must already be in the local cache (else a StageConfigError saying so)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo, "config.json")
+    if not isinstance(cached, str) and constants.HF_HUB_OFFLINE:
+        raise StageConfigError(
+            f"{where}: {repo} is not a local directory, so it was taken as a Hugging Face Hub model, but it is not in "
+            f"the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 forbids downloading it. Download it "
+            f"first on a machine with internet (huggingface-cli download {repo}, with the same HF_HOME/HF_HUB_CACHE), "
+            f"or set the field to a local model directory")
+    return ModelSource(repo, hub=True)
+
+
+def _lexical(p: Path) -> Path:
+    """Absolute and without '..', but symlinks kept (so a path under $TANREN_INPUTS stays recognisable as such)."""
+    return Path(os.path.normpath(os.path.abspath(p)))
+
+
+def read_pointer(pointer: Path, where: str) -> ModelSource:
+    """model/base.json → base (Hub id, absolute path, or a path relative to model/) + adapter dir."""
+    try:
+        meta = json.loads(pointer.read_text(encoding="utf-8"))
+        base, adapter = meta["base_model"], meta.get("adapter", "../adapter")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InvalidStageInput(f"{where}: {pointer} is not a valid base-model pointer ({e})")
+    ad = _lexical(pointer.parent / adapter)
+    if not (ad / "adapter_config.json").exists():
+        raise InvalidStageInput(f"{where}: {pointer} names adapter {ad}, which has no adapter_config.json")
+    if meta.get("hub"):
+        src = _hub_source(base, f"{where}: {pointer}")
+    else:
+        bp = Path(base) if Path(base).is_absolute() else _lexical(pointer.parent / base)
+        if not (bp / "config.json").exists():
+            raise StageConfigError(f"{where}: {pointer} names base model {bp}, which is not a model directory on this worker "
+                                   "(no config.json): make it available at that path")
+        src = ModelSource(str(bp))
+    return ModelSource(src.base, ad, src.hub, bool(meta.get("load_in_4bit", False)))
+
+
+def model_source_at(p: Path, where: str) -> ModelSource | None:
+    """The model in directory p: a HF model dir, a stage output with model/, or a base + adapter pointer."""
+    for d in (p, p / "model"):
+        if (d / "config.json").exists():
+            return ModelSource(str(d))
+        if (d / POINTER).exists():
+            return read_pointer(d / POINTER, where)
+    return None
+
+
+def resolve_model(ctx: StageContext, *, param: str = "model", input_param: str = "input") -> ModelSource:
+    """params[param] — a local model directory, a stage output dir, or a Hub repo id ("org/name") — else
+    model/ in a needed stage's outputs. model/ may hold full weights (config.json) or a pointer (base.json)
+    to a base model + the stage's adapter/."""
+    where = f"{ctx.params.source}: field '{param}'"
     if ctx.params.has(param):
-        p = Path(ctx.params.str(param))
-        if (p / "config.json").exists():
-            return p
-        if (p / "model" / "config.json").exists():
-            return p / "model"
-        raise InvalidStageInput(f"{ctx.params.source}: field '{param}': {p} holds no HF model (no config.json)")
-    found = find_in_inputs(ctx, "model/config.json", param=input_param)
-    if found is None:
-        raise InvalidStageInput(f"{ctx.params.source}: set field '{param}' to a model directory, or need a stage whose outputs have model/")
-    return found.parent
+        raw = ctx.params.str(param)
+        p = Path(raw)
+        if p.exists():
+            src = model_source_at(p, where)
+            if src is None:
+                raise InvalidStageInput(f"{where}: {p} holds no HF model (no config.json, nor model/config.json or model/{POINTER})")
+            return src
+        if HUB_ID.match(raw):
+            return _hub_source(raw, where)
+        raise InvalidStageInput(f"{where}: {p} does not exist (and is not a Hub repo id of the form org/name)")
+    name = ctx.params.str(input_param) if ctx.params.has(input_param) else None
+    dirs = [ctx.input_dir(name, param=input_param)] if name else ctx.input_dirs()
+    for d in dirs:
+        for rel in ("model/config.json", f"model/{POINTER}"):
+            if (d / rel).exists():
+                return model_source_at(d / "model", f"{ctx.params.source}: input {d.name}")  # type: ignore[return-value]
+    raise InvalidStageInput(f"{ctx.params.source}: set field '{param}' to a model directory or Hub repo id, or need a stage whose outputs have model/")
 
 
-def load_tokenizer(model_dir: Path):
+def resolve_model_dir(ctx: StageContext, *, param: str = "model", input_param: str = "input") -> ModelSource:
+    """Kept for callers of the old name: see resolve_model."""
+    return resolve_model(ctx, param=param, input_param=input_param)
+
+
+def write_pointer(ctx: StageContext, source: ModelSource, adapter_dir: Path, *, load_in_4bit: bool) -> Path:
+    """Writes output/model/base.json naming the base of `source` and adapter_dir. A base that came from a needed
+    stage's outputs is copied to output/base/ (the inputs directory does not outlive this stage)."""
+    out = ctx.output / "model"
+    out.mkdir(parents=True, exist_ok=True)
+    if source.hub:
+        base, hub = source.base, True
+    else:
+        bp = Path(source.base).resolve()
+        inside = ctx.inputs is not None and (bp.is_relative_to(ctx.inputs.resolve())
+                                             or _lexical(Path(source.base)).is_relative_to(_lexical(ctx.inputs)))
+        if inside:
+            shutil.copytree(bp, ctx.output / "base", dirs_exist_ok=True)
+            base = "../base"
+        else:
+            base = str(bp)
+        hub = False
+    meta = {"base_model": base, "hub": hub, "adapter": os.path.relpath(adapter_dir, out), "load_in_4bit": load_in_4bit,
+            "note": "tanren: the LoRA adapter was not merged; load base_model, then the PEFT adapter on top"}
+    (out / POINTER).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return out / POINTER
+
+
+def half_dtype(device: str):
+    """bf16 on a CUDA device that supports it, else fp16 on CUDA; fp32 on CPU."""
+    import torch
+
+    if device != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def bnb_4bit_config(where: str, device: str, compute_dtype=None):
+    """A BitsAndBytesConfig for NF4 loading, or a StageConfigError when it cannot work here."""
+    if device != "cuda":
+        raise StageConfigError(f"{where}: 4-bit QLoRA needs a CUDA GPU ('qlora'/'load_in_4bit' set); this worker has device {device}")
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as e:  # noqa: BLE001  (ImportError, or a CUDA library bitsandbytes cannot load)
+        raise StageConfigError(f"{where}: 4-bit loading needs the bitsandbytes package, which failed to import here ({e})")
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype or half_dtype(device))
+
+
+def load_causal_lm(source: ModelSource, where: str, **kwargs):
+    """AutoModelForCausalLM.from_pretrained(source.base) with errors of a Hub model turned into StageConfigError."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(source.base, attn_implementation="sdpa", **kwargs)
+    except OSError as e:
+        if source.hub:
+            raise StageConfigError(f"{where}: could not load Hub model {source.base}: {e}")
+        raise
+
+
+def match_vocab(model, tok) -> None:
+    """Grows the base model's embeddings to the adapter's tokenizer (chat tokens added in training); the adapter
+    then loads the trained rows (it saves the embedding layers when they were resized)."""
+    if len(tok) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tok))
+
+
+def load_tokenizer(model_dir: "Path | str | ModelSource"):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok = AutoTokenizer.from_pretrained(model_dir.tokenizer if isinstance(model_dir, ModelSource) else str(model_dir))
     if tok.pad_token is None:
         tok.pad_token = tok.unk_token or tok.eos_token
     if not tok.chat_template:

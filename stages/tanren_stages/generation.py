@@ -1,27 +1,67 @@
-"""Greedy (or sampled) generation shared by the eval stages."""
+"""Greedy (or sampled) generation shared by the eval stages.
+
+The model is a ModelSource (common.resolve_model): a HF model dir, a Hub repo id, or a base + PEFT adapter
+(model/base.json of an sft/dpo stage that did not merge its adapter). On CUDA it loads in bf16 (fp16 where bf16
+is unsupported) unless `precision` says otherwise; with `load_in_4bit` the base loads in NF4 (needs CUDA +
+bitsandbytes). A LoRA adapter is merged into a non-quantised base for faster generation.
+Params read by from_ctx: model/input, device, seed, precision ("auto" | "bf16" | "fp16" | "fp32"), load_in_4bit
+(default: true on CUDA when the model is an adapter trained on a 4-bit base, i.e. model/base.json says so).
+"""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from .common import load_tokenizer, pick_device, resolve_model_dir
-from .protocol import StageContext
+from .common import (ModelSource, bnb_4bit_config, half_dtype, load_causal_lm, load_tokenizer, match_vocab, pick_device,
+                     resolve_model)
+from .protocol import StageConfigError, StageContext
+
 
 
 class Generator:
-    def __init__(self, model_dir: Path, device: str, seed: int = 1234):
+    def __init__(self, model: ModelSource | Path | str, device: str, seed: int = 1234, *, precision: str = "auto",
+                 load_in_4bit: bool | None = False, where: str = "generation"):
         import torch
-        from transformers import AutoModelForCausalLM
 
+        source = model if isinstance(model, ModelSource) else ModelSource(str(model))
+        if load_in_4bit is None:  # auto: as the adapter was trained (QLoRA), where a GPU is there to do it
+            load_in_4bit = source.base_4bit and device == "cuda"
         self.torch = torch
-        self.tok = load_tokenizer(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="sdpa").to(device).eval()
+        self.source = source
+        self.tok = load_tokenizer(source)
+        if precision == "auto":
+            dtype = half_dtype(device)
+        else:
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+            if dtype is torch.bfloat16 and device == "cuda" and not torch.cuda.is_bf16_supported():
+                raise StageConfigError(f"{where}: field 'precision' is bf16 but this GPU does not support it")
+        kwargs: dict = {"dtype": dtype}
+        if load_in_4bit:
+            kwargs["quantization_config"] = bnb_4bit_config(where, device, dtype if dtype != torch.float32 else None)
+            kwargs["device_map"] = {"": 0}
+        model_ = load_causal_lm(source, where, **kwargs)
+        if not load_in_4bit:
+            model_.to(device)
+        if source.adapter is not None:
+            from peft import PeftModel
+
+            match_vocab(model_, self.tok)
+            model_ = PeftModel.from_pretrained(model_, str(source.adapter))
+            if not load_in_4bit:
+                model_ = model_.merge_and_unload()
+            print(f"loaded {source}", file=sys.stderr)
+        self.model = model_.eval()
+        self.dtype = dtype
         self.device = device
         self.seed = seed
         self.max_positions = getattr(self.model.config, "max_position_embeddings", 2048)
 
     @classmethod
     def from_ctx(cls, ctx: StageContext) -> "Generator":
-        return cls(resolve_model_dir(ctx), pick_device(ctx), ctx.params.int("seed", 1234))
+        p = ctx.params
+        return cls(resolve_model(ctx), pick_device(ctx), p.int("seed", 1234),
+                   precision=p.str("precision", "auto", choices=["auto", "bf16", "fp16", "fp32"]),
+                   load_in_4bit=p.bool("load_in_4bit") if p.has("load_in_4bit") else None, where=p.source)
 
     def complete(self, prompt: str, max_new_tokens: int, temperature: float = 0.0) -> tuple[str, int]:
         ids = self.tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids

@@ -5,7 +5,8 @@ import math
 import sys
 from pathlib import Path
 
-from .common import CHAT_TEMPLATE, bf16_ok, ensure_chat_tokens, pick_device, resolve_model_dir
+from .common import (CHAT_TEMPLATE, ModelSource, bf16_ok, bnb_4bit_config, ensure_chat_tokens, load_causal_lm, match_vocab, pick_device,
+                     resolve_model, write_pointer)
 from .protocol import InvalidStageInput, StageConfigError, StageContext, StopFlag, read_jsonl
 
 try:  # the map() progress bars of datasets only clutter the stage log
@@ -18,7 +19,7 @@ except Exception:  # noqa: BLE001
 COMMON_KEYS = {"model", "input", "data", "data_input", "lora", "load_in_4bit", "qlora", "max_steps", "num_train_epochs",
                "lr", "micro_batch_size", "gradient_accumulation_steps", "max_length", "seed", "warmup_ratio",
                "lr_scheduler", "weight_decay", "checkpoint_every", "log_every", "gradient_checkpointing", "device",
-               "precision", "threads"}
+               "precision", "threads", "merge_adapter"}
 
 
 def data_files(ctx: StageContext, default_name: str) -> list[Path]:
@@ -79,37 +80,58 @@ def lora_config(ctx: StageContext):
                       target_modules=targets, task_type="CAUSAL_LM", bias="none")
 
 
+def is_peft(model) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def wants_4bit(ctx: StageContext) -> bool:
+    p = ctx.params
+    return p.bool("qlora", False) or p.bool("load_in_4bit", False)
+
+
+def merge_choice(ctx: StageContext) -> bool | None:
+    """merge_adapter: true / false / "auto" (None: merge unless the base is 4-bit)."""
+    p = ctx.params
+    v = p.raw("merge_adapter", "auto")
+    if v == "auto":
+        return None
+    return p.bool("merge_adapter")
+
+
 def check_qlora(ctx: StageContext, device: str) -> bool:
     """Fails early (before heavy imports) when 4-bit loading is asked for where it cannot work."""
     p = ctx.params
-    qlora = p.bool("qlora", False) or p.bool("load_in_4bit", False)
+    qlora = wants_4bit(ctx)
     if qlora and device != "cuda":
-        raise StageConfigError(f"{p.source}: 4-bit QLoRA ('qlora'/'load_in_4bit') needs a CUDA GPU; this worker has device {device}")
+        raise StageConfigError(f"{p.source}: 4-bit QLoRA needs a CUDA GPU ('qlora'/'load_in_4bit' set); this worker has device {device}")
+    if qlora and merge_choice(ctx) is True:
+        raise StageConfigError(f"{p.source}: field 'merge_adapter' is true, but a LoRA adapter cannot be merged into a 4-bit base "
+                               "without requantising it; leave it 'auto' (adapter/ + model/base.json)")
     return qlora
 
 
-def load_model_and_tokenizer(ctx: StageContext, device: str):
+def load_model_and_tokenizer(ctx: StageContext, device: str, *, reference_adapter: bool = False):
+    """The model to train and its tokenizer; returns (model, tok, source).
+
+    When the source is a base + adapter (model/base.json of an earlier sft/dpo stage) and LoRA is on, the
+    adapter is loaded trainable (training continues it) and, with reference_adapter, a second frozen copy
+    named "reference" is loaded for DPO's reference model; the model returned is then a PeftModel.
+    Without LoRA the adapter is merged into the base first (full fine-tuning of the merged model).
+    """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     p = ctx.params
-    model_dir = resolve_model_dir(ctx)
-    qlora = p.bool("qlora", False) or p.bool("load_in_4bit", False)
+    source = resolve_model(ctx)
+    qlora = wants_4bit(ctx)
     kwargs: dict = {}
     if qlora:
-        if device != "cuda":
-            raise StageConfigError(f"{p.source}: 4-bit QLoRA ('qlora'/'load_in_4bit') needs a CUDA GPU; this worker has device {device}")
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise StageConfigError(f"{p.source}: 4-bit QLoRA needs the bitsandbytes package, which is not installed in the stages venv")
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                                           bnb_4bit_compute_dtype=torch.bfloat16)
+        kwargs["quantization_config"] = bnb_4bit_config(p.source, device, torch.bfloat16 if bf16_ok(device) else torch.float16)
         kwargs["device_map"] = {"": 0}
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="sdpa", **kwargs)
+    tok = AutoTokenizer.from_pretrained(source.tokenizer)
+    model = load_causal_lm(source, p.source, **kwargs)
     if not qlora:
         model.to(device)
     if tok.pad_token is None:
@@ -118,14 +140,28 @@ def load_model_and_tokenizer(ctx: StageContext, device: str):
         if tok.chat_template:
             print("base chat template has no {% generation %} markers: using tanren's ChatML template", file=sys.stderr)
         tok.chat_template = CHAT_TEMPLATE
+    if source.adapter is not None:
+        match_vocab(model, tok)
     ensure_chat_tokens(tok, model)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     if qlora:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model)
-    return model, tok, model_dir
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=p.bool("gradient_checkpointing", False))
+    if source.adapter is not None:
+        from peft import PeftModel
+
+        if lora_config(ctx) is None:
+            model = PeftModel.from_pretrained(model, str(source.adapter)).merge_and_unload()
+        else:
+            print(f"continuing to train the LoRA adapter of {source.adapter} (its r/alpha/targets; field 'lora' sets only "
+                  "new adapters)", file=sys.stderr)
+            model = PeftModel.from_pretrained(model, str(source.adapter), is_trainable=True)
+            if reference_adapter:
+                model.load_adapter(str(source.adapter), adapter_name="reference", is_trainable=False)
+                model.set_adapter("default")
+    return model, tok, source
 
 
 def training_args_kwargs(ctx: StageContext, device: str, lr_default: float) -> dict:
@@ -191,19 +227,45 @@ def events_callback(ctx: StageContext, stop: StopFlag, renames: dict[str, str] |
     return EventsCallback()
 
 
-def save_final(ctx: StageContext, trainer, tok, lora: bool) -> Path:
+def save_final(ctx: StageContext, trainer, tok, lora: bool, source: ModelSource | None = None) -> Path:
+    """model/ with full weights; with LoRA also adapter/. An adapter that is not merged (4-bit base, or
+    merge_adapter: false) is saved as adapter/ + model/base.json naming the base, which resolve_model and
+    the eval stages load as base + adapter."""
     out = ctx.output / "model"
     model = trainer.model
     if lora:
-        model.save_pretrained(str(ctx.output / "adapter"))
-        try:
-            model = model.merge_and_unload()
-        except Exception as e:  # noqa: BLE001  (4-bit bases cannot merge in place)
-            print(f"could not merge the LoRA adapter ({e}); output/model holds the adapter only", file=sys.stderr)
+        adapter_dir = ctx.output / "adapter"
+        base = model.get_base_model()
+        four_bit = bool(getattr(base, "is_loaded_in_4bit", False))
+        resized = _vocab_resized(base, source)
+        model.save_pretrained(str(adapter_dir), selected_adapters=["default"], save_embedding_layers=resized)
+        tok.save_pretrained(str(adapter_dir))
+        merge = merge_choice(ctx)
+        if merge is False or (merge is None and four_bit):
+            if source is None:
+                raise StageConfigError(f"{ctx.params.source}: cannot write model/{'base.json'} without the base model's source")
+            write_pointer(ctx, source, adapter_dir, load_in_4bit=four_bit)
+            print(f"LoRA adapter not merged ({'4-bit base' if four_bit else 'merge_adapter: false'}): wrote adapter/ and "
+                  f"model/base.json -> {source.base}", file=sys.stderr)
+            return out
+        model = model.merge_and_unload(adapter_names=["default"])
     model.config.use_cache = True
     model.save_pretrained(str(out), safe_serialization=True)
     tok.save_pretrained(str(out))
     return out
+
+
+def _vocab_resized(base, source: ModelSource | None) -> bool:
+    """Whether the embeddings differ in size from the original base (chat tokens added): the adapter must then carry them."""
+    if source is None:
+        return False
+    from transformers import AutoConfig
+
+    try:
+        vocab = AutoConfig.from_pretrained(source.base).vocab_size
+    except Exception:  # noqa: BLE001
+        return True
+    return base.get_input_embeddings().weight.shape[0] != vocab
 
 
 def run_training(ctx: StageContext, trainer, cb, stop: StopFlag) -> None:

@@ -34,38 +34,71 @@ def optimal_dtype(vocab_size: int):
 
 
 class IndexedDatasetWriter:
-    """Streams documents into prefix.bin and writes prefix.idx on close."""
+    """Streams documents into prefix.bin and writes prefix.idx on close (one sequence per document)."""
 
     def __init__(self, prefix: str | Path, dtype=np.uint16):
         self.prefix = Path(prefix)
         self.dtype = np.dtype(dtype)
-        self.bin = open(self.prefix.with_suffix(".bin") if self.prefix.suffix == "" else Path(str(self.prefix) + ".bin"), "wb")
-        self.lengths: list[int] = []
-        self.doc_idx: list[int] = [0]
+        self.bin = open(str(self.prefix) + ".bin", "wb")
+        self._lengths: list[np.ndarray] = []  # int32 arrays, one per add_documents call / run of add_document
+        self._pending: list[int] = []  # lengths of add_document calls not yet folded into _lengths
+        self.documents = 0
         self.tokens = 0
 
     def add_document(self, ids) -> None:
         arr = np.asarray(ids, dtype=self.dtype)
         self.bin.write(arr.tobytes(order="C"))
-        self.lengths.append(int(arr.size))
-        self.doc_idx.append(len(self.lengths))
+        self._pending.append(int(arr.size))
+        self.documents += 1
         self.tokens += int(arr.size)
 
+    def add_documents(self, lengths, buf) -> None:
+        """Appends len(lengths) documents at once: `lengths` (int32-compatible) and `buf`, their concatenated ids
+        already in this writer's dtype (bytes, memoryview or ndarray). One write, no per-document Python work."""
+        lengths = np.ascontiguousarray(lengths, dtype=np.int32)
+        if isinstance(buf, np.ndarray):
+            if buf.dtype != self.dtype:
+                raise ValueError(f"add_documents: ids have dtype {buf.dtype}, the writer writes {self.dtype}")
+            buf = np.ascontiguousarray(buf).data
+        total = int(lengths.sum(dtype=np.int64))
+        if (lengths < 0).any() or memoryview(buf).nbytes != total * self.dtype.itemsize:
+            raise ValueError(f"add_documents: {memoryview(buf).nbytes} bytes of ids for lengths summing to {total} "
+                             f"tokens of {self.dtype} ({total * self.dtype.itemsize} bytes)")
+        self._fold()
+        self.bin.write(buf)
+        self._lengths.append(lengths)
+        self.documents += int(lengths.size)
+        self.tokens += total
+
+    def _fold(self) -> None:
+        if self._pending:
+            self._lengths.append(np.asarray(self._pending, dtype=np.int32))
+            self._pending = []
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Sequence lengths so far (int32)."""
+        self._fold()
+        return np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int32)
+
     def close(self) -> None:
+        if self.bin.closed:
+            return
         self.bin.close()
-        lengths = np.asarray(self.lengths, dtype=np.int32)
+        lengths = self.lengths
         pointers = np.zeros(len(lengths), dtype=np.int64)
         if len(lengths) > 1:
             np.cumsum(lengths[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
+        doc_idx = np.arange(len(lengths) + 1, dtype=np.int64)  # document i = sequence i
         with open(str(self.prefix) + ".idx", "wb") as f:
             f.write(INDEX_HEADER)
             f.write(struct.pack("<Q", 1))
             f.write(struct.pack("<B", dtype_code(self.dtype)))
             f.write(struct.pack("<Q", len(lengths)))
-            f.write(struct.pack("<Q", len(self.doc_idx)))
+            f.write(struct.pack("<Q", len(doc_idx)))
             f.write(lengths.tobytes(order="C"))
             f.write(pointers.tobytes(order="C"))
-            f.write(np.asarray(self.doc_idx, dtype=np.int64).tobytes(order="C"))
+            f.write(doc_idx.tobytes(order="C"))
 
     def __enter__(self):
         return self

@@ -1,7 +1,11 @@
 """Stage `llm_jp_eval`: llm-jp-eval style evaluation on datasets in its evaluation JSON format.
 
 params (defaults):
-  model / input       HF model dir, or model/ of a needed stage
+  model / input       HF model dir, Hub repo id "org/name", or model/ of a needed stage (full weights, or
+                      base.json: base + the stage's adapter/)
+  precision           "auto" (bf16 on CUDA, fp16 where bf16 is unsupported, fp32 on CPU) | bf16 | fp16 | fp32
+  load_in_4bit        NF4 base (needs CUDA + bitsandbytes); default: true on CUDA for an adapter trained
+                      on a 4-bit base (QLoRA sft/dpo), else false
   datasets            a dir of *.json, one file, or a list of files (relative to the project root); required
   num_few_shots       0 (zero-shot); uses the dataset's few_shots
   max_samples         per dataset (default: all)
@@ -154,7 +158,7 @@ def main(ctx: StageContext) -> None:
     from .generation import Generator
 
     p = ctx.params
-    p.reject_unknown({"model", "input", "datasets", "num_few_shots", "max_samples", "max_new_tokens", "use_chat_template", "device", "seed"})
+    p.reject_unknown({"model", "input", "datasets", "num_few_shots", "max_samples", "max_new_tokens", "use_chat_template", "device", "seed", "precision", "load_in_4bit"})
     files = dataset_files(ctx)
     loaded = [(f.stem, load_dataset(f)) for f in files]
     gen = Generator.from_ctx(ctx)

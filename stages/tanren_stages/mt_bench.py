@@ -1,7 +1,11 @@
 """Stage `mt_bench`: MT-Bench style two-turn answers, judged by an OpenAI-compatible endpoint.
 
 params (defaults):
-  model / input     HF model dir, or model/ of a needed stage
+  model / input     HF model dir, Hub repo id "org/name", or model/ of a needed stage (full weights, or
+                    base.json: base + the stage's adapter/)
+  precision         "auto" (bf16 on CUDA, fp16 where bf16 is unsupported, fp32 on CPU) | bf16 | fp16 | fp32
+  load_in_4bit      NF4 base (needs CUDA + bitsandbytes); default: true on CUDA for an adapter trained
+                    on a 4-bit base (QLoRA sft/dpo), else false
   questions         question.jsonl ({question_id, category, turns[2]}); required
   reference         reference answers jsonl ({question_id, choices:[{turns}]} or {question_id, turns}),
                     used for the categories in reference_categories (math, reasoning, coding)
@@ -137,7 +141,7 @@ def main(ctx: StageContext) -> None:
 
     p = ctx.params
     p.reject_unknown({"model", "input", "questions", "reference", "max_new_tokens", "temperature", "max_questions", "judge",
-                      "reference_categories", "device", "seed"})
+                      "reference_categories", "device", "seed", "precision", "load_in_4bit"})
     qpath = Path(p.str("questions", required=True))
     if not qpath.is_file():
         raise InvalidStageInput(f"{p.source}: field 'questions': {qpath} does not exist")

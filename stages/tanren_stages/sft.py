@@ -1,18 +1,23 @@
 """Stage `sft`: supervised fine-tuning with TRL's SFTTrainer, loss on assistant tokens only.
 
 params (defaults):
-  model       HF model dir; default: model/ in the needed stage (e.g. pretrain) — or `input` naming it
+  model       HF model dir, or a Hub repo id "org/name" (offline: must be in the HF cache); default: model/ in
+              the needed stage (e.g. pretrain) — or `input` naming it. A model/ holding base.json (an unmerged
+              adapter of an earlier sft/dpo) loads as base + adapter, and LoRA training continues that adapter
   data        .jsonl file or dir (relative to the project root), rows {"messages":[{role,content}...]}
               or {"instruction", "input"?, "output"}; or data_input: a needed stage holding *.jsonl
   lora        false | true | {r: 16, alpha: 32, dropout: 0.05, target_modules: "all-linear"}
-  qlora / load_in_4bit  false (needs CUDA + bitsandbytes, else StageConfigError)
+  qlora / load_in_4bit  false: NF4 4-bit base + LoRA (needs CUDA + bitsandbytes, else StageConfigError)
+  merge_adapter  "auto": merge the LoRA adapter into model/ unless the base is 4-bit; false: never (adapter/ +
+              model/base.json naming the base, which the later stages load); true: always (not with qlora)
   max_steps -1 (use num_train_epochs 1), lr 2e-5, micro_batch_size 4, gradient_accumulation_steps 1,
   max_length 1024, seed 1234, warmup_ratio 0.03, lr_scheduler "cosine", checkpoint_every 0, log_every 1
-Outputs: model/ (merged when LoRA), adapter/ (LoRA), tensorboard/. Result: final_loss, first_loss, steps.
+Outputs: model/ (merged when LoRA, or base.json + base/ when not merged — base/ is a copy of a base that came
+from a needed stage), adapter/ (LoRA, with the tokenizer), tensorboard/. Result: final_loss, first_loss, steps.
 """
 from __future__ import annotations
 
-from .hf_train import (COMMON_KEYS, check_messages, check_qlora, data_files, device_for, events_callback, load_model_and_tokenizer,
+from .hf_train import (COMMON_KEYS, check_messages, check_qlora, data_files, device_for, events_callback, is_peft, load_model_and_tokenizer,
                        load_rows, lora_config, run_training, save_final, training_args_kwargs)
 from .protocol import InvalidStageInput, StageContext, StopFlag, run_stage
 
@@ -47,21 +52,28 @@ def build_trainer(ctx: StageContext, stop: StopFlag | None = None):
     from trl import SFTConfig, SFTTrainer
 
     ds = Dataset.from_list(rows)
-    model, tok, _ = load_model_and_tokenizer(ctx, device)
+    model, tok, source = load_model_and_tokenizer(ctx, device)
     peft_cfg = lora_config(ctx)
+    lora = peft_cfg is not None
+    if lora and is_peft(model):  # continuing an earlier stage's adapter
+        peft_cfg = None
     args = SFTConfig(**training_args_kwargs(ctx, device, 2e-5), max_length=p.int("max_length", 1024, min=8),
                      assistant_only_loss=True, packing=False, dataset_num_proc=None)
     cb = events_callback(ctx, stop)
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_cfg, callbacks=[cb])
-    return trainer, cb, tok, peft_cfg is not None
+    trainer.tanren_source = source
+    return trainer, cb, tok, lora
 
 
 def main(ctx: StageContext) -> None:
     stop = StopFlag().install()
     trainer, cb, tok, lora = build_trainer(ctx, stop)
     run_training(ctx, trainer, cb, stop)
-    save_final(ctx, trainer, tok, lora)
-    ctx.artifact("model/model.safetensors", "fine-tuned model")
+    out = save_final(ctx, trainer, tok, lora, trainer.tanren_source)
+    if (out / "model.safetensors").exists():
+        ctx.artifact("model/model.safetensors", "fine-tuned model")
+    if lora:
+        ctx.artifact("adapter/adapter_config.json", "LoRA adapter")
     hist = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     ctx.result({"final_loss": hist[-1] if hist else None, "first_loss": hist[0] if hist else None,
                 "steps": trainer.state.global_step, "lora": lora})

@@ -5,105 +5,144 @@ params:
   tokenizer_input  needed stage id holding tokenizer.model (default: the one that has it)
   tokenizer        path of a tokenizer.model (or dir with one) instead of a needed stage
   text_field       (default "text")
-  workers          tokenizer processes (default 2)
+  workers          tokenizer processes (default 2); the output is byte-identical for any count
+  chunk_bytes      bytes of jsonl per work item (default 1 MiB); each worker reads its own byte range
+  chunk_docs       accepted for older pipelines and ignored (work items are byte ranges now)
   output_prefix    (default "text_document")
 Outputs: <prefix>.bin, <prefix>.idx, tokenizer.model, tokenizer/ (copied for later stages), stats.json.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing as mp
 import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 from .indexed_dataset import IndexedDatasetWriter, optimal_dtype
 from .protocol import InvalidStageInput, StageContext, run_stage, write_json
 
+DEFAULT_CHUNK_BYTES = 1 << 20
+
 _SP = None
 _FIELD = "text"
+_DTYPE = np.dtype(np.uint16)
 
 
-def _init(model_path: str, field: str) -> None:
-    global _SP, _FIELD
+def _init(model_path: str, field: str, dtype: str = "uint16") -> None:
+    global _SP, _FIELD, _DTYPE
     import sentencepiece as spm
 
     _SP = spm.SentencePieceProcessor(model_file=model_path)
     _FIELD = field
+    _DTYPE = np.dtype(dtype)
 
 
-def _encode_chunk(chunk: tuple[str, int, list[str]]):
-    """(file, first line number, raw lines) → list of token id lists with EOS appended."""
-    fname, first, lines = chunk
+def _line_number(fname: str, start: int, index: int) -> int:
+    """1-based line number of the index-th line (counting blank ones) of the range starting at byte `start`."""
+    with open(fname, "rb") as fh:
+        before = fh.read(start).count(b"\n")
+    return before + index + 1
+
+
+def _encode_range(task: tuple[str, int, int]):
+    """(file, start byte, end byte) → ("ok", documents, int32 lengths bytes, ids bytes in the output dtype), EOS
+    after each document; or ("error", message naming file:line). The range starts at a line start and ends after
+    a newline (or at the end of the file)."""
+    fname, start, end = task
+    with open(fname, "rb") as fh:
+        fh.seek(start)
+        data = fh.read(end - start)
+    try:
+        lines = data.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        for i, raw in enumerate(data.split(b"\n")):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return ("error", f"{fname}:{_line_number(fname, start, i)}: not valid UTF-8 ({e.reason})")
+        raise
     texts = []
     for i, line in enumerate(lines):
+        if not line.strip():
+            continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            return ("error", f"{fname}:{first + i}: not valid JSON ({e.msg})")
+            return ("error", f"{fname}:{_line_number(fname, start, i)}: not valid JSON ({e.msg})")
         t = obj.get(_FIELD) if isinstance(obj, dict) else None
         if not isinstance(t, str):
-            return ("error", f"{fname}:{first + i}: field '{_FIELD}' is missing or not a string")
+            return ("error", f"{fname}:{_line_number(fname, start, i)}: field '{_FIELD}' is missing or not a string")
         texts.append(t)
-    eos = _SP.eos_id()
     ids = _SP.encode(texts, num_threads=1)
-    return ("ok", [x + [eos] for x in ids])
+    n = len(ids)
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=n)
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=_DTYPE, count=int(lengths.sum()))
+    flat = np.insert(flat, np.cumsum(lengths), _SP.eos_id())  # EOS after each document
+    return ("ok", n, (lengths + 1).astype(np.int32).tobytes(), flat.tobytes())
 
 
-def _chunks(files: list[Path], size: int):
+def byte_ranges(files: list[Path], chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+    """(file, start, end) ranges of about chunk_bytes, split at line boundaries, in file order. They depend only on
+    the files and chunk_bytes (not on the worker count); the parent reads one line per range to find a boundary."""
     for f in files:
-        buf: list[str] = []
-        first = 1
-        with open(f, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                if not buf:
-                    first = n
-                buf.append(line)
-                if len(buf) >= size:
-                    yield (str(f), first, buf)
-                    buf = []
-        if buf:
-            yield (str(f), first, buf)
+        size = f.stat().st_size
+        pos = 0
+        with open(f, "rb") as fh:
+            while pos < size:
+                target = pos + chunk_bytes
+                if target >= size:
+                    end = size
+                else:
+                    fh.seek(target - 1)
+                    fh.readline()  # up to and including the newline at or after target - 1
+                    end = fh.tell()
+                yield (str(f), pos, end)
+                pos = end
 
 
 def tokenize_files(files: list[Path], model_path: str | Path, out_prefix: str | Path, *, workers: int = 2,
-                   field: str = "text", chunk_docs: int = 64, on_progress=None) -> dict:
-    """Tokenises jsonl files into out_prefix.bin/.idx; returns {documents, tokens, seconds, tokens_per_s}.
+                   field: str = "text", chunk_bytes: int = DEFAULT_CHUNK_BYTES, on_progress=None) -> dict:
+    """Tokenises jsonl files into out_prefix.bin/.idx; returns {documents, tokens, seconds, tokens_per_s, ...}.
 
-    workers=1 runs in this process; >1 uses a process pool with ordered results, so
-    the output is byte-identical whatever the worker count.
+    The parent only cuts the files into byte ranges (at line boundaries) and writes: each worker reads its
+    own range, parses, encodes and returns one numpy buffer per range (int32 lengths + ids in the output
+    dtype), which the parent appends with one write. workers=1 runs the same function in this process;
+    >1 uses a process pool with ordered results, so the output is byte-identical whatever the worker count.
     """
     import sentencepiece as spm
 
     vocab = spm.SentencePieceProcessor(model_file=str(model_path)).get_piece_size()
+    dtype = np.dtype(optimal_dtype(vocab))
     t0 = time.perf_counter()
-    writer = IndexedDatasetWriter(out_prefix, optimal_dtype(vocab))
-    docs = 0
-    chunks = _chunks([Path(f) for f in files], chunk_docs)
+    writer = IndexedDatasetWriter(out_prefix, dtype)
+    tasks = byte_ranges([Path(f) for f in files], max(1, int(chunk_bytes)))
+    init = (str(model_path), field, dtype.name)
+    pool = None
     try:
         if workers <= 1:
-            _init(str(model_path), field)
-            results = map(_encode_chunk, chunks)
-            pool = None
+            _init(*init)
+            results = map(_encode_range, tasks)
         else:
-            pool = mp.get_context("fork").Pool(workers, initializer=_init, initargs=(str(model_path), field))
-            results = pool.imap(_encode_chunk, chunks, chunksize=1)
-        for status, payload in results:
-            if status == "error":
-                raise InvalidStageInput(payload)
-            for ids in payload:
-                writer.add_document(ids)
-            docs += len(payload)
+            pool = mp.get_context("fork").Pool(workers, initializer=_init, initargs=init)
+            results = pool.imap(_encode_range, tasks, chunksize=1)
+        for res in results:
+            if res[0] == "error":
+                raise InvalidStageInput(res[1])
+            _, n, lengths, buf = res
+            if n:
+                writer.add_documents(np.frombuffer(lengths, dtype=np.int32), buf)
             if on_progress:
-                on_progress(docs, writer.tokens)
+                on_progress(writer.documents, writer.tokens)
     finally:
         writer.close()
-        if workers > 1 and pool is not None:
+        if pool is not None:
             pool.terminate()
     secs = time.perf_counter() - t0
-    return {"documents": docs, "tokens": writer.tokens, "seconds": round(secs, 4),
+    return {"documents": writer.documents, "tokens": writer.tokens, "seconds": round(secs, 4),
             "tokens_per_s": round(writer.tokens / secs, 1) if secs > 0 else None, "workers": workers,
             "dtype": str(writer.dtype), "vocab_size": vocab}
 
@@ -129,7 +168,7 @@ def find_tokenizer(ctx: StageContext) -> Path:
 
 def main(ctx: StageContext) -> None:
     p = ctx.params
-    p.reject_unknown({"input", "tokenizer_input", "tokenizer", "text_field", "workers", "output_prefix", "chunk_docs"})
+    p.reject_unknown({"input", "tokenizer_input", "tokenizer", "text_field", "workers", "output_prefix", "chunk_bytes", "chunk_docs"})
     tok = find_tokenizer(ctx)
     if p.has("input"):
         src = ctx.input_dir(p.str("input"))
@@ -149,7 +188,7 @@ def main(ctx: StageContext) -> None:
             ctx.progress(docs, message=f"{tokens} tokens")
 
     stats = tokenize_files(files, tok, ctx.output / prefix, workers=workers, field=p.str("text_field", "text"),
-                           chunk_docs=p.int("chunk_docs", 64, min=1), on_progress=progress)
+                           chunk_bytes=p.int("chunk_bytes", DEFAULT_CHUNK_BYTES, min=1), on_progress=progress)
     shutil.copyfile(tok, ctx.output / "tokenizer.model")
     if (tok.parent / "tokenizer").is_dir():
         shutil.copytree(tok.parent / "tokenizer", ctx.output / "tokenizer")

@@ -1,4 +1,6 @@
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,3 +73,105 @@ def test_dpo_reward_accuracy_above_chance(tmp_path, pretrained):
     assert r["eval_reward_accuracy"] > 0.75 and r["eval_reward_margin"] > 0, r
     assert any("reward_accuracy" in e["values"] for e in run.of("metric"))
     assert (run.output / "model" / "config.json").exists()
+
+
+def test_qlora_adapter_chain_on_cpu_with_lora(tmp_path, pretrained):
+    """The QLoRA route's chain — sft (adapter not merged) → dpo (continues it, frozen copy as reference) → evals
+    loading base + adapter — run with plain LoRA on CPU: merge_adapter false takes the path a 4-bit base takes."""
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0}
+    sft = ok(run_stage("sft", tmp_path / "sft", {"data": "data/sft/chat.jsonl", "max_steps": 2, "lr": 1e-3, "max_length": 96,
+                                                 "lora": lora, "merge_adapter": False}, {"pretrain": pretrained.output}))
+    out = sft.output
+    assert (out / "adapter" / "adapter_config.json").exists() and (out / "adapter" / "tokenizer_config.json").exists()
+    assert not (out / "model" / "config.json").exists()
+    pointer = json.loads((out / "model" / "base.json").read_text())
+    # the base came from a needed stage (whose inputs directory does not outlive the stage): copied beside the adapter
+    assert pointer["base_model"] == "../base" and pointer["adapter"] == "../adapter" and pointer["hub"] is False
+    assert (out / "base" / "config.json").exists()
+    assert "LoRA adapter not merged" in sft.stderr
+
+    dpo = ok(run_stage("dpo", tmp_path / "dpo", {"data": "data/dpo/pairs.jsonl", "max_steps": 3, "lr": 5e-3, "max_length": 96,
+                                                 "micro_batch_size": 8, "lora": lora, "merge_adapter": False, "eval_on_train": True},
+                       {"sft": sft.output}))
+    assert "continuing to train the LoRA adapter" in dpo.stderr
+    # the reference (the frozen SFT adapter) gives zero margin before training; training moves the policy away from it
+    assert dpo.result["steps"] == 3 and dpo.result["eval_reward_margin"] > 0, dpo.result
+    assert json.loads((dpo.output / "model" / "base.json").read_text())["base_model"] == "../base"
+    from safetensors.torch import load_file
+
+    w_sft = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    w_dpo = load_file(str(dpo.output / "adapter" / "adapter_model.safetensors"))
+    assert w_sft.keys() == w_dpo.keys() and not all(torch.equal(w_sft[k], w_dpo[k]) for k in w_sft)  # one adapter, trained on
+
+    # the eval stages' loader (in-process to keep the test short; test_hub_model_id runs an eval stage end to end)
+    from tanren_stages.generation import Generator
+
+    gen = Generator.from_ctx(make_ctx(tmp_path / "ev", {}, {"dpo": dpo.output}))
+    assert gen.source.adapter.resolve() == (dpo.output / "adapter").resolve()
+    assert Path(gen.source.base).resolve() == (dpo.output / "base").resolve()
+    text, n = gen.chat([{"role": "user", "content": "東京はどこ？"}], 4)
+    assert isinstance(text, str) and 1 <= n <= 4
+
+
+def test_unmerged_adapter_keeps_added_tokens(tmp_path, pretrained):
+    """save_final's pointer path with a grown vocabulary: the adapter carries the embeddings and the Generator
+    grows the base before loading it, so the trained rows of new tokens survive."""
+    from types import SimpleNamespace
+
+    from peft import LoraConfig, get_peft_model
+
+    from tanren_stages.common import ModelSource, load_tokenizer, resolve_model
+    from tanren_stages.generation import Generator
+    from tanren_stages.hf_train import save_final
+    from transformers import AutoModelForCausalLM
+
+    base = pretrained.output / "model"
+    tok = load_tokenizer(base)
+    model = AutoModelForCausalLM.from_pretrained(str(base))
+    tok.add_special_tokens({"additional_special_tokens": ["<|new|>"]})
+    model.resize_token_embeddings(len(tok))
+    new_id = tok.convert_tokens_to_ids("<|new|>")
+    with torch.no_grad():
+        model.get_input_embeddings().weight[new_id] = 0.125
+    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    ctx = make_ctx(tmp_path / "s", {"merge_adapter": False}, {"pretrain": pretrained.output})
+    save_final(ctx, SimpleNamespace(model=peft_model), tok, True, ModelSource(str(base)))
+    assert not (ctx.output / "base").exists()  # make_ctx's inputs are symlinks: base is outside → an absolute path
+    src = resolve_model(make_ctx(tmp_path / "e", {"model": str(ctx.output)}, {}))
+    assert src.adapter == (ctx.output / "adapter").resolve() and Path(src.base) == base.resolve()
+    gen = Generator(src, "cpu")
+    assert len(gen.tok) == len(tok) and torch.all(gen.model.get_input_embeddings().weight[new_id] == 0.125)
+    assert gen.dtype == torch.float32  # fp32 on CPU (bf16/fp16 on CUDA)
+
+
+def test_eval_load_in_4bit_on_cpu_is_config_error(pretrained):
+    from tanren_stages.generation import Generator
+    from tanren_stages.protocol import StageConfigError
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(StageConfigError, match="4-bit QLoRA needs a CUDA GPU"):
+        Generator(pretrained.output / "model", "cpu", load_in_4bit=True)
+    from tanren_stages.common import ModelSource
+
+    # unset (auto) follows the adapter's 4-bit training only where CUDA is there: on CPU it loads unquantised
+    gen = Generator(ModelSource(str(pretrained.output / "model"), base_4bit=True), "cpu", load_in_4bit=None)
+    assert gen.dtype == torch.float32 and not getattr(gen.model, "is_loaded_in_4bit", False)
+
+
+def test_hub_model_id(tmp_path, pretrained):
+    """A Hub repo id: offline and not cached → StageConfigError naming HF_HUB_OFFLINE and the cache; once in the
+    cache (laid out as huggingface_hub stores it) it loads offline."""
+    cache = tmp_path / "hf-cache"
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf-home")}
+    params = {"model": "tanren-test/tiny-llm", "questions": "data/mt-bench/question.jsonl", "max_new_tokens": 2, "max_questions": 1}
+    run = run_stage("mt_bench", tmp_path / "miss", params, extra_env=env)
+    msg = run.of("error")[-1]["message"]
+    assert run.rc == 3 and "HF_HUB_OFFLINE" in msg and str(cache) in msg and "tanren-test/tiny-llm" in msg, run.stderr[-2000:]
+
+    snap = cache / "models--tanren-test--tiny-llm" / "snapshots" / ("0" * 40)
+    shutil.copytree(pretrained.output / "model", snap)
+    (cache / "models--tanren-test--tiny-llm" / "refs").mkdir()
+    (cache / "models--tanren-test--tiny-llm" / "refs" / "main").write_text("0" * 40)
+    run = ok(run_stage("mt_bench", tmp_path / "hit", params, extra_env=env))
+    assert run.result == {"judge": "not configured", "answered": 1}
