@@ -310,12 +310,7 @@ export function createRunStage(deps: StageRunnerDeps) {
     } catch (err) {
       throw stageFailure(FailureTypes.StageConfigError, `stage "${stage.id}": cannot start ${argv[0]}: ${(err as Error).message}`);
     }
-    const pid = child.pid;
-    const record_ = pid ? path.join(runningDir(config.workRoot), `${config.queue}-${pid}.json`) : undefined;
-    if (record_) {
-      await mkdir(path.dirname(record_), { recursive: true });
-      await writeFile(record_, JSON.stringify({ pgid: pid, runId, stage: stage.id, attempt }));
-    }
+    // Listen before any await: output written at once would otherwise be lost.
     const streamsClosed: Array<Promise<void>> = [];
     for (const [name, stream] of [['stdout', child.stdout], ['stderr', child.stderr]] as const) {
       if (!stream) continue;
@@ -325,6 +320,12 @@ export function createRunStage(deps: StageRunnerDeps) {
     }
     // The last lines arrive after the exit event; a grandchild holding the pipe must not stall us.
     const drained = (ms: number) => Promise.race([Promise.all(streamsClosed), new Promise((r) => setTimeout(r, ms))]);
+    const pid = child.pid;
+    const record_ = pid ? path.join(runningDir(config.workRoot), `${config.queue}-${pid}.json`) : undefined;
+    if (record_) {
+      await mkdir(path.dirname(record_), { recursive: true });
+      await writeFile(record_, JSON.stringify({ pgid: pid, runId, stage: stage.id, attempt }));
+    }
 
     const killGroup = (signal: NodeJS.Signals) => {
       if (!pid) return;

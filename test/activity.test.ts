@@ -102,6 +102,14 @@ print("hello from the stage")
     assert.match(await storage.getText(keys.log(t.runId, 'writer', 2)), /hello from the stage/);
   });
 
+  it('keeps every line of the stage log, the very first and the very last', async () => {
+    const { runStage } = setup();
+    const t = task({ id: 'chatty', run: ['sh', '-c', 'echo first line; exec python3 -c "import sys; print(\'middle\'); print(\'last line\', file=sys.stderr)"'] });
+    await new MockActivityEnvironment().run(runStage, t);
+    const log = await storage.getText(keys.log(t.runId, 'chatty', 1));
+    assert.deepEqual(log.split('\n').filter(Boolean).sort(), ['first line', 'last line', 'middle']);
+  });
+
   it('downloads the inputs of needed stages, verified, into TANREN_INPUT_<ID>', async () => {
     const { runStage } = setup();
     const producer = task({ id: 'make-data', run: [PY, '-c', 'import os; open(os.path.join(os.environ["TANREN_OUTPUT"], "x.txt"), "w").write("42")'] });
