@@ -55,7 +55,7 @@ export function minioClientOptions(config: ObjectStoreConfig): Minio.ClientOptio
 export function createObjectStore(config: ObjectStoreConfig): ObjectStore {
   const client = new Minio.Client(minioClientOptions(config));
   const bucket = config.bucket;
-  return {
+  return withTransientRetries({
     bucket,
     endpoint: config.endpoint,
     async ensureBucket() {
@@ -105,7 +105,32 @@ export function createObjectStore(config: ObjectStoreConfig): ObjectStore {
     async remove(keys) {
       if (keys.length) await client.removeObjects(bucket, keys);
     },
-  };
+  });
+}
+
+/** True for errors of a connection the server closed under us (a reused keep-alive socket, a restart). */
+export function isTransientNetworkError(err: unknown): boolean {
+  const e = err as { code?: string; message?: string };
+  return e?.code === 'ECONNRESET' || e?.code === 'EPIPE' || /socket hang up/i.test(e?.message ?? '');
+}
+
+/** Retries each call of a store twice on a dropped connection; longer outages are the caller's (see withStorageRetry). */
+function withTransientRetries(store: ObjectStore): ObjectStore {
+  const wrapped = { ...store } as Record<string, unknown>;
+  for (const [name, fn] of Object.entries(store)) {
+    if (typeof fn !== 'function') continue;
+    wrapped[name] = async (...args: unknown[]) => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await (fn as (...a: unknown[]) => Promise<unknown>).apply(store, args);
+        } catch (err) {
+          if (attempt >= 3 || !isTransientNetworkError(err)) throw err;
+          await new Promise((r) => setTimeout(r, 100 * attempt));
+        }
+      }
+    };
+  }
+  return wrapped as unknown as ObjectStore;
 }
 
 /** sha256 of a file, hex. */
