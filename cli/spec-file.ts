@@ -2,7 +2,6 @@
  * Reading pipeline specs from YAML/JSON files and turning them into the
  * workflow input, with errors that name the file, stage and field.
  */
-import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import type { PipelineRunInput, PipelineSpec } from '../schemas/pipeline.js';
@@ -10,6 +9,7 @@ import { formatProblems, resolveSpec, validatePipelineSpec, type SpecProblem } f
 import { DEFAULT_CPU_TASK_QUEUE } from '../schemas/names.js';
 import { gpuQueueName, type TanrenEnv } from '../worker/config.js';
 import { TANREN_VERSION } from './version.js';
+import { digestJson } from '../activities/cache.js';
 
 /** A spec file that cannot be used; `message` lists every problem. */
 export class SpecFileError extends Error {
@@ -65,17 +65,6 @@ export function parseOverrides(pairs: readonly string[], file: string, spec: Pip
   return out;
 }
 
-/** sha256 of a JSON value with sorted keys. */
-export function digestOf(value: unknown): string {
-  const canonical = (v: unknown): unknown =>
-    Array.isArray(v)
-      ? v.map(canonical)
-      : v && typeof v === 'object'
-        ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, canonical((v as Record<string, unknown>)[k])]))
-        : v;
-  return createHash('sha256').update(JSON.stringify(canonical(value))).digest('hex');
-}
-
 /** Builds the exact workflow input for a spec: params resolved, queues filled in. */
 export function renderRunInput(
   spec: PipelineSpec,
@@ -90,7 +79,7 @@ export function renderRunInput(
     spec: resolved,
     options: {
       specFile: opts.file,
-      specDigest: digestOf(resolved),
+      specDigest: digestJson(resolved),
       tanrenVersion: TANREN_VERSION,
       ...(opts.noCache ? { noCache: true } : {}),
       ...(opts.runName ? { runName: opts.runName } : {}),

@@ -15,8 +15,8 @@ export interface StageKindInfo {
   readonly summary: string;
 }
 
-/** Every built-in kind, keyed by the name used in `uses:`. */
-export const STAGE_KINDS = {
+/** The kinds themselves; read them through {@link STAGE_KINDS}. */
+const KINDS = {
   preflight: { module: 'preflight', defaultQueue: 'gpu', summary: 'check Python, packages, torch, CUDA, bf16, VRAM, disk and compilers' },
   'wiki40b-to-jsonl': { module: 'wiki40b_to_jsonl', defaultQueue: 'cpu', summary: 'wiki-40b shards to filtered jsonl' },
   'train-tokenizer': { module: 'train_tokenizer', defaultQueue: 'cpu', summary: 'SentencePiece unigram tokenizer' },
@@ -27,10 +27,13 @@ export const STAGE_KINDS = {
   'llm-jp-eval': { module: 'llm_jp_eval', defaultQueue: 'gpu', summary: 'llm-jp-eval style exact-match evaluation' },
   'mt-bench': { module: 'mt_bench', defaultQueue: 'gpu', summary: 'Japanese MT-Bench answers and LLM-as-judge grading' },
   report: { module: 'activities/report/main.js', runtime: 'node', defaultQueue: 'cpu', summary: 'HTML report with charts' },
-} as const satisfies Record<string, StageKindInfo> as Record<'preflight' | 'wiki40b-to-jsonl' | 'train-tokenizer' | 'tokenize' | 'pretrain' | 'sft' | 'dpo' | 'llm-jp-eval' | 'mt-bench' | 'report', StageKindInfo>;
+} as const satisfies Record<string, StageKindInfo>;
 
 /** Name of a built-in stage kind. */
-export type StageKind = keyof typeof STAGE_KINDS;
+export type StageKind = keyof typeof KINDS;
+
+/** Every built-in kind, keyed by the name used in `uses:`. */
+export const STAGE_KINDS: Readonly<Record<StageKind, StageKindInfo>> = KINDS;
 
 /** Names of all built-in kinds, sorted. */
 export const STAGE_KIND_NAMES = Object.keys(STAGE_KINDS).sort() as StageKind[];

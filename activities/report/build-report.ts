@@ -2,7 +2,8 @@
  * `buildReport`: from `ReportInputs` to one self-contained HTML page and its
  * charts as SVG. No file or network I/O; the same inputs give the same page.
  */
-import { formatDuration, hasLoss, lossSpec, renderSvg, scatterSpec, timelineSpec, type RunPosition } from './charts.js';
+import { formatDuration } from '../../schemas/durations.js';
+import { hasLoss, lossSpec, renderSvg, scatterSpec, timelineSpec, type RunPosition } from './charts.js';
 import type { BuiltReport, MtBenchScores, ReportInputs, ReportSummary } from './types.js';
 
 /** File names of the charts, as written next to report.html. */

@@ -3,6 +3,7 @@
  * headless SVG rendering with vega's `View#toSVG()`. Data is always inline and
  * the view's loader refuses every URL, so rendering never touches the network.
  */
+import { formatDuration } from '../../schemas/durations.js';
 import { loader as vegaLoader, parse as vegaParse, View, type Loader } from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
 import type { MetricSeries, ReferencePoint, TimelineEntry } from './types.js';
@@ -192,17 +193,6 @@ export function timelineSpec(entries: readonly TimelineEntry[]): TopLevelSpec {
       { mark: { type: 'text', align: 'left', dx: 5, fontSize: 11, color: '#333' }, encoding: { x: { ...x, field: 'end' }, y, text: { field: 'label' } } },
     ],
   } as TopLevelSpec;
-}
-
-/** `1h 02m 03s`-style duration. */
-export function formatDuration(ms: number): string {
-  const s = Math.max(0, Math.round(ms / 1000));
-  const h = Math.floor(s / 3600);
-  const m = Math.floor((s % 3600) / 60);
-  const sec = s % 60;
-  if (h > 0) return `${h}h ${String(m).padStart(2, '0')}m ${String(sec).padStart(2, '0')}s`;
-  if (m > 0) return `${m}m ${String(sec).padStart(2, '0')}s`;
-  return `${sec}s`;
 }
 
 /** A vega loader that refuses every load, so a chart can never fetch anything. */
