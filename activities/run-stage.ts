@@ -15,10 +15,10 @@ import { EXIT_CODE_FAILURES, FailureTypes, type FailureType } from '../schemas/n
 import { STAGE_KINDS, isStageKind } from '../schemas/stage-kinds.js';
 import { computeCacheKey, lookupCache, recordCache, type CacheLookup } from './cache.js';
 import { EventFileReader, type StageEvent } from './events.js';
-import { isRetryableType, stageFailure, storageFailure } from './errors.js';
+import { stageFailure, storageFailure } from './errors.js';
 import { createCheckpointUploader, restoreLatestCheckpoint, type CheckpointRef } from './checkpoints.js';
 import { describeFiles, keys, sha256File, withStorageRetry, type ObjectStore, type ObjectStoreConfig } from './storage.js';
-import type { OutputManifest, StageProgress, StageResult, StageTask } from './types.js';
+import type { AttemptRecord, OutputManifest, StageResult, StageTask } from './types.js';
 
 /** Settings of the worker that runs stages. */
 export interface StageRunnerConfig {
@@ -34,8 +34,6 @@ export interface StageRunnerConfig {
   cudaVisibleDevices?: string;
   /** Queue this worker serves (`cpu`/`gpu`): names its running-process records. */
   queue: 'cpu' | 'gpu';
-  /** Shortest interval between progress signals to the workflow. @default 10000 */
-  progressIntervalMs?: number;
   /** How often the events file is read. @default 250 */
   pollIntervalMs?: number;
   /** How often the stage log is copied to object storage while it runs. @default 5000 */
@@ -56,9 +54,15 @@ export interface BatchSettings {
   gradient_accumulation_steps: number;
 }
 
-/** Heartbeat details of a stage attempt (visible in the Temporal UI, read by the next attempt). */
+/**
+ * Heartbeat details of a stage attempt: the live progress `tanren status` and
+ * the UI's Pending Activities show (no history event per tick), and what the
+ * next attempt must know. Written by one function, so every beat has it all.
+ */
 export interface StageHeartbeat {
   attempt: number;
+  /** What the attempt is doing besides running the program (downloading inputs, uploading outputs…). */
+  phase?: string;
   step?: number;
   total?: number;
   message?: string;
@@ -68,8 +72,12 @@ export interface StageHeartbeat {
   checkpoint?: CheckpointRef;
   /** The batch settings this attempt runs with, when the stage has them. */
   settings?: BatchSettings;
-  /** Settings the next attempt must use (after an OutOfMemory). */
+  /** Settings the next attempt must use: this attempt's, or smaller ones after an OutOfMemory. */
   nextSettings?: BatchSettings;
+  /** When the program last reported progress (ISO time). */
+  progressAt?: string;
+  /** Every attempt so far with its failure, carried from attempt to attempt. */
+  attempts?: AttemptRecord[];
 }
 
 /** Halves the micro-batch and doubles gradient accumulation (same effective batch); undefined at micro-batch 1. */
@@ -92,8 +100,6 @@ export interface StageRunnerDeps {
   /** Connection settings of the same bucket, for parallel multipart checkpoint uploads. */
   s3?: ObjectStoreConfig;
   config: StageRunnerConfig;
-  /** Sends a progress signal to the run's workflow; errors are ignored. */
-  notify?: (runId: string, progress: StageProgress) => Promise<void>;
 }
 
 /** The compiled project's root (dist/), where Node stage programs live. */
@@ -116,31 +122,20 @@ function lastLines(lines: string[], n: number): string {
 /** Creates the `runStage` activity bound to its dependencies. */
 export function createRunStage(deps: StageRunnerDeps) {
   const { storage, config } = deps;
-  const progressInterval = config.progressIntervalMs ?? 10_000;
   const pollInterval = config.pollIntervalMs ?? 250;
   const logUploadInterval = config.logUploadIntervalMs ?? 5000;
 
-  return async function runStage(task: StageTask): Promise<StageResult> {
+  const runAttempt = async (task: StageTask, hb: StageHeartbeat, beat: (change?: Partial<StageHeartbeat>) => void, startedAt: string): Promise<StageResult> => {
     const ctx = Context.current();
     const attempt = ctx.info.attempt;
     const { stage, runId } = task;
     const log = ctx.log;
-    const startedAt = new Date().toISOString();
-    const notify = async (p: Omit<StageProgress, 'stage' | 'attempt' | 'at'>) => {
-      if (!deps.notify) return;
-      try {
-        await deps.notify(runId, { stage: stage.id, attempt, at: new Date().toISOString(), ...p });
-      } catch (err) {
-        log.debug('progress signal not delivered', { error: String(err) });
-      }
-    };
-    // Not awaited: the stage need not wait for the workflow to hear of it.
-    const startedSignal = notify({ kind: 'started' });
+    const previous = (ctx.info.heartbeatDetails ?? undefined) as StageHeartbeat | undefined;
 
     const retryOpts = {
       totalMs: config.storageRetryMs,
       onRetry: (n: number, err: unknown) => {
-        ctx.heartbeat({ attempt, message: `object storage unavailable, retrying (${n})` } satisfies StageHeartbeat);
+        beat({ phase: `object storage unavailable, retrying (${n})` });
         log.warn('object storage unavailable, retrying', { stage: stage.id, retry: n, error: String(err) });
       },
     };
@@ -155,13 +150,16 @@ export function createRunStage(deps: StageRunnerDeps) {
     const paramsFile = path.join(dir, 'params.json');
     const eventsFile = path.join(dir, 'events.jsonl');
     const logFile = path.join(dir, 'stage.log');
-    const previous = (ctx.info.heartbeatDetails ?? undefined) as StageHeartbeat | undefined;
     const params: Record<string, unknown> = { ...(stage.with ?? {}) };
     if (previous?.nextSettings && batchSettingsOf(params)) {
+      const smaller = previous.nextSettings.micro_batch_size !== batchSettingsOf(params)!.micro_batch_size;
       Object.assign(params, previous.nextSettings);
-      log.info('retrying after OutOfMemory with a smaller micro-batch', { stage: stage.id, ...previous.nextSettings });
+      if (smaller) log.info('running with the micro-batch an earlier OutOfMemory left', { stage: stage.id, ...previous.nextSettings });
     }
     const settings = batchSettingsOf(params);
+    // Unless this attempt learns otherwise (an OutOfMemory), the next one runs as this one does.
+    if (settings) hb.nextSettings = settings;
+    hb.settings = settings;
     await writeFile(paramsFile, JSON.stringify(params, null, 2));
 
     if (task.queue === 'gpu' && config.device === 'cuda' && stage.memoryEstimateGiB !== undefined) {
@@ -206,7 +204,7 @@ export function createRunStage(deps: StageRunnerDeps) {
         }
       }
       inputEnv[inputEnvName(input.stage)] = target;
-      ctx.heartbeat({ attempt, phase: 'downloading inputs' });
+      beat({ phase: `downloading inputs of ${input.stage}` });
     }
 
     let argv: string[];
@@ -217,10 +215,12 @@ export function createRunStage(deps: StageRunnerDeps) {
       argv = [process.execPath, path.join(DIST_DIR, STAGE_KINDS[stage.uses].module)];
     } else if (stage.uses && isStageKind(stage.uses)) {
       if (!config.python) {
+        // Retryable: the worker is at fault, not the run; a fixed (or another) worker takes the next attempt.
         throw stageFailure(
-          FailureTypes.StageConfigError,
+          FailureTypes.WorkerMisconfigured,
           `stage "${stage.id}" uses the built-in kind "${stage.uses}", but this worker has no stages environment: ` +
             'run `make stages` (or set TANREN_PYTHON to the Python of the stages environment) and restart the worker',
+          { attempt },
         );
       }
       argv = [config.python, '-m', `tanren_stages.${STAGE_KINDS[stage.uses].module}`];
@@ -267,8 +267,8 @@ export function createRunStage(deps: StageRunnerDeps) {
             resumeInfo.checkpoints_skipped = restored.skipped.map((k) => `${k.ref.path}: ${k.reason}`).join('; ');
           }
           log.info('resuming from checkpoint', { stage: stage.id, checkpoint: restored.ref.path, step: restored.ref.step });
-          void notify({
-            kind: 'progress',
+          hb.checkpoint ??= restored.ref;
+          beat({
             message: `resumed from checkpoint ${restored.ref.path}${restored.skipped.length ? ` (skipped ${restored.skipped.map((k) => `${k.ref.path}: ${k.reason}`).join('; ')})` : ''}`,
           });
         }
@@ -357,19 +357,19 @@ export function createRunStage(deps: StageRunnerDeps) {
       checkpoints: [] as Array<{ path: string; step?: number }>,
       error: undefined as { type: string; message: string } | undefined,
     };
-    let lastSignal = 0;
-    let signalDirty = false;
+    // Liveness by progress: once the program has reported a step, it must keep doing so.
+    let lastProgressAt: number | undefined;
+    let stalled = false;
     const apply = (e: StageEvent) => {
       switch (e.event) {
         case 'progress':
           state.step = e.step;
           state.total = e.total ?? state.total;
           state.message = e.message ?? state.message;
-          signalDirty = true;
+          lastProgressAt = Date.now();
           break;
         case 'metric':
           Object.assign(state.metrics, e.values);
-          signalDirty = true;
           break;
         case 'checkpoint':
           state.checkpoints.push({ path: e.path, step: e.step });
@@ -393,21 +393,21 @@ export function createRunStage(deps: StageRunnerDeps) {
     };
     const pump = async (final: boolean) => {
       for (const e of await reader.poll()) apply(e);
-      ctx.heartbeat({
-        attempt,
+      beat({
+        phase: undefined,
         step: state.step,
         total: state.total,
         message: state.message,
         metrics: state.metrics,
         lastCheckpoint: state.checkpoints.at(-1),
-        checkpoint: uploader.latest() ?? previous?.checkpoint,
-        settings,
-      } satisfies StageHeartbeat);
-      const now = Date.now();
-      if (!final && signalDirty && now - lastSignal >= progressInterval) {
-        lastSignal = now;
-        signalDirty = false;
-        await notify({ kind: 'progress', step: state.step, total: state.total, message: state.message, metrics: state.metrics });
+        checkpoint: uploader.latest() ?? hb.checkpoint,
+        ...(lastProgressAt !== undefined ? { progressAt: new Date(lastProgressAt).toISOString() } : {}),
+      });
+      if (!final && !stalled && task.stallTimeoutMs && lastProgressAt !== undefined && Date.now() - lastProgressAt > task.stallTimeoutMs) {
+        stalled = true;
+        log.warn('stage stalled: no progress within its stallTimeout; killing it', { stage: stage.id, step: state.step, stallTimeoutMs: task.stallTimeoutMs });
+        // SIGKILL: a stopped (SIGSTOP) or deadlocked program may never act on SIGTERM.
+        killGroup('SIGKILL');
       }
     };
     const logKey = keys.log(runId, stage.id, attempt);
@@ -448,7 +448,6 @@ export function createRunStage(deps: StageRunnerDeps) {
     clearTimeout(pollTimer);
     wake?.();
     await poller;
-    await startedSignal;
     if (killTimer) clearTimeout(killTimer);
     ctx.cancellationSignal.removeEventListener('abort', onCancel);
     await drained(2000);
@@ -460,7 +459,7 @@ export function createRunStage(deps: StageRunnerDeps) {
     await new Promise<void>((r) => logStream.end(r));
     await uploadLog();
     // Checkpoints announced before the process ended still go up: the next attempt may need them.
-    const beat = setInterval(() => ctx.heartbeat({ attempt, checkpoint: uploader.latest() ?? previous?.checkpoint, settings, message: 'uploading checkpoints' } satisfies StageHeartbeat), 1000);
+    const uploading = setInterval(() => beat({ checkpoint: uploader.latest() ?? hb.checkpoint, phase: 'uploading checkpoints' }), 1000);
     let checkpointError: unknown;
     try {
       await uploader.flush();
@@ -468,9 +467,9 @@ export function createRunStage(deps: StageRunnerDeps) {
       checkpointError = err;
       log.warn('some checkpoints were not uploaded', { stage: stage.id, error: String(err) });
     } finally {
-      clearInterval(beat);
+      clearInterval(uploading);
     }
-    ctx.heartbeat({ attempt, metrics: state.metrics, checkpoint: uploader.latest() ?? previous?.checkpoint, settings } satisfies StageHeartbeat);
+    beat({ phase: undefined, checkpoint: uploader.latest() ?? hb.checkpoint });
 
     if (cancelled) {
       throw new CancelledFailure(`stage "${stage.id}" cancelled`);
@@ -488,9 +487,13 @@ export function createRunStage(deps: StageRunnerDeps) {
       if (state.error && (Object.values(FailureTypes) as string[]).includes(state.error.type)) {
         type = state.error.type as FailureType;
       }
+      if (stalled) {
+        type = FailureTypes.StageStalled;
+        reason = `stalled: no progress for ${Math.round(task.stallTimeoutMs! / 1000)} s after step ${state.step} (stallTimeout), killed`;
+      }
       const said = state.error?.message ?? tail.filter((l) => l.trim()).at(-1) ?? '';
       let message = `stage "${stage.id}" ${reason}${said ? `: ${said}` : ''}`;
-      const details = { exitCode: outcome.exitCode, signal: outcome.signal, logKey, logTail: lastLines(tail, 20), settings };
+      const details = { attempt, exitCode: outcome.exitCode, signal: outcome.signal, logKey, logTail: lastLines(tail, 20), settings };
       // A stage without a micro-batch is retried as it is: the memory may have been taken by something else.
       if (type === FailureTypes.OutOfMemory && settings) {
         const next = shrinkBatch(settings);
@@ -504,10 +507,7 @@ export function createRunStage(deps: StageRunnerDeps) {
         }
         message += ` — next attempt: micro_batch_size=${next.micro_batch_size}, gradient_accumulation_steps=${next.gradient_accumulation_steps}`;
         // The next attempt reads these from the last heartbeat of this one.
-        ctx.heartbeat({ attempt, metrics: state.metrics, checkpoint: uploader.latest() ?? previous?.checkpoint, settings, nextSettings: next } satisfies StageHeartbeat);
-      }
-      if (isRetryableType(type)) {
-        await notify({ kind: 'attempt-failed', failure: { type, message } });
+        beat({ nextSettings: next });
       }
       throw stageFailure(type, message, details);
     }
@@ -528,7 +528,7 @@ export function createRunStage(deps: StageRunnerDeps) {
     try {
       for (const f of files) {
         await withStorageRetry(() => storage.putFile(prefix + f.path, path.join(dirs.output, f.path)), retryOpts);
-        ctx.heartbeat({ attempt, phase: 'uploading outputs', file: f.path });
+        beat({ phase: `uploading outputs: ${f.path}` });
       }
       Object.assign(state.result, resumeInfo);
       if (checkpointError) state.result.checkpoint_upload_error = String((checkpointError as Error).message ?? checkpointError);
@@ -564,10 +564,58 @@ export function createRunStage(deps: StageRunnerDeps) {
       bytes: files.reduce((n, f) => n + f.size, 0),
       result: state.result,
       metrics: state.metrics,
+      ...(state.step !== undefined ? { step: state.step } : {}),
+      ...(state.total !== undefined ? { total: state.total } : {}),
+      attempts: closeAttempt(hb),
       startedAt,
       endedAt: new Date().toISOString(),
     };
   };
+
+  return async function runStage(task: StageTask): Promise<StageResult> {
+    const ctx = Context.current();
+    const attempt = ctx.info.attempt;
+    const startedAt = new Date().toISOString();
+    const previous = (ctx.info.heartbeatDetails ?? undefined) as StageHeartbeat | undefined;
+    // Filled in as the attempt goes; every heartbeat sends all of it, so the next attempt (and `tanren status`) sees it.
+    const hb: StageHeartbeat = {
+      attempt,
+      checkpoint: previous?.checkpoint,
+      nextSettings: previous?.nextSettings,
+      attempts: [...(previous?.attempts ?? []).filter((a) => a.attempt < attempt), { attempt, startedAt }].slice(-MAX_ATTEMPTS_KEPT),
+    };
+    const beat = (change: Partial<StageHeartbeat> = {}) => {
+      Object.assign(hb, change);
+      ctx.heartbeat({ ...hb });
+    };
+    try {
+      return await runAttempt(task, hb, beat, startedAt);
+    } catch (err) {
+      if (!(err instanceof ApplicationFailure)) throw err;
+      // Record this attempt's failure where the next attempt and the workflow will find it.
+      const attempts = closeAttempt(hb, `${err.type ?? 'Error'}: ${err.message}`.slice(0, 1000));
+      beat();
+      const first = err.details?.[0];
+      if (first && typeof first === 'object' && !Array.isArray(first)) {
+        Object.assign(first, { attempt, attempts });
+        throw err;
+      }
+      throw ApplicationFailure.create({ type: err.type ?? undefined, message: err.message, nonRetryable: err.nonRetryable ?? false, details: [{ attempt, attempts }], cause: err.cause });
+    }
+  };
+}
+
+/** Attempts recorded in heartbeats (and a stage's result): the most kept. */
+const MAX_ATTEMPTS_KEPT = 20;
+
+/** Ends the current attempt's record (with its failure, if any); returns every attempt recorded. */
+function closeAttempt(hb: StageHeartbeat, failure?: string): AttemptRecord[] {
+  const current = hb.attempts?.at(-1);
+  if (current && current.endedAt === undefined) {
+    current.endedAt = new Date().toISOString();
+    if (failure) current.failure = failure;
+  }
+  return hb.attempts ?? [];
 }
 
 /** Creates the `checkCache` activity: looks a stage up in the cross-run cache. */

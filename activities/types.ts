@@ -22,6 +22,8 @@ export interface StageTask {
   killGraceMs?: number;
   /** Record the outputs in the cross-run cache after success. @default false */
   cache?: boolean;
+  /** Kill and retry (StageStalled) a stage that reported progress and then none for this long. */
+  stallTimeoutMs?: number;
 }
 
 /** One file of a manifest. */
@@ -43,6 +45,15 @@ export interface OutputManifest {
   result: Record<string, unknown>;
 }
 
+/** One attempt of a stage, as the attempts themselves record it. */
+export interface AttemptRecord {
+  attempt: number;
+  startedAt: string;
+  endedAt?: string;
+  /** `<FailureType>: <message>` of a failed attempt. */
+  failure?: string;
+}
+
 /** What a successful stage returns to the workflow. */
 export interface StageResult {
   stage: string;
@@ -52,11 +63,16 @@ export interface StageResult {
   bytes: number;
   result: Record<string, unknown>;
   metrics: Record<string, number>;
+  /** The last progress the stage reported, so a finished stage shows its final step, not the last tick seen. */
+  step?: number;
+  total?: number;
+  /** Every attempt of the stage, failed ones with their failure. */
+  attempts?: AttemptRecord[];
   startedAt: string;
   endedAt: string;
 }
 
-/** Live progress of a stage, sent to the workflow as a signal and kept in heartbeats. */
+/** Progress signal of runs started before progress moved to heartbeats; still accepted (and ignored) so old runs replay. */
 export interface StageProgress {
   stage: string;
   attempt: number;

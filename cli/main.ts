@@ -9,6 +9,7 @@ import { configureLogsCommand } from './commands/logs.js';
 import { configurePauseCommand } from './commands/pause.js';
 import { configureRenderCommand } from './commands/render.js';
 import { configureResumeCommand } from './commands/resume.js';
+import { configureRetryCommand } from './commands/retry.js';
 import { configureRunsCommand } from './commands/runs.js';
 import { configureStatusCommand } from './commands/status.js';
 import { configureSubmitCommand } from './commands/submit.js';
@@ -33,6 +34,7 @@ for (const configure of [
   configurePauseCommand,
   configureResumeCommand,
   configureCancelCommand,
+  configureRetryCommand,
   configureRunsCommand,
   configureLogsCommand,
   configureArtifactsCommand,

@@ -2,11 +2,16 @@
  * Reading a run's status from Temporal: the workflow's `status` query while a
  * worker can answer it, else what the server knows from describe().
  */
-import type { Client } from '@temporalio/client';
-import type { RunStatus } from '../workflows/pipeline.js';
+import { WorkflowFailedError, type Client } from '@temporalio/client';
+import { CancelledFailure, defaultPayloadConverter, TerminatedFailure, TimeoutFailure } from '@temporalio/common';
+import protos from '@temporalio/proto';
+import type { RunStatus, StageStatus } from '../workflows/pipeline.js';
 import { statusQuery } from '../workflows/pipeline.js';
 import { formatDuration } from '../schemas/durations.js';
 import { colourState, progressBar, table } from './output.js';
+
+// A CommonJS module: its namespace is only reachable through the default export.
+const { temporal } = protos;
 
 /** A run as seen by the CLI. */
 export interface RunView {
@@ -14,10 +19,67 @@ export interface RunView {
   runId: string;
   /** Temporal's status: RUNNING, COMPLETED, FAILED, CANCELLED, TERMINATED, TIMED_OUT, CONTINUED_AS_NEW. */
   temporalStatus: string;
+  /** The run's state as the CLI shows it: the execution's when it has closed, else the workflow's own. */
+  state: string;
+  /** Why a closed run did not succeed: the failure type and message Temporal recorded. */
+  failure?: { type?: string; message: string };
   status?: RunStatus;
 }
 
-/** Fetches a run's description and, when possible, its stage table. */
+/** What a running attempt's heartbeats say (see StageHeartbeat in activities/run-stage.ts). */
+interface LiveBeat {
+  step?: number;
+  total?: number;
+  message?: string;
+  phase?: string;
+  metrics?: Record<string, number>;
+  attempts?: StageStatus['attempts'];
+}
+
+const CLOSED_STATES: Record<string, string> = {
+  COMPLETED: 'succeeded',
+  FAILED: 'failed',
+  CANCELLED: 'cancelled',
+  TERMINATED: 'terminated',
+  TIMED_OUT: 'timed out',
+  CONTINUED_AS_NEW: 'continued as new',
+};
+
+/** Merges the live state of pending stage activities (heartbeats, attempts, last failure) into the stage table. */
+function mergePending(status: RunStatus, pending: ReadonlyArray<protos.temporal.api.workflow.v1.IPendingActivityInfo>): void {
+  for (const p of pending) {
+    const st = status.stages.find((s) => s.id === p.activityId);
+    if (!st || TERMINAL.has(st.state)) continue;
+    const attempt = p.attempt ?? 1;
+    if (attempt > st.attempt) st.attempt = attempt;
+    const payload = p.heartbeatDetails?.payloads?.[0];
+    let beat: LiveBeat | undefined;
+    try {
+      beat = payload ? (defaultPayloadConverter.fromPayload(payload) as LiveBeat) : undefined;
+    } catch {
+      beat = undefined;
+    }
+    // Details of an earlier attempt describe that attempt's progress, not this one's: keep only what carries over.
+    const current = beat && (beat as { attempt?: number }).attempt === attempt;
+    if (beat && current) {
+      if (beat.step !== undefined) st.step = beat.step;
+      if (beat.total !== undefined) st.total = beat.total;
+      if (beat.message !== undefined) st.message = beat.message;
+      if (beat.metrics) Object.assign(st.metrics, beat.metrics);
+    }
+    if (beat?.attempts?.length) st.attempts = beat.attempts;
+    const waiting = p.state === temporal.api.enums.v1.PendingActivityState.PENDING_ACTIVITY_STATE_SCHEDULED;
+    if (p.lastFailure && attempt > 1) {
+      const type = p.lastFailure.applicationFailureInfo?.type ?? (p.lastFailure.timeoutFailureInfo ? 'WorkerLost' : undefined);
+      st.reason = `${type ? `${type}: ` : ''}${p.lastFailure.message ?? ''}`;
+      if (waiting) st.state = 'retrying';
+    }
+  }
+}
+
+const TERMINAL = new Set(['succeeded', 'cached', 'failed', 'skipped', 'cancelled']);
+
+/** Fetches a run's description and, when possible, its stage table with live progress from heartbeats. */
 export async function fetchRun(client: Client, workflowId: string): Promise<RunView> {
   const handle = client.workflow.getHandle(workflowId);
   const desc = await handle.describe();
@@ -27,7 +89,31 @@ export async function fetchRun(client: Client, workflowId: string): Promise<RunV
   } catch {
     // No worker to answer the query (or an invalid run that never built its table).
   }
-  return { workflowId, runId: desc.runId, temporalStatus: desc.status.name, status };
+  const temporalStatus = desc.status.name;
+  const view: RunView = { workflowId, runId: desc.runId, temporalStatus, state: status?.state ?? temporalStatus.toLowerCase(), status };
+  if (status) mergePending(status, desc.raw.pendingActivities ?? []);
+  if (temporalStatus !== 'RUNNING') {
+    view.state = CLOSED_STATES[temporalStatus] ?? temporalStatus.toLowerCase();
+    if (temporalStatus !== 'COMPLETED' && temporalStatus !== 'CONTINUED_AS_NEW') view.failure = await closeFailure(client, workflowId, desc.runId);
+  }
+  return view;
+}
+
+/** The failure (type and message) of a closed run that did not complete, from its close event. */
+async function closeFailure(client: Client, workflowId: string, runId: string): Promise<RunView['failure']> {
+  try {
+    await client.workflow.getHandle(workflowId, runId).result();
+    return undefined;
+  } catch (err) {
+    if (err instanceof WorkflowFailedError) {
+      const cause = err.cause as { type?: string; message?: string } | undefined;
+      if (cause instanceof TerminatedFailure) return { type: 'Terminated', message: cause.message || 'terminated' };
+      if (cause instanceof CancelledFailure) return { type: 'Cancelled', message: cause.message || 'cancelled' };
+      if (cause instanceof TimeoutFailure) return { type: 'TimedOut', message: cause.message || 'the run timed out' };
+      return { type: cause?.type, message: cause?.message ?? err.message };
+    }
+    return { message: (err as Error).message };
+  }
 }
 
 function metricText(metrics: Record<string, number>): string {
@@ -37,10 +123,24 @@ function metricText(metrics: Record<string, number>): string {
   return parts.join(' ');
 }
 
+/** A stage's progress cell: a succeeded stage shows its final step as done, a cached one says so. */
+function progressText(st: StageStatus): string {
+  if (st.state === 'cached') return 'cached';
+  if (st.state === 'succeeded') {
+    if (st.total) return progressBar(st.total, st.total);
+    return st.step !== undefined ? `step ${st.step}` : 'done';
+  }
+  return progressBar(st.step, st.total) || (st.step !== undefined ? `step ${st.step}` : '');
+}
+
 /** The stage table of `tanren status` and `tanren watch`. */
 export function renderStatus(view: RunView, now = Date.now()): string {
   const s = view.status;
-  if (!s) return `${view.workflowId}: ${view.temporalStatus} (no stage table: no worker answered the status query)`;
+  const failure = view.failure ? `\n  ${view.failure.type ? `${view.failure.type}: ` : ''}${view.failure.message}` : '';
+  if (!s || !s.stages.length) {
+    const why = s ? '' : ' (no stage table: no worker answered the status query)';
+    return `${view.workflowId}  ${colourState(view.state)}${why}${failure}`;
+  }
   const rows = s.stages.map((st) => {
     const started = st.startedAt ? Date.parse(st.startedAt) : undefined;
     const ended = st.endedAt ? Date.parse(st.endedAt) : undefined;
@@ -55,13 +155,13 @@ export function renderStatus(view: RunView, now = Date.now()): string {
       st.queue,
       colourState(st.state),
       st.attempt ? String(st.attempt) : '',
-      progressBar(st.step, st.total) || (st.step !== undefined ? `step ${st.step}` : ''),
+      progressText(st),
       metricText(st.metrics),
       eta,
       duration,
     ];
   });
-  const head = `${view.workflowId}  ${colourState(s.state)}  (${s.pipeline}${s.profile ? `, ${s.profile}` : ''})`;
+  const head = `${view.workflowId}  ${colourState(view.state)}  (${s.pipeline}${s.profile ? `, ${s.profile}` : ''})${failure}`;
   // A first run's "no earlier run" misses are noise; hits, rejections and changes are news.
   const cacheNote = (st: (typeof s.stages)[number]) => (st.cache && !st.cache.endsWith('no earlier run of this stage') ? st.cache : undefined);
   const reasons = s.stages

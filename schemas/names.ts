@@ -33,6 +33,10 @@ export const FailureTypes = {
   StorageUnavailable: 'StorageUnavailable',
   WorkerLost: 'WorkerLost',
   OutOfMemory: 'OutOfMemory',
+  /** The stage reported progress, then none for its `stallTimeout`: killed and retried from its last checkpoint. */
+  StageStalled: 'StageStalled',
+  /** This worker cannot run the stage (e.g. no stages environment): retried, so a fixed or another worker can. */
+  WorkerMisconfigured: 'WorkerMisconfigured',
 } as const;
 
 /** One of {@link FailureTypes}. */

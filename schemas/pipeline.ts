@@ -60,6 +60,9 @@ export const StageSchema = z
     retry: RetryPolicySchema.optional(),
     timeout: DurationSchema.optional().describe('Longest one attempt may run (start-to-close)'),
     heartbeatTimeout: DurationSchema.optional().describe('Longest silence before an attempt counts as lost'),
+    stallTimeout: DurationSchema.optional().describe(
+      'Longest time a stage that has reported progress may go without reporting more before it is killed and retried as StageStalled. @default the kind\'s (30m for training kinds), none for `run` stages',
+    ),
     checkpoint: CheckpointPolicySchema.optional(),
     cache: z.boolean().optional().describe('Reuse outputs of an identical earlier run. @default true'),
     inputs: z.array(z.string()).optional().describe('Needed stages whose outputs are downloaded. @default all of `needs`'),
@@ -75,6 +78,7 @@ export const DefaultsSchema = z
     retry: RetryPolicySchema.optional(),
     timeout: DurationSchema.optional().describe('@default 2h'),
     heartbeatTimeout: DurationSchema.optional().describe('@default 2m'),
+    stallTimeout: DurationSchema.optional().describe('@default the kind\'s'),
     cache: z.boolean().optional(),
   })
   .strict()
@@ -133,11 +137,15 @@ export const PipelineRunInputSchema = z
   .object({
     spec: z.unknown().describe('The pipeline spec (validated by the workflow)'),
     options: RunOptionsSchema.default({}),
+    carried: z
+      .unknown()
+      .optional()
+      .describe('Run state handed over when a long run continues as new; written by the workflow itself, never by users'),
   })
   .strict()
   .describe('Input of pipelineWorkflow');
 
 /** Workflow input after validation of the envelope (the spec itself is validated separately). */
-export type PipelineRunInput = { spec: unknown; options?: z.infer<typeof RunOptionsSchema> };
+export type PipelineRunInput = { spec: unknown; options?: z.infer<typeof RunOptionsSchema>; carried?: unknown };
 /** Run options. */
 export type RunOptions = z.infer<typeof RunOptionsSchema>;

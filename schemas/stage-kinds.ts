@@ -13,6 +13,8 @@ export interface StageKindInfo {
   readonly defaultQueue: 'cpu' | 'gpu';
   /** One line for `tanren validate` and the docs. */
   readonly summary: string;
+  /** Default `stallTimeout`: how long the kind may report no progress once it has reported some. */
+  readonly stallTimeout?: string;
 }
 
 /** The kinds themselves; read them through {@link STAGE_KINDS}. */
@@ -21,11 +23,11 @@ const KINDS = {
   'wiki40b-to-jsonl': { module: 'wiki40b_to_jsonl', defaultQueue: 'cpu', summary: 'wiki-40b shards to filtered jsonl' },
   'train-tokenizer': { module: 'train_tokenizer', defaultQueue: 'cpu', summary: 'SentencePiece unigram tokenizer' },
   tokenize: { module: 'tokenize', defaultQueue: 'cpu', summary: 'jsonl to a Megatron-LM indexed dataset' },
-  pretrain: { module: 'pretrain', defaultQueue: 'gpu', summary: 'next-token pretraining of a Llama-architecture model' },
-  sft: { module: 'sft', defaultQueue: 'gpu', summary: 'supervised fine-tuning with TRL' },
-  dpo: { module: 'dpo', defaultQueue: 'gpu', summary: 'direct preference optimisation with TRL' },
-  'llm-jp-eval': { module: 'llm_jp_eval', defaultQueue: 'gpu', summary: 'llm-jp-eval style exact-match evaluation' },
-  'mt-bench': { module: 'mt_bench', defaultQueue: 'gpu', summary: 'Japanese MT-Bench answers and LLM-as-judge grading' },
+  pretrain: { module: 'pretrain', defaultQueue: 'gpu', stallTimeout: '30m', summary: 'next-token pretraining of a Llama-architecture model' },
+  sft: { module: 'sft', defaultQueue: 'gpu', stallTimeout: '30m', summary: 'supervised fine-tuning with TRL' },
+  dpo: { module: 'dpo', defaultQueue: 'gpu', stallTimeout: '30m', summary: 'direct preference optimisation with TRL' },
+  'llm-jp-eval': { module: 'llm_jp_eval', defaultQueue: 'gpu', stallTimeout: '30m', summary: 'llm-jp-eval style exact-match evaluation' },
+  'mt-bench': { module: 'mt_bench', defaultQueue: 'gpu', stallTimeout: '30m', summary: 'Japanese MT-Bench answers and LLM-as-judge grading' },
   report: { module: 'activities/report/main.js', runtime: 'node', defaultQueue: 'cpu', summary: 'HTML report with charts' },
 } as const satisfies Record<string, StageKindInfo>;
 

@@ -149,7 +149,7 @@ function graphProblems(spec: GraphView): SpecProblem[] {
         problems.push({
           path: `stages[${i}].needs[${j}]`,
           stage: stage.id,
-          message: `unknown stage "${need}" (stages: ${[...ids].join(', ')})`,
+          message: `unknown stage "${need}" (stages: ${listSome([...ids])})`,
         });
       }
     });
@@ -177,8 +177,30 @@ function graphProblems(spec: GraphView): SpecProblem[] {
   return problems;
 }
 
+/** The most stages one pipeline may have (docs/architecture.md: what bounds a run's history). */
+export const MAX_STAGES = 5000;
+
+/** The most problems a failure message lists; the rest are counted. */
+export const MAX_LISTED_PROBLEMS = 50;
+
+function listSome(names: readonly string[], n = 20): string {
+  return names.length > n ? `${names.slice(0, n).join(', ')}, … ${names.length - n} more` : names.join(', ');
+}
+
 /** Validates a parsed YAML/JSON value as a pipeline spec and returns every problem found. */
 export function validatePipelineSpec(raw: unknown): SpecValidation {
+  const count = raw && typeof raw === 'object' && Array.isArray((raw as { stages?: unknown }).stages) ? (raw as { stages: unknown[] }).stages.length : 0;
+  if (count > MAX_STAGES) {
+    return {
+      ok: false,
+      problems: [
+        {
+          path: 'stages',
+          message: `${count} stages: a pipeline may have at most ${MAX_STAGES} (split it into several pipelines, or group short steps into one stage)`,
+        },
+      ],
+    };
+  }
   const parsed = PipelineSpecSchema.safeParse(raw);
   if (!parsed.success) {
     // Report the graph's problems too, so one run of `tanren validate` lists everything.
@@ -196,8 +218,11 @@ export function validatePipelineSpec(raw: unknown): SpecValidation {
 
 /** One line per problem: `<source>: stage "x": stages[1].needs[0]: unknown stage "y"`. */
 export function formatProblems(problems: readonly SpecProblem[], source = 'pipeline spec'): string {
+  const more = problems.length - MAX_LISTED_PROBLEMS;
   return problems
+    .slice(0, MAX_LISTED_PROBLEMS)
     .map((p) => `${source}: ${p.stage ? `stage "${p.stage}": ` : ''}${p.path}: ${p.message}`)
+    .concat(more > 0 ? [`${source}: … and ${more} more problem${more > 1 ? 's' : ''}`] : [])
     .join('\n');
 }
 

@@ -10,9 +10,9 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
-import { createRunStage } from '../activities/run-stage.js';
+import { createRunStage, type StageHeartbeat } from '../activities/run-stage.js';
 import { createObjectStore, keys, sha256File, type ObjectStore } from '../activities/storage.js';
-import type { OutputManifest, StageProgress, StageResult, StageTask } from '../activities/types.js';
+import type { OutputManifest, StageResult, StageTask } from '../activities/types.js';
 import type { StageSpec } from '../schemas/pipeline.js';
 import { s3Credentials } from '../worker/config.js';
 import { ROOT, servicesEnv, unique, waitFor } from './helpers/env.js';
@@ -48,15 +48,11 @@ describe('runStage activity', () => {
 
   function setup(opts: { killGraceMs?: number } = {}) {
     const calls: string[] = [];
-    const signals: StageProgress[] = [];
     const runStage = createRunStage({
       storage: recordingStore(storage, calls),
-      config: { workRoot, projectDir: ROOT, device: 'cpu', queue: 'cpu', progressIntervalMs: 0, pollIntervalMs: 50, killGraceMs: opts.killGraceMs ?? 2000 },
-      notify: async (_run, p) => {
-        signals.push(p);
-      },
+      config: { workRoot, projectDir: ROOT, device: 'cpu', queue: 'cpu', pollIntervalMs: 50, killGraceMs: opts.killGraceMs ?? 2000 },
     });
-    return { runStage, calls, signals };
+    return { runStage, calls };
   }
 
   function task(stage: Partial<StageSpec> & { id: string }, inputs: StageTask['inputs'] = []): StageTask {
@@ -64,7 +60,7 @@ describe('runStage activity', () => {
   }
 
   it('runs a protocol stage: env, events to heartbeats, outputs and a manifest written last', async () => {
-    const { runStage, calls, signals } = setup();
+    const { runStage, calls } = setup();
     const script = `
 import json, os
 ev = open(os.environ["TANREN_EVENTS"], "a")
@@ -89,7 +85,11 @@ print("hello from the stage")
     assert.deepEqual(result.result, { attempt: 2 });
     assert.equal(result.metrics.loss, 4 / 3);
     assert.ok(heartbeats.some((h) => (h as { step?: number }).step === 3), 'a heartbeat carried the progress');
-    assert.ok(signals.some((s) => s.kind === 'started' && s.attempt === 2));
+    const last = heartbeats.at(-1) as StageHeartbeat;
+    assert.deepEqual(last.attempts?.map((a) => a.attempt), [2], 'the attempt records itself in every heartbeat');
+    assert.ok(last.progressAt, 'the heartbeat says when the program last made progress');
+    assert.equal(result.step, 3, 'the result carries the final progress');
+    assert.equal(result.total, 3);
     const manifestKey = keys.manifest(t.runId, 'writer');
     const puts = calls.filter((c) => c.startsWith('put runs/') && !c.includes('/logs/'));
     assert.equal(puts.at(-1), `put ${manifestKey}`, 'manifest written after every output');
@@ -148,15 +148,17 @@ print("hello from the stage")
   ];
   for (const [what, code, type, nonRetryable] of exitCases) {
     it(`maps ${what} to ${type}`, async () => {
-      const { runStage, signals } = setup();
+      const { runStage } = setup();
       await assert.rejects(new MockActivityEnvironment().run(runStage, task({ id: 'failing', run: [PY, '-c', code] })), (err: unknown) => {
         assert.ok(err instanceof ApplicationFailure, String(err));
         assert.equal(err.type, type);
         assert.equal(err.nonRetryable, nonRetryable);
         assert.match(err.message, /^stage "failing" (exited with code \d+|killed by SIGKILL)/);
+        const d = err.details?.[0] as { attempt?: number; attempts?: Array<{ failure?: string }> };
+        assert.equal(d.attempt, 1);
+        assert.match(d.attempts?.[0]?.failure ?? '', new RegExp(`^${type}: `), 'the failure is recorded with its attempt');
         return true;
       });
-      assert.equal(signals.some((s) => s.kind === 'attempt-failed'), !nonRetryable, 'retryable failures are announced to the workflow');
     });
   }
 
@@ -190,6 +192,63 @@ open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "result", "val
     assert.match(String(seen[0]!.failed), /next attempt: micro_batch_size=4, gradient_accumulation_steps=2/);
     assert.match(String(seen[1]!.failed), /next attempt: micro_batch_size=2, gradient_accumulation_steps=4/);
     assert.deepEqual(seen[2], { micro_batch_size: 2, gradient_accumulation_steps: 4, lr: 0.1 });
+  });
+
+  it('keeps the micro-batch an OutOfMemory left when a later attempt fails for another reason', async () => {
+    const { runStage } = setup();
+    // Attempt 1: OutOfMemory at 8. Attempt 2 (at 4): crashes for another reason. Attempt 3 must still run at 4.
+    const script = `
+import json, os, sys
+p = json.load(open(os.environ["TANREN_PARAMS"]))
+a = int(os.environ["TANREN_ATTEMPT"])
+if p["micro_batch_size"] > 4: sys.exit(4)
+if a == 2: print("a data loader crashed", file=sys.stderr); sys.exit(1)
+open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "result", "values": p}) + "\\n")
+`;
+    const t = task({ id: 'train', run: [PY, '-c', script], with: { micro_batch_size: 8, gradient_accumulation_steps: 1 } });
+    let details: unknown;
+    const outcomes: string[] = [];
+    let final: StageResult | undefined;
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      const env = new MockActivityEnvironment({ attempt, heartbeatDetails: details });
+      env.on('heartbeat', (d: unknown) => {
+        details = d;
+      });
+      try {
+        final = (await env.run(runStage, t)) as StageResult;
+        outcomes.push('ok');
+      } catch (err) {
+        outcomes.push((err as ApplicationFailure).type ?? 'error');
+      }
+    }
+    assert.deepEqual(outcomes, ['OutOfMemory', 'StageCrashed', 'ok']);
+    assert.deepEqual(final!.result, { micro_batch_size: 4, gradient_accumulation_steps: 2 });
+    assert.deepEqual(final!.attempts!.map((a) => [a.attempt, a.failure?.split(':')[0]]), [[1, 'OutOfMemory'], [2, 'StageCrashed'], [3, undefined]]);
+  });
+
+  it('kills a stage that stops making progress (stallTimeout) and fails it as a retryable StageStalled', async () => {
+    const { runStage } = setup();
+    const script = `
+import json, os, time
+ev = open(os.environ["TANREN_EVENTS"], "a")
+ev.write(json.dumps({"event": "progress", "step": 1, "total": 10}) + "\\n"); ev.flush()
+time.sleep(600)
+`;
+    const started = Date.now();
+    await assert.rejects(new MockActivityEnvironment().run(runStage, { ...task({ id: 'hung', run: [PY, '-c', script] }), stallTimeoutMs: 1500 }), (err: unknown) => {
+      assert.ok(err instanceof ApplicationFailure, String(err));
+      assert.equal(err.type, 'StageStalled');
+      assert.equal(err.nonRetryable, false);
+      assert.match(err.message, /stalled: no progress for 2 s after step 1/);
+      return true;
+    });
+    assert.ok(Date.now() - started < 60_000, 'noticed long before any timeout');
+  });
+
+  it('leaves a stage that never reports progress alone, whatever its stallTimeout', async () => {
+    const { runStage } = setup();
+    const r = (await new MockActivityEnvironment().run(runStage, { ...task({ id: 'quiet', run: [PY, '-c', 'import time; time.sleep(2)'] }), stallTimeoutMs: 500 })) as StageResult;
+    assert.equal(r.attempt, 1);
   });
 
   it('gives up on OutOfMemory at micro-batch 1, non-retryable, with what to do', async () => {

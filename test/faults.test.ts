@@ -15,16 +15,18 @@ import { Client, Connection } from '@temporalio/client';
 import { listCheckpoints } from '../activities/checkpoints.js';
 import { createObjectStore, keys, type ObjectStore } from '../activities/storage.js';
 import type { OutputManifest } from '../activities/types.js';
+import { fetchRun } from '../cli/run-status.js';
 import { loadSpecFile, renderRunInput } from '../cli/spec-file.js';
 import type { PipelineSpec } from '../schemas/pipeline.js';
 import { s3Credentials } from '../worker/config.js';
-import { statusQuery, type RunResult } from '../workflows/pipeline.js';
-import { ROOT, unique, waitFor } from './helpers/env.js';
+import type { RunResult } from '../workflows/pipeline.js';
+import { ROOT, stateDir, unique, waitFor } from './helpers/env.js';
 import { startTestWorkers, type TestWorkers } from './helpers/workers.js';
 import { startWorkerProcess, stopWorkerProcess, type WorkerProcess } from './helpers/worker-process.js';
 
 const exec = promisify(execFile);
-const STATE = path.join(ROOT, '.tanren');
+/** The services' state directory: make test's own (TANREN_STATE_DIR), never the user's. */
+const STATE = stateDir();
 
 function pidOf(service: 'minio' | 'temporal'): number {
   return Number(readFileSync(path.join(STATE, 'pids', `${service}.pid`), 'utf8').trim());
@@ -123,8 +125,9 @@ describe('fault injection', () => {
       const refs = await listCheckpoints(storage, workflowId, 'pretrain');
       return refs.find((r) => r.step >= 16);
     }, 300_000, 50);
-    const stepAtKill = (await handle.query(statusQuery)).stages.find((s) => s.id === 'pretrain')!.step ?? 0;
-    await restartGpuWorker('SIGKILL');
+    const stepAtKill = (await fetchRun(client, workflowId)).status!.stages.find((s) => s.id === 'pretrain')!.step ?? 0;
+    // Restarted as `infra/dev workers-up` does after a crash: nothing exported, the worker finds the stages environment itself.
+    await restartGpuWorker('SIGKILL', { TANREN_PYTHON: '' });
     const result = (await handle.result()) as RunResult;
     const pre = result.stages.find((s) => s.id === 'pretrain')!;
     assert.equal(pre.state, 'succeeded');
@@ -214,8 +217,8 @@ for i in range(1, 13):
 open(os.path.join(os.environ["TANREN_OUTPUT"], "done.txt"), "w").write("ok")
 `;
     const input = { spec: { name: 'temporal-outage', queues: { cpu: workers.queues.cpu, gpu: workers.queues.gpu }, defaults: { heartbeatTimeout: '1m' }, stages: [{ id: 'long', run: ['python3', '-c', script] }, { id: 'next', needs: ['long'], run: ['true'] }] }, options: { noCache: true } };
-    const handle = await start(workflowId, input);
-    await waitFor('the stage to make progress', async () => ((await handle.query(statusQuery)).stages[0]!.step ?? 0) >= 2, 60_000, 100);
+    await start(workflowId, input);
+    await waitFor('the stage to make progress', async () => ((await fetchRun(client, workflowId)).status?.stages[0]!.step ?? 0) >= 2, 60_000, 100);
     await stopService('temporal');
     await new Promise((r) => setTimeout(r, 3000));
     await startServices();
@@ -235,8 +238,8 @@ open(os.path.join(os.environ["TANREN_OUTPUT"], "done.txt"), "w").write("ok")
       const pre = result.stages.find((s) => s.id === 'pretrain')!;
       assert.equal(pre.state, 'succeeded');
       assert.equal(pre.attempt, 3, 'micro-batch 8 → 4 → 2');
-      assert.match(pre.attempts[0]!.failure!, /OutOfMemory: .*next attempt: micro_batch_size=4, gradient_accumulation_steps=2/);
-      assert.match(pre.attempts[1]!.failure!, /OutOfMemory: .*next attempt: micro_batch_size=2, gradient_accumulation_steps=4/);
+      assert.match(pre.attempts![0]!.failure!, /OutOfMemory: .*next attempt: micro_batch_size=4, gradient_accumulation_steps=2/);
+      assert.match(pre.attempts![1]!.failure!, /OutOfMemory: .*next attempt: micro_batch_size=2, gradient_accumulation_steps=4/);
       const history = await client.workflow.getHandle(workflowId).fetchHistory();
       const started = history.events!.filter((e) => e.activityTaskStartedEventAttributes).length;
       assert.ok(started >= 4, 'the attempts are in the history (visible in the UI)');

@@ -19,7 +19,7 @@ import { PIPELINE_WORKFLOW_TYPE } from '../schemas/names.js';
 import type { PipelineSpec } from '../schemas/pipeline.js';
 import { s3Credentials } from '../worker/config.js';
 import { connectClient } from '../worker/connection.js';
-import type { RunResult, StageStatus } from '../workflows/pipeline.js';
+import type { RunResult } from '../workflows/pipeline.js';
 import { ROOT } from './helpers/env.js';
 import { startTestWorkers, type TestWorkers } from './helpers/workers.js';
 
@@ -143,7 +143,7 @@ describe('wiki40b-ja.tiny end to end (Temporal + MinIO + real workers and stages
     }
     const wall = (Date.now() - started) / 1000;
 
-    const byId = new Map<string, StageStatus>(result.stages.map((s) => [s.id, s]));
+    const byId = new Map<string, RunResult["stages"][number]>(result.stages.map((s) => [s.id, s]));
     const timing = result.stages.map((s) => {
       const secs = s.startedAt && s.endedAt ? (Date.parse(s.endedAt) - Date.parse(s.startedAt)) / 1000 : NaN;
       return `${s.id}=${secs.toFixed(1)}s`;

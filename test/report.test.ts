@@ -245,6 +245,82 @@ describe('report stage (dist/activities/report/main.js)', () => {
     assert.match(run.stderr, /field 'timeline\[0\]\.start'/);
   });
 
+  it('shows cached, skipped and cancelled stages in the timeline (a re-run that hit the cache)', () => {
+    const dir = fixture('cached-timeline', { judge: true });
+    const run = runStage(dir, {
+      reference_scores: 'refs.csv',
+      timeline: [
+        { stage: 'pretrain', start: '2025-06-02T09:00:00Z', end: '2025-06-02T09:00:00.040Z', attempts: 0, state: 'cached', cachedFrom: 'demo-first' },
+        { stage: 'sft', start: '2025-06-02T09:00:01Z', end: '2025-06-02T09:01:30Z', attempts: 2, state: 'succeeded' },
+        { stage: 'dpo', start: '2025-06-02T09:01:31Z', end: '2025-06-02T09:01:40Z', attempts: 1, state: 'cancelled' },
+        { stage: 'llm-jp-eval', start: '2025-06-02T09:01:41Z', end: '2025-06-02T09:01:41Z', attempts: 0, state: 'skipped' },
+        { stage: 'mt-bench', start: '2025-06-02T09:01:41Z', end: '2025-06-02T09:01:41Z', attempts: 0, state: 'cancelled' },
+        { stage: 'tokenize', start: '2025-06-02T09:00:00Z', end: '2025-06-02T09:00:20Z', attempts: 3, state: 'failed' },
+      ],
+    });
+    assert.equal(run.status, 0, run.stderr);
+    assert.doesNotMatch(run.stderr, /WARN/, 'vega-lite has nothing to warn about');
+    assert.equal(result(run).timeline, true);
+    const html = readFileSync(path.join(run.out, 'report.html'), 'utf8');
+    const timeline = html.slice(html.indexOf('<section id="timeline">'));
+    const row = (stage: string) => timeline.split('\n').find((l) => l.startsWith(`<tr><td>${stage}</td>`)) ?? '';
+    assert.ok(html.includes('cached (run demo-first)'), 'a cached stage names the run it reused');
+    assert.ok(row('pretrain').endsWith('<td>cached (run demo-first)</td></tr>'), row('pretrain'));
+    assert.ok(row('sft').endsWith('<td>2 attempts</td></tr>'), row('sft'));
+    assert.ok(row('dpo').endsWith('<td>cancelled (attempt 1)</td></tr>'), row('dpo'));
+    assert.ok(row('llm-jp-eval').endsWith('<td>—</td><td>skipped</td></tr>'), `a skipped stage has no duration: ${row('llm-jp-eval')}`);
+    assert.ok(row('mt-bench').endsWith('<td>0ms</td><td>cancelled</td></tr>'), row('mt-bench'));
+    assert.ok(row('tokenize').endsWith('<td>failed after 3 attempts</td></tr>'), row('tokenize'));
+
+    const svg = readFileSync(path.join(run.out, 'timeline.svg'), 'utf8');
+    assert.doesNotMatch(svg, /NaN|Infinity/, 'zero-length rows keep the chart finite');
+    for (const s of ['40ms · cached (run demo-first)', '1m29s · 2 attempts', 'skipped', '9.0s · cancelled (attempt 1)', '0ms · cancelled', '20.0s · failed after 3 attempts']) {
+      assert.ok(svg.includes(`>${s}<`), `timeline.svg labels a bar "${s}"`);
+    }
+    for (const state of ['cached', 'succeeded', 'cancelled', 'skipped', 'failed']) assert.ok(svg.includes(`>${state}<`), `legend lists ${state}`);
+    assertOffline(html, 'report.html');
+  });
+
+  it('accepts the old timeline shape and rejects a bad state or a negative attempt count', () => {
+    const dir = fixture('timeline-params', { judge: true });
+    // What the engine sent before a cached stage had a state of its own: attempts 0, no cachedFrom.
+    let run = runStage(dir, {
+      reference_scores: 'refs.csv',
+      timeline: [
+        { stage: 'pretrain', start: '2025-06-01T10:00:00Z', end: '2025-06-01T10:00:01Z', attempts: 0, state: 'cached' },
+        { stage: 'sft', start: '2025-06-01T10:00:02Z', end: '2025-06-01T10:00:03Z', attempts: 1, state: 'succeeded' },
+        { stage: 'dpo', start: '2025-06-01T10:00:04Z', end: '2025-06-01T10:00:05Z' },
+      ],
+    });
+    assert.equal(run.status, 0, run.stderr);
+    const html = readFileSync(path.join(run.out, 'report.html'), 'utf8');
+    assert.ok(html.includes('<td>cached</td></tr>'), 'a cache hit without cachedFrom still says cached');
+
+    // A skipped stage's times carry no duration: an end before its start is not an error.
+    run = runStage(dir, {
+      reference_scores: 'refs.csv',
+      timeline: [{ stage: 'dpo', start: '2025-06-01T10:00:05Z', end: '2025-06-01T10:00:04Z', attempts: 0, state: 'skipped' }],
+    });
+    assert.equal(run.status, 0, run.stderr);
+    assert.doesNotMatch(readFileSync(path.join(run.out, 'timeline.svg'), 'utf8'), /NaN|Infinity/, 'a lone zero-length row still has an axis');
+    assert.doesNotMatch(run.stderr, /WARN/, 'vega-lite has nothing to warn about');
+
+    const bad: [Record<string, unknown>, RegExp][] = [
+      [{ attempts: -1 }, /field 'timeline\[0\]\.attempts'/],
+      [{ state: 'done' }, /field 'timeline\[0\]\.state'.*succeeded.*cached/],
+      [{ end: '2025-06-01T09:00:00Z', state: 'cancelled' }, /field 'timeline\[0\]\.end': end is before start/],
+      [{ cachedFrom: '' }, /field 'timeline\[0\]\.cachedFrom'/],
+    ];
+    for (const [fields, message] of bad) {
+      run = runStage(dir, {
+        reference_scores: 'refs.csv',
+        timeline: [{ stage: 'x', start: '2025-06-01T10:00:00Z', end: '2025-06-01T10:00:01Z', attempts: 1, ...fields }],
+      });
+      assert.equal(run.status, 2, JSON.stringify(fields));
+      assert.match(run.stderr, message);
+    }
+  });
+
   it('renders a full report for the screenshot', async () => {
     const dir = fixture('screenshot', { judge: true });
     const run = runStage(dir, {
@@ -318,6 +394,24 @@ describe('buildReport', () => {
     const r = await buildReport({ ...base, metrics: [{ stage: 'pretrain', source: 'metrics.jsonl', points }] });
     assert.ok(r.svgs['loss.svg'].length < 100_000, `loss.svg is ${r.svgs['loss.svg'].length} bytes`);
     assert.match(r.html, /19999/);
+  });
+
+  it('draws a timeline whose rows all took no time', async () => {
+    const at = '2025-06-01T10:00:00Z';
+    const r = await buildReport({
+      ...base,
+      timeline: [
+        { stage: 'a', start: at, end: at, attempts: 0, state: 'skipped' },
+        { stage: 'b', start: at, end: at, attempts: 0, state: 'cached', cachedFrom: 'run-<1>' },
+      ],
+    });
+    const svg = r.svgs['timeline.svg'];
+    assert.ok(svg, 'timeline.svg rendered');
+    assert.doesNotMatch(svg, /NaN|Infinity/);
+    assert.equal((svg.match(/role-mark/g) ?? []).length > 0, true);
+    assert.ok(r.html.includes('cached (run run-&lt;1&gt;)'), 'cachedFrom is escaped in the table');
+    assert.ok(!r.html.includes('run-<1>'));
+    assert.equal(r.summary.timeline, true);
   });
 
   it('keeps inlined SVG ids apart', () => {

@@ -2,8 +2,10 @@
  * The Temporal Web UI shows tanren runs: a succeeded demo run and a failed run
  * go through real workers on the dev server, then Debian's headless chromium
  * (driven by playwright-core) finds them by the TanrenPipeline search attribute,
- * reads the stage table of "Current Details" and the failure type, and saves
- * screenshots to test-artifacts/ui-run.png and test-artifacts/ui-failed.png.
+ * reads the stage table of "Current Details" (workflows/details.ts) and the
+ * failure type, checks that the table's columns are drawn apart (the UI's
+ * stylesheet gives table cells no padding), and saves screenshots to
+ * test-artifacts/ui-run.png and test-artifacts/ui-failed.png.
  * Needs /usr/bin/chromium (infra/install-browser); skipped without it.
  */
 import assert from 'node:assert/strict';
@@ -117,9 +119,68 @@ describe('Temporal UI', { skip: existsSync(CHROMIUM) ? false : `${CHROMIUM} is m
     return details;
   }
 
+  /** A stage's row in the stage table. */
+  function rowOf(details: FrameLocator, stage: string) {
+    return details.getByRole('row').filter({ has: details.getByRole('cell', { name: stage, exact: true }) });
+  }
+
   /** The state cell of a stage's row in the stage table. */
   function stateOf(details: FrameLocator, stage: string) {
-    return details.getByRole('row').filter({ has: details.getByRole('cell', { name: stage, exact: true }) }).getByRole('cell').nth(1);
+    return rowOf(details, stage).getByRole('cell').nth(1);
+  }
+
+  /** The state cell of the row under a stage's row: its failure, skip or retry reason. */
+  function reasonOf(details: FrameLocator, stage: string) {
+    return rowOf(details, stage).locator('xpath=following-sibling::tr[1]').getByRole('cell').nth(1);
+  }
+
+  /**
+   * The narrowest horizontal gap, in CSS pixels, between the drawn characters
+   * of two neighbouring non-empty cells of a row, over every row of the stage
+   * table. Separate cells are not enough: the UI's markdown stylesheet zeroes
+   * every element's padding, so cells touch (`succeeded1`) unless the text
+   * itself keeps them apart.
+   */
+  async function narrowestColumnGap(details: FrameLocator): Promise<number> {
+    return details.locator('table').evaluate((table: HTMLTableElement) => {
+      const extent = (cell: HTMLTableCellElement) => {
+        let left = Infinity;
+        let right = -Infinity;
+        const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+          const text = node.textContent ?? '';
+          for (let i = 0; i < text.length; i++) {
+            if (/\s/.test(text[i])) continue; // spaces, the no-break spaces of the gap included
+            const range = document.createRange();
+            range.setStart(node, i);
+            range.setEnd(node, i + 1);
+            const box = range.getBoundingClientRect();
+            left = Math.min(left, box.left);
+            right = Math.max(right, box.right);
+          }
+        }
+        return left <= right ? { left, right } : undefined;
+      };
+      let narrowest = Infinity;
+      for (const row of Array.from(table.rows)) {
+        let previous: { left: number; right: number } | undefined;
+        for (const cell of Array.from(row.cells)) {
+          const e = extent(cell);
+          if (!e) continue;
+          if (previous) narrowest = Math.min(narrowest, e.left - previous.right);
+          previous = e;
+        }
+      }
+      return narrowest;
+    });
+  }
+
+  /** Checks the stage table's header and that no two columns run together. */
+  async function assertColumnsApart(details: FrameLocator): Promise<void> {
+    const headers = (await details.getByRole('columnheader').allInnerTexts()).map((t) => t.trim());
+    assert.deepEqual(headers, ['stage', 'state', 'attempt', 'progress', 'last metrics']);
+    const gap = await narrowestColumnGap(details);
+    assert.ok(gap >= 8, `columns of the stage table only ${gap.toFixed(1)} px apart`);
   }
 
   it('lists the succeeded run under its pipeline and shows every stage succeeded', async () => {
@@ -128,7 +189,9 @@ describe('Temporal UI', { skip: existsSync(CHROMIUM) ? false : `${CHROMIUM} is m
     const details = await currentDetails();
     for (const stage of ['count', 'shard', 'freq-0', 'freq-1', 'chars', 'merge']) {
       assert.equal((await stateOf(details, stage).innerText()).trim(), 'succeeded', `stage ${stage}`);
+      assert.equal((await rowOf(details, stage).getByRole('cell').nth(2).innerText()).trim(), '1', `attempt of ${stage}`);
     }
+    await assertColumnsApart(details);
     await page.screenshot({ path: path.join(ARTIFACTS, 'ui-run.png'), fullPage: true });
   });
 
@@ -139,8 +202,12 @@ describe('Temporal UI', { skip: existsSync(CHROMIUM) ? false : `${CHROMIUM} is m
     // The closing event of the history, and the stage table built from the activity failure's type.
     await page.getByRole('row').filter({ hasText: 'Workflow Execution Failed' }).filter({ hasText: 'InvalidStageInput' }).first().waitFor();
     const details = await currentDetails();
-    assert.match(await stateOf(details, 'check').innerText(), /^failed \(InvalidStageInput: stage .check. exited with code 2: bad row/); // the markdown renders typographic quotes
-    assert.match(await stateOf(details, 'train').innerText(), /^skipped/);
+    // The reason is in the row under the state; the markdown renders typographic quotes.
+    assert.equal((await stateOf(details, 'check').innerText()).trim(), 'failed');
+    assert.match(await reasonOf(details, 'check').innerText(), /^↳\s+InvalidStageInput: stage .check. exited with code 2: bad row/);
+    assert.equal((await stateOf(details, 'train').innerText()).trim(), 'skipped');
+    assert.match(await reasonOf(details, 'train').innerText(), /^↳\s+needs .check., which did not succeed/);
+    await assertColumnsApart(details);
     await page.screenshot({ path: path.join(ARTIFACTS, 'ui-failed.png'), fullPage: true });
   });
 });

@@ -34,7 +34,7 @@ export const EnvSchema = z.object({
   TANREN_CPU_CONCURRENCY: z.coerce.number().int().min(1).default(4),
   TANREN_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error']).default('info'),
   TANREN_KILL_GRACE_MS: z.coerce.number().int().min(0).default(30_000),
-  TANREN_PROGRESS_INTERVAL_MS: z.coerce.number().int().min(0).default(10_000),
+  TANREN_PROGRESS_INTERVAL_MS: z.coerce.number().int().min(0).default(10_000).describe('Most often a running stage\'s progress (a heartbeat) reaches the server, ms'),
   TANREN_LOG_UPLOAD_INTERVAL_MS: z.coerce.number().int().min(100).default(5000).describe('How often a running stage\'s log is copied to object storage'),
 });
 

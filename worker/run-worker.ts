@@ -12,10 +12,10 @@ import type { Logger } from 'pino';
 import { createActivities } from '../activities/index.js';
 import { runningDir } from '../activities/run-stage.js';
 import { createObjectStore } from '../activities/storage.js';
-import { stageProgressSignal } from '../workflows/pipeline.js';
 import { gpuQueueName, s3Credentials, type TanrenEnv } from './config.js';
-import { connectClient, connectWorker } from './connection.js';
+import { connectWorker } from './connection.js';
 import { acquireGpuLock, gpuFreeMemoryGiB, probeGpu } from './gpu.js';
+import { resolveStagesPython } from './stages-env.js';
 
 /** Options of {@link runWorker}. */
 export interface RunWorkerOptions {
@@ -99,23 +99,18 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
   }
   await reapOrphanStages(workRoot, queue, logger);
 
-  const client = await connectClient(env);
   const activities = createActivities({
     storage,
     s3,
     config: {
       workRoot,
       projectDir: env.projectDir,
-      python: env.TANREN_PYTHON,
+      python: resolveStagesPython({ projectDir: env.projectDir, envPython: env.TANREN_PYTHON }, logger),
       device,
       queue,
       ...(queue === 'gpu' ? { cudaVisibleDevices: env.TANREN_GPU_DEVICES, gpuFreeGiB: () => gpuFreeMemoryGiB(env.TANREN_GPU_DEVICES) } : {}),
       killGraceMs: env.TANREN_KILL_GRACE_MS,
-      progressIntervalMs: env.TANREN_PROGRESS_INTERVAL_MS,
       logUploadIntervalMs: env.TANREN_LOG_UPLOAD_INTERVAL_MS,
-    },
-    notify: async (runId, progress) => {
-      await client.workflow.getHandle(runId).signal(stageProgressSignal, progress);
     },
   });
 
@@ -130,6 +125,9 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
         activities,
         // One GPU, one stage: the GPU worker never runs two activities at once.
         maxConcurrentActivityTaskExecutions: queue === 'gpu' ? 1 : env.TANREN_CPU_CONCURRENCY,
+        // Live progress travels in heartbeats (no history events): send them this often at most.
+        maxHeartbeatThrottleInterval: Math.max(env.TANREN_PROGRESS_INTERVAL_MS, 100),
+        defaultHeartbeatThrottleInterval: Math.max(env.TANREN_PROGRESS_INTERVAL_MS, 100),
         shutdownGraceTime: `${Math.ceil(env.TANREN_KILL_GRACE_MS / 1000) + 5}s`,
         identity: `tanren-${queue}@${os.hostname()}:${process.pid}`,
       }),
@@ -156,6 +154,5 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
   } finally {
     release?.();
     await connection.close();
-    await client.connection.close();
   }
 }

@@ -6,13 +6,16 @@
  */
 import {
   ActivityCancellationType,
+  type ActivityOptions,
   ApplicationFailure,
   CancellationScope,
   condition,
+  continueAsNew,
   defineQuery,
   defineSignal,
   isCancellation,
   log,
+  patched,
   proxyActivities,
   setCurrentDetails,
   setHandler,
@@ -30,7 +33,9 @@ import {
   DEFAULT_CPU_TASK_QUEUE,
 } from '../schemas/names.js';
 import { PipelineRunInputSchema, type PipelineRunInput, type PipelineSpec, type RunOptions, type StageSpec } from '../schemas/pipeline.js';
-import { formatProblems, resolveSpec, stageQueue, validatePipelineSpec } from '../schemas/validate.js';
+import { isStageKind, STAGE_KINDS } from '../schemas/stage-kinds.js';
+import { formatProblems, MAX_LISTED_PROBLEMS, resolveSpec, stageQueue, validatePipelineSpec } from '../schemas/validate.js';
+import { renderDetails } from './details.js';
 import { planStages, TERMINAL_STATES, type StageState } from './planner.js';
 
 type Activities = ReturnType<typeof activities.createActivities>;
@@ -55,6 +60,8 @@ export interface StageStatus {
   reason?: string;
   /** What the cache said: `cache hit: outputs of run …`, `cache miss: params changed: lr`, `cache: off`. */
   cache?: string;
+  /** For a cached stage: the run whose outputs it reused. */
+  cachedFrom?: string;
   failureType?: string;
   attempts: Array<{ attempt: number; startedAt: string; endedAt?: string; failure?: string }>;
 }
@@ -67,14 +74,45 @@ export interface RunStatus {
   stages: StageStatus[];
   startedAt: string;
   endedAt?: string;
+  /** How many times this run has continued as new to keep its history bounded. */
+  continuedAsNew?: number;
 }
 
-/** Result of a finished run. */
+/** Result of a finished run (large runs return each stage's outcome only, to stay far below the payload limit). */
 export interface RunResult {
   pipeline: string;
   state: 'succeeded';
-  stages: StageStatus[];
+  stages: Array<Pick<StageStatus, 'id' | 'state' | 'attempt' | 'manifestKey' | 'result'> & Partial<StageStatus>>;
 }
+
+/** What one stage's state is across continue-as-new: its status less what the spec already says. */
+export type CarriedStage = Omit<StageStatus, 'id' | 'kind' | 'queue' | 'needs'>;
+
+/** Run state handed to the next execution when a run continues as new. */
+export interface CarriedState {
+  /** One entry per stage, in spec order. */
+  stages: CarriedStage[];
+  paused: boolean;
+  startedAt: string;
+  continuedAsNew: number;
+}
+
+/** Patch marking runs whose progress lives in heartbeats, not signals (replays of older runs take the old path). */
+export const LEAN_PROGRESS_PATCH = 'tanren-lean-progress-1';
+
+/**
+ * A run continues as new once its history passes this many events (or the
+ * server suggests it), after the stages in flight finish: with at most
+ * {@link MAX_STAGES_IN_FLIGHT} stages at ~9 events each still to land, no
+ * execution's history gets near 10,000 events (Temporal's hard limit is 51,200).
+ */
+export const CONTINUE_AS_NEW_AFTER_EVENTS = 5000;
+/** Same, by history size in bytes (Temporal's hard limit is 50 MB). */
+export const CONTINUE_AS_NEW_AFTER_BYTES = 8 * 1024 * 1024;
+/** Most stages one execution runs at once. */
+export const MAX_STAGES_IN_FLIGHT = 200;
+/** Above this many stages the run's result lists each stage's outcome only. */
+const COMPACT_RESULT_OVER = 200;
 
 /** Query: the live status of every stage. */
 export const statusQuery = defineQuery<RunStatus>('status');
@@ -113,7 +151,7 @@ function validateInput(input: unknown): { spec: PipelineSpec; source: string; op
     throw ApplicationFailure.nonRetryable(
       `invalid pipeline spec (${checked.problems.length} problem${checked.problems.length > 1 ? 's' : ''}):\n${formatProblems(checked.problems, source)}`,
       FailureTypes.InvalidPipelineSpec,
-      checked.problems,
+      checked.problems.slice(0, MAX_LISTED_PROBLEMS),
     );
   }
   const spec = resolveSpec(checked.spec);
@@ -128,17 +166,23 @@ function validateInput(input: unknown): { spec: PipelineSpec; source: string; op
   return { spec, source, options: envelope.data.options };
 }
 
-function renderDetails(status: RunStatus): string {
-  const lines = [`**${status.pipeline}** — ${status.state}`, '', '| stage | state | attempt | progress | last metrics |', '|---|---|---|---|---|'];
-  for (const s of status.stages) {
-    const progress = s.step !== undefined ? `${s.step}${s.total ? `/${s.total}` : ''}` : '';
-    const metrics = Object.entries(s.metrics)
-      .slice(0, 3)
-      .map(([k, v]) => `${k}=${Number.isInteger(v) ? v : v.toPrecision(4)}`)
-      .join(' ');
-    lines.push(`| ${s.id} | ${s.state}${s.reason ? ` (${s.reason.slice(0, 80)})` : ''} | ${s.attempt || ''} | ${progress} | ${metrics} |`);
+function compactResult(stages: StageStatus[]): RunResult['stages'] {
+  if (stages.length <= COMPACT_RESULT_OVER) return stages;
+  return stages.map((s) => ({ id: s.id, state: s.state, attempt: s.attempt, manifestKey: s.manifestKey, result: s.result }));
+}
+
+/** Reads the carried state of a continued run, or undefined when there is none or it does not fit the spec. */
+function readCarried(carried: unknown, stageCount: number): CarriedState | undefined {
+  if (!carried || typeof carried !== 'object') return undefined;
+  const c = carried as Partial<CarriedState>;
+  if (!Array.isArray(c.stages) || c.stages.length !== stageCount) {
+    throw ApplicationFailure.nonRetryable(
+      `workflow input: carried: state of ${Array.isArray(c.stages) ? c.stages.length : 'no'} stages for a spec of ${stageCount}; ` +
+        '`carried` is written by the workflow when it continues as new, never by hand',
+      FailureTypes.InvalidPipelineSpec,
+    );
   }
-  return lines.join('\n');
+  return { stages: c.stages, paused: Boolean(c.paused), startedAt: String(c.startedAt ?? ''), continuedAsNew: Number(c.continuedAsNew ?? 0) };
 }
 
 /** Runs a pipeline spec as a DAG of stage activities. */
@@ -147,26 +191,35 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
   const startedAt = new Date().toISOString();
   const status: RunStatus = { pipeline: '(invalid)', state: 'running', stages: [], startedAt };
   setHandler(statusQuery, () => status);
+  // Runs started by this code keep live progress in activity heartbeats; older histories replay the signal path.
+  const lean = patched(LEAN_PROGRESS_PATCH);
 
-  const { spec, options } = validateInput(input);
+  let validated: ReturnType<typeof validateInput>;
+  try {
+    validated = validateInput(input);
+  } catch (err) {
+    if (err instanceof ApplicationFailure) throw err;
+    // A bare error would fail the workflow task over and over; bad input must end the run instead.
+    throw ApplicationFailure.nonRetryable(`workflow input could not be validated: ${String((err as Error)?.message ?? err).slice(0, 500)}`, FailureTypes.InvalidPipelineSpec);
+  }
+  const { spec, options } = validated;
+  const carried = lean ? readCarried(input.carried, spec.stages.length) : undefined;
   status.pipeline = spec.name;
   if (spec.profile) status.profile = spec.profile;
-  const byId = new Map(spec.stages.map((s) => [s.id, s]));
-  for (const stage of spec.stages) {
-    status.stages.push({
-      id: stage.id,
-      kind: kindOf(stage),
-      queue: stageQueue(stage),
-      needs: stage.needs,
-      state: 'pending',
-      attempt: 0,
-      metrics: {},
-      attempts: [],
-    });
+  if (carried) {
+    if (carried.startedAt) status.startedAt = carried.startedAt;
+    status.continuedAsNew = carried.continuedAsNew;
   }
+  const byId = new Map(spec.stages.map((s) => [s.id, s]));
+  spec.stages.forEach((stage, i) => {
+    const base = { id: stage.id, kind: kindOf(stage), queue: stageQueue(stage), needs: stage.needs };
+    const before = carried?.stages[i];
+    // A stage that was in flight when the run continued as new cannot be: the run drains first.
+    status.stages.push(before ? { ...before, ...base } : { ...base, state: 'pending', attempt: 0, metrics: {}, attempts: [] });
+  });
   const stageStatus = (id: string) => status.stages.find((s) => s.id === id)!;
 
-  let paused = false;
+  let paused = carried?.paused ?? false;
   let changes = 0;
   const touch = () => {
     changes++;
@@ -180,6 +233,8 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
     touch();
   });
   setHandler(stageProgressSignal, (p) => {
+    // Progress lives in heartbeats now: a signal (late, or re-applied by a reset) must not change what runs.
+    if (lean) return;
     const s = status.stages.find((x) => x.id === p.stage);
     if (!s || TERMINAL_STATES.has(s.state) || p.attempt < s.attempt) return;
     s.attempt = p.attempt;
@@ -203,33 +258,49 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
     touch();
   });
 
+  let published = '';
   const publish = () => {
     const running = status.stages.filter((s) => s.state === 'running' || s.state === 'retrying').map((s) => s.id);
-    upsertSearchAttributes({
+    const attrs = {
       [SEARCH_ATTRIBUTES.pipeline]: [spec.name],
-      [SEARCH_ATTRIBUTES.stage]: [running.join(',') || '-'],
+      [SEARCH_ATTRIBUTES.stage]: [running.join(',').slice(0, 1000) || '-'],
       [SEARCH_ATTRIBUTES.status]: [status.state],
-    });
+    };
+    // Each upsert is a history event: only when something changed.
+    const text = JSON.stringify(attrs);
+    if (!lean || text !== published) {
+      published = text;
+      upsertSearchAttributes(attrs);
+    }
     setCurrentDetails(renderDetails(status));
   };
   publish();
 
   const defaults = spec.defaults ?? {};
   const queueName = (q: 'cpu' | 'gpu') => (q === 'gpu' ? spec.queues!.gpu! : (spec.queues?.cpu ?? DEFAULT_CPU_TASK_QUEUE));
-  const results = new Map<string, StageResult>();
+  const results = new Map<string, Pick<StageResult, 'manifestKey'>>();
+  for (const s of status.stages) if (s.manifestKey && (s.state === 'succeeded' || s.state === 'cached')) results.set(s.id, { manifestKey: s.manifestKey });
   const cacheOn = (stage: StageSpec) => !options.noCache && (stage.cache ?? defaults.cache ?? true);
-  const io = proxyActivities<Activities>({
+  const ioOptions: ActivityOptions = {
     taskQueue: spec.queues?.cpu ?? DEFAULT_CPU_TASK_QUEUE,
     startToCloseTimeout: '2m',
     retry: { maximumAttempts: 5, initialInterval: '1s', nonRetryableErrorTypes: [...NON_RETRYABLE_FAILURE_TYPES] },
-  });
+  };
+  const io = proxyActivities<Activities>(ioOptions);
   let failure: unknown;
 
-  /** The stages that have run so far, for the report stage's timeline. */
+  /** Every stage that has ended so far, for the report stage's timeline. */
   const timeline = () =>
     status.stages
       .filter((s) => s.startedAt && s.endedAt)
-      .map((s) => ({ stage: s.id, start: s.startedAt!, end: s.endedAt!, attempts: s.attempt, state: s.state }));
+      .map((s) => ({
+        stage: s.id,
+        start: s.startedAt!,
+        end: s.endedAt!,
+        attempts: s.attempt,
+        state: s.state,
+        ...(s.cachedFrom ? { cachedFrom: s.cachedFrom } : {}),
+      }));
 
   const runStage = async (stage: StageSpec): Promise<void> => {
     const s = stageStatus(stage.id);
@@ -252,35 +323,28 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
       },
     });
     const inputIds = stage.inputs ?? stage.needs;
+    const stall = stage.stallTimeout ?? defaults.stallTimeout ?? (stage.uses && isStageKind(stage.uses) ? STAGE_KINDS[stage.uses].stallTimeout : undefined);
     const task: StageTask = {
       runId: info.workflowId,
       pipeline: spec.name,
       stage: stage.uses === 'report' && stage.with.timeline === undefined ? { ...stage, with: { ...stage.with, timeline: timeline() } } : stage,
       queue,
       inputs: inputIds.map((id) => ({ stage: id, manifestKey: results.get(id)!.manifestKey })),
+      ...(lean && stall !== undefined ? { stallTimeoutMs: parseDuration(stall) } : {}),
     };
     s.startedAt = new Date().toISOString();
     // Leave `pending` before the first await, or the planner would start this stage twice.
     s.state = 'running';
     try {
       if (cacheOn(stage)) {
-        const lookup = await io.checkCache(task);
+        const lookup = await (lean ? proxyActivities<Activities>({ ...ioOptions, activityId: `cache:${stage.id}` }) : io).checkCache(task);
         s.cache = lookup.reason;
         if (lookup.hit) {
-          results.set(stage.id, {
-            stage: stage.id,
-            attempt: 0,
-            manifestKey: lookup.manifestKey,
-            files: 0,
-            bytes: 0,
-            result: lookup.result,
-            metrics: {},
-            startedAt: s.startedAt,
-            endedAt: new Date().toISOString(),
-          });
+          results.set(stage.id, { manifestKey: lookup.manifestKey });
           s.state = 'cached';
           s.result = lookup.result;
           s.manifestKey = lookup.manifestKey;
+          s.cachedFrom = lookup.fromRun;
           return;
         }
       } else {
@@ -296,9 +360,16 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
       s.result = result.result;
       s.manifestKey = result.manifestKey;
       Object.assign(s.metrics, result.metrics);
+      // The final progress, not the last tick anyone happened to see.
+      if (result.step !== undefined) s.step = result.step;
+      if (result.total !== undefined) s.total = result.total;
       s.reason = undefined;
-      const a = s.attempts.find((x) => x.attempt === result.attempt);
-      if (a) a.endedAt = result.endedAt;
+      if (lean && result.attempts?.length) {
+        s.attempts = result.attempts;
+      } else {
+        const a = s.attempts.find((x) => x.attempt === result.attempt);
+        if (a) a.endedAt = result.endedAt;
+      }
     } catch (err) {
       if (isCancellation(err)) {
         s.state = 'cancelled';
@@ -310,9 +381,12 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
           s.failureType = cause.timeoutType === 'HEARTBEAT' ? FailureTypes.WorkerLost : 'StageTimedOut';
           s.reason = `${s.failureType}: ${cause.message}`;
         } else {
-          const app = cause as { type?: string; message?: string } | undefined;
+          const app = cause as { type?: string; message?: string; details?: unknown[] } | undefined;
           s.failureType = app?.type ?? FailureTypes.StageCrashed;
           s.reason = `${s.failureType}: ${app?.message ?? (err as Error).message}`;
+          const said = app?.details?.[0] as { attempt?: unknown; attempts?: unknown } | undefined;
+          if (lean && typeof said?.attempt === 'number' && said.attempt > s.attempt) s.attempt = said.attempt;
+          if (lean && Array.isArray(said?.attempts)) s.attempts = said.attempts as StageStatus['attempts'];
         }
         log.warn('stage failed', { stage: stage.id, reason: s.reason });
       }
@@ -321,6 +395,13 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
       s.endedAt = new Date().toISOString();
       touch();
     }
+  };
+
+  /** True once this execution's history is long enough that the run should continue as new. */
+  const historyFull = () => {
+    if (!lean) return false;
+    const now = workflowInfo();
+    return now.continueAsNewSuggested || now.historyLength > CONTINUE_AS_NEW_AFTER_EVENTS || now.historySize > CONTINUE_AS_NEW_AFTER_BYTES;
   };
 
   const running = new Map<string, Promise<void>>();
@@ -334,10 +415,24 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
         const s = stageStatus(id);
         s.state = 'skipped';
         s.reason = `needs "${because}", which did not succeed`;
+        if (lean) s.startedAt = s.endedAt = new Date().toISOString();
       }
       if (plan.finished) break;
-      if (!paused) {
+      const draining = historyFull();
+      if (draining && running.size === 0) {
+        status.continuedAsNew = (status.continuedAsNew ?? 0) + 1;
+        const next: CarriedState = {
+          stages: status.stages.map(({ id: _id, kind: _kind, queue: _queue, needs: _needs, ...rest }) => rest),
+          paused,
+          startedAt: status.startedAt,
+          continuedAsNew: status.continuedAsNew,
+        };
+        log.info('continuing as new to keep the history bounded', { historyLength: workflowInfo().historyLength, continuedAsNew: next.continuedAsNew });
+        await continueAsNew<typeof pipelineWorkflow>({ spec: input.spec, options: input.options ?? {}, carried: next });
+      }
+      if (!paused && !draining) {
         for (const id of plan.ready) {
+          if (lean && running.size >= MAX_STAGES_IN_FLIGHT) break;
           running.set(id, runStage(byId.get(id)!).finally(() => running.delete(id)));
         }
       }
@@ -365,15 +460,17 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
     status.state = failed.length ? 'failed' : 'cancelled';
     publish();
     const first = failed[0] ?? cancelled[0]!;
+    const outcome = status.stages.map((s) => ({ id: s.id, state: s.state, reason: s.reason }));
     throw ApplicationFailure.create({
       message: `stage "${first.id}" ${first.state}: ${first.reason ?? 'cancelled'}`,
       type: first.failureType ?? FailureTypes.StageCrashed,
       nonRetryable: true,
-      details: [{ stages: status.stages.map((s) => ({ id: s.id, state: s.state, reason: s.reason })) }],
+      // Bounded: a payload over 2 MB would fail the workflow task instead of the run.
+      details: [{ stages: lean ? outcome.slice(0, COMPACT_RESULT_OVER) : outcome }],
       cause: failure instanceof Error ? failure : undefined,
     });
   }
   status.state = 'succeeded';
   publish();
-  return { pipeline: spec.name, state: 'succeeded', stages: status.stages };
+  return { pipeline: spec.name, state: 'succeeded', stages: lean ? compactResult(status.stages) : status.stages };
 }

@@ -3,7 +3,7 @@
  * charts as SVG. No file or network I/O; the same inputs give the same page.
  */
 import { formatDuration } from '../../schemas/durations.js';
-import { hasLoss, lossSpec, renderSvg, scatterSpec, timelineSpec, type RunPosition } from './charts.js';
+import { hasLoss, lossSpec, renderSvg, scatterSpec, timelineDuration, timelineOutcome, timelineSpec, type RunPosition } from './charts.js';
 import type { BuiltReport, MtBenchScores, ReportInputs, ReportSummary } from './types.js';
 
 /** File names of the charts, as written next to report.html. */
@@ -209,10 +209,17 @@ ${table(['model', 'MT-Bench', 'llm-jp-eval', 'note'], refRows, 'scores')}
   if (inputs.timeline && inputs.timeline.length > 0) {
     const rows = [...inputs.timeline]
       .sort((a, b) => Date.parse(a.start) - Date.parse(b.start))
-      .map((t) => [e(t.stage), e(t.start), e(t.end), formatDuration(Date.parse(t.end) - Date.parse(t.start)), t.attempts !== undefined ? String(t.attempts) : '—']);
-    timelineBody = figure(svgs, CHART_FILES.timeline, 'When each stage ran (UTC).') + table(['stage', 'start', 'end', 'duration', 'attempts'], rows);
+      .map((t) => {
+        const ms = timelineDuration(t);
+        return [e(t.stage), e(t.start), e(t.end), ms === null ? '—' : formatDuration(ms), e(timelineOutcome(t))];
+      });
+    timelineBody =
+      figure(svgs, CHART_FILES.timeline, 'When each stage ran (UTC); a stage that took no time (skipped, an instant cache hit) is a tick.') +
+      table(['stage', 'start', 'end', 'duration', 'outcome'], rows);
   } else {
-    timelineBody = note('No stage timeline: the <code>timeline</code> param (a list of <code>{stage, start, end, attempts}</code>) was not given.');
+    timelineBody = note(
+      'No stage timeline: the <code>timeline</code> param (a list of <code>{stage, start, end, attempts, state, cachedFrom?}</code>) was not given.',
+    );
   }
   sections.push(`<section id="timeline"><h2>Stage timeline</h2>\n${timelineBody}\n</section>`);
 

@@ -6,7 +6,7 @@
 import { formatDuration } from '../../schemas/durations.js';
 import { loader as vegaLoader, parse as vegaParse, View, type Loader } from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
-import type { MetricSeries, ReferencePoint, TimelineEntry } from './types.js';
+import { TIMELINE_STATES, type MetricSeries, type ReferencePoint, type TimelineEntry, type TimelineState } from './types.js';
 
 /** Fonts every chart uses: generic families only, nothing to download. */
 const FONT = 'system-ui, -apple-system, "Segoe UI", "Noto Sans CJK JP", "Noto Sans", sans-serif';
@@ -167,21 +167,113 @@ export function lossSpec(series: readonly MetricSeries[]): TopLevelSpec {
   } as TopLevelSpec;
 }
 
-/** Gantt chart of the stages' runs, in UTC, labelled with attempts when more than one. */
+const attemptsText = (n: number) => `${n} attempt${n === 1 ? '' : 's'}`;
+
+/**
+ * What a timeline row says in place of a bare attempt count: `cached (run <id>)`
+ * for a cache hit, `skipped`, `cancelled`, `failed after 2 attempts`, or the
+ * attempt count of a stage that ran; `—` when an old timeline gave neither.
+ */
+export function timelineOutcome(e: TimelineEntry): string {
+  const n = e.attempts ?? 0;
+  switch (e.state) {
+    case 'cached':
+      return e.cachedFrom ? `cached (run ${e.cachedFrom})` : 'cached';
+    case 'skipped':
+      return 'skipped';
+    case 'cancelled':
+      return n > 0 ? `cancelled (attempt ${n})` : 'cancelled';
+    case 'failed':
+      return n > 0 ? `failed after ${attemptsText(n)}` : 'failed';
+    case 'retrying':
+    case 'running':
+      return n > 0 ? `${e.state} (attempt ${n})` : e.state;
+    case 'succeeded':
+    case undefined:
+      return n > 0 ? attemptsText(n) : '—';
+  }
+}
+
+/**
+ * How long a timeline row took in milliseconds, or null for a skipped stage,
+ * whose times mark when it was skipped rather than a run.
+ */
+export function timelineDuration(e: TimelineEntry): number | null {
+  if (e.state === 'skipped') return null;
+  return Math.max(0, Date.parse(e.end) - Date.parse(e.start));
+}
+
+/** A bar shorter than 1/640 of the whole timeline (about a pixel of the 640px-wide chart) also gets a tick. */
+const TICK_BELOW_FRACTION = 640;
+
+/** Bar colour per row state; rows of an old timeline without a state are `unknown`. */
+const STATE_COLOURS: Readonly<Record<TimelineState | 'unknown', string>> = {
+  succeeded: '#4c78a8',
+  cached: '#54a24b',
+  failed: '#e45756',
+  cancelled: '#9d9d9d',
+  skipped: '#bab0ac',
+  retrying: '#f58518',
+  running: '#72b7b2',
+  unknown: '#7f98b5',
+};
+
+/**
+ * Gantt chart of the stages' runs, in UTC, coloured by state when the engine
+ * gave one. Each bar is labelled with its duration and, where it says more than
+ * one plain attempt, its outcome (`cached (run …)`, `skipped`, `2 attempts`).
+ * Rows that took (next to) no time, such as a skipped stage or a quick cache
+ * hit, also get a tick, as their bar would not show; when every row took no
+ * time, the axis is widened so the scale is not degenerate.
+ */
 export function timelineSpec(entries: readonly TimelineEntry[]): TopLevelSpec {
-  const rows = entries.map((e) => {
+  const spans = entries.map((e) => {
     const start = Date.parse(e.start);
-    const end = Date.parse(e.end);
+    // A skipped stage may carry no real duration (even an end before its start): draw it as an instant.
+    return { start, end: Math.max(start, Date.parse(e.end)) };
+  });
+  const first = Math.min(...spans.map((r) => r.start));
+  const last = Math.max(...spans.map((r) => r.end));
+  const rows = entries.map((e, i) => {
+    const { start, end } = spans[i];
+    const ms = timelineDuration(e);
+    const plain = (e.state === undefined || e.state === 'succeeded') && (e.attempts ?? 0) <= 1;
     return {
       stage: e.stage,
       start,
       end,
-      label: `${formatDuration(end - start)}${e.attempts && e.attempts > 1 ? ` · ${e.attempts} attempts` : ''}`,
+      // Narrower than about a pixel: the bar would not show, so the row gets a tick as well.
+      tick: (end - start) * TICK_BELOW_FRACTION <= last - first,
+      state: e.state ?? 'unknown',
+      label: [ms === null ? '' : formatDuration(ms), plain ? '' : timelineOutcome(e)].filter(Boolean).join(' · '),
     };
   });
   const order = [...rows].sort((a, b) => a.start - b.start).map((r) => r.stage);
-  const x = { field: 'start', type: 'temporal' as const, title: 'time (UTC)', scale: { type: 'utc' as const }, axis: { format: '%H:%M:%S' } };
+  const x = {
+    field: 'start',
+    type: 'temporal' as const,
+    title: 'time (UTC)',
+    scale: { type: 'utc' as const },
+    axis: { format: '%H:%M:%S' },
+  };
+  // Every row took no time: widen the axis by a second each side rather than leave a zero-width domain.
+  // Set on the ticks only (every row has one then): the layers share the scale, and vega-lite warns of a
+  // conflict when an explicit domain meets the bars' x2.
+  const tickX = last > first ? x : { ...x, scale: { ...x.scale, domain: [first - 1000, last + 1000] } };
   const y = { field: 'stage', type: 'nominal' as const, title: null, sort: order };
+  const states = (['unknown', ...TIMELINE_STATES] as const).filter((st) => rows.some((r) => r.state === st));
+  // Old timelines carry no state: one colour and no legend, as before.
+  const color = entries.some((e) => e.state !== undefined)
+    ? {
+        color: {
+          field: 'state',
+          type: 'nominal' as const,
+          title: null,
+          scale: { domain: states, range: states.map((st) => STATE_COLOURS[st]) },
+          legend: { orient: 'bottom' as const, direction: 'horizontal' as const },
+        },
+      }
+    : { color: { value: STATE_COLOURS.succeeded } };
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title: 'Stage timeline',
@@ -189,7 +281,8 @@ export function timelineSpec(entries: readonly TimelineEntry[]): TopLevelSpec {
     height: { step: 26 },
     data: { values: rows },
     layer: [
-      { mark: { type: 'bar', cornerRadius: 3, color: '#4c78a8' }, encoding: { x, x2: { field: 'end' }, y } },
+      { mark: { type: 'bar', cornerRadius: 3 }, encoding: { x, x2: { field: 'end' }, y, ...color } },
+      { transform: [{ filter: 'datum.tick' }], mark: { type: 'tick', thickness: 3 }, encoding: { x: tickX, y, ...color } },
       { mark: { type: 'text', align: 'left', dx: 5, fontSize: 11, color: '#333' }, encoding: { x: { ...x, field: 'end' }, y, text: { field: 'label' } } },
     ],
   } as TopLevelSpec;

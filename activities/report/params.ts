@@ -3,21 +3,33 @@
  * mistake fails the stage with InvalidStageInput naming the field.
  */
 import { z } from 'zod';
+import { TIMELINE_STATES } from './types.js';
 
 const isoTime = z
   .string()
   .refine((s) => Number.isFinite(Date.parse(s)), { message: 'must be an ISO 8601 time, e.g. 2025-01-31T12:00:00Z' });
 
-/** One entry of the `timeline` param. */
+/**
+ * One entry of the `timeline` param, as the workflow passes it:
+ * `{stage, start, end, attempts, state, cachedFrom?}`. Older timelines (no
+ * `state`, `attempts` absent or at least 1) are accepted as they are.
+ */
 export const TimelineEntrySchema = z
   .strictObject({
     stage: z.string().min(1).describe('stage id'),
     start: isoTime.describe('when the stage started (ISO 8601)'),
-    end: isoTime.describe('when the stage ended (ISO 8601)'),
-    attempts: z.number().int().min(1).optional().describe('attempts it took'),
-    state: z.string().optional().describe('final state of the stage, e.g. succeeded or failed'),
+    end: isoTime.describe('when the stage ended (ISO 8601); a skipped stage may end when it starts'),
+    attempts: z
+      .number()
+      .int()
+      .min(0)
+      .optional()
+      .describe('attempts the stage ran; 0 for one that never ran an attempt (a cache hit, a skipped stage)'),
+    state: z.enum(TIMELINE_STATES).optional().describe(`how the stage ended: ${TIMELINE_STATES.join(', ')}`),
+    cachedFrom: z.string().min(1).optional().describe('for a cached stage: the run whose outputs it reused'),
   })
-  .refine((e) => Date.parse(e.end) >= Date.parse(e.start), { message: 'end is before start', path: ['end'] });
+  // A skipped stage never ran, so its times mark when it was skipped, not a duration to check.
+  .refine((e) => e.state === 'skipped' || Date.parse(e.end) >= Date.parse(e.start), { message: 'end is before start', path: ['end'] });
 
 /** Params of the `report` stage kind. */
 export const ReportParamsSchema = z.strictObject({
@@ -29,7 +41,7 @@ export const ReportParamsSchema = z.strictObject({
   timeline: z
     .array(TimelineEntrySchema)
     .optional()
-    .describe('stage timeline given by the engine: [{stage, start, end, attempts?}]; the section is omitted without it'),
+    .describe('stage timeline given by the engine: [{stage, start, end, attempts, state, cachedFrom?}]; the section is omitted without it'),
   title: z.string().min(1).optional().describe('page title; default "tanren report: <pipeline>"'),
   model_name: z.string().min(1).optional().describe("label of this run's point in the scatter; default the run id"),
   mt_bench: z.string().min(1).optional().describe('id of the needed stage holding MT-Bench outputs; default: found by its files'),

@@ -68,14 +68,31 @@ export interface MetricSeries {
   readonly points: readonly MetricPoint[];
 }
 
+/**
+ * States a timeline row may be in: the workflow's stage states after a stage
+ * has started (everything but `pending`).
+ */
+export const TIMELINE_STATES = ['succeeded', 'cached', 'failed', 'skipped', 'cancelled', 'retrying', 'running'] as const;
+
+/** State of one timeline row. */
+export type TimelineState = (typeof TIMELINE_STATES)[number];
+
 /** One stage's run in the timeline, as the engine reports it. */
 export interface TimelineEntry {
   readonly stage: string;
   /** ISO 8601 start time. */
   readonly start: string;
-  /** ISO 8601 end time. */
+  /**
+   * ISO 8601 end time. A skipped stage may end when it starts, or carry no
+   * meaningful duration at all.
+   */
   readonly end: string;
+  /** Attempts the stage ran: 0 for one that never ran one (a cache hit, a skipped stage). Absent in old timelines. */
   readonly attempts?: number;
+  /** How the stage ended (or where it is); absent in old timelines. */
+  readonly state?: TimelineState;
+  /** For a `cached` stage: the run whose outputs it reused. */
+  readonly cachedFrom?: string;
 }
 
 /** Everything `buildReport` needs; plain data, so tests can build it directly. */

@@ -62,7 +62,7 @@ export function configureReportCommand(program: Command): void {
           const view = await fetchRun(c, run).catch(() => undefined);
           const timeline = (view?.status?.stages ?? [])
             .filter((s) => s.startedAt && s.endedAt && Date.parse(s.endedAt) >= Date.parse(s.startedAt))
-            .map((s) => ({ stage: s.id, start: s.startedAt!, end: s.endedAt!, ...(s.attempt ? { attempts: s.attempt } : {}), state: s.state }));
+            .map((s) => ({ stage: s.id, start: s.startedAt!, end: s.endedAt!, ...(s.attempt ? { attempts: s.attempt } : {}), state: s.state, ...(s.cachedFrom ? { cachedFrom: s.cachedFrom } : {}) }));
           const output = path.join(work, 'output');
           await mkdir(output, { recursive: true });
           await mkdir(inputs, { recursive: true });

@@ -23,6 +23,13 @@ export function temporalBin(): string {
   return p;
 }
 
+/** Path of the installed `tctl` (the legacy Temporal CLI). */
+export function tctlBin(): string {
+  const p = path.join(cache, 'tools', `tctl-${versions().TCTL_VERSION}`, 'tctl');
+  if (!existsSync(p)) throw new Error(`tctl not installed at ${p}: run infra/install-tools tctl`);
+  return p;
+}
+
 /** Path of the installed Java time-skipping test server. */
 export function testServerBin(): string {
   const p = path.join(cache, 'tools', `temporal-test-server-${versions().TEMPORAL_TEST_SERVER_VERSION}`, 'temporal-test-server');
@@ -35,13 +42,22 @@ export const searchAttributeKeys = Object.values(SEARCH_ATTRIBUTES).map((name) =
   defineSearchAttributeKey(name, SearchAttributeType.KEYWORD),
 );
 
-/** Environment of the running dev services (`infra/dev up`). */
+/**
+ * State directory of the services the tests run against: `$TANREN_STATE_DIR`
+ * (`make test` points it at its own, `.tanren-test/`), else `<repo>/.tanren`.
+ * Child processes inherit the variable, so they find the same services.
+ */
+export function stateDir(): string {
+  return path.resolve(process.env.TANREN_STATE_DIR || path.join(ROOT, '.tanren'));
+}
+
+/** Environment of the running services (`$TANREN_STATE_DIR/env`, which `infra/dev up` writes). */
 export function servicesEnv() {
-  const env = loadEnv({ ...process.env, TANREN_PROJECT_DIR: ROOT });
-  if (!existsSync(path.join(ROOT, '.tanren', 'env')) && !process.env.TEMPORAL_ADDRESS) {
-    throw new Error('dev services are not running: run `infra/dev up` (make test does)');
+  const state = stateDir();
+  if (!existsSync(path.join(state, 'env')) && !process.env.TEMPORAL_ADDRESS) {
+    throw new Error(`dev services are not running: no ${path.join(state, 'env')}; run \`infra/dev up\` (make test starts its own)`);
   }
-  return env;
+  return loadEnv({ ...process.env, TANREN_PROJECT_DIR: ROOT, TANREN_STATE_DIR: state });
 }
 
 /** A unique suffix for task queues and ids of one test. */

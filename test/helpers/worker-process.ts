@@ -13,7 +13,7 @@ export interface WorkerProcess {
 }
 
 /** Starts `tanren worker --queue <queue>` with `env` added; resolves once it logs `worker running`. */
-export async function startWorkerProcess(queue: 'cpu' | 'gpu', env: Record<string, string>, logDir: string, name = queue): Promise<WorkerProcess> {
+export async function startWorkerProcess(queue: 'cpu' | 'gpu', env: Record<string, string>, logDir: string, name: string = queue): Promise<WorkerProcess> {
   const log = path.join(logDir, `worker-${name}-${Date.now()}.log`);
   const out = createWriteStream(log);
   const child = spawn(process.execPath, [path.join(ROOT, 'dist', 'cli', 'main.js'), 'worker', '--queue', queue], {
