@@ -151,15 +151,17 @@ open(os.path.join(os.environ["TANREN_OUTPUT"], "steps.txt"), "w").write(str(i))
       workflowId,
       args: [{ spec: { name: 'chain', queues: { cpu: taskQueue, gpu: taskQueue }, stages }, options: {} }],
     });
-    const result = (await worker.runUntil(handle.result())) as RunResult;
+    const { result, status } = await worker.runUntil(async () => ({
+      result: (await handle.result()) as RunResult,
+      // The last execution answers for the whole run: every stage, the first start time, the attempts.
+      status: (await env.client.workflow.getHandle(workflowId).query(statusQuery)) as RunStatus,
+    }));
     assert.equal(result.stages.length, n);
     assert.ok(result.stages.every((s) => s.state === (Number(s.id.slice(1)) % 10 === 0 ? 'cached' : 'succeeded')));
     const runs = await executions(env, workflowId);
     assert.ok(runs.length >= 3, `${runs.length} executions: the run continued as new`);
     for (const r of runs) assert.ok(r.events < HISTORY_LIMIT, `execution ${r.runId} has ${r.events} events`);
     assert.deepEqual(runs.slice(0, -1).map((r) => r.status), runs.slice(0, -1).map(() => 'CONTINUED_AS_NEW'));
-    // The last execution answers for the whole run: every stage, the first start time, the attempts.
-    const status = (await worker.runUntil(env.client.workflow.getHandle(workflowId).query(statusQuery))) as RunStatus;
     assert.equal(status.state, 'succeeded');
     assert.equal(status.continuedAsNew, runs.length - 1);
     assert.equal(status.stages.filter((s) => s.state === 'cached').length, n / 10);
