@@ -25,7 +25,7 @@ const exec = promisify(execFile);
 
 /** A training-like stage: a checkpoint at step 5, then progress every 20 ms until killed; resumed, it finishes at once. */
 const TRAINER = `
-import json, os, sys, time
+import json, os, signal, sys, time
 ev = open(os.environ["TANREN_EVENTS"], "a")
 def emit(**k): ev.write(json.dumps(k) + "\\n"); ev.flush()
 resume = os.environ.get("TANREN_RESUME_FROM")
@@ -38,7 +38,12 @@ ck = os.path.join(os.environ["TANREN_CHECKPOINTS"], "step-000005")
 os.makedirs(ck)
 open(os.path.join(ck, "step.txt"), "w").write("5")
 emit(event="checkpoint", path="step-000005", step=5)
-if os.environ.get("FAIL_AFTER_CHECKPOINT") or "fail" in sys.argv:
+if "stop" in sys.argv:
+    for i in range(6, 9):
+        emit(event="progress", step=i, total=10)
+    # Hangs the way a deadlocked trainer does: alive, silent, holding its resources.
+    os.kill(os.getpid(), signal.SIGSTOP)
+if "fail" in sys.argv:
     time.sleep(0.5)
     print("the data loader crashed", file=sys.stderr)
     raise SystemExit(1)
@@ -130,5 +135,22 @@ describe('reset and retry', () => {
     assert.equal(result.stages[1]!.result!.resumed_from, 'step-000005');
     const again = await exec(process.execPath, ['dist/cli/main.js', 'retry', workflowId], { cwd: ROOT }).catch((e: { stderr: string; code: number }) => e);
     assert.equal((again as { code?: number }).code, 2, 'a completed run has nothing to retry without --from');
+  });
+
+  it('a trainer that stops making progress (SIGSTOP) is killed after its stallTimeout and resumed from its checkpoint', { timeout: 240_000 }, async () => {
+    const workflowId = unique('stall-run');
+    const stalled = spec('stall', ['stop']);
+    Object.assign(stalled.stages[1]!, { stallTimeout: '5s', retry: { maximumAttempts: 2, initialInterval: '1s' } });
+    const handle = await client.workflow.start('pipelineWorkflow', { taskQueue: queues.control, workflowId, args: [{ spec: stalled, options: { noCache: true } }] });
+    const result = (await handle.result()) as RunResult;
+    const train = result.stages[1]!;
+    assert.deepEqual(result.stages.map((s) => s.state), ['succeeded', 'succeeded', 'succeeded']);
+    assert.equal(train.attempt, 2);
+    assert.equal(train.result!.resumed_from, 'step-000005');
+    assert.match(train.attempts![0]!.failure!, /^StageStalled: stage "train" stalled: no progress for 5 s after step 8/);
+    // The UI shows a retried attempt's last failure on its ActivityTaskStarted event.
+    const history = await handle.fetchHistory();
+    const started = history.events!.filter((e) => e.activityTaskStartedEventAttributes?.attempt === 2);
+    assert.ok(started.some((e) => e.activityTaskStartedEventAttributes?.lastFailure?.applicationFailureInfo?.type === 'StageStalled'), 'the UI shows StageStalled');
   });
 });
