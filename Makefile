@@ -2,7 +2,7 @@
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
-.PHONY: help install tools build stages up down status demo test test-node test-python schema clean
+.PHONY: help install tools build stages up down status demo test test-scale test-node test-python schema clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -39,6 +39,9 @@ demo: install stages ## start everything and run the reference pipeline
 
 test: install stages ## run every test against real services (starts and stops what it needs)
 	infra/test
+
+test-scale: install stages ## 5,000-stage fan-out, 2,000-stage chain, the stage limit (own services, like test)
+	TANREN_TEST_FILES="$$(echo dist/test/scale/*.test.js)" infra/test
 
 clean: ## remove build output (keeps .tanren/ run data and the tool cache)
 	rm -rf dist node_modules/.tanren-installed

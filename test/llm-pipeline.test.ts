@@ -227,4 +227,25 @@ describe('wiki40b-ja.tiny end to end (Temporal + MinIO + real workers and stages
     assert.match(readFileSync(made.local, 'utf8'), /<svg/);
     assert.ok(await storage.stat(`runs/${workflowId}/_report/outputs/report.html`), 'the report is stored with the run');
   });
+
+  it('runs again with the cache on: every stage is a hit except the report, which shows them as cached', { timeout: 10 * 60_000 }, async () => {
+    // The first test's run recorded every stage in the cache; a user resubmitting the same spec reuses them all.
+    const spec = loadSpecFile(SPEC_FILE);
+    const input = renderRunInput(spec, { file: 'pipelines/wiki40b-ja.tiny.yaml', overrides: OVERRIDES, env });
+    const rendered = input.spec as PipelineSpec;
+    rendered.queues = { cpu: queues.cpu, gpu: queues.gpu };
+    const workflowId = `${rendered.name}-${prefix}-again`;
+    const result = (await client.workflow.execute(PIPELINE_WORKFLOW_TYPE, { taskQueue: queues.control, workflowId, args: [input] })) as RunResult;
+    assert.equal(result.state, 'succeeded');
+    for (const s of result.stages) {
+      assert.equal(s.state, s.id === 'report' ? 'succeeded' : 'cached', `stage ${s.id}: ${s.state} ${s.cache ?? ''} ${s.reason ?? ''}`);
+      if (s.id !== 'report') assert.equal(s.cachedFrom, `${rendered.name}-${prefix}`, `stage ${s.id} reused the first run`);
+    }
+    assert.equal(result.stages.find((s) => s.id === 'report')!.result!.timeline, true);
+    const html = await storage.getText(`runs/${workflowId}/report/outputs/report.html`);
+    assert.match(html, new RegExp(`cached \\(run ${rendered.name}-${prefix}\\)`), 'the timeline says where cached stages came from');
+    const shown = execFileSync(process.execPath, [path.join(ROOT, 'dist', 'cli', 'main.js'), 'status', workflowId], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, TEMPORAL_ADDRESS: env.TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE: env.TEMPORAL_NAMESPACE } });
+    assert.match(shown, new RegExp(`${workflowId}\\s+succeeded`));
+    assert.match(shown, /pretrain\s+pretrain\s+gpu\s+cached/);
+  });
 });

@@ -272,7 +272,9 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
       published = text;
       upsertSearchAttributes(attrs);
     }
-    setCurrentDetails(renderDetails(status));
+    // Once a report stage has run, point at its page in the bucket (`tanren get <run> <stage> report.html .` fetches it).
+    const report = status.stages.find((x) => x.kind === 'report' && x.state === 'succeeded' && x.manifestKey);
+    setCurrentDetails(renderDetails(status, report ? { reportKey: report.manifestKey!.replace(/manifest\.json$/, 'outputs/report.html') } : {}));
   };
   publish();
 

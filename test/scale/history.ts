@@ -1,5 +1,5 @@
 /** Reading a run's histories: every execution of a workflow id, following its continue-as-new chain. */
-import type { Client } from '@temporalio/client';
+import type { Client, WorkflowHandle } from '@temporalio/client';
 
 /** One execution of a workflow id and the length of its history. */
 export interface Execution {
@@ -15,8 +15,8 @@ export async function executions(client: Client, workflowId: string): Promise<Ex
   // Follow the chain from the first run: each continued run names the next in its last event.
   let runId: string | undefined = first.raw.workflowExecutionInfo?.firstRunId ?? first.runId;
   while (runId) {
-    const handle = client.workflow.getHandle(workflowId, runId, { followRuns: false });
-    const history = await handle.fetchHistory();
+    const handle: WorkflowHandle = client.workflow.getHandle(workflowId, runId, { followRuns: false });
+    const history: Awaited<ReturnType<WorkflowHandle['fetchHistory']>> = await handle.fetchHistory();
     const d = await handle.describe();
     out.push({ runId, events: history.events?.length ?? 0, status: d.status.name });
     runId = history.events?.at(-1)?.workflowExecutionContinuedAsNewEventAttributes?.newExecutionRunId ?? undefined;
