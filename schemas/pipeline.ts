@@ -17,6 +17,18 @@ export const DurationSchema = z
   })
   .describe('A duration: a number with a unit (ms, s, m, h, d), e.g. 30s, 10m, 1h30m');
 
+const MIN_STAGE_DURATION_MS = 1000;
+const MAX_STAGE_DURATION_MS = 30 * 86_400_000;
+
+/** A stage timeout: a duration from 1 s to 30 d (shorter cannot start a process; longer outlives any sensible run). */
+export const StageDurationSchema = DurationSchema.refine(
+  (v) => {
+    const ms = parseDuration(v);
+    return ms === undefined || (ms >= MIN_STAGE_DURATION_MS && ms <= MAX_STAGE_DURATION_MS);
+  },
+  { message: 'out of range: a stage timeout is between 1s and 30d' },
+);
+
 /** Retry policy of a stage's activity; unset fields fall back to `defaults.retry`. */
 export const RetryPolicySchema = z
   .object({
@@ -58,9 +70,9 @@ export const StageSchema = z
     queue: z.string().optional().describe('cpu or gpu; defaults to the kind\'s queue, or cpu for `run` stages'),
     with: z.record(z.string(), z.unknown()).default({}).describe('Parameters passed to the stage in its params file'),
     retry: RetryPolicySchema.optional(),
-    timeout: DurationSchema.optional().describe('Longest one attempt may run (start-to-close)'),
-    heartbeatTimeout: DurationSchema.optional().describe('Longest silence before an attempt counts as lost'),
-    stallTimeout: DurationSchema.optional().describe(
+    timeout: StageDurationSchema.optional().describe('Longest one attempt may run (start-to-close)'),
+    heartbeatTimeout: StageDurationSchema.optional().describe('Longest silence before an attempt counts as lost'),
+    stallTimeout: StageDurationSchema.optional().describe(
       'Longest time a stage that has reported progress may go without reporting more before it is killed and retried as StageStalled. @default the kind\'s (30m for training kinds), none for `run` stages',
     ),
     checkpoint: CheckpointPolicySchema.optional(),
@@ -76,9 +88,9 @@ export const StageSchema = z
 export const DefaultsSchema = z
   .object({
     retry: RetryPolicySchema.optional(),
-    timeout: DurationSchema.optional().describe('@default 2h'),
-    heartbeatTimeout: DurationSchema.optional().describe('@default 2m'),
-    stallTimeout: DurationSchema.optional().describe('@default the kind\'s'),
+    timeout: StageDurationSchema.optional().describe('@default 2h'),
+    heartbeatTimeout: StageDurationSchema.optional().describe('@default 2m'),
+    stallTimeout: StageDurationSchema.optional().describe('@default the kind\'s'),
     cache: z.boolean().optional(),
   })
   .strict()

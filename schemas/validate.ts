@@ -48,33 +48,52 @@ function zodProblems(raw: unknown, error: z.ZodError): SpecProblem[] {
   });
 }
 
-/** Finds one cycle in the needs graph and returns it as a closed list of ids (a → b → a), or undefined. */
+/** Finds one cycle in the needs graph and returns it as a closed list of ids (a → b → a), or undefined. Iterative: any depth. */
 export function findCycle(stages: ReadonlyArray<{ id: string; needs: readonly string[] }>): string[] | undefined {
   const needs = new Map(stages.map((s) => [s.id, s.needs]));
   const state = new Map<string, 'visiting' | 'done'>();
-  const stack: string[] = [];
-  const visit = (id: string): string[] | undefined => {
-    state.set(id, 'visiting');
-    stack.push(id);
-    for (const next of needs.get(id) ?? []) {
-      if (!needs.has(next)) continue;
-      if (state.get(next) === 'visiting') return [...stack.slice(stack.indexOf(next)), next];
-      if (!state.has(next)) {
-        const found = visit(next);
-        if (found) return found;
+  for (const root of stages) {
+    if (state.has(root.id)) continue;
+    // Depth-first with an explicit stack of (node, index of the next need to look at).
+    const path: string[] = [root.id];
+    const next: number[] = [0];
+    state.set(root.id, 'visiting');
+    while (path.length) {
+      const id = path.at(-1)!;
+      const list = needs.get(id) ?? [];
+      const i = next.at(-1)!;
+      if (i >= list.length) {
+        state.set(id, 'done');
+        path.pop();
+        next.pop();
+        continue;
       }
-    }
-    stack.pop();
-    state.set(id, 'done');
-    return undefined;
-  };
-  for (const s of stages) {
-    if (!state.has(s.id)) {
-      const found = visit(s.id);
-      if (found) return found;
+      next[next.length - 1] = i + 1;
+      const need = list[i]!;
+      if (!needs.has(need)) continue;
+      if (state.get(need) === 'visiting') return [...path.slice(path.indexOf(need)), need];
+      if (!state.has(need)) {
+        state.set(need, 'visiting');
+        path.push(need);
+        next.push(0);
+      }
     }
   }
   return undefined;
+}
+
+/** Deepest nesting of arrays and objects in `value` (a scalar is 0), computed without recursion. */
+export function nestingDepth(value: unknown, stopAt = Infinity): number {
+  let deepest = 0;
+  const todo: Array<[unknown, number]> = [[value, 0]];
+  while (todo.length) {
+    const [v, d] = todo.pop()!;
+    if (!v || typeof v !== 'object') continue;
+    if (d + 1 > deepest) deepest = d + 1;
+    if (deepest > stopAt) return deepest;
+    for (const x of Array.isArray(v) ? v : Object.values(v)) todo.push([x, d + 1]);
+  }
+  return deepest;
 }
 
 function collectParamRefs(value: unknown, path: string, out: Array<{ name: string; path: string }>): void {
@@ -165,7 +184,8 @@ function graphProblems(spec: GraphView): SpecProblem[] {
     if (stage.run) collectParamRefs(stage.run, `stages[${i}].run`, refs);
   });
   for (const ref of refs) {
-    if (!(ref.name in spec.params)) {
+    // Own properties only: `params.constructor` is not a parameter.
+    if (!Object.hasOwn(spec.params, ref.name)) {
       const i = Number(/^stages\[(\d+)\]/.exec(ref.path)?.[1]);
       problems.push({
         path: ref.path,
@@ -180,6 +200,33 @@ function graphProblems(spec: GraphView): SpecProblem[] {
 /** The most stages one pipeline may have (docs/architecture.md: what bounds a run's history). */
 export const MAX_STAGES = 5000;
 
+/** Deepest nesting of a stage's `with:` parameters. */
+export const MAX_WITH_DEPTH = 32;
+/** Largest `with:` of one stage, as JSON. */
+export const MAX_WITH_BYTES = 256 * 1024;
+
+/** Checks that must pass before the rest may walk the spec: nesting depth and size of each stage's `with:`. */
+function limitProblems(raw: unknown): SpecProblem[] {
+  const stages = raw && typeof raw === 'object' ? (raw as { stages?: unknown }).stages : undefined;
+  if (!Array.isArray(stages)) return [];
+  const problems: SpecProblem[] = [];
+  stages.slice(0, MAX_STAGES + 1).forEach((st: unknown, i) => {
+    const stage = st && typeof st === 'object' ? (st as { id?: unknown; with?: unknown }) : {};
+    const id = typeof stage.id === 'string' ? stage.id.slice(0, 64) : undefined;
+    if (stage.with === undefined) return;
+    const depth = nestingDepth(stage.with, MAX_WITH_DEPTH);
+    if (depth > MAX_WITH_DEPTH) {
+      problems.push({ path: `stages[${i}].with`, ...(id ? { stage: id } : {}), message: `nested more than ${MAX_WITH_DEPTH} levels deep` });
+      return;
+    }
+    const bytes = JSON.stringify(stage.with)?.length ?? 0;
+    if (bytes > MAX_WITH_BYTES) {
+      problems.push({ path: `stages[${i}].with`, ...(id ? { stage: id } : {}), message: `${bytes} bytes as JSON: at most ${MAX_WITH_BYTES}; put large data in a file and pass its path` });
+    }
+  });
+  return problems;
+}
+
 /** The most problems a failure message lists; the rest are counted. */
 export const MAX_LISTED_PROBLEMS = 50;
 
@@ -190,6 +237,8 @@ function listSome(names: readonly string[], n = 20): string {
 /** Validates a parsed YAML/JSON value as a pipeline spec and returns every problem found. */
 export function validatePipelineSpec(raw: unknown): SpecValidation {
   const count = raw && typeof raw === 'object' && Array.isArray((raw as { stages?: unknown }).stages) ? (raw as { stages: unknown[] }).stages.length : 0;
+  const limits = limitProblems(raw);
+  if (limits.length) return { ok: false, problems: limits };
   if (count > MAX_STAGES) {
     return {
       ok: false,
@@ -238,8 +287,8 @@ export function substituteParams<T>(value: T, params: Readonly<Record<string, st
   const walk = (v: unknown): unknown => {
     if (typeof v === 'string') {
       const whole = /^\$\{\{\s*params\.([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}$/.exec(v);
-      if (whole && whole[1]! in params) return params[whole[1]!];
-      return v.replace(PARAM_REF, (m, name: string) => (name in params ? String(params[name]) : m));
+      if (whole && Object.hasOwn(params, whole[1]!)) return params[whole[1]!];
+      return v.replace(PARAM_REF, (m, name: string) => (Object.hasOwn(params, name) ? String(params[name]) : m));
     }
     if (Array.isArray(v)) return v.map(walk);
     if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, walk(x)]));

@@ -27,6 +27,28 @@ describe('pipeline spec validation', () => {
     }
   });
 
+  it('rejects hostile input with a named problem, never a crash (depth, size, inherited params, tiny timeouts, huge graphs)', () => {
+    let deep: Record<string, unknown> = { leaf: 1 };
+    for (let i = 0; i < 5000; i++) deep = { nest: deep };
+    assert.deepEqual(problemsOf(spec([{ id: 'a', run: ['x'], with: deep }])), [{ path: 'stages[0].with', stage: 'a', message: 'nested more than 32 levels deep' }]);
+    assert.match(problemsOf(spec([{ id: 'a', run: ['x'], with: { blob: 'x'.repeat(300_000) } }]))[0]!.message, /bytes as JSON: at most 262144/);
+    const inherited = problemsOf(spec([{ id: 'a', run: ['echo', '${{ params.constructor }}'] }]));
+    assert.match(inherited[0]!.message, /unknown parameter "constructor"/);
+    assert.match(problemsOf(spec([{ id: 'a', run: ['x'], timeout: '0.4ms' }]))[0]!.message, /between 1s and 30d/);
+    assert.match(problemsOf(spec([{ id: 'a', run: ['x'], stallTimeout: '31d' }]))[0]!.message, /between 1s and 30d/);
+    // 3,000 stages each needing an unknown stage: every problem is found, the message lists 50 and counts the rest.
+    const many = problemsOf(spec(Array.from({ length: 3000 }, (_, i) => ({ id: `s${i}`, run: ['x'], needs: ['ghost'] }))));
+    assert.equal(many.length, 3000);
+    assert.ok(many[0]!.message.length < 400, 'the known stages are not all listed in each problem');
+    const text = formatProblems(many, 'big.json');
+    assert.equal(text.split('\n').length, 51);
+    assert.match(text, /… and 2950 more problems$/);
+    // A 10,000-stage chain: the size limit answers first; the cycle search would not overflow the stack either.
+    assert.match(problemsOf(spec(Array.from({ length: 10_000 }, (_, i) => ({ id: `s${i}`, run: ['x'], ...(i ? { needs: [`s${i - 1}`] } : {}) }))))[0]!.message, /at most 5000/);
+    const chain = Array.from({ length: 50_000 }, (_, i) => ({ id: `s${i}`, needs: i ? [`s${i - 1}`] : [`s${49_999}`] }));
+    assert.equal(findCycle(chain)?.length, 50_001);
+  });
+
   it('rejects duplicate stage ids, naming both', () => {
     const p = problemsOf(spec([{ id: 'a', run: ['true'] }, { id: 'a', run: ['true'] }]));
     assert.equal(p.length, 1);
