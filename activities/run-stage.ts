@@ -18,7 +18,18 @@ import { EventFileReader, type StageEvent } from './events.js';
 import { stageFailure, storageFailure } from './errors.js';
 import { createCheckpointUploader, restoreLatestCheckpoint, type CheckpointRef } from './checkpoints.js';
 import { describeFiles, keys, sha256File, withStorageRetry, type ObjectStore, type ObjectStoreConfig } from './storage.js';
+import { boundMetrics, boundResult, capHead, capTail, createRedactor, DEFAULT_JUDGE_URLS, judgeUrlAllowed, stageEnvironment } from './stage-env.js';
 import type { AttemptRecord, OutputManifest, StageResult, StageTask } from './types.js';
+
+/** What a run id (the workflow id) may look like: it names directories and object keys. */
+const RUN_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/;
+
+/** Values of the worker's credential variables, to keep them out of history. */
+function secretValues(env: NodeJS.ProcessEnv): string[] {
+  return Object.entries(env)
+    .filter(([k, v]) => v && (/^TANREN_S3_(ACCESS|SECRET)_KEY$/.test(k) || /^TANREN_JUDGE_.*KEY/.test(k) || /SECRET|PASSWORD|TOKEN/.test(k)))
+    .map(([, v]) => v!);
+}
 
 /** Settings of the worker that runs stages. */
 export interface StageRunnerConfig {
@@ -46,6 +57,14 @@ export interface StageRunnerConfig {
   storageRetryMs?: number;
   /** Free GPU memory in GiB of the visible devices, or undefined when unknown (checked against `memoryEstimateGiB`). */
   gpuFreeGiB?: () => number | undefined;
+  /** The worker's environment, of which stages get only the allowlisted part. @default process.env */
+  workerEnv?: NodeJS.ProcessEnv;
+  /** Names of further worker variables stage programs may see (TANREN_STAGE_ENV). */
+  stageEnvNames?: readonly string[];
+  /** URL prefixes the MT-Bench judge may be called at (TANREN_JUDGE_BASE_URLS). @default local addresses only */
+  judgeBaseUrls?: readonly string[];
+  /** Values that must never enter a run's history (the worker's credentials): redacted from messages and results. */
+  secrets?: readonly string[];
 }
 
 /** Settings an OutOfMemory retry changes, carried to the next attempt in heartbeat details. */
@@ -122,6 +141,7 @@ function lastLines(lines: string[], n: number): string {
 /** Creates the `runStage` activity bound to its dependencies. */
 export function createRunStage(deps: StageRunnerDeps) {
   const { storage, config } = deps;
+  const redact = createRedactor([...(config.secrets ?? []), ...secretValues(config.workerEnv ?? process.env)]);
   const pollInterval = config.pollIntervalMs ?? 250;
   const logUploadInterval = config.logUploadIntervalMs ?? 5000;
 
@@ -131,6 +151,10 @@ export function createRunStage(deps: StageRunnerDeps) {
     const { stage, runId } = task;
     const log = ctx.log;
     const previous = (ctx.info.heartbeatDetails ?? undefined) as StageHeartbeat | undefined;
+    if (!RUN_ID.test(runId)) {
+      // The run id names directories that are removed recursively and object keys: it must be plain.
+      throw stageFailure(FailureTypes.InvalidPipelineSpec, `run id ${JSON.stringify(runId.slice(0, 100))}: use letters, digits, ".", "_" and "-" (at most 200, starting with a letter or digit)`);
+    }
 
     const retryOpts = {
       totalMs: config.storageRetryMs,
@@ -155,6 +179,14 @@ export function createRunStage(deps: StageRunnerDeps) {
       const smaller = previous.nextSettings.micro_batch_size !== batchSettingsOf(params)!.micro_batch_size;
       Object.assign(params, previous.nextSettings);
       if (smaller) log.info('running with the micro-batch an earlier OutOfMemory left', { stage: stage.id, ...previous.nextSettings });
+    }
+    const judgeUrl = (params.judge as { base_url?: unknown } | undefined)?.base_url;
+    if (typeof judgeUrl === 'string' && judgeUrl && !judgeUrlAllowed(judgeUrl, config.judgeBaseUrls ?? DEFAULT_JUDGE_URLS)) {
+      throw stageFailure(
+        FailureTypes.StageConfigError,
+        `stage "${stage.id}": with.judge.base_url ${JSON.stringify(judgeUrl)} is not one this worker may call; ` +
+          `allowed: ${(config.judgeBaseUrls ?? DEFAULT_JUDGE_URLS).join(', ')} (set TANREN_JUDGE_BASE_URLS on the worker)`,
+      );
     }
     const settings = batchSettingsOf(params);
     // Unless this attempt learns otherwise (an OutOfMemory), the next one runs as this one does.
@@ -299,8 +331,9 @@ export function createRunStage(deps: StageRunnerDeps) {
     try {
       child = execa(argv[0]!, argv.slice(1), {
         cwd: config.projectDir,
-        env,
-        extendEnv: true,
+        // Only the allowlisted part of the worker's environment: never its S3, Temporal or credential variables.
+        env: stageEnvironment(config.workerEnv ?? process.env, env, config.stageEnvNames),
+        extendEnv: false,
         detached: true, // own process group, so cancellation reaches grandchildren too
         reject: false,
         stdin: 'ignore',
@@ -491,9 +524,9 @@ export function createRunStage(deps: StageRunnerDeps) {
         type = FailureTypes.StageStalled;
         reason = `stalled: no progress for ${Math.round(task.stallTimeoutMs! / 1000)} s after step ${state.step} (stallTimeout), killed`;
       }
-      const said = state.error?.message ?? tail.filter((l) => l.trim()).at(-1) ?? '';
+      const said = capHead(redact(state.error?.message ?? tail.filter((l) => l.trim()).at(-1) ?? ''), 2000);
       let message = `stage "${stage.id}" ${reason}${said ? `: ${said}` : ''}`;
-      const details = { attempt, exitCode: outcome.exitCode, signal: outcome.signal, logKey, logTail: lastLines(tail, 20), settings };
+      const details = { attempt, exitCode: outcome.exitCode, signal: outcome.signal, logKey, logTail: capTail(redact(lastLines(tail, 20)), 4000), settings };
       // A stage without a micro-batch is retried as it is: the memory may have been taken by something else.
       if (type === FailureTypes.OutOfMemory && settings) {
         const next = shrinkBatch(settings);
@@ -562,8 +595,8 @@ export function createRunStage(deps: StageRunnerDeps) {
       manifestKey: keys.manifest(runId, stage.id),
       files: files.length,
       bytes: files.reduce((n, f) => n + f.size, 0),
-      result: state.result,
-      metrics: state.metrics,
+      result: boundResult(state.result, redact),
+      metrics: boundMetrics(state.metrics),
       ...(state.step !== undefined ? { step: state.step } : {}),
       ...(state.total !== undefined ? { total: state.total } : {}),
       attempts: closeAttempt(hb),

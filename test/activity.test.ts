@@ -251,6 +251,51 @@ time.sleep(600)
     assert.equal(r.attempt, 1);
   });
 
+  it('gives a stage only the allowlisted environment, and keeps the worker\'s secrets out of what enters history', async () => {
+    const canary = { TANREN_S3_SECRET_KEY: 'canary-s3-secret-0123456789', TANREN_S3_ACCESS_KEY: 'canary-access-key-42', TEMPORAL_TLS_KEY: '/etc/canary/tls.key', TANREN_JUDGE_API_KEY: 'canary-judge-key-987' };
+    const runStage = createRunStage({
+      storage,
+      config: {
+        workRoot, projectDir: ROOT, device: 'cpu', queue: 'cpu', pollIntervalMs: 50,
+        workerEnv: { PATH: process.env.PATH, HOME: process.env.HOME, LANG: 'C.UTF-8', MY_SETTING: 'x', ...canary },
+        stageEnvNames: ['MY_SETTING', 'TANREN_S3_SECRET_KEY'],
+      },
+    });
+    const dump = `
+import json, os, sys
+json.dump(dict(os.environ), open(os.path.join(os.environ["TANREN_OUTPUT"], "env.json"), "w"))
+open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "result", "values": {"echo": "token=" + os.environ.get("TANREN_JUDGE_API_KEY", "")}}) + "\\n")
+`;
+    const t = task({ id: 'envdump', run: [PY, '-c', dump] });
+    const r = (await new MockActivityEnvironment().run(runStage, t)) as StageResult;
+    const dest = path.join(workRoot, `${unique('env')}.json`);
+    await storage.getFile(`runs/${t.runId}/envdump/outputs/env.json`, dest);
+    const seen = JSON.parse(readFileSync(dest, 'utf8')) as Record<string, string>;
+    assert.deepEqual(Object.keys(seen).filter((k) => /S3|TEMPORAL/.test(k)), [], 'no S3 or Temporal variable reaches a stage, even when named');
+    assert.equal(seen.MY_SETTING, 'x', 'a variable the worker names is passed on');
+    assert.equal(seen.TANREN_JUDGE_API_KEY, canary.TANREN_JUDGE_API_KEY, 'the judge key is for the stage');
+    assert.equal(seen.TANREN_STAGE_ID, 'envdump');
+    assert.doesNotMatch(JSON.stringify(r), /canary-judge-key/, 'the judge key never enters history');
+
+    const leak = `
+import os, sys
+print("connecting with secret " + "canary-s3-secret-0123456789" + " password=hunter2hunter2", file=sys.stderr)
+sys.exit(1)
+`;
+    await assert.rejects(new MockActivityEnvironment().run(runStage, task({ id: 'leaky', run: [PY, '-c', leak] })), (err: unknown) => {
+      assert.ok(err instanceof ApplicationFailure);
+      const text = `${err.message} ${JSON.stringify(err.details)}`;
+      assert.doesNotMatch(text, /canary-s3-secret|hunter2/);
+      assert.match(err.message, /connecting with secret \[redacted\] password=\[redacted\]/);
+      return true;
+    });
+
+    await assert.rejects(
+      new MockActivityEnvironment().run(runStage, task({ id: 'judge', run: [PY, '-c', 'pass'], with: { judge: { base_url: 'https://attacker.example/v1', model: 'm' } } })),
+      /with\.judge\.base_url "https:\/\/attacker\.example\/v1" is not one this worker may call; allowed: http:\/\/127\.0\.0\.1/,
+    );
+  });
+
   it('gives up on OutOfMemory at micro-batch 1, non-retryable, with what to do', async () => {
     const { runStage } = setup();
     const t = task({ id: 'train', run: [PY, '-c', 'import sys; sys.exit(4)'], with: { micro_batch_size: 1 } });

@@ -35,6 +35,14 @@ export const EnvSchema = z.object({
   TANREN_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error']).default('info'),
   TANREN_KILL_GRACE_MS: z.coerce.number().int().min(0).default(30_000),
   TANREN_PROGRESS_INTERVAL_MS: z.coerce.number().int().min(0).default(10_000).describe('Most often a running stage\'s progress (a heartbeat) reaches the server, ms'),
+  TANREN_STAGE_ENV: z
+    .string()
+    .optional()
+    .describe('Comma-separated names of further worker variables stage programs may see (they get an allowlist: PATH, HOME, locale, CUDA/HF/torch, TANREN_JUDGE_*)'),
+  TANREN_JUDGE_BASE_URLS: z
+    .string()
+    .optional()
+    .describe('Comma-separated URL prefixes the MT-Bench judge may be called at. @default local addresses only'),
   TANREN_LOG_UPLOAD_INTERVAL_MS: z.coerce.number().int().min(100).default(5000).describe('How often a running stage\'s log is copied to object storage'),
 });
 
@@ -105,4 +113,10 @@ export function s3Credentials(env: TanrenEnv): { accessKey: string; secretKey: s
 /** GPU task queue of this host: TANREN_GPU_QUEUE or `tanren-gpu-<host>`. */
 export function gpuQueueName(env: Pick<TanrenEnv, 'TANREN_GPU_QUEUE'>): string {
   return env.TANREN_GPU_QUEUE ?? `${GPU_TASK_QUEUE_PREFIX}${os.hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-')}`;
+}
+
+/** Splits a comma-separated setting into its trimmed, non-empty parts. */
+export function listSetting(value: string | undefined): string[] | undefined {
+  const parts = (value ?? '').split(',').map((p) => p.trim()).filter(Boolean);
+  return parts.length ? parts : undefined;
 }

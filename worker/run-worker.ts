@@ -12,7 +12,7 @@ import type { Logger } from 'pino';
 import { createActivities } from '../activities/index.js';
 import { runningDir } from '../activities/run-stage.js';
 import { createObjectStore } from '../activities/storage.js';
-import { gpuQueueName, s3Credentials, type TanrenEnv } from './config.js';
+import { gpuQueueName, listSetting, s3Credentials, type TanrenEnv } from './config.js';
 import { connectWorker } from './connection.js';
 import { acquireGpuLock, gpuFreeMemoryGiB, probeGpu } from './gpu.js';
 import { resolveStagesPython } from './stages-env.js';
@@ -110,6 +110,9 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       queue,
       ...(queue === 'gpu' ? { cudaVisibleDevices: env.TANREN_GPU_DEVICES, gpuFreeGiB: () => gpuFreeMemoryGiB(env.TANREN_GPU_DEVICES) } : {}),
       killGraceMs: env.TANREN_KILL_GRACE_MS,
+      stageEnvNames: listSetting(env.TANREN_STAGE_ENV),
+      judgeBaseUrls: listSetting(env.TANREN_JUDGE_BASE_URLS),
+      secrets: [s3.accessKey, s3.secretKey],
       logUploadIntervalMs: env.TANREN_LOG_UPLOAD_INTERVAL_MS,
     },
   });
