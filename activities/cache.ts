@@ -2,8 +2,8 @@
  * The cross-run cache of stage outputs. A stage's cache key is the sha256 of
  * its kind or command, its resolved params, its program version and the
  * digests of its inputs' manifests. A hit is used only when every object of
- * the cached manifest still exists with its size; otherwise the stage runs
- * and the status says why.
+ * the cached manifest still exists with its size and its sha256 (streamed
+ * from the store); otherwise the stage runs and the status says why.
  */
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -11,7 +11,7 @@ import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { StageSpec } from '../schemas/pipeline.js';
 import { STAGE_KINDS, isStageKind } from '../schemas/stage-kinds.js';
-import { sha256File, type ObjectStore } from './storage.js';
+import { sha256File, sha256Object, type ObjectStore } from './storage.js';
 import type { OutputManifest, StageInputRef } from './types.js';
 
 /** What a cache key is made of; kept next to the entry so a miss can say what changed. */
@@ -144,7 +144,45 @@ async function readJson<T>(storage: ObjectStore, key: string): Promise<T | undef
   return JSON.parse(await storage.getText(key)) as T;
 }
 
-/** Looks a stage up in the cache and verifies that a hit's objects all still exist with their sizes. */
+/** How many cached objects are hashed at once: hides the store's latency for many small files. */
+const VERIFY_CONCURRENCY = 4;
+
+/**
+ * Checks that every object of a manifest is in the store with its size and
+ * sha256; returns why not (the first problem in manifest order), or undefined.
+ * Sizes are checked for all objects first (cheap), then digests are streamed
+ * from the store, a few at a time; nothing is held in memory whole.
+ */
+export async function verifyManifestObjects(storage: ObjectStore, manifest: OutputManifest): Promise<string | undefined> {
+  for (const f of manifest.files) {
+    const key = manifest.prefix + f.path;
+    const found = await storage.stat(key);
+    if (!found) return `object missing: ${key}`;
+    if (found.size !== f.size) return `object ${key} has ${found.size} bytes, manifest says ${f.size}`;
+  }
+  const problems: Array<string | undefined> = new Array(manifest.files.length);
+  let next = 0;
+  let failed = false;
+  const worker = async () => {
+    while (!failed && next < manifest.files.length) {
+      const i = next++;
+      const f = manifest.files[i]!;
+      const key = manifest.prefix + f.path;
+      const digest = await sha256Object(storage, key);
+      if (digest === undefined) problems[i] = `object missing: ${key}`;
+      else if (digest !== f.sha256) problems[i] = `digest mismatch: ${key} has sha256 ${digest}, manifest says ${f.sha256}`;
+      if (problems[i]) failed = true;
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(VERIFY_CONCURRENCY, manifest.files.length) }, worker));
+  return problems.find((p) => p !== undefined);
+}
+
+/**
+ * Looks a stage up in the cache and verifies that a hit's objects all still
+ * exist with their sizes and sha256 digests; a hit that fails the check is a
+ * miss whose reason says what was wrong (`cache hit rejected: digest mismatch: …`).
+ */
 export async function lookupCache(
   storage: ObjectStore,
   pipeline: string,
@@ -160,13 +198,8 @@ export async function lookupCache(
   }
   const manifest = await readJson<OutputManifest>(storage, entry.manifestKey);
   if (!manifest) return { hit: false, key, reason: `cache hit rejected: manifest missing (${entry.manifestKey})` };
-  for (const f of manifest.files) {
-    const found = await storage.stat(manifest.prefix + f.path);
-    if (!found) return { hit: false, key, reason: `cache hit rejected: object missing: ${manifest.prefix + f.path}` };
-    if (found.size !== f.size) {
-      return { hit: false, key, reason: `cache hit rejected: object ${manifest.prefix + f.path} has ${found.size} bytes, manifest says ${f.size}` };
-    }
-  }
+  const problem = await verifyManifestObjects(storage, manifest);
+  if (problem) return { hit: false, key, reason: `cache hit rejected: ${problem}` };
   return { hit: true, key, manifestKey: entry.manifestKey, fromRun: entry.runId, result: manifest.result, reason: `cache hit: outputs of run ${entry.runId}` };
 }
 

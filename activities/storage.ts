@@ -3,10 +3,13 @@
  * MinIO client (any S3 works) that verifies what it moves.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { mkdir, readdir, stat } from 'node:fs/promises';
+import { constants, createReadStream, type Dirent } from 'node:fs';
+import { mkdir, mkdtemp, open, readdir, rm } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import * as Minio from 'minio';
+import { FailureTypes } from '../schemas/names.js';
+import { stageFailure } from './errors.js';
 import type { ManifestEntry } from './types.js';
 
 /** Connection settings of the object store. Credentials never enter workflow history. */
@@ -36,6 +39,12 @@ export interface ObjectStore {
   stat(key: string): Promise<StoredObject | undefined>;
   list(prefix: string): Promise<StoredObject[]>;
   remove(keys: string[]): Promise<void>;
+  /**
+   * sha256 (hex) of a stored object, streamed: never held in memory whole;
+   * undefined when there is no such object. Optional: {@link sha256Object}
+   * falls back to a temporary download for stores without it.
+   */
+  sha256?(key: string): Promise<string | undefined>;
 }
 
 /** minio-js client options for an endpoint URL such as `https://s3.example:9000`. */
@@ -89,8 +98,7 @@ export function createObjectStore(config: ObjectStoreConfig): ObjectStore {
         const s = await client.statObject(bucket, key);
         return { key, size: s.size };
       } catch (err) {
-        const code = (err as { code?: string }).code;
-        if (code === 'NotFound' || code === 'NoSuchKey') return undefined;
+        if (isNotFound(err)) return undefined;
         throw err;
       }
     },
@@ -105,7 +113,47 @@ export function createObjectStore(config: ObjectStoreConfig): ObjectStore {
     async remove(keys) {
       if (keys.length) await client.removeObjects(bucket, keys);
     },
+    async sha256(key) {
+      let stream;
+      try {
+        stream = await client.getObject(bucket, key);
+      } catch (err) {
+        if (isNotFound(err)) return undefined;
+        throw err;
+      }
+      const hash = createHash('sha256');
+      for await (const chunk of stream) hash.update(chunk as Buffer);
+      return hash.digest('hex');
+    },
   });
+}
+
+function isNotFound(err: unknown): boolean {
+  const code = (err as { code?: string }).code;
+  return code === 'NotFound' || code === 'NoSuchKey';
+}
+
+/**
+ * sha256 (hex) of a stored object, or undefined when it does not exist.
+ * Streams it through the hash when the store can ({@link ObjectStore.sha256}),
+ * else downloads it to a temporary file and hashes that; either way the object
+ * is never buffered in memory whole.
+ */
+export async function sha256Object(storage: ObjectStore, key: string): Promise<string | undefined> {
+  if (storage.sha256) return storage.sha256(key);
+  const tmp = await mkdtemp(path.join(os.tmpdir(), 'tanren-sha256-'));
+  try {
+    const file = path.join(tmp, 'object');
+    try {
+      await storage.getFile(key, file);
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+    return await sha256File(file);
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
 }
 
 /** True for errors of a connection the server closed under us (a reused keep-alive socket, a restart). */
@@ -140,28 +188,109 @@ export async function sha256File(file: string): Promise<string> {
   return hash.digest('hex');
 }
 
-/** Every regular file under `dir`, as paths relative to it with `/` separators, sorted. */
-export async function listFiles(dir: string): Promise<string[]> {
-  const out: string[] = [];
+/** What is at a path that is not a regular file or a directory, for people: `a symbolic link`, `a FIFO`… */
+function irregularKind(e: Dirent): string {
+  if (e.isSymbolicLink()) return 'symbolic link';
+  if (e.isFIFO()) return 'FIFO';
+  if (e.isSocket()) return 'socket';
+  if (e.isBlockDevice() || e.isCharacterDevice()) return 'device';
+  return 'special file';
+}
+
+/** A directory's contents: regular files, and everything else that is neither one nor a directory. */
+export interface DirectoryScan {
+  /** Regular files, relative with `/` separators, sorted. */
+  files: string[];
+  /** Symbolic links (to files or directories, or dangling) and special files, sorted by path; never followed. */
+  irregular: Array<{ path: string; kind: string }>;
+}
+
+/** Walks `dir` without following symbolic links; see {@link DirectoryScan}. */
+export async function scanDirectory(dir: string): Promise<DirectoryScan> {
+  const files: string[] = [];
+  const irregular: DirectoryScan['irregular'] = [];
   const walk = async (rel: string) => {
     const entries = await readdir(path.join(dir, rel), { withFileTypes: true });
     for (const e of entries) {
       const r = rel ? `${rel}/${e.name}` : e.name;
       if (e.isDirectory()) await walk(r);
-      else if (e.isFile()) out.push(r);
+      else if (e.isFile()) files.push(r);
+      else irregular.push({ path: r, kind: irregularKind(e) });
     }
   };
   await walk('');
-  return out.sort();
+  return { files: files.sort(), irregular: irregular.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0)) };
 }
 
-/** Builds manifest entries (size and sha256) for every file under `dir`. */
-export async function describeFiles(dir: string): Promise<ManifestEntry[]> {
-  const files = await listFiles(dir);
+/** Every regular file under `dir`, as paths relative to it with `/` separators, sorted (symbolic links and special files are left out). */
+export async function listFiles(dir: string): Promise<string[]> {
+  return (await scanDirectory(dir)).files;
+}
+
+/** Options of {@link describeFiles}. */
+export interface DescribeFilesOptions {
+  /** The stage whose outputs these are, named in the error. */
+  stage?: string;
+}
+
+/** Names at most a few paths: `"a", "b", "c" and 4 more`. */
+function namePaths(paths: string[], most = 5): string {
+  const shown = paths.slice(0, most).map((p) => JSON.stringify(p)).join(', ');
+  return paths.length > most ? `${shown} and ${paths.length - most} more` : shown;
+}
+
+/**
+ * The `InvalidStageOutput` failure for symbolic links or special files in an
+ * output directory: `stage "x" wrote a symbolic link "path" in its outputs; write the file itself`.
+ */
+export function irregularOutputFailure(irregular: DirectoryScan['irregular'], where: DescribeFilesOptions & { dir: string }) {
+  const links = irregular.filter((i) => i.kind === 'symbolic link').map((i) => i.path);
+  const special = irregular.filter((i) => i.kind !== 'symbolic link');
+  const parts: string[] = [];
+  if (links.length === 1) parts.push(`a symbolic link ${namePaths(links)}`);
+  else if (links.length) parts.push(`symbolic links ${namePaths(links)}`);
+  if (special.length === 1) parts.push(`a ${special[0]!.kind} ${namePaths([special[0]!.path])}`);
+  else if (special.length) parts.push(`special files ${namePaths(special.map((s) => s.path))}`);
+  const what = parts.join(' and ');
+  const fix = irregular.length === 1 ? 'write the file itself' : 'write the files themselves';
+  const message = where.stage !== undefined ? `stage "${where.stage}" wrote ${what} in its outputs; ${fix}` : `output directory ${where.dir} has ${what}; ${fix}`;
+  return stageFailure(FailureTypes.InvalidStageOutput, message, { irregular: irregular.slice(0, 50) });
+}
+
+/**
+ * Builds manifest entries (size and sha256) for every file under `dir`.
+ *
+ * Outputs must be regular files: a symbolic link (or a FIFO, socket or device)
+ * anywhere under `dir` fails with a non-retryable `InvalidStageOutput`
+ * ApplicationFailure naming it, rather than being left out of the manifest.
+ * Each file is opened without following links and sized and hashed through
+ * that one descriptor, so a file swapped for a link after the walk fails too.
+ */
+export async function describeFiles(dir: string, opts: DescribeFilesOptions = {}): Promise<ManifestEntry[]> {
+  const { files, irregular } = await scanDirectory(dir);
+  if (irregular.length) throw irregularOutputFailure(irregular, { ...opts, dir });
   const entries: ManifestEntry[] = [];
   for (const rel of files) {
-    const full = path.join(dir, rel);
-    entries.push({ path: rel, size: (await stat(full)).size, sha256: await sha256File(full) });
+    let fh;
+    try {
+      fh = await open(path.join(dir, rel), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    } catch (err) {
+      if ((err as { code?: string }).code === 'ELOOP') throw irregularOutputFailure([{ path: rel, kind: 'symbolic link' }], { ...opts, dir });
+      throw err;
+    }
+    try {
+      const s = await fh.stat();
+      if (!s.isFile()) throw irregularOutputFailure([{ path: rel, kind: 'special file' }], { ...opts, dir });
+      const hash = createHash('sha256');
+      let size = 0;
+      for await (const chunk of fh.createReadStream({ autoClose: false, start: 0 })) {
+        hash.update(chunk as Buffer);
+        size += (chunk as Buffer).length;
+      }
+      entries.push({ path: rel, size, sha256: hash.digest('hex') });
+    } finally {
+      await fh.close();
+    }
   }
   return entries;
 }
