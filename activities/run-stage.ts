@@ -556,7 +556,7 @@ export function createRunStage(deps: StageRunnerDeps) {
       }
     }
 
-    const files = await describeFiles(dirs.output);
+    const files = await describeFiles(dirs.output, { stage: stage.id });
     const prefix = keys.outputs(runId, stage.id);
     try {
       for (const f of files) {

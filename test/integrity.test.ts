@@ -119,7 +119,7 @@ os.symlink("/etc/hostname", os.path.join(out, "sub", "link.txt"))
       assert.equal(err.type, 'InvalidStageOutput');
       assert.equal(err.nonRetryable, true);
       // run-stage names the stage once it passes { stage: stage.id } to describeFiles; until then the directory.
-      assert.match(err.message, /^(stage "linker" wrote|output directory \S+ has) a symbolic link "sub\/link\.txt"( in its outputs)?; write the file itself$/);
+      assert.equal(err.message, 'stage "linker" wrote a symbolic link "sub/link.txt" in its outputs; write the file itself');
       return true;
     });
     assert.equal(await storage.stat(keys.manifest(t.runId, 'linker')), undefined);

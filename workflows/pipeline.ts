@@ -109,6 +109,8 @@ export const LEAN_PROGRESS_PATCH = 'tanren-lean-progress-1';
 export const CONTINUE_AS_NEW_AFTER_EVENTS = 5000;
 /** Same, by history size in bytes (Temporal's hard limit is 50 MB). */
 export const CONTINUE_AS_NEW_AFTER_BYTES = 8 * 1024 * 1024;
+/** A cache hit streams every cached object through sha256 (about 5 s per GiB): room for large outputs. */
+const CACHE_LOOKUP_TIMEOUT = '1h';
 /** Most stages one execution runs at once. */
 export const MAX_STAGES_IN_FLIGHT = 200;
 /** Above this many stages the run's result lists each stage's outcome only. */
@@ -339,7 +341,7 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
     s.state = 'running';
     try {
       if (cacheOn(stage)) {
-        const lookup = await (lean ? proxyActivities<Activities>({ ...ioOptions, activityId: `cache:${stage.id}` }) : io).checkCache(task);
+        const lookup = await (lean ? proxyActivities<Activities>({ ...ioOptions, activityId: `cache:${stage.id}`, startToCloseTimeout: CACHE_LOOKUP_TIMEOUT }) : io).checkCache(task);
         s.cache = lookup.reason;
         if (lookup.hit) {
           results.set(stage.id, { manifestKey: lookup.manifestKey });

@@ -1,8 +1,10 @@
-"""Helpers shared by the model stages: finding inputs, tokenizers, devices, chat templates."""
+"""Helpers shared by the model stages: finding inputs, tokenizers, devices, chat templates, safe loading."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -10,6 +12,79 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .protocol import InvalidStageInput, StageConfigError, StageContext
+
+# Checkpoints and models come from object storage and the Hub: whoever can write there must not be able to run
+# code in a stage by unpickling. Every torch.load in a stage process (ours, transformers', peft's, trl's) is
+# therefore weights-only, even where a library asks for weights_only=False; the opposite switch would make
+# torch refuse to load anything, so it is dropped.
+os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+
+
+def _unpickle_reason(e: BaseException) -> str:
+    """The one line of torch's weights-only refusal that says what was refused (`Unsupported global: posix.system`)."""
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+    reason = m.group(1) if m else text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    return re.sub(r"\s*(Please use|Check the documentation).*$", "", reason).strip()[:300]
+
+
+def _weights_only_refusal(e: BaseException) -> BaseException | None:
+    """torch's weights-only refusal in e's chain of causes (libraries re-raise it as OSError and the like), or None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def load_weights(path: Path | str, *, map_location=None, what: str = "checkpoint file", allow_numpy: bool = False):
+    """torch.load(path, weights_only=True): tensors, dicts, lists, tuples, strings and numbers only.
+
+    A pickle that needs any other global (one whose `__reduce__` would call a function, i.e. run code) is refused
+    with InvalidStageInput naming the file, before anything in it runs; so is a file that is no torch checkpoint.
+    allow_numpy also admits plain numpy arrays (what older RNG-state files hold), never arbitrary objects.
+    """
+    import torch
+
+    globals_ = []
+    if allow_numpy:
+        import numpy as np
+
+        core = np._core if hasattr(np, "_core") else np.core
+        globals_ = [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    try:
+        with torch.serialization.safe_globals(globals_):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise InvalidStageInput(f"{path}: refused to load this {what}: it is not weights-only (tensors, lists, dicts, numbers) "
+                                    f"and unpickling it could run code ({_unpickle_reason(e)}); write it with torch.save of a "
+                                    "state dict, or as safetensors") from None
+        raise InvalidStageInput(f"{path}: this {what} cannot be read as a torch checkpoint ({_unpickle_reason(e)})") from None
+    except EOFError as e:
+        raise InvalidStageInput(f"{path}: this {what} is truncated ({e or 'ran out of input'})") from None
+    except RuntimeError as e:
+        if "PytorchStreamReader" not in str(e):  # e.g. CUDA out of memory while loading: not the file's fault
+            raise
+        raise InvalidStageInput(f"{path}: this {what} cannot be read as a torch checkpoint ({_unpickle_reason(e)})") from None
+
+
+@contextlib.contextmanager
+def refusing_unsafe_pickles(what: str):
+    """Turns a weights-only refusal inside a library's loading (a Trainer resuming, a PEFT adapter) into
+    InvalidStageInput naming `what`, instead of a crash."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001  (the refusal may arrive wrapped, e.g. as OSError)
+        refusal = _weights_only_refusal(e)
+        if refusal is None:
+            raise
+        raise InvalidStageInput(f"{what}: refused to load a file that is not weights-only (tensors, lists, dicts, numbers): "
+                                f"unpickling it could run code ({_unpickle_reason(refusal)})") from None
+
 
 # A minimal ChatML-style template for tokenizers that have none. The
 # {% generation %} markers let TRL compute the assistant-only loss mask.
@@ -221,11 +296,18 @@ def load_causal_lm(source: ModelSource, where: str, **kwargs):
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(source.base, attn_implementation="sdpa", **kwargs)
-    except OSError as e:
-        if source.hub:
-            raise StageConfigError(f"{where}: could not load Hub model {source.base}: {e}")
-        raise
+        # No code from the model's repo (trust_remote_code); weights from safetensors, else a weights-only torch.load.
+        return AutoModelForCausalLM.from_pretrained(source.base, attn_implementation="sdpa", trust_remote_code=False, weights_only=True,
+                                                    **kwargs)
+    except Exception as e:  # noqa: BLE001  (transformers re-raises the refusal as OSError)
+        refusal = _weights_only_refusal(e)
+        if refusal is None:
+            if isinstance(e, OSError) and source.hub:
+                raise StageConfigError(f"{where}: could not load Hub model {source.base}: {e}")
+            raise
+        raise InvalidStageInput(f"{where}: refused to load the weights of model {source.base}: they are not weights-only and "
+                                f"unpickling them could run code ({_unpickle_reason(refusal)}); use a model saved as "
+                                "safetensors") from None
 
 
 def match_vocab(model, tok) -> None:
@@ -238,7 +320,8 @@ def match_vocab(model, tok) -> None:
 def load_tokenizer(model_dir: "Path | str | ModelSource"):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir.tokenizer if isinstance(model_dir, ModelSource) else str(model_dir))
+    where = model_dir.tokenizer if isinstance(model_dir, ModelSource) else str(model_dir)
+    tok = AutoTokenizer.from_pretrained(where, trust_remote_code=False)
     if tok.pad_token is None:
         tok.pad_token = tok.unk_token or tok.eos_token
     if not tok.chat_template:

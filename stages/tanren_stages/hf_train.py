@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from .common import (CHAT_TEMPLATE, ModelSource, bf16_ok, bnb_4bit_config, ensure_chat_tokens, load_causal_lm, match_vocab, pick_device,
-                     resolve_model, write_pointer)
+                     refusing_unsafe_pickles, resolve_model, write_pointer)
 from .protocol import InvalidStageInput, StageConfigError, StageContext, StopFlag, read_jsonl
 
 try:  # the map() progress bars of datasets only clutter the stage log
@@ -130,7 +130,7 @@ def load_model_and_tokenizer(ctx: StageContext, device: str, *, reference_adapte
     if qlora:
         kwargs["quantization_config"] = bnb_4bit_config(p.source, device, torch.bfloat16 if bf16_ok(device) else torch.float16)
         kwargs["device_map"] = {"": 0}
-    tok = AutoTokenizer.from_pretrained(source.tokenizer)
+    tok = AutoTokenizer.from_pretrained(source.tokenizer, trust_remote_code=False)
     model = load_causal_lm(source, p.source, **kwargs)
     if not qlora:
         model.to(device)
@@ -152,15 +152,17 @@ def load_model_and_tokenizer(ctx: StageContext, device: str, *, reference_adapte
     if source.adapter is not None:
         from peft import PeftModel
 
-        if lora_config(ctx) is None:
-            model = PeftModel.from_pretrained(model, str(source.adapter)).merge_and_unload()
-        else:
-            print(f"continuing to train the LoRA adapter of {source.adapter} (its r/alpha/targets; field 'lora' sets only "
-                  "new adapters)", file=sys.stderr)
-            model = PeftModel.from_pretrained(model, str(source.adapter), is_trainable=True)
-            if reference_adapter:
-                model.load_adapter(str(source.adapter), adapter_name="reference", is_trainable=False)
-                model.set_adapter("default")
+        # peft reads adapter_model.safetensors, else adapter_model.bin weights-only (see common.py)
+        with refusing_unsafe_pickles(f"{p.source}: adapter {source.adapter}"):
+            if lora_config(ctx) is None:
+                model = PeftModel.from_pretrained(model, str(source.adapter)).merge_and_unload()
+            else:
+                print(f"continuing to train the LoRA adapter of {source.adapter} (its r/alpha/targets; field 'lora' sets only "
+                      "new adapters)", file=sys.stderr)
+                model = PeftModel.from_pretrained(model, str(source.adapter), is_trainable=True)
+                if reference_adapter:
+                    model.load_adapter(str(source.adapter), adapter_name="reference", is_trainable=False)
+                    model.set_adapter("default")
     return model, tok, source
 
 
@@ -270,7 +272,10 @@ def _vocab_resized(base, source: ModelSource | None) -> bool:
 
 def run_training(ctx: StageContext, trainer, cb, stop: StopFlag) -> None:
     resume = str(ctx.resume_from) if ctx.resume_from else None
-    trainer.train(resume_from_checkpoint=resume)
+    # The Trainer loads model (safetensors), optimizer, scheduler, scaler and RNG state (numpy arrays allowlisted)
+    # weights-only; common.py forces it for every torch.load, so a checkpoint that needs more is refused here.
+    with refusing_unsafe_pickles(f"TANREN_RESUME_FROM={resume}"):
+        trainer.train(resume_from_checkpoint=resume)
     if cb.stopped:
         print(f"stopped by signal {stop.signum} at step {trainer.state.global_step} after saving a checkpoint", file=sys.stderr, flush=True)
         sys.exit(128 + (stop.signum or 15))

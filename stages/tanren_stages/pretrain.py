@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import bf16_ok, pick_device
+from .common import bf16_ok, load_weights, pick_device
 from .indexed_dataset import IndexedDataset
 from .protocol import InvalidStageInput, OutOfMemory, StageConfigError, StageContext, StopFlag, run_stage, write_json
 
@@ -88,6 +88,40 @@ def find_data(ctx: StageContext, prefix: str) -> tuple[Path, Path | None]:
     raise InvalidStageInput(f"{ctx.params.source}: no {prefix}.idx in the needed stages (set 'input' or 'data_prefix')")
 
 
+def rng_state() -> dict:
+    """The RNG states of Python, numpy and torch (and CUDA) as tensors, lists and numbers only, so that the
+    checkpoint's rng.pt loads with torch.load(weights_only=True)."""
+    import torch
+
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    rng = {"format": 2,
+           "python": {"version": int(version), "state": [int(x) for x in internal], "gauss": gauss},
+           "numpy": {"kind": str(kind), "keys": [int(x) for x in keys], "pos": int(pos), "has_gauss": int(has_gauss),
+                     "cached_gaussian": float(cached)},
+           "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def set_rng_state(rng: dict) -> None:
+    """Restores what rng_state saved; also the numpy-tuple form of checkpoints written before it."""
+    import torch
+
+    py, npy = rng["python"], rng["numpy"]
+    if isinstance(py, dict):
+        random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+        np.random.set_state((npy["kind"], np.asarray(npy["keys"], dtype=np.uint32), npy["pos"], npy["has_gauss"],
+                             npy["cached_gaussian"]))
+    else:
+        random.setstate(py)
+        np.random.set_state(npy)
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
 def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, state: dict) -> str:
     import torch
 
@@ -98,10 +132,7 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, state: d
     torch.save(model.state_dict(), tmp / "model.pt")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(rng, tmp / "rng.pt")
+    torch.save(rng_state(), tmp / "rng.pt")
     model.config.to_json_file(str(tmp / "config.json"))
     write_json(tmp / "trainer_state.json", state)
     final = root / name
@@ -185,16 +216,13 @@ def main(ctx: StageContext) -> None:
         rf = ctx.resume_from
         if not (rf / "model.pt").is_file():
             raise InvalidStageInput(f"TANREN_RESUME_FROM={rf} is not a pretrain checkpoint (no model.pt)")
-        model.load_state_dict(torch.load(rf / "model.pt", map_location=device))
-        optimizer.load_state_dict(torch.load(rf / "optimizer.pt", map_location=device))
-        scheduler.load_state_dict(torch.load(rf / "scheduler.pt"))
+        # Weights-only loads: a checkpoint from object storage must not be able to run code here.
+        model.load_state_dict(load_weights(rf / "model.pt", map_location=device, what="model checkpoint"))
+        optimizer.load_state_dict(load_weights(rf / "optimizer.pt", map_location=device, what="optimizer checkpoint"))
+        scheduler.load_state_dict(load_weights(rf / "scheduler.pt", what="scheduler checkpoint"))
         state.update(json.loads((rf / "trainer_state.json").read_text()))
-        rng = torch.load(rf / "rng.pt", weights_only=False)
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        # Checkpoints written before rng_state() hold numpy arrays: admitted as plain arrays, nothing else.
+        set_rng_state(load_weights(rf / "rng.pt", what="RNG state", allow_numpy=True))
         print(f"resumed from {rf} at step {state['step']} (consumed {state['consumed_samples']} samples)", file=sys.stderr)
         # the engine may have changed the batch split after an OOM: keep the data position, use the new split
         state["micro_batch_size"], state["gradient_accumulation_steps"] = mbs, gas
