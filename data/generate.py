@@ -5,8 +5,8 @@
 
 Everything here is synthetic and written by us: Japanese sentences built from
 vocabulary templates so a tokenizer and a tiny LM have structure to learn, in
-the real formats (wiki-40b parquet with its markers, chat/DPO jsonl, llm-jp-eval
-JSON, MT-bench question/reference jsonl).
+the real formats (wiki-40b parquet with its markers, chat/DPO jsonl, llm-jp-eval's
+jaster layout train/dev/test, MT-bench question/reference jsonl).
 """
 from __future__ import annotations
 
@@ -123,25 +123,44 @@ def dpo(rng: random.Random) -> None:
     (HERE / "dpo" / "pairs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 def jaster(rng: random.Random) -> None:
+    """Toy datasets in the layout llm-jp-eval's preprocessing writes: jaster/{train,dev,test}/<dataset>.json, each
+    {instruction, output_length, metrics, samples}; the evaluator reads test/ and takes few-shot examples from the
+    first samples of train/. They are not jaster datasets, so each names its llm-jp-eval category (a tanren field)."""
+    import shutil
+
     d = HERE / "jaster"
-    d.mkdir(exist_ok=True)
-    samples = []
+    if d.exists():
+        shutil.rmtree(d)
+
+    def write(name: str, category: str, instruction: str, output_length: int, metrics: list, samples: list, splits: tuple) -> None:
+        n_train, n_dev = splits
+        for split, part in (("train", samples[:n_train]), ("dev", samples[n_train:n_train + n_dev]), ("test", samples[n_train + n_dev:])):
+            (d / split).mkdir(parents=True, exist_ok=True)
+            obj = {"instruction": instruction, "output_length": output_length, "metrics": metrics, "category": category, "samples": part}
+            (d / split / f"{name}.json").write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+    mc = []
     for p, r in [(q.split("は")[0], a.split("は")[1].replace("にあります。", "")) for q, a in QA]:
         choices = rng.sample(REGIONS, 3)
         if r not in choices:
             choices[rng.randrange(3)] = r
-        ans = choices.index(r)
-        samples.append({"input": f"質問：{p}は何地方にありますか？\n選択肢：0.{choices[0]},1.{choices[1]},2.{choices[2]}", "output": str(ans)})
-    mc = {"instruction": "質問と回答の選択肢を入力として受け取り、選択肢から回答を選択してください。回答の他には何も含めないことを厳守してください。",
-          "output_length": 1, "metrics": ["exact_match"], "few_shots": samples[:3], "samples": samples[3:]}
-    (d / "toy_regionqa.json").write_text(json.dumps(mc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    qa = []
-    for i in range(12):
+        mc.append({"input": f"質問：{p}は何地方にありますか？\n選択肢：0.{choices[0]},1.{choices[1]},2.{choices[2]}", "output": str(choices.index(r))})
+    write("toy_regionqa", "MC", "質問と回答の選択肢を入力として受け取り、選択肢から回答を選択してください。回答の他には何も含めないことを厳守してください。",
+          1, ["exact_match"], mc, (4, 3))
+    rc = []
+    for i in range(14):
         person, job, place = PEOPLE[i % len(PEOPLE)], JOBS[i % len(JOBS)], PLACES[i % len(PLACES)]
-        qa.append({"input": f"文章：{job}の{person}は{place}で生まれた。\n質問：{person}はどこで生まれましたか？", "output": place})
-    rc = {"instruction": "文章と質問を入力として受け取り、質問に対する回答を抜き出してください。回答の他には何も含めないことを厳守してください。",
-          "output_length": 8, "metrics": ["char_f1", "exact_match"], "few_shots": qa[:2], "samples": qa[2:]}
-    (d / "toy_birthplace.json").write_text(json.dumps(rc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        rc.append({"input": f"文章：{job}の{person}は{place}で生まれた。\n質問：{person}はどこで生まれましたか？", "output": place})
+    write("toy_birthplace", "RC", "文章と質問を入力として受け取り、質問に対する回答を抜き出してください。回答の他には何も含めないことを厳守してください。",
+          8, ["char_f1", "exact_match", "bleu_ja"], rc, (4, 2))
+    ner = []
+    for i in range(12):
+        places = rng.sample(PLACES, rng.randint(1, 3))
+        text = "、".join(f"{p}の{rng.choice(KINDS)}" for p in places) + "を訪れた。"
+        ner.append({"input": f"文章：{rng.choice(PEOPLE)}は{text}", "output": "\n".join(places)})
+    write("toy_places", "FA", "文章を入力として受け取り、文章に含まれる地名を出現順に一行に一つずつ抜き出してください。回答の他には何も含めないことを厳守してください。",
+          16, ["set_f1"], ner, (4, 2))
+
 
 def mt_bench() -> None:
     d = HERE / "mt-bench"
@@ -176,7 +195,7 @@ def main() -> None:
     wiki40b(rng)
     sft(rng)
     dpo(rng)
-    jaster(rng)
+    jaster(random.Random(SEED))  # its own generator: the eval fixtures do not move when the others change
     mt_bench()
     reference_scores()
 

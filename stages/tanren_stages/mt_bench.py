@@ -1,81 +1,44 @@
-"""Stage `mt_bench`: MT-Bench style two-turn answers, judged by an OpenAI-compatible endpoint.
+"""Stage `mt_bench`: Japanese MT-Bench answers, judged by an OpenAI-compatible endpoint, as Stability AI's FastChat
+fork (jp-stable) does it; see eval/mtbench.py for the sources of every setting.
 
 params (defaults):
-  model / input     HF model dir, Hub repo id "org/name", or model/ of a needed stage (full weights, or
-                    base.json: base + the stage's adapter/)
-  precision         "auto" (bf16 on CUDA, fp16 where bf16 is unsupported, fp32 on CPU) | bf16 | fp16 | fp32
-  load_in_4bit      NF4 base (needs CUDA + bitsandbytes); default: true on CUDA for an adapter trained
-                    on a 4-bit base (QLoRA sft/dpo), else false
-  questions         question.jsonl ({question_id, category, turns[2]}); required
-  reference         reference answers jsonl ({question_id, choices:[{turns}]} or {question_id, turns}),
-                    used for the categories in reference_categories (math, reasoning, coding)
-  max_new_tokens    512; temperature 0.0 (greedy); max_questions (all)
-  judge             {base_url, model, api_key_env (the NAME of an env var holding the key), timeout_s 120,
-                     max_retries 3, price_per_1k_input, price_per_1k_output}
-Without `judge` the answers are written and the result is {"judge": "not configured"}.
-Outputs: answers.jsonl, judgments.jsonl, scores.json. Result: score, per-category scores, judge tokens/cost.
+  model / input       HF model dir, Hub repo id "org/name", or model/ of a needed stage (full weights, or
+                      base.json: base + the stage's adapter/)
+  precision           "auto" (bf16 on CUDA, fp16 where bf16 is unsupported, fp32 on CPU) | bf16 | fp16 | fp32
+  load_in_4bit        NF4 base (needs CUDA + bitsandbytes); default: true on CUDA for an adapter trained
+                      on a 4-bit base (QLoRA sft/dpo), else false
+  questions           question.jsonl ({question_id, category, turns}); required
+  reference           reference answers jsonl ({question_id, choices:[{turns}]} or {question_id, turns}); with a judge,
+                      every question in reference_categories (math, reasoning, coding) must have one (else exit 2)
+  max_new_tokens      512 for every category (the fork's --max-new-token)
+  temperature         per category as the fork's temperature_config (writing/roleplay 0.5, extraction/stem/humanities
+                      0.2, math/coding/reasoning 0.1, others 0.7); a number here overrides it for every category
+  top_p 0.9, repetition_penalty 1.1 (the fork's defaults); seed 0 (torch.manual_seed before each question)
+  max_questions       all; max_turns 2
+  judge               {base_url, model, api_key_env (the NAME of an env var holding the key), prompts "en"
+                       (judge_prompts.jsonl) | "ja" (judge_ja_prompts.jsonl for turn 1), rating_retries 2 (asks again
+                       when a judgment has no [[rating]]), timeout_s 120, max_retries 3 (HTTP), price_per_1k_input,
+                       price_per_1k_output}
+Without `judge` the answers are written and the result is {"judge": "not configured", "answered": n}.
+Outputs: answers.jsonl (with each question's sampling settings), judgments.jsonl (every judgment: judge model,
+prompt name and file, the messages, every reply, the rating), scores.json. Result: score, per-category and per-turn
+scores, judge, judge tokens/cost.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .eval import mtbench
 from .protocol import InvalidStageInput, StageConfigError, StageContext, read_jsonl, run_stage, write_json
-
-REFERENCE_CATEGORIES = ["math", "reasoning", "coding"]
-JUDGE_SYSTEM = "You are a helpful assistant."
-_INSTRUCTION = ("Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant to the user "
-                "question displayed below. {focus}Begin your evaluation by providing a short explanation. Be as objective as possible. "
-                "After providing your explanation, you must rate the response on a scale of 1 to 10 by strictly following this format: "
-                "\"[[rating]]\", for example: \"Rating: [[5]]\".")
-_GENERAL = ("Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, creativity, and level of "
-            "detail of the response. ")
-_REF = ("Your evaluation should consider correctness and helpfulness. You will be given a reference answer and the assistant's "
-        "answer. Begin your evaluation by comparing the assistant's answer with the reference answer. Identify and correct any mistakes. ")
-_SCORE = re.compile(r"\[\[(\d+\.?\d*)\]\]")
-_SCORE_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
-
-
-def parse_rating(text: str) -> float | None:
-    """The judge's [[n]] rating (1–10), else a single-bracket [n], else None (unparsable)."""
-    for pat in (_SCORE, _SCORE_BACKUP):
-        m = pat.findall(text or "")
-        if m:
-            try:
-                v = float(m[-1] if pat is _SCORE else m[0])
-            except ValueError:
-                continue
-            if 0 <= v <= 10:
-                return v
-    return None
-
-
-def judge_prompt(question: dict, answers: list[str], turn: int, reference: list[str] | None) -> str:
-    """FastChat single-answer grading prompt; turn 2 shows the whole conversation and asks about the second answer."""
-    focus = _REF if reference else _GENERAL
-    if turn == 1:
-        body = f"[Question]\n{question['turns'][0]}\n\n"
-        if reference:
-            body += f"[The Start of Reference Answer]\n{reference[0]}\n[The End of Reference Answer]\n\n"
-        body += f"[The Start of Assistant's Answer]\n{answers[0]}\n[The End of Assistant's Answer]"
-        return "[Instruction]\n" + _INSTRUCTION.format(focus=focus) + "\n\n" + body
-    focus2 = focus + "You evaluate the second user question. "
-    conv = (f"<|The Start of Assistant A's Conversation with User|>\n\n### User:\n{question['turns'][0]}\n\n### Assistant A:\n{answers[0]}\n\n"
-            f"### User:\n{question['turns'][1]}\n\n### Assistant A:\n{answers[1]}\n\n<|The End of Assistant A's Conversation with User|>")
-    ref = ""
-    if reference and len(reference) > 1:
-        ref = (f"<|The Start of Reference Answer|>\n\n### User:\n{question['turns'][0]}\n\n### Reference answer:\n{reference[0]}\n\n"
-               f"### User:\n{question['turns'][1]}\n\n### Reference answer:\n{reference[1]}\n\n<|The End of Reference Answer|>\n\n")
-    return "[Instruction]\n" + _INSTRUCTION.format(focus=focus2) + "\n\n" + ref + conv
 
 
 class Judge:
-    """POSTs chat completions to an OpenAI-compatible endpoint with urllib; counts tokens."""
+    """POSTs chat completions to an OpenAI-compatible endpoint with urllib; counts calls and tokens."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None, timeout_s: float = 120, max_retries: int = 3):
         self.url = base_url.rstrip("/") + "/chat/completions"
@@ -87,9 +50,9 @@ class Judge:
         self.completion_tokens = 0
         self.calls = 0
 
-    def __call__(self, prompt: str) -> str:
-        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": 2048,
-                           "messages": [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": prompt}]}).encode()
+    def __call__(self, messages: list[dict]) -> str:
+        body = json.dumps({"model": self.model, "temperature": mtbench.JUDGE_TEMPERATURE, "max_tokens": mtbench.JUDGE_MAX_TOKENS,
+                           "n": 1, "messages": messages}).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -108,7 +71,7 @@ class Judge:
                 last = f"HTTP {e.code} from {self.url}"
                 if e.code in (401, 403, 404):
                     raise StageConfigError(f"judge: {last} (check judge.base_url, judge.model and the key in judge.api_key_env)")
-            except (urllib.error.URLError, TimeoutError, OSError, KeyError, IndexError, json.JSONDecodeError) as e:
+            except (urllib.error.URLError, TimeoutError, OSError, KeyError, IndexError, TypeError, json.JSONDecodeError) as e:
                 last = f"{type(e).__name__}: {e}"
             time.sleep(min(30, 2 ** attempt))
         raise StageConfigError(f"judge at {self.url} failed {self.max_retries} times: {last}")
@@ -117,8 +80,9 @@ class Judge:
 def load_questions(path: Path, limit: int | None) -> list[dict]:
     qs = []
     for ln, q in read_jsonl(path):
-        if not isinstance(q, dict) or "question_id" not in q or not isinstance(q.get("turns"), list) or not q["turns"]:
-            raise InvalidStageInput(f"{path}:{ln}: need fields question_id, category, turns (a non-empty list)")
+        if not isinstance(q, dict) or "question_id" not in q or not isinstance(q.get("turns"), list) or not q["turns"] \
+                or not all(isinstance(t, str) for t in q["turns"]):
+            raise InvalidStageInput(f"{path}:{ln}: need fields question_id, category, turns (a non-empty list of strings)")
         q.setdefault("category", "general")
         qs.append(q)
     return qs[:limit] if limit else qs
@@ -129,6 +93,8 @@ def load_references(path: Path | None) -> dict:
     if path is None:
         return refs
     for ln, r in read_jsonl(path):
+        if not isinstance(r, dict):
+            raise InvalidStageInput(f"{path}:{ln}: need an object with question_id and turns (or choices[0].turns)")
         turns = r.get("turns") if "turns" in r else ((r.get("choices") or [{}])[0].get("turns"))
         if "question_id" not in r or not isinstance(turns, list):
             raise InvalidStageInput(f"{path}:{ln}: need question_id and turns (or choices[0].turns)")
@@ -136,12 +102,60 @@ def load_references(path: Path | None) -> dict:
     return refs
 
 
+def judge_answers(judge: Judge, prompts: dict, questions: list[dict], answers: list[dict], refs: dict, ref_cats: list[str],
+                  rating_retries: int, out_file: Path, progress=None) -> list[dict]:
+    """Single-answer grading of every turn (turn 1: single-v1 / single-math-v1; turn 2: the multi-turn prompts);
+    each judgment with every reply the judge gave until one had a rating."""
+    judgments = []
+    with open(out_file, "w", encoding="utf-8") as fh:
+        for q, a in zip(questions, answers):
+            ref = refs.get(q["question_id"]) if q["category"] in ref_cats else None
+            for turn in range(1, min(2, len(a["turns"])) + 1):
+                name = mtbench.judge_prompt_name(q["category"], turn, ref_cats)
+                prompt = prompts[name]
+                messages = mtbench.judge_messages(prompt, q, a["turns"], ref, turn)
+                replies, rating = [], None
+                for _ in range(1 + rating_retries):
+                    text = judge(messages)
+                    replies.append(text)
+                    rating = mtbench.parse_rating(text)
+                    if rating is not None:
+                        break
+                rec = {"question_id": q["question_id"], "category": q["category"], "turn": turn,
+                       "judge": [judge.model, name], "prompt_file": prompt["file"],
+                       "prompt_source": f"{mtbench.FASTCHAT_REPO} {mtbench.FASTCHAT_BRANCH}@{mtbench.FASTCHAT_COMMIT}",
+                       "system_prompt": messages[0]["content"], "user_prompt": messages[1]["content"],
+                       "judgment": replies[-1], "attempts": replies, "rating": rating,
+                       "score": rating if rating is not None else -1,  # upstream's -1 for "no rating found"
+                       "status": "ok" if rating is not None else "unparsable", "with_reference": ref is not None}
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                judgments.append(rec)
+            if progress is not None:
+                progress(q)
+    return judgments
+
+
+def summarise(judgments: list[dict]) -> dict:
+    """show_result.py: ratings of -1 dropped; the average over every judged turn, and per turn; per category too."""
+    ok = [j for j in judgments if j["rating"] is not None]
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    cats: dict[str, list[float]] = {}
+    for j in ok:
+        cats.setdefault(j["category"], []).append(j["rating"])
+    return {"score": mean([j["rating"] for j in ok]),
+            "turn_1": mean([j["rating"] for j in ok if j["turn"] == 1]),
+            "turn_2": mean([j["rating"] for j in ok if j["turn"] == 2]),
+            "categories": {c: mean(v) for c, v in sorted(cats.items())},
+            "unparsable": len(judgments) - len(ok), "judged": len(judgments)}
+
+
 def main(ctx: StageContext) -> None:
+    from .common import set_seed
     from .generation import Generator
 
     p = ctx.params
-    p.reject_unknown({"model", "input", "questions", "reference", "max_new_tokens", "temperature", "max_questions", "judge",
-                      "reference_categories", "device", "seed", "precision", "load_in_4bit"})
+    p.reject_unknown({"model", "input", "questions", "reference", "max_new_tokens", "temperature", "top_p", "repetition_penalty",
+                      "max_questions", "max_turns", "judge", "reference_categories", "device", "seed", "precision", "load_in_4bit"})
     qpath = Path(p.str("questions", required=True))
     if not qpath.is_file():
         raise InvalidStageInput(f"{p.source}: field 'questions': {qpath} does not exist")
@@ -150,13 +164,15 @@ def main(ctx: StageContext) -> None:
         raise InvalidStageInput(f"{p.source}: field 'reference': {rpath} does not exist")
     questions = load_questions(qpath, p.int("max_questions", None, min=1))
     refs = load_references(rpath)
-    ref_cats = p.list("reference_categories", REFERENCE_CATEGORIES)
+    ref_cats = p.list("reference_categories", mtbench.NEED_REF_CATS)
     jp = p.sub("judge")
     if jp is not None and not jp.raw("base_url") and not jp.raw("model"):
         # A spec that leaves the judge's params empty (the tiny pipeline's default) has no judge.
         jp = None
     judge = None
     if jp is not None:
+        jp.reject_unknown({"base_url", "model", "api_key_env", "prompts", "rating_retries", "timeout_s", "max_retries",
+                           "price_per_1k_input", "price_per_1k_output"})
         key_env = jp.str("api_key_env")
         key = None
         if key_env:
@@ -165,57 +181,75 @@ def main(ctx: StageContext) -> None:
                 raise StageConfigError(f"{jp.source}: field 'api_key_env' names {key_env}, which is not set in the worker's environment")
         judge = Judge(jp.str("base_url", required=True), jp.str("model", required=True), key,
                       jp.float("timeout_s", 120, min=1), jp.int("max_retries", 3, min=1))
+        missing = mtbench.missing_references(questions, refs, ref_cats)
+        if missing:
+            where = f"field 'reference' ({rpath})" if rpath else "field 'reference' (not set)"
+            raise InvalidStageInput(f"{p.source}: {where}: the judge grades {', '.join(ref_cats)} questions against a reference "
+                                    f"answer, and these have none: {'; '.join(missing)}")
+    language = jp.str("prompts", "en", choices=["en", "ja"]) if jp is not None else "en"
+    rating_retries = jp.int("rating_retries", 2, min=0) if jp is not None else 0
 
     gen = Generator.from_ctx(ctx)
-    max_new = p.int("max_new_tokens", 512, min=1)
-    temp = p.float("temperature", 0.0, min=0)
+    max_new = p.int("max_new_tokens", mtbench.MAX_NEW_TOKENS, min=1)
+    temp_override = p.float("temperature", None, min=0)
+    top_p = p.float("top_p", mtbench.TOP_P, min=0, max=1)
+    rep = p.float("repetition_penalty", mtbench.REPETITION_PENALTY, min=0)
+    max_turns = p.int("max_turns", 2, min=1, max=2)
+    seed = p.int("seed", mtbench.SEED)
     answers = []
     with open(ctx.output / "answers.jsonl", "w", encoding="utf-8") as fh:
         for i, q in enumerate(questions):
+            temp = mtbench.temperature_for(q["category"]) if temp_override is None else temp_override
+            set_seed(seed)  # gen_model_answer.py: torch.manual_seed(choice) before each question's turns
             msgs, outs, ntok = [], [], 0
-            for turn in q["turns"][:2]:
+            for turn in q["turns"][:max_turns]:
                 msgs.append({"role": "user", "content": turn})
-                text, n = gen.chat(msgs, max_new, temp)
+                text, n = mtbench.sample_chat(gen, msgs, max_new, temp, top_p, rep)
                 ntok += n
-                outs.append(text.strip())
-                msgs.append({"role": "assistant", "content": text.strip()})
-            rec = {"question_id": q["question_id"], "category": q["category"], "turns": outs, "new_tokens": ntok}
+                outs.append(text)
+                msgs.append({"role": "assistant", "content": text})
+            rec = {"question_id": q["question_id"], "category": q["category"], "turns": outs, "new_tokens": ntok,
+                   "generate_params": {"do_sample": temp >= 1e-4, "temperature": temp, "top_p": top_p, "repetition_penalty": rep,
+                                       "max_new_token": max_new, "seed": seed}}
             answers.append(rec)
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             ctx.progress(i + 1, len(questions), message=f"answered {q['question_id']}")
-    ctx.artifact("answers.jsonl", "model answers (two turns)")
+    ctx.artifact("answers.jsonl", "model answers, with each question's sampling settings")
     if judge is None:
         ctx.result({"judge": "not configured", "answered": len(answers)})
         return
 
-    judgments, by_cat, unparsable = [], {}, 0
-    with open(ctx.output / "judgments.jsonl", "w", encoding="utf-8") as fh:
-        for q, a in zip(questions, answers):
-            ref = refs.get(q["question_id"]) if q["category"] in ref_cats else None
-            for turn in range(1, len(a["turns"]) + 1):
-                text = judge(judge_prompt(q, a["turns"], turn, ref))
-                rating = parse_rating(text)
-                rec = {"question_id": q["question_id"], "category": q["category"], "turn": turn, "rating": rating,
-                       "status": "ok" if rating is not None else "unparsable", "with_reference": ref is not None, "judgment": text}
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                judgments.append(rec)
-                if rating is None:
-                    unparsable += 1
-                else:
-                    by_cat.setdefault(q["category"], []).append(rating)
-            ctx.progress(len(judgments), 2 * len(questions), message=f"judged {q['question_id']}")
-    cats = {c: sum(v) / len(v) for c, v in sorted(by_cat.items())}
-    all_r = [r for v in by_cat.values() for r in v]
-    score = sum(all_r) / len(all_r) if all_r else None
+    prompts = mtbench.load_prompts(language)
+    done = [0]
+
+    def progress(q):
+        done[0] += 1
+        ctx.progress(done[0], len(questions), message=f"judged {q['question_id']}")
+
+    judgments = judge_answers(judge, prompts, questions, answers, refs, ref_cats, rating_retries, ctx.output / "judgments.jsonl", progress)
+    ctx.artifact("judgments.jsonl", "every judgment: judge, prompt, replies, rating")
+    s = summarise(judgments)
     cost = None
     if jp.has("price_per_1k_input") or jp.has("price_per_1k_output"):
         cost = judge.prompt_tokens / 1000 * jp.float("price_per_1k_input", 0.0) + judge.completion_tokens / 1000 * jp.float("price_per_1k_output", 0.0)
     usage = {"judge_calls": judge.calls, "judge_prompt_tokens": judge.prompt_tokens, "judge_completion_tokens": judge.completion_tokens,
              "judge_cost": cost}
-    write_json(ctx.output / "scores.json", {"score": score, "categories": cats, "unparsable": unparsable, **usage})
-    ctx.artifact("scores.json", "per-category and overall MT-Bench scores")
-    ctx.metric({"score": score, **{f"category/{c}": v for c, v in cats.items()}} if score is not None else {f"category/{c}": v for c, v in cats.items()})
-    ctx.result({"score": score, "categories": cats, "unparsable": unparsable, "judge": jp.str("model"), **usage})
+    judge_info = {"model": judge.model, "prompts": language,
+                  "prompt_files": sorted({j["prompt_file"] for j in judgments}),
+                  "prompt_source": f"{mtbench.FASTCHAT_REPO} {mtbench.FASTCHAT_BRANCH}@{mtbench.FASTCHAT_COMMIT}",
+                  "rating_retries": rating_retries, "temperature": mtbench.JUDGE_TEMPERATURE, "max_tokens": mtbench.JUDGE_MAX_TOKENS}
+    generation = {"temperature": "per category" if temp_override is None else temp_override,
+                  "temperature_config": mtbench.TEMPERATURE_CONFIG, "default_temperature": mtbench.DEFAULT_TEMPERATURE,
+                  "max_new_tokens": max_new, "top_p": top_p, "repetition_penalty": rep, "seed": seed, "max_turns": max_turns}
+    write_json(ctx.output / "scores.json", {**s, "judge": judge_info, "generation": generation, **usage})
+    ctx.artifact("scores.json", "MT-Bench score: average over judged turns, per turn and per category")
+    vals = {f"category/{c}": v for c, v in s["categories"].items()}
+    for k in ("score", "turn_1", "turn_2"):
+        if s[k] is not None:
+            vals[k] = s[k]
+    ctx.metric(vals)
+    ctx.result({"score": s["score"], "turn_1": s["turn_1"], "turn_2": s["turn_2"], "categories": s["categories"],
+                "unparsable": s["unparsable"], "judge": judge.model, "judge_prompts": language, **usage})
 
 
 if __name__ == "__main__":
