@@ -13,7 +13,7 @@ node_modules/.tanren-installed: package.json package-lock.json
 
 install: node_modules/.tanren-installed tools build ## install Node packages and tools, build
 
-tools: ## install temporal, the test server, tctl, MinIO and uv into the per-user cache
+tools: ## install temporal, the test server, tctl, MinIO, mc and uv into the per-user cache
 	infra/install-tools
 
 build: node_modules/.tanren-installed ## compile the TypeScript into dist/

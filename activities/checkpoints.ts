@@ -415,6 +415,9 @@ export async function restoreLatestCheckpoint(
     candidates.push(hint);
   }
   for (const ref of await listCheckpoints(storage, runId, stage)) if (ref.key !== hint?.key) candidates.push(ref);
+  // Newest first: the hint (the last checkpoint the previous attempt heartbeated) may be older than one
+  // uploaded just before its worker died. Among equal steps the hint goes first (sort is stable).
+  candidates.sort((a, b) => (b.step ?? -1) - (a.step ?? -1));
   const skipped: RestoredCheckpoint['skipped'] = [];
   for (const ref of candidates) {
     let dir: string;

@@ -68,13 +68,24 @@ export function createObjectStore(config: ObjectStoreConfig): ObjectStore {
     bucket,
     endpoint: config.endpoint,
     async ensureBucket() {
-      if (!(await client.bucketExists(bucket))) {
-        try {
-          await client.makeBucket(bucket, config.region ?? 'us-east-1');
-        } catch (err) {
-          // Two workers starting together may both try to create it.
-          if (!(await client.bucketExists(bucket))) throw err;
-        }
+      // Workers hold a user restricted to one bucket: it may not create buckets, nor see others.
+      const denied = (err: unknown) => (err as { code?: string }).code === 'AccessDenied';
+      const hint = 'create it, and a user for it, with the set-up step (`infra/dev up`, or infra/production/minio/setup.sh)';
+      let exists: boolean;
+      try {
+        exists = await client.bucketExists(bucket);
+      } catch (err) {
+        if (denied(err)) throw new Error(`these credentials may not use bucket "${bucket}" at ${config.endpoint} (is TANREN_BUCKET the bucket the set-up gave this user?); ${hint}`, { cause: err });
+        throw err;
+      }
+      if (exists) return;
+      try {
+        await client.makeBucket(bucket, config.region ?? 'us-east-1');
+      } catch (err) {
+        // Two workers starting together may both try to create it.
+        if (await client.bucketExists(bucket)) return;
+        if (denied(err)) throw new Error(`bucket "${bucket}" does not exist at ${config.endpoint} and these credentials may not create it; ${hint}`, { cause: err });
+        throw err;
       }
     },
     async putFile(key, file) {

@@ -29,13 +29,28 @@ export const StageDurationSchema = DurationSchema.refine(
   { message: 'out of range: a stage timeout is between 1s and 30d' },
 );
 
+const MAX_RETRY_INTERVAL_MS = 30 * 86_400_000;
+
+/**
+ * A retry interval: a duration from 1 ms to 30 d. Shorter rounds to 0, which
+ * Temporal refuses ("cannot be 0"); far longer (`1e30d`) is no time span a
+ * retry policy can carry, and the stage would crash when scheduled instead.
+ */
+export const RetryIntervalSchema = DurationSchema.refine(
+  (v) => {
+    const ms = parseDuration(v);
+    return ms === undefined || (ms >= 1 && ms <= MAX_RETRY_INTERVAL_MS);
+  },
+  { message: 'out of range: a retry interval is between 1ms and 30d' },
+);
+
 /** Retry policy of a stage's activity; unset fields fall back to `defaults.retry`. */
 export const RetryPolicySchema = z
   .object({
     maximumAttempts: z.number().int().min(0).optional().describe('Attempts in all, 0 for unlimited. @default 3'),
-    initialInterval: DurationSchema.optional().describe('Wait before the first retry. @default 1s'),
+    initialInterval: RetryIntervalSchema.optional().describe('Wait before the first retry. @default 1s'),
     backoffCoefficient: z.number().min(1).optional().describe('Each wait is the previous one times this. @default 2'),
-    maximumInterval: DurationSchema.optional().describe('Longest wait between retries. @default 100 times initialInterval'),
+    maximumInterval: RetryIntervalSchema.optional().describe('Longest wait between retries. @default 100 times initialInterval'),
   })
   .strict()
   .refine(

@@ -4,6 +4,7 @@
  * problem names the stage id and the field path. Pure code.
  */
 import type { z } from 'zod';
+import { parseDuration } from './durations.js';
 import { PipelineSpecSchema, type PipelineSpec } from './pipeline.js';
 import { isStageKind, STAGE_KIND_NAMES, STAGE_KINDS } from './stage-kinds.js';
 
@@ -20,6 +21,25 @@ export interface SpecProblem {
 export type SpecValidation = { ok: true; spec: PipelineSpec } | { ok: false; problems: SpecProblem[] };
 
 const PARAM_REF = /\$\{\{\s*params\.([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}/g;
+
+/** Longest name (stage id, need, kind, parameter) quoted in a message; a valid stage id is never cut. */
+const MAX_NAME_CHARS = 64;
+/** Longest path and message of one problem, and longest formatted line: 50 lines stay under the 64 KB a failure message may have. */
+const MAX_PATH_CHARS = 300;
+const MAX_MESSAGE_CHARS = 1000;
+const MAX_LINE_CHARS = 1200;
+
+/** Cuts `text` to at most `max` characters, ending in "…"; never splits a surrogate pair. */
+function clip(text: string, max: number): string {
+  if (text.length <= max) return text;
+  let end = max - 1;
+  const c = text.charCodeAt(end - 1);
+  if (c >= 0xd800 && c <= 0xdbff) end--;
+  return `${text.slice(0, end)}…`;
+}
+
+/** A user-supplied name as it appears in a message. */
+const q = (name: string) => clip(name, MAX_NAME_CHARS);
 
 /** Turns a zod path into `stages[2].with.lr`. */
 export function formatPath(path: ReadonlyArray<PropertyKey>): string {
@@ -42,7 +62,7 @@ function stageIdAt(raw: unknown, index: unknown): string | undefined {
 function zodProblems(raw: unknown, error: z.ZodError): SpecProblem[] {
   return error.issues.map((issue) => {
     let message = issue.message;
-    if (issue.code === 'unrecognized_keys') message = `unknown field(s): ${issue.keys.join(', ')}`;
+    if (issue.code === 'unrecognized_keys') message = `unknown field(s): ${listSome(issue.keys)}`;
     const stage = issue.path[0] === 'stages' ? stageIdAt(raw, issue.path[1]) : undefined;
     return { path: formatPath(issue.path), ...(stage ? { stage } : {}), message };
   });
@@ -96,13 +116,19 @@ export function nestingDepth(value: unknown, stopAt = Infinity): number {
   return deepest;
 }
 
+/** Every `${{ params.NAME }}` in `value`, in document order. Iterative: a spec that failed the shape check may nest `run` any depth. */
 function collectParamRefs(value: unknown, path: string, out: Array<{ name: string; path: string }>): void {
-  if (typeof value === 'string') {
-    for (const m of value.matchAll(PARAM_REF)) out.push({ name: m[1]!, path });
-  } else if (Array.isArray(value)) {
-    value.forEach((v, i) => collectParamRefs(v, `${path}[${i}]`, out));
-  } else if (value && typeof value === 'object') {
-    for (const [k, v] of Object.entries(value)) collectParamRefs(v, `${path}.${k}`, out);
+  const todo: Array<[unknown, string]> = [[value, path]];
+  while (todo.length) {
+    const [v, at] = todo.pop()!;
+    if (typeof v === 'string') {
+      for (const m of v.matchAll(PARAM_REF)) out.push({ name: m[1]!, path: at });
+    } else if (Array.isArray(v)) {
+      for (let i = v.length - 1; i >= 0; i--) todo.push([v[i], `${at}[${i}]`]);
+    } else if (v && typeof v === 'object') {
+      const entries = Object.entries(v);
+      for (let i = entries.length - 1; i >= 0; i--) todo.push([entries[i]![1], `${at}.${entries[i]![0]}`]);
+    }
   }
 }
 
@@ -140,35 +166,38 @@ function graphProblems(spec: GraphView): SpecProblem[] {
     const at = (field: string) => `stages[${i}]${field ? `.${field}` : ''}`;
     const add = (field: string, message: string) => problems.push({ path: at(field), stage: stage.id, message });
     const first = seen.get(stage.id);
-    if (first !== undefined) add('id', `duplicate stage id "${stage.id}" (first used by stages[${first}])`);
+    if (first !== undefined) add('id', `duplicate stage id "${q(stage.id)}" (first used by stages[${first}])`);
     else seen.set(stage.id, i);
 
     if (stage.uses === undefined && stage.run === undefined) add('', 'a stage needs either `uses` (a built-in kind) or `run` (a command)');
     if (stage.uses !== undefined && stage.run !== undefined) add('', 'a stage has either `uses` or `run`, not both');
     if (stage.uses !== undefined && !isStageKind(stage.uses)) {
-      add('uses', `unknown stage kind "${stage.uses}" (known: ${STAGE_KIND_NAMES.join(', ')})`);
+      add('uses', `unknown stage kind "${q(stage.uses)}" (known: ${STAGE_KIND_NAMES.join(', ')})`);
     }
     if (stage.queue !== undefined && stage.queue !== 'cpu' && stage.queue !== 'gpu') {
-      add('queue', `unknown queue "${stage.queue}" (known: cpu, gpu)`);
+      add('queue', `unknown queue "${q(stage.queue)}" (known: cpu, gpu)`);
     }
     const needSeen = new Set<string>();
     stage.needs.forEach((need, j) => {
-      if (need === stage.id) add(`needs[${j}]`, `stage "${stage.id}" cannot need itself`);
-      if (needSeen.has(need)) add(`needs[${j}]`, `"${need}" is listed twice`);
+      if (need === stage.id) add(`needs[${j}]`, `stage "${q(stage.id)}" cannot need itself`);
+      if (needSeen.has(need)) add(`needs[${j}]`, `"${q(need)}" is listed twice`);
       needSeen.add(need);
     });
+    // Once per stage, not once per input: a stage may list thousands of each.
+    let needList: string | undefined;
     stage.inputs?.forEach((input, j) => {
-      if (!stage.needs.includes(input)) add(`inputs[${j}]`, `input "${input}" is not in needs (${stage.needs.join(', ') || 'none'})`);
+      if (!needSeen.has(input)) add(`inputs[${j}]`, `input "${q(input)}" is not in needs (${(needList ??= listSome(stage.needs) || 'none')})`);
     });
   });
   const ids = new Set(spec.stages.map((s) => s.id));
+  let idList: string | undefined;
   spec.stages.forEach((stage, i) => {
     stage.needs.forEach((need, j) => {
       if (!ids.has(need) && need !== stage.id) {
         problems.push({
           path: `stages[${i}].needs[${j}]`,
           stage: stage.id,
-          message: `unknown stage "${need}" (stages: ${listSome([...ids])})`,
+          message: `unknown stage "${q(need)}" (stages: ${(idList ??= listSome([...ids]))})`,
         });
       }
     });
@@ -176,13 +205,16 @@ function graphProblems(spec: GraphView): SpecProblem[] {
   const cycle = findCycle(spec.stages);
   if (cycle) {
     const i = spec.stages.findIndex((s) => s.id === cycle[0]);
-    problems.push({ path: `stages[${i}].needs`, stage: cycle[0]!, message: `cycle in needs: ${cycle.join(' → ')}` });
+    // A cycle may run through thousands of stages: name the first 20 and close it.
+    const shown = cycle.length > 21 ? [...cycle.slice(0, 20).map(q), `… ${cycle.length - 21} more`, q(cycle.at(-1)!)] : cycle.map(q);
+    problems.push({ path: `stages[${i}].needs`, stage: cycle[0]!, message: `cycle in needs: ${shown.join(' → ')}` });
   }
   const refs: Array<{ name: string; path: string }> = [];
   spec.stages.forEach((stage, i) => {
     collectParamRefs(stage.with, `stages[${i}].with`, refs);
     if (stage.run) collectParamRefs(stage.run, `stages[${i}].run`, refs);
   });
+  let paramList: string | undefined;
   for (const ref of refs) {
     // Own properties only: `params.constructor` is not a parameter.
     if (!Object.hasOwn(spec.params, ref.name)) {
@@ -190,7 +222,7 @@ function graphProblems(spec: GraphView): SpecProblem[] {
       problems.push({
         path: ref.path,
         stage: spec.stages[i]?.id,
-        message: `unknown parameter "${ref.name}" (params: ${Object.keys(spec.params).join(', ') || 'none'})`,
+        message: `unknown parameter "${q(ref.name)}" (params: ${(paramList ??= listSome(Object.keys(spec.params)) || 'none')})`,
       } as SpecProblem);
     }
   }
@@ -227,11 +259,73 @@ function limitProblems(raw: unknown): SpecProblem[] {
   return problems;
 }
 
+/**
+ * zod drops a `__proto__` key from a record (it would set the prototype of the
+ * parsed object): name it, rather than lose a declared parameter or a stage's
+ * parameter silently.
+ */
+function protoKeyProblems(raw: unknown): SpecProblem[] {
+  if (!raw || typeof raw !== 'object') return [];
+  const r = raw as { params?: unknown; stages?: unknown };
+  const problems: SpecProblem[] = [];
+  if (r.params && typeof r.params === 'object' && Object.hasOwn(r.params, '__proto__')) {
+    problems.push({ path: 'params.__proto__', message: '"__proto__" cannot be a parameter name' });
+  }
+  if (Array.isArray(r.stages)) {
+    r.stages.forEach((st: unknown, i) => {
+      const stage = st && typeof st === 'object' ? (st as { id?: unknown; with?: unknown }) : {};
+      if (!stage.with || typeof stage.with !== 'object' || !Object.hasOwn(stage.with, '__proto__')) return;
+      const id = typeof stage.id === 'string' && stage.id ? { stage: stage.id } : {};
+      problems.push({ path: `stages[${i}].with.__proto__`, ...id, message: '"__proto__" cannot be a key of `with:`' });
+    });
+  }
+  return problems;
+}
+
+/** What the workflow waits before the first retry when neither the stage nor `defaults.retry` says. */
+const DEFAULT_INITIAL_INTERVAL = '1s';
+
+/**
+ * A stage's retry policy is its own fields over `defaults.retry` over the
+ * workflow's defaults: that merged policy, not only each one as written, must
+ * wait longest at least as long as first (Temporal refuses it otherwise, and
+ * the stage would crash when scheduled).
+ */
+function mergedRetryProblems(spec: PipelineSpec): SpecProblem[] {
+  const defaults = spec.defaults?.retry;
+  const problems: SpecProblem[] = [];
+  spec.stages.forEach((stage, i) => {
+    const maximum = stage.retry?.maximumInterval ?? defaults?.maximumInterval;
+    if (maximum === undefined) return;
+    const initial = stage.retry?.initialInterval ?? defaults?.initialInterval ?? DEFAULT_INITIAL_INTERVAL;
+    if ((parseDuration(maximum) ?? 0) >= (parseDuration(initial) ?? 0)) return;
+    const from = (field: 'initialInterval' | 'maximumInterval') =>
+      stage.retry?.[field] !== undefined ? 'this stage' : defaults?.[field] !== undefined ? 'defaults.retry' : 'the default';
+    problems.push({
+      path: `stages[${i}].retry`,
+      stage: stage.id,
+      message: `maximumInterval ${q(maximum)} (from ${from('maximumInterval')}) is shorter than initialInterval ${q(initial)} (from ${from('initialInterval')}); set both`,
+    });
+  });
+  return problems;
+}
+
 /** The most problems a failure message lists; the rest are counted. */
 export const MAX_LISTED_PROBLEMS = 50;
 
+/** Up to `n` names, each cut to a readable length, and how many more there are. */
 function listSome(names: readonly string[], n = 20): string {
-  return names.length > n ? `${names.slice(0, n).join(', ')}, … ${names.length - n} more` : names.join(', ');
+  const shown = names.slice(0, n).map(q).join(', ');
+  return names.length > n ? `${shown}, … ${names.length - n} more` : shown;
+}
+
+/** Cuts a problem's fields to their limits: ids, paths and messages quote user input, which has no length limit of its own. */
+function bounded(problems: SpecProblem[]): SpecProblem[] {
+  return problems.map((p) =>
+    p.path.length <= MAX_PATH_CHARS && p.message.length <= MAX_MESSAGE_CHARS && (p.stage === undefined || p.stage.length <= MAX_NAME_CHARS)
+      ? p
+      : { path: clip(p.path, MAX_PATH_CHARS), ...(p.stage !== undefined ? { stage: q(p.stage) } : {}), message: clip(p.message, MAX_MESSAGE_CHARS) },
+  );
 }
 
 /** Validates a parsed YAML/JSON value as a pipeline spec and returns every problem found. */
@@ -250,28 +344,31 @@ export function validatePipelineSpec(raw: unknown): SpecValidation {
       ],
     };
   }
+  const protoKeys = protoKeyProblems(raw);
   const parsed = PipelineSpecSchema.safeParse(raw);
   if (!parsed.success) {
     // Report the graph's problems too, so one run of `tanren validate` lists everything.
-    const problems = zodProblems(raw, parsed.error);
+    const problems = [...zodProblems(raw, parsed.error), ...protoKeys];
     const view = lenientView(raw);
     const seen = new Set(problems.map((p) => `${p.path}|${p.message}`));
     for (const p of view ? graphProblems(view) : []) {
       if (!seen.has(`${p.path}|${p.message}`)) problems.push(p);
     }
-    return { ok: false, problems };
+    return { ok: false, problems: bounded(problems) };
   }
-  const problems = graphProblems(parsed.data);
-  return problems.length ? { ok: false, problems } : { ok: true, spec: parsed.data };
+  const problems = [...protoKeys, ...mergedRetryProblems(parsed.data), ...graphProblems(parsed.data)];
+  return problems.length ? { ok: false, problems: bounded(problems) } : { ok: true, spec: parsed.data };
 }
 
 /** One line per problem: `<source>: stage "x": stages[1].needs[0]: unknown stage "y"`. */
 export function formatProblems(problems: readonly SpecProblem[], source = 'pipeline spec'): string {
   const more = problems.length - MAX_LISTED_PROBLEMS;
+  // `source` may come from workflow input (`options.specFile`): as unbounded as the rest of it.
+  const from = clip(source, MAX_PATH_CHARS);
   return problems
     .slice(0, MAX_LISTED_PROBLEMS)
-    .map((p) => `${source}: ${p.stage ? `stage "${p.stage}": ` : ''}${p.path}: ${p.message}`)
-    .concat(more > 0 ? [`${source}: … and ${more} more problem${more > 1 ? 's' : ''}`] : [])
+    .map((p) => clip(`${from}: ${p.stage ? `stage "${q(p.stage)}": ` : ''}${p.path}: ${p.message}`, MAX_LINE_CHARS))
+    .concat(more > 0 ? [`${from}: … and ${more} more problem${more > 1 ? 's' : ''}`] : [])
     .join('\n');
 }
 

@@ -1,14 +1,19 @@
 /** Reading a run's histories: every execution of a workflow id, following its continue-as-new chain. */
 import type { Client, WorkflowHandle } from '@temporalio/client';
 
+type History = Awaited<ReturnType<WorkflowHandle['fetchHistory']>>;
+
 /** One execution of a workflow id and the length of its history. */
 export interface Execution {
   runId: string;
   events: number;
   status: string;
+  /** Size of the input handed to the next execution (spec and carried state), when this one continued as new. */
+  continuedWithBytes?: number;
+  history: History;
 }
 
-/** Every execution of `workflowId`, first to last (continue-as-new makes several), with its history length. */
+/** Every execution of `workflowId`, first to last (continue-as-new makes several), with its history. */
 export async function executions(client: Client, workflowId: string): Promise<Execution[]> {
   const out: Execution[] = [];
   const first = await client.workflow.getHandle(workflowId).describe();
@@ -16,10 +21,12 @@ export async function executions(client: Client, workflowId: string): Promise<Ex
   let runId: string | undefined = first.raw.workflowExecutionInfo?.firstRunId ?? first.runId;
   while (runId) {
     const handle: WorkflowHandle = client.workflow.getHandle(workflowId, runId, { followRuns: false });
-    const history: Awaited<ReturnType<WorkflowHandle['fetchHistory']>> = await handle.fetchHistory();
+    const history: History = await handle.fetchHistory();
     const d = await handle.describe();
-    out.push({ runId, events: history.events?.length ?? 0, status: d.status.name });
-    runId = history.events?.at(-1)?.workflowExecutionContinuedAsNewEventAttributes?.newExecutionRunId ?? undefined;
+    const continued = history.events?.at(-1)?.workflowExecutionContinuedAsNewEventAttributes;
+    const continuedWithBytes = continued?.input?.payloads?.reduce((n, p) => n + (p.data?.length ?? 0), 0);
+    out.push({ runId, events: history.events?.length ?? 0, status: d.status.name, ...(continued ? { continuedWithBytes } : {}), history });
+    runId = continued?.newExecutionRunId ?? undefined;
   }
   return out;
 }
