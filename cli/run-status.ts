@@ -91,7 +91,15 @@ export async function fetchRun(client: Client, workflowId: string): Promise<RunV
   }
   const temporalStatus = desc.status.name;
   const view: RunView = { workflowId, runId: desc.runId, temporalStatus, state: status?.state ?? temporalStatus.toLowerCase(), status };
-  if (status) mergePending(status, desc.raw.pendingActivities ?? []);
+  if (status) {
+    // Large runs answer without empty fields, to keep the reply under Temporal's 2 MB.
+    for (const st of status.stages) {
+      st.needs ??= [];
+      st.metrics ??= {};
+      st.attempts ??= [];
+    }
+    mergePending(status, desc.raw.pendingActivities ?? []);
+  }
   if (temporalStatus !== 'RUNNING') {
     view.state = CLOSED_STATES[temporalStatus] ?? temporalStatus.toLowerCase();
     if (temporalStatus !== 'COMPLETED' && temporalStatus !== 'CONTINUED_AS_NEW') view.failure = await closeFailure(client, workflowId, desc.runId);

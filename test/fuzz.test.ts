@@ -16,7 +16,7 @@ import { after, before, describe, it } from 'node:test';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import fc from 'fast-check';
-import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { Client, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure, type Payload, type PayloadCodec } from '@temporalio/common';
 import protos from '@temporalio/proto';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
@@ -979,14 +979,17 @@ class RawJsonCodec implements PayloadCodec {
 
 describe('fuzzing pipelineWorkflow on the time-skipping test server', () => {
   let env: TestWorkflowEnvironment;
+  let client: Client;
   let bundle: WorkflowBundle;
   const codec = new RawJsonCodec();
 
   before(async () => {
-    env = await TestWorkflowEnvironment.createTimeSkipping({
-      server: { executable: { type: 'existing-path', path: testServerBin() } },
-      client: { dataConverter: { payloadCodecs: [codec] } },
-    });
+    env = await TestWorkflowEnvironment.createTimeSkipping({ server: { executable: { type: 'existing-path', path: testServerBin() } } });
+    // Time stands still: these runs have no timer worth skipping to, and a server free to skip while a task waits
+    // for the worker's first poll jumps to the run's execution timeout. A plain client (not env.client, whose
+    // result() unlocks skipping) keeps it locked.
+    await env.connection.testService!.lockTimeSkipping({});
+    client = new Client({ connection: env.connection, dataConverter: { payloadCodecs: [codec] } });
     // The Java test server takes custom search attributes through the operator service.
     await env.connection.operatorService.addSearchAttributes({
       namespace: 'default',
@@ -1048,21 +1051,13 @@ describe('fuzzing pipelineWorkflow on the time-skipping test server', () => {
       const history = await handle.fetchHistory();
       return history.events!.filter((e) => e.eventType === temporal.api.enums.v1.EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED);
     };
-    /**
-     * The run's outcome; a run whose workflow task fails (it would retry forever) is terminated and reported.
-     * Waits by polling, not with `result()`: the test client lets the server skip time while it awaits a result,
-     * and a server that sees no task in progress (one not yet polled by the worker) skips straight to the
-     * run's execution timeout. These runs have no timer to skip to; real time is what they need.
-     */
+    /** The run's outcome; a run whose workflow task fails (it would retry forever) is terminated and reported. */
     const outcome = async (handle: WorkflowHandle): Promise<{ value?: unknown; error?: unknown; stuck?: string }> => {
+      const settled = handle.result().then((value) => ({ value }), (error: unknown) => ({ error }));
       const deadline = Date.now() + 60_000;
-      let nextHistoryCheck = Date.now() + 2000;
       for (;;) {
-        await new Promise((res) => setTimeout(res, 50));
-        const { status } = await handle.describe();
-        if (status.name !== 'RUNNING') return handle.result().then((value) => ({ value }), (error: unknown) => ({ error }));
-        if (Date.now() < nextHistoryCheck) continue;
-        nextHistoryCheck = Date.now() + 2000;
+        const r = await Promise.race([settled, new Promise<undefined>((res) => setTimeout(res, 2000))]);
+        if (r) return r;
         const failed = await failedTasks(handle);
         if (failed.length || Date.now() > deadline) {
           const events = (await handle.fetchHistory()).events ?? [];
@@ -1090,7 +1085,7 @@ describe('fuzzing pipelineWorkflow on the time-skipping test server', () => {
     const runOneUnsaved = async (p: Planned, n: number) => {
       const t0 = performance.now();
       const workflowId = `fuzz-${SEED + 1}-${n}-${unique('w')}`;
-      const handle = await env.client.workflow.start('pipelineWorkflow', { taskQueue, workflowId, args: [p.input as never] });
+      const handle = await client.workflow.start('pipelineWorkflow', { taskQueue, workflowId, args: [p.input as never] });
       const o = await outcome(handle);
       slowest = Math.max(slowest, performance.now() - t0);
       const what = `#${n} ${clipText(describeCase(p.c), 600)}`;

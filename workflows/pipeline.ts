@@ -10,7 +10,7 @@ import {
   ApplicationFailure,
   CancellationScope,
   condition,
-  continueAsNew,
+  makeContinueAsNewFunc,
   defineQuery,
   defineSignal,
   isCancellation,
@@ -35,6 +35,7 @@ import {
 import { PipelineRunInputSchema, type PipelineRunInput, type PipelineSpec, type RunOptions, type StageSpec } from '../schemas/pipeline.js';
 import { isStageKind, STAGE_KINDS } from '../schemas/stage-kinds.js';
 import { formatProblems, MAX_LISTED_PROBLEMS, resolveSpec, stageQueue, validatePipelineSpec } from '../schemas/validate.js';
+import { packStage, unpackStage } from './carry.js';
 import { renderDetails } from './details.js';
 import { planStages, TERMINAL_STATES, type StageState } from './planner.js';
 
@@ -85,8 +86,9 @@ export interface RunResult {
   stages: Array<Pick<StageStatus, 'id' | 'state' | 'attempt' | 'manifestKey' | 'result'> & Partial<StageStatus>>;
 }
 
-/** What one stage's state is across continue-as-new: its status less what the spec already says. */
-export type CarriedStage = Omit<StageStatus, 'id' | 'kind' | 'queue' | 'needs'>;
+/** What one stage's state is across continue-as-new: its status less what the spec already says (see workflows/carry.ts). */
+export type CarriedStage = Omit<StageStatus, 'id' | 'kind' | 'queue' | 'needs' | 'metrics' | 'attempts'> &
+  Partial<Pick<StageStatus, 'metrics' | 'attempts'>>;
 
 /** Run state handed to the next execution when a run continues as new. */
 export interface CarriedState {
@@ -104,15 +106,31 @@ export const LEAN_PROGRESS_PATCH = 'tanren-lean-progress-1';
  * A run continues as new once its history passes this many events (or the
  * server suggests it), after the stages in flight finish: with at most
  * {@link MAX_STAGES_IN_FLIGHT} stages at ~9 events each still to land, no
- * execution's history gets near 10,000 events (Temporal's hard limit is 51,200).
+ * execution's history gets near 10,000 events (Temporal's hard limit is 51,200),
+ * and a worker that must replay one execution (after a restart, or to answer a
+ * query on a closed run) does so well within a workflow task's timeout.
  */
-export const CONTINUE_AS_NEW_AFTER_EVENTS = 5000;
+export const CONTINUE_AS_NEW_AFTER_EVENTS = 2500;
 /** Same, by history size in bytes (Temporal's hard limit is 50 MB). */
 export const CONTINUE_AS_NEW_AFTER_BYTES = 8 * 1024 * 1024;
 /** A cache hit streams every cached object through sha256 (about 5 s per GiB): room for large outputs. */
 const CACHE_LOOKUP_TIMEOUT = '1h';
 /** Most stages one execution runs at once. */
 export const MAX_STAGES_IN_FLIGHT = 200;
+/** What the cache column says of every stage of a `--no-cache` run. */
+const NO_CACHE_NOTE = 'cache: off for this run (--no-cache)';
+
+/** The status of a large run without the fields that are empty or implied (the CLI fills them in). */
+function compactStatus(status: RunStatus): RunStatus {
+  return {
+    ...status,
+    stages: status.stages.map((s) => {
+      const { needs, metrics, attempts, ...rest } = s;
+      return { ...rest, ...(needs.length ? { needs } : {}), ...(Object.keys(metrics).length ? { metrics } : {}), ...(attempts.length > 1 || attempts[0]?.failure ? { attempts } : {}) } as StageStatus;
+    }),
+  };
+}
+
 /** Above this many stages the run's result lists each stage's outcome only. */
 const COMPACT_RESULT_OVER = 200;
 
@@ -192,7 +210,8 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
   const info = workflowInfo();
   const startedAt = new Date().toISOString();
   const status: RunStatus = { pipeline: '(invalid)', state: 'running', stages: [], startedAt };
-  setHandler(statusQuery, () => status);
+  // A reply must fit in 2 MB: large runs leave out empty fields (the CLI fills them in again).
+  setHandler(statusQuery, () => (status.stages.length > COMPACT_RESULT_OVER ? compactStatus(status) : status));
   // Runs started by this code keep live progress in activity heartbeats; older histories replay the signal path.
   const lean = patched(LEAN_PROGRESS_PATCH);
 
@@ -213,11 +232,12 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
     status.continuedAsNew = carried.continuedAsNew;
   }
   const byId = new Map(spec.stages.map((s) => [s.id, s]));
+  const carryContext = { runId: info.workflowId, defaultCache: options.noCache ? NO_CACHE_NOTE : undefined };
   spec.stages.forEach((stage, i) => {
     const base = { id: stage.id, kind: kindOf(stage), queue: stageQueue(stage), needs: stage.needs };
     const before = carried?.stages[i];
-    // A stage that was in flight when the run continued as new cannot be: the run drains first.
-    status.stages.push(before ? { ...before, ...base } : { ...base, state: 'pending', attempt: 0, metrics: {}, attempts: [] });
+    // No stage is in flight when a run continues as new: the run drains first.
+    status.stages.push(before ? unpackStage(before, base, carryContext) : { ...base, state: 'pending', attempt: 0, metrics: {}, attempts: [] });
   });
   const stageStatus = (id: string) => status.stages.find((s) => s.id === id)!;
 
@@ -274,6 +294,8 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
       published = text;
       upsertSearchAttributes(attrs);
     }
+    // Not a command: during a replay only the last activation's details matter, and a large run replays thousands.
+    if (workflowInfo().unsafe.isReplaying) return;
     // Once a report stage has run, point at its page in the bucket (`tanren get <run> <stage> report.html .` fetches it).
     const report = status.stages.find((x) => x.kind === 'report' && x.state === 'succeeded' && x.manifestKey);
     setCurrentDetails(renderDetails(status, report ? { reportKey: report.manifestKey!.replace(/manifest\.json$/, 'outputs/report.html') } : {}));
@@ -352,7 +374,7 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
           return;
         }
       } else {
-        s.cache = options.noCache ? 'cache: off for this run (--no-cache)' : 'cache: off for this stage';
+        s.cache = options.noCache ? NO_CACHE_NOTE : 'cache: off for this stage';
       }
       s.state = 'running';
       if (s.attempt === 0) s.attempt = 1;
@@ -426,13 +448,14 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
       if (draining && running.size === 0) {
         status.continuedAsNew = (status.continuedAsNew ?? 0) + 1;
         const next: CarriedState = {
-          stages: status.stages.map(({ id: _id, kind: _kind, queue: _queue, needs: _needs, ...rest }) => rest),
+          stages: status.stages.map((st) => packStage(st, carryContext)),
           paused,
           startedAt: status.startedAt,
           continuedAsNew: status.continuedAsNew,
         };
         log.info('continuing as new to keep the history bounded', { historyLength: workflowInfo().historyLength, continuedAsNew: next.continuedAsNew });
-        await continueAsNew<typeof pipelineWorkflow>({ spec: input.spec, options: input.options ?? {}, carried: next });
+        // A longer task timeout than the 10 s default: replaying a full execution of a large run takes seconds.
+        await makeContinueAsNewFunc<typeof pipelineWorkflow>({ workflowTaskTimeout: '60s' })({ spec: input.spec, options: input.options ?? {}, carried: next });
       }
       if (!paused && !draining) {
         for (const id of plan.ready) {

@@ -1,0 +1,44 @@
+/**
+ * The run state a long run hands to its next execution when it continues as
+ * new, packed small: Temporal caps a payload at 2 MB, and a 5,000-stage run
+ * must fit with room to spare. Fields that equal what the spec and the run
+ * id already say are left out and filled in again on unpacking. Pure code.
+ */
+import type { CarriedStage, StageStatus } from './pipeline.js';
+
+/** What unpacking needs besides the packed stage. */
+export interface CarryContext {
+  runId: string;
+  /** The cache note every stage of a `--no-cache` run gets. */
+  defaultCache?: string;
+}
+
+const manifestKeyOf = (runId: string, stage: string) => `runs/${runId}/${stage}/manifest.json`;
+
+/** Packs one stage's status for the next execution. */
+export function packStage(s: StageStatus, ctx: CarryContext): CarriedStage {
+  const { id, kind: _kind, queue: _queue, needs: _needs, metrics, attempts, result, manifestKey, cache, ...rest } = s;
+  const packed: Partial<CarriedStage> = { ...rest };
+  if (Object.keys(metrics).length) packed.metrics = metrics;
+  if (result && Object.keys(result).length) packed.result = result;
+  if (manifestKey && manifestKey !== manifestKeyOf(ctx.runId, id)) packed.manifestKey = manifestKey;
+  else if (manifestKey) packed.manifestKey = '';
+  if (cache !== undefined && cache !== ctx.defaultCache) packed.cache = cache;
+  // One attempt that spans the stage and did not fail says nothing the stage's own times do not.
+  const plain = attempts.length === 1 && !attempts[0]!.failure && attempts[0]!.startedAt === s.startedAt;
+  if (attempts.length && !plain) packed.attempts = attempts;
+  else if (plain) packed.attempts = undefined;
+  for (const k of Object.keys(packed) as Array<keyof CarriedStage>) if (packed[k] === undefined) delete packed[k];
+  return packed as CarriedStage;
+}
+
+/** Unpacks a stage packed by {@link packStage} (or carried in full by an earlier version). */
+export function unpackStage(packed: CarriedStage, base: Pick<StageStatus, 'id' | 'kind' | 'queue' | 'needs'>, ctx: CarryContext): StageStatus {
+  const s: StageStatus = { ...packed, ...base, metrics: packed.metrics ?? {}, attempts: packed.attempts ?? [] };
+  if (packed.manifestKey === '') s.manifestKey = manifestKeyOf(ctx.runId, base.id);
+  if (packed.cache === undefined && ctx.defaultCache !== undefined && s.state !== 'pending') s.cache = ctx.defaultCache;
+  if (!packed.attempts && s.attempt >= 1 && s.startedAt && (s.state === 'succeeded' || s.state === 'failed')) {
+    s.attempts = [{ attempt: s.attempt, startedAt: s.startedAt, ...(s.endedAt ? { endedAt: s.endedAt } : {}) }];
+  }
+  return s;
+}
