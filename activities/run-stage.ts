@@ -18,6 +18,7 @@ import { EventFileReader, type StageEvent } from './events.js';
 import { stageFailure, storageFailure } from './errors.js';
 import { createCheckpointUploader, restoreLatestCheckpoint, type CheckpointRef } from './checkpoints.js';
 import { describeFiles, keys, sha256File, withStorageRetry, type ObjectStore, type ObjectStoreConfig } from './storage.js';
+import { identify } from './process-identity.js';
 import { boundMetrics, boundResult, capHead, capTail, createRedactor, DEFAULT_JUDGE_URLS, judgeUrlAllowed, stageEnvironment } from './stage-env.js';
 import type { AttemptRecord, OutputManifest, StageResult, StageTask } from './types.js';
 
@@ -357,7 +358,8 @@ export function createRunStage(deps: StageRunnerDeps) {
     const record_ = pid ? path.join(runningDir(config.workRoot), `${config.queue}-${pid}.json`) : undefined;
     if (record_) {
       await mkdir(path.dirname(record_), { recursive: true });
-      await writeFile(record_, JSON.stringify({ pgid: pid, runId, stage: stage.id, attempt }));
+      // Who owns the group, and who it is: the reaper of a restarted worker kills it only if both checks say so.
+      await writeFile(record_, JSON.stringify({ pgid: pid, runId, stage: stage.id, attempt, stageProcess: identify(pid!), worker: identify(process.pid) }));
     }
 
     const killGroup = (signal: NodeJS.Signals) => {

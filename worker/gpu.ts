@@ -77,6 +77,51 @@ export function acquireGpuLock(lockDir: string, devices: string): () => void {
   throw new GpuLockedError(`could not take the GPU lock ${file}`);
 }
 
+/** Physical ids of the devices in a CUDA_VISIBLE_DEVICES-style list: the GPU's UUID where nvidia-smi knows it, else the index. */
+export function physicalGpuIds(devices: string, uuidOf: (index: string) => string | undefined = nvidiaUuid): string[] {
+  return [...new Set(devices.split(',').map((d) => d.trim()).filter(Boolean).map((d) => (d.startsWith('GPU-') ? d : (uuidOf(d) ?? `index-${d}`))))];
+}
+
+let uuids: Map<string, string> | undefined;
+function nvidiaUuid(index: string): string | undefined {
+  if (!uuids) {
+    uuids = new Map();
+    try {
+      const out = execFileSync('nvidia-smi', ['--query-gpu=index,uuid', '--format=csv,noheader'], { encoding: 'utf8', timeout: 10_000, stdio: ['ignore', 'pipe', 'ignore'] });
+      for (const line of out.split('\n')) {
+        const [i, u] = line.split(',').map((x) => x.trim());
+        if (i && u) uuids.set(i, u);
+      }
+    } catch {
+      // no nvidia-smi: indexes it is
+    }
+  }
+  return uuids.get(index);
+}
+
+/**
+ * Takes one lock per physical GPU in `devices` (so workers whose device lists
+ * overlap, whatever their queue names, never both run), all or none. Returns
+ * the release function.
+ */
+export function acquireGpuLocks(lockDir: string, devices: string, uuidOf?: (index: string) => string | undefined): () => void {
+  const releases: Array<() => void> = [];
+  try {
+    for (const id of physicalGpuIds(devices, uuidOf)) releases.push(acquireGpuLock(lockDir, `gpu-${id}`));
+  } catch (err) {
+    for (const r of releases) r();
+    throw err;
+  }
+  return () => releases.forEach((r) => r());
+}
+
+/** Where GPU locks live: one directory per host, shared by every user (sticky, like /tmp). */
+export function gpuLockDir(): string {
+  const dir = process.env.TANREN_GPU_LOCK_DIR ?? path.join(os.tmpdir(), 'tanren-gpu-locks');
+  mkdirSync(dir, { recursive: true, mode: 0o1777 });
+  return dir;
+}
+
 /** Free memory in GiB of the first visible device (CUDA_VISIBLE_DEVICES order), from nvidia-smi; undefined when unknown. */
 export function gpuFreeMemoryGiB(devices: string): number | undefined {
   const first = devices.split(',')[0]?.trim();

@@ -10,11 +10,12 @@ import { fileURLToPath } from 'node:url';
 import { DefaultLogger, Worker, bundleWorkflowCode, type WorkflowBundle } from '@temporalio/worker';
 import type { Logger } from 'pino';
 import { createActivities } from '../activities/index.js';
+import { stillRunning, type ProcessIdentity } from '../activities/process-identity.js';
 import { runningDir } from '../activities/run-stage.js';
 import { createObjectStore } from '../activities/storage.js';
 import { gpuQueueName, listSetting, s3Credentials, type TanrenEnv } from './config.js';
 import { connectWorker } from './connection.js';
-import { acquireGpuLock, gpuFreeMemoryGiB, probeGpu } from './gpu.js';
+import { acquireGpuLocks, gpuFreeMemoryGiB, gpuLockDir, probeGpu } from './gpu.js';
 import { resolveStagesPython } from './stages-env.js';
 
 /** Options of {@link runWorker}. */
@@ -43,6 +44,15 @@ export function workflowBundle(): Promise<WorkflowBundle> {
   return bundle;
 }
 
+function pidInUse(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as { code?: string }).code === 'EPERM';
+  }
+}
+
 /** Kills stage process groups a previous worker of this queue left running (it died without cleaning up). */
 export async function reapOrphanStages(workRoot: string, queue: 'cpu' | 'gpu', logger: Logger): Promise<number> {
   const dir = runningDir(workRoot);
@@ -56,7 +66,15 @@ export async function reapOrphanStages(workRoot: string, queue: 'cpu' | 'gpu', l
   for (const name of names.filter((n) => n.startsWith(`${queue}-`))) {
     const file = path.join(dir, name);
     try {
-      const rec = JSON.parse(await readFile(file, 'utf8')) as { pgid: number; runId: string; stage: string };
+      const rec = JSON.parse(await readFile(file, 'utf8')) as { pgid: number; runId: string; stage: string; stageProcess?: ProcessIdentity; worker?: ProcessIdentity };
+      // Another worker sharing the work directory is alive: its stages are not orphans.
+      if (rec.worker && rec.worker.pid !== process.pid && stillRunning(rec.worker)) continue;
+      // The leader's pid now belongs to an unrelated process: the stage's group is gone (Linux never reuses
+      // the id of a group that still has members), so there is nothing of it to kill.
+      if (rec.stageProcess && !stillRunning(rec.stageProcess) && pidInUse(rec.pgid)) {
+        await rm(file, { force: true });
+        continue;
+      }
       try {
         process.kill(-rec.pgid, 'SIGKILL');
         reaped++;
@@ -84,10 +102,10 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
   let device: 'cpu' | 'cuda' = 'cpu';
   const taskQueue = opts.taskQueue ?? (queue === 'gpu' ? gpuQueueName(env) : env.TANREN_CPU_QUEUE);
   if (queue === 'gpu') {
-    const lockDir = path.join(process.env.TANREN_CACHE ?? path.join(os.homedir(), '.cache', 'tanren'), 'locks');
-    release = acquireGpuLock(lockDir, `${taskQueue}-${env.TANREN_GPU_DEVICES}`);
     const gpu = probeGpu();
     if (gpu.found) {
+      // One lock per physical GPU, whatever the queue name or user: two workers never share a device.
+      release = acquireGpuLocks(gpuLockDir(), env.TANREN_GPU_DEVICES);
       device = 'cuda';
       logger.info({ devices: gpu.devices, cudaVisibleDevices: env.TANREN_GPU_DEVICES }, 'GPU found');
     } else {

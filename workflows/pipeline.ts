@@ -294,8 +294,6 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
       published = text;
       upsertSearchAttributes(attrs);
     }
-    // Not a command: during a replay only the last activation's details matter, and a large run replays thousands.
-    if (workflowInfo().unsafe.isReplaying) return;
     // Once a report stage has run, point at its page in the bucket (`tanren get <run> <stage> report.html .` fetches it).
     const report = status.stages.find((x) => x.kind === 'report' && x.state === 'succeeded' && x.manifestKey);
     setCurrentDetails(renderDetails(status, report ? { reportKey: report.manifestKey!.replace(/manifest\.json$/, 'outputs/report.html') } : {}));
@@ -340,7 +338,8 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
       heartbeatTimeout: ms(stage.heartbeatTimeout ?? defaults.heartbeatTimeout, DEFAULT_HEARTBEAT_MS),
       cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
       retry: {
-        maximumAttempts: retry.maximumAttempts ?? 3,
+        // 0 means unlimited in the spec, as in Temporal; the SDK wants it left unset for that.
+        maximumAttempts: retry.maximumAttempts === 0 ? undefined : (retry.maximumAttempts ?? 3),
         initialInterval: ms(retry.initialInterval, 1000),
         backoffCoefficient: retry.backoffCoefficient ?? 2,
         // Temporal's own default: 100 times the initial interval.
