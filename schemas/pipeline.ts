@@ -30,11 +30,13 @@ export const StageDurationSchema = DurationSchema.refine(
 );
 
 const MAX_RETRY_INTERVAL_MS = 30 * 86_400_000;
+const MAX_ATTEMPTS = 2 ** 31 - 1;
 
 /**
  * A retry interval: a duration from 1 ms to 30 d. Shorter rounds to 0, which
- * Temporal refuses ("cannot be 0"); far longer (`1e30d`) is no time span a
- * retry policy can carry, and the stage would crash when scheduled instead.
+ * Temporal refuses ("cannot be 0"); far longer (`999…9d`, up to Infinity) is no
+ * time span a retry policy can carry: either way the stage would crash when
+ * scheduled instead of the spec being refused.
  */
 export const RetryIntervalSchema = DurationSchema.refine(
   (v) => {
@@ -47,7 +49,14 @@ export const RetryIntervalSchema = DurationSchema.refine(
 /** Retry policy of a stage's activity; unset fields fall back to `defaults.retry`. */
 export const RetryPolicySchema = z
   .object({
-    maximumAttempts: z.number().int().min(0).optional().describe('Attempts in all, 0 for unlimited. @default 3'),
+    maximumAttempts: z
+      .number()
+      .int()
+      .min(0)
+      // Temporal keeps it as a 32-bit integer: 2^31 arrives negative and the server refuses to schedule the stage.
+      .refine((n) => n <= MAX_ATTEMPTS, { message: `at most ${MAX_ATTEMPTS} (Temporal counts attempts in 32 bits); 0 is unlimited` })
+      .optional()
+      .describe('Attempts in all, 0 for unlimited. @default 3'),
     initialInterval: RetryIntervalSchema.optional().describe('Wait before the first retry. @default 1s'),
     backoffCoefficient: z.number().min(1).optional().describe('Each wait is the previous one times this. @default 2'),
     maximumInterval: RetryIntervalSchema.optional().describe('Longest wait between retries. @default 100 times initialInterval'),
@@ -111,11 +120,18 @@ export const DefaultsSchema = z
   .strict()
   .describe('Defaults for every stage');
 
+/** Longest task queue name: Temporal refuses over 1,000 bytes, and a stage it cannot schedule fails the workflow task forever. */
+const MAX_QUEUE_CHARS = 300;
+const QueueNameSchema = z
+  .string()
+  .min(1)
+  .refine((v) => v.length <= MAX_QUEUE_CHARS, { message: `at most ${MAX_QUEUE_CHARS} characters (Temporal refuses longer task queue names)` });
+
 /** Task queue names of the run; unset ones are filled in by `tanren render`/`submit`. */
 export const QueuesSchema = z
   .object({
-    cpu: z.string().min(1).optional().describe('Task queue of CPU stages. @default tanren-cpu'),
-    gpu: z.string().min(1).optional().describe('Task queue of GPU stages. @default tanren-gpu-<host of the submitter>'),
+    cpu: QueueNameSchema.optional().describe('Task queue of CPU stages. @default tanren-cpu'),
+    gpu: QueueNameSchema.optional().describe('Task queue of GPU stages. @default tanren-gpu-<host of the submitter>'),
   })
   .strict()
   .describe('Task queues');

@@ -24,10 +24,11 @@ const PARAM_REF = /\$\{\{\s*params\.([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}/g;
 
 /** Longest name (stage id, need, kind, parameter) quoted in a message; a valid stage id is never cut. */
 const MAX_NAME_CHARS = 64;
-/** Longest path and message of one problem, and longest formatted line: 50 lines stay under the 64 KB a failure message may have. */
+/** Longest path and message of one problem. */
 const MAX_PATH_CHARS = 300;
 const MAX_MESSAGE_CHARS = 1000;
-const MAX_LINE_CHARS = 1200;
+/** Longest formatted line, in UTF-8 bytes: 51 lines (50 problems and the count of the rest) stay under the 64 KB a failure message may have. */
+const MAX_LINE_BYTES = 1250;
 
 /** Cuts `text` to at most `max` characters, ending in "…"; never splits a surrogate pair. */
 function clip(text: string, max: number): string {
@@ -36,6 +37,22 @@ function clip(text: string, max: number): string {
   const c = text.charCodeAt(end - 1);
   if (c >= 0xd800 && c <= 0xdbff) end--;
   return `${text.slice(0, end)}…`;
+}
+
+/** Cuts `text` to at most `max` bytes of UTF-8, ending in "…" (3 bytes); never splits a surrogate pair. */
+function clipBytes(text: string, max: number): string {
+  if (text.length * 3 <= max) return text;
+  let bytes = 0;
+  let cut = -1;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    const pair = c >= 0xd800 && c <= 0xdbff && i + 1 < text.length && (text.charCodeAt(i + 1) & 0xfc00) === 0xdc00;
+    bytes += c < 0x80 ? 1 : c < 0x800 ? 2 : pair ? 4 : 3;
+    if (cut < 0 && bytes > max - 3) cut = i;
+    if (bytes > max) return `${text.slice(0, cut)}…`;
+    if (pair) i++;
+  }
+  return text;
 }
 
 /** A user-supplied name as it appears in a message. */
@@ -122,7 +139,7 @@ function collectParamRefs(value: unknown, path: string, out: Array<{ name: strin
   while (todo.length) {
     const [v, at] = todo.pop()!;
     if (typeof v === 'string') {
-      for (const m of v.matchAll(PARAM_REF)) out.push({ name: m[1]!, path: at });
+      if (v.includes('${{')) for (const m of v.matchAll(PARAM_REF)) out.push({ name: m[1]!, path: at });
     } else if (Array.isArray(v)) {
       for (let i = v.length - 1; i >= 0; i--) todo.push([v[i], `${at}[${i}]`]);
     } else if (v && typeof v === 'object') {
@@ -310,6 +327,63 @@ function mergedRetryProblems(spec: PipelineSpec): SpecProblem[] {
   return problems;
 }
 
+/**
+ * Substituting parameters can multiply a stage's size (40 references to a
+ * 100 KB parameter make a 4 MB activity input, over Temporal's payload limit:
+ * the workflow task would fail forever). Bounds `with:` and `run` as the stage
+ * will receive them, counted without building them.
+ */
+function resolvedSizeProblems(spec: PipelineSpec): SpecProblem[] {
+  const problems: SpecProblem[] = [];
+  const grows = new Map<string, number>();
+  const growth = (name: string) => {
+    let g = grows.get(name);
+    if (g === undefined) grows.set(name, (g = JSON.stringify(String(spec.params[name])).length - 2));
+    return g;
+  };
+  spec.stages.forEach((stage, i) => {
+    for (const field of ['with', 'run'] as const) {
+      const value = stage[field];
+      if (value === undefined) continue;
+      // Characters of strings and keys, 6 JSON bytes each at worst (`\u0000`), plus what references add.
+      let chars = 0;
+      let grown = 0;
+      const todo: unknown[] = [value];
+      while (todo.length) {
+        const v = todo.pop();
+        if (typeof v === 'string') {
+          chars += v.length + 3;
+          if (!v.includes('${{')) continue;
+          for (const m of v.matchAll(PARAM_REF)) if (Object.hasOwn(spec.params, m[1]!)) grown += growth(m[1]!) - m[0].length;
+        } else if (v && typeof v === 'object') {
+          if (Array.isArray(v)) {
+            for (const x of v) todo.push(x);
+            chars += v.length + 2;
+          } else {
+            for (const [k, x] of Object.entries(v)) {
+              chars += k.length + 4;
+              todo.push(x);
+            }
+          }
+        } else {
+          chars += 25;
+        }
+      }
+      // Only a stage that might be too large pays for writing it out.
+      if (chars * 6 + grown <= MAX_WITH_BYTES) continue;
+      const bytes = JSON.stringify(value).length + grown;
+      if (bytes > MAX_WITH_BYTES) {
+        problems.push({
+          path: `stages[${i}].${field}`,
+          stage: stage.id,
+          message: `${bytes} bytes as JSON once parameters are substituted: at most ${MAX_WITH_BYTES}; put large data in a file and pass its path`,
+        });
+      }
+    }
+  });
+  return problems;
+}
+
 /** The most problems a failure message lists; the rest are counted. */
 export const MAX_LISTED_PROBLEMS = 50;
 
@@ -356,7 +430,7 @@ export function validatePipelineSpec(raw: unknown): SpecValidation {
     }
     return { ok: false, problems: bounded(problems) };
   }
-  const problems = [...protoKeys, ...mergedRetryProblems(parsed.data), ...graphProblems(parsed.data)];
+  const problems = [...protoKeys, ...mergedRetryProblems(parsed.data), ...graphProblems(parsed.data), ...resolvedSizeProblems(parsed.data)];
   return problems.length ? { ok: false, problems: bounded(problems) } : { ok: true, spec: parsed.data };
 }
 
@@ -367,8 +441,9 @@ export function formatProblems(problems: readonly SpecProblem[], source = 'pipel
   const from = clip(source, MAX_PATH_CHARS);
   return problems
     .slice(0, MAX_LISTED_PROBLEMS)
-    .map((p) => clip(`${from}: ${p.stage ? `stage "${q(p.stage)}": ` : ''}${p.path}: ${p.message}`, MAX_LINE_CHARS))
+    .map((p) => `${from}: ${p.stage ? `stage "${q(p.stage)}": ` : ''}${p.path}: ${p.message}`)
     .concat(more > 0 ? [`${from}: … and ${more} more problem${more > 1 ? 's' : ''}`] : [])
+    .map((line) => clipBytes(line, MAX_LINE_BYTES))
     .join('\n');
 }
 
