@@ -42,8 +42,13 @@ export function stillRunning(id: ProcessIdentity): boolean {
   if (id.bootId && id.bootId !== bootId()) return false;
   const now = startTicks(id.pid);
   if (id.startTicks !== undefined) return now === id.startTicks;
+  return pidInUse(id.pid);
+}
+
+/** True when some process has `pid` (ours to signal or not). */
+export function pidInUse(pid: number): boolean {
   try {
-    process.kill(id.pid, 0);
+    process.kill(pid, 0);
     return true;
   } catch (err) {
     return (err as { code?: string }).code === 'EPERM';

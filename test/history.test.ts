@@ -18,45 +18,19 @@ import { workflowBundle } from '../worker/run-worker.js';
 import type { RunResult, RunStatus } from '../workflows/pipeline.js';
 import { statusQuery } from '../workflows/pipeline.js';
 import { createFakeActivities } from './helpers/fake-activities.js';
-import { ROOT, searchAttributeKeys, temporalBin, unique, waitFor } from './helpers/env.js';
+import { executions, startLimitedServer } from './helpers/history.js';
+import { ROOT, unique, waitFor } from './helpers/env.js';
 import { startTestWorkers, type TestWorkers } from './helpers/workers.js';
 
 const exec = promisify(execFile);
 const HISTORY_LIMIT = 1000;
-
-/** Every execution of a workflow id (continue-as-new makes several) with its history length. */
-async function executions(env: TestWorkflowEnvironment, workflowId: string): Promise<Array<{ runId: string; events: number; status: string }>> {
-  const out: Array<{ runId: string; events: number; status: string }> = [];
-  // Follow the chain from the first run: each continued run names the next.
-  let handle = env.client.workflow.getHandle(workflowId, undefined, { followRuns: false });
-  const first = await env.client.workflow.getHandle(workflowId).describe();
-  let runId: string | undefined = first.raw.workflowExecutionInfo?.firstRunId ?? first.runId;
-  while (runId) {
-    handle = env.client.workflow.getHandle(workflowId, runId, { followRuns: false });
-    const history = await handle.fetchHistory();
-    const d = await handle.describe();
-    out.push({ runId, events: history.events?.length ?? 0, status: d.status.name });
-    const last = history.events?.at(-1);
-    runId = last?.workflowExecutionContinuedAsNewEventAttributes?.newExecutionRunId ?? undefined;
-  }
-  return out;
-}
 
 describe(`history stays bounded (dev server with limit.historyCount.error=${HISTORY_LIMIT})`, () => {
   let env: TestWorkflowEnvironment;
   let workers: TestWorkers;
 
   before(async () => {
-    env = await TestWorkflowEnvironment.createLocal({
-      server: {
-        executable: { type: 'existing-path', path: temporalBin() },
-        searchAttributes: searchAttributeKeys,
-        extraArgs: [
-          '--dynamic-config-value', `limit.historyCount.error=${HISTORY_LIMIT}`,
-          '--dynamic-config-value', 'limit.historyCount.suggestContinueAsNew=300',
-        ],
-      },
-    });
+    env = await startLimitedServer(HISTORY_LIMIT, 'limit.historyCount.suggestContinueAsNew=300');
     workers = await startTestWorkers({ prefix: 'hist', envOverrides: { TEMPORAL_ADDRESS: env.address, TANREN_PROGRESS_INTERVAL_MS: 20 }, gpu: false });
   });
   after(async () => {
@@ -95,7 +69,7 @@ open(os.path.join(os.environ["TANREN_OUTPUT"], "steps.txt"), "w").write(str(i))
     assert.deepEqual(result.stages.map((s) => s.state), ['succeeded', 'succeeded']);
     const train = result.stages[0]!;
     assert.ok((train.step ?? 0) > 1000, `final step ${train.step} is the stage's last, not a stale tick`);
-    const [only] = await executions(env, workflowId);
+    const [only] = await executions(env.client, workflowId);
     assert.ok(only!.events < 60, `history has ${only!.events} events for ~4,500 progress ticks`);
     const done = await exec(process.execPath, ['dist/cli/main.js', 'status', workflowId], { cwd: ROOT, env: { ...process.env, TEMPORAL_ADDRESS: env.address } });
     assert.match(done.stdout, /train\s+run\s+cpu\s+succeeded\s+1\s+\[#+\]\s+100%/, done.stdout);
@@ -134,7 +108,7 @@ open(os.path.join(os.environ["TANREN_OUTPUT"], "steps.txt"), "w").write(str(i))
     )) as RunResult;
     assert.equal(result.stages[0]!.state, 'succeeded');
     assert.equal(result.stages[0]!.step, ticks);
-    const runs = await executions(env, workflowId);
+    const runs = await executions(env.client, workflowId);
     assert.equal(runs.length, 1);
     assert.ok(runs[0]!.events < 30, `${runs[0]!.events} events`);
   });
@@ -158,7 +132,7 @@ open(os.path.join(os.environ["TANREN_OUTPUT"], "steps.txt"), "w").write(str(i))
     }));
     assert.equal(result.stages.length, n);
     assert.ok(result.stages.every((s) => s.state === (Number(s.id.slice(1)) % 10 === 0 ? 'cached' : 'succeeded')));
-    const runs = await executions(env, workflowId);
+    const runs = await executions(env.client, workflowId);
     assert.ok(runs.length >= 3, `${runs.length} executions: the run continued as new`);
     for (const r of runs) assert.ok(r.events < HISTORY_LIMIT, `execution ${r.runId} has ${r.events} events`);
     assert.deepEqual(runs.slice(0, -1).map((r) => r.status), runs.slice(0, -1).map(() => 'CONTINUED_AS_NEW'));

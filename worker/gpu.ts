@@ -6,6 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { pidInUse } from '../activities/process-identity.js';
 
 /** What the worker found about GPUs. */
 export interface GpuProbe {
@@ -37,14 +38,6 @@ export class GpuLockedError extends Error {
   override name = 'GpuLockedError';
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as { code?: string }).code === 'EPERM';
-  }
-}
 
 /**
  * Takes the per-host, per-device lock of a GPU worker. A lock whose owner
@@ -65,7 +58,7 @@ export function acquireGpuLock(lockDir: string, devices: string): () => void {
       } catch {
         // unreadable lock: treat as stale
       }
-      if (owner.pid && owner.pid !== process.pid && alive(owner.pid)) {
+      if (owner.pid && owner.pid !== process.pid && pidInUse(owner.pid)) {
         throw new GpuLockedError(
           `another GPU worker (pid ${owner.pid}) already serves device(s) ${devices} on ${os.hostname()} (lock ${file}); ` +
             'stop it first, or give this worker other devices with TANREN_GPU_DEVICES',

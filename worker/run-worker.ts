@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { DefaultLogger, Worker, bundleWorkflowCode, type WorkflowBundle } from '@temporalio/worker';
 import type { Logger } from 'pino';
 import { createActivities } from '../activities/index.js';
-import { stillRunning, type ProcessIdentity } from '../activities/process-identity.js';
+import { pidInUse, stillRunning, type ProcessIdentity } from '../activities/process-identity.js';
 import { runningDir } from '../activities/run-stage.js';
 import { createObjectStore } from '../activities/storage.js';
 import { gpuQueueName, listSetting, s3Credentials, type TanrenEnv } from './config.js';
@@ -42,15 +42,6 @@ let bundle: Promise<WorkflowBundle> | undefined;
 export function workflowBundle(): Promise<WorkflowBundle> {
   bundle ??= bundleWorkflowCode({ workflowsPath: WORKFLOWS_PATH, logger: new DefaultLogger('WARN') });
   return bundle;
-}
-
-function pidInUse(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as { code?: string }).code === 'EPERM';
-  }
 }
 
 /** Kills stage process groups a previous worker of this queue left running (it died without cleaning up). */

@@ -30,9 +30,9 @@ import { MAX_STAGES } from '../../schemas/validate.js';
 import { workflowBundle } from '../../worker/run-worker.js';
 import type { RunResult, RunStatus } from '../../workflows/pipeline.js';
 import { statusQuery } from '../../workflows/pipeline.js';
-import { ROOT, searchAttributeKeys, temporalBin, unique } from '../helpers/env.js';
+import { ROOT, unique } from '../helpers/env.js';
 import { startTestWorkers, type TestWorkers } from '../helpers/workers.js';
-import { executions, type Execution } from './history.js';
+import { executions, startLimitedServer, type Execution } from '../helpers/history.js';
 
 const exec = promisify(execFile);
 const HISTORY_LIMIT = 10_000;
@@ -64,13 +64,7 @@ describe(`runs at the supported maximum (real workers, dev server with limit.his
   let workers: TestWorkers;
 
   before(async () => {
-    env = await TestWorkflowEnvironment.createLocal({
-      server: {
-        executable: { type: 'existing-path', path: temporalBin() },
-        searchAttributes: searchAttributeKeys,
-        extraArgs: ['--dynamic-config-value', `limit.historyCount.error=${HISTORY_LIMIT}`],
-      },
-    });
+    env = await startLimitedServer(HISTORY_LIMIT);
     workers = await startTestWorkers({ prefix: 'scale', envOverrides: { TEMPORAL_ADDRESS: env.address, TANREN_CPU_CONCURRENCY: 8 }, gpu: false });
   });
   after(async () => {
