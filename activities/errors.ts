@@ -15,11 +15,6 @@ export function stageFailure(type: FailureType, message: string, details?: unkno
   });
 }
 
-/** True for failures that are worth another attempt. */
-export function isRetryableType(type: string): boolean {
-  return !NON_RETRYABLE_FAILURE_TYPES.includes(type as FailureType);
-}
-
 /** Maps an object-store error to `StorageUnavailable` (retryable) with what was being done. */
 export function storageFailure(doing: string, err: unknown): ApplicationFailure {
   return stageFailure(FailureTypes.StorageUnavailable, `object storage unavailable while ${doing}: ${(err as Error).message ?? err}`);

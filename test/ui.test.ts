@@ -6,7 +6,7 @@
  * failure type, checks that the table's columns are drawn apart (the UI's
  * stylesheet gives table cells no padding), and saves screenshots to
  * test-artifacts/ui-run.png and test-artifacts/ui-failed.png.
- * Needs /usr/bin/chromium (infra/install-browser); skipped without it.
+ * Needs /usr/bin/chromium (infra/install-browser, which make test runs first).
  */
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync } from 'node:fs';
@@ -25,7 +25,7 @@ const ARTIFACTS = path.join(ROOT, 'test-artifacts');
 /** Each browser step may take long on a loaded machine. */
 const STEP_MS = 60_000;
 
-describe('Temporal UI', { skip: existsSync(CHROMIUM) ? false : `${CHROMIUM} is missing: run infra/install-browser` }, () => {
+describe('Temporal UI', () => {
   let workers: TestWorkers;
   let client: Client;
   let browser: Browser;
@@ -51,6 +51,7 @@ describe('Temporal UI', { skip: existsSync(CHROMIUM) ? false : `${CHROMIUM} is m
   }
 
   before(async () => {
+    assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: run infra/install-browser (make test does)`);
     workers = await startTestWorkers({ prefix: 'ui' });
     client = new Client({ connection: await Connection.connect({ address: workers.env.TEMPORAL_ADDRESS }), namespace: workers.env.TEMPORAL_NAMESPACE });
 
