@@ -1,17 +1,12 @@
 /**
  * Reads the JSON-lines events a stage appends to its events file
- * (docs/stage-protocol.md) while it runs.
+ * (docs/stage-protocol.md) while it runs, each line validated against
+ * schemas/stage-events.ts.
  */
 import { open } from 'node:fs/promises';
+import { checkEventLine, type StageEvent } from '../schemas/stage-events.js';
 
-/** An event of the stage protocol. */
-export type StageEvent =
-  | { event: 'progress'; step: number; total?: number; message?: string }
-  | { event: 'metric'; values: Record<string, number>; step?: number }
-  | { event: 'checkpoint'; path: string; step?: number }
-  | { event: 'artifact'; path: string; description?: string }
-  | { event: 'result'; values: Record<string, unknown> }
-  | { event: 'error'; type: string; message: string };
+export type { StageEvent } from '../schemas/stage-events.js';
 
 /** Incremental reader of an append-only JSON-lines file. */
 export class EventFileReader {
@@ -43,13 +38,9 @@ export class EventFileReader {
       const events: StageEvent[] = [];
       for (const line of lines) {
         if (!line.trim()) continue;
-        try {
-          const parsed = JSON.parse(line) as { event?: unknown };
-          if (parsed && typeof parsed === 'object' && typeof parsed.event === 'string') events.push(parsed as StageEvent);
-          else this.onBadLine(line, 'no "event" field');
-        } catch {
-          this.onBadLine(line, 'not JSON');
-        }
+        const checked = checkEventLine(line);
+        if (checked.ok) events.push(checked.event);
+        else this.onBadLine(line, checked.reason);
       }
       return events;
     } finally {

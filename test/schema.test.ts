@@ -4,7 +4,7 @@ import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
 import { parseDuration } from '../schemas/durations.js';
-import { pipelineJsonSchema, runInputJsonSchema, schemaFileText } from '../schemas/json-schema.js';
+import { pipelineJsonSchema, runInputJsonSchema, schemaFileText, stageEventJsonSchema } from '../schemas/json-schema.js';
 import { findCycle, formatProblems, resolveSpec, stageQueue, validatePipelineSpec } from '../schemas/validate.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
@@ -164,6 +164,7 @@ describe('JSON Schema export', () => {
   it('matches the committed files (run `npm run schema:export` after changing schemas/)', () => {
     assert.equal(readFileSync(root + 'schemas/pipeline.schema.json', 'utf8'), schemaFileText(pipelineJsonSchema()));
     assert.equal(readFileSync(root + 'schemas/run-input.schema.json', 'utf8'), schemaFileText(runInputJsonSchema()));
+    assert.equal(readFileSync(root + 'schemas/stage-event.schema.json', 'utf8'), schemaFileText(stageEventJsonSchema()));
   });
   it('describes stage fields', () => {
     const s = JSON.stringify(pipelineJsonSchema());
