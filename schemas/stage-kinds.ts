@@ -15,6 +15,10 @@ export interface StageKindInfo {
   readonly summary: string;
   /** Default `stallTimeout`: how long the kind may report no progress once it has reported some. */
   readonly stallTimeout?: string;
+  /** The workflow hands the stage the run's stage timeline (`with.timeline`) unless the spec sets one. @default false */
+  readonly receivesTimeline?: boolean;
+  /** The stage writes the run's report (`report.html`): the run's details link to it once it succeeds. @default false */
+  readonly writesRunReport?: boolean;
 }
 
 /** The kinds themselves; read them through {@link STAGE_KINDS}. */
@@ -28,7 +32,14 @@ const KINDS = {
   dpo: { module: 'dpo', defaultQueue: 'gpu', stallTimeout: '30m', summary: 'direct preference optimisation with TRL' },
   'llm-jp-eval': { module: 'llm_jp_eval', defaultQueue: 'gpu', stallTimeout: '30m', summary: 'llm-jp-eval style exact-match evaluation' },
   'mt-bench': { module: 'mt_bench', defaultQueue: 'gpu', stallTimeout: '30m', summary: 'Japanese MT-Bench answers and LLM-as-judge grading' },
-  report: { module: 'activities/report/main.js', runtime: 'node', defaultQueue: 'cpu', summary: 'HTML report with charts' },
+  report: {
+    module: 'activities/report/main.js',
+    runtime: 'node',
+    defaultQueue: 'cpu',
+    receivesTimeline: true,
+    writesRunReport: true,
+    summary: 'HTML report with charts',
+  },
 } as const satisfies Record<string, StageKindInfo>;
 
 /** Name of a built-in stage kind. */
@@ -39,6 +50,11 @@ export const STAGE_KINDS: Readonly<Record<StageKind, StageKindInfo>> = KINDS;
 
 /** Names of all built-in kinds, sorted. */
 export const STAGE_KIND_NAMES = Object.keys(STAGE_KINDS).sort() as StageKind[];
+
+/** The built-in kind named by `uses`, if it is one. */
+export function stageKindInfo(uses: string | undefined): StageKindInfo | undefined {
+  return uses !== undefined && isStageKind(uses) ? STAGE_KINDS[uses] : undefined;
+}
 
 /** True when `name` is a built-in kind. */
 export function isStageKind(name: string): name is StageKind {

@@ -33,7 +33,7 @@ import {
   DEFAULT_CPU_TASK_QUEUE,
 } from '../schemas/names.js';
 import { PipelineRunInputSchema, type PipelineRunInput, type PipelineSpec, type RunOptions, type StageSpec } from '../schemas/pipeline.js';
-import { isStageKind, STAGE_KINDS } from '../schemas/stage-kinds.js';
+import { isStageKind, STAGE_KINDS, stageKindInfo } from '../schemas/stage-kinds.js';
 import { formatProblems, MAX_LISTED_PROBLEMS, resolveSpec, stageQueue, validatePipelineSpec } from '../schemas/validate.js';
 import { packStage, unpackStage } from './carry.js';
 import { renderDetails } from './details.js';
@@ -295,7 +295,7 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
       upsertSearchAttributes(attrs);
     }
     // Once a report stage has run, point at its page in the bucket (`tanren get <run> <stage> report.html .` fetches it).
-    const report = status.stages.find((x) => x.kind === 'report' && x.state === 'succeeded' && x.manifestKey);
+    const report = status.stages.find((x) => stageKindInfo(x.kind)?.writesRunReport && x.state === 'succeeded' && x.manifestKey);
     setCurrentDetails(renderDetails(status, report ? { reportKey: report.manifestKey!.replace(/manifest\.json$/, 'outputs/report.html') } : {}));
   };
   publish();
@@ -352,7 +352,7 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
     const task: StageTask = {
       runId: info.workflowId,
       pipeline: spec.name,
-      stage: stage.uses === 'report' && stage.with.timeline === undefined ? { ...stage, with: { ...stage.with, timeline: timeline() } } : stage,
+      stage: stageKindInfo(stage.uses)?.receivesTimeline && stage.with.timeline === undefined ? { ...stage, with: { ...stage.with, timeline: timeline() } } : stage,
       queue,
       inputs: inputIds.map((id) => ({ stage: id, manifestKey: results.get(id)!.manifestKey })),
       ...(lean && stall !== undefined ? { stallTimeoutMs: parseDuration(stall) } : {}),
