@@ -11,6 +11,7 @@ import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { StageSpec } from '../schemas/pipeline.js';
 import { STAGE_KINDS, isStageKind } from '../schemas/stage-kinds.js';
+import { manifestFiles } from './object-keys.js';
 import { sha256File, sha256Object, type ObjectStore } from './storage.js';
 import type { OutputManifest, StageInputRef } from './types.js';
 
@@ -27,6 +28,12 @@ export interface CacheEntry {
   key: string;
   parts: CacheKeyParts;
   manifestKey: string;
+  /**
+   * The manifest itself, with each object's exact key: a hit uses these objects even after the
+   * producing run's `manifest.json` was replaced (a reset, `tanren submit --reuse`). Absent in older entries,
+   * whose hits read `manifestKey`.
+   */
+  manifest?: OutputManifest;
   runId: string;
   stage: string;
   createdAt: string;
@@ -36,6 +43,9 @@ export interface CacheEntry {
 export type CacheLookup =
   | { hit: true; key: string; manifestKey: string; fromRun: string; result: Record<string, unknown>; reason: string }
   | { hit: false; key: string; reason: string };
+
+/** What {@link lookupCache} finds: a hit also carries the verified manifest (never sent to the workflow: it can be large). */
+export type CacheLookupWithManifest = Extract<CacheLookup, { hit: false }> | (Extract<CacheLookup, { hit: true }> & { manifest: OutputManifest & { cachedFrom?: string } });
 
 /** Object keys of the cache. */
 export const cacheKeys = {
@@ -154,27 +164,33 @@ const VERIFY_CONCURRENCY = 4;
  * from the store, a few at a time; nothing is held in memory whole.
  */
 export async function verifyManifestObjects(storage: ObjectStore, manifest: OutputManifest): Promise<string | undefined> {
-  for (const f of manifest.files) {
-    const key = manifest.prefix + f.path;
+  let files;
+  try {
+    files = manifestFiles(manifest);
+  } catch (err) {
+    return (err as Error).message;
+  }
+  for (const f of files) {
+    const key = f.key;
     const found = await storage.stat(key);
     if (!found) return `object missing: ${key}`;
     if (found.size !== f.size) return `object ${key} has ${found.size} bytes, manifest says ${f.size}`;
   }
-  const problems: Array<string | undefined> = new Array(manifest.files.length);
+  const problems: Array<string | undefined> = new Array(files.length);
   let next = 0;
   let failed = false;
   const worker = async () => {
-    while (!failed && next < manifest.files.length) {
+    while (!failed && next < files.length) {
       const i = next++;
-      const f = manifest.files[i]!;
-      const key = manifest.prefix + f.path;
+      const f = files[i]!;
+      const key = f.key;
       const digest = await sha256Object(storage, key);
       if (digest === undefined) problems[i] = `object missing: ${key}`;
       else if (digest !== f.sha256) problems[i] = `digest mismatch: ${key} has sha256 ${digest}, manifest says ${f.sha256}`;
       if (problems[i]) failed = true;
     }
   };
-  await Promise.all(Array.from({ length: Math.min(VERIFY_CONCURRENCY, manifest.files.length) }, worker));
+  await Promise.all(Array.from({ length: Math.min(VERIFY_CONCURRENCY, files.length) }, worker));
   return problems.find((p) => p !== undefined);
 }
 
@@ -189,18 +205,18 @@ export async function lookupCache(
   stage: StageSpec,
   inputs: readonly StageInputRef[],
   dirs: { projectDir: string; distDir: string },
-): Promise<CacheLookup> {
+): Promise<CacheLookupWithManifest> {
   const { key, parts } = await computeCacheKey(storage, stage, inputs, dirs);
   const entry = await readJson<CacheEntry>(storage, cacheKeys.entry(key));
   if (!entry) {
     const last = await readJson<CacheEntry>(storage, cacheKeys.lastOfStage(pipeline, stage.id));
     return { hit: false, key, reason: last ? `cache miss: ${explainChange(last.parts, parts)}` : 'cache miss: no earlier run of this stage' };
   }
-  const manifest = await readJson<OutputManifest>(storage, entry.manifestKey);
+  const manifest = entry.manifest ?? (await readJson<OutputManifest>(storage, entry.manifestKey));
   if (!manifest) return { hit: false, key, reason: `cache hit rejected: manifest missing (${entry.manifestKey})` };
   const problem = await verifyManifestObjects(storage, manifest);
   if (problem) return { hit: false, key, reason: `cache hit rejected: ${problem}` };
-  return { hit: true, key, manifestKey: entry.manifestKey, fromRun: entry.runId, result: manifest.result, reason: `cache hit: outputs of run ${entry.runId}` };
+  return { hit: true, key, manifestKey: entry.manifestKey, fromRun: entry.runId, result: manifest.result, manifest, reason: `cache hit: outputs of run ${entry.runId}` };
 }
 
 /** Records a finished stage's outputs under its key (and as the stage's latest entry). */

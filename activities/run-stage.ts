@@ -18,6 +18,7 @@ import { EventFileReader, type StageEvent } from './events.js';
 import { stageFailure, storageFailure } from './errors.js';
 import { createCheckpointUploader, restoreLatestCheckpoint, type CheckpointRef } from './checkpoints.js';
 import { describeFiles, keys, sha256File, withStorageRetry, type ObjectStore, type ObjectStoreConfig } from './storage.js';
+import { attemptToken, manifestFiles, outputKeys } from './object-keys.js';
 import { identify } from './process-identity.js';
 import { boundMetrics, boundResult, capHead, capTail, createRedactor, DEFAULT_JUDGE_URLS, judgeUrlAllowed, stageEnvironment } from './stage-env.js';
 import type { AttemptRecord, OutputManifest, StageResult, StageTask } from './types.js';
@@ -221,18 +222,24 @@ export function createRunStage(deps: StageRunnerDeps) {
       }
       const target = path.join(dirs.inputs, input.stage);
       await mkdir(target, { recursive: true });
-      for (const f of manifest.files) {
+      let files;
+      try {
+        files = manifestFiles(manifest);
+      } catch (err) {
+        throw stageFailure(FailureTypes.InvalidStageInput, `stage "${stage.id}": ${(err as Error).message} (${input.manifestKey})`);
+      }
+      for (const f of files) {
         const dest = path.join(target, f.path);
         try {
-          await withStorageRetry(() => storage.getFile(manifest.prefix + f.path, dest), retryOpts);
+          await withStorageRetry(() => storage.getFile(f.key, dest), retryOpts);
         } catch (err) {
-          throw storageFailure(`downloading ${manifest.prefix + f.path} for stage "${stage.id}"`, err);
+          throw storageFailure(`downloading ${f.key} for stage "${stage.id}"`, err);
         }
         const digest = await sha256File(dest);
         if (digest !== f.sha256) {
           throw stageFailure(
             FailureTypes.InvalidStageInput,
-            `stage "${stage.id}": input ${manifest.prefix + f.path} from stage "${input.stage}" has sha256 ${digest}, manifest says ${f.sha256}`,
+            `stage "${stage.id}": input ${f.key} from stage "${input.stage}" has sha256 ${digest}, manifest says ${f.sha256}`,
           );
         }
       }
@@ -558,25 +565,27 @@ export function createRunStage(deps: StageRunnerDeps) {
       }
     }
 
-    const files = await describeFiles(dirs.output, { stage: stage.id });
-    const prefix = keys.outputs(runId, stage.id);
+    // This execution's own prefix: never one an earlier attempt (or a reset's re-run of this one) wrote to.
+    const prefix = outputKeys.attempt(runId, stage.id, attempt, attemptToken());
+    const files = (await describeFiles(dirs.output, { stage: stage.id })).map((f) => ({ ...f, key: prefix + f.path }));
+    Object.assign(state.result, resumeInfo);
+    if (checkpointError) state.result.checkpoint_upload_error = String((checkpointError as Error).message ?? checkpointError);
+    const manifest: OutputManifest = {
+      runId,
+      stage: stage.id,
+      attempt,
+      createdAt: '',
+      prefix,
+      files,
+      result: state.result,
+    };
     try {
       for (const f of files) {
-        await withStorageRetry(() => storage.putFile(prefix + f.path, path.join(dirs.output, f.path)), retryOpts);
+        await withStorageRetry(() => storage.putFile(f.key, path.join(dirs.output, f.path)), retryOpts);
         beat({ phase: `uploading outputs: ${f.path}` });
       }
-      Object.assign(state.result, resumeInfo);
-      if (checkpointError) state.result.checkpoint_upload_error = String((checkpointError as Error).message ?? checkpointError);
-      const manifest: OutputManifest = {
-        runId,
-        stage: stage.id,
-        attempt,
-        createdAt: new Date().toISOString(),
-        prefix,
-        files,
-        result: state.result,
-      };
-      // Written last: a manifest means every file it lists is complete.
+      manifest.createdAt = new Date().toISOString();
+      // Written last, and the only pointer to this attempt's objects: a manifest means every file it lists is complete.
       await withStorageRetry(() => storage.putText(keys.manifest(runId, stage.id), JSON.stringify(manifest, null, 2)), retryOpts);
     } catch (err) {
       if (err instanceof ApplicationFailure) throw err;
@@ -585,7 +594,7 @@ export function createRunStage(deps: StageRunnerDeps) {
     if (task.cache) {
       try {
         const { key, parts } = await computeCacheKey(storage, stage, task.inputs, { projectDir: config.projectDir, distDir: DIST_DIR });
-        await recordCache(storage, task.pipeline, { key, parts, manifestKey: keys.manifest(runId, stage.id), runId, stage: stage.id, createdAt: new Date().toISOString() });
+        await recordCache(storage, task.pipeline, { key, parts, manifestKey: keys.manifest(runId, stage.id), manifest, runId, stage: stage.id, createdAt: new Date().toISOString() });
       } catch (err) {
         log.warn('cache entry not recorded', { stage: stage.id, error: String(err) });
       }
@@ -595,6 +604,7 @@ export function createRunStage(deps: StageRunnerDeps) {
       stage: stage.id,
       attempt,
       manifestKey: keys.manifest(runId, stage.id),
+      outputsPrefix: prefix,
       files: files.length,
       bytes: files.reduce((n, f) => n + f.size, 0),
       result: boundResult(state.result, redact),
@@ -659,11 +669,12 @@ export function createCheckCache(deps: StageRunnerDeps) {
     try {
       const found = await lookupCache(deps.storage, task.pipeline, task.stage, task.inputs, { projectDir: deps.config.projectDir, distDir: DIST_DIR });
       if (!found.hit) return found;
-      // Every run gets its own manifest, pointing at the cached objects, so the run stands on its own.
-      const manifest = JSON.parse(await deps.storage.getText(found.manifestKey)) as OutputManifest & { cachedFrom?: string };
+      // Every run gets its own manifest, pointing at the cached objects by their exact keys, so the run stands on its own.
+      const { manifest, ...hit } = found;
       const own = keys.manifest(task.runId, task.stage.id);
-      await deps.storage.putText(own, JSON.stringify({ ...manifest, cachedFrom: manifest.cachedFrom ?? found.fromRun }, null, 2));
-      return { ...found, manifestKey: own };
+      const copy = { ...manifest, files: manifestFiles(manifest), cachedFrom: manifest.cachedFrom ?? found.fromRun };
+      await deps.storage.putText(own, JSON.stringify(copy, null, 2));
+      return { ...hit, manifestKey: own };
     } catch (err) {
       throw storageFailure(`looking up the cache for stage "${task.stage.id}"`, err);
     }

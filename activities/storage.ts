@@ -309,6 +309,11 @@ export async function describeFiles(dir: string, opts: DescribeFilesOptions = {}
 /** Object key layout of a run. */
 export const keys = {
   stagePrefix: (runId: string, stage: string) => `runs/${runId}/${stage}/`,
+  /**
+   * Where outputs lived before each attempt got a prefix of its own: read only through a manifest
+   * (activities/object-keys.ts, `manifestFiles`), which says where its files are.
+   * @deprecated new outputs go to `outputKeys.attempt` (activities/object-keys.ts)
+   */
   outputs: (runId: string, stage: string) => `runs/${runId}/${stage}/outputs/`,
   manifest: (runId: string, stage: string) => `runs/${runId}/${stage}/manifest.json`,
   log: (runId: string, stage: string, attempt: number) => `runs/${runId}/${stage}/logs/attempt-${attempt}.log`,

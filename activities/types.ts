@@ -31,6 +31,11 @@ export interface ManifestEntry {
   path: string;
   size: number;
   sha256: string;
+  /**
+   * The object's exact key. Output manifests record it (the manifest is the pointer to one
+   * attempt's objects); absent in checkpoint manifests and older output manifests: `prefix` + `path`.
+   */
+  key?: string;
 }
 
 /** The manifest of a stage's outputs, written after every file it lists. */
@@ -39,7 +44,7 @@ export interface OutputManifest {
   stage: string;
   attempt: number;
   createdAt: string;
-  /** Prefix under which `files` live. */
+  /** Prefix under which `files` live: this attempt's own (`runs/<run>/<stage>/attempts/<n>-<token>/outputs/`). */
   prefix: string;
   files: ManifestEntry[];
   result: Record<string, unknown>;
@@ -59,6 +64,8 @@ export interface StageResult {
   stage: string;
   attempt: number;
   manifestKey: string;
+  /** Prefix of this attempt's outputs (absent in results of older workers). */
+  outputsPrefix?: string;
   files: number;
   bytes: number;
   result: Record<string, unknown>;

@@ -127,7 +127,7 @@ print("hello from the stage")
     const { runStage } = setup();
     const producer = task({ id: 'src', run: [PY, '-c', 'import os; open(os.path.join(os.environ["TANREN_OUTPUT"], "x.txt"), "w").write("good")'] });
     const made = (await new MockActivityEnvironment().run(runStage, producer)) as StageResult;
-    await storage.putText(`${keys.outputs(producer.runId, 'src')}x.txt`, 'tampered', 'text/plain');
+    await storage.putText(`${made.outputsPrefix}x.txt`, 'tampered', 'text/plain');
     const consumer = { ...task({ id: 'dst', run: [PY, '-c', 'pass'] }), runId: producer.runId, inputs: [{ stage: 'src', manifestKey: made.manifestKey }] };
     await assert.rejects(new MockActivityEnvironment().run(runStage, consumer), (err: unknown) => {
       assert.ok(err instanceof ApplicationFailure);
@@ -269,7 +269,7 @@ open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "result", "val
     const t = task({ id: 'envdump', run: [PY, '-c', dump] });
     const r = (await new MockActivityEnvironment().run(runStage, t)) as StageResult;
     const dest = path.join(workRoot, `${unique('env')}.json`);
-    await storage.getFile(`runs/${t.runId}/envdump/outputs/env.json`, dest);
+    await storage.getFile(`${r.outputsPrefix}env.json`, dest);
     const seen = JSON.parse(readFileSync(dest, 'utf8')) as Record<string, string>;
     assert.deepEqual(Object.keys(seen).filter((k) => /S3|TEMPORAL/.test(k)), [], 'no S3 or Temporal variable reaches a stage, even when named');
     assert.equal(seen.MY_SETTING, 'x', 'a variable the worker names is passed on');

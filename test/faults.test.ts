@@ -192,7 +192,8 @@ for i in range(${files}):
 `;
     const input = { spec: { name: 'minio-outage', queues: { cpu: workers.queues.cpu, gpu: workers.queues.gpu }, stages: [{ id: 'write', run: ['python3', '-c', script] }, { id: 'read', needs: ['write'], run: ['python3', '-c', 'import os; assert len(os.listdir(os.environ["TANREN_INPUT_WRITE"])) == 300'] }] }, options: { noCache: true } };
     const handle = await start(workflowId, input);
-    const prefix = keys.outputs(workflowId, 'write');
+    // Every attempt's outputs go under runs/<run>/write/attempts/<n>-<token>/outputs/.
+    const prefix = `${keys.stagePrefix(workflowId, 'write')}attempts/`;
     await waitFor('the output upload to begin', async () => (await storage.list(prefix)).length > 0, 60_000, 20);
     const uploadedBefore = (await storage.list(prefix)).length;
     await stopService('minio');
@@ -203,7 +204,7 @@ for i in range(${files}):
     assert.deepEqual(result.stages.map((s) => [s.id, s.state]), [['write', 'succeeded'], ['read', 'succeeded']]);
     const manifest = JSON.parse(await storage.getText(keys.manifest(workflowId, 'write'))) as OutputManifest;
     assert.equal(manifest.files.length, files);
-    for (const f of manifest.files) assert.equal((await storage.stat(manifest.prefix + f.path))?.size, f.size, f.path);
+    for (const f of manifest.files) assert.equal((await storage.stat(f.key!))?.size, f.size, f.path);
   });
 
   it('4. the Temporal server stopped mid-run and started again on the same database: the run completes', { timeout: 180_000 }, async () => {
@@ -270,7 +271,8 @@ open(os.path.join(os.environ["TANREN_OUTPUT"], "done.txt"), "w").write("ok")
     for (const s of second.stages.filter((x) => x.state === 'cached')) assert.equal(s.cache, `cache hit: outputs of run ${name}-1`);
     assert.equal(second.stages.find((s) => s.id === 'merge')!.cache, 'cache miss: no earlier run of this stage');
 
-    const victim = `${keys.outputs(`${name}-1`, 'freq-0')}freq.json`;
+    const firstFreq = JSON.parse(await storage.getText(keys.manifest(`${name}-1`, 'freq-0'))) as OutputManifest;
+    const victim = firstFreq.files.find((f) => f.path === 'freq.json')!.key!;
     await storage.remove([victim]);
     const third = (await client.workflow.execute('pipelineWorkflow', { taskQueue: workers.queues.control, workflowId: `${name}-3`, args: [render('pipelines/demo.yaml', fixed)] })) as RunResult;
     const freq0 = third.stages.find((s) => s.id === 'freq-0')!;

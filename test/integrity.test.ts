@@ -84,7 +84,8 @@ open(os.path.join(out, "small.txt"), "w").write("ok")
     assert.equal(again.reason, `cache hit: outputs of run ${second.runId}`);
 
     // An object deleted from under the entry is a miss too.
-    const gone = keys.outputs(second.runId, 'digest') + 'small.txt';
+    const secondManifest = JSON.parse(await storage.getText(keys.manifest(second.runId, 'digest'))) as OutputManifest;
+    const gone = secondManifest.files.find((f) => f.path === 'small.txt')!.key!;
     await storage.remove([gone]);
     const missing = await checkCache(task(stage));
     assert.equal(missing.hit, false);
@@ -123,7 +124,7 @@ os.symlink("/etc/hostname", os.path.join(out, "sub", "link.txt"))
       return true;
     });
     assert.equal(await storage.stat(keys.manifest(t.runId, 'linker')), undefined);
-    assert.deepEqual(await storage.list(keys.outputs(t.runId, 'linker')), []);
+    assert.deepEqual(await storage.list(`${keys.stagePrefix(t.runId, 'linker')}attempts/`), [], 'no output was uploaded');
   });
 
   it('describeFiles names every link and special file, and otherwise describes the files as before', async () => {

@@ -226,7 +226,9 @@ describe('wiki40b-ja.tiny end to end (Temporal + MinIO + real workers and stages
     const out = execFileSync(process.execPath, [path.join(ROOT, 'dist', 'cli', 'main.js'), 'report', workflowId, '--json', '-o', local], { cwd: ROOT, encoding: 'utf8' });
     const made = JSON.parse(out) as { html: string; local: string };
     assert.match(readFileSync(made.local, 'utf8'), /<svg/);
-    assert.ok(await storage.stat(`runs/${workflowId}/_report/outputs/report.html`), 'the report is stored with the run');
+    const stored = JSON.parse(await storage.getText(`runs/${workflowId}/_report/manifest.json`)) as OutputManifest;
+    assert.equal(made.html, `s3://${storage.bucket}/${stored.prefix}report.html`, 'the command names the stored page');
+    assert.ok(await storage.stat(stored.files.find((f) => f.path === 'report.html')!.key!), 'the report is stored with the run');
   });
 
   it('runs again with the cache on: every stage is a hit except the report, which shows them as cached', { timeout: 10 * 60_000 }, async () => {
@@ -243,7 +245,8 @@ describe('wiki40b-ja.tiny end to end (Temporal + MinIO + real workers and stages
       if (s.id !== 'report') assert.equal(s.cachedFrom, `${rendered.name}-${prefix}`, `stage ${s.id} reused the first run`);
     }
     assert.equal(result.stages.find((s) => s.id === 'report')!.result!.timeline, true);
-    const html = await storage.getText(`runs/${workflowId}/report/outputs/report.html`);
+    const reportManifest = JSON.parse(await storage.getText(`runs/${workflowId}/report/manifest.json`)) as OutputManifest;
+    const html = await storage.getText(reportManifest.files.find((f) => f.path === 'report.html')!.key!);
     assert.match(html, new RegExp(`cached \\(run ${rendered.name}-${prefix}\\)`), 'the timeline says where cached stages came from');
     // Not execFileSync: the workers that answer the status query live in this very process.
     const { stdout: shown } = await promisify(execFile)(process.execPath, [path.join(ROOT, 'dist', 'cli', 'main.js'), 'status', workflowId], {

@@ -55,6 +55,8 @@ export interface StageStatus {
   metrics: Record<string, number>;
   result?: Record<string, unknown>;
   manifestKey?: string;
+  /** A report stage's outputs prefix (its attempt's own), for the link to its page; other stages leave it out. */
+  outputsPrefix?: string;
   startedAt?: string;
   endedAt?: string;
   /** Why the stage failed, was skipped or is retrying. */
@@ -296,7 +298,9 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
     }
     // Once a report stage has run, point at its page in the bucket (`tanren get <run> <stage> report.html .` fetches it).
     const report = status.stages.find((x) => stageKindInfo(x.kind)?.writesRunReport && x.state === 'succeeded' && x.manifestKey);
-    setCurrentDetails(renderDetails(status, report ? { reportKey: report.manifestKey!.replace(/manifest\.json$/, 'outputs/report.html') } : {}));
+    // Results of older workers have no outputsPrefix: their outputs sat beside the manifest.
+    const reportPrefix = report && (report.outputsPrefix ?? report.manifestKey!.replace(/manifest\.json$/, 'outputs/'));
+    setCurrentDetails(renderDetails(status, reportPrefix ? { reportKey: `${reportPrefix}report.html` } : {}));
   };
   publish();
 
@@ -384,6 +388,7 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
       s.attempt = result.attempt;
       s.result = result.result;
       s.manifestKey = result.manifestKey;
+      if (s.kind === 'report' && result.outputsPrefix) s.outputsPrefix = result.outputsPrefix;
       Object.assign(s.metrics, result.metrics);
       // The final progress, not the last tick anyone happened to see.
       if (result.step !== undefined) s.step = result.step;

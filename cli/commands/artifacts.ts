@@ -1,6 +1,7 @@
 /** `tanren artifacts <run> [stage]`: the outputs of a run's stages, from their manifests. */
 import type { Command } from 'commander';
 import { z } from 'zod';
+import { manifestFiles } from '../../activities/object-keys.js';
 import { action, env, parseOptions } from '../common.js';
 import { colour, table } from '../output.js';
 import { cliStore, formatBytes, manifestFinder, requireStage, runStages } from '../storage.js';
@@ -47,7 +48,7 @@ export function configureArtifactsCommand(program: Command): void {
             finished: Boolean(m),
             ...(found ? { attempt: found.manifest.attempt, createdAt: found.manifest.createdAt, manifestKey: found.key } : {}),
             ...(found?.cachedFrom ? { cachedFrom: found.cachedFrom } : {}),
-            files: (m?.files ?? []).map((f) => ({ path: f.path, key: m!.prefix + f.path, size: f.size, sha256: f.sha256 })),
+            files: (m ? manifestFiles(m) : []).map((f) => ({ path: f.path, key: f.key, size: f.size, sha256: f.sha256 })),
           });
         }
         if (opts.json) {
@@ -61,7 +62,7 @@ export function configureArtifactsCommand(program: Command): void {
           else for (const f of s.files) rows.push([s.stage, f.path, formatBytes(f.size), f.sha256.slice(0, 12), s.cachedFrom ? colour.dim(`cached: ${s.cachedFrom}`) : '']);
         }
         process.stdout.write(`${table(['STAGE', 'PATH', 'SIZE', 'SHA256', ''], rows)}\n`);
-        process.stdout.write(colour.dim(`\ns3://${store.bucket}/runs/${run}/<stage>/outputs/  —  tanren get ${run} <stage> <path> <dest>\n`));
+        process.stdout.write(colour.dim(`\nobject keys: s3://${store.bucket}/runs/${run}/<stage>/manifest.json (or --json)  —  tanren get ${run} <stage> <path> <dest>\n`));
       }),
     );
 }

@@ -8,6 +8,7 @@ import { mkdir, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { z } from 'zod';
+import { manifestFiles } from '../../activities/object-keys.js';
 import { sha256File } from '../../activities/storage.js';
 import type { ManifestEntry } from '../../activities/types.js';
 import { action, CliError, env, parseOptions } from '../common.js';
@@ -17,7 +18,7 @@ import { cliStore, formatBytes, isNoSuchObject, manifestFinder, requireStage, ru
 const Options = z.object({ json: z.boolean().default(false) });
 
 /** The manifest entries `wanted` names, with the path each gets under `dest`. */
-export function selectFiles(files: readonly ManifestEntry[], wanted: string, dest: string): Array<{ entry: ManifestEntry; target: string }> {
+export function selectFiles<E extends ManifestEntry>(files: readonly E[], wanted: string, dest: string): Array<{ entry: E; target: string }> {
   const exact = files.find((f) => f.path === wanted);
   if (exact) {
     const intoDir = /[/\\]$/.test(dest) || (existsSync(dest) && statSync(dest).isDirectory());
@@ -57,7 +58,7 @@ export function configureGetCommand(program: Command): void {
           throw new CliError(`stage "${stage}" of run ${run} has no outputs yet (not finished); see \`tanren status ${run}\``, ExitCodes.notFound);
         }
         const manifest = found.manifest;
-        const chosen = selectFiles(manifest.files, wanted, dest);
+        const chosen = selectFiles(manifestFiles(manifest), wanted, dest);
         if (!chosen.length) {
           const listed = manifest.files.slice(0, 10).map((f) => f.path);
           throw new CliError(
@@ -69,7 +70,7 @@ export function configureGetCommand(program: Command): void {
         const written: Array<{ path: string; dest: string; size: number; sha256: string }> = [];
         const problems: string[] = [];
         for (const { entry, target } of chosen) {
-          const key = manifest.prefix + entry.path;
+          const key = entry.key;
           const part = `${target}.tanren-part-${process.pid}`;
           await mkdir(path.dirname(target), { recursive: true });
           try {

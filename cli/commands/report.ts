@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { execa } from 'execa';
 import { z } from 'zod';
+import { attemptToken, manifestFiles, outputKeys } from '../../activities/object-keys.js';
 import { describeFiles, keys } from '../../activities/storage.js';
 import type { OutputManifest } from '../../activities/types.js';
 import { action, CliError, client, env, parseOptions } from '../common.js';
@@ -53,8 +54,8 @@ export function configureReportCommand(program: Command): void {
             const found = await find(stage);
             if (!found) continue;
             const manifest: OutputManifest = found.manifest;
-            for (const f of manifest.files.filter((x) => REPORT_INPUT.test(x.path))) {
-              await store.getFile(manifest.prefix + f.path, path.join(inputs, stage, f.path));
+            for (const f of manifestFiles(manifest).filter((x) => REPORT_INPUT.test(x.path))) {
+              await store.getFile(f.key, path.join(inputs, stage, f.path));
               used++;
             }
           }
@@ -76,10 +77,10 @@ export function configureReportCommand(program: Command): void {
             env: { TANREN_RUN_ID: run, TANREN_STAGE_ID: 'report', TANREN_ATTEMPT: '1', TANREN_PARAMS: params, TANREN_INPUTS: inputs, TANREN_OUTPUT: output, TANREN_EVENTS: events },
           });
           if (r.exitCode !== 0) throw new CliError(`the report could not be built: ${String(r.stderr).trim().split('\n').at(-1)}`, ExitCodes.failed);
-          // Stored beside the run's stages, manifest last, like a stage's outputs.
-          const prefix = `runs/${run}/_report/outputs/`;
-          const files = await describeFiles(output);
-          for (const f of files) await store.putFile(prefix + f.path, path.join(output, f.path));
+          // Stored beside the run's stages like a stage's outputs: a prefix of its own, the manifest last, pointing at it.
+          const prefix = outputKeys.attempt(run, '_report', 1, attemptToken());
+          const files = (await describeFiles(output)).map((f) => ({ ...f, key: prefix + f.path }));
+          for (const f of files) await store.putFile(f.key, path.join(output, f.path));
           await store.putText(keys.manifest(run, '_report'), JSON.stringify({ runId: run, stage: '_report', attempt: 1, createdAt: new Date().toISOString(), prefix, files, result: {} }, null, 2));
           const local = path.resolve(opts.output ?? `tanren-report-${run}`);
           await mkdir(local, { recursive: true });
