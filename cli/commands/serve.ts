@@ -29,6 +29,9 @@ const Options = z.object({
   json: z.boolean().default(false),
 });
 
+/** Run and stage ids that may name directories of the cache. */
+const SAFE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/;
+
 /** Output directories a served model may need: the weights, and an unmerged adapter with its base copy. */
 const MODEL_DIRS = ['model/', 'adapter/', 'base/'];
 
@@ -79,6 +82,9 @@ export function configureServeCommand(program: Command): void {
         const python = findStagesPython({ projectDir: e.projectDir, envPython: e.TANREN_PYTHON });
         if (!python.python) throw new CliError(python.source, ExitCodes.config);
 
+        if (!opts.cacheDir && !(SAFE_NAME.test(run) && SAFE_NAME.test(stage))) {
+          throw new CliError(`run "${run}" or stage "${stage}" cannot name a cache directory; give one with --cache-dir`, ExitCodes.usage);
+        }
         const dir = path.resolve(opts.cacheDir ?? path.join(defaultCacheDir(), 'serve', run, stage));
         const problems: string[] = [];
         let fetched = 0;
