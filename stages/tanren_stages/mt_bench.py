@@ -90,6 +90,15 @@ def judge_note(value: str) -> str | None:
     return TINY_JUDGE_NOTE if value.lower() == "tiny" else value
 
 
+def url_host(url: str) -> str:
+    """host[:port] of a URL: never its user info (a key someone put in the URL), path or query."""
+    u = urllib.parse.urlsplit(url)
+    host = u.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return host + (f":{u.port}" if u.port else "")
+
+
 def load_questions(path: Path, limit: int | None) -> list[dict]:
     qs = []
     for ln, q in read_jsonl(path):
@@ -247,7 +256,7 @@ def main(ctx: StageContext) -> None:
         cost = judge.prompt_tokens / 1000 * jp.float("price_per_1k_input", 0.0) + judge.completion_tokens / 1000 * jp.float("price_per_1k_output", 0.0)
     usage = {"judge_calls": judge.calls, "judge_prompt_tokens": judge.prompt_tokens, "judge_completion_tokens": judge.completion_tokens,
              "judge_cost": cost}
-    judge_info = {"model": judge.model, "base_url_host": urllib.parse.urlsplit(judge.url).netloc, "prompts": language,
+    judge_info = {"model": judge.model, "base_url_host": url_host(judge.url), "prompts": language,
                   "prompt_files": sorted({j["prompt_file"] for j in judgments}),
                   "prompt_source": f"{mtbench.FASTCHAT_REPO} {mtbench.FASTCHAT_BRANCH}@{mtbench.FASTCHAT_COMMIT}",
                   "rating_retries": rating_retries, "temperature": mtbench.JUDGE_TEMPERATURE, "max_tokens": mtbench.JUDGE_MAX_TOKENS}

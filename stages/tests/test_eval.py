@@ -155,3 +155,11 @@ def test_mt_bench_sampling_is_seeded(pretrained):
         set_seed(0)
         outs.append(sample_chat(gen, msgs, 12, 0.5))
     assert outs[0] == outs[1] and outs[0][1] > 0
+
+
+def test_judge_host_and_note_keep_nothing_secret():
+    from tanren_stages.mt_bench import TINY_JUDGE_NOTE, judge_note, url_host
+
+    assert url_host("http://user:sk-secret@127.0.0.1:8000/v1?key=x") == "127.0.0.1:8000"
+    assert url_host("https://api.openai.com/v1") == "api.openai.com" and url_host("http://[::1]:9/v1") == "[::1]:9"
+    assert judge_note(" tiny ") == TINY_JUDGE_NOTE and judge_note("") is None and judge_note("a 7B judge") == "a 7B judge"
