@@ -33,6 +33,12 @@ function secretValues(env: NodeJS.ProcessEnv): string[] {
     .map(([, v]) => v!);
 }
 
+/** The variable a stage's `with.judge.api_key_env` names, the only judge key it is given. */
+function judgeKeyNames(params: Record<string, unknown>): string[] {
+  const name = (params.judge as { api_key_env?: unknown } | undefined)?.api_key_env;
+  return typeof name === 'string' && name ? [name] : [];
+}
+
 /** Settings of the worker that runs stages. */
 export interface StageRunnerConfig {
   /** Directory under which each attempt gets its work directory. */
@@ -328,7 +334,9 @@ export function createRunStage(deps: StageRunnerDeps) {
 
     const logStream: WriteStream = createWriteStream(logFile, { flags: 'a' });
     const tail: string[] = [];
-    const record = (streamName: 'stdout' | 'stderr', line: string) => {
+    const record = (streamName: 'stdout' | 'stderr', raw: string) => {
+      // The log goes to object storage and the worker's log: no credential value of the worker in either.
+      const line = redact(raw);
       logStream.write(`${line}\n`);
       tail.push(line);
       if (tail.length > 50) tail.shift();
@@ -340,7 +348,7 @@ export function createRunStage(deps: StageRunnerDeps) {
       child = execa(argv[0]!, argv.slice(1), {
         cwd: config.projectDir,
         // Only the allowlisted part of the worker's environment: never its S3, Temporal or credential variables.
-        env: stageEnvironment(config.workerEnv ?? process.env, env, config.stageEnvNames),
+        env: stageEnvironment(config.workerEnv ?? process.env, env, config.stageEnvNames, judgeKeyNames(params)),
         extendEnv: false,
         detached: true, // own process group, so cancellation reaches grandchildren too
         reject: false,

@@ -12,25 +12,34 @@ export const STAGE_ENV_ALLOW: readonly RegExp[] = [
   // GPU, Hugging Face and torch settings the ML stages read.
   /^(CUDA|NVIDIA|NCCL|HF|HUGGINGFACE|TRANSFORMERS|TORCH|PYTORCH|TORCHINDUCTOR|TRITON|MKL|OMP|BNB)_[A-Z0-9_]*$/,
   /^TOKENIZERS_PARALLELISM$/,
-  // Keys of the MT-Bench judge are only ever read from these.
-  /^TANREN_JUDGE_[A-Z0-9_]+$/,
   // Fault injection hooks of the test suite.
   /^TANREN_TEST_[A-Z0-9_]+$/,
 ];
+
+/** Where the MT-Bench judge's key lives: passed only to a stage whose `judge.api_key_env` names the variable. */
+export const JUDGE_KEY_VAR = /^TANREN_JUDGE_[A-Z0-9_]+$/;
 
 /** Never passed on, whatever an allowlist or the worker's TANREN_STAGE_ENV says. */
 const NEVER = /^(TANREN_S3_|TEMPORAL_|AWS_|MINIO_)|SECRET|PASSWORD|CREDENTIAL/;
 
 /**
  * The environment of a stage program: the allowlisted part of `workerEnv`,
- * the variables the worker's config names (`extraNames`), then `own` (the
- * protocol variables), which win.
+ * the variables the worker's config names (`extraNames`), the `TANREN_JUDGE_*`
+ * variables the stage's params name as its judge key (`judgeKeyNames`), then
+ * `own` (the protocol variables), which win. Any other stage never sees a
+ * judge key, so a `run:` stage that dumps its environment cannot publish it.
  */
-export function stageEnvironment(workerEnv: NodeJS.ProcessEnv, own: Record<string, string>, extraNames: readonly string[] = []): Record<string, string> {
+export function stageEnvironment(
+  workerEnv: NodeJS.ProcessEnv,
+  own: Record<string, string>,
+  extraNames: readonly string[] = [],
+  judgeKeyNames: readonly string[] = [],
+): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(workerEnv)) {
     if (v === undefined || NEVER.test(k)) continue;
-    if (STAGE_ENV_ALLOW.some((re) => re.test(k)) || extraNames.includes(k)) out[k] = v;
+    const judgeKey = JUDGE_KEY_VAR.test(k) && judgeKeyNames.includes(k);
+    if (STAGE_ENV_ALLOW.some((re) => re.test(k)) || extraNames.includes(k) || judgeKey) out[k] = v;
   }
   return { ...out, ...own };
 }

@@ -11,6 +11,7 @@ import { configureRenderCommand } from './commands/render.js';
 import { configureResumeCommand } from './commands/resume.js';
 import { configureRetryCommand } from './commands/retry.js';
 import { configureRunsCommand } from './commands/runs.js';
+import { configureServeCommand } from './commands/serve.js';
 import { configureStatusCommand } from './commands/status.js';
 import { configureSubmitCommand } from './commands/submit.js';
 import { configureValidateCommand } from './commands/validate.js';
@@ -40,6 +41,7 @@ for (const configure of [
   configureArtifactsCommand,
   configureGetCommand,
   configureReportCommand,
+  configureServeCommand,
   configureWorkerCommand,
 ]) {
   configure(program);

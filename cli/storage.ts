@@ -6,9 +6,11 @@
  */
 import type { Client } from '@temporalio/client';
 import { defaultPayloadConverter, isGrpcServiceError } from '@temporalio/client';
+import { mkdir, rename, rm } from 'node:fs/promises';
+import path from 'node:path';
 import * as Minio from 'minio';
-import { createObjectStore, keys, type ObjectStore } from '../activities/storage.js';
-import type { OutputManifest } from '../activities/types.js';
+import { createObjectStore, keys, sha256File, type ObjectStore } from '../activities/storage.js';
+import type { ManifestEntry, OutputManifest } from '../activities/types.js';
 import { s3Credentials, type TanrenEnv } from '../worker/config.js';
 import { statusQuery, type RunResult } from '../workflows/pipeline.js';
 import { CliError, client as connect } from './common.js';
@@ -172,6 +174,29 @@ export function manifestFinder(e: TanrenEnv, store: ObjectStore, run: string, c?
       throw err;
     }
   };
+}
+
+/**
+ * Downloads the object `key` (a manifest entry's, see manifestObjectKey) to `target` through a temporary file and checks it against the manifest's sha256;
+ * a file that does not match is deleted. Returns what went wrong (for the user), or undefined when `target` is good.
+ */
+export async function downloadVerified(store: ObjectStore, key: string, entry: ManifestEntry, target: string): Promise<string | undefined> {
+  const part = `${target}.tanren-part-${process.pid}`;
+  await mkdir(path.dirname(target), { recursive: true });
+  try {
+    await store.getFile(key, part);
+  } catch (err) {
+    await rm(part, { force: true });
+    if (isNoSuchObject(err)) return `${entry.path}: listed in the manifest but missing from s3://${store.bucket}/${key}`;
+    throw err;
+  }
+  const actual = await sha256File(part);
+  if (actual !== entry.sha256) {
+    await rm(part, { force: true });
+    return `${entry.path}: sha256 mismatch: the manifest says ${entry.sha256}, the downloaded file has ${actual}; deleted it`;
+  }
+  await rename(part, target);
+  return undefined;
 }
 
 /** Attempt numbers that have a log object, ascending. */

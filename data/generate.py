@@ -190,6 +190,28 @@ def reference_scores() -> None:
     with open(HERE / "reference-scores.csv", "w", newline="", encoding="utf-8") as fh:
         csv.writer(fh, lineterminator="\n").writerows(rows)
 
+def judge_sft(rng: random.Random) -> None:
+    """Chats ending as the MT-Bench judge's prompts end (single-v1, single-math-v1, the multi-turn ones) whose reply is a
+    rating, so the tiny pipeline can train its own judge (protocol-true, meaningless scores): a right answer gets
+    [8], an evasive one [2] (the rating format upstream accepts after [[n]])."""
+    lines = []
+    for i, (q, a) in enumerate(QA * 3):
+        good = i % 3 != 2
+        answer = a if good else "わかりません。" * rng.randint(1, 3)
+        form = (i // 3) % 3
+        if form == 0:
+            user = f"[Question]\n{q}\n\n[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]"
+        elif form == 1:
+            user = (f"[Question]\n{q}\n\n[The Start of Reference Answer]\n{a}\n[The End of Reference Answer]\n\n"
+                    f"[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]")
+        else:
+            user = (f"<|The Start of Assistant A's Conversation with User|>\n\n### User:\n{q}\n\n### Assistant A:\n{answer}\n\n"
+                    "<|The End of Assistant A's Conversation with User|>")
+        msgs = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": user},
+                {"role": "assistant", "content": f"[{8 if good else 2}]"}]
+        lines.append(json.dumps({"messages": msgs}, ensure_ascii=False))
+    (HERE / "sft" / "judge.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
 def main() -> None:
     rng = random.Random(SEED)
     wiki40b(rng)
@@ -198,6 +220,7 @@ def main() -> None:
     jaster(random.Random(SEED))  # its own generator: the eval fixtures do not move when the others change
     mt_bench()
     reference_scores()
+    judge_sft(random.Random(SEED))  # its own generator too
 
 if __name__ == "__main__":
     main()

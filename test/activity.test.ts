@@ -273,9 +273,14 @@ open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "result", "val
     const seen = JSON.parse(readFileSync(dest, 'utf8')) as Record<string, string>;
     assert.deepEqual(Object.keys(seen).filter((k) => /S3|TEMPORAL/.test(k)), [], 'no S3 or Temporal variable reaches a stage, even when named');
     assert.equal(seen.MY_SETTING, 'x', 'a variable the worker names is passed on');
-    assert.equal(seen.TANREN_JUDGE_API_KEY, canary.TANREN_JUDGE_API_KEY, 'the judge key is for the stage');
+    assert.equal(seen.TANREN_JUDGE_API_KEY, undefined, 'the judge key is only for a stage whose judge names it');
     assert.equal(seen.TANREN_STAGE_ID, 'envdump');
-    assert.doesNotMatch(JSON.stringify(r), /canary-judge-key/, 'the judge key never enters history');
+    const tj = task({ id: 'judgeenv', run: [PY, '-c', dump], with: { judge: { api_key_env: 'TANREN_JUDGE_API_KEY' } } });
+    const rj = (await new MockActivityEnvironment().run(runStage, tj)) as StageResult;
+    await storage.getFile(`runs/${tj.runId}/judgeenv/outputs/env.json`, dest);
+    const judgeSeen = JSON.parse(readFileSync(dest, 'utf8')) as Record<string, string>;
+    assert.equal(judgeSeen.TANREN_JUDGE_API_KEY, canary.TANREN_JUDGE_API_KEY, 'the judge key is for the stage whose judge.api_key_env names it');
+    assert.doesNotMatch(JSON.stringify([r, rj]), /canary-judge-key/, 'the judge key never enters history');
 
     const leak = `
 import os, sys

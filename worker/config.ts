@@ -38,7 +38,7 @@ export const EnvSchema = z.object({
   TANREN_STAGE_ENV: z
     .string()
     .optional()
-    .describe('Comma-separated names of further worker variables stage programs may see (they get an allowlist: PATH, HOME, locale, CUDA/HF/torch, TANREN_JUDGE_*)'),
+    .describe('Comma-separated names of further worker variables every stage program may see (they get an allowlist: PATH, HOME, locale, CUDA/HF/torch, and the TANREN_JUDGE_* key their judge.api_key_env names)'),
   TANREN_JUDGE_BASE_URLS: z
     .string()
     .optional()

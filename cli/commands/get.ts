@@ -4,16 +4,14 @@
  * the sha256 of the manifest. A file that does not match is deleted.
  */
 import { existsSync, statSync } from 'node:fs';
-import { mkdir, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { manifestFiles } from '../../activities/object-keys.js';
-import { sha256File } from '../../activities/storage.js';
 import type { ManifestEntry } from '../../activities/types.js';
 import { action, CliError, env, parseOptions } from '../common.js';
 import { ExitCodes } from '../output.js';
-import { cliStore, formatBytes, isNoSuchObject, manifestFinder, requireStage, runStages } from '../storage.js';
+import { cliStore, downloadVerified, formatBytes, manifestFinder, requireStage, runStages } from '../storage.js';
 
 const Options = z.object({ json: z.boolean().default(false) });
 
@@ -70,27 +68,9 @@ export function configureGetCommand(program: Command): void {
         const written: Array<{ path: string; dest: string; size: number; sha256: string }> = [];
         const problems: string[] = [];
         for (const { entry, target } of chosen) {
-          const key = entry.key;
-          const part = `${target}.tanren-part-${process.pid}`;
-          await mkdir(path.dirname(target), { recursive: true });
-          try {
-            await store.getFile(key, part);
-          } catch (err) {
-            await rm(part, { force: true });
-            if (isNoSuchObject(err)) {
-              problems.push(`${entry.path}: listed in the manifest but missing from s3://${store.bucket}/${key}`);
-              continue;
-            }
-            throw err;
-          }
-          const actual = await sha256File(part);
-          if (actual !== entry.sha256) {
-            await rm(part, { force: true });
-            problems.push(`${entry.path}: sha256 mismatch: the manifest says ${entry.sha256}, the downloaded file has ${actual}; deleted it`);
-            continue;
-          }
-          await rename(part, target);
-          written.push({ path: entry.path, dest: target, size: entry.size, sha256: actual });
+          const problem = await downloadVerified(store, entry.key, entry, target);
+          if (problem) problems.push(problem);
+          else written.push({ path: entry.path, dest: target, size: entry.size, sha256: entry.sha256 });
         }
         if (opts.json) {
           process.stdout.write(`${JSON.stringify({ run, stage, files: written, problems }, null, 2)}\n`);

@@ -18,7 +18,8 @@ params (defaults):
   judge               {base_url, model, api_key_env (the NAME of an env var holding the key), prompts "en"
                        (judge_prompts.jsonl) | "ja" (judge_ja_prompts.jsonl for turn 1), rating_retries 2 (asks again
                        when a judgment has no [[rating]]), timeout_s 120, max_retries 3 (HTTP), price_per_1k_input,
-                       price_per_1k_output}
+                       price_per_1k_output, note: "tiny" (the judge is the pipeline's own tiny model: scores.json's
+                       judge.note says its scores are not meaningful) or any text to record as judge.note}
 Without `judge` the answers are written and the result is {"judge": "not configured", "answered": n}.
 Outputs: answers.jsonl (with each question's sampling settings), judgments.jsonl (every judgment: judge model,
 prompt name and file, the messages, every reply, the rating), scores.json. Result: score, per-category and per-turn
@@ -30,6 +31,7 @@ import json
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -75,6 +77,26 @@ class Judge:
                 last = f"{type(e).__name__}: {e}"
             time.sleep(min(30, 2 ** attempt))
         raise StageConfigError(f"judge at {self.url} failed {self.max_retries} times: {last}")
+
+
+TINY_JUDGE_NOTE = "the judge is the pipeline's own tiny model: the protocol is real, the scores are not meaningful"
+
+
+def judge_note(value: str) -> str | None:
+    """scores.json's judge.note: the fixed sentence for `note: tiny`, else the user's text (None when empty)."""
+    value = value.strip()
+    if not value:
+        return None
+    return TINY_JUDGE_NOTE if value.lower() == "tiny" else value
+
+
+def url_host(url: str) -> str:
+    """host[:port] of a URL: never its user info (a key someone put in the URL), path or query."""
+    u = urllib.parse.urlsplit(url)
+    host = u.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return host + (f":{u.port}" if u.port else "")
 
 
 def load_questions(path: Path, limit: int | None) -> list[dict]:
@@ -172,7 +194,7 @@ def main(ctx: StageContext) -> None:
     judge = None
     if jp is not None:
         jp.reject_unknown({"base_url", "model", "api_key_env", "prompts", "rating_retries", "timeout_s", "max_retries",
-                           "price_per_1k_input", "price_per_1k_output"})
+                           "price_per_1k_input", "price_per_1k_output", "note"})
         key_env = jp.str("api_key_env")
         key = None
         if key_env:
@@ -234,10 +256,13 @@ def main(ctx: StageContext) -> None:
         cost = judge.prompt_tokens / 1000 * jp.float("price_per_1k_input", 0.0) + judge.completion_tokens / 1000 * jp.float("price_per_1k_output", 0.0)
     usage = {"judge_calls": judge.calls, "judge_prompt_tokens": judge.prompt_tokens, "judge_completion_tokens": judge.completion_tokens,
              "judge_cost": cost}
-    judge_info = {"model": judge.model, "prompts": language,
+    judge_info = {"model": judge.model, "base_url_host": url_host(judge.url), "prompts": language,
                   "prompt_files": sorted({j["prompt_file"] for j in judgments}),
                   "prompt_source": f"{mtbench.FASTCHAT_REPO} {mtbench.FASTCHAT_BRANCH}@{mtbench.FASTCHAT_COMMIT}",
                   "rating_retries": rating_retries, "temperature": mtbench.JUDGE_TEMPERATURE, "max_tokens": mtbench.JUDGE_MAX_TOKENS}
+    note = judge_note(jp.str("note", "") or "")
+    if note:
+        judge_info["note"] = note
     generation = {"temperature": "per category" if temp_override is None else temp_override,
                   "temperature_config": mtbench.TEMPERATURE_CONFIG, "default_temperature": mtbench.DEFAULT_TEMPERATURE,
                   "max_new_tokens": max_new, "top_p": top_p, "repetition_penalty": rep, "seed": seed, "max_turns": max_turns}

@@ -82,7 +82,8 @@ def judge_server():
 
 def test_mt_bench_with_local_judge(tmp_path, pretrained, judge_server):
     params = {"questions": "data/mt-bench/question.jsonl", "reference": "data/mt-bench/reference_answer.jsonl", "max_new_tokens": 8,
-              "judge": {"base_url": judge_server, "model": "fake-judge", "api_key_env": "FAKE_JUDGE_KEY", "price_per_1k_input": 1.0}}
+              "judge": {"base_url": judge_server, "model": "fake-judge", "api_key_env": "FAKE_JUDGE_KEY", "price_per_1k_input": 1.0,
+                        "note": "tiny"}}
     run = ok(run_stage("mt_bench", tmp_path / "mt", params, {"pretrain": pretrained.output}, extra_env={"FAKE_JUDGE_KEY": "sekret"}))
     r = run.result
     # 8 questions × 2 turns; the reasoning question's judgments have no rating: asked 1 + 2 (rating_retries) times each
@@ -110,6 +111,8 @@ def test_mt_bench_with_local_judge(tmp_path, pretrained, judge_server):
     assert "[The Start of Reference Answer]\n156です" in by[(111, 1)]["user_prompt"]
     scores = json.loads((run.output / "scores.json").read_text())
     assert scores["judge"]["model"] == "fake-judge" and "e37eb28ee490480f6f4989274ed47c55f7dfce82" in scores["judge"]["prompt_source"]
+    assert scores["judge"]["base_url_host"] == judge_server.split("/")[2]  # 127.0.0.1:<port>: no path, no key
+    assert scores["judge"]["note"] == "the judge is the pipeline's own tiny model: the protocol is real, the scores are not meaningful"
     assert scores["generation"]["temperature_config"]["writing"] == 0.5
     answers = {a["question_id"]: a for a in map(json.loads, (run.output / "answers.jsonl").read_text(encoding="utf-8").splitlines())}
     assert answers[81]["generate_params"]["temperature"] == 0.5 and answers[111]["generate_params"]["temperature"] == 0.1
@@ -152,3 +155,11 @@ def test_mt_bench_sampling_is_seeded(pretrained):
         set_seed(0)
         outs.append(sample_chat(gen, msgs, 12, 0.5))
     assert outs[0] == outs[1] and outs[0][1] > 0
+
+
+def test_judge_host_and_note_keep_nothing_secret():
+    from tanren_stages.mt_bench import TINY_JUDGE_NOTE, judge_note, url_host
+
+    assert url_host("http://user:sk-secret@127.0.0.1:8000/v1?key=x") == "127.0.0.1:8000"
+    assert url_host("https://api.openai.com/v1") == "api.openai.com" and url_host("http://[::1]:9/v1") == "[::1]:9"
+    assert judge_note(" tiny ") == TINY_JUDGE_NOTE and judge_note("") is None and judge_note("a 7B judge") == "a 7B judge"

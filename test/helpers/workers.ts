@@ -2,7 +2,7 @@
 import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
 import { runWorker } from '../../worker/run-worker.js';
 import { servicesEnv, unique } from './env.js';
 
@@ -22,7 +22,9 @@ export interface TestWorkers {
 }
 
 /** Starts a CPU worker (serving workflows too) and a GPU worker; resolves once both poll. */
-export async function startTestWorkers(opts: { prefix?: string; python?: string; envOverrides?: Record<string, unknown>; gpu?: boolean } = {}): Promise<TestWorkers> {
+export async function startTestWorkers(
+  opts: { prefix?: string; python?: string; envOverrides?: Record<string, unknown>; gpu?: boolean; logger?: Logger } = {},
+): Promise<TestWorkers> {
   const prefix = unique(opts.prefix ?? 'it');
   const queues = { control: `${prefix}-control`, cpu: `${prefix}-cpu`, gpu: `${prefix}-gpu` };
   const workRoot = mkdtempSync(path.join(os.tmpdir(), 'tanren-work-'));
@@ -34,7 +36,7 @@ export async function startTestWorkers(opts: { prefix?: string; python?: string;
     ...(opts.python ? { TANREN_PYTHON: opts.python } : {}),
     ...opts.envOverrides,
   } as ReturnType<typeof servicesEnv>;
-  const logger = pino({ level: process.env.TANREN_TEST_LOG_LEVEL ?? 'warn' });
+  const logger = opts.logger ?? pino({ level: process.env.TANREN_TEST_LOG_LEVEL ?? 'warn' });
   let stop!: () => void;
   const stopWhen = new Promise<void>((r) => (stop = r));
   const ready: Array<Promise<void>> = [];
