@@ -2,7 +2,7 @@
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
-.PHONY: help install tools build stages up down status demo test test-scale test-node test-python schema clean
+.PHONY: help install tools build stages lint up down status demo test test-scale test-node test-python schema clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -21,6 +21,9 @@ build: node_modules/.tanren-installed ## compile the TypeScript into dist/
 
 stages: ## create (or reuse) the Python environment of the stage programs
 	infra/install-stages >/dev/null
+
+lint: node_modules/.tanren-installed ## ESLint, Prettier, tsc, ruff and pyright over the repository (infra/lint --fix applies the mechanical fixes)
+	infra/lint
 
 schema: build ## re-export the JSON Schemas from the zod schemas
 	node dist/schemas/export-json-schema.js

@@ -176,7 +176,7 @@ export async function verifyManifestObjects(storage: ObjectStore, manifest: Outp
     if (!found) return `object missing: ${key}`;
     if (found.size !== f.size) return `object ${key} has ${found.size} bytes, manifest says ${f.size}`;
   }
-  const problems: Array<string | undefined> = new Array(files.length);
+  const problems = new Array<string | undefined>(files.length);
   let next = 0;
   let failed = false;
   const worker = async () => {

@@ -200,6 +200,7 @@ export function createMultipartClient(config: ObjectStoreConfig, client: Minio.C
           if (inflight.size >= concurrency) await Promise.race(inflight);
         }
         await Promise.all(inflight);
+        // eslint-disable-next-line @typescript-eslint/only-throw-error -- the first failed part's error, rethrown as it was caught
         if (failure) throw failure;
         etags.sort((a, b) => a.part - b.part);
         await withRetry(`completing multipart upload of ${key}`, () => client.completeMultipartUpload(bucket, key, uploadId, etags), {

@@ -329,7 +329,14 @@ export function createRunStage(deps: StageRunnerDeps) {
       checkpointsDir: dirs.checkpoints,
       keep: stage.checkpoint?.keep ?? 2,
       s3: deps.s3,
-      log: { info: (m, a) => log.info(m, { stage: stage.id, ...a }), warn: (m, a) => log.warn(m, { stage: stage.id, ...a }) },
+      log: {
+        info: (m, a) => {
+          log.info(m, { stage: stage.id, ...a });
+        },
+        warn: (m, a) => {
+          log.warn(m, { stage: stage.id, ...a });
+        },
+      },
     });
 
     const logStream: WriteStream = createWriteStream(logFile, { flags: 'a' });
@@ -395,9 +402,9 @@ export function createRunStage(deps: StageRunnerDeps) {
     };
     ctx.cancellationSignal.addEventListener('abort', onCancel, { once: true });
 
-    const reader = new EventFileReader(eventsFile, (line, why) =>
-      log.warn(`stage event ignored (${why})`, { stage: stage.id, line: line.slice(0, 200) }),
-    );
+    const reader = new EventFileReader(eventsFile, (line, why) => {
+      log.warn(`stage event ignored (${why})`, { stage: stage.id, line: line.slice(0, 200) });
+    });
     const state = {
       step: undefined as number | undefined,
       total: undefined as number | undefined,

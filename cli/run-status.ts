@@ -55,7 +55,7 @@ function mergePending(status: RunStatus, pending: ReadonlyArray<protos.temporal.
     const payload = p.heartbeatDetails?.payloads?.[0];
     let beat: LiveBeat | undefined;
     try {
-      beat = payload ? (defaultPayloadConverter.fromPayload(payload) as LiveBeat) : undefined;
+      beat = payload ? defaultPayloadConverter.fromPayload<LiveBeat>(payload) : undefined;
     } catch {
       beat = undefined;
     }

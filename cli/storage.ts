@@ -78,14 +78,14 @@ export function cliStore(e: TanrenEnv): CliStore {
   return {
     bucket: base.bucket,
     endpoint: base.endpoint,
-    ensureBucket: wrap(base.ensureBucket),
-    putFile: wrap(base.putFile),
-    putText: wrap(base.putText),
-    getText: wrap(base.getText),
-    getFile: wrap(base.getFile),
-    stat: wrap(base.stat),
-    list: wrap(base.list),
-    remove: wrap(base.remove),
+    ensureBucket: wrap(base.ensureBucket.bind(base)),
+    putFile: wrap(base.putFile.bind(base)),
+    putText: wrap(base.putText.bind(base)),
+    getText: wrap(base.getText.bind(base)),
+    getFile: wrap(base.getFile.bind(base)),
+    stat: wrap(base.stat.bind(base)),
+    list: wrap(base.list.bind(base)),
+    remove: wrap(base.remove.bind(base)),
     getBytes: wrap(async (key: string, offset = 0) => {
       let stream;
       try {
@@ -264,7 +264,7 @@ export async function runStages(e: TanrenEnv, store: CliStore, run: string, c?: 
       const stored = await store.listDirs(`runs/${run}/`);
       return { run, stages: stored, temporalStatus: desc.status.name, source: 'storage' };
     } catch (err) {
-      const notFound = (err as Error).name === 'WorkflowNotFoundError' || (isGrpcServiceError(err) && err.code === GRPC_NOT_FOUND);
+      const notFound = (err as Error).name === 'WorkflowNotFoundError' || (isGrpcServiceError(err) && Number(err.code) === GRPC_NOT_FOUND);
       if (!notFound) throw err;
     }
   }

@@ -79,7 +79,7 @@ print("hello from the stage")
     const env = new MockActivityEnvironment({ attempt: 2 });
     env.on('heartbeat', (d: unknown) => heartbeats.push(d));
     const t = task({ id: 'writer', run: [PY, '-c', script], with: { word: 'ab' }, outputs: ['sub/a.txt'] });
-    const result = (await env.run(runStage, t)) as StageResult;
+    const result: StageResult = await env.run(runStage, t);
     assert.equal(result.attempt, 2);
     assert.equal(result.files, 2);
     assert.deepEqual(result.result, { attempt: 2 });
@@ -113,20 +113,20 @@ print("hello from the stage")
   it('downloads the inputs of needed stages, verified, into TANREN_INPUT_<ID>', async () => {
     const { runStage } = setup();
     const producer = task({ id: 'make-data', run: [PY, '-c', 'import os; open(os.path.join(os.environ["TANREN_OUTPUT"], "x.txt"), "w").write("42")'] });
-    const made = (await new MockActivityEnvironment().run(runStage, producer)) as StageResult;
+    const made: StageResult = await new MockActivityEnvironment().run(runStage, producer);
     const consumer = {
       ...task({ id: 'use-data', run: [PY, '-c', 'import os, json; v = open(os.path.join(os.environ["TANREN_INPUT_MAKE_DATA"], "x.txt")).read(); open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "result", "values": {"got": v}}) + "\\n")'] }),
       runId: producer.runId,
       inputs: [{ stage: 'make-data', manifestKey: made.manifestKey }],
     };
-    const used = (await new MockActivityEnvironment().run(runStage, consumer)) as StageResult;
+    const used: StageResult = await new MockActivityEnvironment().run(runStage, consumer);
     assert.equal(used.result.got, '42');
   });
 
   it('rejects an input whose digest does not match its manifest, without retry', async () => {
     const { runStage } = setup();
     const producer = task({ id: 'src', run: [PY, '-c', 'import os; open(os.path.join(os.environ["TANREN_OUTPUT"], "x.txt"), "w").write("good")'] });
-    const made = (await new MockActivityEnvironment().run(runStage, producer)) as StageResult;
+    const made: StageResult = await new MockActivityEnvironment().run(runStage, producer);
     await storage.putText(`${made.outputsPrefix}x.txt`, 'tampered', 'text/plain');
     const consumer = { ...task({ id: 'dst', run: [PY, '-c', 'pass'] }), runId: producer.runId, inputs: [{ stage: 'src', manifestKey: made.manifestKey }] };
     await assert.rejects(new MockActivityEnvironment().run(runStage, consumer), (err: unknown) => {
@@ -180,7 +180,7 @@ open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "result", "val
         details = d;
       });
       try {
-        const r = (await env.run(runStage, t)) as StageResult;
+        const r: StageResult = await env.run(runStage, t);
         seen.push(r.result);
       } catch (err) {
         assert.ok(err instanceof ApplicationFailure);
@@ -215,7 +215,7 @@ open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "result", "val
         details = d;
       });
       try {
-        final = (await env.run(runStage, t)) as StageResult;
+        final = await env.run(runStage, t);
         outcomes.push('ok');
       } catch (err) {
         outcomes.push((err as ApplicationFailure).type ?? 'error');
@@ -247,7 +247,7 @@ time.sleep(600)
 
   it('leaves a stage that never reports progress alone, whatever its stallTimeout', async () => {
     const { runStage } = setup();
-    const r = (await new MockActivityEnvironment().run(runStage, { ...task({ id: 'quiet', run: [PY, '-c', 'import time; time.sleep(2)'] }), stallTimeoutMs: 500 })) as StageResult;
+    const r: StageResult = await new MockActivityEnvironment().run(runStage, { ...task({ id: 'quiet', run: [PY, '-c', 'import time; time.sleep(2)'] }), stallTimeoutMs: 500 });
     assert.equal(r.attempt, 1);
   });
 
@@ -267,7 +267,7 @@ json.dump(dict(os.environ), open(os.path.join(os.environ["TANREN_OUTPUT"], "env.
 open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "result", "values": {"echo": "token=" + os.environ.get("TANREN_JUDGE_API_KEY", "")}}) + "\\n")
 `;
     const t = task({ id: 'envdump', run: [PY, '-c', dump] });
-    const r = (await new MockActivityEnvironment().run(runStage, t)) as StageResult;
+    const r: StageResult = await new MockActivityEnvironment().run(runStage, t);
     const dest = path.join(workRoot, `${unique('env')}.json`);
     await storage.getFile(`${r.outputsPrefix}env.json`, dest);
     const seen = JSON.parse(readFileSync(dest, 'utf8')) as Record<string, string>;

@@ -617,7 +617,7 @@ const hostileArbs = (mode: Mode): Array<fc.WeightedArbitrary<Case>> => [
     // `with:` nested around the limit, and far beyond it.
     weight: 10,
     arbitrary: fc
-      .tuple(fc.oneof({ weight: 4, arbitrary: fc.integer({ min: MAX_WITH_DEPTH - 2, max: MAX_WITH_DEPTH + 2 }) }, { weight: 1, arbitrary: fc.constantFrom(100, 1000, 5000, 20_000) }), fc.constantFrom('object', 'array') as fc.Arbitrary<'object' | 'array'>, fc.constantFrom(...PROTO_NAMES, 'n'))
+      .tuple(fc.oneof({ weight: 4, arbitrary: fc.integer({ min: MAX_WITH_DEPTH - 2, max: MAX_WITH_DEPTH + 2 }) }, { weight: 1, arbitrary: fc.constantFrom(100, 1000, 5000, 20_000) }), fc.constantFrom('object', 'array'), fc.constantFrom(...PROTO_NAMES, 'n'))
       .map(([depth, shape, key]) => {
         // A top-level `__proto__` key in `with:` is a problem of its own; deeper ones are plain data.
         const ok = depth <= MAX_WITH_DEPTH && key !== '__proto__';
@@ -630,7 +630,7 @@ const hostileArbs = (mode: Mode): Array<fc.WeightedArbitrary<Case>> => [
     // Deep nesting where no depth limit applies: the shape check must not recurse into it, the graph checks neither.
     weight: 6,
     arbitrary: fc
-      .tuple(fc.constantFrom('run', 'run[1]', 'needs', 'inputs', 'outputs', 'params', 'description', 'retry', 'queues', 'stages', 'spec', 'uses', 'id', 'with in stage 5001'), fc.constantFrom(50, 5000, 20_000), fc.constantFrom('object', 'array') as fc.Arbitrary<'object' | 'array'>)
+      .tuple(fc.constantFrom('run', 'run[1]', 'needs', 'inputs', 'outputs', 'params', 'description', 'retry', 'queues', 'stages', 'spec', 'uses', 'id', 'with in stage 5001'), fc.constantFrom(50, 5000, 20_000), fc.constantFrom('object', 'array'))
       .map(([where, depth, shape]) => {
         const d = () => deep(depth, shape).n;
         const mk = (): unknown => {

@@ -15,7 +15,7 @@ import { Worker } from '@temporalio/worker';
 import type { StageTask } from '../activities/types.js';
 import { fetchRun } from '../cli/run-status.js';
 import { workflowBundle } from '../worker/run-worker.js';
-import type { RunResult, RunStatus } from '../workflows/pipeline.js';
+import type { RunResult } from '../workflows/pipeline.js';
 import { statusQuery } from '../workflows/pipeline.js';
 import { createFakeActivities } from './helpers/fake-activities.js';
 import { executions, startLimitedServer } from './helpers/history.js';
@@ -128,7 +128,7 @@ open(os.path.join(os.environ["TANREN_OUTPUT"], "steps.txt"), "w").write(str(i))
     const { result, status } = await worker.runUntil(async () => ({
       result: (await handle.result()) as RunResult,
       // The last execution answers for the whole run: every stage, the first start time, the attempts.
-      status: (await env.client.workflow.getHandle(workflowId).query(statusQuery)) as RunStatus,
+      status: await env.client.workflow.getHandle(workflowId).query(statusQuery),
     }));
     assert.equal(result.stages.length, n);
     assert.ok(result.stages.every((s) => s.state === (Number(s.id.slice(1)) % 10 === 0 ? 'cached' : 'succeeded')));

@@ -42,8 +42,8 @@ describe('integrity of outputs and cache hits', () => {
     return { runId: unique('integ'), pipeline: 'integrity-test', queue: 'cpu', inputs: [], cache, stage: { needs: [], with: {}, ...stage } as StageSpec };
   }
 
-  const checkCache = (t: StageTask) => new MockActivityEnvironment().run(createCheckCache(deps), t) as Promise<CacheLookup>;
-  const runStage = (t: StageTask) => new MockActivityEnvironment().run(createRunStage(deps), t) as Promise<StageResult>;
+  const checkCache = (t: StageTask): Promise<CacheLookup> => new MockActivityEnvironment().run(createCheckCache(deps), t);
+  const runStage = (t: StageTask): Promise<StageResult> => new MockActivityEnvironment().run(createRunStage(deps), t);
 
   it('a cached output overwritten with other bytes of the same size is a miss with its digests, and the stage recomputes', async () => {
     // A unique comment makes a cache key no other run shares.

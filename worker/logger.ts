@@ -21,7 +21,7 @@ export function prettyLine(line: string): string {
     .filter(([, v]) => v !== undefined)
     .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
     .join(' ');
-  return `${when} ${LEVEL_NAMES[Number(level)] ?? level} ${String(msg ?? '')}${fields ? `  ${fields}` : ''}`;
+  return `${when} ${LEVEL_NAMES[Number(level)] ?? level} ${typeof msg === 'string' ? msg : msg === undefined ? '' : JSON.stringify(msg)}${fields ? `  ${fields}` : ''}`;
 }
 
 /** A destination that writes pino's JSON lines as {@link prettyLine}s. */

@@ -47,7 +47,7 @@ export function workflowBundle(): Promise<WorkflowBundle> {
 /** Kills stage process groups a previous worker of this queue left running (it died without cleaning up). */
 export async function reapOrphanStages(workRoot: string, queue: 'cpu' | 'gpu', logger: Logger): Promise<number> {
   const dir = runningDir(workRoot);
-  let names: string[] = [];
+  let names: string[];
   try {
     names = await readdir(dir);
   } catch {

@@ -48,7 +48,7 @@ def test_workers_give_identical_output(tmp_path, corpus, tokenizer_run):
     model = tokenizer_run.output / "tokenizer.model"
     one = tokenize_files(files, model, tmp_path / "one", workers=1, chunk_bytes=8192)
     two = tokenize_files(files, model, tmp_path / "two", workers=2, chunk_bytes=8192)
-    big = tokenize_files(files, model, tmp_path / "big", workers=2)  # one range per file
+    tokenize_files(files, model, tmp_path / "big", workers=2)  # one range per file
     assert one["documents"] == two["documents"] == len(src) and one["tokens"] == two["tokens"] and one["tokens_per_s"] > 0
     for ext in (".bin", ".idx"):
         assert (tmp_path / f"one{ext}").read_bytes() == (tmp_path / f"two{ext}").read_bytes() == (tmp_path / f"big{ext}").read_bytes()

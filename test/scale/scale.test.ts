@@ -28,7 +28,7 @@ import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
 import { MAX_STAGES } from '../../schemas/validate.js';
 import { workflowBundle } from '../../worker/run-worker.js';
-import type { RunResult, RunStatus } from '../../workflows/pipeline.js';
+import type { RunResult } from '../../workflows/pipeline.js';
 import { statusQuery } from '../../workflows/pipeline.js';
 import { ROOT, unique } from '../helpers/env.js';
 import { startTestWorkers, type TestWorkers } from '../helpers/workers.js';
@@ -99,7 +99,7 @@ describe(`runs at the supported maximum (real workers, dev server with limit.his
       .getHandle(workflowId)
       .query(statusQuery)
       .then(
-        (st) => `status query ${((performance.now() - queried) / 1000).toFixed(1)} s (${(st as RunStatus).state})`,
+        (st) => `status query ${((performance.now() - queried) / 1000).toFixed(1)} s (${st.state})`,
         (err: Error) => `status query FAILED after ${((performance.now() - queried) / 1000).toFixed(1)} s: ${err.message}${err.cause ? ` (${String((err.cause as Error).message ?? err.cause)})` : ''}`,
       );
     const carriedKiB = Math.max(0, ...runs.map((r) => r.continuedWithBytes ?? 0)) / 1024;
