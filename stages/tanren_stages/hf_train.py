@@ -19,7 +19,7 @@ except Exception:  # noqa: BLE001
 COMMON_KEYS = {"model", "input", "data", "data_input", "lora", "load_in_4bit", "qlora", "max_steps", "num_train_epochs",
                "lr", "micro_batch_size", "gradient_accumulation_steps", "max_length", "seed", "warmup_ratio",
                "lr_scheduler", "weight_decay", "checkpoint_every", "log_every", "gradient_checkpointing", "device",
-               "precision", "threads", "merge_adapter"}
+               "precision", "threads", "merge_adapter", "eval_fraction", "eval_max_rows", "eval_every"}
 
 
 def data_files(ctx: StageContext, default_name: str) -> list[Path]:
@@ -50,6 +50,45 @@ def load_rows(files: list[Path]) -> list[tuple[str, dict]]:
     if not rows:
         raise InvalidStageInput(f"{', '.join(map(str, files))}: no rows")
     return rows
+
+
+def split_rows(ctx: StageContext, rows: list, default_fraction: float = 0.1) -> tuple[list, list]:
+    """(training rows, held-out rows): `eval_fraction` of the rows (at least 1 when the fraction is above 0, at most
+    `eval_max_rows`, default 256), picked by a permutation seeded with `seed`, so the split is the same on every
+    attempt and resume. The rows keep their file order on both sides."""
+    import random as _random
+
+    p = ctx.params
+    frac = p.float("eval_fraction", default_fraction, min=0, max=0.5)
+    if frac <= 0:
+        return rows, []
+    n = min(max(1, round(len(rows) * frac)), p.int("eval_max_rows", 256, min=1))
+    if n >= len(rows):
+        raise InvalidStageInput(f"{p.source}: field 'eval_fraction' ({frac}) would hold out all {len(rows)} rows; lower it or add data")
+    held = set(_random.Random(p.int("seed", 1234)).sample(range(len(rows)), n))
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def eval_kwargs(ctx: StageContext, has_eval: bool) -> dict:
+    """Trainer arguments for the held-out evaluation: every `eval_every` steps (default max_steps // 4, or once per
+    epoch when training runs by epochs); the stage evaluates once more at the end."""
+    if not has_eval:
+        return {"eval_strategy": "no"}
+    p = ctx.params
+    max_steps = p.int("max_steps", -1)
+    if p.has("eval_every"):
+        return {"eval_strategy": "steps", "eval_steps": p.int("eval_every", min=1)}
+    if max_steps > 0:
+        return {"eval_strategy": "steps", "eval_steps": max(1, max_steps // 4)}
+    return {"eval_strategy": "epoch"}
+
+
+def final_evaluation(trainer) -> dict:
+    """The held-out metrics at the last step: the Trainer's own when it just evaluated there, else a fresh evaluate()."""
+    last = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
+    if last is not None and last.get("step") == trainer.state.global_step:
+        return last
+    return trainer.evaluate()
 
 
 def check_messages(where: str, msgs) -> list[dict]:
@@ -189,6 +228,7 @@ def training_args_kwargs(ctx: StageContext, device: str, lr_default: float) -> d
         gradient_checkpointing=p.bool("gradient_checkpointing", False), bf16=use_bf16, use_cpu=device == "cpu",
         report_to=["tensorboard"], logging_dir=str(ctx.output / "tensorboard"), dataloader_num_workers=0,
         disable_tqdm=True, save_safetensors=True, remove_unused_columns=True,
+        per_device_eval_batch_size=p.int("micro_batch_size", 4, min=1),
     )
 
 

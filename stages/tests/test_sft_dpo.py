@@ -1,4 +1,5 @@
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -45,11 +46,29 @@ def test_sft_masks_non_assistant_tokens(tmp_path, pretrained):
 
 
 def test_sft_stage_end_to_end(tmp_path, pretrained):
-    run = ok(run_stage("sft", tmp_path / "sft", {"data": "data/sft/chat.jsonl", "max_steps": 4, "lr": 1e-3, "max_length": 128,
-                                                  "lora": {"r": 4, "alpha": 8}}, {"pretrain": pretrained.output}))
-    assert run.result["steps"] == 4 and run.result["lora"] is True and run.result["final_loss"] > 0
+    run = ok(run_stage("sft", tmp_path / "sft", {"data": "data/sft/chat.jsonl", "max_steps": 8, "lr": 3e-3, "max_length": 128,
+                                                  "lora": {"r": 4, "alpha": 8}, "eval_every": 2}, {"pretrain": pretrained.output}))
+    r = run.result
+    assert r["steps"] == 8 and r["lora"] is True and r["final_loss"] > 0
     assert run.metrics("loss") and "lr" in run.of("metric")[0]["values"]
     assert (run.output / "model" / "model.safetensors").exists() and (run.output / "adapter").is_dir()
+    # held-out rows (eval_fraction 0.1 of 60): loss every 2 steps, finite, falling as the training loss falls
+    ev, loss = run.metrics("eval_loss"), run.metrics("loss")
+    assert sorted(ev) == [2, 4, 6, 8] and all(math.isfinite(v) for v in ev.values()), ev
+    assert loss[8] < loss[1] and ev[8] < ev[2], (loss, ev)
+    assert r["eval_rows"] == 6 and r["first_eval_loss"] == ev[2] and r["final_eval_loss"] == ev[8]
+
+
+def test_held_out_split_is_seeded_and_disjoint(tmp_path):
+    from tanren_stages.hf_train import split_rows
+
+    rows = list(range(50))
+    a = split_rows(make_ctx(tmp_path / "a", {"seed": 7}, {}), rows)
+    assert a == split_rows(make_ctx(tmp_path / "b", {"seed": 7}, {}), rows) and len(a[1]) == 5
+    assert sorted(a[0] + a[1]) == rows and not set(a[0]) & set(a[1])
+    assert split_rows(make_ctx(tmp_path / "c", {"seed": 8}, {}), rows)[1] != a[1]
+    assert split_rows(make_ctx(tmp_path / "d", {"eval_fraction": 0}, {}), rows) == (rows, [])
+    assert len(split_rows(make_ctx(tmp_path / "e", {"eval_fraction": 0.5, "eval_max_rows": 3}, {}), rows)[1]) == 3
 
 
 def test_sft_qlora_on_cpu_is_config_error(tmp_path, pretrained):
@@ -70,8 +89,14 @@ def test_dpo_reward_accuracy_above_chance(tmp_path, pretrained):
     run = ok(run_stage("dpo", tmp_path / "dpo", {"data": "data/dpo/pairs.jsonl", "max_steps": 8, "lr": 5e-3, "max_length": 96,
                                                   "micro_batch_size": 8, "lora": True, "beta": 0.1}, {"pretrain": pretrained.output}))
     r = run.result
+    # measured on the held-out pairs (eval_fraction 0.1 of 64), never trained on
+    assert r["eval_split"] == "held-out" and r["eval_rows"] == 6
     assert r["eval_reward_accuracy"] > 0.75 and r["eval_reward_margin"] > 0, r
     assert any("reward_accuracy" in e["values"] for e in run.of("metric"))
+    ev, loss = run.metrics("eval_loss"), run.metrics("loss")
+    assert sorted(ev) == [2, 4, 6, 8] and all(math.isfinite(v) for v in ev.values()), ev
+    assert loss[8] < loss[1] and ev[8] < ev[2], (loss, ev)
+    assert run.metrics("eval_reward_accuracy")[8] == r["eval_reward_accuracy"]
     assert (run.output / "model" / "config.json").exists()
 
 
