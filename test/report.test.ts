@@ -13,6 +13,7 @@ import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { buildReport, escapeHtml, namespaceSvgIds } from '../activities/report/build-report.js';
 import { parseCsv } from '../activities/report/csv.js';
+import { readReferenceScores } from '../activities/report/load-inputs.js';
 import type { ReportInputs } from '../activities/report/types.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -477,6 +478,35 @@ describe('buildReport', () => {
     const svg = '<svg><clipPath id="clip1"></clipPath><g clip-path="url(#clip1)"></g></svg>';
     assert.equal(namespaceSvgIds(svg, 'loss'), '<svg><clipPath id="loss-clip1"></clipPath><g clip-path="url(#loss-clip1)"></g></svg>');
     assert.equal(escapeHtml(`"'&`), '&quot;&#39;&amp;');
+  });
+});
+
+describe('data/reference-scores.csv', () => {
+  it('holds published figures only: every row names its source, and the page says how few can be plotted', async () => {
+    const refs = await readReferenceScores('data/reference-scores.csv', { cwd: ROOT, paramsSource: 'test' });
+    assert.ok(refs.length >= 1);
+    for (const r of refs) {
+      assert.match(r.source ?? '', /^https:\/\//, `${r.model} names the page its figures come from`);
+      assert.ok(r.date, `${r.model} has a date column`);
+      assert.ok(r.mtBench !== null || r.llmJpEval !== null, `${r.model} has a published score`);
+      assert.doesNotMatch(`${r.model} ${r.note}`, /placeholder|illustrative/i);
+    }
+    const plotted = refs.filter((r) => r.mtBench !== null && r.llmJpEval !== null).length;
+    const { html, summary } = await buildReport({
+      title: 'r',
+      modelName: 'run',
+      generatedAt: '2025-01-01T00:00:00.000Z',
+      references: refs,
+      referenceSource: 'data/reference-scores.csv',
+      mtBench: { status: 'absent' },
+      llmJpEval: null,
+      metrics: [],
+      timeline: null,
+      notes: [],
+    });
+    assert.equal(summary.points, plotted);
+    if (plotted < 3) assert.match(html, new RegExp(`Only ${plotted} reference models? ha(s|ve) both an MT-Bench and an llm-jp-eval score`));
+    for (const r of refs) assert.ok(html.includes(`href="${r.source}"`), `the table links ${r.source}`);
   });
 });
 

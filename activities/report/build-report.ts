@@ -196,6 +196,7 @@ function renderHtml(inputs: ReportInputs, svgs: Record<string, string>, run: Run
 </div>`);
 
   // 1. Scatter
+  const plottedRefs = inputs.references.filter((r) => r.mtBench !== null && r.llmJpEval !== null).length;
   const sourceCell = (src: string | undefined) =>
     src === undefined ? '' : /^https?:\/\//.test(src) ? `<a class="src" href="${e(src)}">${e(src)}</a>` : e(src);
   const refRows = inputs.references.map((r) => [
@@ -216,7 +217,8 @@ function renderHtml(inputs: ReportInputs, svgs: Record<string, string>, run: Run
   ]);
   sections.push(`<section id="scatter"><h2>MT-Bench × llm-jp-eval</h2>
 ${missingNote ? note(`<strong>This run's point is missing.</strong> ${e(missingNote)}. No score is invented; ${summary.llmJpEval !== null || summary.mtBench !== null ? 'the dashed line marks the score that is known.' : 'nothing of this run is plotted.'}`, 'warn') : ''}
-${figure(svgs, CHART_FILES.scatter, `This run (red) against reference models from <code>${e(inputs.referenceSource)}</code> (grey; edit that CSV to change them).`)}
+${plottedRefs < 3 ? note(`Only ${plottedRefs} reference model${plottedRefs === 1 ? ' has' : 's have'} both an MT-Bench and an llm-jp-eval score in <code>${e(inputs.referenceSource)}</code>; a point needs both from published figures, so the others are listed in the table with the score that was found, and none is invented.`) : ''}
+${figure(svgs, CHART_FILES.scatter, `This run (red) against reference models from <code>${e(inputs.referenceSource)}</code> (grey; edit that CSV to change them). The table lists where each reference figure was published.`)}
 ${table(['model', 'MT-Bench', 'llm-jp-eval', 'note', 'source', 'date'], refRows, 'scores')}
 </section>`);
 
