@@ -2,7 +2,7 @@
 
 params (defaults): as `sft` (model/input, data/data_input, lora, qlora, merge_adapter, max_steps, lr 5e-6, micro_batch_size,
   gradient_accumulation_steps, max_length 1024, seed, checkpoint_every, log_every) plus
-  beta 0.1, max_prompt_length 512, loss_type "sigmoid",
+  chat_template (as sft; "auto" keeps the template an sft stage saved), beta 0.1, max_prompt_length 512, loss_type "sigmoid",
   eval_fraction 0.1 (pairs held out of training, seeded by `seed`, at most eval_max_rows 256: their loss, reward
   accuracy and margin are metrics eval_loss / eval_reward_accuracy / eval_reward_margin every eval_every steps,
   default max_steps // 4, and at the end, and in the result), eval_on_train false (with eval_fraction 0: measure
@@ -16,7 +16,7 @@ Metrics: loss, reward_accuracy, reward_margin, reward_chosen, reward_rejected.
 from __future__ import annotations
 
 from .hf_train import (COMMON_KEYS, check_messages, check_qlora, data_files, device_for, eval_kwargs, events_callback, final_evaluation, is_peft,
-                       load_model_and_tokenizer, load_rows, lora_config, run_training, save_final, split_rows, training_args_kwargs)
+                       load_model_and_tokenizer, load_rows, peft_config_for, run_training, save_final, split_rows, training_args_kwargs)
 from .protocol import InvalidStageInput, StageContext, StopFlag, run_stage
 
 RENAMES = {"rewards/accuracies": "reward_accuracy", "rewards/margins": "reward_margin", "rewards/chosen": "reward_chosen",
@@ -58,7 +58,7 @@ def build_trainer(ctx: StageContext, stop: StopFlag | None = None):
     ds = Dataset.from_list(rows)
     eval_ds = Dataset.from_list(held_out) if held_out else ds if eval_split == "train" else None
     model, tok, source = load_model_and_tokenizer(ctx, device, reference_adapter=True)
-    peft_cfg = lora_config(ctx)
+    peft_cfg = peft_config_for(ctx, model, tok)
     lora = peft_cfg is not None
     adapters: dict = {}
     if lora and is_peft(model):  # continuing an earlier stage's adapter; its frozen copy is the reference

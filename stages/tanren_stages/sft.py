@@ -12,6 +12,12 @@ params (defaults):
               model/base.json naming the base, which the later stages load); true: always (not with qlora)
   max_steps -1 (use num_train_epochs 1), lr 2e-5, micro_batch_size 4, gradient_accumulation_steps 1,
   max_length 1024, seed 1234, warmup_ratio 0.03, lr_scheduler "cosine", checkpoint_every 0, log_every 1
+  chat_template "auto": the tokenizer's own template when it marks the assistant's text with {% generation %},
+              else ChatML (<|im_start|>/<|im_end|>, added to the vocabulary when missing); "chatml"; "llm-jp"
+              (llm-jp-3's instruction format: "### 指示:" / "### 応答:", a turn ends with EOS, no new tokens).
+              With LoRA the ChatML markers' embedding rows are trained too (peft trainable_token_indices; an
+              untied LM head is trained whole), as LoRA alone would leave them as initialised. The tokenizer is
+              saved with the template and a chat_format.json, so the eval stages prompt in the same format
   eval_fraction 0.1: rows held out of training (seeded by `seed`, at most eval_max_rows 256); their loss (assistant
   tokens only, as in training) is metric `eval_loss` every eval_every steps (default max_steps // 4, else each
   epoch) and at the end; 0 = no held-out rows
@@ -22,7 +28,7 @@ eval_rows.
 from __future__ import annotations
 
 from .hf_train import (COMMON_KEYS, check_messages, check_qlora, data_files, device_for, eval_kwargs, events_callback, final_evaluation, is_peft,
-                       load_model_and_tokenizer, load_rows, lora_config, run_training, save_final, split_rows, training_args_kwargs)
+                       load_model_and_tokenizer, load_rows, peft_config_for, run_training, save_final, split_rows, training_args_kwargs)
 from .protocol import InvalidStageInput, StageContext, StopFlag, run_stage
 
 
@@ -57,7 +63,7 @@ def build_trainer(ctx: StageContext, stop: StopFlag | None = None):
 
     ds = Dataset.from_list(rows)
     model, tok, source = load_model_and_tokenizer(ctx, device)
-    peft_cfg = lora_config(ctx)
+    peft_cfg = peft_config_for(ctx, model, tok)
     lora = peft_cfg is not None
     if lora and is_peft(model):  # continuing an earlier stage's adapter
         peft_cfg = None
