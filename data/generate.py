@@ -181,14 +181,30 @@ def mt_bench() -> None:
             121: ["def total(xs):\n    return sum(xs)", "sum([]) は 0 を返すので 0 になります。"]}
     (d / "reference_answer.jsonl").write_text("".join(json.dumps({"question_id": i, "model_id": "reference", "choices": [{"index": 0, "turns": t}]}, ensure_ascii=False) + "\n" for i, t in refs.items()), encoding="utf-8")
 
+# Published figures only, each with the page it was read from (see docs/evaluation.md, "Reference scores").
+# None of these sources gives both an MT-Bench (Japanese) score and an llm-jp-eval average for the same model,
+# so no row has both and none is plotted; an empty cell is a figure that was not found, never a guess.
+REFERENCE_ROWS = [
+    ("model", "mt_bench", "llm_jp_eval", "note", "source", "date"),
+    ("llm-jp-3-1.8b-instruct", "4.93", "",
+     "Japanese MT-Bench average, judge gpt-4-0613 (llm-jp-3 model card); no llm-jp-eval average found for this model",
+     "https://huggingface.co/llm-jp/llm-jp-3-3.7b-instruct/commit/1f5a6d0ac8a389d594e9972bec142d3d29d990ed", "not stated"),
+    ("llm-jp-3-1.8b", "", "0.3767",
+     "base model; llm-jp-eval v1.3.1 average, 100 examples of the dev split (llm-jp-3 model card); no MT-Bench for a base model",
+     "https://huggingface.co/llm-jp/llm-jp-3-13b/commit/ae2a0fb2cdfe82d213563ecdadeae3be103fd202", "not stated"),
+    ("Moriyasu_Qwen2_JP_7B", "7.04", "",
+     "Japanese MT-Bench (Stability-AI FastChat jp-stable), judge gpt-4o-2024-08-06 (model card); its Japanese-task average is "
+     "swallow-evaluation, not llm-jp-eval, so it is left out",
+     "https://huggingface.co/AIJapanese/Moriyasu_Qwen2_JP_7B/commit/1781c0a5ac5e71a0b5ee64abeaedc89c408c0cde", "not stated"),
+    ("Tanuki-8B-dpo-v1.0", "7.24", "",
+     "Japanese MT-Bench average as a model overview page quotes it (secondary source; judge not stated there)",
+     "https://featherless.ai/models/weblab-GENIAC/Tanuki-8B-dpo-v1.0", "not stated"),
+]
+
+
 def reference_scores() -> None:
-    rows = [("model", "mt_bench", "llm_jp_eval", "note"),
-            ("placeholder-large-instruct", "8.0", "0.60", "illustrative placeholder, not a published figure"),
-            ("placeholder-7b-instruct", "6.0", "0.50", "illustrative placeholder, not a published figure"),
-            ("placeholder-1b-base", "2.5", "0.30", "illustrative placeholder, not a published figure"),
-            ("tiny-cpu-fixture", "1.0", "0.05", "illustrative placeholder, expected range of the tiny CPU pipeline")]
     with open(HERE / "reference-scores.csv", "w", newline="", encoding="utf-8") as fh:
-        csv.writer(fh, lineterminator="\n").writerows(rows)
+        csv.writer(fh, lineterminator="\n").writerows(REFERENCE_ROWS)
 
 def judge_sft(rng: random.Random) -> None:
     """Chats ending as the MT-Bench judge's prompts end (single-v1, single-math-v1, the multi-turn ones) whose reply is a

@@ -191,7 +191,7 @@ describe('wiki40b-ja.tiny end to end (Temporal + MinIO + real workers and stages
     assert.equal(r('tokenize').documents, r('wiki40b-to-jsonl').kept);
 
     // Pretraining: the loss falls clearly, and checkpoints were written on the way.
-    const pre = r('pretrain') as { first_loss: number; final_loss: number; steps: number; tokens: number };
+    const pre = r('pretrain') as { first_loss: number; final_loss: number; final_eval_loss: number; steps: number; tokens: number };
     assert.equal(pre.steps, OVERRIDES.pretrain_steps);
     assert.ok(pre.first_loss > pre.final_loss + 1, `pretrain loss ${pre.first_loss} → ${pre.final_loss}`);
     assert.ok(pre.tokens > 0);
@@ -207,6 +207,9 @@ describe('wiki40b-ja.tiny end to end (Temporal + MinIO + real workers and stages
     assert.equal(r('sft').steps, OVERRIDES.sft_steps);
     assert.equal(r('dpo').steps, OVERRIDES.dpo_steps);
     assert.ok(Number(r('sft').final_loss) < Number(r('sft').first_loss), 'sft loss falls');
+    // Held-out losses: pretrain's validation loss, sft's on held-out rows, DPO's reward accuracy on held-out pairs.
+    assert.ok(Number.isFinite(pre.final_eval_loss) && Number.isFinite(Number(r('sft').final_eval_loss)), 'held-out losses reported');
+    assert.equal(r('dpo').eval_split, 'held-out');
 
     // Evaluation.
     const avg = r('llm-jp-eval').average as number;
@@ -225,7 +228,13 @@ describe('wiki40b-ja.tiny end to end (Temporal + MinIO + real workers and stages
     const local = path.join(workRoot, 'report-copy');
     const out = execFileSync(process.execPath, [path.join(ROOT, 'dist', 'cli', 'main.js'), 'report', workflowId, '--json', '-o', local], { cwd: ROOT, encoding: 'utf8' });
     const made = JSON.parse(out) as { html: string; local: string };
-    assert.match(readFileSync(made.local, 'utf8'), /<svg/);
+    const page = readFileSync(made.local, 'utf8');
+    assert.match(page, /<svg/);
+    // Every MT-Bench turn and llm-jp-eval sample, and the held-out losses beside the training losses.
+    assert.match(page, /MT-Bench per question/);
+    assert.match(page, /llm-jp-eval per sample/);
+    assert.match(page, /judge: not configured/);
+    assert.match(page, /held-out loss/);
     const stored = JSON.parse(await storage.getText(`runs/${workflowId}/_report/manifest.json`)) as OutputManifest;
     assert.equal(made.html, `s3://${storage.bucket}/${stored.prefix}report.html`, 'the command names the stored page');
     assert.ok(await storage.stat(stored.files.find((f) => f.path === 'report.html')!.key!), 'the report is stored with the run');

@@ -13,6 +13,7 @@ import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { buildReport, escapeHtml, namespaceSvgIds } from '../activities/report/build-report.js';
 import { parseCsv } from '../activities/report/csv.js';
+import { readReferenceScores } from '../activities/report/load-inputs.js';
 import type { ReportInputs } from '../activities/report/types.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -22,11 +23,11 @@ const CHROMIUM = '/usr/bin/chromium';
 const tmpRoot = mkdtempSync(path.join(os.tmpdir(), 'tanren-report-'));
 after(() => rmSync(tmpRoot, { recursive: true, force: true }));
 
-const REFERENCES = `model,mt_bench,llm_jp_eval,note
-ref-large-instruct,8.0,0.60,"illustrative, ""placeholder"""
-ref-7b-instruct,6.0,0.50,
-ref-1b-base,2.5,0.30,base model
-ref-no-mt,,0.2,not plotted
+const REFERENCES = `model,mt_bench,llm_jp_eval,note,source,date
+ref-large-instruct,8.0,0.60,"illustrative, ""placeholder""",https://example.org/large-card,2024-09-25
+ref-7b-instruct,6.0,0.50,,,
+ref-1b-base,2.5,0.30,base model,a printed table,2024-01
+ref-no-mt,,0.2,not plotted,,
 `;
 
 const writeJsonl = (file: string, rows: unknown[]) => {
@@ -49,7 +50,10 @@ function fixture(name: string, opts: { judge: boolean }): string {
   // Training stages: pretrain and sft with metrics.jsonl, dpo with only an events.jsonl (the fallback).
   writeJsonl(
     path.join(inputs, 'pretrain', 'metrics.jsonl'),
-    Array.from({ length: 120 }, (_, i) => ({ step: i + 1, loss: 1 + 7 * Math.exp(-(i + 1) / 40), lr: 0.003, tokens_per_s: 5000 })),
+    [
+      ...Array.from({ length: 120 }, (_, i) => ({ step: i + 1, loss: 1 + 7 * Math.exp(-(i + 1) / 40), lr: 0.003, tokens_per_s: 5000 })),
+      ...[20, 40, 60, 80, 100, 120].map((step) => ({ step, eval_loss: 1.5 + 7 * Math.exp(-step / 40), eval_ppl: 10 })),
+    ],
   );
   writeJson(path.join(inputs, 'pretrain', 'model', 'config.json'), { hidden_size: 64 });
   writeJsonl(path.join(inputs, 'sft', 'logs', 'metrics.jsonl'), [
@@ -66,18 +70,37 @@ function fixture(name: string, opts: { judge: boolean }): string {
   writeJson(path.join(inputs, 'llm-jp-eval', 'scores.json'), {
     average: 0.425,
     datasets: {
-      toy_birthplace: { samples: 10, metrics: { exact_match: 0.4, char_f1: 0.55 }, score: 0.475 },
+      toy_birthplace: { samples: 10, metrics: { exact_match: 0.4, char_f1: 0.55 }, score: 0.475, metric: 'char_f1' },
       toy_regionqa: { samples: 10, metrics: { exact_match: 0.375 }, score: 0.375 },
     },
   });
   writeJsonl(path.join(inputs, 'llm-jp-eval', 'outputs', 'toy_regionqa.jsonl'), [{ input: 'q', expected: 'a', prediction: 'a' }]);
+  // llm_jp_eval.py's per-sample lines: 25 samples, so the table has two pages of 20
+  writeJsonl(
+    path.join(inputs, 'llm-jp-eval', 'outputs', 'toy_birthplace.jsonl'),
+    Array.from({ length: 25 }, (_, i) => ({
+      index: i,
+      input: `文章：山田${i}は京都で生まれた。\n質問：どこで生まれましたか？`,
+      prompt: '### 指示\n…',
+      raw: `京都${i}\n\n`,
+      prediction: i % 2 ? `京都${i}` : `<b>大阪${i}</b>`,
+      expected: `京都${i}`,
+      scores: { exact_match: i % 2, char_f1: i % 2 ? 1 : 0.25 },
+    })),
+  );
 
   // mt_bench.py: answers.jsonl always; scores.json only when a judge is configured.
   writeJsonl(path.join(inputs, 'mt-bench', 'answers.jsonl'), [
-    { question_id: 1, category: 'writing', turns: ['a', 'b'], new_tokens: 20 },
-    { question_id: 2, category: 'math', turns: ['c', 'd'], new_tokens: 22 },
+    { question_id: 1, category: 'writing', turns: ['a', 'b'], new_tokens: 20, question: ['京都旅行の記事を書いて', '三文で要約して'], reference: null },
+    { question_id: 2, category: 'math', turns: ['c', 'd'], new_tokens: 22, question: ['12 × 13 は？', '7で割った余りは？'], reference: ['156です。', '余りは2です。'] },
   ]);
   if (opts.judge) {
+    writeJsonl(path.join(inputs, 'mt-bench', 'judgments.jsonl'), [
+      { question_id: 1, turn: 1, rating: 6, judgment: 'Fine. Rating: [[6]]' },
+      { question_id: 1, turn: 2, rating: 6, judgment: 'Rating: [[6]]' },
+      { question_id: 2, turn: 1, rating: 3, judgment: 'Wrong product. Rating: [[3]]' },
+      { question_id: 2, turn: 2, rating: null, judgment: 'no verdict' },
+    ]);
     writeJson(path.join(inputs, 'mt-bench', 'scores.json'), {
       score: 4.75,
       categories: { math: 3.5, writing: 6.0 },
@@ -86,6 +109,7 @@ function fixture(name: string, opts: { judge: boolean }): string {
       judge_prompt_tokens: 4000,
       judge_completion_tokens: 600,
       judge_cost: 0.0123,
+      judge: { model: 'tiny-judge', note: 'The judge is a tiny test model: its scores say nothing about quality.' },
     });
   }
   return dir;
@@ -134,6 +158,8 @@ const result = (run: StageRun) => run.events.find((e) => e.event === 'result')?.
 
 /** No network at view time: nothing but the SVG/XLink namespace names may look like a URL. */
 function assertOffline(text: string, what: string) {
+  // links to where a reference score was published are followed only on a click: not a load
+  text = text.replace(/<a class="src" href="[^"]*">[^<]*<\/a>/g, '');
   const urls = [...text.matchAll(/https?:\/\/[^\s"'<>)]+/g)].map((m) => m[0]);
   const unexpected = urls.filter((u) => u !== 'http://www.w3.org/2000/svg' && u !== 'http://www.w3.org/1999/xlink');
   assert.deepEqual(unexpected, [], `${what} references ${unexpected.join(', ')}`);
@@ -166,6 +192,36 @@ describe('report stage (dist/activities/report/main.js)', () => {
       assert.ok(html.includes(s), `report.html mentions ${s}`);
     }
     assert.ok(html.includes('<svg'), 'charts are inlined');
+
+    // held-out loss beside the training loss
+    const pretrainRow = html.split('\n').find((l) => l.startsWith('<tr><td>pretrain</td>')) ?? '';
+    assert.match(pretrainRow, /<td>1\.3485<\/td><td>5\.7457 <span class="small">\(step 20\)<\/span><\/td><td><strong>1\.8485<\/strong> <span class="small">\(step 120\)/, pretrainRow);
+    assert.match(html, /held-out loss/);
+    assert.ok(loss.includes('eval_loss'), 'the loss chart draws the held-out loss');
+
+    // reference sources
+    assert.ok(html.includes('<a class="src" href="https://example.org/large-card">https://example.org/large-card</a>'), 'source link');
+    assert.ok(html.includes('<td>2024-09-25</td>') && html.includes('a printed table'));
+
+    // judge note next to the score, and the per-question table
+    const cards = html.slice(html.indexOf('<div class="cards">'), html.indexOf('<section id="scatter">'));
+    assert.match(cards, /judge: tiny-judge/);
+    assert.match(cards, /class="judge-note"><strong>Judge note:<\/strong> The judge is a tiny test model/);
+    const mtq = html.slice(html.indexOf('MT-Bench per question'), html.indexOf('llm-jp-eval per sample'));
+    for (const s of ['12 × 13 は？', '156です。', '余りは2です。', 'Wrong product. Rating: [[3]]', '<strong>3</strong>', 'unparsable', '三文で要約して']) {
+      assert.ok(mtq.includes(s), `per-question table shows ${s}`);
+    }
+    assert.equal((mtq.match(/<tr><td>/g) ?? []).length, 4, 'one row per answered turn');
+
+    // per-sample table: 26 samples (25 + 1), 20 a page, page buttons without script
+    const ljs = html.slice(html.indexOf('llm-jp-eval per sample'), html.indexOf('<section id="timeline">'));
+    assert.match(ljs, /26 rows, 20 a page/);
+    assert.equal((ljs.match(/<div class="page">/g) ?? []).length, 2);
+    assert.ok(ljs.includes('<input type="radio" name="ljs" id="ljs-1" checked>') && ljs.includes('<label for="ljs-2"'));
+    assert.ok(ljs.includes('&lt;b&gt;大阪0&lt;/b&gt;'), 'model output escaped');
+    assert.match(ljs, /<td>0\.250 <span class="small">char_f1<\/span><\/td>/);
+    assert.ok(ljs.includes('文章：山田24は京都で生まれた。') && ljs.includes('toy_regionqa'));
+    assert.match(html, /\.pager > input:nth-of-type\(2\):checked ~ div\.page:nth-of-type\(2\) \{ display: block; \}/);
     assert.match(html, /loss curve read from the metric events in events\.jsonl/);
     assertOffline(html, 'report.html');
     for (const f of ['scatter.svg', 'loss.svg', 'timeline.svg']) assertOffline(readFileSync(path.join(run.out, f), 'utf8'), f);
@@ -203,6 +259,10 @@ describe('report stage (dist/activities/report/main.js)', () => {
     assert.match(html, /This run's point is missing/);
     assert.match(html, /judge: not configured/);
     assert.match(html, /2 questions were answered/);
+    const mtq = html.slice(html.indexOf('MT-Bench per question'));
+    assert.match(mtq, /judge: not configured — the answers are shown, but nothing was graded/);
+    assert.ok(mtq.includes('12 × 13 は？') && mtq.includes('not judged'));
+    assert.doesNotMatch(html, /Judge note/);
     assert.match(html, /No stage timeline/);
     assert.ok(!existsSync(path.join(run.out, 'timeline.svg')));
     // The run's row says "missing" where the MT-Bench score would be.
@@ -418,6 +478,35 @@ describe('buildReport', () => {
     const svg = '<svg><clipPath id="clip1"></clipPath><g clip-path="url(#clip1)"></g></svg>';
     assert.equal(namespaceSvgIds(svg, 'loss'), '<svg><clipPath id="loss-clip1"></clipPath><g clip-path="url(#loss-clip1)"></g></svg>');
     assert.equal(escapeHtml(`"'&`), '&quot;&#39;&amp;');
+  });
+});
+
+describe('data/reference-scores.csv', () => {
+  it('holds published figures only: every row names its source, and the page says how few can be plotted', async () => {
+    const refs = await readReferenceScores('data/reference-scores.csv', { cwd: ROOT, paramsSource: 'test' });
+    assert.ok(refs.length >= 1);
+    for (const r of refs) {
+      assert.match(r.source ?? '', /^https:\/\//, `${r.model} names the page its figures come from`);
+      assert.ok(r.date, `${r.model} has a date column`);
+      assert.ok(r.mtBench !== null || r.llmJpEval !== null, `${r.model} has a published score`);
+      assert.doesNotMatch(`${r.model} ${r.note}`, /placeholder|illustrative/i);
+    }
+    const plotted = refs.filter((r) => r.mtBench !== null && r.llmJpEval !== null).length;
+    const { html, summary } = await buildReport({
+      title: 'r',
+      modelName: 'run',
+      generatedAt: '2025-01-01T00:00:00.000Z',
+      references: refs,
+      referenceSource: 'data/reference-scores.csv',
+      mtBench: { status: 'absent' },
+      llmJpEval: null,
+      metrics: [],
+      timeline: null,
+      notes: [],
+    });
+    assert.equal(summary.points, plotted);
+    if (plotted < 3) assert.match(html, new RegExp(`Only ${plotted} reference models? ha(s|ve) both an MT-Bench and an llm-jp-eval score`));
+    for (const r of refs) assert.ok(html.includes(`href="${r.source}"`), `the table links ${r.source}`);
   });
 });
 

@@ -4,7 +4,12 @@
  */
 import { formatDuration } from '../../schemas/durations.js';
 import { hasLoss, lossSpec, renderSvg, scatterSpec, timelineDuration, timelineOutcome, timelineSpec, type RunPosition } from './charts.js';
-import type { BuiltReport, MtBenchScores, ReportInputs, ReportSummary } from './types.js';
+import type { BuiltReport, LlmJpEvalSample, MtBenchScores, MtBenchTurn, ReportInputs, ReportSummary } from './types.js';
+
+/** Rows per page of the per-question and per-sample tables. */
+export const ROWS_PER_PAGE = 20;
+/** Longest text shown in one cell of those tables; the rest is cut with a note of how much. */
+const MAX_CELL_CHARS = 1500;
 
 /** File names of the charts, as written next to report.html. */
 export const CHART_FILES = { scatter: 'scatter.svg', loss: 'loss.svg', timeline: 'timeline.svg' } as const;
@@ -107,16 +112,79 @@ function note(text: string, kind: 'info' | 'warn' = 'info'): string {
   return `<p class="note ${kind}">${text}</p>`;
 }
 
+/** Text for a table cell: escaped, cut at MAX_CELL_CHARS (saying how much is left out), line breaks kept by CSS. */
+function longText(s: string | null | undefined): string {
+  if (s === null || s === undefined || s === '') return '<span class="missing">—</span>';
+  const cut = s.length > MAX_CELL_CHARS ? `${s.slice(0, MAX_CELL_CHARS)}` : s;
+  const more = s.length > MAX_CELL_CHARS ? ` <em>(… ${s.length - MAX_CELL_CHARS} more characters)</em>` : '';
+  return `<div class="text">${escapeHtml(cut)}${more}</div>`;
+}
+
+/**
+ * A table split into pages of `perPage` rows with page buttons, in plain HTML and
+ * CSS (radio buttons and `:checked` rules, no script), so it works offline and in
+ * any viewer. One page or fewer: a plain table.
+ */
+function pagedTable(id: string, headers: string[], rows: string[][], perPage = ROWS_PER_PAGE): string {
+  if (rows.length <= perPage) return table(headers, rows, 'samples');
+  const pages: string[][][] = [];
+  for (let i = 0; i < rows.length; i += perPage) pages.push(rows.slice(i, i + perPage));
+  const radios = pages.map((_, k) => `<input type="radio" name="${id}" id="${id}-${k + 1}"${k === 0 ? ' checked' : ''}>`).join('');
+  const labels = pages
+    .map((p, k) => `<label for="${id}-${k + 1}" title="rows ${k * perPage + 1}–${k * perPage + p.length}">${k + 1}</label>`)
+    .join('');
+  const body = pages.map((p) => `<div class="page">${table(headers, p, 'samples')}</div>`).join('\n');
+  return `<div class="pager" id="${id}">${radios}<nav class="pagebar">${rows.length} rows, ${perPage} a page: ${labels}</nav>\n${body}\n</div>`;
+}
+
+/** The CSS that shows page k of a pager when its k-th radio button is checked, for k up to `pages`. */
+function pagerCss(pages: number): string {
+  const rules: string[] = [];
+  for (let k = 1; k <= pages; k++) {
+    rules.push(
+      `.pager > input:nth-of-type(${k}):checked ~ div.page:nth-of-type(${k}) { display: block; }`,
+      `.pager > input:nth-of-type(${k}):checked ~ nav label:nth-of-type(${k}) { background: #1f77b4; color: white; }`,
+    );
+  }
+  return rules.join('\n');
+}
+
+function mtBenchRows(turns: readonly MtBenchTurn[]): string[][] {
+  return turns.map((t) => [
+    escapeHtml(t.questionId),
+    escapeHtml(t.category),
+    String(t.turn),
+    longText(t.question),
+    longText(t.reference),
+    longText(t.answer),
+    t.score === undefined ? '<span class="missing">not judged</span>' : t.score === null ? '<span class="missing">unparsable</span>' : `<strong>${fmt(t.score, 0)}</strong>`,
+    t.judgment === undefined ? '' : longText(t.judgment),
+  ]);
+}
+
+function llmJpEvalRows(samples: readonly LlmJpEvalSample[]): string[][] {
+  return samples.map((s) => [
+    escapeHtml(s.dataset),
+    String(s.index),
+    longText(s.input),
+    longText(s.reference),
+    longText(s.output),
+    s.score === null ? '<span class="missing">—</span>' : `${fmt(s.score, 3)}${s.metric ? ` <span class="small">${escapeHtml(s.metric)}</span>` : ''}`,
+  ]);
+}
+
 function renderHtml(inputs: ReportInputs, svgs: Record<string, string>, run: RunPosition, missingNote: string, summary: ReportSummary): string {
   const e = escapeHtml;
   const mt = inputs.mtBench;
   const sections: string[] = [];
 
   // Header cards
+  const judgeNote = mt.status === 'scored' && mt.judgeNote ? `<div class="judge-note"><strong>Judge note:</strong> ${e(mt.judgeNote)}</div>` : '';
+  const judgeLine = mt.status === 'scored' && mt.judgeModel ? `<div class="why">judge: ${e(mt.judgeModel)}</div>` : '';
   const mtCard =
     summary.mtBench !== null
-      ? `<div class="value">${fmt(summary.mtBench, 2)}</div>`
-      : `<div class="value missing">not scored</div><div class="why">${e(summary.mtBenchMissing ?? '')}</div>`;
+      ? `<div class="value">${fmt(summary.mtBench, 2)}</div>${judgeLine}${judgeNote}`
+      : `<div class="value missing">not scored</div><div class="why">${e(summary.mtBenchMissing ?? '')}</div>${judgeLine}${judgeNote}`;
   const llmCard =
     summary.llmJpEval !== null
       ? `<div class="value">${fmt(summary.llmJpEval, 3)}</div>`
@@ -128,22 +196,30 @@ function renderHtml(inputs: ReportInputs, svgs: Record<string, string>, run: Run
 </div>`);
 
   // 1. Scatter
+  const plottedRefs = inputs.references.filter((r) => r.mtBench !== null && r.llmJpEval !== null).length;
+  const sourceCell = (src: string | undefined) =>
+    src === undefined ? '' : /^https?:\/\//.test(src) ? `<a class="src" href="${e(src)}">${e(src)}</a>` : e(src);
   const refRows = inputs.references.map((r) => [
     e(r.model),
     fmt(r.mtBench, 2),
     fmt(r.llmJpEval, 3),
     e(r.note ?? '') + (r.mtBench === null || r.llmJpEval === null ? ' <em>(not plotted: a score is empty)</em>' : ''),
+    sourceCell(r.source),
+    e(r.date ?? ''),
   ]);
   refRows.unshift([
     `<strong>${e(run.label)}</strong> <span class="tag">this run</span>`,
     summary.mtBench !== null ? `<strong>${fmt(summary.mtBench, 2)}</strong>` : '<span class="missing">missing</span>',
     summary.llmJpEval !== null ? `<strong>${fmt(summary.llmJpEval, 3)}</strong>` : '<span class="missing">missing</span>',
     e(missingNote),
+    '',
+    e(inputs.generatedAt.slice(0, 10)),
   ]);
   sections.push(`<section id="scatter"><h2>MT-Bench × llm-jp-eval</h2>
 ${missingNote ? note(`<strong>This run's point is missing.</strong> ${e(missingNote)}. No score is invented; ${summary.llmJpEval !== null || summary.mtBench !== null ? 'the dashed line marks the score that is known.' : 'nothing of this run is plotted.'}`, 'warn') : ''}
-${figure(svgs, CHART_FILES.scatter, `This run (red) against reference models from <code>${e(inputs.referenceSource)}</code> (grey; edit that CSV to change them).`)}
-${table(['model', 'MT-Bench', 'llm-jp-eval', 'note'], refRows, 'scores')}
+${plottedRefs < 3 ? note(`Only ${plottedRefs} reference model${plottedRefs === 1 ? ' has' : 's have'} both an MT-Bench and an llm-jp-eval score in <code>${e(inputs.referenceSource)}</code>; a point needs both from published figures, so the others are listed in the table with the score that was found, and none is invented.`) : ''}
+${figure(svgs, CHART_FILES.scatter, `This run (red) against reference models from <code>${e(inputs.referenceSource)}</code> (grey; edit that CSV to change them). The table lists where each reference figure was published.`)}
+${table(['model', 'MT-Bench', 'llm-jp-eval', 'note', 'source', 'date'], refRows, 'scores')}
 </section>`);
 
   // 2. Loss curves
@@ -157,18 +233,31 @@ ${table(['model', 'MT-Bench', 'llm-jp-eval', 'note'], refRows, 'scores')}
     );
   } else {
     const rows = lossSeries.map((s) => {
-      const losses = s.points.filter((p) => 'loss' in p.values);
-      const first = losses[0]?.values.loss;
-      const last = losses[losses.length - 1]?.values.loss;
+      const of = (metric: string) => s.points.filter((p) => metric in p.values);
+      const losses = of('loss');
+      const evals = of('eval_loss');
+      const acc = of('eval_reward_accuracy');
       const lastStep = s.points[s.points.length - 1]?.step;
-      return [e(s.stage), String(lastStep ?? '—'), fmt(first, 4), fmt(last, 4), `<code>${e(s.source)}</code>`];
+      return [
+        e(s.stage),
+        String(lastStep ?? '—'),
+        fmt(losses[0]?.values.loss, 4),
+        fmt(losses[losses.length - 1]?.values.loss, 4),
+        evals.length ? `${fmt(evals[0].values.eval_loss, 4)} <span class="small">(step ${evals[0].step})</span>` : '—',
+        evals.length ? `<strong>${fmt(evals[evals.length - 1].values.eval_loss, 4)}</strong> <span class="small">(step ${evals[evals.length - 1].step})</span>` : '—',
+        acc.length ? fmt(acc[acc.length - 1].values.eval_reward_accuracy, 3) : '—',
+        `<code>${e(s.source)}</code>`,
+      ];
     });
     lossBody =
-      figure(svgs, CHART_FILES.loss, 'Loss per logged step, one panel per training stage (each with its own scale).') +
-      table(['stage', 'last step', 'first loss', 'final loss', 'source'], rows);
+      figure(
+        svgs,
+        CHART_FILES.loss,
+        'Loss per logged step, one panel per training stage (each with its own scale): training loss and, where the stage holds data out, the held-out (validation) loss.',
+      ) + table(['stage', 'last step', 'first loss', 'final loss', 'first held-out loss', 'final held-out loss', 'held-out reward accuracy', 'source'], rows);
   }
   if (noLoss.length > 0) lossBody += note(`Metric history without a <code>loss</code> field: ${e(noLoss.join(', '))}.`);
-  sections.push(`<section id="loss"><h2>Training loss</h2>\n${lossBody}\n</section>`);
+  sections.push(`<section id="loss"><h2>Training and held-out loss</h2>\n${lossBody}\n</section>`);
 
   // 3. Eval tables
   const evalParts: string[] = [];
@@ -196,11 +285,32 @@ ${table(['model', 'MT-Bench', 'llm-jp-eval', 'note'], refRows, 'scores')}
     ].filter(Boolean);
     evalParts.push(
       `<h3>MT-Bench <span class="file">(stage ${e(mt.stage)})</span></h3>` +
+        (mt.judgeNote ? note(`<strong>Judge note:</strong> ${e(mt.judgeNote)}`, 'warn') : '') +
+        (mt.judgeModel ? `<p class="small">judge: ${e(mt.judgeModel)}</p>` : '') +
         table(['category', 'score'], rows, 'scores') +
         (usage.length ? `<p class="small">${e(usage.join(' · '))}</p>` : ''),
     );
   } else {
     evalParts.push(`<h3>MT-Bench</h3>` + note(e(`No per-category scores: ${mtBenchMissingReason(mt)}.`) + (mt.status === 'not-configured' && mt.answered !== undefined ? ` ${mt.answered} questions were answered.` : ''), 'warn'));
+  }
+  const turns = inputs.mtBenchTurns ?? [];
+  const samples = inputs.llmJpEvalSamples ?? [];
+  let pages = 0;
+  if (turns.length > 0) {
+    pages = Math.max(pages, Math.ceil(turns.length / ROWS_PER_PAGE));
+    evalParts.push(
+      `<h3 id="mt-bench-questions">MT-Bench per question</h3>` +
+        (mt.status === 'not-configured' ? note('judge: not configured — the answers are shown, but nothing was graded.', 'warn') : '') +
+        pagedTable('mtq', ['id', 'category', 'turn', 'question', 'reference answer', 'model answer', 'judge score', 'judgment'], mtBenchRows(turns)),
+    );
+  }
+  if (samples.length > 0) {
+    pages = Math.max(pages, Math.ceil(samples.length / ROWS_PER_PAGE));
+    evalParts.push(
+      `<h3 id="llm-jp-eval-samples">llm-jp-eval per sample</h3>` +
+        `<p class="small">The score is the sample's value of its dataset's designated metric; the output is the cleaned prediction that was scored.</p>` +
+        pagedTable('ljs', ['dataset', '#', 'input', 'reference', 'model output', 'score'], llmJpEvalRows(samples)),
+    );
   }
   sections.push(`<section id="eval"><h2>Evaluation</h2>\n${evalParts.join('\n')}\n</section>`);
 
@@ -263,6 +373,16 @@ td:not(:first-child) { font-variant-numeric: tabular-nums; }
 th { background: #f5f5f5; }
 .tag { background: #d62728; color: white; border-radius: 3px; padding: 0 5px; font-size: 0.8em; }
 code { background: #f3f3f3; padding: 0 3px; border-radius: 3px; }
+.judge-note { margin-top: 6px; padding: 4px 8px; background: #fff6f0; border-left: 4px solid #d62728; font-size: 0.85em; }
+a.src { word-break: break-all; font-size: 0.85em; }
+table.samples td { vertical-align: top; }
+table.samples td:first-child { white-space: normal; }
+.text { white-space: pre-wrap; word-break: break-word; max-height: 14em; overflow-y: auto; min-width: 8em; max-width: 32em; }
+.pager > input { position: absolute; opacity: 0; pointer-events: none; }
+.pager > div.page { display: none; }
+.pagebar { margin: 6px 0; font-size: 0.9em; color: #555; }
+.pagebar label { display: inline-block; min-width: 1.8em; text-align: center; margin: 1px; padding: 1px 4px; border: 1px solid #bbb; border-radius: 3px; cursor: pointer; color: #222; }
+${pagerCss(pages)}
 </style>
 </head>
 <body>

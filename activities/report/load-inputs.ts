@@ -9,7 +9,17 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { CsvSyntaxError, parseCsv } from './csv.js';
 import { ReportInputError, type ReportParams } from './params.js';
-import type { LlmJpEvalDataset, LlmJpEvalScores, MetricPoint, MetricSeries, MtBenchScores, ReferencePoint, ReportInputs } from './types.js';
+import type {
+  LlmJpEvalDataset,
+  LlmJpEvalSample,
+  LlmJpEvalScores,
+  MetricPoint,
+  MetricSeries,
+  MtBenchScores,
+  MtBenchTurn,
+  ReferencePoint,
+  ReportInputs,
+} from './types.js';
 
 /** Where and when the report is made; everything the loader takes from the environment. */
 export interface LoadContext {
@@ -77,6 +87,8 @@ export async function loadReportInputs(params: ReportParams, ctx: LoadContext): 
   );
   const mtBench: MtBenchScores =
     mtStage === undefined ? { status: 'absent' } : await parseMtBench(mtStage, scoresOf(mtStage), path.join(ctx.inputsDir!, mtStage));
+  const mtBenchTurns = mtStage === undefined ? [] : await readMtBenchTurns(path.join(ctx.inputsDir!, mtStage), notes);
+  const llmJpEvalSamples = llmStage === undefined ? [] : await readLlmJpEvalSamples(path.join(ctx.inputsDir!, llmStage), scoresOf(llmStage), notes);
 
   const metrics: MetricSeries[] = [];
   for (const s of sortTraining(stages)) metrics.push(...(await readMetricHistory(ctx.inputsDir!, s, notes)));
@@ -91,6 +103,8 @@ export async function loadReportInputs(params: ReportParams, ctx: LoadContext): 
     referenceSource: params.reference_scores,
     mtBench,
     llmJpEval,
+    mtBenchTurns,
+    llmJpEvalSamples,
     metrics,
     timeline: params.timeline ?? null,
     notes,
@@ -99,7 +113,8 @@ export async function loadReportInputs(params: ReportParams, ctx: LoadContext): 
 
 /**
  * Reads the reference CSV: header with `model`, `mt_bench`, `llm_jp_eval` and
- * optionally `note` (any order, extra columns ignored); empty score cells are null.
+ * optionally `note`, `source` (where the figures were published) and `date`
+ * (any order, extra columns ignored); empty score cells are null.
  * @throws ReportInputError naming the file (and line and column for a bad cell).
  */
 export async function readReferenceScores(given: string, ctx: Pick<LoadContext, 'cwd' | 'paramsSource'>, notes: string[] = []): Promise<ReferencePoint[]> {
@@ -110,7 +125,7 @@ export async function readReferenceScores(given: string, ctx: Pick<LoadContext, 
   } catch (err) {
     const why = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : `cannot be read (${(err as Error).message})`;
     throw new ReportInputError(
-      `${ctx.paramsSource}: field 'reference_scores': ${given} (${file}) ${why}; expected a CSV with columns model,mt_bench,llm_jp_eval[,note]`,
+      `${ctx.paramsSource}: field 'reference_scores': ${given} (${file}) ${why}; expected a CSV with columns model,mt_bench,llm_jp_eval[,note,source,date]`,
     );
   }
   let records;
@@ -140,7 +155,16 @@ export async function readReferenceScores(given: string, ctx: Pick<LoadContext, 
       return n;
     };
     const note = cell('note');
-    out.push({ model, mtBench: num('mt_bench'), llmJpEval: num('llm_jp_eval'), ...(note ? { note } : {}) });
+    const source = cell('source');
+    const date = cell('date');
+    out.push({
+      model,
+      mtBench: num('mt_bench'),
+      llmJpEval: num('llm_jp_eval'),
+      ...(note ? { note } : {}),
+      ...(source ? { source } : {}),
+      ...(date ? { date } : {}),
+    });
   }
   if (out.length === 0) notes.push(`${given} lists no reference models.`);
   return out;
@@ -237,6 +261,10 @@ async function parseMtBench(stage: string, raw: unknown, dir: string): Promise<M
     categories[c] = v;
   }
   const opt = (k: string) => (finite(raw[k]) ? (raw[k] as number) : undefined);
+  const judge = isRecord(raw.judge) ? raw.judge : {};
+  const text = (v: unknown) => (typeof v === 'string' && v.trim() ? v : undefined);
+  const judgeModel = text(judge.model) ?? text(raw.judge);
+  const judgeNote = text(judge.note);
   return {
     status: 'scored',
     stage,
@@ -247,7 +275,111 @@ async function parseMtBench(stage: string, raw: unknown, dir: string): Promise<M
     judgePromptTokens: opt('judge_prompt_tokens'),
     judgeCompletionTokens: opt('judge_completion_tokens'),
     judgeCost: finite(raw.judge_cost) ? raw.judge_cost : null,
+    ...(judgeModel ? { judgeModel } : {}),
+    ...(judgeNote ? { judgeNote } : {}),
   };
+}
+
+/** The lines of a JSONL file that are JSON objects; the count of other lines goes to `bad`. Missing file: []. */
+async function readJsonlObjects(file: string): Promise<{ rows: Record<string, unknown>[]; bad: number }> {
+  const rows: Record<string, unknown>[] = [];
+  let bad = 0;
+  if (!(await isFile(file))) return { rows, bad };
+  const rl = createInterface({ input: createReadStream(file, 'utf8'), crlfDelay: Infinity });
+  for await (const line of rl) {
+    if (!line.trim()) continue;
+    try {
+      const obj: unknown = JSON.parse(line);
+      if (isRecord(obj)) rows.push(obj);
+      else bad++;
+    } catch {
+      bad++;
+    }
+  }
+  return { rows, bad };
+}
+
+const str = (v: unknown): string | null => (typeof v === 'string' ? v : v === null || v === undefined ? null : JSON.stringify(v));
+const strList = (v: unknown): (string | null)[] => (Array.isArray(v) ? v.map(str) : []);
+
+/**
+ * Every answered MT-Bench turn: mt_bench.py's answers.jsonl (`turns` = the answers,
+ * `question` and `reference` = the question's and the reference answer's turns)
+ * joined with judgments.jsonl (`rating`, `judgment`) by question id and turn.
+ */
+async function readMtBenchTurns(dir: string, notes: string[]): Promise<MtBenchTurn[]> {
+  const answers = await readJsonlObjects(path.join(dir, 'answers.jsonl'));
+  const judgments = await readJsonlObjects(path.join(dir, 'judgments.jsonl'));
+  const bad = answers.bad + judgments.bad;
+  if (bad > 0) notes.push(`${path.basename(dir)}: skipped ${bad} line(s) of answers.jsonl / judgments.jsonl that are not JSON objects.`);
+  const judged = new Map<string, Record<string, unknown>>();
+  for (const j of judgments.rows) judged.set(`${String(j.question_id)}#${String(j.turn)}`, j);
+  const out: MtBenchTurn[] = [];
+  let noQuestion = false;
+  for (const a of answers.rows) {
+    const qid = String(a.question_id);
+    const questions = strList(a.question);
+    const references = strList(a.reference);
+    if (!Array.isArray(a.question)) noQuestion = true;
+    strList(a.turns).forEach((answer, i) => {
+      const j = judged.get(`${qid}#${i + 1}`);
+      out.push({
+        questionId: qid,
+        category: typeof a.category === 'string' ? a.category : '',
+        turn: i + 1,
+        question: questions[i] ?? null,
+        reference: references[i] ?? null,
+        answer: answer ?? '',
+        ...(j ? { score: finite(j.rating) ? j.rating : null, judgment: str(j.judgment) ?? '' } : {}),
+      });
+    });
+  }
+  if (noQuestion && out.length > 0) notes.push(`${path.basename(dir)}/answers.jsonl does not record the questions (written before they were): the question column is empty.`);
+  return out;
+}
+
+/**
+ * Every llm-jp-eval sample: llm_jp_eval.py's outputs/<dataset>.jsonl (input,
+ * expected, prediction, scores per sample), with the dataset's designated metric
+ * from scores.json (`datasets`, `excluded` or `not_scored` entries' `metric`).
+ */
+async function readLlmJpEvalSamples(dir: string, scores: unknown, notes: string[]): Promise<LlmJpEvalSample[]> {
+  const designated = new Map<string, string>();
+  if (isRecord(scores)) {
+    for (const group of ['datasets', 'excluded', 'not_scored', 'uncategorised']) {
+      const g = scores[group];
+      if (isRecord(g)) for (const [name, d] of Object.entries(g)) if (isRecord(d) && typeof d.metric === 'string') designated.set(name, d.metric);
+    }
+  }
+  const outDir = path.join(dir, 'outputs');
+  let files: string[];
+  try {
+    files = (await readdir(outDir)).filter((f) => f.endsWith('.jsonl')).sort();
+  } catch {
+    return [];
+  }
+  const out: LlmJpEvalSample[] = [];
+  for (const f of files) {
+    const dataset = f.replace(/\.jsonl$/, '');
+    const { rows, bad } = await readJsonlObjects(path.join(outDir, f));
+    if (bad > 0) notes.push(`${path.basename(dir)}/outputs/${f}: skipped ${bad} line(s) that are not JSON objects.`);
+    const metric = designated.get(dataset);
+    rows.forEach((r, i) => {
+      const sampleScores = isRecord(r.scores) ? r.scores : {};
+      const m = metric ?? Object.keys(sampleScores)[0];
+      const v = m === undefined ? undefined : sampleScores[m];
+      out.push({
+        dataset,
+        index: finite(r.index) ? r.index : i,
+        input: str(r.input) ?? '',
+        reference: str(r.expected) ?? '',
+        output: str(r.prediction) ?? str(r.raw) ?? '',
+        ...(m ? { metric: m } : {}),
+        score: finite(v) ? v : null,
+      });
+    });
+  }
+  return out;
 }
 
 function sortTraining(stages: readonly string[]): string[] {

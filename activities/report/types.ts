@@ -13,6 +13,41 @@ export interface ReferencePoint {
   readonly llmJpEval: number | null;
   /** Free text from the optional `note` column. */
   readonly note?: string;
+  /** Where the figures were published (optional `source` column, a URL). */
+  readonly source?: string;
+  /** When they were published or read (optional `date` column). */
+  readonly date?: string;
+}
+
+/** One turn of one MT-Bench question: what was asked, the reference, this run's answer and the judge's verdict. */
+export interface MtBenchTurn {
+  readonly questionId: string;
+  readonly category: string;
+  /** 1 or 2. */
+  readonly turn: number;
+  /** The user's turn; null when answers.jsonl predates recording it. */
+  readonly question: string | null;
+  /** The reference answer's turn; null when there is none. */
+  readonly reference: string | null;
+  readonly answer: string;
+  /** The judge's rating; null when unparsable, undefined when not judged. */
+  readonly score?: number | null;
+  /** The judge's last reply. */
+  readonly judgment?: string;
+}
+
+/** One llm-jp-eval sample as the stage wrote it to `outputs/<dataset>.jsonl`. */
+export interface LlmJpEvalSample {
+  readonly dataset: string;
+  readonly index: number;
+  readonly input: string;
+  readonly reference: string;
+  /** The cleaned prediction that was scored. */
+  readonly output: string;
+  /** The dataset's designated metric, when scores.json names one. */
+  readonly metric?: string;
+  /** The sample's value of that metric (else of its first metric). */
+  readonly score: number | null;
 }
 
 /** Per-dataset entry of the llm-jp-eval stage's `scores.json`. */
@@ -48,6 +83,10 @@ export type MtBenchScores =
       readonly judgePromptTokens?: number;
       readonly judgeCompletionTokens?: number;
       readonly judgeCost?: number | null;
+      /** The judge model's name (scores.json `judge.model`). */
+      readonly judgeModel?: string;
+      /** A remark on the judge (scores.json `judge.note`), e.g. that it is a tiny test model: shown beside the score. */
+      readonly judgeNote?: string;
     }
   | { readonly status: 'not-configured'; readonly stage: string; readonly answered?: number }
   | { readonly status: 'absent' };
@@ -111,6 +150,10 @@ export interface ReportInputs {
   readonly mtBench: MtBenchScores;
   /** Null when no needed stage holds llm-jp-eval scores. */
   readonly llmJpEval: LlmJpEvalScores | null;
+  /** Every answered MT-Bench turn, in question order (empty or absent when there are none). */
+  readonly mtBenchTurns?: readonly MtBenchTurn[];
+  /** Every llm-jp-eval sample, by dataset (empty or absent when there are none). */
+  readonly llmJpEvalSamples?: readonly LlmJpEvalSample[];
   readonly metrics: readonly MetricSeries[];
   /** Null when the `timeline` param was not given. */
   readonly timeline: readonly TimelineEntry[] | null;

@@ -24,8 +24,8 @@ const Options = z.object({
   json: z.boolean().default(false),
 });
 
-/** Files the report reads; model weights and datasets stay in storage. */
-const REPORT_INPUT = /(^|\/)(scores\.json|metrics\.jsonl|answers\.jsonl|judgments\.jsonl|stats\.json|report\.json)$/;
+/** Files the report reads (outputs/<dataset>.jsonl: llm-jp-eval's per-sample lines); model weights and datasets stay in storage. */
+const REPORT_INPUT = /(^|\/)(scores\.json|metrics\.jsonl|answers\.jsonl|judgments\.jsonl|stats\.json|report\.json|outputs\/[^/]+\.jsonl)$/;
 
 const REPORT_MAIN = fileURLToPath(new URL('../../activities/report/main.js', import.meta.url));
 

@@ -100,6 +100,38 @@ CHAT_TEMPLATE = (
 )
 
 
+# llm-jp-3's instruction format (the Japanese Alpaca layout its -instruct models and Tanuki use): the end of an
+# assistant turn is the tokenizer's EOS, so a pretrained base needs no new token rows for it. Like CHAT_TEMPLATE it
+# marks the assistant's text with {% generation %} for TRL's assistant-only loss.
+LLM_JP_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}"
+    "{% elif message['role'] == 'user' %}{{ '\n\n### 指示:\n' + message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ '\n\n### 応答:\n' }}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '\n\n### 応答:\n' }}{% endif %}"
+)
+
+# The built-in chat formats by name (params `chat_template` of sft/dpo).
+CHAT_TEMPLATES = {"chatml": CHAT_TEMPLATE, "llm-jp": LLM_JP_TEMPLATE}
+# Special tokens each built-in format adds to a vocabulary that lacks them.
+CHAT_TOKENS = {"chatml": ("<|im_start|>", "<|im_end|>"), "llm-jp": ()}
+# Written beside a chat-tuned model's tokenizer by sft/dpo: the eval stages then prompt in that chat format.
+CHAT_FORMAT_FILE = "chat_format.json"
+
+
+def chat_tuned(tokenizer_dir: "Path | str") -> dict | None:
+    """The chat_format.json that sft/dpo left beside a tokenizer (the model was tuned in that chat format), else None."""
+    f = Path(tokenizer_dir) / CHAT_FORMAT_FILE
+    try:
+        return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
 def set_seed(seed: int) -> None:
     import numpy as np
     import torch
@@ -329,12 +361,15 @@ def load_tokenizer(model_dir: "Path | str | ModelSource"):
     return tok
 
 
-def ensure_chat_tokens(tok, model=None) -> None:
-    """Adds the ChatML markers as special tokens when the template uses them and the vocab lacks them."""
+def ensure_chat_tokens(tok, model=None) -> list[int]:
+    """Adds the ChatML markers as special tokens when the template uses them and the vocab lacks them (growing the
+    model's embeddings); returns the ids of the markers the template uses (added or already there), [] for none."""
     if "<|im_start|>" not in (tok.chat_template or ""):
-        return
-    missing = [t for t in ("<|im_start|>", "<|im_end|>") if t not in tok.get_vocab()]
+        return []
+    markers = CHAT_TOKENS["chatml"]
+    missing = [t for t in markers if t not in tok.get_vocab()]
     if missing:
         tok.add_special_tokens({"additional_special_tokens": missing})
         if model is not None:
             model.resize_token_embeddings(len(tok))
+    return [tok.convert_tokens_to_ids(t) for t in markers]

@@ -2,8 +2,11 @@
 
 params (defaults): as `sft` (model/input, data/data_input, lora, qlora, merge_adapter, max_steps, lr 5e-6, micro_batch_size,
   gradient_accumulation_steps, max_length 1024, seed, checkpoint_every, log_every) plus
-  beta 0.1, max_prompt_length 512, loss_type "sigmoid", eval_on_train true (reward accuracy on the
-  training pairs after training, reported in the result).
+  chat_template (as sft; "auto" keeps the template an sft stage saved), beta 0.1, max_prompt_length 512, loss_type "sigmoid",
+  eval_fraction 0.1 (pairs held out of training, seeded by `seed`, at most eval_max_rows 256: their loss, reward
+  accuracy and margin are metrics eval_loss / eval_reward_accuracy / eval_reward_margin every eval_every steps,
+  default max_steps // 4, and at the end, and in the result), eval_on_train false (with eval_fraction 0: measure
+  on the training pairs instead, reported with eval_split "train").
 data rows: {"prompt": string | [messages], "chosen": string | [messages], "rejected": string | [messages]}.
 Reference model: the policy with its adapter disabled; when the input is an unmerged sft adapter (model/base.json,
 e.g. after QLoRA SFT), that adapter is trained further and a frozen copy of it is the reference (TRL ref_adapter_name).
@@ -12,8 +15,8 @@ Metrics: loss, reward_accuracy, reward_margin, reward_chosen, reward_rejected.
 """
 from __future__ import annotations
 
-from .hf_train import (COMMON_KEYS, check_messages, check_qlora, data_files, device_for, events_callback, is_peft, load_model_and_tokenizer,
-                       load_rows, lora_config, run_training, save_final, training_args_kwargs)
+from .hf_train import (COMMON_KEYS, check_messages, check_qlora, data_files, device_for, eval_kwargs, events_callback, final_evaluation, is_peft,
+                       load_model_and_tokenizer, load_rows, peft_config_for, run_training, save_final, split_rows, training_args_kwargs)
 from .protocol import InvalidStageInput, StageContext, StopFlag, run_stage
 
 RENAMES = {"rewards/accuracies": "reward_accuracy", "rewards/margins": "reward_margin", "rewards/chosen": "reward_chosen",
@@ -45,28 +48,30 @@ def build_trainer(ctx: StageContext, stop: StopFlag | None = None):
     p = ctx.params
     p.reject_unknown(COMMON_KEYS | {"beta", "max_prompt_length", "loss_type", "eval_on_train"})
     stop = stop or StopFlag()
-    rows = [to_pair(w, r) for w, r in load_rows(data_files(ctx, "pairs.jsonl"))]
+    rows, held_out = split_rows(ctx, [to_pair(w, r) for w, r in load_rows(data_files(ctx, "pairs.jsonl"))])
+    eval_split = "held-out" if held_out else "train" if p.bool("eval_on_train", False) else None
     device = device_for(ctx)
     check_qlora(ctx, device)
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     ds = Dataset.from_list(rows)
+    eval_ds = Dataset.from_list(held_out) if held_out else ds if eval_split == "train" else None
     model, tok, source = load_model_and_tokenizer(ctx, device, reference_adapter=True)
-    peft_cfg = lora_config(ctx)
+    peft_cfg = peft_config_for(ctx, model, tok)
     lora = peft_cfg is not None
     adapters: dict = {}
     if lora and is_peft(model):  # continuing an earlier stage's adapter; its frozen copy is the reference
         peft_cfg = None
         adapters = dict(model_adapter_name="default", ref_adapter_name="reference")
     kw = training_args_kwargs(ctx, device, 5e-6)
-    args = DPOConfig(**adapters, **kw, beta=p.float("beta", 0.1, min=0), max_length=p.int("max_length", 1024, min=8),
-                     max_prompt_length=p.int("max_prompt_length", 512, min=1), loss_type=p.str("loss_type", "sigmoid"),
-                     per_device_eval_batch_size=kw["per_device_train_batch_size"])
+    args = DPOConfig(**adapters, **kw, **eval_kwargs(ctx, eval_split == "held-out"), beta=p.float("beta", 0.1, min=0), max_length=p.int("max_length", 1024, min=8),
+                     max_prompt_length=p.int("max_prompt_length", 512, min=1), loss_type=p.str("loss_type", "sigmoid"))
     cb = events_callback(ctx, stop, RENAMES)
-    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=ds, eval_dataset=ds if p.bool("eval_on_train", True) else None,
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=ds, eval_dataset=eval_ds,
                          processing_class=tok, peft_config=peft_cfg, callbacks=[cb])
     trainer.tanren_source = source
+    trainer.tanren_eval_split = eval_split
     return trainer, cb, tok, lora
 
 
@@ -79,8 +84,9 @@ def main(ctx: StageContext) -> None:
     if hist:
         result.update(final_loss=hist[-1]["loss"], reward_accuracy=hist[-1].get("rewards/accuracies"), reward_margin=hist[-1].get("rewards/margins"))
     if trainer.eval_dataset is not None:
-        ev = trainer.evaluate()
-        result.update(eval_reward_accuracy=ev.get("eval_rewards/accuracies"), eval_reward_margin=ev.get("eval_rewards/margins"), eval_loss=ev.get("eval_loss"))
+        ev = final_evaluation(trainer)
+        result.update(eval_reward_accuracy=ev.get("eval_rewards/accuracies"), eval_reward_margin=ev.get("eval_rewards/margins"), eval_loss=ev.get("eval_loss"),
+                      eval_split=trainer.tanren_eval_split, eval_rows=len(trainer.eval_dataset))
     out = save_final(ctx, trainer, tok, lora, trainer.tanren_source)
     if (out / "model.safetensors").exists():
         ctx.artifact("model/model.safetensors", "DPO-tuned model")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import (ModelSource, bnb_4bit_config, half_dtype, load_causal_lm, load_tokenizer, match_vocab, pick_device,
+from .common import (ModelSource, bnb_4bit_config, chat_tuned, half_dtype, load_causal_lm, load_tokenizer, match_vocab, pick_device,
                      resolve_model)
 from .protocol import StageConfigError, StageContext
 
@@ -29,6 +29,8 @@ class Generator:
         self.torch = torch
         self.source = source
         self.tok = load_tokenizer(source)
+        # chat_format.json beside the tokenizer: sft/dpo tuned the model in its chat template (see hf_train)
+        self.chat_format = None if source.hub else chat_tuned(source.tokenizer)
         if precision == "auto":
             dtype = half_dtype(device)
         else:
@@ -66,6 +68,10 @@ class Generator:
     def complete(self, prompt: str, max_new_tokens: int, temperature: float = 0.0) -> tuple[str, int]:
         ids = self.tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids
         return self._generate(ids, max_new_tokens, temperature)
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        """The text the chat template makes of `messages`, ready for the assistant's turn (what chat() generates from)."""
+        return self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def chat(self, messages: list[dict], max_new_tokens: int, temperature: float = 0.0) -> tuple[str, int]:
         ids = self.tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")

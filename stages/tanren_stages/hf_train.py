@@ -5,9 +5,9 @@ import math
 import sys
 from pathlib import Path
 
-from .common import (CHAT_TEMPLATE, ModelSource, bf16_ok, bnb_4bit_config, ensure_chat_tokens, load_causal_lm, match_vocab, pick_device,
-                     refusing_unsafe_pickles, resolve_model, write_pointer)
-from .protocol import InvalidStageInput, StageConfigError, StageContext, StopFlag, read_jsonl
+from .common import (CHAT_FORMAT_FILE, CHAT_TEMPLATES, ModelSource, bf16_ok, bnb_4bit_config, ensure_chat_tokens, load_causal_lm,
+                     match_vocab, pick_device, refusing_unsafe_pickles, resolve_model, write_pointer)
+from .protocol import InvalidStageInput, StageConfigError, StageContext, StopFlag, read_jsonl, write_json
 
 try:  # the map() progress bars of datasets only clutter the stage log
     import datasets as _datasets
@@ -19,7 +19,7 @@ except Exception:  # noqa: BLE001
 COMMON_KEYS = {"model", "input", "data", "data_input", "lora", "load_in_4bit", "qlora", "max_steps", "num_train_epochs",
                "lr", "micro_batch_size", "gradient_accumulation_steps", "max_length", "seed", "warmup_ratio",
                "lr_scheduler", "weight_decay", "checkpoint_every", "log_every", "gradient_checkpointing", "device",
-               "precision", "threads", "merge_adapter"}
+               "precision", "threads", "merge_adapter", "eval_fraction", "eval_max_rows", "eval_every", "chat_template"}
 
 
 def data_files(ctx: StageContext, default_name: str) -> list[Path]:
@@ -52,6 +52,45 @@ def load_rows(files: list[Path]) -> list[tuple[str, dict]]:
     return rows
 
 
+def split_rows(ctx: StageContext, rows: list, default_fraction: float = 0.1) -> tuple[list, list]:
+    """(training rows, held-out rows): `eval_fraction` of the rows (at least 1 when the fraction is above 0, at most
+    `eval_max_rows`, default 256), picked by a permutation seeded with `seed`, so the split is the same on every
+    attempt and resume. The rows keep their file order on both sides."""
+    import random as _random
+
+    p = ctx.params
+    frac = p.float("eval_fraction", default_fraction, min=0, max=0.5)
+    if frac <= 0:
+        return rows, []
+    n = min(max(1, round(len(rows) * frac)), p.int("eval_max_rows", 256, min=1))
+    if n >= len(rows):
+        raise InvalidStageInput(f"{p.source}: field 'eval_fraction' ({frac}) would hold out all {len(rows)} rows; lower it or add data")
+    held = set(_random.Random(p.int("seed", 1234)).sample(range(len(rows)), n))
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def eval_kwargs(ctx: StageContext, has_eval: bool) -> dict:
+    """Trainer arguments for the held-out evaluation: every `eval_every` steps (default max_steps // 4, or once per
+    epoch when training runs by epochs); the stage evaluates once more at the end."""
+    if not has_eval:
+        return {"eval_strategy": "no"}
+    p = ctx.params
+    max_steps = p.int("max_steps", -1)
+    if p.has("eval_every"):
+        return {"eval_strategy": "steps", "eval_steps": p.int("eval_every", min=1)}
+    if max_steps > 0:
+        return {"eval_strategy": "steps", "eval_steps": max(1, max_steps // 4)}
+    return {"eval_strategy": "epoch"}
+
+
+def final_evaluation(trainer) -> dict:
+    """The held-out metrics at the last step: the Trainer's own when it just evaluated there, else a fresh evaluate()."""
+    last = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
+    if last is not None and last.get("step") == trainer.state.global_step:
+        return last
+    return trainer.evaluate()
+
+
 def check_messages(where: str, msgs) -> list[dict]:
     if not isinstance(msgs, list) or not msgs:
         raise InvalidStageInput(f"{where}: field 'messages' must be a non-empty list")
@@ -63,7 +102,11 @@ def check_messages(where: str, msgs) -> list[dict]:
     return out
 
 
-def lora_config(ctx: StageContext):
+def lora_config(ctx: StageContext, chat_token_ids: list[int] | None = None, tied: bool = True):
+    """The LoRA config of params `lora`/`qlora`, or None without LoRA. chat_token_ids: rows of the chat markers
+    (e.g. ChatML's <|im_start|>/<|im_end|>, added to the vocabulary or never seen in pretraining); LoRA alone would
+    leave them as initialised, so they are trained too: peft's trainable_token_indices on the input embeddings
+    (which also covers a tied LM head), and the whole LM head as modules_to_save when it is not tied."""
     p = ctx.params
     raw = p.raw("lora")
     qlora = p.bool("qlora", False) or p.bool("load_in_4bit", False)
@@ -76,8 +119,13 @@ def lora_config(ctx: StageContext):
 
     g = sub or p.__class__({}, p.source + ": lora")
     targets = g.raw("target_modules", "all-linear")
+    extra: dict = {}
+    if chat_token_ids:
+        extra["trainable_token_indices"] = {"embed_tokens": sorted(set(chat_token_ids))}
+        if not tied:
+            extra["modules_to_save"] = ["lm_head"]
     return LoraConfig(r=g.int("r", 16, min=1), lora_alpha=g.int("alpha", 32, min=1), lora_dropout=g.float("dropout", 0.05, min=0, max=1),
-                      target_modules=targets, task_type="CAUSAL_LM", bias="none")
+                      target_modules=targets, task_type="CAUSAL_LM", bias="none", **extra)
 
 
 def is_peft(model) -> bool:
@@ -112,6 +160,32 @@ def check_qlora(ctx: StageContext, device: str) -> bool:
     return qlora
 
 
+def choose_chat_template(ctx: StageContext, tok) -> str:
+    """Sets tok.chat_template from params `chat_template` and returns the format's name: "auto" (default) keeps the
+    tokenizer's own template when it marks the assistant's text with {% generation %} (needed for the
+    assistant-only loss; an earlier sft/dpo stage's tokenizer does), else ChatML; "chatml" or "llm-jp" (llm-jp-3's
+    instruction format, ending a turn with EOS: no new tokens) set that template."""
+    p = ctx.params
+    want = p.str("chat_template", "auto", choices=["auto", *CHAT_TEMPLATES])
+    if want != "auto":
+        tok.chat_template = CHAT_TEMPLATES[want]
+        return want
+    own = tok.chat_template or ""
+    if "generation" in own:
+        return next((name for name, t in CHAT_TEMPLATES.items() if t == own), "tokenizer")
+    if own:
+        print("base chat template has no {% generation %} markers: using tanren's ChatML template (set 'chat_template' to "
+              "choose another)", file=sys.stderr)
+    tok.chat_template = CHAT_TEMPLATES["chatml"]
+    return "chatml"
+
+
+def peft_config_for(ctx: StageContext, model, tok):
+    """lora_config with the chat markers' rows trainable (see lora_config)."""
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    return lora_config(ctx, getattr(tok, "tanren_chat_token_ids", None), tied)
+
+
 def load_model_and_tokenizer(ctx: StageContext, device: str, *, reference_adapter: bool = False):
     """The model to train and its tokenizer; returns (model, tok, source).
 
@@ -136,13 +210,10 @@ def load_model_and_tokenizer(ctx: StageContext, device: str, *, reference_adapte
         model.to(device)
     if tok.pad_token is None:
         tok.pad_token = tok.unk_token or tok.eos_token
-    if not tok.chat_template or "generation" not in tok.chat_template:
-        if tok.chat_template:
-            print("base chat template has no {% generation %} markers: using tanren's ChatML template", file=sys.stderr)
-        tok.chat_template = CHAT_TEMPLATE
+    tok.tanren_chat_format = choose_chat_template(ctx, tok)
     if source.adapter is not None:
         match_vocab(model, tok)
-    ensure_chat_tokens(tok, model)
+    tok.tanren_chat_token_ids = ensure_chat_tokens(tok, model)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     if qlora:
@@ -189,6 +260,7 @@ def training_args_kwargs(ctx: StageContext, device: str, lr_default: float) -> d
         gradient_checkpointing=p.bool("gradient_checkpointing", False), bf16=use_bf16, use_cpu=device == "cpu",
         report_to=["tensorboard"], logging_dir=str(ctx.output / "tensorboard"), dataloader_num_workers=0,
         disable_tqdm=True, save_safetensors=True, remove_unused_columns=True,
+        per_device_eval_batch_size=p.int("micro_batch_size", 4, min=1),
     )
 
 
@@ -242,6 +314,7 @@ def save_final(ctx: StageContext, trainer, tok, lora: bool, source: ModelSource 
         resized = _vocab_resized(base, source)
         model.save_pretrained(str(adapter_dir), selected_adapters=["default"], save_embedding_layers=resized)
         tok.save_pretrained(str(adapter_dir))
+        write_chat_format(ctx, tok, adapter_dir)
         merge = merge_choice(ctx)
         if merge is False or (merge is None and four_bit):
             if source is None:
@@ -254,7 +327,14 @@ def save_final(ctx: StageContext, trainer, tok, lora: bool, source: ModelSource 
     model.config.use_cache = True
     model.save_pretrained(str(out), safe_serialization=True)
     tok.save_pretrained(str(out))
+    write_chat_format(ctx, tok, out)
     return out
+
+
+def write_chat_format(ctx: StageContext, tok, directory: Path) -> None:
+    """chat_format.json beside the saved tokenizer: the eval stages then prompt in the format the model was tuned on."""
+    write_json(directory / CHAT_FORMAT_FILE, {"format": getattr(tok, "tanren_chat_format", "tokenizer"), "stage": ctx.stage_id,
+                                                   "note": "tanren: tuned with this tokenizer's chat template"})
 
 
 def _vocab_resized(base, source: ModelSource | None) -> bool:

@@ -13,7 +13,11 @@ params (defaults):
   num_few_shots       4 (llm-jp-eval's default): the first n samples of the dataset's train/ file; fewer there is an error
   max_samples         per dataset (default: all)
   max_new_tokens      default: the dataset's output_length (as llm-jp-eval's generation)
-  use_chat_template   false (the Alpaca-style prompt as plain text, as llm-jp-eval without a custom template)
+  use_chat_template   "auto" (default): true when the model was chat-tuned by sft/dpo (chat_format.json beside its
+                      tokenizer), so it is asked in the chat format it was tuned on; false: the Alpaca-style prompt
+                      as plain text (llm-jp-eval without a custom template), for base models. With the chat template
+                      the instruction is the system message, each few-shot example a user/assistant turn, the
+                      sample's input the last user turn; the prompt recorded per sample is the rendered template
   categories          {dataset: category} for datasets that are not jaster's (a dataset file may also carry a
                       "category" field); jaster datasets always take llm-jp-eval's category
 Each dataset: {instruction, output_length, metrics: [exact_match|char_f1|set_f1|bleu_ja|bleu_en|pearson|spearman|…],
@@ -60,9 +64,20 @@ def scorable(d: jaster.Dataset) -> bool:
     return d.name not in jaster.EXCLUDED and d.task_category is not None and d.designated in jaster.SUPPORTED and d.designated in d.metrics
 
 
+def chat_messages(instruction: str, few_shots: list[dict], text: str) -> list[dict]:
+    """The chat form of llm-jp-eval's prompt: the instruction as the system message, each few-shot example a
+    user/assistant turn, the sample's input the last user turn."""
+    msgs = [{"role": "system", "content": instruction}]
+    for s in few_shots:
+        msgs += [{"role": "user", "content": s["input"]}, {"role": "assistant", "content": s["output"]}]
+    return msgs + [{"role": "user", "content": text}]
+
+
 def evaluate(datasets: list[jaster.Dataset], predict, *, max_samples: int | None, max_new_tokens: int | None,
-             out_dir: Path, progress=None, metric=None) -> dict:
-    """Runs `predict(prompt, max_new_tokens) -> raw text` on every sample and scores as llm-jp-eval; returns scores.json."""
+             out_dir: Path, progress=None, metric=None, render=None) -> dict:
+    """Runs `predict(prompt, max_new_tokens) -> raw text` on every sample and scores as llm-jp-eval; returns scores.json.
+    `render(instruction, few_shots, input) -> prompt` builds the prompt (default: the Alpaca-style text)."""
+    render = render or jaster.build_prompt
     per: dict[str, dict] = {}
     not_scored: dict[str, dict] = {}
     excluded: dict[str, dict] = {}
@@ -72,7 +87,7 @@ def evaluate(datasets: list[jaster.Dataset], predict, *, max_samples: int | None
         budget = max_new_tokens or max(1, d.output_length)
         preds, trues, raws, prompts = [], [], [], []
         for s in samples:
-            prompt = jaster.build_prompt(d.instruction, d.few_shots, s["input"])
+            prompt = render(d.instruction, d.few_shots, s["input"])
             raw = predict(prompt, budget)
             prompts.append(prompt)
             raws.append(raw)
@@ -146,18 +161,25 @@ def main(ctx: StageContext) -> None:
                                 f"or the file's 'category' field, one of {', '.join(jaster.CATEGORIES)})")
     max_samples = p.int("max_samples", None, min=1)
     max_new_tokens = p.int("max_new_tokens", None, min=1)
-    chat = p.bool("use_chat_template", False)
+    chat_param = p.raw("use_chat_template", "auto")
     gen = Generator.from_ctx(ctx)
+    chat = gen.chat_format is not None if chat_param == "auto" else p.bool("use_chat_template")
+
+    def render(instruction: str, few_shots: list[dict], text: str) -> str:
+        if chat:  # the template's text, special tokens included, so complete() sees exactly what chat() would
+            return gen.chat_prompt(chat_messages(instruction, few_shots, text))
+        return jaster.build_prompt(instruction, few_shots, text)
 
     def predict(prompt: str, budget: int) -> str:
-        if chat:
-            return gen.chat([{"role": "user", "content": prompt}], budget)[0]
         return gen.complete(prompt, budget)[0]
 
     scores = evaluate(datasets, predict, max_samples=max_samples, max_new_tokens=max_new_tokens, out_dir=ctx.output / "outputs",
-                      progress=lambda i, n, name: ctx.progress(i, n, message=name), metric=ctx.metric)
+                      progress=lambda i, n, name: ctx.progress(i, n, message=name), metric=ctx.metric, render=render)
     scores["num_few_shots"] = p.int("num_few_shots", 4, min=0)
     scores["split"] = p.str("split", "test")
+    scores["prompt_format"] = "chat template" if chat else "alpaca"
+    if gen.chat_format is not None:
+        scores["chat_format"] = gen.chat_format
     write_json(ctx.output / "scores.json", scores)
     ctx.artifact("scores.json", f"llm-jp-eval {jaster.LLM_JP_EVAL_VERSION} scores: AVG, categories, datasets")
     for d in datasets:

@@ -21,7 +21,8 @@ params (defaults):
                        price_per_1k_output, note: "tiny" (the judge is the pipeline's own tiny model: scores.json's
                        judge.note says its scores are not meaningful) or any text to record as judge.note}
 Without `judge` the answers are written and the result is {"judge": "not configured", "answered": n}.
-Outputs: answers.jsonl (with each question's sampling settings), judgments.jsonl (every judgment: judge model,
+Outputs: answers.jsonl (per question: the answers as `turns`, the question's turns as `question`, the reference
+answer's turns as `reference` or null, the sampling settings), judgments.jsonl (every judgment: judge model,
 prompt name and file, the messages, every reply, the rating), scores.json. Result: score, per-category and per-turn
 scores, judge, judge tokens/cost.
 """
@@ -231,6 +232,8 @@ def main(ctx: StageContext) -> None:
                 outs.append(text)
                 msgs.append({"role": "assistant", "content": text})
             rec = {"question_id": q["question_id"], "category": q["category"], "turns": outs, "new_tokens": ntok,
+                   # what was asked and the reference answer, so the report can show them beside the answers
+                   "question": q["turns"][:max_turns], "reference": refs.get(q["question_id"]),
                    "generate_params": {"do_sample": temp >= 1e-4, "temperature": temp, "top_p": top_p, "repetition_penalty": rep,
                                        "max_new_token": max_new, "seed": seed}}
             answers.append(rec)

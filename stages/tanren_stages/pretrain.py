@@ -10,6 +10,12 @@ params (defaults):
   grad_clip 1.0, seed 1234, precision "auto" (bf16 on a CUDA GPU that supports it, else fp32),
   gradient_checkpointing false, checkpoint_every 0 (0 = only at the end / on SIGTERM),
   log_every 1, threads (torch CPU threads; default unchanged), device "auto"
+  valid_fraction 0.01: the last documents of the indexed dataset holding about this share of its tokens are held
+  out (split at a document start, so no article is in both parts); 0 = no held-out set
+  eval_every (default checkpoint_every, else max_steps // 5): validation loss every n steps and at the end
+  eval_windows 64: at most this many held-out seq_len windows are evaluated (the same ones every time)
+Validation loss: mean next-token cross-entropy over the held-out windows, reported as metric `eval_loss` (and
+`eval_ppl`) at its step and in the result (`first_eval_loss`, `final_eval_loss`, `eval_tokens`).
 Checkpoints go to $TANREN_CHECKPOINTS/step-XXXXXX (model, optimizer, scheduler, RNG states,
 data position); $TANREN_RESUME_FROM resumes exactly. Data order is a seeded permutation per
 epoch indexed by the consumed-sample count, so a resumed run sees the same batches.
@@ -35,21 +41,34 @@ from .protocol import InvalidStageInput, OutOfMemory, StageConfigError, StageCon
 KNOWN = {"input", "data_prefix", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "seq_len",
          "rope_theta", "micro_batch_size", "gradient_accumulation_steps", "max_steps", "max_tokens", "lr", "min_lr_ratio",
          "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2", "grad_clip", "seed", "precision", "gradient_checkpointing",
-         "checkpoint_every", "log_every", "threads", "device", "deterministic"}
+         "checkpoint_every", "log_every", "threads", "device", "deterministic", "valid_fraction", "eval_every", "eval_windows"}
+
+
+def split_held_out(ds: IndexedDataset, fraction: float) -> int:
+    """The token offset where the held-out part starts: the start of the first document at or after
+    (1 - fraction) of the stream; len(stream) when fraction is 0. Deterministic: the same data, the same split."""
+    total = int(ds.total_tokens)
+    if fraction <= 0:
+        return total
+    starts = np.concatenate([[0], np.cumsum(ds.sequence_lengths.astype(np.int64))])[:-1]
+    target = total * (1 - fraction)
+    i = int(np.searchsorted(starts, target, side="left"))
+    return int(starts[i]) if i < len(starts) else total
 
 
 class TokenWindows:
     """Fixed-length windows over the concatenated token stream, in a seeded order per epoch."""
 
-    def __init__(self, ds: IndexedDataset, seq_len: int, seed: int):
-        self.tokens = ds.all_tokens()
+    def __init__(self, ds: IndexedDataset, seq_len: int, seed: int, end: int | None = None, what: str = "training"):
+        self.tokens = ds.all_tokens()[:end]
         self.seq_len = seq_len
         self.n = (len(self.tokens) - 1) // seq_len
         self.seed = seed
         self._perm_epoch = -1
         self._perm = None
         if self.n < 1:
-            raise InvalidStageInput(f"dataset {ds.prefix} has {len(self.tokens)} tokens, fewer than seq_len+1 = {seq_len + 1}")
+            raise InvalidStageInput(f"dataset {ds.prefix} has {len(self.tokens)} {what} tokens, fewer than seq_len+1 = {seq_len + 1}"
+                                    + (" (lower 'valid_fraction')" if end is not None else ""))
 
     def sample(self, k: int) -> np.ndarray:
         epoch, pos = divmod(k, self.n)
@@ -61,6 +80,36 @@ class TokenWindows:
 
     def batch(self, start: int, size: int) -> np.ndarray:
         return np.stack([self.sample(start + j) for j in range(size)])
+
+
+def held_out_windows(ds: IndexedDataset, start: int, seq_len: int, limit: int) -> np.ndarray:
+    """Up to `limit` consecutive, non-overlapping seq_len+1 windows of the held-out tokens, shape (n, seq_len+1)."""
+    tail = np.asarray(ds.all_tokens()[start:], dtype=np.int64)
+    n = min(limit, (len(tail) - 1) // seq_len)
+    if n < 1:
+        raise InvalidStageInput(f"dataset {ds.prefix}: the held-out part has {len(tail)} tokens, fewer than seq_len+1 = {seq_len + 1}; "
+                                "raise 'valid_fraction' (or set it to 0 for no validation loss)")
+    return np.stack([tail[i * seq_len:i * seq_len + seq_len + 1] for i in range(n)])
+
+
+def evaluate_loss(model, windows: np.ndarray, mbs: int, device: str, use_bf16: bool) -> float:
+    """Mean next-token cross-entropy over the windows (every target token weighs the same)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(windows), mbs):
+            batch = torch.from_numpy(windows[i:i + mbs]).to(device)
+            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
+                logits = model(input_ids=batch[:, :-1], use_cache=False).logits
+            loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum")
+            total += float(loss)
+            count += batch[:, 1:].numel()
+    if was_training:
+        model.train()
+    return total / count
 
 
 def lr_lambda_factory(warmup: int, total: int, min_ratio: float):
@@ -181,7 +230,14 @@ def main(ctx: StageContext) -> None:
 
     prefix, tok_dir = find_data(ctx, p.str("data_prefix", "text_document"))
     ds = IndexedDataset(prefix)
-    windows = TokenWindows(ds, seq_len, seed)
+    valid_fraction = p.float("valid_fraction", 0.01, min=0, max=0.5)
+    split_at = split_held_out(ds, valid_fraction)
+    windows = TokenWindows(ds, seq_len, seed, end=split_at if valid_fraction > 0 else None)
+    valid = held_out_windows(ds, split_at, seq_len, p.int("eval_windows", 64, min=1)) if valid_fraction > 0 else None
+    eval_every = p.int("eval_every", ckpt_every or max(1, max_steps // 5), min=1)
+    if valid is not None:
+        print(f"held out {int(ds.total_tokens) - split_at} of {int(ds.total_tokens)} tokens (valid_fraction {valid_fraction}); "
+              f"validation loss over {len(valid)} windows every {eval_every} steps", file=sys.stderr)
     tokenizer = None
     if tok_dir is not None:
         from transformers import AutoTokenizer
@@ -211,7 +267,8 @@ def main(ctx: StageContext) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda_factory(warmup, max_steps, p.float("min_lr_ratio", 0.1, min=0, max=1)))
     grad_clip = p.float("grad_clip", 1.0, min=0)
 
-    state = {"step": 0, "consumed_samples": 0, "first_loss": None, "tokens": 0, "micro_batch_size": mbs, "gradient_accumulation_steps": gas}
+    state = {"step": 0, "consumed_samples": 0, "first_loss": None, "first_eval_loss": None, "tokens": 0, "micro_batch_size": mbs,
+             "gradient_accumulation_steps": gas}
     if ctx.resume_from:
         rf = ctx.resume_from
         if not (rf / "model.pt").is_file():
@@ -241,6 +298,21 @@ def main(ctx: StageContext) -> None:
     def checkpoint() -> None:
         name = save_checkpoint(ckpt_root, state["step"], model, optimizer, scheduler, state)
         ctx.checkpoint(name, state["step"])
+
+    eval_val = None
+
+    def validate() -> None:
+        nonlocal eval_val
+        eval_val = evaluate_loss(model, valid, mbs, device, use_bf16)
+        if not math.isfinite(eval_val):
+            raise StageConfigError(f"validation loss became {eval_val} at step {state['step']}: lower 'lr' or check the data")
+        if state.get("first_eval_loss") is None:
+            state["first_eval_loss"] = eval_val
+        vals = {"eval_loss": eval_val, "eval_ppl": math.exp(min(eval_val, 50.0))}
+        ctx.metric(vals, step=state["step"])
+        if tb is not None:
+            for k, v in vals.items():
+                tb.add_scalar(f"valid/{k.removeprefix('eval_')}", v, state["step"])
 
     model.train()
     loss_val = None
@@ -283,6 +355,8 @@ def main(ctx: StageContext) -> None:
             if tb is not None:
                 for k, v in values.items():
                     tb.add_scalar(f"train/{k}", v, state["step"])
+        if valid is not None and (state["step"] % eval_every == 0 or state["step"] == max_steps):
+            validate()
         if ckpt_every and state["step"] % ckpt_every == 0 and state["step"] < max_steps:
             checkpoint()
         if stop.requested:
@@ -291,6 +365,8 @@ def main(ctx: StageContext) -> None:
                 tb.close()
             print(f"stopped by signal {stop.signum} at step {state['step']} after saving a checkpoint", file=sys.stderr, flush=True)
             sys.exit(128 + (stop.signum or 15))
+    if valid is not None and eval_val is None:  # resumed at max_steps: the loop ran no step
+        validate()
     if tb is not None:
         tb.close()
     checkpoint()
@@ -301,7 +377,9 @@ def main(ctx: StageContext) -> None:
         tokenizer.save_pretrained(str(model_dir))
     ctx.artifact("model/model.safetensors", "final model (HF format)")
     ctx.result({"first_loss": state["first_loss"], "final_loss": loss_val, "steps": state["step"], "tokens": state["tokens"],
-                "parameters": sum(q.numel() for q in model.parameters())})
+                "parameters": sum(q.numel() for q in model.parameters()),
+                **({"first_eval_loss": state["first_eval_loss"], "final_eval_loss": eval_val, "eval_tokens": int(valid[:, 1:].size),
+                    "held_out_tokens": int(ds.total_tokens) - split_at} if valid is not None else {})})
 
 
 if __name__ == "__main__":

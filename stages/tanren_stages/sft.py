@@ -12,13 +12,23 @@ params (defaults):
               model/base.json naming the base, which the later stages load); true: always (not with qlora)
   max_steps -1 (use num_train_epochs 1), lr 2e-5, micro_batch_size 4, gradient_accumulation_steps 1,
   max_length 1024, seed 1234, warmup_ratio 0.03, lr_scheduler "cosine", checkpoint_every 0, log_every 1
+  chat_template "auto": the tokenizer's own template when it marks the assistant's text with {% generation %},
+              else ChatML (<|im_start|>/<|im_end|>, added to the vocabulary when missing); "chatml"; "llm-jp"
+              (llm-jp-3's instruction format: "### 指示:" / "### 応答:", a turn ends with EOS, no new tokens).
+              With LoRA the ChatML markers' embedding rows are trained too (peft trainable_token_indices; an
+              untied LM head is trained whole), as LoRA alone would leave them as initialised. The tokenizer is
+              saved with the template and a chat_format.json, so the eval stages prompt in the same format
+  eval_fraction 0.1: rows held out of training (seeded by `seed`, at most eval_max_rows 256); their loss (assistant
+  tokens only, as in training) is metric `eval_loss` every eval_every steps (default max_steps // 4, else each
+  epoch) and at the end; 0 = no held-out rows
 Outputs: model/ (merged when LoRA, or base.json + base/ when not merged — base/ is a copy of a base that came
-from a needed stage), adapter/ (LoRA, with the tokenizer), tensorboard/. Result: final_loss, first_loss, steps.
+from a needed stage), adapter/ (LoRA, with the tokenizer), tensorboard/. Result: final_loss, first_loss, steps, first_eval_loss, final_eval_loss,
+eval_rows.
 """
 from __future__ import annotations
 
-from .hf_train import (COMMON_KEYS, check_messages, check_qlora, data_files, device_for, events_callback, is_peft, load_model_and_tokenizer,
-                       load_rows, lora_config, run_training, save_final, training_args_kwargs)
+from .hf_train import (COMMON_KEYS, check_messages, check_qlora, data_files, device_for, eval_kwargs, events_callback, final_evaluation, is_peft,
+                       load_model_and_tokenizer, load_rows, peft_config_for, run_training, save_final, split_rows, training_args_kwargs)
 from .protocol import InvalidStageInput, StageContext, StopFlag, run_stage
 
 
@@ -45,7 +55,7 @@ def build_trainer(ctx: StageContext, stop: StopFlag | None = None):
     p = ctx.params
     p.reject_unknown(COMMON_KEYS)
     stop = stop or StopFlag()
-    rows = [{"messages": to_messages(w, r)} for w, r in load_rows(data_files(ctx, "chat.jsonl"))]
+    rows, held_out = split_rows(ctx, [{"messages": to_messages(w, r)} for w, r in load_rows(data_files(ctx, "chat.jsonl"))])
     device = device_for(ctx)
     check_qlora(ctx, device)
     from datasets import Dataset
@@ -53,14 +63,15 @@ def build_trainer(ctx: StageContext, stop: StopFlag | None = None):
 
     ds = Dataset.from_list(rows)
     model, tok, source = load_model_and_tokenizer(ctx, device)
-    peft_cfg = lora_config(ctx)
+    peft_cfg = peft_config_for(ctx, model, tok)
     lora = peft_cfg is not None
     if lora and is_peft(model):  # continuing an earlier stage's adapter
         peft_cfg = None
-    args = SFTConfig(**training_args_kwargs(ctx, device, 2e-5), max_length=p.int("max_length", 1024, min=8),
+    args = SFTConfig(**training_args_kwargs(ctx, device, 2e-5), **eval_kwargs(ctx, bool(held_out)), max_length=p.int("max_length", 1024, min=8),
                      assistant_only_loss=True, packing=False, dataset_num_proc=None)
     cb = events_callback(ctx, stop)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_cfg, callbacks=[cb])
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, eval_dataset=Dataset.from_list(held_out) if held_out else None,
+                         processing_class=tok, peft_config=peft_cfg, callbacks=[cb])
     trainer.tanren_source = source
     return trainer, cb, tok, lora
 
@@ -69,6 +80,10 @@ def main(ctx: StageContext) -> None:
     stop = StopFlag().install()
     trainer, cb, tok, lora = build_trainer(ctx, stop)
     run_training(ctx, trainer, cb, stop)
+    evals = []
+    if trainer.eval_dataset is not None:
+        final_evaluation(trainer)
+        evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     out = save_final(ctx, trainer, tok, lora, trainer.tanren_source)
     if (out / "model.safetensors").exists():
         ctx.artifact("model/model.safetensors", "fine-tuned model")
@@ -76,7 +91,8 @@ def main(ctx: StageContext) -> None:
         ctx.artifact("adapter/adapter_config.json", "LoRA adapter")
     hist = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     ctx.result({"final_loss": hist[-1] if hist else None, "first_loss": hist[0] if hist else None,
-                "steps": trainer.state.global_step, "lora": lora})
+                "steps": trainer.state.global_step, "lora": lora,
+                **({"first_eval_loss": evals[0], "final_eval_loss": evals[-1], "eval_rows": len(trainer.eval_dataset)} if evals else {})})
 
 
 if __name__ == "__main__":

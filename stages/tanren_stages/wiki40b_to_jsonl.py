@@ -3,11 +3,21 @@
 params:
   source              directory (or single file) of parquet shards with columns
                       wikidata_id, text[, version_id]; relative to the current dir
+  splits              which of wiki-40b's splits to read from a directory (default [train]): a shard
+                      belongs to the split its file name starts with (train-00000-of-00002.parquet,
+                      validation-…, test-…, as the Hugging Face copy names them) or the directory it
+                      is in (…/train/…); shards of no known split are skipped and listed in stats.json.
+                      A single file given as `source` is read whatever its name
   min_chars           drop articles whose converted text is shorter (default 100)
   min_japanese_ratio  drop articles whose share of Japanese characters among
                       non-space characters is lower (default 0.5)
   dedup               drop exact duplicates after NFKC/whitespace normalisation (default true)
   batch_size          rows per streamed record batch (default 1024)
+Text layout: wiki-40b marks an article as `_START_ARTICLE_` title, then `_START_SECTION_` title and
+`_START_PARAGRAPH_` text (with `_NEWLINE_` inside) blocks. The output text keeps that structure as plain lines:
+the article title first, then each section title on a line of its own before its paragraphs, each
+`_NEWLINE_` a line break. Titles carry much of an article's meaning (a paragraph rarely names its subject),
+so a model pretrained on the text sees them; `title` is also kept as a field of its own.
 Streams record batches, so memory stays flat whatever the shard size.
 """
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -24,11 +35,15 @@ _JA = re.compile(r"[\u3040-\u309f\u30a0-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\
 _WS = re.compile(r"\s+")
 
 
+SPLITS = ("train", "validation", "test")
+
+
 def convert_wiki40b(raw: str) -> tuple[str, str]:
     """One wiki-40b text → (title, plain text).
 
-    Section titles become their own line, paragraphs follow on lines of their
-    own, `_NEWLINE_` inside a paragraph becomes a line break.
+    The text starts with the article title on its own line; section titles
+    become their own line, paragraphs follow on lines of their own, `_NEWLINE_`
+    inside a paragraph becomes a line break.
     """
     title = ""
     out: list[str] = []
@@ -49,6 +64,8 @@ def convert_wiki40b(raw: str) -> tuple[str, str]:
         else:  # text before any marker: keep it
             out.append(line.replace("_NEWLINE_", "\n"))
         state = None if state in ("_START_ARTICLE_", "_START_SECTION_") else state
+    if title and out:
+        out.insert(0, title)
     return title, "\n".join(out)
 
 
@@ -63,32 +80,58 @@ def dedup_key(text: str) -> bytes:
     return hashlib.sha1(_WS.sub(" ", unicodedata.normalize("NFKC", text)).strip().encode("utf-8")).digest()
 
 
-def shard_files(source: Path) -> list[Path]:
+def split_of(path: Path, root: Path) -> str | None:
+    """The wiki-40b split a shard belongs to: its file name's prefix (train-00000-of-00002.parquet), else the
+    nearest directory under root named after a split; None when neither tells."""
+    m = re.match(r"(train|validation|test)(?=[-_.])", path.name)
+    if m:
+        return m.group(1)
+    for part in reversed(path.relative_to(root).parts[:-1]):
+        if part in SPLITS:
+            return part
+    return None
+
+
+def shard_files(source: Path, splits: list[str] | tuple[str, ...] = ("train",)) -> tuple[list[Path], list[Path]]:
+    """(shards of the wanted splits, other shards skipped). A single file is read whatever its name."""
     if source.is_file():
-        return [source]
+        return [source], []
     if not source.is_dir():
         raise InvalidStageInput(f"params field 'source': {source} does not exist")
     files = sorted(p for p in source.rglob("*.parquet"))
     if not files:
         raise InvalidStageInput(f"params field 'source': no .parquet files under {source}")
-    return files
+    keep = [f for f in files if split_of(f, source) in splits]
+    if not keep:
+        found = sorted({str(split_of(f, source)) for f in files})
+        raise InvalidStageInput(f"params field 'splits': no shard of split(s) {', '.join(splits)} under {source} (shards there "
+                                f"belong to: {', '.join(found)}; a shard's split is its file name's prefix, e.g. train-00000-of-00002.parquet, "
+                                "or its directory's name)")
+    return keep, [f for f in files if f not in keep]
 
 
 def main(ctx: StageContext) -> None:
     import pyarrow.parquet as pq
 
     p = ctx.params
-    p.reject_unknown({"source", "min_chars", "min_japanese_ratio", "dedup", "batch_size", "limit"})
+    p.reject_unknown({"source", "splits", "min_chars", "min_japanese_ratio", "dedup", "batch_size", "limit"})
     source = Path(p.str("source", required=True))
+    splits = p.list("splits", ["train"])
+    bad = [x for x in splits if x not in SPLITS]
+    if bad or not splits:
+        raise InvalidStageInput(f"{p.source}: field 'splits' must list some of {', '.join(SPLITS)} (got {splits})")
     min_chars = p.int("min_chars", 100, min=0)
     min_ja = p.float("min_japanese_ratio", 0.5, min=0, max=1)
     dedup = p.bool("dedup", True)
     batch_size = p.int("batch_size", 1024, min=1)
     limit = p.int("limit", None, min=1)
-    files = shard_files(source)
+    files, skipped = shard_files(source, splits)
+    if skipped:
+        print(f"read splits {', '.join(splits)}: skipped {len(skipped)} other shard(s) under {source}", file=sys.stderr)
 
     seen: set[bytes] = set()
-    stats = {"read": 0, "kept": 0, "dropped": {"empty": 0, "too_short": 0, "not_japanese": 0, "duplicate": 0}, "chars_kept": 0, "files": [str(f) for f in files]}
+    stats = {"read": 0, "kept": 0, "dropped": {"empty": 0, "too_short": 0, "not_japanese": 0, "duplicate": 0}, "chars_kept": 0, "splits": splits,
+             "files": [str(f) for f in files], "skipped_files": [str(f) for f in skipped]}
     timer = Timer()
     out_path = ctx.output / "articles.jsonl"
     with open(out_path, "w", encoding="utf-8") as out:

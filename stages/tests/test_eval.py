@@ -116,6 +116,8 @@ def test_mt_bench_with_local_judge(tmp_path, pretrained, judge_server):
     assert scores["generation"]["temperature_config"]["writing"] == 0.5
     answers = {a["question_id"]: a for a in map(json.loads, (run.output / "answers.jsonl").read_text(encoding="utf-8").splitlines())}
     assert answers[81]["generate_params"]["temperature"] == 0.5 and answers[111]["generate_params"]["temperature"] == 0.1
+    assert answers[111]["question"] == ["12 × 13 を計算してください。", "その結果を7で割った余りを求めてください。"]
+    assert answers[111]["reference"][0] == "156です。" and answers[81]["reference"] is None and len(answers[111]["turns"]) == 2
     assert answers[131]["generate_params"] == {"do_sample": True, "temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1,
                                                "max_new_token": 8, "seed": 0}
     assert "sekret" not in (tmp_path / "mt" / "events.jsonl").read_text()

@@ -15,12 +15,43 @@ def test_loss_falls_and_outputs(pretrained):
     assert last < first - 1.0, (first, last)
     r = pretrained.result
     assert r["first_loss"] == loss[1] and r["final_loss"] == loss[30] and r["steps"] == 30
-    assert all("lr" in e["values"] and "tokens_per_s" in e["values"] for e in pretrained.of("metric"))
+    assert all("lr" in e["values"] and "tokens_per_s" in e["values"] for e in pretrained.of("metric") if "loss" in e["values"])
     assert list((pretrained.output / "tensorboard").glob("events.out.tfevents.*"))
     model = AutoModelForCausalLM.from_pretrained(str(pretrained.output / "model"))
     tok = AutoTokenizer.from_pretrained(str(pretrained.output / "model"))
     assert model.config.hidden_size == 64 and model.config.eos_token_id == tok.eos_token_id
     assert pretrained.of("checkpoint")[-1]["path"] == "step-000030"
+
+
+def test_validation_loss_on_held_out_documents(pretrained, tokenized):
+    """valid_fraction 0.01 (default): the last documents are held out; eval_loss every max_steps // 5 steps and at the end,
+    finite, falling as the training loss falls, and in the result."""
+    import math
+
+    import numpy as np
+
+    from tanren_stages.indexed_dataset import IndexedDataset
+    from tanren_stages.pretrain import split_held_out
+
+    ev = pretrained.metrics("eval_loss")
+    assert sorted(ev) == [6, 12, 18, 24, 30], ev
+    assert all(math.isfinite(v) for v in ev.values())
+    loss = pretrained.metrics("loss")
+    assert loss[30] < loss[1] - 1.0
+    assert ev[30] < ev[6] - 0.5, ev
+    r = pretrained.result
+    assert r["first_eval_loss"] == ev[6] and r["final_eval_loss"] == ev[30] and r["eval_tokens"] > 0
+    ds = IndexedDataset(tokenized.output / "text_document")
+    at = split_held_out(ds, 0.01)
+    starts = np.concatenate([[0], np.cumsum(ds.sequence_lengths.astype(np.int64))])
+    assert at in set(starts.tolist()) and 0 < r["held_out_tokens"] == int(ds.total_tokens) - at <= 0.01 * ds.total_tokens + max(ds.sequence_lengths)
+    assert at == split_held_out(ds, 0.01) and split_held_out(ds, 0) == ds.total_tokens
+    assert "held out" in pretrained.stderr
+
+
+def test_no_held_out_set(tmp_path, tokenized):
+    run = ok(run_stage("pretrain", tmp_path / "nv", {**TINY_MODEL, "max_steps": 2, "valid_fraction": 0}, {"tokenize": tokenized.output}))
+    assert not run.metrics("eval_loss") and "final_eval_loss" not in run.result
 
 
 def test_resume_reproduces_uninterrupted_losses(tmp_path, tokenized):

@@ -1,4 +1,5 @@
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -23,7 +24,8 @@ def test_sft_masks_non_assistant_tokens(tmp_path, pretrained):
     data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
     from tanren_stages.sft import build_trainer
 
-    ctx = make_ctx(tmp_path / "sft", {"data": str(data), "max_steps": 1, "max_length": 256}, {"pretrain": pretrained.output})
+    ctx = make_ctx(tmp_path / "sft", {"data": str(data), "max_steps": 1, "max_length": 256, "eval_fraction": 0},
+                   {"pretrain": pretrained.output})
     trainer, _, tok, _ = build_trainer(ctx)
     batch = trainer.data_collator([trainer.train_dataset[0], trainer.train_dataset[1]])
     for i, expect in enumerate([["関東地方です。<|im_end|>", "近畿地方です。<|im_end|>"], ["近畿地方<|im_end|>"]]):
@@ -45,17 +47,35 @@ def test_sft_masks_non_assistant_tokens(tmp_path, pretrained):
 
 
 def test_sft_stage_end_to_end(tmp_path, pretrained):
-    run = ok(run_stage("sft", tmp_path / "sft", {"data": "data/sft/chat.jsonl", "max_steps": 4, "lr": 1e-3, "max_length": 128,
-                                                  "lora": {"r": 4, "alpha": 8}}, {"pretrain": pretrained.output}))
-    assert run.result["steps"] == 4 and run.result["lora"] is True and run.result["final_loss"] > 0
+    run = ok(run_stage("sft", tmp_path / "sft", {"data": "data/sft/chat.jsonl", "max_steps": 8, "lr": 3e-3, "max_length": 128,
+                                                  "lora": {"r": 4, "alpha": 8}, "eval_every": 2}, {"pretrain": pretrained.output}))
+    r = run.result
+    assert r["steps"] == 8 and r["lora"] is True and r["final_loss"] > 0
     assert run.metrics("loss") and "lr" in run.of("metric")[0]["values"]
     assert (run.output / "model" / "model.safetensors").exists() and (run.output / "adapter").is_dir()
+    # held-out rows (eval_fraction 0.1 of 60): loss every 2 steps, finite, falling as the training loss falls
+    ev, loss = run.metrics("eval_loss"), run.metrics("loss")
+    assert sorted(ev) == [2, 4, 6, 8] and all(math.isfinite(v) for v in ev.values()), ev
+    assert loss[8] < loss[1] and ev[8] < ev[2], (loss, ev)
+    assert r["eval_rows"] == 6 and r["first_eval_loss"] == ev[2] and r["final_eval_loss"] == ev[8]
+
+
+def test_held_out_split_is_seeded_and_disjoint(tmp_path):
+    from tanren_stages.hf_train import split_rows
+
+    rows = list(range(50))
+    a = split_rows(make_ctx(tmp_path / "a", {"seed": 7}, {}), rows)
+    assert a == split_rows(make_ctx(tmp_path / "b", {"seed": 7}, {}), rows) and len(a[1]) == 5
+    assert sorted(a[0] + a[1]) == rows and not set(a[0]) & set(a[1])
+    assert split_rows(make_ctx(tmp_path / "c", {"seed": 8}, {}), rows)[1] != a[1]
+    assert split_rows(make_ctx(tmp_path / "d", {"eval_fraction": 0}, {}), rows) == (rows, [])
+    assert len(split_rows(make_ctx(tmp_path / "e", {"eval_fraction": 0.5, "eval_max_rows": 3}, {}), rows)[1]) == 3
 
 
 def test_sft_qlora_on_cpu_is_config_error(tmp_path, pretrained):
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    run = run_stage("sft", tmp_path / "q", {"data": "data/sft/chat.jsonl", "qlora": True, "max_steps": 1}, {"pretrain": pretrained.output})
+    # CUDA hidden from the stage process, so this runs (and means the same) on a GPU host too
+    run = run_stage("sft", tmp_path / "q", {"data": "data/sft/chat.jsonl", "qlora": True, "max_steps": 1}, {"pretrain": pretrained.output},
+                    extra_env={"CUDA_VISIBLE_DEVICES": ""})
     assert run.rc == 3 and "4-bit" in run.of("error")[-1]["message"]
 
 
@@ -70,8 +90,14 @@ def test_dpo_reward_accuracy_above_chance(tmp_path, pretrained):
     run = ok(run_stage("dpo", tmp_path / "dpo", {"data": "data/dpo/pairs.jsonl", "max_steps": 8, "lr": 5e-3, "max_length": 96,
                                                   "micro_batch_size": 8, "lora": True, "beta": 0.1}, {"pretrain": pretrained.output}))
     r = run.result
+    # measured on the held-out pairs (eval_fraction 0.1 of 64), never trained on
+    assert r["eval_split"] == "held-out" and r["eval_rows"] == 6
     assert r["eval_reward_accuracy"] > 0.75 and r["eval_reward_margin"] > 0, r
     assert any("reward_accuracy" in e["values"] for e in run.of("metric"))
+    ev, loss = run.metrics("eval_loss"), run.metrics("loss")
+    assert sorted(ev) == [2, 4, 6, 8] and all(math.isfinite(v) for v in ev.values()), ev
+    assert loss[8] < loss[1] and ev[8] < ev[2], (loss, ev)
+    assert run.metrics("eval_reward_accuracy")[8] == r["eval_reward_accuracy"]
     assert (run.output / "model" / "config.json").exists()
 
 
@@ -144,12 +170,11 @@ def test_unmerged_adapter_keeps_added_tokens(tmp_path, pretrained):
     assert gen.dtype == torch.float32  # fp32 on CPU (bf16/fp16 on CUDA)
 
 
-def test_eval_load_in_4bit_on_cpu_is_config_error(pretrained):
+def test_eval_load_in_4bit_on_cpu_is_config_error(pretrained, monkeypatch):
     from tanren_stages.generation import Generator
     from tanren_stages.protocol import StageConfigError
 
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only worker, also on a GPU host
     with pytest.raises(StageConfigError, match="4-bit QLoRA needs a CUDA GPU"):
         Generator(pretrained.output / "model", "cpu", load_in_4bit=True)
     from tanren_stages.common import ModelSource
@@ -175,3 +200,101 @@ def test_hub_model_id(tmp_path, pretrained):
     (cache / "models--tanren-test--tiny-llm" / "refs" / "main").write_text("0" * 40)
     run = ok(run_stage("mt_bench", tmp_path / "hit", params, extra_env=env))
     assert run.result == {"judge": "not configured", "answered": 1}
+
+
+def _tiny_untied_llama(root: Path) -> Path:
+    """A random 1-layer Llama with an untied LM head and a small BPE tokenizer trained here that has no chat markers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+
+    texts = [m["content"] for line in Path("data/sft/chat.jsonl").read_text(encoding="utf-8").splitlines()
+             for m in json.loads(line)["messages"]]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace()
+    bpe.decoder = decoders.Metaspace()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>", "<pad>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                      max_position_embeddings=256, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    d = root / "tiny-untied"
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(str(d))
+    tok.save_pretrained(str(d))
+    return d
+
+
+def test_lora_sft_trains_the_added_chat_token_rows(tmp_path):
+    """ChatML's <|im_start|>/<|im_end|> are added to a vocabulary without them; LoRA alone would leave their new
+    embedding and LM-head rows as initialised (the model could not learn to end a turn): those rows change in
+    SFT, other rows of the frozen embeddings do not."""
+    from tanren_stages.sft import build_trainer
+
+    base = _tiny_untied_llama(tmp_path)
+    ctx = make_ctx(tmp_path / "sft", {"model": str(base), "data": "data/sft/chat.jsonl", "max_steps": 4, "lr": 2e-2, "max_length": 96,
+                                      "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "eval_fraction": 0}, {})
+    trainer, _, tok, lora = build_trainer(ctx)
+    assert lora and tok.chat_template.startswith("{% for message in messages %}") and "<|im_end|>" in tok.chat_template
+    chat_ids = [tok.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>")]
+    assert chat_ids == [len(tok) - 2, len(tok) - 1], "the markers were added"
+    other = tok.convert_tokens_to_ids("<s>")
+    model = trainer.model
+    ids = torch.tensor([chat_ids + [other]])
+
+    def rows():
+        with torch.no_grad():
+            emb = model.get_input_embeddings()(ids)[0].clone()
+            head = model.get_output_embeddings()(torch.eye(32))[:, chat_ids + [other]].T.clone()
+        return emb, head
+
+    emb0, head0 = rows()
+    trainer.train()
+    emb1, head1 = rows()
+    for k in range(2):
+        assert not torch.allclose(emb0[k], emb1[k]), f"embedding row of {chat_ids[k]} unchanged"
+        assert not torch.allclose(head0[k], head1[k]), f"LM-head row of {chat_ids[k]} unchanged"
+    assert torch.equal(emb0[2], emb1[2]), "rows outside the chat markers stay frozen in the embeddings"
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("trainable_tokens" in n for n in names) and any("lm_head" in n and "modules_to_save" in n for n in names), names
+
+
+def test_eval_prompts_in_the_tuned_chat_format(tmp_path, pretrained):
+    """sft leaves chat_format.json beside the tokenizer; llm-jp-eval then prompts through the chat template (instruction
+    as system message, few-shots as turns), while a base model keeps the Alpaca-style text."""
+    sft = ok(run_stage("sft", tmp_path / "sft", {"data": "data/sft/chat.jsonl", "max_steps": 1, "max_length": 96,
+                                                 "lora": {"r": 2, "alpha": 4}, "eval_fraction": 0}, {"pretrain": pretrained.output}))
+    fmt = json.loads((sft.output / "model" / "chat_format.json").read_text())
+    assert fmt["format"] == "chatml" and (sft.output / "adapter" / "chat_format.json").exists()
+    params = {"datasets": "data/jaster", "max_samples": 1, "max_new_tokens": 2, "num_few_shots": 1}
+    tuned = ok(run_stage("llm_jp_eval", tmp_path / "ev-chat", params, {"sft": sft.output}))
+    base = ok(run_stage("llm_jp_eval", tmp_path / "ev-base", params, {"pretrain": pretrained.output}))
+    s_tuned = json.loads((tuned.output / "scores.json").read_text())
+    s_base = json.loads((base.output / "scores.json").read_text())
+    assert s_tuned["prompt_format"] == "chat template" and s_tuned["chat_format"]["format"] == "chatml"
+    assert s_base["prompt_format"] == "alpaca" and "chat_format" not in s_base
+    out = next((tuned.output / "outputs").glob("*.jsonl"))
+    row = json.loads(out.read_text(encoding="utf-8").splitlines()[0])
+    assert row["prompt"].startswith("<|im_start|>system\n") and row["prompt"].endswith("<|im_start|>assistant\n")
+    assert row["prompt"].count("<|im_start|>user\n") == 2 and "### 指示" not in row["prompt"], row["prompt"]
+    base_row = json.loads(next((base.output / "outputs").glob("*.jsonl")).read_text(encoding="utf-8").splitlines()[0])
+    assert "### 指示:" in base_row["prompt"] and "<|im_start|>" not in base_row["prompt"]
+
+
+def test_sft_llm_jp_format_adds_no_tokens(tmp_path, pretrained):
+    """chat_template: llm-jp (llm-jp-3's instruction format): the turn ends with EOS, so no token is added and no row
+    needs training from scratch; the loss covers the assistant's text and its EOS."""
+    from tanren_stages.sft import build_trainer
+
+    rows = [{"messages": [{"role": "user", "content": "東京はどこ？"}, {"role": "assistant", "content": "関東地方です。"}]}] * 2
+    data = tmp_path / "chat.jsonl"
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    ctx = make_ctx(tmp_path / "sft", {"data": str(data), "max_steps": 1, "max_length": 128, "chat_template": "llm-jp", "eval_fraction": 0,
+                                      "lora": True}, {"pretrain": pretrained.output})
+    trainer, _, tok, _ = build_trainer(ctx)
+    assert tok.tanren_chat_format == "llm-jp" and tok.tanren_chat_token_ids == []
+    assert trainer.model.get_input_embeddings().weight.shape[0] == len(tok)
+    b = trainer.data_collator([trainer.train_dataset[0]])
+    ids, labels = b["input_ids"][0], b["labels"][0]
+    text = tok.decode(ids[labels == -100].tolist())
+    assert "### 指示:" in text and "### 応答:" in text
+    assert tok.decode(ids[labels != -100].tolist()) == "関東地方です。" + tok.eos_token
