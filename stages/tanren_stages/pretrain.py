@@ -9,7 +9,9 @@ params (defaults):
   lr 3e-4, min_lr_ratio 0.1, warmup_steps 100, weight_decay 0.1, adam_beta1 0.9, adam_beta2 0.95,
   grad_clip 1.0, seed 1234, precision "auto" (bf16 on a CUDA GPU that supports it, else fp32),
   gradient_checkpointing false, checkpoint_every 0 (0 = only at the end / on SIGTERM),
-  log_every 1, threads (torch CPU threads; default unchanged), device "auto"
+  log_every 1, threads (torch CPU threads; default unchanged), device "auto",
+  stop_at_step (a sweep's rung boundary: train to this step of the max_steps schedule, checkpoint, exit 0
+  with result stopped_at_step and no model; resuming later continues the same schedule)
 Checkpoints go to $TANREN_CHECKPOINTS/step-XXXXXX (model, optimizer, scheduler, RNG states,
 data position); $TANREN_RESUME_FROM resumes exactly. Data order is a seeded permutation per
 epoch indexed by the consumed-sample count, so a resumed run sees the same batches.
@@ -35,7 +37,7 @@ from .protocol import InvalidStageInput, OutOfMemory, StageConfigError, StageCon
 KNOWN = {"input", "data_prefix", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "seq_len",
          "rope_theta", "micro_batch_size", "gradient_accumulation_steps", "max_steps", "max_tokens", "lr", "min_lr_ratio",
          "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2", "grad_clip", "seed", "precision", "gradient_checkpointing",
-         "checkpoint_every", "log_every", "threads", "device", "deterministic"}
+         "checkpoint_every", "log_every", "threads", "device", "deterministic", "stop_at_step"}
 
 
 class TokenWindows:
@@ -164,6 +166,9 @@ def main(ctx: StageContext) -> None:
     max_tokens = p.int("max_tokens", None, min=1)
     if max_steps is None:
         max_steps = max(1, math.ceil(max_tokens / (mbs * gas * seq_len))) if max_tokens else 1000
+    stop_at = p.int("stop_at_step", None, min=1)
+    if stop_at is not None and stop_at >= max_steps:
+        stop_at = None
     lr = p.float("lr", 3e-4, min=0)
     warmup = p.int("warmup_steps", min(100, max_steps // 10), min=0)
     ckpt_every = p.int("checkpoint_every", 0, min=0)
@@ -247,7 +252,8 @@ def main(ctx: StageContext) -> None:
     t_last, tok_last = time.perf_counter(), 0
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    while state["step"] < max_steps:
+    end = stop_at if stop_at is not None else max_steps
+    while state["step"] < end:
         step_loss = 0.0
         for _ in range(gas):
             batch = torch.from_numpy(windows.batch(state["consumed_samples"], mbs)).to(device)
@@ -265,11 +271,12 @@ def main(ctx: StageContext) -> None:
         state["step"] += 1
         state["tokens"] += mbs * gas * seq_len
         loss_val = step_loss
+        state["last_loss"] = loss_val
         if state["first_loss"] is None:
             state["first_loss"] = loss_val
         if not math.isfinite(loss_val):
             raise StageConfigError(f"loss became {loss_val} at step {state['step']}: lower 'lr' or check the data")
-        if state["step"] % log_every == 0 or state["step"] == max_steps:
+        if state["step"] % log_every == 0 or state["step"] in (max_steps, end):
             now = time.perf_counter()
             tps = (state["tokens"] - tok_last) / max(now - t_last, 1e-9)
             t_last, tok_last = now, state["tokens"]
@@ -283,7 +290,7 @@ def main(ctx: StageContext) -> None:
             if tb is not None:
                 for k, v in values.items():
                     tb.add_scalar(f"train/{k}", v, state["step"])
-        if ckpt_every and state["step"] % ckpt_every == 0 and state["step"] < max_steps:
+        if ckpt_every and state["step"] % ckpt_every == 0 and state["step"] < end:
             checkpoint()
         if stop.requested:
             checkpoint()
@@ -293,7 +300,17 @@ def main(ctx: StageContext) -> None:
             sys.exit(128 + (stop.signum or 15))
     if tb is not None:
         tb.close()
+    if loss_val is None and state.get("last_loss") is not None:
+        # Resumed at (or past) where this run ends, e.g. a rung run again after a reset: report the loss it ended with.
+        loss_val = state["last_loss"]
+        ctx.metric({"loss": loss_val}, step=state["step"])
+        ctx.progress(state["step"], max_steps)
     checkpoint()
+    if stop_at is not None:
+        ctx.result({"first_loss": state["first_loss"], "final_loss": loss_val, "steps": state["step"], "stopped_at_step": state["step"],
+                    "max_steps": max_steps, "tokens": state["tokens"]})
+        print(f"stopped at step {state['step']} of {max_steps} (stop_at_step) after saving a checkpoint", file=sys.stderr, flush=True)
+        return
     model_dir = ctx.output / "model"
     model.config.use_cache = True
     model.save_pretrained(str(model_dir), safe_serialization=True)
