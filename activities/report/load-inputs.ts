@@ -93,6 +93,7 @@ export async function loadReportInputs(params: ReportParams, ctx: LoadContext): 
     llmJpEval,
     metrics,
     timeline: params.timeline ?? null,
+    ...(params.sweeps?.length ? { sweeps: params.sweeps } : {}),
     notes,
   };
 }
