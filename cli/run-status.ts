@@ -50,7 +50,11 @@ const CLOSED_STATES: Record<string, string> = {
 function mergePending(status: RunStatus, pending: ReadonlyArray<protos.temporal.api.workflow.v1.IPendingActivityInfo>): void {
   for (const p of pending) {
     const st = status.stages.find((s) => s.id === p.activityId);
-    if (!st || TERMINAL.has(st.state)) continue;
+    if (!st) {
+      mergeTrial(status, p);
+      continue;
+    }
+    if (TERMINAL.has(st.state)) continue;
     const attempt = p.attempt ?? 1;
     if (attempt > st.attempt) st.attempt = attempt;
     const payload = p.heartbeatDetails?.payloads?.[0];
@@ -75,6 +79,31 @@ function mergePending(status: RunStatus, pending: ReadonlyArray<protos.temporal.
       st.reason = `${type ? `${type}: ` : ''}${p.lastFailure.message ?? ''}`;
       if (waiting) st.state = 'retrying';
     }
+  }
+}
+
+/** A running sweep trial's live step and metric, from its trial-rung activity (`<stage>.trial-NN@rK`). */
+function mergeTrial(status: RunStatus, p: protos.temporal.api.workflow.v1.IPendingActivityInfo): void {
+  const m = /^(.+)\.(trial-\d+)@r(\d+)$/.exec(p.activityId ?? '');
+  if (!m) return;
+  const sw = status.stages.find((s) => s.id === m[1])?.sweep;
+  const t = sw?.trials.find((x) => x.trial === `${m[1]}.${m[2]}`);
+  if (!sw || !t || t.state !== 'running') return;
+  const payload = p.heartbeatDetails?.payloads?.[0];
+  let beat: (LiveBeat & { attempt?: number }) | undefined;
+  try {
+    beat = payload ? (defaultPayloadConverter.fromPayload(payload) as LiveBeat & { attempt?: number }) : undefined;
+  } catch {
+    beat = undefined;
+  }
+  if (beat && beat.attempt === (p.attempt ?? 1)) {
+    if (beat.step !== undefined) t.step = beat.step;
+    const metric = beat.metrics?.[sw.metric];
+    if (typeof metric === 'number') t.metric = metric;
+  }
+  if (p.lastFailure && (p.attempt ?? 1) > 1) {
+    const type = p.lastFailure.applicationFailureInfo?.type ?? (p.lastFailure.timeoutFailureInfo ? 'WorkerLost' : undefined);
+    t.reason = `attempt ${p.attempt}: ${type ? `${type}: ` : ''}${p.lastFailure.message ?? ''}`;
   }
 }
 

@@ -68,7 +68,7 @@ describe('sweeps on one GPU queue', () => {
   const promotedByRung = (sweep: SweepStatus) =>
     [2, 3].map((rung) => sweep.trials.filter((t) => t.runs.some((r) => r.rung === rung)).map((t) => t.trial));
 
-  it('asha: 4 trials stop at rung 1, 2 at rung 2, the best of 2 finishers is chosen; promotion resumes; trials never overlap; SFT gets the best model', { timeout: 900_000 }, async () => {
+  it('asha: 4 trials stop at rung 1, 2 at rung 2, the best of 2 finishers is chosen; promotion resumes; trials never overlap; SFT gets the best model', { timeout: 900_000 }, async (tc) => {
     const workflowId = unique('sweep-asha');
     const result = (await (await start(workflowId)).result()) as RunResult;
     const pre = result.stages.find((s) => s.id === 'pretrain') as StageStatus;
@@ -134,6 +134,11 @@ describe('sweeps on one GPU queue', () => {
     assert.match(text, /stopped-early/);
     assert.match(text, /best/);
     undisturbed = { best: best.trial, promoted: promotedByRung(sweep), value: best.metric! };
+
+    // Bounded history: a handful of events per trial-rung (docs/sweeps.md says ~6).
+    const { historyLength } = await client.workflow.getHandle(workflowId).describe();
+    tc.diagnostic(`history: ${historyLength} events for 3 data stages, 14 trial-rungs, the publish and SFT`);
+    assert.ok(historyLength <= 14 * 7 + 80, `${historyLength} events`);
   });
 
   it('the GPU worker SIGKILLed during rung 2: the sweep completes with the same best trial as the undisturbed run', { timeout: 900_000 }, async () => {
@@ -147,6 +152,10 @@ describe('sweeps on one GPU queue', () => {
       const desc = await handle.describe();
       return (desc.raw.pendingActivities ?? []).find((p) => /@r2$/.test(p.activityId ?? '') && p.lastHeartbeatTime && (p.heartbeatDetails?.payloads?.length ?? 0) > 0);
     }, 600_000, 100);
+    // `tanren status` sees the trial running at rung 2, with its live step.
+    const live = (await fetchRun(client, workflowId)).status!.stages.find((s) => s.id === 'pretrain')!.sweep!;
+    assert.deepEqual(live.trials.filter((t) => t.state === 'running').map((t) => t.rung), [2]);
+    assert.equal(live.trials.filter((t) => t.state === 'stopped-early').length, 4);
     await stopWorkerProcess(gpuWorker, 'SIGKILL');
     gpuWorker = await startWorkerProcess('gpu', gpuEnv(), workers.workRoot);
     const result = (await handle.result()) as RunResult;
