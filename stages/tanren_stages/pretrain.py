@@ -11,7 +11,8 @@ params (defaults):
   gradient_checkpointing false, checkpoint_every 0 (0 = only at the end / on SIGTERM),
   log_every 1, threads (torch CPU threads; default unchanged), device "auto",
   stop_at_step (a sweep's rung boundary: train to this step of the max_steps schedule, checkpoint, exit 0
-  with result stopped_at_step and no model; resuming later continues the same schedule)
+  with result stopped_at_step and no model; resuming later continues the same schedule; run again behind a
+  checkpoint that went further, it reports the loss recorded at that step and trains nothing)
 Checkpoints go to $TANREN_CHECKPOINTS/step-XXXXXX (model, optimizer, scheduler, RNG states,
 data position); $TANREN_RESUME_FROM resumes exactly. Data order is a seeded permutation per
 epoch indexed by the consumed-sample count, so a resumed run sees the same batches.
@@ -300,11 +301,24 @@ def main(ctx: StageContext) -> None:
             sys.exit(128 + (stop.signum or 15))
     if tb is not None:
         tb.close()
+    if stop_at is not None and state["step"] > stop_at:
+        # A rung run again after its trial went further (a reset of the sweep): the loss it had at this rung, untouched checkpoints.
+        rung_loss = state.get("rung_losses", {}).get(str(stop_at))
+        if rung_loss is None:
+            raise StageConfigError(f"{p.source}: field 'stop_at_step' ({stop_at}) is behind the checkpoint resumed from (step {state['step']}), "
+                                   "which recorded no loss at that step")
+        ctx.metric({"loss": rung_loss}, step=stop_at)
+        ctx.progress(stop_at, max_steps)
+        ctx.result({"first_loss": state["first_loss"], "final_loss": rung_loss, "steps": stop_at, "stopped_at_step": stop_at,
+                    "max_steps": max_steps, "replayed_from_step": state["step"]})
+        return
     if loss_val is None and state.get("last_loss") is not None:
-        # Resumed at (or past) where this run ends, e.g. a rung run again after a reset: report the loss it ended with.
+        # Resumed where this run ends, e.g. a rung run again after a lost worker: report the loss it ended with.
         loss_val = state["last_loss"]
         ctx.metric({"loss": loss_val}, step=state["step"])
         ctx.progress(state["step"], max_steps)
+    if stop_at is not None:
+        state.setdefault("rung_losses", {})[str(stop_at)] = loss_val
     checkpoint()
     if stop_at is not None:
         ctx.result({"first_loss": state["first_loss"], "final_loss": loss_val, "steps": state["step"], "stopped_at_step": state["step"],

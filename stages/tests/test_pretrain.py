@@ -84,7 +84,12 @@ def test_stop_at_step_pauses_on_the_full_schedule_and_resumes_exactly(tmp_path, 
     for s in b:
         assert abs(a[s] - b[s]) <= 1e-6, (s, a[s], b[s])
     assert promoted.result["steps"] == 12 and (promoted.output / "model" / "model.safetensors").exists()
-    # Run again at a rung it has already passed (a reset): no training, the loss it ended with.
+    # A rung run again after its trial went further (a reset): no training, the loss it had at that rung.
     again = ok(run_stage("pretrain", tmp_path / "again", {**params, "stop_at_step": 6}, {"tokenize": tokenized.output},
                          resume_from=promoted.checkpoints / "step-000012"))
-    assert again.metrics("loss") == {12: a[12]}
+    assert again.metrics("loss") == {6: rung.metrics("loss")[6]}
+    assert again.result["stopped_at_step"] == 6 and again.result["replayed_from_step"] == 12 and not again.of("checkpoint")
+    # Resumed exactly at its rung (the worker died after the checkpoint): the same loss, no training.
+    same = ok(run_stage("pretrain", tmp_path / "same", {**params, "stop_at_step": 6}, {"tokenize": tokenized.output},
+                        resume_from=rung.checkpoints / "step-000006"))
+    assert same.metrics("loss") == {6: rung.metrics("loss")[6]}
