@@ -3,6 +3,7 @@
  * clients. Workflows import this module as a type only.
  */
 import { createCheckCache, createRunStage, type StageRunnerDeps } from './run-stage.js';
+import { createPublishSweep } from './sweep.js';
 
 /** Dependencies of all activities. */
 export type ActivityDeps = StageRunnerDeps;
@@ -12,5 +13,6 @@ export function createActivities(deps: ActivityDeps) {
   return {
     runStage: createRunStage(deps),
     checkCache: createCheckCache(deps),
+    publishSweep: createPublishSweep(deps),
   };
 }

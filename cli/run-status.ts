@@ -6,6 +6,7 @@ import { WorkflowFailedError, type Client } from '@temporalio/client';
 import { CancelledFailure, defaultPayloadConverter, TerminatedFailure, TimeoutFailure } from '@temporalio/common';
 import protos from '@temporalio/proto';
 import type { RunStatus, StageStatus } from '../workflows/pipeline.js';
+import type { SweepStatus } from '../workflows/sweep.js';
 import { statusQuery } from '../workflows/pipeline.js';
 import { formatDuration } from '../schemas/durations.js';
 import { colourState, progressBar, table } from './output.js';
@@ -49,7 +50,11 @@ const CLOSED_STATES: Record<string, string> = {
 function mergePending(status: RunStatus, pending: ReadonlyArray<protos.temporal.api.workflow.v1.IPendingActivityInfo>): void {
   for (const p of pending) {
     const st = status.stages.find((s) => s.id === p.activityId);
-    if (!st || TERMINAL.has(st.state)) continue;
+    if (!st) {
+      mergeTrial(status, p);
+      continue;
+    }
+    if (TERMINAL.has(st.state)) continue;
     const attempt = p.attempt ?? 1;
     if (attempt > st.attempt) st.attempt = attempt;
     const payload = p.heartbeatDetails?.payloads?.[0];
@@ -74,6 +79,31 @@ function mergePending(status: RunStatus, pending: ReadonlyArray<protos.temporal.
       st.reason = `${type ? `${type}: ` : ''}${p.lastFailure.message ?? ''}`;
       if (waiting) st.state = 'retrying';
     }
+  }
+}
+
+/** A running sweep trial's live step and metric, from its trial-rung activity (`<stage>.trial-NN@rK`). */
+function mergeTrial(status: RunStatus, p: protos.temporal.api.workflow.v1.IPendingActivityInfo): void {
+  const m = /^(.+)\.(trial-\d+)@r(\d+)$/.exec(p.activityId ?? '');
+  if (!m) return;
+  const sw = status.stages.find((s) => s.id === m[1])?.sweep;
+  const t = sw?.trials.find((x) => x.trial === `${m[1]}.${m[2]}`);
+  if (!sw || !t || t.state !== 'running') return;
+  const payload = p.heartbeatDetails?.payloads?.[0];
+  let beat: (LiveBeat & { attempt?: number }) | undefined;
+  try {
+    beat = payload ? (defaultPayloadConverter.fromPayload(payload) as LiveBeat & { attempt?: number }) : undefined;
+  } catch {
+    beat = undefined;
+  }
+  if (beat && beat.attempt === (p.attempt ?? 1)) {
+    if (beat.step !== undefined) t.step = beat.step;
+    const metric = beat.metrics?.[sw.metric];
+    if (typeof metric === 'number') t.metric = metric;
+  }
+  if (p.lastFailure && (p.attempt ?? 1) > 1) {
+    const type = p.lastFailure.applicationFailureInfo?.type ?? (p.lastFailure.timeoutFailureInfo ? 'WorkerLost' : undefined);
+    t.reason = `attempt ${p.attempt}: ${type ? `${type}: ` : ''}${p.lastFailure.message ?? ''}`;
   }
 }
 
@@ -179,7 +209,31 @@ export function renderStatus(view: RunView, now = Date.now()): string {
     head,
     table(['STAGE', 'KIND', 'QUEUE', 'STATE', 'ATTEMPT', 'PROGRESS', 'METRICS', 'ETA', 'DURATION'], rows),
     ...(reasons.length ? ['', ...reasons] : []),
+    ...s.stages.flatMap((st) => (st.sweep ? ['', ...renderSweep(st.id, st.sweep)] : [])),
   ].join('\n');
+}
+
+/** A number as a table shows it: integers as they are, others to 4 significant digits. */
+function num(v: unknown): string {
+  return typeof v === 'number' ? (Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(4)))) : String(v);
+}
+
+/** A swept stage's trials as a group: params, rung, step, metric and state of each. */
+export function renderSweep(stageId: string, sw: SweepStatus): string[] {
+  const rungs = sw.rungs.map((r) => (r === null ? 'end' : String(r))).join(', ');
+  const head = `  ${stageId} sweep: ${sw.scheduler}, ${sw.trials.length} trials, metric ${sw.metric} (${sw.goal}), rungs end at step ${rungs}`;
+  const names = Object.keys(sw.trials[0]?.params ?? {});
+  const rows = sw.trials.map((t) => [
+    t.trial.slice(stageId.length + 1),
+    ...names.map((n) => num(t.params[n])),
+    t.rung ? String(t.rung) : '',
+    t.step !== undefined ? String(t.step) : '',
+    t.metric !== undefined ? num(t.metric) : '',
+    colourState(t.state),
+    t.reason ?? (t.runs.at(-1)?.resumedFrom ? `resumed from ${t.runs.at(-1)!.resumedFrom}` : ''),
+  ]);
+  const best = sw.best ? [`  best: ${sw.best.slice(stageId.length + 1)} — ${sw.reason ?? ''}`] : [];
+  return [head, table(['TRIAL', ...names.map((n) => n.toUpperCase()), 'RUNG', 'STEP', sw.metric.toUpperCase(), 'STATE', 'NOTE'], rows), ...best];
 }
 
 /** Temporal UI address of a run. */

@@ -80,6 +80,78 @@ export const CheckpointPolicySchema = z
   .strict()
   .describe('Checkpoint policy of a training stage');
 
+/** Most trials one sweep may run: each trial-rung costs a few history events (docs/sweeps.md). */
+export const MAX_SWEEP_TRIALS = 256;
+/** Most rungs of an `asha` sweep. */
+export const MAX_SWEEP_RUNGS = 8;
+
+const SweepValueSchema = z.union([z.string(), z.number(), z.boolean()]);
+const RangeSchema = z
+  .tuple([z.number(), z.number()])
+  .refine(([lo, hi]) => Number.isFinite(lo) && Number.isFinite(hi) && lo <= hi, { message: 'a range is [low, high] with low <= high' });
+
+/** One swept parameter: a list of values, or a range sampled by `random`/`asha`. */
+export const SweepSpaceSchema = z
+  .union([
+    z.array(SweepValueSchema).min(1).max(64).describe('The values to try (grid: every one; random/asha: one drawn per trial)'),
+    z.object({ uniform: RangeSchema }).strict().describe('Uniform over [low, high]'),
+    z
+      .object({ log_uniform: RangeSchema.refine(([lo]) => lo > 0, { message: 'log_uniform needs low > 0' }) })
+      .strict()
+      .describe('Log-uniform over [low, high], e.g. learning rates'),
+    z
+      .object({ int_uniform: RangeSchema.refine(([lo, hi]) => Number.isInteger(lo) && Number.isInteger(hi), { message: 'int_uniform bounds are integers' }) })
+      .strict()
+      .describe('A uniform integer in [low, high]'),
+  ])
+  .describe('Values of one swept parameter');
+
+/**
+ * A hyperparameter sweep over a stage's `with:` parameters. Each trial runs the
+ * stage with its own parameters and storage (`<stage>.trial-NN`); downstream
+ * stages get the best trial's outputs.
+ */
+export const SweepSchema = z
+  .object({
+    scheduler: z
+      .enum(['grid', 'random', 'asha'])
+      .describe('grid: every combination of the listed values; random: `budget.trials` draws; asha: random draws, successive halving at rungs'),
+    space: z.record(z.string(), SweepSpaceSchema).describe('Swept parameters: names of `with:` (or the kind\'s) parameters'),
+    metric: z
+      .object({
+        name: z.string().min(1).describe('A metric the stage reports (e.g. loss, val_loss), or a number in its result'),
+        goal: z.enum(['min', 'max']).optional().describe('@default min'),
+      })
+      .strict()
+      .describe('What the sweep optimises'),
+    budget: z
+      .object({
+        trials: z.number().int().min(1).max(MAX_SWEEP_TRIALS).optional().describe(`Trials (random, asha; at most ${MAX_SWEEP_TRIALS}). grid: every combination`),
+        steps: z
+          .number()
+          .int()
+          .min(1)
+          .max(10_000_000)
+          .optional()
+          .describe('asha: steps of the first rung (rung k ends at steps·eta^(k-1)); grid/random: steps of every trial. Sets `max_steps`'),
+      })
+      .strict()
+      .default({})
+      .describe('How much to spend'),
+    eta: z.number().int().min(2).max(16).optional().describe('asha: each rung keeps the best 1/eta of the trials and runs them eta times longer. @default 2'),
+    rungs: z.number().int().min(1).max(MAX_SWEEP_RUNGS).optional().describe('asha: number of rungs; the last ends at the full budget. @default 3'),
+    seed: z.number().int().min(0).max(2 ** 31 - 1).optional().describe('Seed of the trial draws: the same seed draws the same trials. @default 0'),
+    parallel: z
+      .number()
+      .int()
+      .min(1)
+      .max(64)
+      .optional()
+      .describe('Trials of a rung issued at once; 1 time-slices one GPU, more lets a pool of GPU hosts split them. @default 1'),
+  })
+  .strict()
+  .describe('Hyperparameter search over this stage\'s parameters');
+
 /** One stage of a pipeline: a built-in kind (`uses`) or a command (`run`). */
 export const StageSchema = z
   .object({
@@ -104,6 +176,7 @@ export const StageSchema = z
     inputs: z.array(z.string()).optional().describe('Needed stages whose outputs are downloaded. @default all of `needs`'),
     outputs: z.array(z.string()).optional().describe('Paths the stage must produce under its output directory'),
     memoryEstimateGiB: z.number().positive().optional().describe('GPU memory the stage needs, checked before it starts'),
+    sweep: SweepSchema.optional(),
   })
   .strict()
   .describe('One stage of the pipeline');
@@ -161,6 +234,8 @@ export const PipelineSpecSchema = z
 export type PipelineSpec = z.infer<typeof PipelineSpecSchema>;
 /** One stage after parsing. */
 export type StageSpec = z.infer<typeof StageSchema>;
+/** A stage's `sweep:` as written. */
+export type SweepSpec = z.infer<typeof SweepSchema>;
 /** Retry policy as written in a spec. */
 export type RetryPolicySpec = z.infer<typeof RetryPolicySchema>;
 

@@ -19,7 +19,13 @@ export interface StageKindInfo {
   readonly receivesTimeline?: boolean;
   /** The stage writes the run's report (`report.html`): the run's details link to it once it succeeds. @default false */
   readonly writesRunReport?: boolean;
+  /** Hyperparameters a `sweep:` may vary even when `with:` does not set them (the program's defaults). */
+  readonly sweepable?: readonly string[];
+  /** The program honours `stop_at_step` (checkpoint there and exit 0), so an `asha` sweep can pause it at a rung. */
+  readonly stopsAtStep?: boolean;
 }
+
+const TRAINER_HYPERPARAMETERS = ['lr', 'weight_decay', 'micro_batch_size', 'gradient_accumulation_steps', 'seed', 'adam_beta1', 'adam_beta2', 'grad_clip'] as const;
 
 /** The kinds themselves; read them through {@link STAGE_KINDS}. */
 const KINDS = {
@@ -27,9 +33,15 @@ const KINDS = {
   'wiki40b-to-jsonl': { module: 'wiki40b_to_jsonl', defaultQueue: 'cpu', summary: 'wiki-40b shards to filtered jsonl' },
   'train-tokenizer': { module: 'train_tokenizer', defaultQueue: 'cpu', summary: 'SentencePiece unigram tokenizer' },
   tokenize: { module: 'tokenize', defaultQueue: 'cpu', summary: 'jsonl to a Megatron-LM indexed dataset' },
-  pretrain: { module: 'pretrain', defaultQueue: 'gpu', stallTimeout: '30m', summary: 'next-token pretraining of a Llama-architecture model' },
-  sft: { module: 'sft', defaultQueue: 'gpu', stallTimeout: '30m', summary: 'supervised fine-tuning with TRL' },
-  dpo: { module: 'dpo', defaultQueue: 'gpu', stallTimeout: '30m', summary: 'direct preference optimisation with TRL' },
+  pretrain: {
+    module: 'pretrain',
+    defaultQueue: 'gpu',
+    stallTimeout: '30m',
+    sweepable: [...TRAINER_HYPERPARAMETERS, 'warmup_steps', 'min_lr_ratio', 'hidden_size', 'num_layers', 'num_heads', 'seq_len', 'rope_theta'],
+    stopsAtStep: true,
+    summary: 'next-token pretraining of a Llama-architecture model' },
+  sft: { module: 'sft', defaultQueue: 'gpu', stallTimeout: '30m', sweepable: [...TRAINER_HYPERPARAMETERS, 'warmup_ratio', 'max_length'], summary: 'supervised fine-tuning with TRL' },
+  dpo: { module: 'dpo', defaultQueue: 'gpu', stallTimeout: '30m', sweepable: [...TRAINER_HYPERPARAMETERS, 'warmup_ratio', 'beta'], summary: 'direct preference optimisation with TRL' },
   'llm-jp-eval': { module: 'llm_jp_eval', defaultQueue: 'gpu', stallTimeout: '30m', summary: 'llm-jp-eval style exact-match evaluation' },
   'mt-bench': { module: 'mt_bench', defaultQueue: 'gpu', stallTimeout: '30m', summary: 'Japanese MT-Bench answers and LLM-as-judge grading' },
   report: {

@@ -5,7 +5,7 @@
  */
 import type { z } from 'zod';
 import { parseDuration } from './durations.js';
-import { PipelineSpecSchema, type PipelineSpec } from './pipeline.js';
+import { MAX_SWEEP_TRIALS, PipelineSpecSchema, type PipelineSpec } from './pipeline.js';
 import { isStageKind, STAGE_KIND_NAMES, STAGE_KINDS } from './stage-kinds.js';
 
 /** One thing wrong with a spec. */
@@ -430,8 +430,63 @@ export function validatePipelineSpec(raw: unknown): SpecValidation {
     }
     return { ok: false, problems: bounded(problems) };
   }
-  const problems = [...protoKeys, ...mergedRetryProblems(parsed.data), ...graphProblems(parsed.data), ...resolvedSizeProblems(parsed.data)];
+  const problems = [
+    ...protoKeys,
+    ...mergedRetryProblems(parsed.data),
+    ...graphProblems(parsed.data),
+    ...sweepProblems(parsed.data),
+    ...resolvedSizeProblems(parsed.data),
+  ];
   return problems.length ? { ok: false, problems: bounded(problems) } : { ok: true, spec: parsed.data };
+}
+
+/** Longest trial an `asha` sweep may plan (steps of its last rung). */
+const MAX_SWEEP_STEPS = 10_000_000;
+/** Parameters a sweep with `budget.steps` sets itself. */
+const SWEEP_OWNED = new Set(['max_steps', 'max_tokens', 'stop_at_step']);
+
+/** Checks of each stage's `sweep:` beyond its shape: parameter names, budgets and what the stage's kind can do. */
+function sweepProblems(spec: PipelineSpec): SpecProblem[] {
+  const problems: SpecProblem[] = [];
+  spec.stages.forEach((stage, i) => {
+    const sweep = stage.sweep;
+    if (!sweep) return;
+    const add = (field: string, message: string) => problems.push({ path: `stages[${i}].sweep${field ? `.${field}` : ''}`, stage: stage.id, message });
+    const kind = stage.uses && isStageKind(stage.uses) ? STAGE_KINDS[stage.uses] : undefined;
+    const names = Object.keys(sweep.space);
+    if (names.length === 0) add('space', 'name at least one parameter to sweep');
+    for (const name of names) {
+      if (name === '__proto__') add(`space`, '"__proto__" cannot be a swept parameter');
+      else if (sweep.budget.steps !== undefined && SWEEP_OWNED.has(name)) {
+        add(`space.${name}`, `"${q(name)}" is set by the sweep from budget.steps; sweep other parameters`);
+      } else if (!Object.hasOwn(stage.with, name) && !kind?.sweepable?.includes(name)) {
+        const known = [...Object.keys(stage.with), ...(kind?.sweepable ?? [])];
+        add(`space.${name}`, `"${q(name)}" is not a parameter of this stage: set it in \`with:\` or sweep one of ${listSome(known) || 'its `with:` parameters'}`);
+      }
+    }
+    if (sweep.scheduler === 'grid') {
+      const ranged = names.filter((n) => !Array.isArray(sweep.space[n]));
+      if (ranged.length) add(`space.${ranged[0]}`, 'grid needs a list of values for every parameter (ranges are for random and asha)');
+      if (sweep.budget.trials !== undefined) add('budget.trials', 'grid runs every combination of the listed values; leave budget.trials out');
+      const size = Object.values(sweep.space).reduce<number>((n, v) => n * (Array.isArray(v) ? v.length : 1), 1);
+      if (size > MAX_SWEEP_TRIALS) add('space', `${size} combinations: a sweep may run at most ${MAX_SWEEP_TRIALS} trials`);
+    } else if (sweep.budget.trials === undefined) {
+      add('budget.trials', `${sweep.scheduler} needs budget.trials (1 to ${MAX_SWEEP_TRIALS})`);
+    }
+    if (sweep.scheduler !== 'asha') {
+      if (sweep.eta !== undefined) add('eta', 'eta is for the asha scheduler');
+      if (sweep.rungs !== undefined) add('rungs', 'rungs are for the asha scheduler');
+      return;
+    }
+    if (sweep.budget.steps === undefined) add('budget.steps', 'asha needs budget.steps: the steps of the first rung');
+    else if (sweep.budget.steps * (sweep.eta ?? 2) ** ((sweep.rungs ?? 3) - 1) > MAX_SWEEP_STEPS) {
+      add('budget.steps', `the last rung would end after ${MAX_SWEEP_STEPS} steps: fewer rungs, a smaller eta or fewer steps`);
+    }
+    if (kind && !kind.stopsAtStep) {
+      add('scheduler', `asha pauses trials at rungs, which kind "${q(stage.uses!)}" cannot do (only ${STAGE_KIND_NAMES.filter((k) => STAGE_KINDS[k].stopsAtStep).join(', ')} and \`run\` stages that honour stop_at_step); use grid or random`);
+    }
+  });
+  return problems;
 }
 
 /** One line per problem: `<source>: stage "x": stages[1].needs[0]: unknown stage "y"`. */

@@ -117,4 +117,38 @@ describe('renderDetails', () => {
     assert.equal(renderDetails(status), renderDetails(structuredClone(status)));
     assert.equal(renderDetails(run([], 'failed')), '**demo** — failed · 0 of 0 stages done');
   });
+
+  it('shows a swept stage\'s trials as a table: params, rung, step, metric, state, and the best with its reason', () => {
+    const trial = (n: number, state: string, rung: number, metric?: number) => ({
+      trial: `pre.trial-0${n}`,
+      params: { lr: 0.001234567, warmup_steps: n },
+      rung,
+      state: state as 'best',
+      step: rung * 3,
+      ...(metric !== undefined ? { metric } : {}),
+      runs: [],
+    });
+    const md = renderDetails(
+      run([
+        stage('pre', {
+          kind: 'pretrain',
+          sweep: {
+            scheduler: 'asha',
+            metric: 'loss',
+            goal: 'min',
+            rungs: [3, 6],
+            trials: [trial(0, 'stopped-early', 1, 5.5), trial(1, 'best', 2, 4.25), trial(2, 'running', 1)],
+            best: 'pre.trial-01',
+            reason: 'lowest loss | a pipe',
+          },
+        }),
+      ]),
+    );
+    assert.match(md, /\*\*pre\*\* sweep — asha, 3 trials, loss \(min\)/);
+    const rows = tableRows(md).map((r) => r.map(text));
+    assert.deepEqual(rows.at(-5), ['trial', 'params', 'rung', 'step', 'metric', 'state']);
+    assert.deepEqual(rows.at(-2), ['trial-01', 'lr=0.001235 warmup_steps=1', '2', '6', '4.25', 'best']);
+    assert.deepEqual(rows.at(-1), ['trial-02', 'lr=0.001235 warmup_steps=2', '1', '3', '', 'running']);
+    assert.match(md, /Best: pre\.trial-01 — lowest loss \\\| a pipe/);
+  });
 });

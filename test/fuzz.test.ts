@@ -434,7 +434,7 @@ const MUTATIONS: Record<string, { payload: fc.Arbitrary<unknown>; apply: Mutatio
     apply: (spec, p, v) => {
       const k = idx(spec, p);
       const st = stagesOf(spec)[k]!;
-      const known = ['id', 'uses', 'run', 'version', 'needs', 'queue', 'with', 'retry', 'timeout', 'heartbeatTimeout', 'stallTimeout', 'checkpoint', 'cache', 'inputs', 'outputs', 'memoryEstimateGiB'];
+      const known = ['id', 'uses', 'run', 'version', 'needs', 'queue', 'with', 'retry', 'timeout', 'heartbeatTimeout', 'stallTimeout', 'checkpoint', 'cache', 'inputs', 'outputs', 'memoryEstimateGiB', 'sweep'];
       const key = known.includes(v as string) ? `${String(v)}_` : (v as string);
       stagesOf(spec)[k] = own([...Object.entries(st), [key, 1]]);
       return { expect: 'invalid', at: new RegExp(`^stages\\[${k}\\]: unknown field`), what: `stages[${k}].${JSON.stringify(key)} = 1` };

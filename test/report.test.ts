@@ -474,6 +474,33 @@ describe('buildReport', () => {
     assert.equal(r.summary.timeline, true);
   });
 
+  it('has a sweep section: every trial\'s params, rung, metric and state, and the chosen one with its reason', async () => {
+    const r = await buildReport({
+      ...base,
+      sweeps: [
+        {
+          stage: 'pretrain',
+          scheduler: 'asha',
+          metric: 'loss',
+          goal: 'min',
+          best: 'pretrain.trial-01',
+          reason: 'lowest loss <4.2>',
+          trials: [
+            { trial: 'pretrain.trial-00', params: { lr: 0.000123456, warmup_steps: 2 }, rung: 1, step: 3, metric: 6.5, state: 'stopped-early' },
+            { trial: 'pretrain.trial-01', params: { lr: 0.002, warmup_steps: 0 }, rung: 2, step: 6, metric: 4.2, state: 'best' },
+          ],
+        },
+      ],
+    });
+    assert.match(r.html, /<h2>Sweep: pretrain<\/h2>/);
+    assert.match(r.html, /Chosen: <strong>pretrain\.trial-01<\/strong> — lowest loss &lt;4\.2&gt;/);
+    assert.match(r.html, /<th>trial<\/th><th>lr<\/th><th>warmup_steps<\/th><th>rung<\/th><th>step<\/th><th>loss<\/th><th>state<\/th>/);
+    assert.match(r.html, /<td>trial-00<\/td><td>0\.0001235<\/td><td>2<\/td><td>1<\/td><td>3<\/td><td>6\.5<\/td><td>stopped-early<\/td>/);
+    assert.match(r.html, /<td>trial-01<\/td>.*<strong>best<\/strong>/);
+    const none = await buildReport(base);
+    assert.doesNotMatch(none.html, /Sweep:/);
+  });
+
   it('keeps inlined SVG ids apart', () => {
     const svg = '<svg><clipPath id="clip1"></clipPath><g clip-path="url(#clip1)"></g></svg>';
     assert.equal(namespaceSvgIds(svg, 'loss'), '<svg><clipPath id="loss-clip1"></clipPath><g clip-path="url(#loss-clip1)"></g></svg>');

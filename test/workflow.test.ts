@@ -166,6 +166,66 @@ describe('pipelineWorkflow on the local dev server', () => {
     assert.equal(fake.attempts.length, 0);
   });
 
+  it('sweeps: grid trials with a failure among them, then asha rung by rung with two lanes; downstream gets the best trial', async () => {
+    const fake = createFakeActivities();
+    const grid = {
+      id: 'g',
+      run: ['x'],
+      with: { x: 0, scoreFrom: 'x', failWhenX: 2 },
+      sweep: { scheduler: 'grid', space: { x: [1, 2, 3] }, metric: { name: 'score', goal: 'max' } },
+    };
+    const asha = {
+      id: 'a',
+      run: ['x'],
+      needs: ['g'],
+      with: { x: 0, scoreFrom: 'x', sleepMs: 100 },
+      sweep: { scheduler: 'asha', space: { x: { uniform: [0, 10] } }, metric: { name: 'score', goal: 'max' }, budget: { trials: 4, steps: 2 }, rungs: 2, seed: 3, parallel: 2 },
+    };
+    const result = (await withWorker(fake, (tq) =>
+      env.client.workflow.execute('pipelineWorkflow', {
+        taskQueue: tq,
+        workflowId: unique('sweep'),
+        args: [input(tq, [grid, asha, { id: 'down', needs: ['a'], run: ['x'] }])],
+      }),
+    )) as RunResult;
+    const g = result.stages.find((s) => s.id === 'g')!;
+    assert.equal(g.state, 'succeeded');
+    assert.deepEqual(g.sweep!.trials.map((t) => [t.trial, t.state]), [['g.trial-00', 'completed'], ['g.trial-01', 'failed'], ['g.trial-02', 'best']]);
+    assert.match(g.sweep!.trials[1]!.reason!, /StageConfigError: planned failure at x=2/);
+    assert.equal((g.result!.sweep as { best_trial: string }).best_trial, 'g.trial-02');
+    assert.equal(g.metrics!.score, 3);
+
+    const a = result.stages.find((s) => s.id === 'a')!.sweep!;
+    assert.deepEqual(a.rungs, [2, 4]);
+    assert.equal(a.trials.filter((t) => t.state === 'stopped-early' && t.rung === 1).length, 2);
+    assert.equal(a.trials.filter((t) => t.state === 'best' || t.state === 'completed').length, 2);
+    const xs = a.trials.map((t) => t.params.x as number);
+    const best = a.trials.find((t) => t.state === 'best')!;
+    assert.equal(best.params.x, Math.max(...xs), 'the highest x scores best');
+    // Rung 2 starts only when rung 1 is done; never more than two trials at once.
+    const runs = fake.attempts.filter((r) => r.stage.startsWith('a.trial-'));
+    assert.equal(runs.length, 4 + 2);
+    const lastRung1 = Math.max(...runs.slice(0, 4).map((r) => r.end!));
+    for (const r of runs.slice(4)) assert.ok(r.start >= lastRung1, 'a rung-2 run started before rung 1 ended');
+    for (const r of runs) assert.ok(runs.filter((o) => o.start < r.end! && r.start < o.end!).length <= 2, 'at most two lanes');
+    const down = fake.attempts.find((r) => r.stage === 'down');
+    assert.ok(down && down.outcome === 'ok');
+    assert.deepEqual(result.stages.find((s) => s.id === 'down')!.result, { inputs: ['a'] });
+  });
+
+  it('a sweep whose every trial fails fails its stage, naming a trial\'s failure', async () => {
+    const fake = createFakeActivities();
+    const err = await withWorker(fake, (tq) =>
+      env.client.workflow.execute('pipelineWorkflow', {
+        taskQueue: tq,
+        workflowId: unique('sweep-fail'),
+        args: [input(tq, [{ id: 's', run: ['x'], with: { x: 1, failWhenX: 1 }, sweep: { scheduler: 'grid', space: { x: [1] }, metric: { name: 'score' } } }])],
+      }),
+    ).catch((e: unknown) => e);
+    assert.ok(err instanceof WorkflowFailedError);
+    assert.match((err.cause as ApplicationFailure).message, /stage "s" failed: StageCrashed: stage "s": no trial of the sweep finished with a finite score; s\.trial-00: StageConfigError: planned failure at x=1/);
+  });
+
   it('pauses: no new stage starts until resumed; running stages go on', async () => {
     const fake = createFakeActivities();
     await withWorker(fake, async (tq) => {

@@ -77,7 +77,33 @@ export function renderDetails(status: RunStatus, opts: DetailsOptions = {}): str
     for (const s of status.stages) if (!shown.has(s)) counts.set(s.state, (counts.get(s.state) ?? 0) + 1);
     lines.push('', `…and ${hidden} more stages: ${[...counts].map(([state, n]) => `${state} ${n}`).join(', ')}`);
   }
+  // At most two sweeps get a table (the text rides in a URL): the running one first.
+  const swept = status.stages.filter((s) => s.sweep).sort((a, b) => Number(ACTIVE.has(b.state)) - Number(ACTIVE.has(a.state)));
+  for (const s of swept.slice(0, 2)) lines.push('', ...sweepTable(s));
   return lines.join('\n');
+}
+
+/** Columns of a sweep's trial table. */
+const SWEEP_HEADERS = ['trial', 'params', 'rung', 'step', 'metric', 'state'];
+
+/** A swept stage's trials: params, rung, step, metric and state, the best and why under it; at most {@link MAX_DETAILS_ROWS} rows. */
+function sweepTable(s: StageStatus): string[] {
+  const sw = s.sweep!;
+  const title = `**${escapeText(s.id)}** sweep — ${escapeText(sw.scheduler)}, ${sw.trials.length} trials, ${escapeText(cut(sw.metric, 32))} (${sw.goal})`;
+  const out = [title, '', row(SWEEP_HEADERS), `|${SWEEP_HEADERS.map(() => ':--').join('|')}|`];
+  const order = [...sw.trials].sort((a, b) => Number(ACTIVE.has(b.state)) - Number(ACTIVE.has(a.state)));
+  const shownTrials = new Set(sw.trials.length <= MAX_DETAILS_ROWS ? sw.trials : order.slice(0, MAX_DETAILS_ROWS));
+  for (const t of sw.trials) {
+    if (!shownTrials.has(t)) continue;
+    const params = Object.entries(t.params)
+      .map(([k, v]) => `${cut(k, 24)}=${typeof v === 'number' && !Number.isInteger(v) ? Number(v.toPrecision(4)) : cut(String(v), 24)}`)
+      .join(' ');
+    const metric = t.metric === undefined ? '' : String(Number.isInteger(t.metric) ? t.metric : Number(t.metric.toPrecision(4)));
+    out.push(row([t.trial.slice(s.id.length + 1), params, t.rung ? String(t.rung) : '', t.step === undefined ? '' : String(t.step), metric, t.state].map(escapeText)));
+  }
+  if (shownTrials.size < sw.trials.length) out.push('', `…and ${sw.trials.length - shownTrials.size} more trials`);
+  if (sw.best) out.push('', `Best: ${escapeText(sw.best)} — ${escapeText(cut(sw.reason ?? '', 300))}`);
+  return out;
 }
 
 /** The stages that get a row: all of them, or the active ones first and then the others in order. */

@@ -38,6 +38,8 @@ import { formatProblems, MAX_LISTED_PROBLEMS, resolveSpec, stageQueue, validateP
 import { packStage, unpackStage } from './carry.js';
 import { renderDetails } from './details.js';
 import { planStages, TERMINAL_STATES, type StageState } from './planner.js';
+import { runSweep, type SweepStatus } from './sweep.js';
+import { rankScores } from './sweep-plan.js';
 
 type Activities = ReturnType<typeof activities.createActivities>;
 
@@ -67,6 +69,8 @@ export interface StageStatus {
   cachedFrom?: string;
   failureType?: string;
   attempts: Array<{ attempt: number; startedAt: string; endedAt?: string; failure?: string }>;
+  /** A swept stage's trials (params, rung, metric, state) and the trial it chose. */
+  sweep?: SweepStatus;
 }
 
 /** What the `status` query returns. */
@@ -330,14 +334,32 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
         ...(s.cachedFrom ? { cachedFrom: s.cachedFrom } : {}),
       }));
 
+  /** The `sweeps` param of a report stage: only when the run has swept stages, so other runs' reports get the input they always did. */
+  const sweepsParam = (stage: StageSpec) => {
+    const swept = status.stages.filter((x) => x.sweep);
+    if (!swept.length || stage.with.sweeps !== undefined) return {};
+    return {
+      sweeps: swept.map((x) => ({
+        stage: x.id,
+        scheduler: x.sweep!.scheduler,
+        metric: x.sweep!.metric,
+        goal: x.sweep!.goal,
+        ...(x.sweep!.best ? { best: x.sweep!.best } : {}),
+        ...(x.sweep!.reason ? { reason: x.sweep!.reason } : {}),
+        trials: x.sweep!.trials.map(({ runs: _runs, reason: _reason, ...t }) => t),
+      })),
+    };
+  };
+
   const runStage = async (stage: StageSpec): Promise<void> => {
     const s = stageStatus(stage.id);
     const queue = stageQueue(stage);
     const retry = { ...defaults.retry, ...stage.retry };
-    const act = proxyActivities<Activities>({
-      activityId: stage.id,
+    // One proxy per activity id: the stage's own, or each trial-rung's of a sweep.
+    const activitiesFor = (activityId: string) => proxyActivities<Activities>({
+      activityId,
       taskQueue: queueName(queue),
-      summary: `${stage.id} · ${kindOf(stage)} · ${queue}`,
+      summary: `${activityId} · ${kindOf(stage)} · ${queue}`,
       startToCloseTimeout: ms(stage.timeout ?? defaults.timeout, DEFAULT_TIMEOUT_MS),
       heartbeatTimeout: ms(stage.heartbeatTimeout ?? defaults.heartbeatTimeout, DEFAULT_HEARTBEAT_MS),
       cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
@@ -351,12 +373,13 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
         nonRetryableErrorTypes: [...NON_RETRYABLE_FAILURE_TYPES],
       },
     });
+    const act = activitiesFor(stage.id);
     const inputIds = stage.inputs ?? stage.needs;
     const stall = stage.stallTimeout ?? defaults.stallTimeout ?? (stage.uses && isStageKind(stage.uses) ? STAGE_KINDS[stage.uses].stallTimeout : undefined);
     const task: StageTask = {
       runId: info.workflowId,
       pipeline: spec.name,
-      stage: stageKindInfo(stage.uses)?.receivesTimeline && stage.with.timeline === undefined ? { ...stage, with: { ...stage.with, timeline: timeline() } } : stage,
+      stage: stageKindInfo(stage.uses)?.receivesTimeline && stage.with.timeline === undefined ? { ...stage, with: { ...stage.with, timeline: timeline(), ...sweepsParam(stage) } } : stage,
       queue,
       inputs: inputIds.map((id) => ({ stage: id, manifestKey: results.get(id)!.manifestKey })),
       ...(lean && stall !== undefined ? { stallTimeoutMs: parseDuration(stall) } : {}),
@@ -365,7 +388,10 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
     // Leave `pending` before the first await, or the planner would start this stage twice.
     s.state = 'running';
     try {
-      if (cacheOn(stage)) {
+      if (stage.sweep) {
+        // A cache key knows the stage's `with:`, not its sweep: a swept stage always searches.
+        s.cache = 'cache: off for a swept stage';
+      } else if (cacheOn(stage)) {
         const lookup = await (lean ? proxyActivities<Activities>({ ...ioOptions, activityId: `cache:${stage.id}`, startToCloseTimeout: CACHE_LOOKUP_TIMEOUT }) : io).checkCache(task);
         s.cache = lookup.reason;
         if (lookup.hit) {
@@ -382,7 +408,25 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
       s.state = 'running';
       if (s.attempt === 0) s.attempt = 1;
       touch();
-      const result = await act.runStage({ ...task, cache: stage.cache ?? defaults.cache ?? true });
+      const sweep = stage.sweep;
+      const result = sweep
+        ? await runSweep(
+            {
+              stage: { ...stage, sweep },
+              runTrial: (trial, activityId) => activitiesFor(activityId).runStage({ ...task, stage: trial, cache: false }),
+              publish: (t) => proxyActivities<Activities>({ ...ioOptions, activityId: `publish:${stage.id}` }).publishSweep({ ...t, runId: info.workflowId }),
+              changed: (sw, note) => {
+                s.sweep = sw;
+                s.message = note;
+                const done = sw.trials.filter((t) => t.metric !== undefined);
+                const best = done.length ? rankScores(done.map((t, i) => ({ index: i, metric: t.metric })), sw.goal)[0] : undefined;
+                if (best) s.metrics[sw.metric] = done[best.index]!.metric!;
+                touch();
+              },
+            },
+            s.startedAt,
+          )
+        : await act.runStage({ ...task, cache: stage.cache ?? defaults.cache ?? true });
       results.set(stage.id, result);
       s.state = 'succeeded';
       s.attempt = result.attempt;
@@ -405,7 +449,8 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
         s.state = 'cancelled';
       } else {
         s.state = 'failed';
-        const cause = (err as { cause?: unknown }).cause;
+        // An activity's failure is its cause; a sweep that found no trial fails with its own ApplicationFailure.
+        const cause = (err as { cause?: unknown }).cause ?? (err instanceof ApplicationFailure ? err : undefined);
         if (cause instanceof TimeoutFailure) {
           // A heartbeat timeout means the worker (or its host) went away mid-stage.
           s.failureType = cause.timeoutType === 'HEARTBEAT' ? FailureTypes.WorkerLost : 'StageTimedOut';

@@ -333,6 +333,25 @@ ${table(['model', 'MT-Bench', 'llm-jp-eval', 'note', 'source', 'date'], refRows,
   }
   sections.push(`<section id="timeline"><h2>Stage timeline</h2>\n${timelineBody}\n</section>`);
 
+  // 5. Sweeps: the params and metric of every trial, and the one chosen.
+  for (const sw of inputs.sweeps ?? []) {
+    const names = [...new Set(sw.trials.flatMap((t) => Object.keys(t.params)))];
+    const show = (v: unknown) => (typeof v === 'number' && !Number.isInteger(v) ? String(Number(v.toPrecision(4))) : String(v ?? ''));
+    const rows = sw.trials.map((t) => [
+      e(t.trial.startsWith(`${sw.stage}.`) ? t.trial.slice(sw.stage.length + 1) : t.trial),
+      ...names.map((n) => e(show(t.params[n]))),
+      t.rung ? String(t.rung) : '',
+      t.step === undefined ? '' : String(t.step),
+      t.metric === undefined ? '' : e(show(t.metric)),
+      t.trial === sw.best ? `<strong>${e(t.state)}</strong>` : e(t.state),
+    ]);
+    const chosen = sw.best ? `<p>Chosen: <strong>${e(sw.best)}</strong> — ${e(sw.reason ?? '')}</p>` : note(e('No trial was chosen.'), 'warn');
+    sections.push(
+      `<section id="sweep-${e(sw.stage)}"><h2>Sweep: ${e(sw.stage)}</h2>\n<p class="small">${e(sw.scheduler)}, ${sw.trials.length} trials, ` +
+        `${e(sw.metric)} (${e(sw.goal)})</p>\n${chosen}\n${table(['trial', ...names, 'rung', 'step', sw.metric, 'state'], rows)}\n</section>`,
+    );
+  }
+
   if (inputs.notes.length > 0) {
     sections.push(`<section id="notes"><h2>Notes</h2><ul>${inputs.notes.map((n) => `<li>${e(n)}</li>`).join('')}</ul></section>`);
   }

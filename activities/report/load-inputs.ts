@@ -107,6 +107,7 @@ export async function loadReportInputs(params: ReportParams, ctx: LoadContext): 
     llmJpEvalSamples,
     metrics,
     timeline: params.timeline ?? null,
+    ...(params.sweeps?.length ? { sweeps: params.sweeps } : {}),
     notes,
   };
 }

@@ -31,6 +31,28 @@ export const TimelineEntrySchema = z
   // A skipped stage never ran, so its times mark when it was skipped, not a duration to check.
   .refine((e) => e.state === 'skipped' || Date.parse(e.end) >= Date.parse(e.start), { message: 'end is before start', path: ['end'] });
 
+/** One swept stage's trials, as the workflow passes them in the `sweeps` param. */
+export const SweepEntrySchema = z.strictObject({
+  stage: z.string().min(1).describe('id of the swept stage'),
+  scheduler: z.string().min(1),
+  metric: z.string().min(1),
+  goal: z.enum(['min', 'max']),
+  best: z.string().optional().describe('the chosen trial'),
+  reason: z.string().optional().describe('why it was chosen'),
+  trials: z
+    .array(
+      z.strictObject({
+        trial: z.string().min(1),
+        params: z.record(z.string(), z.union([z.string(), z.number(), z.boolean()])),
+        rung: z.number().int().min(0),
+        step: z.number().optional(),
+        metric: z.number().optional(),
+        state: z.string().min(1),
+      }),
+    )
+    .max(256),
+});
+
 /** Params of the `report` stage kind. */
 export const ReportParamsSchema = z.strictObject({
   reference_scores: z
@@ -42,11 +64,18 @@ export const ReportParamsSchema = z.strictObject({
     .array(TimelineEntrySchema)
     .optional()
     .describe('stage timeline given by the engine: [{stage, start, end, attempts, state, cachedFrom?}]; the section is omitted without it'),
+  sweeps: z
+    .array(SweepEntrySchema)
+    .optional()
+    .describe('swept stages given by the engine: [{stage, scheduler, metric, goal, best, reason, trials: [{trial, params, rung, step, metric, state}]}]'),
   title: z.string().min(1).optional().describe('page title; default "tanren report: <pipeline>"'),
   model_name: z.string().min(1).optional().describe("label of this run's point in the scatter; default the run id"),
   mt_bench: z.string().min(1).optional().describe('id of the needed stage holding MT-Bench outputs; default: found by its files'),
   llm_jp_eval: z.string().min(1).optional().describe('id of the needed stage holding llm-jp-eval outputs; default: found by its files'),
 });
+
+/** One entry of the `sweeps` param. */
+export type SweepEntry = z.infer<typeof SweepEntrySchema>;
 
 /** Validated params of the `report` stage kind. */
 export type ReportParams = z.infer<typeof ReportParamsSchema>;

@@ -98,6 +98,8 @@ export interface MetricPoint {
   readonly values: Readonly<Record<string, number>>;
 }
 
+import type { SweepEntry } from './params.js';
+
 /** The metric history of one needed stage. */
 export interface MetricSeries {
   /** Stage id (the sub-directory of TANREN_INPUTS). */
@@ -157,6 +159,8 @@ export interface ReportInputs {
   readonly metrics: readonly MetricSeries[];
   /** Null when the `timeline` param was not given. */
   readonly timeline: readonly TimelineEntry[] | null;
+  /** Swept stages of the run (the `sweeps` param); absent or empty when none. */
+  readonly sweeps?: readonly SweepEntry[];
   /** Remarks gathered while loading (skipped lines, fallbacks), shown on the page. */
   readonly notes: readonly string[];
 }

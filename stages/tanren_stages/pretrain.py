@@ -9,7 +9,10 @@ params (defaults):
   lr 3e-4, min_lr_ratio 0.1, warmup_steps 100, weight_decay 0.1, adam_beta1 0.9, adam_beta2 0.95,
   grad_clip 1.0, seed 1234, precision "auto" (bf16 on a CUDA GPU that supports it, else fp32),
   gradient_checkpointing false, checkpoint_every 0 (0 = only at the end / on SIGTERM),
-  log_every 1, threads (torch CPU threads; default unchanged), device "auto"
+  log_every 1, threads (torch CPU threads; default unchanged), device "auto",
+  stop_at_step (a sweep's rung boundary: train to this step of the max_steps schedule, checkpoint, exit 0
+  with result stopped_at_step and no model; resuming later continues the same schedule; run again behind a
+  checkpoint that went further, it reports the loss recorded at that step and trains nothing)
   valid_fraction 0.01: the last documents of the indexed dataset holding about this share of its tokens are held
   out (split at a document start, so no article is in both parts); 0 = no held-out set
   eval_every (default checkpoint_every, else max_steps // 5): validation loss every n steps and at the end
@@ -41,7 +44,8 @@ from .protocol import InvalidStageInput, OutOfMemory, StageConfigError, StageCon
 KNOWN = {"input", "data_prefix", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "seq_len",
          "rope_theta", "micro_batch_size", "gradient_accumulation_steps", "max_steps", "max_tokens", "lr", "min_lr_ratio",
          "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2", "grad_clip", "seed", "precision", "gradient_checkpointing",
-         "checkpoint_every", "log_every", "threads", "device", "deterministic", "valid_fraction", "eval_every", "eval_windows"}
+         "checkpoint_every", "log_every", "threads", "device", "deterministic", "valid_fraction", "eval_every", "eval_windows",
+         "stop_at_step"}
 
 
 def split_held_out(ds: IndexedDataset, fraction: float) -> int:
@@ -213,6 +217,9 @@ def main(ctx: StageContext) -> None:
     max_tokens = p.int("max_tokens", None, min=1)
     if max_steps is None:
         max_steps = max(1, math.ceil(max_tokens / (mbs * gas * seq_len))) if max_tokens else 1000
+    stop_at = p.int("stop_at_step", None, min=1)
+    if stop_at is not None and stop_at >= max_steps:
+        stop_at = None
     lr = p.float("lr", 3e-4, min=0)
     warmup = p.int("warmup_steps", min(100, max_steps // 10), min=0)
     ckpt_every = p.int("checkpoint_every", 0, min=0)
@@ -319,7 +326,8 @@ def main(ctx: StageContext) -> None:
     t_last, tok_last = time.perf_counter(), 0
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    while state["step"] < max_steps:
+    end = stop_at if stop_at is not None else max_steps
+    while state["step"] < end:
         step_loss = 0.0
         for _ in range(gas):
             batch = torch.from_numpy(windows.batch(state["consumed_samples"], mbs)).to(device)
@@ -337,11 +345,12 @@ def main(ctx: StageContext) -> None:
         state["step"] += 1
         state["tokens"] += mbs * gas * seq_len
         loss_val = step_loss
+        state["last_loss"] = loss_val
         if state["first_loss"] is None:
             state["first_loss"] = loss_val
         if not math.isfinite(loss_val):
             raise StageConfigError(f"loss became {loss_val} at step {state['step']}: lower 'lr' or check the data")
-        if state["step"] % log_every == 0 or state["step"] == max_steps:
+        if state["step"] % log_every == 0 or state["step"] in (max_steps, end):
             now = time.perf_counter()
             tps = (state["tokens"] - tok_last) / max(now - t_last, 1e-9)
             t_last, tok_last = now, state["tokens"]
@@ -355,9 +364,9 @@ def main(ctx: StageContext) -> None:
             if tb is not None:
                 for k, v in values.items():
                     tb.add_scalar(f"train/{k}", v, state["step"])
-        if valid is not None and (state["step"] % eval_every == 0 or state["step"] == max_steps):
+        if valid is not None and (state["step"] % eval_every == 0 or state["step"] == end):
             validate()
-        if ckpt_every and state["step"] % ckpt_every == 0 and state["step"] < max_steps:
+        if ckpt_every and state["step"] % ckpt_every == 0 and state["step"] < end:
             checkpoint()
         if stop.requested:
             checkpoint()
@@ -369,7 +378,30 @@ def main(ctx: StageContext) -> None:
         validate()
     if tb is not None:
         tb.close()
+    if stop_at is not None and state["step"] > stop_at:
+        # A rung run again after its trial went further (a reset of the sweep): the loss it had at this rung, untouched checkpoints.
+        rung_loss = state.get("rung_losses", {}).get(str(stop_at))
+        if rung_loss is None:
+            raise StageConfigError(f"{p.source}: field 'stop_at_step' ({stop_at}) is behind the checkpoint resumed from (step {state['step']}), "
+                                   "which recorded no loss at that step")
+        ctx.metric({"loss": rung_loss}, step=stop_at)
+        ctx.progress(stop_at, max_steps)
+        ctx.result({"first_loss": state["first_loss"], "final_loss": rung_loss, "steps": stop_at, "stopped_at_step": stop_at,
+                    "max_steps": max_steps, "replayed_from_step": state["step"]})
+        return
+    if loss_val is None and state.get("last_loss") is not None:
+        # Resumed where this run ends, e.g. a rung run again after a lost worker: report the loss it ended with.
+        loss_val = state["last_loss"]
+        ctx.metric({"loss": loss_val}, step=state["step"])
+        ctx.progress(state["step"], max_steps)
+    if stop_at is not None:
+        state.setdefault("rung_losses", {})[str(stop_at)] = loss_val
     checkpoint()
+    if stop_at is not None:
+        ctx.result({"first_loss": state["first_loss"], "final_loss": loss_val, "steps": state["step"], "stopped_at_step": state["step"],
+                    "max_steps": max_steps, "tokens": state["tokens"]})
+        print(f"stopped at step {state['step']} of {max_steps} (stop_at_step) after saving a checkpoint", file=sys.stderr, flush=True)
+        return
     model_dir = ctx.output / "model"
     model.config.use_cache = True
     model.save_pretrained(str(model_dir), safe_serialization=True)

@@ -94,3 +94,33 @@ def test_injected_oom_exits_4(tmp_path, tokenized):
 def test_bad_params(tmp_path, tokenized, field, value):
     run = run_stage("pretrain", tmp_path / "bad", {**TINY_MODEL, field: value, "max_steps": 1}, {"tokenize": tokenized.output})
     assert run.rc == 2 and field in run.of("error")[-1]["message"]
+
+
+def test_stop_at_step_pauses_on_the_full_schedule_and_resumes_exactly(tmp_path, tokenized):
+    params = {**TINY_MODEL, "max_steps": 12, "warmup_steps": 3}
+    full = ok(run_stage("pretrain", tmp_path / "full", params, {"tokenize": tokenized.output}))
+    rung = ok(run_stage("pretrain", tmp_path / "rung", {**params, "stop_at_step": 6}, {"tokenize": tokenized.output}))
+    assert sorted(rung.metrics("loss")) == list(range(1, 7))
+    assert [c["path"] for c in rung.of("checkpoint")] == ["step-000006"]
+    assert rung.result["stopped_at_step"] == 6 and rung.result["max_steps"] == 12
+    assert not (rung.output / "model").exists(), "a paused trial publishes no model"
+    # Same learning-rate schedule as the uninterrupted run: the rung is a prefix of it.
+    a_lr = {e["step"]: e["values"]["lr"] for e in full.of("metric")}
+    b_lr = {e["step"]: e["values"]["lr"] for e in rung.of("metric")}
+    assert all(a_lr[s] == b_lr[s] for s in b_lr)
+    promoted = ok(run_stage("pretrain", tmp_path / "promoted", params, {"tokenize": tokenized.output},
+                            resume_from=rung.checkpoints / "step-000006"))
+    a, b = full.metrics("loss"), promoted.metrics("loss")
+    assert sorted(b) == list(range(7, 13)), "the step count continues from the rung checkpoint"
+    for s in b:
+        assert abs(a[s] - b[s]) <= 1e-6, (s, a[s], b[s])
+    assert promoted.result["steps"] == 12 and (promoted.output / "model" / "model.safetensors").exists()
+    # A rung run again after its trial went further (a reset): no training, the loss it had at that rung.
+    again = ok(run_stage("pretrain", tmp_path / "again", {**params, "stop_at_step": 6}, {"tokenize": tokenized.output},
+                         resume_from=promoted.checkpoints / "step-000012"))
+    assert again.metrics("loss") == {6: rung.metrics("loss")[6]}
+    assert again.result["stopped_at_step"] == 6 and again.result["replayed_from_step"] == 12 and not again.of("checkpoint")
+    # Resumed exactly at its rung (the worker died after the checkpoint): the same loss, no training.
+    same = ok(run_stage("pretrain", tmp_path / "same", {**params, "stop_at_step": 6}, {"tokenize": tokenized.output},
+                        resume_from=rung.checkpoints / "step-000006"))
+    assert same.metrics("loss") == {6: rung.metrics("loss")[6]}

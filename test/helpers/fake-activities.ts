@@ -34,7 +34,20 @@ export function createFakeActivities() {
     },
     async runStage(task: StageTask): Promise<StageResult> {
       const ctx = Context.current();
-      const w = task.stage.with as { failAttempts?: number; failType?: string; block?: boolean; hang?: boolean; sleepMs?: number };
+      const w = task.stage.with as {
+        failAttempts?: number;
+        failType?: string;
+        block?: boolean;
+        hang?: boolean;
+        sleepMs?: number;
+        /** Sweep trials: report metric `score` = the value of this param (less a tenth per step past 1, so later rungs score lower). */
+        scoreFrom?: string;
+        /** Sweep trials: fail for good when param `x` has this value. */
+        failWhenX?: unknown;
+        x?: unknown;
+        max_steps?: number;
+        stop_at_step?: number;
+      };
       const rec: AttemptRecord = { stage: task.stage.id, attempt: ctx.info.attempt, start: Date.now() };
       attempts.push(rec);
       try {
@@ -58,15 +71,21 @@ export function createFakeActivities() {
             nonRetryable: w.failType === 'InvalidStageInput',
           });
         }
+        if (w.failWhenX !== undefined && w.x === w.failWhenX) {
+          throw ApplicationFailure.create({ type: 'StageConfigError', message: `planned failure at x=${String(w.x)}`, nonRetryable: true });
+        }
         rec.outcome = 'ok';
+        const step = w.stop_at_step ?? w.max_steps;
+        const metrics: Record<string, number> = w.scoreFrom ? { score: Number((w as Record<string, unknown>)[w.scoreFrom]) - ((step ?? 1) - 1) / 10 } : {};
         return {
+          ...(step !== undefined ? { step } : {}),
           stage: task.stage.id,
           attempt: ctx.info.attempt,
           manifestKey: `runs/${task.runId}/${task.stage.id}/manifest.json`,
           files: 0,
           bytes: 0,
           result: { inputs: task.inputs.map((i) => i.stage) },
-          metrics: {},
+          metrics,
           startedAt: new Date(rec.start).toISOString(),
           endedAt: new Date().toISOString(),
         };
@@ -76,6 +95,10 @@ export function createFakeActivities() {
       } finally {
         rec.end = Date.now();
       }
+    },
+    /** Points the swept stage's manifest at the best trial, as the real one does (nothing stored). */
+    async publishSweep(task: { runId: string; stage: string; bestTrial: string; choice: Record<string, unknown> }) {
+      return { manifestKey: `runs/${task.runId}/${task.stage}/manifest.json`, result: { sweptFrom: task.bestTrial, sweep: task.choice }, files: 0, bytes: 0 };
     },
   };
   return { activities, attempts, release: (stage: string) => (gate(stage), gates.get(stage)!()) };
