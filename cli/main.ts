@@ -3,6 +3,7 @@
 import { Command } from 'commander';
 import { configureArtifactsCommand } from './commands/artifacts.js';
 import { configureCancelCommand } from './commands/cancel.js';
+import { configureCompareCommand } from './commands/compare.js';
 import { configureGetCommand } from './commands/get.js';
 import { configureReportCommand } from './commands/report.js';
 import { configureLogsCommand } from './commands/logs.js';
@@ -40,6 +41,7 @@ for (const configure of [
   configureArtifactsCommand,
   configureGetCommand,
   configureReportCommand,
+  configureCompareCommand,
   configureWorkerCommand,
 ]) {
   configure(program);
