@@ -199,6 +199,9 @@ function graphProblems(spec: GraphView): SpecProblem[] {
     if ((stage.gpus !== undefined || stage.host !== undefined) && stageQueue(stage) !== 'gpu') {
       add(stage.gpus !== undefined ? 'gpus' : 'host', 'only a stage on the gpu queue can ask for GPUs or a GPU host (set `queue: gpu`)');
     }
+    if (typeof stage.gpus === 'number' && stage.gpus > 1 && stage.uses !== undefined && stage.uses !== 'pretrain') {
+      add('gpus', `the built-in kind "${q(stage.uses)}" runs on one GPU; only pretrain is launched with torchrun for gpus > 1 (or use a \`run:\` stage with your own launcher)`);
+    }
     const needSeen = new Set<string>();
     stage.needs.forEach((need, j) => {
       if (need === stage.id) add(`needs[${j}]`, `stage "${q(stage.id)}" cannot need itself`);

@@ -132,6 +132,7 @@ export function compareLossSpec(runs: readonly ComparedRun[]): TopLevelSpec {
     }
   }
   const domain = runs.map((r) => r.run);
+  const present = LOSS_METRICS.filter((m) => rows.some((r) => r.metric === m));
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title: 'Training loss, runs overlaid',
@@ -145,8 +146,21 @@ export function compareLossSpec(runs: readonly ComparedRun[]): TopLevelSpec {
       encoding: {
         x: { field: 'step', type: 'quantitative', title: 'step' },
         y: { field: 'value', type: 'quantitative', title: 'loss', scale: { zero: false } },
-        color: { field: 'run', type: 'nominal', title: 'run', scale: { domain, range: domain.map((_, i) => RUN_COLOURS[i % RUN_COLOURS.length]) } },
-        strokeDash: { field: 'metric', type: 'nominal', title: null, scale: { domain: [...LOSS_METRICS], range: [[1, 0], [5, 3]] } },
+        color: {
+          field: 'run',
+          type: 'nominal',
+          title: 'run',
+          scale: { domain, range: domain.map((_, i) => RUN_COLOURS[i % RUN_COLOURS.length]) },
+          legend: { labelLimit: 400 },
+        },
+        strokeDash: {
+          field: 'metric',
+          type: 'nominal',
+          title: null,
+          scale: { domain: present, range: present.map((m) => (m === 'loss' ? [1, 0] : [5, 3])) },
+          // One metric needs no key.
+          legend: present.length > 1 ? {} : null,
+        },
         detail: { field: 'metric' },
       },
     },
@@ -167,7 +181,7 @@ export function compareScatterSpec(references: readonly ReferencePoint[], runs: 
   const x = { field: 'mt_bench', type: 'quantitative', title: 'MT-Bench (judge score, 1–10)', scale: { domain: [Math.min(0, ...xs), Math.max(10, ...xs)], nice: false } };
   const y = { field: 'llm_jp_eval', type: 'quantitative', title: 'llm-jp-eval (average, 0–1)', scale: { domain: [Math.min(0, ...ys), Math.max(1, ...ys)], nice: false } };
   const domain = runs.map((r) => r.run);
-  const colour = { field: 'run', type: 'nominal', title: 'run', scale: { domain, range: domain.map((_, i) => RUN_COLOURS[i % RUN_COLOURS.length]) } };
+  const colour = { field: 'run', type: 'nominal', title: 'run', scale: { domain, range: domain.map((_, i) => RUN_COLOURS[i % RUN_COLOURS.length]) }, legend: { labelLimit: 400 } };
   const missing = runs.filter((_, i) => c.evals.mtBench[i] === undefined || c.evals.llmJpEval[i] === undefined).map((r) => r.run);
   const layers: object[] = [];
   if (refs.length) {

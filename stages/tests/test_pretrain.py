@@ -63,3 +63,10 @@ def test_injected_oom_exits_4(tmp_path, tokenized):
 def test_bad_params(tmp_path, tokenized, field, value):
     run = run_stage("pretrain", tmp_path / "bad", {**TINY_MODEL, field: value, "max_steps": 1}, {"tokenize": tokenized.output})
     assert run.rc == 2 and field in run.of("error")[-1]["message"]
+
+
+def test_world_size_above_one_is_a_config_error(tmp_path):
+    # torchrun (a stage with gpus: 2) sets WORLD_SIZE; data-parallel pretraining is not implemented yet.
+    run = run_stage("pretrain", tmp_path / "ddp", {**TINY_MODEL, "max_steps": 1}, extra_env={"WORLD_SIZE": "2", "RANK": "0"})
+    assert run.rc == 3 and run.of("error")[-1]["type"] == "StageConfigError"
+    assert "gpus: 2" in run.of("error")[-1]["message"]
