@@ -10,6 +10,7 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { GpuRequestError, GpuSlots } from '../worker/gpu.js';
 import { launcherArgv } from '../activities/run-stage.js';
+import { validatePipelineSpec } from '../schemas/validate.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -94,5 +95,25 @@ describe('GPU slots', () => {
   it('launches a multi-GPU built-in stage with torchrun, one process per GPU', () => {
     assert.deepEqual(launcherArgv('/py', 'pretrain', 1), ['/py', '-m', 'tanren_stages.pretrain']);
     assert.deepEqual(launcherArgv('/py', 'pretrain', 2), ['/py', '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node=2', '-m', 'tanren_stages.pretrain']);
+  });
+});
+
+describe('gpus and host in a spec', () => {
+  const spec = (stage: Record<string, unknown>) => ({ name: 'p', stages: [{ id: 's', ...stage }] });
+  const problems = (stage: Record<string, unknown>) => {
+    const v = validatePipelineSpec(spec(stage));
+    return v.ok ? [] : v.problems.map((p) => `${p.path}: ${p.message}`);
+  };
+
+  it('accepts gpus and host on gpu-queue stages', () => {
+    assert.deepEqual(problems({ run: ['train'], queue: 'gpu', gpus: 2, host: 'gpu-b' }), []);
+    assert.deepEqual(problems({ uses: 'pretrain', gpus: 2 }), []);
+  });
+
+  it('refuses them elsewhere, and several GPUs for kinds that run on one', () => {
+    assert.match(problems({ run: ['x'], gpus: 2 }).join('\n'), /gpus: only a stage on the gpu queue/);
+    assert.match(problems({ run: ['x'], host: 'a' }).join('\n'), /host: only a stage on the gpu queue/);
+    assert.match(problems({ uses: 'sft', gpus: 2 }).join('\n'), /"sft" runs on one GPU/);
+    assert.match(problems({ run: ['x'], queue: 'gpu', host: 'Bad_Host' }).join('\n'), /host/);
   });
 });
