@@ -6,7 +6,8 @@
  * runs two 1-GPU stages at once and a `gpus: 2` stage alone.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { Client } from '@temporalio/client';
@@ -44,14 +45,16 @@ describe('GPU pools and multi-GPU hosts', () => {
   const logDir = path.join(stateDir(), 'gpu-pool-logs');
   mkdirSync(logDir, { recursive: true });
   const gpuWorkers: WorkerProcess[] = [];
+  const workDirs = new Map<string, string>();
 
   const startGpuHost = async (host: string, extra: Record<string, string> = {}) => {
+    workDirs.set(host, mkdtempSync(path.join(logDir, `work-${host}-`)));
     const w = await startWorkerProcess(
       'gpu',
       {
         TANREN_GPU_HOST: host,
         TANREN_STAGE_ENV: 'TANREN_GPU_HOST',
-        TANREN_WORK_DIR: mkdtempSync(path.join(logDir, `work-${host}-`)),
+        TANREN_WORK_DIR: workDirs.get(host)!,
         TANREN_PROGRESS_INTERVAL_MS: '200',
         ...extra,
       },
@@ -67,7 +70,7 @@ describe('GPU pools and multi-GPU hosts', () => {
     const spec = {
       name: `pool-${name}`,
       queues: { cpu: workers.queues.cpu, gpu: gpuQueue },
-      defaults: { cache: false, retry: { maximumAttempts: 1 } },
+      defaults: { cache: false, retry: { maximumAttempts: 2, initialInterval: '1s' } },
       stages: stages.map((s) => ({ queue: 'gpu', run: [process.execPath, WORK], with: { seconds: STAGE_SECONDS }, ...s })),
     };
     const t0 = performance.now();
@@ -140,5 +143,28 @@ describe('GPU pools and multi-GPU hosts', () => {
       }
     }
     assert.ok(concurrent >= 1, 'two 1-GPU stages ran at the same time');
+  });
+
+  it('a retried stage takes its input from the host\'s cache, not from object storage', { timeout: 60_000 }, async () => {
+    // Fails its first attempt after the input arrived; the second attempt runs on the same (pinned) host.
+    const flaky = [process.execPath, '-e', 'process.exit(process.env.TANREN_ATTEMPT === "1" ? 1 : 0)'];
+    const { ran } = await runStages(
+      'input-cache',
+      [
+        { id: 'produce', host: hosts.a, with: { seconds: 0.2 } },
+        { id: 'consume', host: hosts.a, needs: ['produce'], run: flaky, with: {} },
+      ],
+      gpuPoolQueue(pool),
+    );
+    assert.equal(ran.length, 2);
+    const work = workDirs.get(hosts.a)!;
+    const runDir = readdirSync(work).find((d) => d.startsWith('pool-input-cache-'))!;
+    // The failed attempt's directory stays; its input is a link to the cached object…
+    const first = path.join(work, runDir, 'consume', 'attempt-1', 'inputs', 'produce', 'digest.txt');
+    const digest = createHash('sha256').update(readFileSync(first)).digest('hex');
+    const cached = path.join(work, 'input-cache', 'sha256', digest.slice(0, 2), digest);
+    // …and still the same inode after attempt 2: a second download would have replaced the object.
+    assert.equal(statSync(first).ino, statSync(cached).ino, 'attempt 2 reused the cached input');
+    assert.ok(!existsSync(path.join(work, runDir, 'consume', 'attempt-2')), 'attempt 2 succeeded and cleaned up');
   });
 });
