@@ -19,6 +19,7 @@ import { stageFailure, storageFailure } from './errors.js';
 import { createCheckpointUploader, restoreLatestCheckpoint, type CheckpointRef } from './checkpoints.js';
 import { describeFiles, keys, sha256File, withStorageRetry, type ObjectStore, type ObjectStoreConfig } from './storage.js';
 import { attemptToken, manifestFiles, outputKeys } from './object-keys.js';
+import type { InputCache } from './input-cache.js';
 import { identify } from './process-identity.js';
 import { boundMetrics, boundResult, capHead, capTail, createRedactor, DEFAULT_JUDGE_URLS, judgeUrlAllowed, stageEnvironment } from './stage-env.js';
 import type { AttemptRecord, OutputManifest, StageResult, StageTask } from './types.js';
@@ -73,6 +74,16 @@ export interface StageRunnerConfig {
   judgeBaseUrls?: readonly string[];
   /** Values that must never enter a run's history (the worker's credentials): redacted from messages and results. */
   secrets?: readonly string[];
+  /** Local content-addressed cache of stage inputs (activities/input-cache.ts); inputs are downloaded each time without it. */
+  inputCache?: InputCache;
+  /** The GPU worker's devices as exclusive slots: each gpu-queue stage takes `gpus` of them and gets their CUDA_VISIBLE_DEVICES. */
+  gpuSlots?: GpuSlotPool;
+}
+
+/** What the stage runner needs of the GPU worker's slots (worker/gpu.ts `GpuSlots`). */
+export interface GpuSlotPool {
+  readonly size: number;
+  acquire(n: number, owner: string, signal?: AbortSignal): Promise<{ readonly cudaVisibleDevices: string; release(): void }>;
 }
 
 /** Settings an OutOfMemory retry changes, carried to the next attempt in heartbeat details. */
@@ -153,7 +164,13 @@ export function createRunStage(deps: StageRunnerDeps) {
   const pollInterval = config.pollIntervalMs ?? 250;
   const logUploadInterval = config.logUploadIntervalMs ?? 5000;
 
-  const runAttempt = async (task: StageTask, hb: StageHeartbeat, beat: (change?: Partial<StageHeartbeat>) => void, startedAt: string): Promise<StageResult> => {
+  const runAttempt = async (
+    task: StageTask,
+    hb: StageHeartbeat,
+    beat: (change?: Partial<StageHeartbeat>) => void,
+    startedAt: string,
+    cudaVisibleDevices = config.cudaVisibleDevices,
+  ): Promise<StageResult> => {
     const ctx = Context.current();
     const attempt = ctx.info.attempt;
     const { stage, runId } = task;
@@ -208,7 +225,7 @@ export function createRunStage(deps: StageRunnerDeps) {
         throw stageFailure(
           FailureTypes.StageConfigError,
           `stage "${stage.id}" needs about ${stage.memoryEstimateGiB} GiB of GPU memory (memoryEstimateGiB) but only ${free.toFixed(1)} GiB is free` +
-            `${config.cudaVisibleDevices !== undefined ? ` on CUDA_VISIBLE_DEVICES=${config.cudaVisibleDevices}` : ''}: ` +
+            `${cudaVisibleDevices !== undefined ? ` on CUDA_VISIBLE_DEVICES=${cudaVisibleDevices}` : ''}: ` +
             'lower micro_batch_size (and raise gradient_accumulation_steps to keep the batch), enable gradient_checkpointing, ' +
             'or fine-tune with LoRA/QLoRA instead of all weights',
           { needGiB: stage.memoryEstimateGiB, freeGiB: free },
@@ -236,12 +253,12 @@ export function createRunStage(deps: StageRunnerDeps) {
       }
       for (const f of files) {
         const dest = path.join(target, f.path);
+        let digest: string;
         try {
-          await withStorageRetry(() => storage.getFile(f.key, dest), retryOpts);
+          digest = await fetchInput(config.inputCache, f.sha256, dest, (to) => withStorageRetry(() => storage.getFile(f.key, to), retryOpts));
         } catch (err) {
           throw storageFailure(`downloading ${f.key} for stage "${stage.id}"`, err);
         }
-        const digest = await sha256File(dest);
         if (digest !== f.sha256) {
           throw stageFailure(
             FailureTypes.InvalidStageInput,
@@ -269,7 +286,7 @@ export function createRunStage(deps: StageRunnerDeps) {
           { attempt },
         );
       }
-      argv = [config.python, '-m', `tanren_stages.${STAGE_KINDS[stage.uses].module}`];
+      argv = launcherArgv(config.python, STAGE_KINDS[stage.uses].module, stage.gpus ?? 1);
       // The stages venv is shared by every clone; the code comes from this one.
       const stagesDir = path.join(config.projectDir, 'stages');
       extraEnv.PYTHONPATH = process.env.PYTHONPATH ? `${stagesDir}${path.delimiter}${process.env.PYTHONPATH}` : stagesDir;
@@ -292,7 +309,7 @@ export function createRunStage(deps: StageRunnerDeps) {
       ...extraEnv,
       ...inputEnv,
     };
-    if (config.cudaVisibleDevices !== undefined) env.CUDA_VISIBLE_DEVICES = config.cudaVisibleDevices;
+    if (cudaVisibleDevices !== undefined) env.CUDA_VISIBLE_DEVICES = cudaVisibleDevices;
 
     // Resume from the newest complete checkpoint in object storage (the previous attempt's, by heartbeat, else any).
     const resumeInfo: Record<string, unknown> = {};
@@ -648,8 +665,10 @@ export function createRunStage(deps: StageRunnerDeps) {
       Object.assign(hb, change);
       ctx.heartbeat({ ...hb });
     };
+    let lease: { cudaVisibleDevices: string; release(): void } | undefined;
     try {
-      return await runAttempt(task, hb, beat, startedAt);
+      lease = await takeGpus(config.gpuSlots, task, beat);
+      return await runAttempt(task, hb, beat, startedAt, lease?.cudaVisibleDevices ?? config.cudaVisibleDevices);
     } catch (err) {
       if (!(err instanceof ApplicationFailure)) throw err;
       // Record this attempt's failure where the next attempt and the workflow will find it.
@@ -661,8 +680,56 @@ export function createRunStage(deps: StageRunnerDeps) {
         throw err;
       }
       throw ApplicationFailure.create({ type: err.type ?? undefined, message: err.message, nonRetryable: err.nonRetryable ?? false, details: [{ attempt, attempts }], cause: err.cause });
+    } finally {
+      lease?.release();
     }
   };
+}
+
+/** Downloads one input file through the worker's input cache when it has one; returns the digest of what arrived. */
+async function fetchInput(cache: InputCache | undefined, sha256: string, dest: string, download: (to: string) => Promise<void>): Promise<string> {
+  if (cache) return (await cache.fetch(sha256, dest, download)).sha256;
+  await download(dest);
+  return sha256File(dest);
+}
+
+/**
+ * Waits for the GPUs a gpu-queue stage needs (`gpus`, default 1) on a worker
+ * with slots, heartbeating while it waits so the wait never looks like a lost
+ * worker; a stage needing more GPUs than the worker has fails retryably, so a
+ * worker with more can take it.
+ */
+async function takeGpus(
+  slots: GpuSlotPool | undefined,
+  task: StageTask,
+  beat: (change?: Partial<StageHeartbeat>) => void,
+): Promise<{ cudaVisibleDevices: string; release(): void } | undefined> {
+  if (!slots || task.queue !== 'gpu') return undefined;
+  const n = task.stage.gpus ?? 1;
+  if (n > slots.size) {
+    throw stageFailure(
+      FailureTypes.WorkerMisconfigured,
+      `stage "${task.stage.id}" needs ${n} GPUs (gpus) but this worker serves ${slots.size}: start a worker with more in TANREN_GPU_DEVICES, or lower gpus`,
+    );
+  }
+  const ctx = Context.current();
+  beat({ phase: `waiting for ${n} free GPU${n === 1 ? '' : 's'}` });
+  const timer = setInterval(() => beat(), 5000);
+  try {
+    return await slots.acquire(n, `${task.runId}/${task.stage.id}`, ctx.cancellationSignal);
+  } finally {
+    clearInterval(timer);
+  }
+}
+
+/**
+ * The argv of a built-in Python kind: `python -m tanren_stages.<module>`, or
+ * with several GPUs `python -m torch.distributed.run --nproc-per-node N -m …`
+ * (torchrun: one data-parallel process per GPU).
+ */
+export function launcherArgv(python: string, module: string, gpus: number): string[] {
+  if (gpus <= 1) return [python, '-m', `tanren_stages.${module}`];
+  return [python, '-m', 'torch.distributed.run', '--standalone', `--nproc-per-node=${gpus}`, '-m', `tanren_stages.${module}`];
 }
 
 /** Attempts recorded in heartbeats (and a stage's result): the most kept. */

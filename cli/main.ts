@@ -3,6 +3,7 @@
 import { Command } from 'commander';
 import { configureArtifactsCommand } from './commands/artifacts.js';
 import { configureCancelCommand } from './commands/cancel.js';
+import { configureCompareCommand } from './commands/compare.js';
 import { configureGetCommand } from './commands/get.js';
 import { configureReportCommand } from './commands/report.js';
 import { configureLogsCommand } from './commands/logs.js';
@@ -42,6 +43,7 @@ for (const configure of [
   configureGetCommand,
   configureReportCommand,
   configureServeCommand,
+  configureCompareCommand,
   configureWorkerCommand,
 ]) {
   configure(program);

@@ -7,7 +7,7 @@ import { parseDocument } from 'yaml';
 import type { PipelineRunInput, PipelineSpec } from '../schemas/pipeline.js';
 import { formatProblems, resolveSpec, validatePipelineSpec, type SpecProblem } from '../schemas/validate.js';
 import { DEFAULT_CPU_TASK_QUEUE } from '../schemas/names.js';
-import { gpuQueueName, type TanrenEnv } from '../worker/config.js';
+import { defaultGpuQueue, type TanrenEnv } from '../worker/config.js';
 import { TANREN_VERSION } from './version.js';
 import { digestJson } from '../activities/cache.js';
 
@@ -73,7 +73,7 @@ export function renderRunInput(
   const resolved = resolveSpec(spec, opts.overrides ?? {});
   resolved.queues = {
     cpu: resolved.queues?.cpu ?? opts.env.TANREN_CPU_QUEUE ?? DEFAULT_CPU_TASK_QUEUE,
-    gpu: resolved.queues?.gpu ?? gpuQueueName(opts.env),
+    gpu: resolved.queues?.gpu ?? defaultGpuQueue(opts.env),
   };
   return {
     spec: resolved,

@@ -13,6 +13,19 @@ export const DEFAULT_CPU_TASK_QUEUE = 'tanren-cpu';
 /** Prefix of the per-host GPU task queue: `tanren-gpu-<host>`. */
 export const GPU_TASK_QUEUE_PREFIX = 'tanren-gpu-';
 
+/** Prefix of a GPU pool's task queue, served by every GPU host in the pool: `tanren-gpu-pool-<name>`. */
+export const GPU_POOL_QUEUE_PREFIX = 'tanren-gpu-pool-';
+
+/** The task queue of GPU pool `name`. */
+export function gpuPoolQueue(name: string): string {
+  return `${GPU_POOL_QUEUE_PREFIX}${name}`;
+}
+
+/** The task queue of one GPU host (a stage pinned with `host:` goes there). */
+export function gpuHostQueue(host: string): string {
+  return `${GPU_TASK_QUEUE_PREFIX}${host}`;
+}
+
 /** Workflow type name a `temporal`/`tctl` user passes as `--type`. */
 export const PIPELINE_WORKFLOW_TYPE = 'pipelineWorkflow';
 

@@ -177,6 +177,18 @@ export const StageSchema = z
     outputs: z.array(z.string()).optional().describe('Paths the stage must produce under its output directory'),
     memoryEstimateGiB: z.number().positive().optional().describe('GPU memory the stage needs, checked before it starts'),
     sweep: SweepSchema.optional(),
+    gpus: z
+      .number()
+      .int()
+      .min(1)
+      .max(64)
+      .optional()
+      .describe('GPUs a gpu-queue stage needs on one host; it waits for all of them and runs alone on them (built-in training kinds then launch with torchrun). @default 1'),
+    host: z
+      .string()
+      .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'host names are lower-case letters, digits and "-"')
+      .optional()
+      .describe('Pin a gpu-queue stage to one GPU host: it goes to that host\'s queue tanren-gpu-<host> instead of queues.gpu (a pool)'),
   })
   .strict()
   .describe('One stage of the pipeline');
@@ -204,7 +216,9 @@ const QueueNameSchema = z
 export const QueuesSchema = z
   .object({
     cpu: QueueNameSchema.optional().describe('Task queue of CPU stages. @default tanren-cpu'),
-    gpu: QueueNameSchema.optional().describe('Task queue of GPU stages. @default tanren-gpu-<host of the submitter>'),
+    gpu: QueueNameSchema.optional().describe(
+      'Task queue of GPU stages: one host\'s (tanren-gpu-<host>) or a pool\'s (tanren-gpu-pool-<name>, served by every GPU host that joins it). @default the submitter\'s TANREN_GPU_POOL pool, else tanren-gpu-<host of the submitter>',
+    ),
   })
   .strict()
   .describe('Task queues');

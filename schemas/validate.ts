@@ -152,7 +152,7 @@ function collectParamRefs(value: unknown, path: string, out: Array<{ name: strin
 /** The part of a spec the graph checks read; built leniently from raw input when the shape check failed. */
 interface GraphView {
   params: Record<string, unknown>;
-  stages: Array<{ id: string; needs: string[]; uses?: string; run?: unknown[]; queue?: string; with?: unknown; inputs?: string[] }>;
+  stages: Array<{ id: string; needs: string[]; uses?: string; run?: unknown[]; queue?: string; with?: unknown; inputs?: string[]; gpus?: unknown; host?: unknown }>;
 }
 
 function lenientView(raw: unknown): GraphView | undefined {
@@ -170,6 +170,8 @@ function lenientView(raw: unknown): GraphView | undefined {
       ...(typeof st.queue === 'string' ? { queue: st.queue } : {}),
       with: st.with,
       ...(Array.isArray(st.inputs) ? { inputs: strings(st.inputs) } : {}),
+      ...(st.gpus !== undefined ? { gpus: st.gpus } : {}),
+      ...(st.host !== undefined ? { host: st.host } : {}),
     };
   });
   const params = r.params && typeof r.params === 'object' ? (r.params as Record<string, unknown>) : {};
@@ -193,6 +195,12 @@ function graphProblems(spec: GraphView): SpecProblem[] {
     }
     if (stage.queue !== undefined && stage.queue !== 'cpu' && stage.queue !== 'gpu') {
       add('queue', `unknown queue "${q(stage.queue)}" (known: cpu, gpu)`);
+    }
+    if ((stage.gpus !== undefined || stage.host !== undefined) && stageQueue(stage) !== 'gpu') {
+      add(stage.gpus !== undefined ? 'gpus' : 'host', 'only a stage on the gpu queue can ask for GPUs or a GPU host (set `queue: gpu`)');
+    }
+    if (typeof stage.gpus === 'number' && stage.gpus > 1 && stage.uses !== undefined && stage.uses !== 'pretrain') {
+      add('gpus', `the built-in kind "${q(stage.uses)}" runs on one GPU; only pretrain is launched with torchrun for gpus > 1 (or use a \`run:\` stage with your own launcher)`);
     }
     const needSeen = new Set<string>();
     stage.needs.forEach((need, j) => {

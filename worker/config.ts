@@ -8,7 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
-import { CONTROL_TASK_QUEUE, DEFAULT_CPU_TASK_QUEUE, GPU_TASK_QUEUE_PREFIX } from '../schemas/names.js';
+import { CONTROL_TASK_QUEUE, DEFAULT_CPU_TASK_QUEUE, gpuHostQueue, gpuPoolQueue } from '../schemas/names.js';
 
 /** The environment variables tanren reads. */
 export const EnvSchema = z.object({
@@ -30,7 +30,18 @@ export const EnvSchema = z.object({
   TANREN_CONTROL_QUEUE: z.string().default(CONTROL_TASK_QUEUE).describe('Task queue of pipeline workflows'),
   TANREN_CPU_QUEUE: z.string().default(DEFAULT_CPU_TASK_QUEUE),
   TANREN_GPU_QUEUE: z.string().optional().describe('@default tanren-gpu-<host>'),
-  TANREN_GPU_DEVICES: z.string().default('0').describe('CUDA_VISIBLE_DEVICES of the GPU worker'),
+  TANREN_GPU_DEVICES: z.string().default('0').describe('GPUs of the GPU worker (CUDA_VISIBLE_DEVICES style), one stage slot each'),
+  TANREN_GPU_HOST: z
+    .string()
+    .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'lower-case letters, digits and "-"')
+    .optional()
+    .describe('Name of this GPU host: its queue is tanren-gpu-<host>. @default the machine\'s host name'),
+  TANREN_GPU_POOL: z
+    .string()
+    .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'lower-case letters, digits and "-"')
+    .optional()
+    .describe('GPU pool this host joins: it also serves tanren-gpu-pool-<pool>; `tanren submit` sends GPU stages there'),
+  TANREN_INPUT_CACHE_GIB: z.coerce.number().min(0).default(50).describe('Size bound of the worker\'s local cache of stage inputs (LRU), GiB; 0 turns it off'),
   TANREN_CPU_CONCURRENCY: z.coerce.number().int().min(1).default(4),
   TANREN_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error']).default('info'),
   TANREN_KILL_GRACE_MS: z.coerce.number().int().min(0).default(30_000),
@@ -110,9 +121,22 @@ export function s3Credentials(env: TanrenEnv): { accessKey: string; secretKey: s
   return { accessKey, secretKey };
 }
 
+/** This GPU host's name: TANREN_GPU_HOST, else the machine's host name (lower-case, other characters as "-"). */
+export function gpuHostName(env: Pick<TanrenEnv, 'TANREN_GPU_HOST'>): string {
+  return env.TANREN_GPU_HOST ?? os.hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-');
+}
+
 /** GPU task queue of this host: TANREN_GPU_QUEUE or `tanren-gpu-<host>`. */
-export function gpuQueueName(env: Pick<TanrenEnv, 'TANREN_GPU_QUEUE'>): string {
-  return env.TANREN_GPU_QUEUE ?? `${GPU_TASK_QUEUE_PREFIX}${os.hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-')}`;
+export function gpuQueueName(env: Pick<TanrenEnv, 'TANREN_GPU_QUEUE' | 'TANREN_GPU_HOST'>): string {
+  return env.TANREN_GPU_QUEUE ?? gpuHostQueue(gpuHostName(env));
+}
+
+/**
+ * The GPU queue `tanren render`/`submit` fill in when a spec sets none: the
+ * pool's (TANREN_GPU_POOL) when the submitter names one, else this host's.
+ */
+export function defaultGpuQueue(env: Pick<TanrenEnv, 'TANREN_GPU_QUEUE' | 'TANREN_GPU_HOST' | 'TANREN_GPU_POOL'>): string {
+  return env.TANREN_GPU_POOL ? gpuPoolQueue(env.TANREN_GPU_POOL) : gpuQueueName(env);
 }
 
 /** Splits a comma-separated setting into its trimmed, non-empty parts. */

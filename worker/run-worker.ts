@@ -1,7 +1,7 @@
 /**
  * Worker entry points. A CPU worker serves pipeline workflows (the control
- * queue) and CPU stages in parallel; a GPU worker serves its host's GPU queue,
- * one stage at a time.
+ * queue) and CPU stages in parallel; a GPU worker serves its host's GPU queue
+ * (and its pool's, when it joins one), one stage per GPU.
  */
 import { readdir, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -13,9 +13,11 @@ import { createActivities } from '../activities/index.js';
 import { pidInUse, stillRunning, type ProcessIdentity } from '../activities/process-identity.js';
 import { runningDir } from '../activities/run-stage.js';
 import { createObjectStore } from '../activities/storage.js';
-import { gpuQueueName, listSetting, s3Credentials, type TanrenEnv } from './config.js';
+import { gpuHostName, gpuQueueName, listSetting, s3Credentials, type TanrenEnv } from './config.js';
 import { connectWorker } from './connection.js';
-import { acquireGpuLocks, gpuFreeMemoryGiB, gpuLockDir, probeGpu } from './gpu.js';
+import { acquireGpuLocks, gpuFreeMemoryGiB, gpuLockDir, GpuSlots, probeGpu } from './gpu.js';
+import { InputCache } from '../activities/input-cache.js';
+import { gpuPoolQueue } from '../schemas/names.js';
 import { resolveStagesPython } from './stages-env.js';
 
 /** Options of {@link runWorker}. */
@@ -25,6 +27,8 @@ export interface RunWorkerOptions {
   logger: Logger;
   /** Override of the task queue served (tests use unique queues). */
   taskQueue?: string;
+  /** GPU pool to join besides the host's own queue: also serves `tanren-gpu-pool-<pool>`. @default TANREN_GPU_POOL */
+  pool?: string;
   /** Also serve the control queue (workflows); CPU workers do by default. */
   serveWorkflows?: boolean;
   controlTaskQueue?: string;
@@ -107,6 +111,11 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
     }
   }
   await reapOrphanStages(workRoot, queue, logger);
+  // One slot per GPU, shared by the host's queue and the pool's: never more stages than GPUs.
+  const slots = queue === 'gpu' ? new GpuSlots(listSetting(env.TANREN_GPU_DEVICES) ?? ['0'], device === 'cuda' ? { dir: gpuLockDir(), host: gpuHostName(env) } : undefined) : undefined;
+  const pool = queue === 'gpu' ? (opts.pool ?? env.TANREN_GPU_POOL) : undefined;
+  const queues = [taskQueue, ...(pool ? [gpuPoolQueue(pool)] : [])];
+  const inputCache = env.TANREN_INPUT_CACHE_GIB > 0 ? new InputCache(path.join(workRoot, 'input-cache'), env.TANREN_INPUT_CACHE_GIB * 2 ** 30) : undefined;
 
   const activities = createActivities({
     storage,
@@ -117,7 +126,8 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       python: resolveStagesPython({ projectDir: env.projectDir, envPython: env.TANREN_PYTHON }, logger),
       device,
       queue,
-      ...(queue === 'gpu' ? { cudaVisibleDevices: env.TANREN_GPU_DEVICES, gpuFreeGiB: () => gpuFreeMemoryGiB(env.TANREN_GPU_DEVICES) } : {}),
+      ...(queue === 'gpu' ? { cudaVisibleDevices: env.TANREN_GPU_DEVICES, gpuFreeGiB: () => gpuFreeMemoryGiB(env.TANREN_GPU_DEVICES), gpuSlots: slots } : {}),
+      inputCache,
       killGraceMs: env.TANREN_KILL_GRACE_MS,
       stageEnvNames: listSetting(env.TANREN_STAGE_ENV),
       judgeBaseUrls: listSetting(env.TANREN_JUDGE_BASE_URLS),
@@ -129,21 +139,23 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
   const connection = await connectWorker(env);
   const workers: Worker[] = [];
   try {
-    workers.push(
-      await Worker.create({
-        connection,
-        namespace: env.TEMPORAL_NAMESPACE,
-        taskQueue,
-        activities,
-        // One GPU, one stage: the GPU worker never runs two activities at once.
-        maxConcurrentActivityTaskExecutions: queue === 'gpu' ? 1 : env.TANREN_CPU_CONCURRENCY,
-        // Live progress travels in heartbeats (no history events): send them this often at most.
-        maxHeartbeatThrottleInterval: Math.max(env.TANREN_PROGRESS_INTERVAL_MS, 100),
-        defaultHeartbeatThrottleInterval: Math.max(env.TANREN_PROGRESS_INTERVAL_MS, 100),
-        shutdownGraceTime: `${Math.ceil(env.TANREN_KILL_GRACE_MS / 1000) + 5}s`,
-        identity: `tanren-${queue}@${os.hostname()}:${process.pid}`,
-      }),
-    );
+    for (const q of queues) {
+      workers.push(
+        await Worker.create({
+          connection,
+          namespace: env.TEMPORAL_NAMESPACE,
+          taskQueue: q,
+          activities,
+          // One stage per GPU: a GPU worker takes no more tasks than it has slots (the slots then decide who runs).
+          maxConcurrentActivityTaskExecutions: slots ? slots.size : env.TANREN_CPU_CONCURRENCY,
+          // Live progress travels in heartbeats (no history events): send them this often at most.
+          maxHeartbeatThrottleInterval: Math.max(env.TANREN_PROGRESS_INTERVAL_MS, 100),
+          defaultHeartbeatThrottleInterval: Math.max(env.TANREN_PROGRESS_INTERVAL_MS, 100),
+          shutdownGraceTime: `${Math.ceil(env.TANREN_KILL_GRACE_MS / 1000) + 5}s`,
+          identity: `tanren-${queue}@${queue === 'gpu' ? gpuHostName(env) : os.hostname()}:${process.pid}`,
+        }),
+      );
+    }
     if (opts.serveWorkflows ?? queue === 'cpu') {
       workers.push(
         await Worker.create({
@@ -156,7 +168,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       );
     }
     const running = Promise.all(workers.map((w) => w.run()));
-    logger.info({ queue, taskQueue, workflows: workers.length > 1, device }, 'worker running');
+    logger.info({ queue, taskQueues: queues, workflows: opts.serveWorkflows ?? queue === 'cpu', device, ...(slots ? { gpuSlots: slots.devices } : {}) }, 'worker running');
     opts.onRunning?.();
     if (opts.stopWhen) {
       void opts.stopWhen.then(() => workers.forEach((w) => w.getState() === 'RUNNING' && w.shutdown()));

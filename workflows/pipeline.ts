@@ -31,6 +31,7 @@ import {
   NON_RETRYABLE_FAILURE_TYPES,
   SEARCH_ATTRIBUTES,
   DEFAULT_CPU_TASK_QUEUE,
+  gpuHostQueue,
 } from '../schemas/names.js';
 import { PipelineRunInputSchema, type PipelineRunInput, type PipelineSpec, type RunOptions, type StageSpec } from '../schemas/pipeline.js';
 import { isStageKind, STAGE_KINDS, stageKindInfo } from '../schemas/stage-kinds.js';
@@ -358,7 +359,8 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
     // One proxy per activity id: the stage's own, or each trial-rung's of a sweep.
     const activitiesFor = (activityId: string) => proxyActivities<Activities>({
       activityId,
-      taskQueue: queueName(queue),
+      // A stage pinned to a host skips the pool: that host's own queue.
+      taskQueue: queue === 'gpu' && stage.host ? gpuHostQueue(stage.host) : queueName(queue),
       summary: `${activityId} · ${kindOf(stage)} · ${queue}`,
       startToCloseTimeout: ms(stage.timeout ?? defaults.timeout, DEFAULT_TIMEOUT_MS),
       heartbeatTimeout: ms(stage.heartbeatTimeout ?? defaults.heartbeatTimeout, DEFAULT_HEARTBEAT_MS),

@@ -77,6 +77,33 @@ export async function buildReport(inputs: ReportInputs): Promise<BuiltReport> {
 
 // ---------------------------------------------------------------- HTML
 
+/** The report's stylesheet (also used by `tanren compare`'s page). */
+export const REPORT_CSS = `:root { color-scheme: light; }
+body { font-family: system-ui, -apple-system, "Segoe UI", "Noto Sans CJK JP", "Noto Sans", sans-serif; margin: 0 auto; max-width: 1080px; padding: 24px; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; margin: 0 0 4px; }
+h2 { font-size: 1.25em; border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 32px; }
+h3 { font-size: 1.05em; margin: 20px 0 8px; }
+.meta { color: #666; font-size: 0.9em; }
+.cards { display: flex; gap: 12px; flex-wrap: wrap; margin: 18px 0; }
+.card { border: 1px solid #ddd; border-radius: 6px; padding: 10px 14px; min-width: 200px; flex: 1; }
+.card .label { color: #666; font-size: 0.85em; }
+.card .value { font-size: 1.6em; font-weight: 600; }
+.card .why { color: #666; font-size: 0.8em; }
+.missing { color: #b22; }
+.note { padding: 8px 12px; border-radius: 4px; background: #f3f6fa; border-left: 4px solid #7a9cc6; }
+.note.warn { background: #fff6f0; border-left-color: #d62728; }
+figure { margin: 12px 0; overflow-x: auto; }
+figure svg { max-width: 100%; height: auto; }
+figcaption, .small, .file { color: #666; font-size: 0.85em; }
+table { border-collapse: collapse; margin: 8px 0; font-size: 0.92em; }
+th, td { border: 1px solid #ddd; padding: 4px 10px; text-align: left; }
+td:first-child { white-space: nowrap; }
+td:not(:first-child) { font-variant-numeric: tabular-nums; }
+th { background: #f5f5f5; }
+.tag { background: #d62728; color: white; border-radius: 3px; padding: 0 5px; font-size: 0.8em; }
+code { background: #f3f3f3; padding: 0 3px; border-radius: 3px; }
+`;
+
 /** Escapes text for HTML element content and attribute values. */
 export function escapeHtml(s: string): string {
   return s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
@@ -368,31 +395,7 @@ ${table(['model', 'MT-Bench', 'llm-jp-eval', 'note', 'source', 'date'], refRows,
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>${e(inputs.title)}</title>
 <style>
-:root { color-scheme: light; }
-body { font-family: system-ui, -apple-system, "Segoe UI", "Noto Sans CJK JP", "Noto Sans", sans-serif; margin: 0 auto; max-width: 1080px; padding: 24px; color: #222; line-height: 1.45; }
-h1 { font-size: 1.6em; margin: 0 0 4px; }
-h2 { font-size: 1.25em; border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 32px; }
-h3 { font-size: 1.05em; margin: 20px 0 8px; }
-.meta { color: #666; font-size: 0.9em; }
-.cards { display: flex; gap: 12px; flex-wrap: wrap; margin: 18px 0; }
-.card { border: 1px solid #ddd; border-radius: 6px; padding: 10px 14px; min-width: 200px; flex: 1; }
-.card .label { color: #666; font-size: 0.85em; }
-.card .value { font-size: 1.6em; font-weight: 600; }
-.card .why { color: #666; font-size: 0.8em; }
-.missing { color: #b22; }
-.note { padding: 8px 12px; border-radius: 4px; background: #f3f6fa; border-left: 4px solid #7a9cc6; }
-.note.warn { background: #fff6f0; border-left-color: #d62728; }
-figure { margin: 12px 0; overflow-x: auto; }
-figure svg { max-width: 100%; height: auto; }
-figcaption, .small, .file { color: #666; font-size: 0.85em; }
-table { border-collapse: collapse; margin: 8px 0; font-size: 0.92em; }
-th, td { border: 1px solid #ddd; padding: 4px 10px; text-align: left; }
-td:first-child { white-space: nowrap; }
-td:not(:first-child) { font-variant-numeric: tabular-nums; }
-th { background: #f5f5f5; }
-.tag { background: #d62728; color: white; border-radius: 3px; padding: 0 5px; font-size: 0.8em; }
-code { background: #f3f3f3; padding: 0 3px; border-radius: 3px; }
-.judge-note { margin-top: 6px; padding: 4px 8px; background: #fff6f0; border-left: 4px solid #d62728; font-size: 0.85em; }
+${REPORT_CSS}.judge-note { margin-top: 6px; padding: 4px 8px; background: #fff6f0; border-left: 4px solid #d62728; font-size: 0.85em; }
 a.src { word-break: break-all; font-size: 0.85em; }
 table.samples td { vertical-align: top; }
 table.samples td:first-child { white-space: normal; }

@@ -10,11 +10,11 @@ import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { execa } from 'execa';
 import { z } from 'zod';
-import { attemptToken, manifestFiles, outputKeys } from '../../activities/object-keys.js';
+import { attemptToken, outputKeys } from '../../activities/object-keys.js';
 import { describeFiles, keys } from '../../activities/storage.js';
-import type { OutputManifest } from '../../activities/types.js';
 import { action, CliError, client, env, parseOptions } from '../common.js';
 import { ExitCodes } from '../output.js';
+import { downloadReportInputs } from '../run-outputs.js';
 import { fetchRun } from '../run-status.js';
 import { cliStore, manifestFinder, runStages } from '../storage.js';
 
@@ -23,9 +23,6 @@ const Options = z.object({
   referenceScores: z.string().default('data/reference-scores.csv'),
   json: z.boolean().default(false),
 });
-
-/** Files the report reads (outputs/<dataset>.jsonl: llm-jp-eval's per-sample lines); model weights and datasets stay in storage. */
-const REPORT_INPUT = /(^|\/)(scores\.json|metrics\.jsonl|answers\.jsonl|judgments\.jsonl|stats\.json|report\.json|outputs\/[^/]+\.jsonl)$/;
 
 const REPORT_MAIN = fileURLToPath(new URL('../../activities/report/main.js', import.meta.url));
 
@@ -49,16 +46,7 @@ export function configureReportCommand(program: Command): void {
         const work = await mkdtemp(path.join(os.tmpdir(), 'tanren-report-'));
         try {
           const inputs = path.join(work, 'inputs');
-          let used = 0;
-          for (const stage of known.stages) {
-            const found = await find(stage);
-            if (!found) continue;
-            const manifest: OutputManifest = found.manifest;
-            for (const f of manifestFiles(manifest).filter((x) => REPORT_INPUT.test(x.path))) {
-              await store.getFile(f.key, path.join(inputs, stage, f.path));
-              used++;
-            }
-          }
+          const { files: used } = await downloadReportInputs(store, find, known.stages, inputs);
           if (!used) throw new CliError(`run ${run} has no evaluation or training outputs to report on yet`, ExitCodes.notFound);
           const view = await fetchRun(c, run).catch(() => undefined);
           const timeline = (view?.status?.stages ?? [])

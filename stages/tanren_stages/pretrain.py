@@ -196,6 +196,13 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, state: d
 
 def main(ctx: StageContext) -> None:
     import torch
+    # Launched by torchrun for `gpus: N` (N > 1): data-parallel training is not implemented yet; say so
+    # (StageConfigError, not retried) instead of N processes each training the whole model alone.
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise StageConfigError(
+            f"stage {ctx.stage_id!r}: gpus: {os.environ['WORLD_SIZE']} asks for data-parallel pretraining, which this kind does not "
+            "implement yet; use gpus: 1, or a `run:` stage with your own launcher (it gets every GPU in CUDA_VISIBLE_DEVICES)"
+        )
 
     p = ctx.params
     p.reject_unknown(KNOWN)

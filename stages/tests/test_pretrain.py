@@ -124,3 +124,10 @@ def test_stop_at_step_pauses_on_the_full_schedule_and_resumes_exactly(tmp_path, 
     same = ok(run_stage("pretrain", tmp_path / "same", {**params, "stop_at_step": 6}, {"tokenize": tokenized.output},
                         resume_from=rung.checkpoints / "step-000006"))
     assert same.metrics("loss") == {6: rung.metrics("loss")[6]}
+
+
+def test_world_size_above_one_is_a_config_error(tmp_path):
+    # torchrun (a stage with gpus: 2) sets WORLD_SIZE; data-parallel pretraining is not implemented yet.
+    run = run_stage("pretrain", tmp_path / "ddp", {**TINY_MODEL, "max_steps": 1}, extra_env={"WORLD_SIZE": "2", "RANK": "0"})
+    assert run.rc == 3 and run.of("error")[-1]["type"] == "StageConfigError"
+    assert "gpus: 2" in run.of("error")[-1]["message"]
