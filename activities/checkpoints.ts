@@ -125,6 +125,13 @@ export interface CheckpointUploaderOptions {
    * training keeps the CPU. @default true
    */
   uploadProcess?: boolean;
+  /**
+   * Checkpoints smaller than this (all files together) go up in this process
+   * even with `uploadProcess`: starting the upload process costs about as
+   * much CPU as sending ~100 MiB here, and it would only make small
+   * checkpoints lag behind training. @default 64 MiB
+   */
+  processThreshold?: number;
   /** Aborting it kills a running upload process; queued checkpoints then fail at once. */
   signal?: AbortSignal;
   /** Called with the upload process's resource use after each checkpoint it sent (benchmarks). */
@@ -176,16 +183,16 @@ function stepOf(ev: CheckpointEvent, cpPath: string): number {
  * (manifest first). Failed object-store calls are retried with backoff; a
  * checkpoint that still fails gets no manifest (its uploaded files are removed
  * on a best-effort basis) and makes {@link CheckpointUploader.flush} reject.
- * With `s3`, each checkpoint's files are read, hashed and sent by a separate
- * low-priority process (`uploadProcess`); manifests, retention and cleanup
- * stay here.
+ * With `s3`, the files of each checkpoint of at least `processThreshold`
+ * bytes are read, hashed and sent by a separate low-priority process
+ * (`uploadProcess`); manifests, retention and cleanup stay here.
  */
 export function createCheckpointUploader(opts: CheckpointUploaderOptions): CheckpointUploader {
   const { storage, runId, stage, checkpointsDir, log } = opts;
   const keep = Math.max(1, Math.floor(opts.keep));
   const threshold = opts.multipartThreshold ?? 16 * MiB;
   const inChild = !!opts.s3 && !opts.multipartClient && opts.uploadProcess !== false;
-  const mp: MultipartClient | undefined = inChild ? undefined : (opts.multipartClient ?? (opts.s3 ? createMultipartClient(opts.s3) : undefined));
+  const mp: MultipartClient | undefined = opts.multipartClient ?? (opts.s3 ? createMultipartClient(opts.s3) : undefined);
   const onRetry = (what: string, attempt: number, err: unknown) =>
     log?.warn(`checkpoint upload: retrying ${what}`, { attempt, error: (err as Error)?.message ?? String(err) });
   const retry = { ...opts.retry, onRetry };
@@ -212,7 +219,9 @@ export function createCheckpointUploader(opts: CheckpointUploaderOptions): Check
       }
       const files: ManifestEntry[] = [];
       const rels = await listFiles(dir);
-      if (inChild) {
+      const sizes = await Promise.all(rels.map(async (rel) => (await stat(path.join(dir, rel))).size));
+      const viaChild = inChild && sizes.reduce((a, b) => a + b, 0) >= (opts.processThreshold ?? 64 * MiB);
+      if (viaChild) {
         uploaded.push(...rels.map((rel) => prefix + rel));
         const { files: sent, stats } = await runUploadProcess(
           {
@@ -229,7 +238,7 @@ export function createCheckpointUploader(opts: CheckpointUploaderOptions): Check
         uploaderCpuSeconds = stats.cpuSeconds;
         opts.onUploadStats?.({ ...stats, path: cpPath });
       }
-      for (const rel of inChild ? [] : rels) {
+      for (const rel of viaChild ? [] : rels) {
         const full = path.join(dir, rel);
         const key = prefix + rel;
         const size = (await stat(full)).size;

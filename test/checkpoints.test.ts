@@ -322,7 +322,7 @@ describe('checkpoints', () => {
     for (const uploadProcess of [true, false]) {
       const stage = uploadProcess ? 'child' : 'inline';
       const up = createCheckpointUploader({
-        storage, runId, stage, checkpointsDir: dir, keep: 1, s3, uploadProcess, retry: FAST_RETRY,
+        storage, runId, stage, checkpointsDir: dir, keep: 1, s3, uploadProcess, processThreshold: 0, retry: FAST_RETRY,
         multipartThreshold: 5 * 1024 * 1024, multipart: { partSize: 5 * 1024 * 1024 },
         onUploadStats: (s) => stats.push(s),
       });
@@ -331,6 +331,12 @@ describe('checkpoints', () => {
       manifests.push(JSON.parse(await storage.getText(up.latest()!.key)) as CheckpointManifest);
     }
     assert.equal(stats.length, 1, 'stats come from the upload process only');
+    // Below the threshold (default 64 MiB) the same checkpoint goes up in this process: no upload process.
+    const small = createCheckpointUploader({ storage, runId, stage: 'small', checkpointsDir: dir, keep: 1, s3, retry: FAST_RETRY, onUploadStats: (s) => stats.push(s) });
+    small.announce({ path: 'step-000001', step: 1 });
+    await small.flush();
+    assert.equal(stats.length, 1, 'a small checkpoint starts no upload process');
+    assert.deepEqual((JSON.parse(await storage.getText(small.latest()!.key)) as CheckpointManifest).files, manifests[0]!.files);
     assert.ok(stats[0]!.cpuSeconds > 0 && stats[0]!.bytes > 12 * 1024 * 1024, JSON.stringify(stats));
     const strip = (m: CheckpointManifest) => m.files;
     assert.deepEqual(strip(manifests[0]!), strip(manifests[1]!));
@@ -379,7 +385,7 @@ describe('checkpoints', () => {
     }
     const ac = new AbortController();
     const up = createCheckpointUploader({
-      storage, runId, stage: 'train', checkpointsDir: dir, keep: 2, s3, retry: FAST_RETRY, signal: ac.signal,
+      storage, runId, stage: 'train', checkpointsDir: dir, keep: 2, s3, processThreshold: 0, retry: FAST_RETRY, signal: ac.signal,
       multipart: { partSize: 5 * 1024 * 1024, concurrency: 1 },
     });
     up.announce({ path: 'step-000001', step: 1 });
