@@ -15,6 +15,7 @@
  */
 import { mkdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { defaultUploadTuning, runUploadProcess, type UploadProcessStats } from './checkpoint-upload.js';
 import { createMultipartClient, withRetry, type MultipartClient, type MultipartOptions, type RetryOptions } from './multipart.js';
 import { listFiles, sha256File, type ObjectStore, type ObjectStoreConfig } from './storage.js';
 import type { ManifestEntry } from './types.js';
@@ -114,10 +115,27 @@ export interface CheckpointUploaderOptions {
   s3?: ObjectStoreConfig;
   /** Files of at least this many bytes use multipart (when `s3` is given). @default 16 MiB */
   multipartThreshold?: number;
-  /** Part size and parallelism of multipart uploads. @default 32 MiB parts, 4 at a time */
+  /** Part size and parallelism of multipart uploads. @default 32 MiB parts, 1–4 at a time by CPU count */
   multipart?: Pick<MultipartOptions, 'partSize' | 'concurrency'>;
-  /** Replaces the multipart client made from `s3` (tests inject faults with it). */
+  /** Replaces the multipart client made from `s3` (tests inject faults with it); files then go up in this process. */
   multipartClient?: MultipartClient;
+  /**
+   * With `s3`: read, hash and send the files in a separate low-priority
+   * process (activities/checkpoint-upload.ts) instead of this one, so that
+   * training keeps the CPU. @default true
+   */
+  uploadProcess?: boolean;
+  /**
+   * Checkpoints smaller than this (all files together) go up in this process
+   * even with `uploadProcess`: starting the upload process costs about as
+   * much CPU as sending ~100 MiB here, and it would only make small
+   * checkpoints lag behind training. @default 64 MiB
+   */
+  processThreshold?: number;
+  /** Aborting it kills a running upload process; queued checkpoints then fail at once. */
+  signal?: AbortSignal;
+  /** Called with the upload process's resource use after each checkpoint it sent (benchmarks). */
+  onUploadStats?: (stats: UploadProcessStats & { path: string }) => void;
   /** Backoff of failed object-store calls. @default 8 tries, 0.5 s doubling to 10 s (~45 s in all) */
   retry?: RetryOptions;
 }
@@ -165,11 +183,15 @@ function stepOf(ev: CheckpointEvent, cpPath: string): number {
  * (manifest first). Failed object-store calls are retried with backoff; a
  * checkpoint that still fails gets no manifest (its uploaded files are removed
  * on a best-effort basis) and makes {@link CheckpointUploader.flush} reject.
+ * With `s3`, the files of each checkpoint of at least `processThreshold`
+ * bytes are read, hashed and sent by a separate low-priority process
+ * (`uploadProcess`); manifests, retention and cleanup stay here.
  */
 export function createCheckpointUploader(opts: CheckpointUploaderOptions): CheckpointUploader {
   const { storage, runId, stage, checkpointsDir, log } = opts;
   const keep = Math.max(1, Math.floor(opts.keep));
   const threshold = opts.multipartThreshold ?? 16 * MiB;
+  const inChild = !!opts.s3 && !opts.multipartClient && opts.uploadProcess !== false;
   const mp: MultipartClient | undefined = opts.multipartClient ?? (opts.s3 ? createMultipartClient(opts.s3) : undefined);
   const onRetry = (what: string, attempt: number, err: unknown) =>
     log?.warn(`checkpoint upload: retrying ${what}`, { attempt, error: (err as Error)?.message ?? String(err) });
@@ -188,6 +210,7 @@ export function createCheckpointUploader(opts: CheckpointUploaderOptions): Check
     const prefix = checkpointKeys.files(runId, stage, cpPath);
     const started = Date.now();
     const uploaded: string[] = [];
+    let uploaderCpuSeconds: number | undefined;
     try {
       // The same path announced again (a resumed attempt re-saving a step):
       // its old manifest must not describe files that are being replaced.
@@ -195,7 +218,27 @@ export function createCheckpointUploader(opts: CheckpointUploaderOptions): Check
         await withRetry(`removing ${manifestKey}`, () => storage.remove([manifestKey]), retry);
       }
       const files: ManifestEntry[] = [];
-      for (const rel of await listFiles(dir)) {
+      const rels = await listFiles(dir);
+      const sizes = await Promise.all(rels.map(async (rel) => (await stat(path.join(dir, rel))).size));
+      const viaChild = inChild && sizes.reduce((a, b) => a + b, 0) >= (opts.processThreshold ?? 64 * MiB);
+      if (viaChild) {
+        uploaded.push(...rels.map((rel) => prefix + rel));
+        const { files: sent, stats } = await runUploadProcess(
+          {
+            s3: opts.s3!,
+            files: rels.map((rel) => ({ key: prefix + rel, file: path.join(dir, rel) })),
+            multipartThreshold: threshold,
+            partSize: opts.multipart?.partSize ?? defaultUploadTuning().partSize,
+            concurrency: opts.multipart?.concurrency ?? defaultUploadTuning().concurrency,
+            retry: opts.retry,
+          },
+          { signal: opts.signal, onRetry: (what, attempt, error) => log?.warn(`checkpoint upload: retrying ${what}`, { attempt, error }) },
+        );
+        sent.forEach((f, i) => files.push({ path: rels[i]!, size: f.size, sha256: f.sha256 }));
+        uploaderCpuSeconds = stats.cpuSeconds;
+        opts.onUploadStats?.({ ...stats, path: cpPath });
+      }
+      for (const rel of viaChild ? [] : rels) {
         const full = path.join(dir, rel);
         const key = prefix + rel;
         const size = (await stat(full)).size;
@@ -218,7 +261,7 @@ export function createCheckpointUploader(opts: CheckpointUploaderOptions): Check
       const ref: CheckpointRef = { key: manifestKey, path: cpPath, step };
       publishedRefs.push(ref);
       const bytes = files.reduce((n, f) => n + f.size, 0);
-      log?.info('checkpoint uploaded', { path: cpPath, step, files: files.length, bytes, seconds: (Date.now() - started) / 1000 });
+      log?.info('checkpoint uploaded', { path: cpPath, step, files: files.length, bytes, seconds: (Date.now() - started) / 1000, uploaderCpuSeconds });
     } catch (err) {
       // Never leave a manifest for a failed checkpoint (a manifest put whose reply was lost may
       // have landed), and free what was sent. Best effort: storage may still be down.

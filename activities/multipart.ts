@@ -13,6 +13,7 @@ import { createWriteStream } from 'node:fs';
 import { mkdir, open, readFile } from 'node:fs/promises';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import os from 'node:os';
 import path from 'node:path';
 import * as Minio from 'minio';
 import { minioClientOptions, type ObjectStoreConfig } from './storage.js';
@@ -31,7 +32,7 @@ export interface RetryOptions {
 export interface MultipartOptions {
   /** Bytes per part (S3 allows 5 MiB – 5 GiB). @default 32 MiB */
   partSize?: number;
-  /** Parts in flight at once, per file. @default 4 */
+  /** Parts in flight at once, per file. @default {@link defaultPartConcurrency} (1–4 by CPU count) */
   concurrency?: number;
   retry?: RetryOptions;
   /** Called before each retry, for logging. */
@@ -46,8 +47,18 @@ export interface UploadedFile {
 }
 
 const MiB = 1024 * 1024;
+const HASH_SLICE = 4 * MiB;
 /** Default part size: large enough for few requests, small enough to keep 4 in memory. */
 export const DEFAULT_PART_SIZE = 32 * MiB;
+
+/**
+ * Parts in flight per file by default for this host: one per CPU, 1 to 4.
+ * On a 2-core host 2 parts keep the link busy without the upload's HTTP and
+ * hashing competing with training for both cores at once.
+ */
+export function defaultPartConcurrency(cpus: number = os.availableParallelism()): number {
+  return Math.min(4, Math.max(1, Math.floor(cpus)));
+}
 
 /** S3/MinIO error codes and local errors that no retry will fix. */
 const PERMANENT_CODES = new Set([
@@ -153,10 +164,19 @@ export interface MultipartClient {
  */
 export function createMultipartClient(config: ObjectStoreConfig, client: Minio.Client = createMinioClient(config)): MultipartClient {
   const bucket = config.bucket;
+  // Part buffers are reused across parts and files (at most `concurrency` per part size are
+  // live): a fresh 32 MiB buffer per part costs an mmap and ~8 k page faults each time.
+  const pool = new Map<number, Buffer[]>();
+  const takeBuffer = (size: number) => pool.get(size)?.pop() ?? Buffer.allocUnsafeSlow(size);
+  const giveBuffer = (buf: Buffer, limit: number) => {
+    const free = pool.get(buf.length) ?? [];
+    pool.set(buf.length, free);
+    if (free.length < limit) free.push(buf);
+  };
 
   async function uploadOnce(key: string, file: string, opts: MultipartOptions): Promise<UploadedFile> {
     const partSize = opts.partSize ?? DEFAULT_PART_SIZE;
-    const concurrency = Math.max(1, opts.concurrency ?? 4);
+    const concurrency = Math.max(1, opts.concurrency ?? defaultPartConcurrency());
     const retry = { ...opts.retry, onRetry: opts.onRetry };
     const fh = await open(file, 'r');
     try {
@@ -173,15 +193,20 @@ export function createMultipartClient(config: ObjectStoreConfig, client: Minio.C
         for (let offset = 0; offset < size; offset += partSize) {
           if (failure) break;
           const length = Math.min(partSize, size - offset);
-          const buf = Buffer.allocUnsafe(length);
+          const whole = takeBuffer(partSize);
+          const buf = length === partSize ? whole : whole.subarray(0, length);
           let got = 0;
           while (got < length) {
             const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
             if (bytesRead === 0) throw new Error(`${file} shrank while it was uploaded (expected ${size} bytes)`);
             got += bytesRead;
           }
-          // Parts are read in order, so the whole-file digest costs no second read.
-          hash.update(buf);
+          // Parts are read in order, so the whole-file digest costs no second read. Hashed in
+          // slices with a turn of the event loop between them, so other parts' sockets keep moving.
+          for (let at = 0; at < length; at += HASH_SLICE) {
+            hash.update(buf.subarray(at, Math.min(length, at + HASH_SLICE)));
+            if (at + HASH_SLICE < length) await new Promise<void>((r) => setImmediate(r));
+          }
           const n = ++partNumber;
           const task = withRetry(
             `uploading part ${n} of ${key}`,
@@ -194,7 +219,7 @@ export function createMultipartClient(config: ObjectStoreConfig, client: Minio.C
             (err) => {
               failure ??= err;
             },
-          );
+          ).finally(() => giveBuffer(whole, concurrency));
           const tracked: Promise<void> = task.finally(() => inflight.delete(tracked));
           inflight.add(tracked);
           if (inflight.size >= concurrency) await Promise.race(inflight);

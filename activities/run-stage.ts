@@ -346,6 +346,7 @@ export function createRunStage(deps: StageRunnerDeps) {
       checkpointsDir: dirs.checkpoints,
       keep: stage.checkpoint?.keep ?? 2,
       s3: deps.s3,
+      signal: ctx.cancellationSignal,
       log: {
         info: (m, a) => {
           log.info(m, { stage: stage.id, ...a });

@@ -1,8 +1,9 @@
 /** Checkpoint upload, retention, verified restore and multipart transfers, against the real local MinIO. */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -16,7 +17,8 @@ import {
   restoreLatestCheckpoint,
   type CheckpointManifest,
 } from '../activities/checkpoints.js';
-import { createMinioClient, createMultipartClient } from '../activities/multipart.js';
+import { runUploadProcess, UPLOAD_MAIN, type UploadJob } from '../activities/checkpoint-upload.js';
+import { createMinioClient, createMultipartClient, defaultPartConcurrency } from '../activities/multipart.js';
 import { createObjectStore, sha256File, type ObjectStore, type ObjectStoreConfig } from '../activities/storage.js';
 import { s3Credentials } from '../worker/config.js';
 import { servicesEnv, unique } from './helpers/env.js';
@@ -292,5 +294,140 @@ describe('checkpoints', () => {
     assert.deepEqual(await storage.list(checkpointKeys.checkpoint(runId, 'train', 'step-000002')), [], 'partial files removed');
     assert.deepEqual((await listCheckpoints(storage, runId, 'train')).map((r) => r.step), [3, 1]);
     assert.deepEqual(up.published().map((r) => r.step), [1, 3]);
+  });
+  /** Resolves once a multipart upload of `key` has been initiated (MinIO lists them by exact key only). */
+  async function multipartStarted(key: string): Promise<void> {
+    const client = createMinioClient(s3);
+    for (let i = 0; i < 1200; i++) {
+      const n = await new Promise<number>((resolve, reject) => {
+        let found = 0;
+        const st = client.listIncompleteUploads(s3.bucket, key, true);
+        st.on('data', () => found++);
+        st.on('end', () => resolve(found));
+        st.on('error', reject);
+      });
+      if (n > 0) return;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    assert.fail(`no multipart upload of ${key} began within 30 s`);
+  }
+
+  it('uploads in a separate process at nice 19 in its own deprioritised autogroup, with the same manifest as in-process', async () => {
+    const runId = newRun();
+    const dir = path.join(tmp, runId);
+    await writeCheckpoint(dir, 'step-000001', 'child');
+    await writeFile(path.join(dir, 'step-000001', 'model', 'big.safetensors'), randomBytes(12 * 1024 * 1024));
+    const stats: Array<{ cpuSeconds: number; bytes: number }> = [];
+    const manifests: CheckpointManifest[] = [];
+    for (const uploadProcess of [true, false]) {
+      const stage = uploadProcess ? 'child' : 'inline';
+      const up = createCheckpointUploader({
+        storage, runId, stage, checkpointsDir: dir, keep: 1, s3, uploadProcess, processThreshold: 0, retry: FAST_RETRY,
+        multipartThreshold: 5 * 1024 * 1024, multipart: { partSize: 5 * 1024 * 1024 },
+        onUploadStats: (s) => stats.push(s),
+      });
+      up.announce({ path: 'step-000001', step: 1 });
+      await up.flush();
+      manifests.push(JSON.parse(await storage.getText(up.latest()!.key)) as CheckpointManifest);
+    }
+    assert.equal(stats.length, 1, 'stats come from the upload process only');
+    // Below the threshold (default 64 MiB) the same checkpoint goes up in this process: no upload process.
+    const small = createCheckpointUploader({ storage, runId, stage: 'small', checkpointsDir: dir, keep: 1, s3, retry: FAST_RETRY, onUploadStats: (s) => stats.push(s) });
+    small.announce({ path: 'step-000001', step: 1 });
+    await small.flush();
+    assert.equal(stats.length, 1, 'a small checkpoint starts no upload process');
+    assert.deepEqual((JSON.parse(await storage.getText(small.latest()!.key)) as CheckpointManifest).files, manifests[0]!.files);
+    assert.ok(stats[0]!.cpuSeconds > 0 && stats[0]!.bytes > 12 * 1024 * 1024, JSON.stringify(stats));
+    const strip = (m: CheckpointManifest) => m.files;
+    assert.deepEqual(strip(manifests[0]!), strip(manifests[1]!));
+    assert.deepEqual(manifests[0]!.files.map((f) => f.path), ['model/big.safetensors', 'model/weights.bin', 'optimizer.bin', 'rng.json']);
+    const etag = (await createMinioClient(s3).statObject(s3.bucket, `${manifests[0]!.prefix}model/big.safetensors`)).etag;
+    assert.match(etag, /-3$/, 'multipart from the child');
+    assert.ok(defaultPartConcurrency(2) <= 2 && defaultPartConcurrency(1) === 1 && defaultPartConcurrency(64) === 4);
+
+    // Priority of the child, read from /proc while it runs.
+    let seen: { nice: number; autogroup: string; sid: number } | undefined;
+    const big = path.join(tmp, `${runId}-prio.bin`);
+    await writeFile(big, randomBytes(24 * 1024 * 1024));
+    await runUploadProcess(
+      { s3, files: [{ key: `runs/${runId}/prio.bin`, file: big }], multipartThreshold: 5 * 1024 * 1024, partSize: 5 * 1024 * 1024, concurrency: 1 },
+      {
+        onSpawn: (pid) => {
+          // Give nice/ionice time to exec node and node time to set its autogroup.
+          const probe = setInterval(() => {
+            try {
+              const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+              const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+              const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+              const autogroup = readFileSync(`/proc/${pid}/autogroup`, 'utf8').trim();
+              if (cmd.includes('checkpoint-upload-main') && autogroup.endsWith('nice 19')) {
+                seen = { nice: Number(f[16]), autogroup, sid: Number(f[3]) };
+                clearInterval(probe);
+              }
+            } catch {
+              clearInterval(probe); // exited already
+            }
+          }, 5);
+        },
+      },
+    );
+    assert.ok(seen, 'the child was seen running with autogroup nice 19');
+    assert.equal(seen.nice, 19);
+    assert.notEqual(seen.sid, readFileSync('/proc/self/stat', 'utf8').split(') ')[1]!.split(' ')[3], 'own session');
+  });
+
+  it('cancellation kills the upload process: no manifest, flush rejects at once, queued checkpoints fail too', async () => {
+    const runId = newRun();
+    const dir = path.join(tmp, runId);
+    for (const n of ['step-000001', 'step-000002']) {
+      await writeCheckpoint(dir, n, n);
+      await writeFile(path.join(dir, n, 'model', 'big.safetensors'), randomBytes(48 * 1024 * 1024));
+    }
+    const ac = new AbortController();
+    const up = createCheckpointUploader({
+      storage, runId, stage: 'train', checkpointsDir: dir, keep: 2, s3, processThreshold: 0, retry: FAST_RETRY, signal: ac.signal,
+      multipart: { partSize: 5 * 1024 * 1024, concurrency: 1 },
+    });
+    up.announce({ path: 'step-000001', step: 1 });
+    up.announce({ path: 'step-000002', step: 2 });
+    // Cancel once the upload is under way.
+    await multipartStarted(`${checkpointKeys.files(runId, 'train', 'step-000001')}model/big.safetensors`);
+    const t0 = Date.now();
+    ac.abort();
+    await assert.rejects(up.flush(), (err: Error) => {
+      assert.ok(err instanceof CheckpointUploadError);
+      assert.deepEqual(err.failures.map((f) => f.path), ['step-000001', 'step-000002']);
+      assert.match(err.message, /cancelled/);
+      return true;
+    });
+    assert.ok(Date.now() - t0 < 5000, `flush returned ${Date.now() - t0} ms after the abort`);
+    assert.equal(up.latest(), undefined);
+    assert.deepEqual(await listCheckpoints(storage, runId, 'train'), []);
+  });
+
+  it('the upload process stops when its stdin closes (the worker died) and reports errors with their code', async () => {
+    const runId = newRun();
+    const file = path.join(tmp, `${runId}.bin`);
+    await writeFile(file, randomBytes(128 * 1024 * 1024));
+    const job: UploadJob = { s3, files: [{ key: `runs/${runId}/orphan.bin`, file }], multipartThreshold: 5 * 1024 * 1024, partSize: 5 * 1024 * 1024, concurrency: 1 };
+    const child = spawn(process.execPath, [UPLOAD_MAIN], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    child.stdin.write(`${JSON.stringify(job)}\n`);
+    await multipartStarted(`runs/${runId}/orphan.bin`);
+    const t0 = Date.now();
+    child.stdin.end();
+    assert.equal(await exited, 2);
+    assert.ok(Date.now() - t0 < 5000, `exited ${Date.now() - t0} ms after its stdin closed`);
+    assert.equal(await storage.stat(`runs/${runId}/orphan.bin`), undefined, 'no completed object');
+
+    // A missing file: the ENOENT code crosses the process boundary (permanent, not retried).
+    await assert.rejects(
+      runUploadProcess({ ...job, files: [{ key: `runs/${runId}/missing.bin`, file: path.join(tmp, 'no-such-file') }] }),
+      (err: Error & { code?: string }) => {
+        assert.equal(err.code, 'ENOENT');
+        assert.match(err.message, /no-such-file/);
+        return true;
+      },
+    );
   });
 });
