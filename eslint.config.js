@@ -38,7 +38,7 @@ const WORKFLOW_BANNED_MODULES = {
 
 export default defineConfig(
   {
-    ignores: ['dist/**', 'node_modules/**', 'stages/**', '.tanren/**', '.tanren-test/**', 'test-artifacts/**'],
+    ignores: ['dist/**', 'node_modules/**', 'stages/**', '.tanren/**', '.tanren-test/**', 'test-artifacts/**', 'test/fixtures/**'],
   },
   js.configs.recommended,
   tseslint.configs.recommendedTypeChecked,

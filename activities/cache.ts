@@ -45,7 +45,8 @@ export type CacheLookup =
   | { hit: false; key: string; reason: string };
 
 /** What {@link lookupCache} finds: a hit also carries the verified manifest (never sent to the workflow: it can be large). */
-export type CacheLookupWithManifest = Extract<CacheLookup, { hit: false }> | (Extract<CacheLookup, { hit: true }> & { manifest: OutputManifest & { cachedFrom?: string } });
+export type CacheLookupWithManifest =
+  Extract<CacheLookup, { hit: false }> | (Extract<CacheLookup, { hit: true }> & { manifest: OutputManifest & { cachedFrom?: string } });
 
 /** Object keys of the cache. */
 export const cacheKeys = {
@@ -67,7 +68,9 @@ function canonical(v: unknown): unknown {
 
 /** sha256 of a value's canonical JSON (sorted keys). */
 export function digestJson(v: unknown): string {
-  return createHash('sha256').update(JSON.stringify(canonical(v))).digest('hex');
+  return createHash('sha256')
+    .update(JSON.stringify(canonical(v)))
+    .digest('hex');
 }
 
 /** Digest of the stage programs: the stages package's lockfile, project file and sources. */
@@ -182,7 +185,7 @@ export async function verifyManifestObjects(storage: ObjectStore, manifest: Outp
   const worker = async () => {
     while (!failed && next < files.length) {
       const i = next++;
-      const f = files[i]!;
+      const f = files[i];
       const key = f.key;
       const digest = await sha256Object(storage, key);
       if (digest === undefined) problems[i] = `object missing: ${key}`;
@@ -216,7 +219,15 @@ export async function lookupCache(
   if (!manifest) return { hit: false, key, reason: `cache hit rejected: manifest missing (${entry.manifestKey})` };
   const problem = await verifyManifestObjects(storage, manifest);
   if (problem) return { hit: false, key, reason: `cache hit rejected: ${problem}` };
-  return { hit: true, key, manifestKey: entry.manifestKey, fromRun: entry.runId, result: manifest.result, manifest, reason: `cache hit: outputs of run ${entry.runId}` };
+  return {
+    hit: true,
+    key,
+    manifestKey: entry.manifestKey,
+    fromRun: entry.runId,
+    result: manifest.result,
+    manifest,
+    reason: `cache hit: outputs of run ${entry.runId}`,
+  };
 }
 
 /** Records a finished stage's outputs under its key (and as the stage's latest entry). */

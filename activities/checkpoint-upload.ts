@@ -162,7 +162,7 @@ export function runUploadProcess(job: UploadJob, opts: UploadProcessOptions = {}
     const prefix = opts.lowPriority === false ? [] : lowPriorityPrefix();
     const argv = [...prefix, process.execPath, UPLOAD_MAIN, ...(opts.lowPriority === false ? ['--normal-priority'] : [])];
     // Own session: a stage's process-group kill does not reach it, and it gets an autogroup of its own to deprioritise.
-    const child = spawn(argv[0]!, argv.slice(1), { detached: true, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ['pipe', 'pipe', 'pipe'] });
     const files: UploadedJobFile[] = [];
     let stats: UploadProcessStats | undefined;
     let failure: Error | undefined;

@@ -68,14 +68,10 @@ export class CheckpointCorruptError extends Error {
 /** One or more announced checkpoints could not be uploaded (after retries). */
 export class CheckpointUploadError extends Error {
   override name = 'CheckpointUploadError' as const;
-  constructor(
-    readonly failures: Array<{ path: string; step?: number; error: unknown }>,
-  ) {
-    super(
-      `${failures.length} checkpoint(s) not uploaded: ` +
-        failures.map((f) => `${f.path}: ${(f.error as Error)?.message ?? String(f.error)}`).join('; '),
-      { cause: failures.at(-1)?.error },
-    );
+  constructor(readonly failures: Array<{ path: string; step?: number; error: unknown }>) {
+    super(`${failures.length} checkpoint(s) not uploaded: ` + failures.map((f) => `${f.path}: ${(f.error as Error)?.message ?? String(f.error)}`).join('; '), {
+      cause: failures.at(-1)?.error,
+    });
   }
 }
 
@@ -234,7 +230,7 @@ export function createCheckpointUploader(opts: CheckpointUploaderOptions): Check
           },
           { signal: opts.signal, onRetry: (what, attempt, error) => log?.warn(`checkpoint upload: retrying ${what}`, { attempt, error }) },
         );
-        sent.forEach((f, i) => files.push({ path: rels[i]!, size: f.size, sha256: f.sha256 }));
+        sent.forEach((f, i) => files.push({ path: rels[i], size: f.size, sha256: f.sha256 }));
         uploaderCpuSeconds = stats.cpuSeconds;
         opts.onUploadStats?.({ ...stats, path: cpPath });
       }
@@ -298,12 +294,11 @@ export function createCheckpointUploader(opts: CheckpointUploaderOptions): Check
   return {
     announce(ev) {
       const copy = { path: ev.path, step: ev.step };
-      chain = chain.then(
-        () =>
-          uploadOne(copy).catch((error: unknown) => {
-            failures.push({ path: String(copy.path), step: copy.step, error });
-            log?.warn('checkpoint not uploaded', { path: copy.path, step: copy.step, error: (error as Error)?.message ?? String(error) });
-          }),
+      chain = chain.then(() =>
+        uploadOne(copy).catch((error: unknown) => {
+          failures.push({ path: String(copy.path), step: copy.step, error });
+          log?.warn('checkpoint not uploaded', { path: copy.path, step: copy.step, error: (error as Error)?.message ?? String(error) });
+        }),
       );
     },
     async flush() {
@@ -396,7 +391,8 @@ export async function downloadCheckpoint(storage: ObjectStore, ref: CheckpointRe
   const one = async (f: ManifestEntry) => {
     const key = manifest.prefix + f.path;
     const dest = path.resolve(root, f.path);
-    if (!dest.startsWith(root + path.sep)) throw new CheckpointCorruptError(`checkpoint manifest ${ref.key}: file path "${f.path}" leaves the checkpoint directory`, ref.key);
+    if (!dest.startsWith(root + path.sep))
+      throw new CheckpointCorruptError(`checkpoint manifest ${ref.key}: file path "${f.path}" leaves the checkpoint directory`, ref.key);
     const remote = await storage.stat(key);
     if (!remote) throw new CheckpointCorruptError(`checkpoint ${ref.path}: object ${key} is missing (manifest says ${f.size} bytes, sha256 ${f.sha256})`, key);
     let digest: string;

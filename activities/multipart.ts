@@ -181,9 +181,11 @@ export function createMultipartClient(config: ObjectStoreConfig, client: Minio.C
     const fh = await open(file, 'r');
     try {
       const size = (await fh.stat()).size;
-      const uploadId = await withRetry(`initiating multipart upload of ${key}`, () =>
-        client.initiateNewMultipartUpload(bucket, key, { 'Content-Type': 'application/octet-stream' }),
-      retry);
+      const uploadId = await withRetry(
+        `initiating multipart upload of ${key}`,
+        () => client.initiateNewMultipartUpload(bucket, key, { 'Content-Type': 'application/octet-stream' }),
+        retry,
+      );
       const hash = createHash('sha256');
       const etags: Array<{ part: number; etag: string }> = [];
       const inflight = new Set<Promise<void>>();
@@ -212,14 +214,16 @@ export function createMultipartClient(config: ObjectStoreConfig, client: Minio.C
             `uploading part ${n} of ${key}`,
             () => client.uploadPart({ bucketName: bucket, objectName: key, uploadID: uploadId, partNumber: n, headers: {} }, buf),
             { ...retry, shouldRetry: (err) => !isNoSuchUpload(err) },
-          ).then(
-            (r) => {
-              etags.push({ part: n, etag: r.etag });
-            },
-            (err) => {
-              failure ??= err;
-            },
-          ).finally(() => giveBuffer(whole, concurrency));
+          )
+            .then(
+              (r) => {
+                etags.push({ part: n, etag: r.etag });
+              },
+              (err) => {
+                failure ??= err;
+              },
+            )
+            .finally(() => giveBuffer(whole, concurrency));
           const tracked: Promise<void> = task.finally(() => inflight.delete(tracked));
           inflight.add(tracked);
           if (inflight.size >= concurrency) await Promise.race(inflight);
@@ -267,24 +271,28 @@ export function createMultipartClient(config: ObjectStoreConfig, client: Minio.C
       await mkdir(path.dirname(file), { recursive: true });
       // One streamed GET per file, hashed on the way through: on a loaded host this measured
       // as fast as parallel ranges, with one pass over the bytes and no part buffers.
-      return withRetry(`downloading ${key}`, async () => {
-        const hash = createHash('sha256');
-        let got = 0;
-        const stream = await client.getObject(bucket, key);
-        await pipeline(
-          stream,
-          new Transform({
-            transform(chunk: Buffer, _enc, cb) {
-              hash.update(chunk);
-              got += chunk.length;
-              cb(null, chunk);
-            },
-          }),
-          createWriteStream(file),
-        );
-        if (got !== size) throw new Error(`short read of ${key}: got ${got} of ${size} bytes`);
-        return hash.digest('hex');
-      }, { ...opts.retry, onRetry: opts.onRetry });
+      return withRetry(
+        `downloading ${key}`,
+        async () => {
+          const hash = createHash('sha256');
+          let got = 0;
+          const stream = await client.getObject(bucket, key);
+          await pipeline(
+            stream,
+            new Transform({
+              transform(chunk: Buffer, _enc, cb) {
+                hash.update(chunk);
+                got += chunk.length;
+                cb(null, chunk);
+              },
+            }),
+            createWriteStream(file),
+          );
+          if (got !== size) throw new Error(`short read of ${key}: got ${got} of ${size} bytes`);
+          return hash.digest('hex');
+        },
+        { ...opts.retry, onRetry: opts.onRetry },
+      );
     },
   };
 }

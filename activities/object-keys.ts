@@ -35,7 +35,9 @@ type ManifestWhere = Pick<OutputManifest, 'runId' | 'stage'> & { prefix?: string
 export function manifestObjectKey(manifest: ManifestWhere, entry: ManifestEntry): string {
   if (entry.key !== undefined) {
     if (typeof entry.key !== 'string' || !entry.key.startsWith('runs/') || entry.key.split('/').some((s) => s === '..' || s === '.')) {
-      throw new Error(`manifest of stage "${manifest.stage}" (run ${manifest.runId}): file "${entry.path}" has key ${JSON.stringify(entry.key)}, not an object key under runs/`);
+      throw new Error(
+        `manifest of stage "${manifest.stage}" (run ${manifest.runId}): file "${entry.path}" has key ${JSON.stringify(entry.key)}, not an object key under runs/`,
+      );
     }
     return entry.key;
   }

@@ -178,7 +178,10 @@ export function createRunStage(deps: StageRunnerDeps) {
     const previous = (ctx.info.heartbeatDetails ?? undefined) as StageHeartbeat | undefined;
     if (!RUN_ID.test(runId)) {
       // The run id names directories that are removed recursively and object keys: it must be plain.
-      throw stageFailure(FailureTypes.InvalidPipelineSpec, `run id ${JSON.stringify(runId.slice(0, 100))}: use letters, digits, ".", "_" and "-" (at most 200, starting with a letter or digit)`);
+      throw stageFailure(
+        FailureTypes.InvalidPipelineSpec,
+        `run id ${JSON.stringify(runId.slice(0, 100))}: use letters, digits, ".", "_" and "-" (at most 200, starting with a letter or digit)`,
+      );
     }
 
     const retryOpts = {
@@ -370,7 +373,7 @@ export function createRunStage(deps: StageRunnerDeps) {
 
     let child;
     try {
-      child = execa(argv[0]!, argv.slice(1), {
+      child = execa(argv[0], argv.slice(1), {
         cwd: config.projectDir,
         // Only the allowlisted part of the worker's environment: never its S3, Temporal or credential variables.
         env: stageEnvironment(config.workerEnv ?? process.env, env, config.stageEnvNames, judgeKeyNames(params)),
@@ -386,7 +389,10 @@ export function createRunStage(deps: StageRunnerDeps) {
     }
     // Listen before any await: output written at once would otherwise be lost.
     const streamsClosed: Array<Promise<void>> = [];
-    for (const [name, stream] of [['stdout', child.stdout], ['stderr', child.stderr]] as const) {
+    for (const [name, stream] of [
+      ['stdout', child.stdout],
+      ['stderr', child.stderr],
+    ] as const) {
       if (!stream) continue;
       const lines = createInterface({ input: stream });
       lines.on('line', (l) => record(name, l));
@@ -627,7 +633,15 @@ export function createRunStage(deps: StageRunnerDeps) {
     if (task.cache) {
       try {
         const { key, parts } = await computeCacheKey(storage, stage, task.inputs, { projectDir: config.projectDir, distDir: DIST_DIR });
-        await recordCache(storage, task.pipeline, { key, parts, manifestKey: keys.manifest(runId, stage.id), manifest, runId, stage: stage.id, createdAt: new Date().toISOString() });
+        await recordCache(storage, task.pipeline, {
+          key,
+          parts,
+          manifestKey: keys.manifest(runId, stage.id),
+          manifest,
+          runId,
+          stage: stage.id,
+          createdAt: new Date().toISOString(),
+        });
       } catch (err) {
         log.warn('cache entry not recorded', { stage: stage.id, error: String(err) });
       }
@@ -680,7 +694,13 @@ export function createRunStage(deps: StageRunnerDeps) {
         Object.assign(first, { attempt, attempts });
         throw err;
       }
-      throw ApplicationFailure.create({ type: err.type ?? undefined, message: err.message, nonRetryable: err.nonRetryable ?? false, details: [{ attempt, attempts }], cause: err.cause });
+      throw ApplicationFailure.create({
+        type: err.type ?? undefined,
+        message: err.message,
+        nonRetryable: err.nonRetryable ?? false,
+        details: [{ attempt, attempts }],
+        cause: err.cause,
+      });
     } finally {
       lease?.release();
     }

@@ -95,5 +95,9 @@ export function boundResult(result: Record<string, unknown>, redact: (t: string)
 
 /** At most {@link MAX_METRICS} finite numeric metrics. */
 export function boundMetrics(metrics: Record<string, number>): Record<string, number> {
-  return Object.fromEntries(Object.entries(metrics).filter(([, v]) => typeof v === 'number').slice(0, MAX_METRICS));
+  return Object.fromEntries(
+    Object.entries(metrics)
+      .filter(([, v]) => typeof v === 'number')
+      .slice(0, MAX_METRICS),
+  );
 }

@@ -75,7 +75,11 @@ export function createObjectStore(config: ObjectStoreConfig): ObjectStore {
       try {
         exists = await client.bucketExists(bucket);
       } catch (err) {
-        if (denied(err)) throw new Error(`these credentials may not use bucket "${bucket}" at ${config.endpoint} (is TANREN_BUCKET the bucket the set-up gave this user?); ${hint}`, { cause: err });
+        if (denied(err))
+          throw new Error(
+            `these credentials may not use bucket "${bucket}" at ${config.endpoint} (is TANREN_BUCKET the bucket the set-up gave this user?); ${hint}`,
+            { cause: err },
+          );
         throw err;
       }
       if (exists) return;
@@ -84,7 +88,8 @@ export function createObjectStore(config: ObjectStoreConfig): ObjectStore {
       } catch (err) {
         // Two workers starting together may both try to create it.
         if (await client.bucketExists(bucket)) return;
-        if (denied(err)) throw new Error(`bucket "${bucket}" does not exist at ${config.endpoint} and these credentials may not create it; ${hint}`, { cause: err });
+        if (denied(err))
+          throw new Error(`bucket "${bucket}" does not exist at ${config.endpoint} and these credentials may not create it; ${hint}`, { cause: err });
         throw err;
       }
     },
@@ -246,7 +251,10 @@ export interface DescribeFilesOptions {
 
 /** Names at most a few paths: `"a", "b", "c" and 4 more`. */
 function namePaths(paths: string[], most = 5): string {
-  const shown = paths.slice(0, most).map((p) => JSON.stringify(p)).join(', ');
+  const shown = paths
+    .slice(0, most)
+    .map((p) => JSON.stringify(p))
+    .join(', ');
   return paths.length > most ? `${shown} and ${paths.length - most} more` : shown;
 }
 
@@ -260,11 +268,12 @@ export function irregularOutputFailure(irregular: DirectoryScan['irregular'], wh
   const parts: string[] = [];
   if (links.length === 1) parts.push(`a symbolic link ${namePaths(links)}`);
   else if (links.length) parts.push(`symbolic links ${namePaths(links)}`);
-  if (special.length === 1) parts.push(`a ${special[0]!.kind} ${namePaths([special[0]!.path])}`);
+  if (special.length === 1) parts.push(`a ${special[0].kind} ${namePaths([special[0].path])}`);
   else if (special.length) parts.push(`special files ${namePaths(special.map((s) => s.path))}`);
   const what = parts.join(' and ');
   const fix = irregular.length === 1 ? 'write the file itself' : 'write the files themselves';
-  const message = where.stage !== undefined ? `stage "${where.stage}" wrote ${what} in its outputs; ${fix}` : `output directory ${where.dir} has ${what}; ${fix}`;
+  const message =
+    where.stage !== undefined ? `stage "${where.stage}" wrote ${what} in its outputs; ${fix}` : `output directory ${where.dir} has ${what}; ${fix}`;
   return stageFailure(FailureTypes.InvalidStageOutput, message, { irregular: irregular.slice(0, 50) });
 }
 

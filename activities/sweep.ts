@@ -40,7 +40,14 @@ export function createPublishSweep(deps: Pick<StageRunnerDeps, 'storage'>) {
     const own = keys.manifest(task.runId, task.stage);
     try {
       await withStorageRetry(() =>
-        deps.storage.putText(own, JSON.stringify({ ...manifest, stage: task.stage, sweptFrom: task.bestTrial, result: { ...result, sweep: { ...task.choice, trials: task.trials } } }, null, 2)),
+        deps.storage.putText(
+          own,
+          JSON.stringify(
+            { ...manifest, stage: task.stage, sweptFrom: task.bestTrial, result: { ...result, sweep: { ...task.choice, trials: task.trials } } },
+            null,
+            2,
+          ),
+        ),
       );
     } catch (err) {
       throw storageFailure(`writing the manifest of stage "${task.stage}"`, err);

@@ -38,7 +38,11 @@ const visible = (s: string) => s.replace(ANSI, '').length;
 /** Renders rows as an aligned table with a header. */
 export function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(visible(h), ...rows.map((r) => visible(r[i] ?? ''))));
-  const line = (cells: string[]) => cells.map((c, i) => c + ' '.repeat(widths[i]! - visible(c))).join('  ').trimEnd();
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => c + ' '.repeat(widths[i] - visible(c)))
+      .join('  ')
+      .trimEnd();
   return [colour.bold(line(header)), ...rows.map(line)].join('\n');
 }
 

@@ -72,6 +72,6 @@ export function findRetryPoint(events: readonly HistoryEvent[], from?: string): 
     throw new RetryPointError('no stage of this run failed, timed out or was cancelled: name the stage to start from with --from <stage>');
   }
   unfinished.sort((a, b) => a.eventId - b.eventId);
-  const stage = unfinished[0]!.stage;
+  const stage = unfinished[0].stage;
   return { stage, workflowTaskFinishEventId: firstScheduled.get(stage)!.finish };
 }

@@ -92,7 +92,7 @@ function mergeTrial(status: RunStatus, p: protos.temporal.api.workflow.v1.IPendi
   const payload = p.heartbeatDetails?.payloads?.[0];
   let beat: (LiveBeat & { attempt?: number }) | undefined;
   try {
-    beat = payload ? (defaultPayloadConverter.fromPayload(payload) as LiveBeat & { attempt?: number }) : undefined;
+    beat = payload ? defaultPayloadConverter.fromPayload<LiveBeat & { attempt?: number }>(payload) : undefined;
   } catch {
     beat = undefined;
   }
@@ -157,7 +157,7 @@ async function closeFailure(client: Client, workflowId: string, runId: string): 
 function metricText(metrics: Record<string, number>): string {
   const pick = ['loss', 'tokens_per_s', 'reward_accuracy', 'average'];
   const parts: string[] = [];
-  for (const k of pick) if (metrics[k] !== undefined) parts.push(`${k}=${Number.isInteger(metrics[k]) ? metrics[k] : metrics[k]!.toPrecision(4)}`);
+  for (const k of pick) if (metrics[k] !== undefined) parts.push(`${k}=${Number.isInteger(metrics[k]) ? metrics[k] : metrics[k].toPrecision(4)}`);
   return parts.join(' ');
 }
 
@@ -187,24 +187,12 @@ export function renderStatus(view: RunView, now = Date.now()): string {
     if (started && !ended && st.step && st.total && st.step < st.total) {
       eta = formatDuration(((now - started) / st.step) * (st.total - st.step));
     }
-    return [
-      st.id,
-      st.kind,
-      st.queue,
-      colourState(st.state),
-      st.attempt ? String(st.attempt) : '',
-      progressText(st),
-      metricText(st.metrics),
-      eta,
-      duration,
-    ];
+    return [st.id, st.kind, st.queue, colourState(st.state), st.attempt ? String(st.attempt) : '', progressText(st), metricText(st.metrics), eta, duration];
   });
   const head = `${view.workflowId}  ${colourState(view.state)}  (${s.pipeline}${s.profile ? `, ${s.profile}` : ''})${failure}`;
   // A first run's "no earlier run" misses are noise; hits, rejections and changes are news.
   const cacheNote = (st: (typeof s.stages)[number]) => (st.cache && !st.cache.endsWith('no earlier run of this stage') ? st.cache : undefined);
-  const reasons = s.stages
-    .filter((st) => st.reason || cacheNote(st))
-    .map((st) => `  ${st.id}: ${[st.reason, cacheNote(st)].filter(Boolean).join(' · ')}`);
+  const reasons = s.stages.filter((st) => st.reason || cacheNote(st)).map((st) => `  ${st.id}: ${[st.reason, cacheNote(st)].filter(Boolean).join(' · ')}`);
   return [
     head,
     table(['STAGE', 'KIND', 'QUEUE', 'STATE', 'ATTEMPT', 'PROGRESS', 'METRICS', 'ETA', 'DURATION'], rows),

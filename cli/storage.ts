@@ -46,10 +46,16 @@ function storageError(e: TanrenEnv, err: unknown): unknown {
     );
   }
   if (code === 'AccessDenied' || code === 'InvalidAccessKeyId' || code === 'SignatureDoesNotMatch') {
-    return new CliError(`object storage refused the credentials (${code}); check TANREN_S3_ACCESS_KEY/TANREN_S3_SECRET_KEY or TANREN_S3_CREDENTIALS_FILE`, ExitCodes.config);
+    return new CliError(
+      `object storage refused the credentials (${code}); check TANREN_S3_ACCESS_KEY/TANREN_S3_SECRET_KEY or TANREN_S3_CREDENTIALS_FILE`,
+      ExitCodes.config,
+    );
   }
   if (code === 'NoSuchBucket') {
-    return new CliError(`bucket "${e.TANREN_BUCKET}" does not exist at ${e.TANREN_S3_ENDPOINT} (TANREN_BUCKET); no run has stored anything there`, ExitCodes.notFound);
+    return new CliError(
+      `bucket "${e.TANREN_BUCKET}" does not exist at ${e.TANREN_S3_ENDPOINT} (TANREN_BUCKET); no run has stored anything there`,
+      ExitCodes.notFound,
+    );
   }
   return err;
 }

@@ -56,7 +56,9 @@ export async function watchRun(client: Client, e: TanrenEnv, workflowId: string,
           if (seen.get(st.id) !== key) {
             seen.set(st.id, key);
             const extra = st.state === 'retrying' || st.state === 'failed' || st.state === 'skipped' ? ` — ${st.reason ?? ''}` : '';
-            process.stdout.write(`${new Date().toISOString()}  ${st.id.padEnd(20)} ${colourState(st.state)}${st.attempt > 1 ? ` (attempt ${st.attempt})` : ''}${extra}\n`);
+            process.stdout.write(
+              `${new Date().toISOString()}  ${st.id.padEnd(20)} ${colourState(st.state)}${st.attempt > 1 ? ` (attempt ${st.attempt})` : ''}${extra}\n`,
+            );
           }
         }
       }

@@ -13,7 +13,7 @@ export function parseDuration(text: string): number | undefined {
   if (!WHOLE.test(trimmed)) return undefined;
   let total = 0;
   for (const match of trimmed.matchAll(PART)) {
-    total += Number(match[1]) * UNIT_MS[match[2]!]!;
+    total += Number(match[1]) * UNIT_MS[match[2]];
   }
   return total > 0 ? Math.round(total) : undefined;
 }

@@ -62,13 +62,10 @@ export const RetryPolicySchema = z
     maximumInterval: RetryIntervalSchema.optional().describe('Longest wait between retries. @default 100 times initialInterval'),
   })
   .strict()
-  .refine(
-    (r) =>
-      !r.initialInterval ||
-      !r.maximumInterval ||
-      (parseDuration(r.maximumInterval) ?? 0) >= (parseDuration(r.initialInterval) ?? 0),
-    { message: 'maximumInterval must not be shorter than initialInterval', path: ['maximumInterval'] },
-  )
+  .refine((r) => !r.initialInterval || !r.maximumInterval || (parseDuration(r.maximumInterval) ?? 0) >= (parseDuration(r.initialInterval) ?? 0), {
+    message: 'maximumInterval must not be shorter than initialInterval',
+    path: ['maximumInterval'],
+  })
   .describe('How a failed stage is retried (Temporal retry policy)');
 
 /** What to keep of a training stage's checkpoints. */
@@ -116,7 +113,7 @@ export const SweepSchema = z
     scheduler: z
       .enum(['grid', 'random', 'asha'])
       .describe('grid: every combination of the listed values; random: `budget.trials` draws; asha: random draws, successive halving at rungs'),
-    space: z.record(z.string(), SweepSpaceSchema).describe('Swept parameters: names of `with:` (or the kind\'s) parameters'),
+    space: z.record(z.string(), SweepSpaceSchema).describe("Swept parameters: names of `with:` (or the kind's) parameters"),
     metric: z
       .object({
         name: z.string().min(1).describe('A metric the stage reports (e.g. loss, val_loss), or a number in its result'),
@@ -126,7 +123,13 @@ export const SweepSchema = z
       .describe('What the sweep optimises'),
     budget: z
       .object({
-        trials: z.number().int().min(1).max(MAX_SWEEP_TRIALS).optional().describe(`Trials (random, asha; at most ${MAX_SWEEP_TRIALS}). grid: every combination`),
+        trials: z
+          .number()
+          .int()
+          .min(1)
+          .max(MAX_SWEEP_TRIALS)
+          .optional()
+          .describe(`Trials (random, asha; at most ${MAX_SWEEP_TRIALS}). grid: every combination`),
         steps: z
           .number()
           .int()
@@ -140,7 +143,13 @@ export const SweepSchema = z
       .describe('How much to spend'),
     eta: z.number().int().min(2).max(16).optional().describe('asha: each rung keeps the best 1/eta of the trials and runs them eta times longer. @default 2'),
     rungs: z.number().int().min(1).max(MAX_SWEEP_RUNGS).optional().describe('asha: number of rungs; the last ends at the full budget. @default 3'),
-    seed: z.number().int().min(0).max(2 ** 31 - 1).optional().describe('Seed of the trial draws: the same seed draws the same trials. @default 0'),
+    seed: z
+      .number()
+      .int()
+      .min(0)
+      .max(2 ** 31 - 1)
+      .optional()
+      .describe('Seed of the trial draws: the same seed draws the same trials. @default 0'),
     parallel: z
       .number()
       .int()
@@ -150,7 +159,7 @@ export const SweepSchema = z
       .describe('Trials of a rung issued at once; 1 time-slices one GPU, more lets a pool of GPU hosts split them. @default 1'),
   })
   .strict()
-  .describe('Hyperparameter search over this stage\'s parameters');
+  .describe("Hyperparameter search over this stage's parameters");
 
 /** One stage of a pipeline: a built-in kind (`uses`) or a command (`run`). */
 export const StageSchema = z
@@ -162,14 +171,14 @@ export const StageSchema = z
     uses: z.string().optional().describe('A built-in stage kind, e.g. pretrain'),
     run: z.array(z.string()).min(1).optional().describe('A command following the stage protocol, as an argument array (no shell)'),
     version: z.string().optional().describe('Version of a `run` command, part of its cache key'),
-    needs: z.array(z.string()).default([]).describe('Stages that must succeed first; their outputs become this stage\'s inputs'),
-    queue: z.string().optional().describe('cpu or gpu; defaults to the kind\'s queue, or cpu for `run` stages'),
+    needs: z.array(z.string()).default([]).describe("Stages that must succeed first; their outputs become this stage's inputs"),
+    queue: z.string().optional().describe("cpu or gpu; defaults to the kind's queue, or cpu for `run` stages"),
     with: z.record(z.string(), z.unknown()).default({}).describe('Parameters passed to the stage in its params file'),
     retry: RetryPolicySchema.optional(),
     timeout: StageDurationSchema.optional().describe('Longest one attempt may run (start-to-close)'),
     heartbeatTimeout: StageDurationSchema.optional().describe('Longest silence before an attempt counts as lost'),
     stallTimeout: StageDurationSchema.optional().describe(
-      'Longest time a stage that has reported progress may go without reporting more before it is killed and retried as StageStalled. @default the kind\'s (30m for training kinds), none for `run` stages',
+      "Longest time a stage that has reported progress may go without reporting more before it is killed and retried as StageStalled. @default the kind's (30m for training kinds), none for `run` stages",
     ),
     checkpoint: CheckpointPolicySchema.optional(),
     cache: z.boolean().optional().describe('Reuse outputs of an identical earlier run. @default true'),
@@ -183,12 +192,14 @@ export const StageSchema = z
       .min(1)
       .max(64)
       .optional()
-      .describe('GPUs a gpu-queue stage needs on one host; it waits for all of them and runs alone on them (built-in training kinds then launch with torchrun). @default 1'),
+      .describe(
+        'GPUs a gpu-queue stage needs on one host; it waits for all of them and runs alone on them (built-in training kinds then launch with torchrun). @default 1',
+      ),
     host: z
       .string()
       .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'host names are lower-case letters, digits and "-"')
       .optional()
-      .describe('Pin a gpu-queue stage to one GPU host: it goes to that host\'s queue tanren-gpu-<host> instead of queues.gpu (a pool)'),
+      .describe("Pin a gpu-queue stage to one GPU host: it goes to that host's queue tanren-gpu-<host> instead of queues.gpu (a pool)"),
   })
   .strict()
   .describe('One stage of the pipeline');
@@ -199,7 +210,7 @@ export const DefaultsSchema = z
     retry: RetryPolicySchema.optional(),
     timeout: StageDurationSchema.optional().describe('@default 2h'),
     heartbeatTimeout: StageDurationSchema.optional().describe('@default 2m'),
-    stallTimeout: StageDurationSchema.optional().describe('@default the kind\'s'),
+    stallTimeout: StageDurationSchema.optional().describe("@default the kind's"),
     cache: z.boolean().optional(),
   })
   .strict()
@@ -217,7 +228,7 @@ export const QueuesSchema = z
   .object({
     cpu: QueueNameSchema.optional().describe('Task queue of CPU stages. @default tanren-cpu'),
     gpu: QueueNameSchema.optional().describe(
-      'Task queue of GPU stages: one host\'s (tanren-gpu-<host>) or a pool\'s (tanren-gpu-pool-<name>, served by every GPU host that joins it). @default the submitter\'s TANREN_GPU_POOL pool, else tanren-gpu-<host of the submitter>',
+      "Task queue of GPU stages: one host's (tanren-gpu-<host>) or a pool's (tanren-gpu-pool-<name>, served by every GPU host that joins it). @default the submitter's TANREN_GPU_POOL pool, else tanren-gpu-<host of the submitter>",
     ),
   })
   .strict()
@@ -269,10 +280,7 @@ export const PipelineRunInputSchema = z
   .object({
     spec: z.unknown().describe('The pipeline spec (validated by the workflow)'),
     options: RunOptionsSchema.default({}),
-    carried: z
-      .unknown()
-      .optional()
-      .describe('Run state handed over when a long run continues as new; written by the workflow itself, never by users'),
+    carried: z.unknown().optional().describe('Run state handed over when a long run continues as new; written by the workflow itself, never by users'),
   })
   .strict()
   .describe('Input of pipelineWorkflow');

@@ -25,7 +25,16 @@ export interface StageKindInfo {
   readonly stopsAtStep?: boolean;
 }
 
-const TRAINER_HYPERPARAMETERS = ['lr', 'weight_decay', 'micro_batch_size', 'gradient_accumulation_steps', 'seed', 'adam_beta1', 'adam_beta2', 'grad_clip'] as const;
+const TRAINER_HYPERPARAMETERS = [
+  'lr',
+  'weight_decay',
+  'micro_batch_size',
+  'gradient_accumulation_steps',
+  'seed',
+  'adam_beta1',
+  'adam_beta2',
+  'grad_clip',
+] as const;
 
 /** The kinds themselves; read them through {@link STAGE_KINDS}. */
 const KINDS = {
@@ -39,9 +48,22 @@ const KINDS = {
     stallTimeout: '30m',
     sweepable: [...TRAINER_HYPERPARAMETERS, 'warmup_steps', 'min_lr_ratio', 'hidden_size', 'num_layers', 'num_heads', 'seq_len', 'rope_theta'],
     stopsAtStep: true,
-    summary: 'next-token pretraining of a Llama-architecture model' },
-  sft: { module: 'sft', defaultQueue: 'gpu', stallTimeout: '30m', sweepable: [...TRAINER_HYPERPARAMETERS, 'warmup_ratio', 'max_length'], summary: 'supervised fine-tuning with TRL' },
-  dpo: { module: 'dpo', defaultQueue: 'gpu', stallTimeout: '30m', sweepable: [...TRAINER_HYPERPARAMETERS, 'warmup_ratio', 'beta'], summary: 'direct preference optimisation with TRL' },
+    summary: 'next-token pretraining of a Llama-architecture model',
+  },
+  sft: {
+    module: 'sft',
+    defaultQueue: 'gpu',
+    stallTimeout: '30m',
+    sweepable: [...TRAINER_HYPERPARAMETERS, 'warmup_ratio', 'max_length'],
+    summary: 'supervised fine-tuning with TRL',
+  },
+  dpo: {
+    module: 'dpo',
+    defaultQueue: 'gpu',
+    stallTimeout: '30m',
+    sweepable: [...TRAINER_HYPERPARAMETERS, 'warmup_ratio', 'beta'],
+    summary: 'direct preference optimisation with TRL',
+  },
   'llm-jp-eval': { module: 'llm_jp_eval', defaultQueue: 'gpu', stallTimeout: '30m', summary: 'llm-jp-eval style exact-match evaluation' },
   'mt-bench': { module: 'mt_bench', defaultQueue: 'gpu', stallTimeout: '30m', summary: 'Japanese MT-Bench answers and LLM-as-judge grading' },
   report: {

@@ -106,7 +106,7 @@ export function findCycle(stages: ReadonlyArray<{ id: string; needs: readonly st
         continue;
       }
       next[next.length - 1] = i + 1;
-      const need = list[i]!;
+      const need = list[i];
       if (!needs.has(need)) continue;
       if (state.get(need) === 'visiting') return [...path.slice(path.indexOf(need)), need];
       if (!state.has(need)) {
@@ -139,12 +139,12 @@ function collectParamRefs(value: unknown, path: string, out: Array<{ name: strin
   while (todo.length) {
     const [v, at] = todo.pop()!;
     if (typeof v === 'string') {
-      if (v.includes('${{')) for (const m of v.matchAll(PARAM_REF)) out.push({ name: m[1]!, path: at });
+      if (v.includes('${{')) for (const m of v.matchAll(PARAM_REF)) out.push({ name: m[1], path: at });
     } else if (Array.isArray(v)) {
       for (let i = v.length - 1; i >= 0; i--) todo.push([v[i], `${at}[${i}]`]);
     } else if (v && typeof v === 'object') {
       const entries = Object.entries(v);
-      for (let i = entries.length - 1; i >= 0; i--) todo.push([entries[i]![1], `${at}.${entries[i]![0]}`]);
+      for (let i = entries.length - 1; i >= 0; i--) todo.push([entries[i][1], `${at}.${entries[i][0]}`]);
     }
   }
 }
@@ -152,7 +152,17 @@ function collectParamRefs(value: unknown, path: string, out: Array<{ name: strin
 /** The part of a spec the graph checks read; built leniently from raw input when the shape check failed. */
 interface GraphView {
   params: Record<string, unknown>;
-  stages: Array<{ id: string; needs: string[]; uses?: string; run?: unknown[]; queue?: string; with?: unknown; inputs?: string[]; gpus?: unknown; host?: unknown }>;
+  stages: Array<{
+    id: string;
+    needs: string[];
+    uses?: string;
+    run?: unknown[];
+    queue?: string;
+    with?: unknown;
+    inputs?: string[];
+    gpus?: unknown;
+    host?: unknown;
+  }>;
 }
 
 function lenientView(raw: unknown): GraphView | undefined {
@@ -200,7 +210,10 @@ function graphProblems(spec: GraphView): SpecProblem[] {
       add(stage.gpus !== undefined ? 'gpus' : 'host', 'only a stage on the gpu queue can ask for GPUs or a GPU host (set `queue: gpu`)');
     }
     if (typeof stage.gpus === 'number' && stage.gpus > 1 && stage.uses !== undefined && stage.uses !== 'pretrain') {
-      add('gpus', `the built-in kind "${q(stage.uses)}" runs on one GPU; only pretrain is launched with torchrun for gpus > 1 (or use a \`run:\` stage with your own launcher)`);
+      add(
+        'gpus',
+        `the built-in kind "${q(stage.uses)}" runs on one GPU; only pretrain is launched with torchrun for gpus > 1 (or use a \`run:\` stage with your own launcher)`,
+      );
     }
     const needSeen = new Set<string>();
     stage.needs.forEach((need, j) => {
@@ -232,7 +245,7 @@ function graphProblems(spec: GraphView): SpecProblem[] {
     const i = spec.stages.findIndex((s) => s.id === cycle[0]);
     // A cycle may run through thousands of stages: name the first 20 and close it.
     const shown = cycle.length > 21 ? [...cycle.slice(0, 20).map(q), `… ${cycle.length - 21} more`, q(cycle.at(-1)!)] : cycle.map(q);
-    problems.push({ path: `stages[${i}].needs`, stage: cycle[0]!, message: `cycle in needs: ${shown.join(' → ')}` });
+    problems.push({ path: `stages[${i}].needs`, stage: cycle[0], message: `cycle in needs: ${shown.join(' → ')}` });
   }
   const refs: Array<{ name: string; path: string }> = [];
   spec.stages.forEach((stage, i) => {
@@ -248,7 +261,7 @@ function graphProblems(spec: GraphView): SpecProblem[] {
         path: ref.path,
         stage: spec.stages[i]?.id,
         message: `unknown parameter "${q(ref.name)}" (params: ${(paramList ??= listSome(Object.keys(spec.params)) || 'none')})`,
-      } as SpecProblem);
+      });
     }
   }
   return problems;
@@ -278,7 +291,11 @@ function limitProblems(raw: unknown): SpecProblem[] {
     }
     const bytes = JSON.stringify(stage.with)?.length ?? 0;
     if (bytes > MAX_WITH_BYTES) {
-      problems.push({ path: `stages[${i}].with`, ...(id ? { stage: id } : {}), message: `${bytes} bytes as JSON: at most ${MAX_WITH_BYTES}; put large data in a file and pass its path` });
+      problems.push({
+        path: `stages[${i}].with`,
+        ...(id ? { stage: id } : {}),
+        message: `${bytes} bytes as JSON: at most ${MAX_WITH_BYTES}; put large data in a file and pass its path`,
+      });
     }
   });
   return problems;
@@ -362,7 +379,7 @@ function resolvedSizeProblems(spec: PipelineSpec): SpecProblem[] {
         if (typeof v === 'string') {
           chars += v.length + 3;
           if (!v.includes('${{')) continue;
-          for (const m of v.matchAll(PARAM_REF)) if (Object.hasOwn(spec.params, m[1]!)) grown += growth(m[1]!) - m[0].length;
+          for (const m of v.matchAll(PARAM_REF)) if (Object.hasOwn(spec.params, m[1])) grown += growth(m[1]) - m[0].length;
         } else if (v && typeof v === 'object') {
           if (Array.isArray(v)) {
             for (const x of v) todo.push(x);
@@ -469,7 +486,10 @@ function sweepProblems(spec: PipelineSpec): SpecProblem[] {
         add(`space.${name}`, `"${q(name)}" is set by the sweep from budget.steps; sweep other parameters`);
       } else if (!Object.hasOwn(stage.with, name) && !kind?.sweepable?.includes(name)) {
         const known = [...Object.keys(stage.with), ...(kind?.sweepable ?? [])];
-        add(`space.${name}`, `"${q(name)}" is not a parameter of this stage: set it in \`with:\` or sweep one of ${listSome(known) || 'its `with:` parameters'}`);
+        add(
+          `space.${name}`,
+          `"${q(name)}" is not a parameter of this stage: set it in \`with:\` or sweep one of ${listSome(known) || 'its `with:` parameters'}`,
+        );
       }
     }
     if (sweep.scheduler === 'grid') {
@@ -491,7 +511,10 @@ function sweepProblems(spec: PipelineSpec): SpecProblem[] {
       add('budget.steps', `the last rung would end after ${MAX_SWEEP_STEPS} steps: fewer rungs, a smaller eta or fewer steps`);
     }
     if (kind && !kind.stopsAtStep) {
-      add('scheduler', `asha pauses trials at rungs, which kind "${q(stage.uses!)}" cannot do (only ${STAGE_KIND_NAMES.filter((k) => STAGE_KINDS[k].stopsAtStep).join(', ')} and \`run\` stages that honour stop_at_step); use grid or random`);
+      add(
+        'scheduler',
+        `asha pauses trials at rungs, which kind "${q(stage.uses!)}" cannot do (only ${STAGE_KIND_NAMES.filter((k) => STAGE_KINDS[k].stopsAtStep).join(', ')} and \`run\` stages that honour stop_at_step); use grid or random`,
+      );
     }
   });
   return problems;
@@ -522,7 +545,7 @@ export function substituteParams<T>(value: T, params: Readonly<Record<string, st
   const walk = (v: unknown): unknown => {
     if (typeof v === 'string') {
       const whole = /^\$\{\{\s*params\.([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}$/.exec(v);
-      if (whole && Object.hasOwn(params, whole[1]!)) return params[whole[1]!];
+      if (whole && Object.hasOwn(params, whole[1])) return params[whole[1]];
       return v.replace(PARAM_REF, (m, name: string) => (Object.hasOwn(params, name) ? String(params[name]) : m));
     }
     if (Array.isArray(v)) return v.map(walk);

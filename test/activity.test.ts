@@ -56,7 +56,7 @@ describe('runStage activity', () => {
   }
 
   function task(stage: Partial<StageSpec> & { id: string }, inputs: StageTask['inputs'] = []): StageTask {
-    return { runId: unique('act'), pipeline: 'act-test', queue: 'cpu', inputs, stage: { needs: [], with: {}, ...stage } as StageSpec };
+    return { runId: unique('act'), pipeline: 'act-test', queue: 'cpu', inputs, stage: { needs: [], with: {}, ...stage } };
   }
 
   it('runs a protocol stage: env, events to heartbeats, outputs and a manifest written last', async () => {
@@ -84,9 +84,16 @@ print("hello from the stage")
     assert.equal(result.files, 2);
     assert.deepEqual(result.result, { attempt: 2 });
     assert.equal(result.metrics.loss, 4 / 3);
-    assert.ok(heartbeats.some((h) => (h as { step?: number }).step === 3), 'a heartbeat carried the progress');
+    assert.ok(
+      heartbeats.some((h) => (h as { step?: number }).step === 3),
+      'a heartbeat carried the progress',
+    );
     const last = heartbeats.at(-1) as StageHeartbeat;
-    assert.deepEqual(last.attempts?.map((a) => a.attempt), [2], 'the attempt records itself in every heartbeat');
+    assert.deepEqual(
+      last.attempts?.map((a) => a.attempt),
+      [2],
+      'the attempt records itself in every heartbeat',
+    );
     assert.ok(last.progressAt, 'the heartbeat says when the program last made progress');
     assert.equal(result.step, 3, 'the result carries the final progress');
     assert.equal(result.total, 3);
@@ -94,17 +101,23 @@ print("hello from the stage")
     const puts = calls.filter((c) => c.startsWith('put runs/') && !c.includes('/logs/'));
     assert.equal(puts.at(-1), `put ${manifestKey}`, 'manifest written after every output');
     const manifest = JSON.parse(await storage.getText(manifestKey)) as OutputManifest;
-    assert.deepEqual(manifest.files.map((f) => f.path), ['b.txt', 'sub/a.txt']);
+    assert.deepEqual(
+      manifest.files.map((f) => f.path),
+      ['b.txt', 'sub/a.txt'],
+    );
     const dest = path.join(workRoot, 'check-a.txt');
     await storage.getFile(manifest.prefix + 'sub/a.txt', dest);
     assert.equal(readFileSync(dest, 'utf8'), 'ababab');
-    assert.equal(await sha256File(dest), manifest.files[1]!.sha256);
+    assert.equal(await sha256File(dest), manifest.files[1].sha256);
     assert.match(await storage.getText(keys.log(t.runId, 'writer', 2)), /hello from the stage/);
   });
 
   it('keeps every line of the stage log, the very first and the very last', async () => {
     const { runStage } = setup();
-    const t = task({ id: 'chatty', run: ['sh', '-c', 'echo first line; exec python3 -c "import sys; print(\'middle\'); print(\'last line\', file=sys.stderr)"'] });
+    const t = task({
+      id: 'chatty',
+      run: ['sh', '-c', "echo first line; exec python3 -c \"import sys; print('middle'); print('last line', file=sys.stderr)\""],
+    });
     await new MockActivityEnvironment().run(runStage, t);
     const log = await storage.getText(keys.log(t.runId, 'chatty', 1));
     assert.deepEqual(log.split('\n').filter(Boolean).sort(), ['first line', 'last line', 'middle']);
@@ -115,7 +128,14 @@ print("hello from the stage")
     const producer = task({ id: 'make-data', run: [PY, '-c', 'import os; open(os.path.join(os.environ["TANREN_OUTPUT"], "x.txt"), "w").write("42")'] });
     const made: StageResult = await new MockActivityEnvironment().run(runStage, producer);
     const consumer = {
-      ...task({ id: 'use-data', run: [PY, '-c', 'import os, json; v = open(os.path.join(os.environ["TANREN_INPUT_MAKE_DATA"], "x.txt")).read(); open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "result", "values": {"got": v}}) + "\\n")'] }),
+      ...task({
+        id: 'use-data',
+        run: [
+          PY,
+          '-c',
+          'import os, json; v = open(os.path.join(os.environ["TANREN_INPUT_MAKE_DATA"], "x.txt")).read(); open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "result", "values": {"got": v}}) + "\\n")',
+        ],
+      }),
       runId: producer.runId,
       inputs: [{ stage: 'make-data', manifestKey: made.manifestKey }],
     };
@@ -144,7 +164,12 @@ print("hello from the stage")
     ['exit 4', 'import sys; sys.exit(4)', 'OutOfMemory', false],
     ['exit 1', 'raise SystemExit(1)', 'StageCrashed', false],
     ['a signal', 'import os, signal; os.kill(os.getpid(), signal.SIGKILL)', 'StageCrashed', false],
-    ['an error event', 'import json, os, sys; open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "error", "type": "OutOfMemory", "message": "CUDA out of memory"}) + "\\n"); sys.exit(1)', 'OutOfMemory', false],
+    [
+      'an error event',
+      'import json, os, sys; open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "error", "type": "OutOfMemory", "message": "CUDA out of memory"}) + "\\n"); sys.exit(1)',
+      'OutOfMemory',
+      false,
+    ],
   ];
   for (const [what, code, type, nonRetryable] of exitCases) {
     it(`maps ${what} to ${type}`, async () => {
@@ -189,8 +214,8 @@ open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "result", "val
         seen.push({ failed: err.message });
       }
     }
-    assert.match(String(seen[0]!.failed), /next attempt: micro_batch_size=4, gradient_accumulation_steps=2/);
-    assert.match(String(seen[1]!.failed), /next attempt: micro_batch_size=2, gradient_accumulation_steps=4/);
+    assert.match(String(seen[0].failed), /next attempt: micro_batch_size=4, gradient_accumulation_steps=2/);
+    assert.match(String(seen[1].failed), /next attempt: micro_batch_size=2, gradient_accumulation_steps=4/);
     assert.deepEqual(seen[2], { micro_batch_size: 2, gradient_accumulation_steps: 4, lr: 0.1 });
   });
 
@@ -223,7 +248,14 @@ open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "result", "val
     }
     assert.deepEqual(outcomes, ['OutOfMemory', 'StageCrashed', 'ok']);
     assert.deepEqual(final!.result, { micro_batch_size: 4, gradient_accumulation_steps: 2 });
-    assert.deepEqual(final!.attempts!.map((a) => [a.attempt, a.failure?.split(':')[0]]), [[1, 'OutOfMemory'], [2, 'StageCrashed'], [3, undefined]]);
+    assert.deepEqual(
+      final!.attempts!.map((a) => [a.attempt, a.failure?.split(':')[0]]),
+      [
+        [1, 'OutOfMemory'],
+        [2, 'StageCrashed'],
+        [3, undefined],
+      ],
+    );
   });
 
   it('kills a stage that stops making progress (stallTimeout) and fails it as a retryable StageStalled', async () => {
@@ -235,28 +267,43 @@ ev.write(json.dumps({"event": "progress", "step": 1, "total": 10}) + "\\n"); ev.
 time.sleep(600)
 `;
     const started = Date.now();
-    await assert.rejects(new MockActivityEnvironment().run(runStage, { ...task({ id: 'hung', run: [PY, '-c', script] }), stallTimeoutMs: 1500 }), (err: unknown) => {
-      assert.ok(err instanceof ApplicationFailure, String(err));
-      assert.equal(err.type, 'StageStalled');
-      assert.equal(err.nonRetryable, false);
-      assert.match(err.message, /stalled: no progress for 2 s after step 1/);
-      return true;
-    });
+    await assert.rejects(
+      new MockActivityEnvironment().run(runStage, { ...task({ id: 'hung', run: [PY, '-c', script] }), stallTimeoutMs: 1500 }),
+      (err: unknown) => {
+        assert.ok(err instanceof ApplicationFailure, String(err));
+        assert.equal(err.type, 'StageStalled');
+        assert.equal(err.nonRetryable, false);
+        assert.match(err.message, /stalled: no progress for 2 s after step 1/);
+        return true;
+      },
+    );
     assert.ok(Date.now() - started < 60_000, 'noticed long before any timeout');
   });
 
   it('leaves a stage that never reports progress alone, whatever its stallTimeout', async () => {
     const { runStage } = setup();
-    const r: StageResult = await new MockActivityEnvironment().run(runStage, { ...task({ id: 'quiet', run: [PY, '-c', 'import time; time.sleep(2)'] }), stallTimeoutMs: 500 });
+    const r: StageResult = await new MockActivityEnvironment().run(runStage, {
+      ...task({ id: 'quiet', run: [PY, '-c', 'import time; time.sleep(2)'] }),
+      stallTimeoutMs: 500,
+    });
     assert.equal(r.attempt, 1);
   });
 
-  it('gives a stage only the allowlisted environment, and keeps the worker\'s secrets out of what enters history', async () => {
-    const canary = { TANREN_S3_SECRET_KEY: 'canary-s3-secret-0123456789', TANREN_S3_ACCESS_KEY: 'canary-access-key-42', TEMPORAL_TLS_KEY: '/etc/canary/tls.key', TANREN_JUDGE_API_KEY: 'canary-judge-key-987' };
+  it("gives a stage only the allowlisted environment, and keeps the worker's secrets out of what enters history", async () => {
+    const canary = {
+      TANREN_S3_SECRET_KEY: 'canary-s3-secret-0123456789',
+      TANREN_S3_ACCESS_KEY: 'canary-access-key-42',
+      TEMPORAL_TLS_KEY: '/etc/canary/tls.key',
+      TANREN_JUDGE_API_KEY: 'canary-judge-key-987',
+    };
     const runStage = createRunStage({
       storage,
       config: {
-        workRoot, projectDir: ROOT, device: 'cpu', queue: 'cpu', pollIntervalMs: 50,
+        workRoot,
+        projectDir: ROOT,
+        device: 'cpu',
+        queue: 'cpu',
+        pollIntervalMs: 50,
         workerEnv: { PATH: process.env.PATH, HOME: process.env.HOME, LANG: 'C.UTF-8', MY_SETTING: 'x', ...canary },
         stageEnvNames: ['MY_SETTING', 'TANREN_S3_SECRET_KEY'],
       },
@@ -271,12 +318,16 @@ open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "result", "val
     const dest = path.join(workRoot, `${unique('env')}.json`);
     await storage.getFile(`${r.outputsPrefix}env.json`, dest);
     const seen = JSON.parse(readFileSync(dest, 'utf8')) as Record<string, string>;
-    assert.deepEqual(Object.keys(seen).filter((k) => /S3|TEMPORAL/.test(k)), [], 'no S3 or Temporal variable reaches a stage, even when named');
+    assert.deepEqual(
+      Object.keys(seen).filter((k) => /S3|TEMPORAL/.test(k)),
+      [],
+      'no S3 or Temporal variable reaches a stage, even when named',
+    );
     assert.equal(seen.MY_SETTING, 'x', 'a variable the worker names is passed on');
     assert.equal(seen.TANREN_JUDGE_API_KEY, undefined, 'the judge key is only for a stage whose judge names it');
     assert.equal(seen.TANREN_STAGE_ID, 'envdump');
     const tj = task({ id: 'judgeenv', run: [PY, '-c', dump], with: { judge: { api_key_env: 'TANREN_JUDGE_API_KEY' } } });
-    const rj = (await new MockActivityEnvironment().run(runStage, tj)) as StageResult;
+    const rj: StageResult = await new MockActivityEnvironment().run(runStage, tj);
     await storage.getFile(`runs/${tj.runId}/judgeenv/outputs/env.json`, dest);
     const judgeSeen = JSON.parse(readFileSync(dest, 'utf8')) as Record<string, string>;
     assert.equal(judgeSeen.TANREN_JUDGE_API_KEY, canary.TANREN_JUDGE_API_KEY, 'the judge key is for the stage whose judge.api_key_env names it');
@@ -296,7 +347,10 @@ sys.exit(1)
     });
 
     await assert.rejects(
-      new MockActivityEnvironment().run(runStage, task({ id: 'judge', run: [PY, '-c', 'pass'], with: { judge: { base_url: 'https://attacker.example/v1', model: 'm' } } })),
+      new MockActivityEnvironment().run(
+        runStage,
+        task({ id: 'judge', run: [PY, '-c', 'pass'], with: { judge: { base_url: 'https://attacker.example/v1', model: 'm' } } }),
+      ),
       /with\.judge\.base_url "https:\/\/attacker\.example\/v1" is not one this worker may call; allowed: http:\/\/127\.0\.0\.1/,
     );
   });
@@ -323,7 +377,10 @@ sys.exit(1)
     await assert.rejects(new MockActivityEnvironment().run(runStage, t), (err: unknown) => {
       assert.ok(err instanceof ApplicationFailure);
       assert.equal(err.type, 'StageConfigError');
-      assert.match(err.message, /needs about 30 GiB of GPU memory \(memoryEstimateGiB\) but only 20\.5 GiB is free on CUDA_VISIBLE_DEVICES=0: lower micro_batch_size/);
+      assert.match(
+        err.message,
+        /needs about 30 GiB of GPU memory \(memoryEstimateGiB\) but only 20\.5 GiB is free on CUDA_VISIBLE_DEVICES=0: lower micro_batch_size/,
+      );
       return true;
     });
     assert.equal(existsSync(marker), false, 'the stage never started');
@@ -331,7 +388,10 @@ sys.exit(1)
 
   it('fails a stage that skipped a declared output', async () => {
     const { runStage } = setup();
-    await assert.rejects(new MockActivityEnvironment().run(runStage, task({ id: 'lazy', run: [PY, '-c', 'pass'], outputs: ['model.bin'] })), /did not write its declared output "model.bin"/);
+    await assert.rejects(
+      new MockActivityEnvironment().run(runStage, task({ id: 'lazy', run: [PY, '-c', 'pass'], outputs: ['model.bin'] })),
+      /did not write its declared output "model.bin"/,
+    );
   });
 
   it('on cancellation sends SIGTERM to the process group, then SIGKILL after the grace period', async () => {
@@ -358,13 +418,17 @@ while True:
     assert.ok(Date.now() - started >= 900, 'waited the grace period before SIGKILL');
     assert.equal(readFileSync(marker, 'utf8'), 'term', 'the stage saw SIGTERM');
     const grandchild = Number(readFileSync(childPidFile, 'utf8'));
-    await waitFor('the grandchild to be gone', () => {
-      try {
-        process.kill(grandchild, 0);
-        return false;
-      } catch {
-        return true;
-      }
-    }, 5000);
+    await waitFor(
+      'the grandchild to be gone',
+      () => {
+        try {
+          process.kill(grandchild, 0);
+          return false;
+        } catch {
+          return true;
+        }
+      },
+      5000,
+    );
   });
 });

@@ -28,7 +28,7 @@ describe('carried run state', () => {
     assert.deepEqual({ ...back, result: back.result ?? {} }, plain);
   });
 
-  it('keeps what differs from the defaults: failures, metrics, a cache hit, another run\'s manifest', () => {
+  it("keeps what differs from the defaults: failures, metrics, a cache hit, another run's manifest", () => {
     const rich: StageStatus = {
       ...plain,
       state: 'cached',

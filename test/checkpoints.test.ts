@@ -98,8 +98,11 @@ describe('checkpoints', () => {
     assert.equal(up.latest(), undefined);
     await up.flush();
 
-    assert.deepEqual(up.published().map((r) => r.step), [100, 200, 300, 400, 500]);
-    assert.deepEqual(up.latest(), { key: checkpointKeys.manifest(runId, 'train', names[4]!), path: names[4], step: 500 });
+    assert.deepEqual(
+      up.published().map((r) => r.step),
+      [100, 200, 300, 400, 500],
+    );
+    assert.deepEqual(up.latest(), { key: checkpointKeys.manifest(runId, 'train', names[4]), path: names[4], step: 500 });
     // Order: each checkpoint's files, then its manifest, checkpoints one after the other.
     const puts = calls.filter((c) => c.startsWith('put '));
     for (const [i, n] of names.entries()) {
@@ -107,23 +110,29 @@ describe('checkpoints', () => {
       assert.equal(own.length, 4, `${n}: 3 files + manifest`);
       assert.ok(own.at(-1)![0].endsWith(`${n}/manifest.json`), `${n}: manifest written last`);
       if (i > 0) {
-        const prevManifest = puts.indexOf(`put ${checkpointKeys.manifest(runId, 'train', names[i - 1]!)}`);
-        assert.ok(own[0]![1] > prevManifest, `${n} starts after ${names[i - 1]} is published`);
+        const prevManifest = puts.indexOf(`put ${checkpointKeys.manifest(runId, 'train', names[i - 1])}`);
+        assert.ok(own[0][1] > prevManifest, `${n} starts after ${names[i - 1]} is published`);
       }
     }
     // Retention: newest 2 remain; deleted ones lost their manifest before their files.
     const listed = await listCheckpoints(storage, runId, 'train');
-    assert.deepEqual(listed.map((r) => r.path), [names[4], names[3]]);
+    assert.deepEqual(
+      listed.map((r) => r.path),
+      [names[4], names[3]],
+    );
     for (const n of names.slice(0, 3)) {
       assert.deepEqual(await storage.list(checkpointKeys.checkpoint(runId, 'train', n)), [], `${n} fully deleted`);
       const rmManifest = calls.indexOf(`remove ${checkpointKeys.manifest(runId, 'train', n)}`);
       const rmFile = calls.indexOf(`remove ${checkpointKeys.files(runId, 'train', n)}rng.json`);
       assert.ok(rmManifest >= 0 && rmManifest < rmFile, `${n}: manifest removed first`);
     }
-    const manifest = JSON.parse(await storage.getText(listed[0]!.key)) as CheckpointManifest;
+    const manifest = JSON.parse(await storage.getText(listed[0].key)) as CheckpointManifest;
     assert.equal(manifest.step, 500);
-    assert.deepEqual(manifest.files.map((f) => f.path), ['model/weights.bin', 'optimizer.bin', 'rng.json']);
-    assert.equal(manifest.files[1]!.sha256, await sha256File(path.join(dir, names[4]!, 'optimizer.bin')));
+    assert.deepEqual(
+      manifest.files.map((f) => f.path),
+      ['model/weights.bin', 'optimizer.bin', 'rng.json'],
+    );
+    assert.equal(manifest.files[1].sha256, await sha256File(path.join(dir, names[4], 'optimizer.bin')));
   });
 
   it('restores the newest intact checkpoint, skipping a tampered one with the reason, and honours the hint', async () => {
@@ -135,19 +144,19 @@ describe('checkpoints', () => {
     up.announce({ path: 'step-000020', step: 20 });
     await up.flush();
     const [newest, older] = await listCheckpoints(storage, runId, 'train');
-    assert.equal(newest!.step, 20);
+    assert.equal(newest.step, 20);
 
     const restoreRoot = path.join(tmp, `${runId}-restore`);
     const clean = await restoreLatestCheckpoint(storage, runId, 'train', restoreRoot);
     assert.equal(clean?.ref.step, 20);
     assert.deepEqual(clean?.skipped, []);
-    assert.equal(await readFile(path.join(clean!.dir, 'rng.json'), 'utf8'), JSON.stringify({ seed: 'step-000020' }));
+    assert.equal(await readFile(path.join(clean.dir, 'rng.json'), 'utf8'), JSON.stringify({ seed: 'step-000020' }));
 
     // Tamper with the newest checkpoint's optimizer in MinIO.
     const tampered = `${checkpointKeys.files(runId, 'train', 'step-000020')}optimizer.bin`;
     await storage.putText(tampered, 'not the optimizer', 'application/octet-stream');
     const goodDigest = await sha256File(path.join(dir, 'step-000020', 'optimizer.bin'));
-    await assert.rejects(downloadCheckpoint(storage, newest!, path.join(tmp, `${runId}-direct`)), (err: Error) => {
+    await assert.rejects(downloadCheckpoint(storage, newest, path.join(tmp, `${runId}-direct`)), (err: Error) => {
       assert.ok(err instanceof CheckpointCorruptError);
       assert.equal(err.name, 'CheckpointCorruptError');
       assert.match(err.message, new RegExp(tampered.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
@@ -158,15 +167,18 @@ describe('checkpoints', () => {
     const restored = await restoreLatestCheckpoint(storage, runId, 'train', restoreRoot, newest);
     assert.equal(restored?.ref.path, 'step-000010');
     assert.equal(restored?.skipped.length, 1);
-    assert.equal(restored?.skipped[0]!.ref.path, 'step-000020');
-    assert.match(restored!.skipped[0]!.reason, /optimizer\.bin has sha256/);
-    assert.equal(await readFile(path.join(restored!.dir, 'rng.json'), 'utf8'), JSON.stringify({ seed: 'step-000010' }));
+    assert.equal(restored?.skipped[0].ref.path, 'step-000020');
+    assert.match(restored.skipped[0].reason, /optimizer\.bin has sha256/);
+    assert.equal(await readFile(path.join(restored.dir, 'rng.json'), 'utf8'), JSON.stringify({ seed: 'step-000010' }));
 
     // An older hint does not hide a newer checkpoint (a worker can die after an upload, before heartbeating it):
     // the newest is tried first, here found tampered, then the hint. A hint whose manifest is gone is ignored.
     const hinted = await restoreLatestCheckpoint(storage, runId, 'train', restoreRoot, older);
     assert.equal(hinted?.ref.path, 'step-000010');
-    assert.deepEqual(hinted?.skipped.map((k) => k.ref.path), ['step-000020']);
+    assert.deepEqual(
+      hinted?.skipped.map((k) => k.ref.path),
+      ['step-000020'],
+    );
     const gone = { key: checkpointKeys.manifest(runId, 'train', 'step-000005'), path: 'step-000005', step: 5 };
     const fallback = await restoreLatestCheckpoint(storage, runId, 'train', restoreRoot, gone);
     assert.equal(fallback?.ref.path, 'step-000010');
@@ -180,7 +192,16 @@ describe('checkpoints', () => {
     const big = path.join(dir, 'step-000001', 'model', 'big.safetensors');
     await writeFile(big, randomBytes(40 * 1024 * 1024));
     const expected = await sha256File(big);
-    const up = createCheckpointUploader({ storage, runId, stage: 'train', checkpointsDir: dir, keep: 1, s3, multipart: { partSize: 16 * 1024 * 1024, concurrency: 4 }, retry: FAST_RETRY });
+    const up = createCheckpointUploader({
+      storage,
+      runId,
+      stage: 'train',
+      checkpointsDir: dir,
+      keep: 1,
+      s3,
+      multipart: { partSize: 16 * 1024 * 1024, concurrency: 4 },
+      retry: FAST_RETRY,
+    });
     up.announce({ path: 'step-000001', step: 1 });
     await up.flush();
     const ref = up.latest()!;
@@ -233,8 +254,14 @@ describe('checkpoints', () => {
     // Round 1: parts 1, 2 (fails), 3, 2 (retry); round 2: 1, 2, 3.
     assert.deepEqual([...partCalls.slice(0, 4)].sort(), [1, 2, 2, 3]);
     assert.deepEqual([...partCalls.slice(4)].sort(), [1, 2, 3]);
-    assert.ok(retries.some((w) => w.includes('part 2')), retries.join(', '));
-    assert.ok(retries.some((w) => w.includes('upload id lost')), retries.join(', '));
+    assert.ok(
+      retries.some((w) => w.includes('part 2')),
+      retries.join(', '),
+    );
+    assert.ok(
+      retries.some((w) => w.includes('upload id lost')),
+      retries.join(', '),
+    );
     const back = path.join(tmp, `${runId}.back`);
     await storage.getFile(key, back);
     assert.equal(await sha256File(back), r.sha256);
@@ -261,7 +288,7 @@ describe('checkpoints', () => {
     assert.equal(calls.filter((c) => c.startsWith('fail ')).length, 3);
     assert.equal(up.latest()?.step, 1);
     assert.equal(warnings.filter((w) => w.includes('retrying')).length, 3);
-    const ref = (await listCheckpoints(storage, runId, 'train'))[0]!;
+    const ref = (await listCheckpoints(storage, runId, 'train'))[0];
     await downloadCheckpoint(storage, ref, path.join(tmp, `${runId}-dl`));
   });
 
@@ -285,15 +312,24 @@ describe('checkpoints', () => {
     await assert.rejects(up.flush(), (err: Error) => {
       assert.ok(err instanceof CheckpointUploadError);
       assert.equal(err.name, 'CheckpointUploadError');
-      assert.deepEqual(err.failures.map((f) => f.path), ['step-000002', '../escape']);
+      assert.deepEqual(
+        err.failures.map((f) => f.path),
+        ['step-000002', '../escape'],
+      );
       assert.match(err.message, /ECONNREFUSED/);
       return true;
     });
     assert.equal(calls.filter((c) => c.startsWith('fail ')).length, FAST_RETRY.attempts);
     assert.equal(await storage.stat(checkpointKeys.manifest(runId, 'train', 'step-000002')), undefined);
     assert.deepEqual(await storage.list(checkpointKeys.checkpoint(runId, 'train', 'step-000002')), [], 'partial files removed');
-    assert.deepEqual((await listCheckpoints(storage, runId, 'train')).map((r) => r.step), [3, 1]);
-    assert.deepEqual(up.published().map((r) => r.step), [1, 3]);
+    assert.deepEqual(
+      (await listCheckpoints(storage, runId, 'train')).map((r) => r.step),
+      [3, 1],
+    );
+    assert.deepEqual(
+      up.published().map((r) => r.step),
+      [1, 3],
+    );
   });
   /** Resolves once a multipart upload of `key` has been initiated (MinIO lists them by exact key only). */
   async function multipartStarted(key: string): Promise<void> {
@@ -322,8 +358,17 @@ describe('checkpoints', () => {
     for (const uploadProcess of [true, false]) {
       const stage = uploadProcess ? 'child' : 'inline';
       const up = createCheckpointUploader({
-        storage, runId, stage, checkpointsDir: dir, keep: 1, s3, uploadProcess, processThreshold: 0, retry: FAST_RETRY,
-        multipartThreshold: 5 * 1024 * 1024, multipart: { partSize: 5 * 1024 * 1024 },
+        storage,
+        runId,
+        stage,
+        checkpointsDir: dir,
+        keep: 1,
+        s3,
+        uploadProcess,
+        processThreshold: 0,
+        retry: FAST_RETRY,
+        multipartThreshold: 5 * 1024 * 1024,
+        multipart: { partSize: 5 * 1024 * 1024 },
         onUploadStats: (s) => stats.push(s),
       });
       up.announce({ path: 'step-000001', step: 1 });
@@ -332,16 +377,28 @@ describe('checkpoints', () => {
     }
     assert.equal(stats.length, 1, 'stats come from the upload process only');
     // Below the threshold (default 64 MiB) the same checkpoint goes up in this process: no upload process.
-    const small = createCheckpointUploader({ storage, runId, stage: 'small', checkpointsDir: dir, keep: 1, s3, retry: FAST_RETRY, onUploadStats: (s) => stats.push(s) });
+    const small = createCheckpointUploader({
+      storage,
+      runId,
+      stage: 'small',
+      checkpointsDir: dir,
+      keep: 1,
+      s3,
+      retry: FAST_RETRY,
+      onUploadStats: (s) => stats.push(s),
+    });
     small.announce({ path: 'step-000001', step: 1 });
     await small.flush();
     assert.equal(stats.length, 1, 'a small checkpoint starts no upload process');
-    assert.deepEqual((JSON.parse(await storage.getText(small.latest()!.key)) as CheckpointManifest).files, manifests[0]!.files);
-    assert.ok(stats[0]!.cpuSeconds > 0 && stats[0]!.bytes > 12 * 1024 * 1024, JSON.stringify(stats));
+    assert.deepEqual((JSON.parse(await storage.getText(small.latest()!.key)) as CheckpointManifest).files, manifests[0].files);
+    assert.ok(stats[0].cpuSeconds > 0 && stats[0].bytes > 12 * 1024 * 1024, JSON.stringify(stats));
     const strip = (m: CheckpointManifest) => m.files;
-    assert.deepEqual(strip(manifests[0]!), strip(manifests[1]!));
-    assert.deepEqual(manifests[0]!.files.map((f) => f.path), ['model/big.safetensors', 'model/weights.bin', 'optimizer.bin', 'rng.json']);
-    const etag = (await createMinioClient(s3).statObject(s3.bucket, `${manifests[0]!.prefix}model/big.safetensors`)).etag;
+    assert.deepEqual(strip(manifests[0]), strip(manifests[1]));
+    assert.deepEqual(
+      manifests[0].files.map((f) => f.path),
+      ['model/big.safetensors', 'model/weights.bin', 'optimizer.bin', 'rng.json'],
+    );
+    const etag = (await createMinioClient(s3).statObject(s3.bucket, `${manifests[0].prefix}model/big.safetensors`)).etag;
     assert.match(etag, /-3$/, 'multipart from the child');
     assert.ok(defaultPartConcurrency(2) <= 2 && defaultPartConcurrency(1) === 1 && defaultPartConcurrency(64) === 4);
 
@@ -373,7 +430,7 @@ describe('checkpoints', () => {
     );
     assert.ok(seen, 'the child was seen running with autogroup nice 19');
     assert.equal(seen.nice, 19);
-    assert.notEqual(seen.sid, readFileSync('/proc/self/stat', 'utf8').split(') ')[1]!.split(' ')[3], 'own session');
+    assert.notEqual(seen.sid, readFileSync('/proc/self/stat', 'utf8').split(') ')[1].split(' ')[3], 'own session');
   });
 
   it('cancellation kills the upload process: no manifest, flush rejects at once, queued checkpoints fail too', async () => {
@@ -385,7 +442,15 @@ describe('checkpoints', () => {
     }
     const ac = new AbortController();
     const up = createCheckpointUploader({
-      storage, runId, stage: 'train', checkpointsDir: dir, keep: 2, s3, processThreshold: 0, retry: FAST_RETRY, signal: ac.signal,
+      storage,
+      runId,
+      stage: 'train',
+      checkpointsDir: dir,
+      keep: 2,
+      s3,
+      processThreshold: 0,
+      retry: FAST_RETRY,
+      signal: ac.signal,
       multipart: { partSize: 5 * 1024 * 1024, concurrency: 1 },
     });
     up.announce({ path: 'step-000001', step: 1 });
@@ -396,7 +461,10 @@ describe('checkpoints', () => {
     ac.abort();
     await assert.rejects(up.flush(), (err: Error) => {
       assert.ok(err instanceof CheckpointUploadError);
-      assert.deepEqual(err.failures.map((f) => f.path), ['step-000001', 'step-000002']);
+      assert.deepEqual(
+        err.failures.map((f) => f.path),
+        ['step-000001', 'step-000002'],
+      );
       assert.match(err.message, /cancelled/);
       return true;
     });
@@ -409,7 +477,13 @@ describe('checkpoints', () => {
     const runId = newRun();
     const file = path.join(tmp, `${runId}.bin`);
     await writeFile(file, randomBytes(128 * 1024 * 1024));
-    const job: UploadJob = { s3, files: [{ key: `runs/${runId}/orphan.bin`, file }], multipartThreshold: 5 * 1024 * 1024, partSize: 5 * 1024 * 1024, concurrency: 1 };
+    const job: UploadJob = {
+      s3,
+      files: [{ key: `runs/${runId}/orphan.bin`, file }],
+      multipartThreshold: 5 * 1024 * 1024,
+      partSize: 5 * 1024 * 1024,
+      concurrency: 1,
+    };
     const child = spawn(process.execPath, [UPLOAD_MAIN], { stdio: ['pipe', 'pipe', 'inherit'] });
     const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
     child.stdin.write(`${JSON.stringify(job)}\n`);

@@ -63,7 +63,11 @@ describe('tanren runs / artifacts / get / logs through real workers', () => {
     storage = createObjectStore({ endpoint: workers.env.TANREN_S3_ENDPOINT, bucket: workers.env.TANREN_BUCKET, ...s3Credentials(workers.env) });
   });
   after(async () => {
-    for (const id of ids) await client.workflow.getHandle(id).terminate('test cleanup').catch(() => {});
+    for (const id of ids)
+      await client.workflow
+        .getHandle(id)
+        .terminate('test cleanup')
+        .catch(() => {});
     await workers?.stop();
     await client?.connection.close();
   });
@@ -121,11 +125,14 @@ describe('tanren runs / artifacts / get / logs through real workers', () => {
       assert.equal((await tanren('runs', '--status', 'sleeping')).code, 2);
     });
 
-    it('artifacts --json lists merge\'s top-words.json with the manifest\'s full sha256', async () => {
+    it("artifacts --json lists merge's top-words.json with the manifest's full sha256", async () => {
       const r = await tanren('artifacts', run, '--json');
       assert.equal(r.code, 0, r.stderr);
       const out = JSON.parse(r.stdout) as { stages: Array<{ stage: string; finished: boolean; files: Array<{ path: string; size: number; sha256: string }> }> };
-      assert.deepEqual(out.stages.map((s) => s.stage), ['count', 'shard', 'freq-0', 'freq-1', 'chars', 'merge']);
+      assert.deepEqual(
+        out.stages.map((s) => s.stage),
+        ['count', 'shard', 'freq-0', 'freq-1', 'chars', 'merge'],
+      );
       const merge = out.stages.find((s) => s.stage === 'merge')!;
       assert.equal(merge.finished, true);
       const file = merge.files.find((f) => f.path === 'top-words.json')!;
@@ -153,12 +160,15 @@ describe('tanren runs / artifacts / get / logs through real workers', () => {
       assert.ok(r.stderr.includes(expected), r.stderr);
       assert.ok(r.stderr.includes(sha256(tampered)), r.stderr);
       assert.equal(existsSync(bad), false);
-      assert.deepEqual(readdirSync(tmp).filter((f) => f.includes('tanren-part')), []);
+      assert.deepEqual(
+        readdirSync(tmp).filter((f) => f.includes('tanren-part')),
+        [],
+      );
       // Put the real bytes back: the cross-run cache may hand these outputs to later runs.
       await storage.putFile(manifest.prefix + 'top-words.json', dest);
     });
 
-    it('logs prints the stage\'s output; unknown runs, stages and paths exit 3', async () => {
+    it("logs prints the stage's output; unknown runs, stages and paths exit 3", async () => {
       const r = await tanren('logs', run, 'freq-0');
       assert.equal(r.code, 0, r.stderr);
       assert.match(r.stdout, /hello from freq-0/);
@@ -190,8 +200,13 @@ describe('tanren runs / artifacts / get / logs through real workers', () => {
     await (await start(demo, second, { noCache: false })).result();
     const r = await tanren('artifacts', second, '--json');
     assert.equal(r.code, 0, r.stderr);
-    const out = JSON.parse(r.stdout) as { stages: Array<{ stage: string; finished: boolean; cachedFrom?: string; files: Array<{ path: string; sha256: string }> }> };
-    assert.ok(out.stages.every((s) => s.finished), r.stdout);
+    const out = JSON.parse(r.stdout) as {
+      stages: Array<{ stage: string; finished: boolean; cachedFrom?: string; files: Array<{ path: string; sha256: string }> }>;
+    };
+    assert.ok(
+      out.stages.every((s) => s.finished),
+      r.stdout,
+    );
     const merge = out.stages.find((s) => s.stage === 'merge')!;
     assert.ok(merge.cachedFrom && merge.cachedFrom !== second, 'merge of the second run is a cache hit');
     const dest = path.join(tmp, `${second}-top-words.json`);
@@ -222,7 +237,10 @@ describe('tanren runs / artifacts / get / logs through real workers', () => {
     const r = await tanren('logs', run, 'talk', '--follow', '--interval', '300');
     assert.equal(r.code, 0, r.stderr);
     const lines = r.stdout.trim().split('\n');
-    assert.deepEqual(lines, Array.from({ length: 14 }, (_, i) => `line ${i}`));
+    assert.deepEqual(
+      lines,
+      Array.from({ length: 14 }, (_, i) => `line ${i}`),
+    );
     assert.match(r.stderr, /talk attempt 1: succeeded/);
     const closed = (await handle.describe()).closeTime;
     assert.ok(r.firstStdoutAt !== undefined && closed !== undefined && r.firstStdoutAt < closed.getTime(), 'the first lines came while the stage still ran');

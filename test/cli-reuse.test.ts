@@ -46,7 +46,11 @@ describe('tanren submit with a run id used before', () => {
     await storage.ensureBucket();
   });
   after(async () => {
-    for (const id of ids) await client.workflow.getHandle(id).terminate('test cleanup').catch(() => {});
+    for (const id of ids)
+      await client.workflow
+        .getHandle(id)
+        .terminate('test cleanup')
+        .catch(() => {});
     await client.connection.close();
   });
 
@@ -76,7 +80,10 @@ describe('tanren submit with a run id used before', () => {
 
     const refused = submit(name);
     assert.equal(refused.code, 1);
-    assert.match(refused.stderr, new RegExp(`run "${run}" already exists \\(TERMINATED, closed \\d{4}-\\d\\d-\\d\\dT[^)]*\\) and its objects are under runs/${run}/`));
+    assert.match(
+      refused.stderr,
+      new RegExp(`run "${run}" already exists \\(TERMINATED, closed \\d{4}-\\d\\d-\\d\\dT[^)]*\\) and its objects are under runs/${run}/`),
+    );
     assert.match(refused.stderr, new RegExp(`choose another --run-name, continue it with \`tanren retry ${run}\`, or pass --reuse`));
     for (const key of Object.values(objects)) assert.ok(await storage.stat(key), `${key} untouched by a refused submit`);
     assert.equal((await client.workflow.getHandle(run).describe()).runId, firstRunId, 'no new execution');
@@ -103,7 +110,10 @@ describe('tanren submit with a run id used before', () => {
     const reused = submit(name, '--reuse');
     assert.equal(reused.code, 0, reused.stderr);
     ids.push(run);
-    assert.deepEqual((await storage.list(`runs/${run}/`)).map((o) => o.key), [`runs/${run}/count/attempts/1-0badcafe/outputs/counts.json`]);
+    assert.deepEqual(
+      (await storage.list(`runs/${run}/`)).map((o) => o.key),
+      [`runs/${run}/count/attempts/1-0badcafe/outputs/counts.json`],
+    );
   });
 
   it('never reuses a running run, and leaves its objects alone', async () => {

@@ -35,7 +35,10 @@ describe('tanren validate / render', () => {
   });
 
   it('lists every problem with file, stage and field, exit 1', () => {
-    const bad = file('bad.yaml', 'name: bad\nstages:\n  - id: a\n    needs: [b]\n    run: [true]\n  - id: b\n    needs: [a]\n    run: [true]\n    timeout: 3 days\n');
+    const bad = file(
+      'bad.yaml',
+      'name: bad\nstages:\n  - id: a\n    needs: [b]\n    run: [true]\n  - id: b\n    needs: [a]\n    run: [true]\n    timeout: 3 days\n',
+    );
     const r = tanren('validate', bad);
     assert.equal(r.code, 1);
     assert.match(r.stderr, new RegExp(`${bad.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: stage "b": stages\\[1\\]\\.timeout: not a duration`));
@@ -53,13 +56,19 @@ describe('tanren validate / render', () => {
     assert.equal(r.code, 1);
     const out = JSON.parse(r.stdout) as { ok: boolean; problems: Array<{ stage: string; path: string }> };
     assert.equal(out.ok, false);
-    assert.deepEqual(out.problems.map((p) => [p.stage, p.path]), [['a', 'stages[0].uses']]);
+    assert.deepEqual(
+      out.problems.map((p) => [p.stage, p.path]),
+      [['a', 'stages[0].uses']],
+    );
   });
 
   it('render applies --set with the parameter type and fills in the queues', () => {
     const r = tanren('render', 'pipelines/demo.yaml', '--set', 'shards=3');
     assert.equal(r.code, 0, r.stderr);
-    const input = JSON.parse(r.stdout) as { spec: { stages: Array<{ id: string; with: Record<string, unknown> }>; queues: { gpu: string } }; options: { specDigest: string } };
+    const input = JSON.parse(r.stdout) as {
+      spec: { stages: Array<{ id: string; with: Record<string, unknown> }>; queues: { gpu: string } };
+      options: { specDigest: string };
+    };
     assert.equal(input.spec.stages.find((s) => s.id === 'shard')!.with.shards, 3);
     assert.match(input.spec.queues.gpu, /^tanren-gpu-/);
     assert.match(input.options.specDigest, /^[0-9a-f]{64}$/);
@@ -84,7 +93,11 @@ describe('tanren submit / status against the dev server', () => {
     client = new Client({ connection: await Connection.connect({ address: env.TEMPORAL_ADDRESS }), namespace: env.TEMPORAL_NAMESPACE });
   });
   after(async () => {
-    for (const id of ids) await client.workflow.getHandle(id).terminate('test cleanup').catch(() => {});
+    for (const id of ids)
+      await client.workflow
+        .getHandle(id)
+        .terminate('test cleanup')
+        .catch(() => {});
     await client.connection.close();
   });
 
@@ -115,16 +128,26 @@ describe('tanren submit / status against the dev server', () => {
 });
 
 describe('GPU worker lock', () => {
-  it('refuses a second GPU worker on the same host and devices, and takes over a dead one\'s lock', async () => {
+  it("refuses a second GPU worker on the same host and devices, and takes over a dead one's lock", async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'tanren-lock-'));
     const holder = spawn('sleep', ['30']);
     writeFileSync(path.join(dir, `gpu-${os.hostname()}-q0.lock`), JSON.stringify({ pid: holder.pid }));
-    assert.throws(() => acquireGpuLock(dir, 'q0'), (err: unknown) => err instanceof GpuLockedError && /another GPU worker \(pid \d+\)/.test(err.message));
+    assert.throws(
+      () => acquireGpuLock(dir, 'q0'),
+      (err: unknown) => err instanceof GpuLockedError && /another GPU worker \(pid \d+\)/.test(err.message),
+    );
     holder.kill('SIGKILL');
     await new Promise((r) => holder.once('exit', r));
     const release = acquireGpuLock(dir, 'q0');
     assert.throws(() => {
-      const other = spawnSync(process.execPath, ['-e', `import(${JSON.stringify(path.join(ROOT, 'dist/worker/gpu.js'))}).then(m => m.acquireGpuLock(${JSON.stringify(dir)}, 'q0')).catch(e => { console.error(e.message); process.exit(7); })`], { encoding: 'utf8' });
+      const other = spawnSync(
+        process.execPath,
+        [
+          '-e',
+          `import(${JSON.stringify(path.join(ROOT, 'dist/worker/gpu.js'))}).then(m => m.acquireGpuLock(${JSON.stringify(dir)}, 'q0')).catch(e => { console.error(e.message); process.exit(7); })`,
+        ],
+        { encoding: 'utf8' },
+      );
       if (other.status === 7) throw new GpuLockedError(other.stderr);
     }, GpuLockedError);
     release();
@@ -133,7 +156,15 @@ describe('GPU worker lock', () => {
 
 describe('worker logs', () => {
   it('are readable lines on a terminal, with the run, stage and attempt kept', () => {
-    const line = JSON.stringify({ level: 30, time: Date.UTC(2026, 0, 2, 3, 4, 5, 6), pid: 1, msg: 'loss 2.31', workflowId: 'demo-x', stage: 'pretrain', attempt: 2 });
+    const line = JSON.stringify({
+      level: 30,
+      time: Date.UTC(2026, 0, 2, 3, 4, 5, 6),
+      pid: 1,
+      msg: 'loss 2.31',
+      workflowId: 'demo-x',
+      stage: 'pretrain',
+      attempt: 2,
+    });
     assert.equal(prettyLine(line), '03:04:05.006 INFO  loss 2.31  workflowId=demo-x stage=pretrain attempt=2');
     assert.equal(prettyLine('not json'), 'not json');
   });

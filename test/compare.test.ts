@@ -71,7 +71,7 @@ describe('tanren compare', () => {
     const tanren = (...args: string[]) => promisify(execFile)(process.execPath, [CLI, ...args], { cwd: ROOT, env: { ...process.env, NO_COLOR: '1' } });
     mkdirSync(ARTIFACTS, { recursive: true });
     const html = path.join(ARTIFACTS, 'compare.html');
-    const { stdout } = await tanren('compare', runs[0]!, runs[1]!, '--out', html);
+    const { stdout } = await tanren('compare', runs[0], runs[1], '--out', html);
     const line = (name: string) => stdout.split('\n').find((l) => l.trimStart().startsWith(`${name} `));
     assert.match(line('params.pretrain_lr') ?? '', /0\.003\s+0\.02\b/, stdout);
     assert.match(line('pretrain.lr') ?? '', /0\.003\s+0\.02\b/, stdout);
@@ -79,7 +79,7 @@ describe('tanren compare', () => {
     assert.match(line('pretrain loss') ?? '', /^\s*pretrain loss\s+\d/, stdout);
     assert.ok(stdout.includes(`HTML: ${html}`));
 
-    const json = JSON.parse((await tanren('compare', runs[0]!, runs[1]!, '--out', html, '--json')).stdout) as ReturnType<typeof compareRuns>;
+    const json = JSON.parse((await tanren('compare', runs[0], runs[1], '--out', html, '--json')).stdout) as ReturnType<typeof compareRuns>;
     assert.deepEqual(json.params.find((p) => p.name === 'params.pretrain_lr')?.values, [0.003, 0.02]);
     const finalLoss = json.finals.find((f) => f.name === 'pretrain loss')!.values;
     assert.ok(finalLoss.every((v) => typeof v === 'number') && finalLoss[0] !== finalLoss[1], `final losses ${finalLoss}`);
@@ -119,11 +119,14 @@ describe('tanren compare', () => {
     const c = compareRuns(runs3);
     assert.deepEqual(c.evals, { llmJpEval: [0.41, 0.37, 0.3], mtBench: [6.5, 5.25, undefined] });
     const page = await buildComparePage(runs3, [{ model: 'ref-7b', mtBench: 6, llmJpEval: 0.5 }], { generatedAt: 'now', referenceSource: 'refs.csv' });
-    const scatter = page.svgs['scatter.svg']!;
-    const points = [...scatter.matchAll(/<path aria-label="([^"]*)"[^>]*aria-roledescription="point"/g)].map((m) => m[1]!);
+    const scatter = page.svgs['scatter.svg'];
+    const points = [...scatter.matchAll(/<path aria-label="([^"]*)"[^>]*aria-roledescription="point"/g)].map((m) => m[1]);
     assert.deepEqual(
       points.filter((l) => l.includes('run:')),
-      ['MT-Bench (judge score, 1–10): 6.5; llm-jp-eval (average, 0–1): 0.41; run: a', 'MT-Bench (judge score, 1–10): 5.25; llm-jp-eval (average, 0–1): 0.37; run: b'],
+      [
+        'MT-Bench (judge score, 1–10): 6.5; llm-jp-eval (average, 0–1): 0.41; run: a',
+        'MT-Bench (judge score, 1–10): 5.25; llm-jp-eval (average, 0–1): 0.37; run: b',
+      ],
     );
     assert.equal(points.length, 3, 'the reference and both runs with two scores');
     assert.match(scatter, /not plotted \(a score is missing\): c/);

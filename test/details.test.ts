@@ -24,7 +24,12 @@ function tableRows(md: string): string[][] {
   return md
     .split('\n')
     .filter((l) => l.startsWith('|'))
-    .map((l) => l.slice(1, -1).split(/(?<!\\)\|/).map((c) => c.replace(/^ +| +$/g, '')));
+    .map((l) =>
+      l
+        .slice(1, -1)
+        .split(/(?<!\\)\|/)
+        .map((c) => c.replace(/^ +| +$/g, '')),
+    );
 }
 
 /** A cell as the reader sees it: the gap removed, escapes undone. */
@@ -43,11 +48,14 @@ describe('renderDetails', () => {
     const rows = tableRows(md);
     assert.deepEqual(rows[0].map(text), ['stage', 'state', 'attempt', 'progress', 'last metrics']);
     assert.deepEqual(rows[1], [':--', ':--', ':--', ':--', ':--']);
-    assert.deepEqual(rows.slice(2).map((r) => r.map(text)), [
-      ['shard', 'succeeded', '1', '', 'rows=10'],
-      ['freq-0', 'running', '2', '3/4', 'distinct_words=63 words=258 loss=2.346'],
-      ['merge', 'pending', '', '', ''],
-    ]);
+    assert.deepEqual(
+      rows.slice(2).map((r) => r.map(text)),
+      [
+        ['shard', 'succeeded', '1', '', 'rows=10'],
+        ['freq-0', 'running', '2', '3/4', 'distinct_words=63 words=258 loss=2.346'],
+        ['merge', 'pending', '', '', ''],
+      ],
+    );
   });
 
   it('ends every cell but the last of each row with no-break spaces, so columns never touch', () => {
@@ -61,14 +69,25 @@ describe('renderDetails', () => {
 
   it('puts a reason in a row of its own under the state', () => {
     const rows = tableRows(
-      renderDetails(run([stage('check', { state: 'failed', reason: 'InvalidStageInput: stage "check" exited with code 2: bad row' }), stage('train', { state: 'skipped', attempt: 0, reason: 'needs "check", which did not succeed' })], 'failed')),
+      renderDetails(
+        run(
+          [
+            stage('check', { state: 'failed', reason: 'InvalidStageInput: stage "check" exited with code 2: bad row' }),
+            stage('train', { state: 'skipped', attempt: 0, reason: 'needs "check", which did not succeed' }),
+          ],
+          'failed',
+        ),
+      ),
     ).slice(2);
-    assert.deepEqual(rows.map((r) => r.map(text)), [
-      ['check', 'failed', '1', '', ''],
-      ['', '↳\u00a0InvalidStageInput: stage "check" exited with code 2: bad row', '', '', ''],
-      ['train', 'skipped', '', '', ''],
-      ['', '↳\u00a0needs "check", which did not succeed', '', '', ''],
-    ]);
+    assert.deepEqual(
+      rows.map((r) => r.map(text)),
+      [
+        ['check', 'failed', '1', '', ''],
+        ['', '↳\u00a0InvalidStageInput: stage "check" exited with code 2: bad row', '', '', ''],
+        ['train', 'skipped', '', '', ''],
+        ['', '↳\u00a0needs "check", which did not succeed', '', '', ''],
+      ],
+    );
   });
 
   it('escapes markup in stage text and keeps a row on one line', () => {
@@ -92,7 +111,9 @@ describe('renderDetails', () => {
     assert.doesNotMatch(renderDetails(status), /Report/);
     assert.equal(renderDetails(status, { reportKey: 'runs/demo-1/report/index.html' }).split('\n')[2], 'Report: `runs/demo-1/report/index.html`');
     assert.equal(
-      renderDetails(status, { reportKey: 'runs/demo-1/report/index.html', reportUrl: 'http://127.0.0.1:9000/b/runs/demo-1/report/index.html?x=(1) 2' }).split('\n')[2],
+      renderDetails(status, { reportKey: 'runs/demo-1/report/index.html', reportUrl: 'http://127.0.0.1:9000/b/runs/demo-1/report/index.html?x=(1) 2' }).split(
+        '\n',
+      )[2],
       'Report: [runs/demo-1/report/index.html](http://127.0.0.1:9000/b/runs/demo-1/report/index.html?x=%281%29%202)',
     );
     assert.equal(renderDetails(status, { reportUrl: 'https://h/r.html' }).split('\n')[2], 'Report: [open](https://h/r.html)');
@@ -101,14 +122,23 @@ describe('renderDetails', () => {
   });
 
   it('shows at most MAX_DETAILS_ROWS stages, active ones first, and counts the others', () => {
-    const stages = Array.from({ length: 1000 }, (_, i) => stage(`stage-${i}`, { state: i < 900 ? 'succeeded' : 'pending', reason: i === 999 ? 'y'.repeat(300) : undefined }));
+    const stages = Array.from({ length: 1000 }, (_, i) =>
+      stage(`stage-${i}`, { state: i < 900 ? 'succeeded' : 'pending', reason: i === 999 ? 'y'.repeat(300) : undefined }),
+    );
     stages[500] = stage('stage-500', { state: 'failed', reason: 'OutOfMemory: '.padEnd(400, 'z') });
     stages[950] = stage('stage-950', { state: 'running', metrics: { loss: 1.5, lr: 0.0003, tokens_per_s: 48211.7 } });
     const md = renderDetails(run(stages));
-    const ids = tableRows(md).slice(2).map((r) => text(r[0])).filter(Boolean);
+    const ids = tableRows(md)
+      .slice(2)
+      .map((r) => text(r[0]))
+      .filter(Boolean);
     assert.equal(ids.length, MAX_DETAILS_ROWS);
     assert.ok(ids.includes('stage-500') && ids.includes('stage-950'));
-    assert.deepEqual(ids, [...ids].sort((a, b) => Number(a.split('-')[1]) - Number(b.split('-')[1])), 'rows in spec order');
+    assert.deepEqual(
+      ids,
+      [...ids].sort((a, b) => Number(a.split('-')[1]) - Number(b.split('-')[1])),
+      'rows in spec order',
+    );
     assert.match(md, /\n…and 970 more stages: succeeded 871, pending 99$/);
     assert.ok(md.length < 8000, `${md.length} characters`);
   });
@@ -118,7 +148,7 @@ describe('renderDetails', () => {
     assert.equal(renderDetails(run([], 'failed')), '**demo** — failed · 0 of 0 stages done');
   });
 
-  it('shows a swept stage\'s trials as a table: params, rung, step, metric, state, and the best with its reason', () => {
+  it("shows a swept stage's trials as a table: params, rung, step, metric, state, and the best with its reason", () => {
     const trial = (n: number, state: string, rung: number, metric?: number) => ({
       trial: `pre.trial-0${n}`,
       params: { lr: 0.001234567, warmup_steps: n },

@@ -93,7 +93,11 @@ describe('fault injection', () => {
     await client?.connection.close();
   });
 
-  function render(file: string, mutate: (spec: PipelineSpec) => void = () => {}, opts: { noCache?: boolean; overrides?: Record<string, string | number | boolean> } = {}) {
+  function render(
+    file: string,
+    mutate: (spec: PipelineSpec) => void = () => {},
+    opts: { noCache?: boolean; overrides?: Record<string, string | number | boolean> } = {},
+  ) {
     const spec = loadSpecFile(path.join(ROOT, file));
     mutate(spec);
     const input = renderRunInput(spec, { file, env: workers.env, noCache: opts.noCache, overrides: opts.overrides });
@@ -103,7 +107,6 @@ describe('fault injection', () => {
 
   const start = (workflowId: string, input: unknown) =>
     client.workflow.start('pipelineWorkflow', { taskQueue: workers.queues.control, workflowId, args: [input] });
-
 
   /** Starts the faults pipeline and returns its handle. */
   const startFaults = (workflowId: string, overrides: Record<string, string | number | boolean> = {}, mutate: (spec: PipelineSpec) => void = () => {}) =>
@@ -121,10 +124,15 @@ describe('fault injection', () => {
 
     const workflowId = unique('ckpt-kill');
     const handle = await startFaults(workflowId);
-    const published = await waitFor('a checkpoint at step 16 or later in MinIO', async () => {
-      const refs = await listCheckpoints(storage, workflowId, 'pretrain');
-      return refs.find((r) => r.step >= 16);
-    }, 300_000, 50);
+    const published = await waitFor(
+      'a checkpoint at step 16 or later in MinIO',
+      async () => {
+        const refs = await listCheckpoints(storage, workflowId, 'pretrain');
+        return refs.find((r) => r.step >= 16);
+      },
+      300_000,
+      50,
+    );
     const stepAtKill = (await fetchRun(client, workflowId)).status!.stages.find((s) => s.id === 'pretrain')!.step ?? 0;
     // Restarted as `infra/dev workers-up` does after a crash: nothing exported, the worker finds the stages environment itself.
     await restartGpuWorker('SIGKILL', { TANREN_PYTHON: '' });
@@ -135,7 +143,7 @@ describe('fault injection', () => {
     const resumed = Number(pre.result!.resumed_from_step);
     assert.ok(resumed >= published.step, `resumed from step ${resumed}, a checkpoint of step ${published.step} was complete`);
     assert.ok(stepAtKill - resumed <= 8, `redid ${stepAtKill - resumed} steps (checkpoint interval 8)`);
-    assert.equal(await modelDigest(workflowId), await modelDigest(baselineId), 'final weights equal the uninterrupted run\'s');
+    assert.equal(await modelDigest(workflowId), await modelDigest(baselineId), "final weights equal the uninterrupted run's");
   });
 
   it('2. the worker SIGKILLed during a checkpoint upload: the partial checkpoint is never used, the run completes', { timeout: 600_000 }, async () => {
@@ -145,12 +153,17 @@ describe('fault injection', () => {
       Object.assign(spec.stages.find((s) => s.id === 'pretrain')!.with, { hidden_size: 384, num_layers: 4, num_heads: 4 });
     });
     const root = `runs/${workflowId}/pretrain/checkpoints/`;
-    const partial = await waitFor('a checkpoint upload in progress (files, no manifest yet)', async () => {
-      const objects = await storage.list(root);
-      const withFiles = new Set(objects.filter((o) => o.key.includes('/files/')).map((o) => o.key.slice(root.length).split('/')[0]!));
-      const complete = new Set(objects.filter((o) => o.key.endsWith('/manifest.json')).map((o) => o.key.slice(root.length).split('/')[0]!));
-      return [...withFiles].find((p) => !complete.has(p));
-    }, 300_000, 10);
+    const partial = await waitFor(
+      'a checkpoint upload in progress (files, no manifest yet)',
+      async () => {
+        const objects = await storage.list(root);
+        const withFiles = new Set(objects.filter((o) => o.key.includes('/files/')).map((o) => o.key.slice(root.length).split('/')[0]));
+        const complete = new Set(objects.filter((o) => o.key.endsWith('/manifest.json')).map((o) => o.key.slice(root.length).split('/')[0]));
+        return [...withFiles].find((p) => !complete.has(p));
+      },
+      300_000,
+      10,
+    );
     await restartGpuWorker('SIGKILL');
     const result = (await handle.result()) as RunResult;
     const pre = result.stages.find((s) => s.id === 'pretrain')!;
@@ -161,15 +174,20 @@ describe('fault injection', () => {
   it('5. the newest checkpoint corrupted in MinIO, then the worker lost: resume uses the previous one and says so', { timeout: 600_000 }, async () => {
     const workflowId = unique('ckpt-corrupt');
     const handle = await startFaults(workflowId);
-    const refs = await waitFor('two complete checkpoints', async () => {
-      const r = await listCheckpoints(storage, workflowId, 'pretrain');
-      return r.length >= 2 ? r : undefined;
-    }, 300_000, 50);
+    const refs = await waitFor(
+      'two complete checkpoints',
+      async () => {
+        const r = await listCheckpoints(storage, workflowId, 'pretrain');
+        return r.length >= 2 ? r : undefined;
+      },
+      300_000,
+      50,
+    );
     // Lose the worker first, so no newer checkpoint can be published after the corruption.
     await stopWorkerProcess(gpuWorker, 'SIGKILL');
-    const newest = (await listCheckpoints(storage, workflowId, 'pretrain'))[0]!;
+    const newest = (await listCheckpoints(storage, workflowId, 'pretrain'))[0];
     const manifest = JSON.parse(await storage.getText(newest.key)) as { files: Array<{ path: string }> };
-    const victim = `runs/${workflowId}/pretrain/checkpoints/${newest.path}/files/${manifest.files[0]!.path}`;
+    const victim = `runs/${workflowId}/pretrain/checkpoints/${newest.path}/files/${manifest.files[0].path}`;
     await storage.putText(victim, 'not a checkpoint', 'application/octet-stream');
     gpuWorker = await startWorkerProcess('gpu', gpuEnv(), workers.workRoot);
     const result = (await handle.result()) as RunResult;
@@ -190,7 +208,17 @@ for i in range(${files}):
     with open(os.path.join(out, f"part-{i:04d}.bin"), "wb") as f:
         f.write(os.urandom(256 * 1024))
 `;
-    const input = { spec: { name: 'minio-outage', queues: { cpu: workers.queues.cpu, gpu: workers.queues.gpu }, stages: [{ id: 'write', run: ['python3', '-c', script] }, { id: 'read', needs: ['write'], run: ['python3', '-c', 'import os; assert len(os.listdir(os.environ["TANREN_INPUT_WRITE"])) == 300'] }] }, options: { noCache: true } };
+    const input = {
+      spec: {
+        name: 'minio-outage',
+        queues: { cpu: workers.queues.cpu, gpu: workers.queues.gpu },
+        stages: [
+          { id: 'write', run: ['python3', '-c', script] },
+          { id: 'read', needs: ['write'], run: ['python3', '-c', 'import os; assert len(os.listdir(os.environ["TANREN_INPUT_WRITE"])) == 300'] },
+        ],
+      },
+      options: { noCache: true },
+    };
     const handle = await start(workflowId, input);
     // Every attempt's outputs go under runs/<run>/write/attempts/<n>-<token>/outputs/.
     const prefix = `${keys.stagePrefix(workflowId, 'write')}attempts/`;
@@ -201,7 +229,13 @@ for i in range(${files}):
     await startServices();
     const result = (await handle.result()) as RunResult;
     assert.ok(uploadedBefore < files, `MinIO went down mid-upload (${uploadedBefore}/${files} objects were up)`);
-    assert.deepEqual(result.stages.map((s) => [s.id, s.state]), [['write', 'succeeded'], ['read', 'succeeded']]);
+    assert.deepEqual(
+      result.stages.map((s) => [s.id, s.state]),
+      [
+        ['write', 'succeeded'],
+        ['read', 'succeeded'],
+      ],
+    );
     const manifest = JSON.parse(await storage.getText(keys.manifest(workflowId, 'write'))) as OutputManifest;
     assert.equal(manifest.files.length, files);
     for (const f of manifest.files) assert.equal((await storage.stat(f.key!))?.size, f.size, f.path);
@@ -217,14 +251,28 @@ for i in range(1, 13):
     time.sleep(0.5)
 open(os.path.join(os.environ["TANREN_OUTPUT"], "done.txt"), "w").write("ok")
 `;
-    const input = { spec: { name: 'temporal-outage', queues: { cpu: workers.queues.cpu, gpu: workers.queues.gpu }, defaults: { heartbeatTimeout: '1m' }, stages: [{ id: 'long', run: ['python3', '-c', script] }, { id: 'next', needs: ['long'], run: ['true'] }] }, options: { noCache: true } };
+    const input = {
+      spec: {
+        name: 'temporal-outage',
+        queues: { cpu: workers.queues.cpu, gpu: workers.queues.gpu },
+        defaults: { heartbeatTimeout: '1m' },
+        stages: [
+          { id: 'long', run: ['python3', '-c', script] },
+          { id: 'next', needs: ['long'], run: ['true'] },
+        ],
+      },
+      options: { noCache: true },
+    };
     await start(workflowId, input);
     await waitFor('the stage to make progress', async () => ((await fetchRun(client, workflowId)).status?.stages[0]!.step ?? 0) >= 2, 60_000, 100);
     await stopService('temporal');
     await new Promise((r) => setTimeout(r, 3000));
     await startServices();
     const result = (await client.workflow.getHandle(workflowId).result()) as RunResult;
-    assert.deepEqual(result.stages.map((s) => s.state), ['succeeded', 'succeeded']);
+    assert.deepEqual(
+      result.stages.map((s) => s.state),
+      ['succeeded', 'succeeded'],
+    );
   });
 
   it('6. injected OutOfMemory: pretraining retries with half the micro-batch and twice the accumulation, and completes', { timeout: 600_000 }, async () => {
@@ -239,8 +287,8 @@ open(os.path.join(os.environ["TANREN_OUTPUT"], "done.txt"), "w").write("ok")
       const pre = result.stages.find((s) => s.id === 'pretrain')!;
       assert.equal(pre.state, 'succeeded');
       assert.equal(pre.attempt, 3, 'micro-batch 8 → 4 → 2');
-      assert.match(pre.attempts![0]!.failure!, /OutOfMemory: .*next attempt: micro_batch_size=4, gradient_accumulation_steps=2/);
-      assert.match(pre.attempts![1]!.failure!, /OutOfMemory: .*next attempt: micro_batch_size=2, gradient_accumulation_steps=4/);
+      assert.match(pre.attempts![0].failure!, /OutOfMemory: .*next attempt: micro_batch_size=4, gradient_accumulation_steps=2/);
+      assert.match(pre.attempts![1].failure!, /OutOfMemory: .*next attempt: micro_batch_size=2, gradient_accumulation_steps=4/);
       const history = await client.workflow.getHandle(workflowId).fetchHistory();
       const started = history.events!.filter((e) => e.activityTaskStartedEventAttributes).length;
       assert.ok(started >= 4, 'the attempts are in the history (visible in the UI)');
@@ -263,9 +311,16 @@ open(os.path.join(os.environ["TANREN_OUTPUT"], "done.txt"), "w").write("ok")
     const fixed = salted;
     const first = await client.workflow
       .execute('pipelineWorkflow', { taskQueue: workers.queues.control, workflowId: `${name}-1`, args: [render('pipelines/demo.yaml', failing)] })
-      .then(() => assert.fail('the first run should fail'), (e: unknown) => e);
+      .then(
+        () => assert.fail('the first run should fail'),
+        (e: unknown) => e,
+      );
     assert.ok(first);
-    const second = (await client.workflow.execute('pipelineWorkflow', { taskQueue: workers.queues.control, workflowId: `${name}-2`, args: [render('pipelines/demo.yaml', fixed)] })) as RunResult;
+    const second = (await client.workflow.execute('pipelineWorkflow', {
+      taskQueue: workers.queues.control,
+      workflowId: `${name}-2`,
+      args: [render('pipelines/demo.yaml', fixed)],
+    })) as RunResult;
     const states = Object.fromEntries(second.stages.map((s) => [s.id, s.state]));
     assert.deepEqual(states, { count: 'cached', shard: 'cached', 'freq-0': 'cached', 'freq-1': 'cached', chars: 'cached', merge: 'succeeded' });
     for (const s of second.stages.filter((x) => x.state === 'cached')) assert.equal(s.cache, `cache hit: outputs of run ${name}-1`);
@@ -274,7 +329,11 @@ open(os.path.join(os.environ["TANREN_OUTPUT"], "done.txt"), "w").write("ok")
     const firstFreq = JSON.parse(await storage.getText(keys.manifest(`${name}-1`, 'freq-0'))) as OutputManifest;
     const victim = firstFreq.files.find((f) => f.path === 'freq.json')!.key!;
     await storage.remove([victim]);
-    const third = (await client.workflow.execute('pipelineWorkflow', { taskQueue: workers.queues.control, workflowId: `${name}-3`, args: [render('pipelines/demo.yaml', fixed)] })) as RunResult;
+    const third = (await client.workflow.execute('pipelineWorkflow', {
+      taskQueue: workers.queues.control,
+      workflowId: `${name}-3`,
+      args: [render('pipelines/demo.yaml', fixed)],
+    })) as RunResult;
     const freq0 = third.stages.find((s) => s.id === 'freq-0')!;
     assert.equal(freq0.state, 'succeeded');
     assert.equal(freq0.cache, `cache hit rejected: object missing: ${victim}`);

@@ -116,7 +116,13 @@ const FAKE_KEYS = new Set(['cached', 'failAttempts', 'failType', 'block', 'hang'
 const PROTO_NAMES = ['__proto__', 'constructor', 'toString', 'hasOwnProperty', 'valueOf', 'isPrototypeOf', 'prototype', '__defineGetter__', 'toLocaleString'];
 /** Prototype-ish names that are also well-formed stage ids. */
 const PROTO_IDS = ['constructor', 'prototype', 'tostring', 'valueof', 'hasownproperty', 'proto__', '0', 'length'];
-const UNITS: Array<[string, number]> = [['ms', 1], ['s', 1000], ['m', 60_000], ['h', 3_600_000], ['d', 86_400_000]];
+const UNITS: Array<[string, number]> = [
+  ['ms', 1],
+  ['s', 1000],
+  ['m', 60_000],
+  ['h', 3_600_000],
+  ['d', 86_400_000],
+];
 const DAY = 86_400_000;
 
 const idArb = fc.oneof(
@@ -161,17 +167,20 @@ function durationMs(text: string): number {
 }
 
 const stageDurationArb = durationArb(1000, 30 * DAY);
-const retryArb = fc
-  .record(
-    {
-      // 0 is documented as unlimited; 2^31 - 1 is the most Temporal can count.
-      maximumAttempts: fc.oneof({ weight: 4, arbitrary: fc.integer({ min: 1, max: 10 }) }, { weight: 1, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.constant(2 ** 31 - 1) }),
-      initialInterval: durationArb(1, DAY),
-      backoffCoefficient: fc.double({ min: 1, max: 10, noNaN: true }),
-      maximumInterval: durationArb(1, 30 * DAY),
-    },
-    { requiredKeys: [] },
-  );
+const retryArb = fc.record(
+  {
+    // 0 is documented as unlimited; 2^31 - 1 is the most Temporal can count.
+    maximumAttempts: fc.oneof(
+      { weight: 4, arbitrary: fc.integer({ min: 1, max: 10 }) },
+      { weight: 1, arbitrary: fc.constant(0) },
+      { weight: 1, arbitrary: fc.constant(2 ** 31 - 1) },
+    ),
+    initialInterval: durationArb(1, DAY),
+    backoffCoefficient: fc.double({ min: 1, max: 10, noNaN: true }),
+    maximumInterval: durationArb(1, 30 * DAY),
+  },
+  { requiredKeys: [] },
+);
 
 /** A `with:` value: JSON, or text that refers to a parameter (index into the declared ones). */
 type WithValue = { json: unknown } | { ref: number; around: [string, string] };
@@ -179,10 +188,12 @@ const withValueArb: fc.Arbitrary<WithValue> = fc.oneof(
   { weight: 3, arbitrary: fc.jsonValue({ maxDepth: 3 }).map((json) => ({ json })) },
   { weight: 1, arbitrary: fc.tuple(fc.nat(), textArb, textArb).map(([ref, a, b]) => ({ ref, around: [a, b] as [string, string] })) },
 );
-const withKeyArb = fc.oneof(fc.string({ maxLength: 10 }), fc.constantFrom(...PROTO_NAMES, 'lr', 'shards')).filter((k) => k !== '__proto__' && !FAKE_KEYS.has(k));
+const withKeyArb = fc
+  .oneof(fc.string({ maxLength: 10 }), fc.constantFrom(...PROTO_NAMES, 'lr', 'shards'))
+  .filter((k) => k !== '__proto__' && !FAKE_KEYS.has(k));
 const argArb = fc.oneof(
-  { weight: 3, arbitrary: textArb.map((t) => ({ json: t }) as WithValue) },
-  { weight: 1, arbitrary: fc.tuple(fc.nat(), textArb, textArb).map(([ref, a, b]) => ({ ref, around: [a, b] as [string, string] }) as WithValue) },
+  { weight: 3, arbitrary: textArb.map((t) => ({ json: t })) },
+  { weight: 1, arbitrary: fc.tuple(fc.nat(), textArb, textArb).map(([ref, a, b]) => ({ ref, around: [a, b] as [string, string] })) },
 );
 
 const stageRecipeArb = fc.record({
@@ -220,7 +231,10 @@ const specRecipeArb = (mode: Mode) =>
     stages: fc.array(stageRecipeArb, { minLength: 1, maxLength: 6 }),
     queues: fc.option(fc.record({ cpu: fc.string({ minLength: 1, maxLength: 12 }), gpu: fc.string({ minLength: 1, maxLength: 12 }) }, { requiredKeys: [] })),
     defaults: fc.option(
-      fc.record({ retry: retryArb, timeout: stageDurationArb, heartbeatTimeout: stageDurationArb, stallTimeout: stageDurationArb, cache: fc.boolean() }, { requiredKeys: [] }),
+      fc.record(
+        { retry: retryArb, timeout: stageDurationArb, heartbeatTimeout: stageDurationArb, stallTimeout: stageDurationArb, cache: fc.boolean() },
+        { requiredKeys: [] },
+      ),
       { freq: 3 },
     ),
   });
@@ -232,19 +246,19 @@ function buildValid(r: SpecRecipe, mode: Mode): Record<string, unknown> {
   const refText = (v: WithValue): unknown => {
     if ('json' in v) return v.json;
     if (!paramNames.length) return v.around.join('');
-    const name = paramNames[v.ref % paramNames.length]!;
+    const name = paramNames[v.ref % paramNames.length];
     // A whole reference (`${{ params.x }}`) takes the parameter's type; one inside text is substituted as text.
     return v.around[0] === '' && v.around[1] === '' ? `\${{ params.${name} }}` : `${v.around[0]} \${{params.${name}}} ${v.around[1]}`;
   };
   const stages = r.ids.map((id, i) => {
-    const s = r.stages[i % r.stages.length]!;
+    const s = r.stages[i % r.stages.length];
     const earlier = r.ids.slice(0, i);
-    const needs = earlier.length ? [...new Set(s.needs.map((n) => earlier[n % earlier.length]!))] : [];
+    const needs = earlier.length ? [...new Set(s.needs.map((n) => earlier[n % earlier.length]))] : [];
     const stage: Record<string, unknown> = { id };
     if (s.uses && !mode.workflow) stage.uses = s.uses;
     else stage.run = ['true', ...s.args.map((a) => String(refText(a)))];
     if (needs.length) stage.needs = needs;
-    if (s.inputs && needs.length) stage.inputs = [...new Set(s.inputs.map((n) => needs[n % needs.length]!))];
+    if (s.inputs && needs.length) stage.inputs = [...new Set(s.inputs.map((n) => needs[n % needs.length]))];
     if (s.with) stage.with = own(s.with.map(([k, v]) => [k, refText(v)]));
     for (const key of ['timeout', 'heartbeatTimeout', 'stallTimeout', 'queue', 'cache', 'version', 'outputs', 'memoryEstimateGiB', 'checkpoint'] as const) {
       if (s[key] !== null) stage[key] = s[key];
@@ -289,13 +303,75 @@ const validCaseArb = (mode: Mode) => specRecipeArb(mode).map((r) => specCase('va
 // Near-valid: a valid spec with one field mutated
 // ---------------------------------------------------------------------------
 
-const BAD_STAGE_DURATIONS = ['', '0', '0s', '0.4ms', '999ms', '31d', '30d1ms', '1e3s', 'NaN', 'Infinity', '-1s', '1h-30m', '1 h', '30S', '１s', '٣s', '1.s', '.5s', 's', 'ms', '10 minutes', `${'9'.repeat(400)}d`];
+const BAD_STAGE_DURATIONS = [
+  '',
+  '0',
+  '0s',
+  '0.4ms',
+  '999ms',
+  '31d',
+  '30d1ms',
+  '1e3s',
+  'NaN',
+  'Infinity',
+  '-1s',
+  '1h-30m',
+  '1 h',
+  '30S',
+  '１s',
+  '٣s',
+  '1.s',
+  '.5s',
+  's',
+  'ms',
+  '10 minutes',
+  `${'9'.repeat(400)}d`,
+];
 const BAD_STAGE_DURATION_VALUES: unknown[] = [...BAD_STAGE_DURATIONS, 9, null, true, ['30s'], { s: 30 }];
 /** Durations at and beyond the edges the spec format allows; whether each is valid is for the validator to say, consistently with the workflow. */
-const EDGE_DURATIONS = ['1ms', '0.4ms', '0.5ms', '1s', '999.5ms', '30d', '29d23h59m59s999ms', '720h', '2592000000ms', '365d', ' 30s ', '1.5h', '00001s', `${'9'.repeat(30)}d`, `${'9'.repeat(400)}d`];
+const EDGE_DURATIONS = [
+  '1ms',
+  '0.4ms',
+  '0.5ms',
+  '1s',
+  '999.5ms',
+  '30d',
+  '29d23h59m59s999ms',
+  '720h',
+  '2592000000ms',
+  '365d',
+  ' 30s ',
+  '1.5h',
+  '00001s',
+  `${'9'.repeat(30)}d`,
+  `${'9'.repeat(400)}d`,
+];
 const EDGE_ATTEMPTS = [0, 1, 2 ** 31 - 1, 2 ** 31, 2 ** 32, 2 ** 53 - 1, 1e21];
 const EDGE_COEFFICIENTS = [1, 1.0000001, 1e6, 1e308, Number.MAX_VALUE];
-const ODD_IDS: unknown[] = ['', 'A', 'a'.repeat(64), 'é', 'a b', '-a', '_a', '__proto__', 'toString', 'constructor ', 'a\n', 'ａ', 'a/b', '..', 'a.b', '🦀', 'a\u0000', 7, null, true, ['a'], { id: 'a' }];
+const ODD_IDS: unknown[] = [
+  '',
+  'A',
+  'a'.repeat(64),
+  'é',
+  'a b',
+  '-a',
+  '_a',
+  '__proto__',
+  'toString',
+  'constructor ',
+  'a\n',
+  'ａ',
+  'a/b',
+  '..',
+  'a.b',
+  '🦀',
+  'a\u0000',
+  7,
+  null,
+  true,
+  ['a'],
+  { id: 'a' },
+];
 const ODD_VALUES: unknown[] = [null, true, false, 0, -1, 1.5, '', 'x', [], [1, 'x'], {}, { k: 'v' }, [[[]]], { a: { b: { c: {} } } }];
 
 /** A mutation: picks its target from `pick`, returns the expectation. Mutates `spec` in place. */
@@ -307,17 +383,23 @@ const idx = (spec: Record<string, unknown>, pick: number) => pick % stagesOf(spe
 /** Mutations; `workflowWeight` favours the ones whose verdict only a real run can check (the validator accepts what Temporal may refuse). */
 const MUTATIONS: Record<string, { payload: fc.Arbitrary<unknown>; apply: Mutation; unitOnly?: boolean; workflowWeight?: number }> = {
   'odd name': {
-    payload: fc.oneof(fc.constantFrom<unknown>('', 'P', '-p', 'a'.repeat(64), 'naïve', 'a b', 7, null, ['p']), fc.string({ unit: 'binary', minLength: 1, maxLength: 8 })),
+    payload: fc.oneof(
+      fc.constantFrom<unknown>('', 'P', '-p', 'a'.repeat(64), 'naïve', 'a b', 7, null, ['p']),
+      fc.string({ unit: 'binary', minLength: 1, maxLength: 8 }),
+    ),
     apply: (spec, _p, v) => {
       spec.name = v;
       return { expect: typeof v === 'string' && /^[a-z0-9][a-z0-9._-]{0,62}$/.test(v) ? 'ok' : 'invalid', at: /^name: /, what: `name = ${JSON.stringify(v)}` };
     },
   },
   'odd id': {
-    payload: fc.oneof(fc.constantFrom(...ODD_IDS), fc.string({ unit: 'grapheme', maxLength: 8 }).filter((s) => !/^[a-z0-9][a-z0-9_-]{0,62}$/.test(s))),
+    payload: fc.oneof(
+      fc.constantFrom(...ODD_IDS),
+      fc.string({ unit: 'grapheme', maxLength: 8 }).filter((s) => !/^[a-z0-9][a-z0-9_-]{0,62}$/.test(s)),
+    ),
     apply: (spec, p, v) => {
       const k = idx(spec, p);
-      stagesOf(spec)[k]!.id = v;
+      stagesOf(spec)[k].id = v;
       return { expect: 'invalid', at: new RegExp(`^stages\\[${k}\\]\\.id: `), what: `stages[${k}].id = ${JSON.stringify(v)}` };
     },
   },
@@ -327,10 +409,10 @@ const MUTATIONS: Record<string, { payload: fc.Arbitrary<unknown>; apply: Mutatio
       const st = stagesOf(spec);
       if (st.length < 2) {
         st.push({ ...st[0], needs: [] });
-        delete st[1]!.inputs;
+        delete st[1].inputs;
       } else {
         const j = (p + 1 + ((v as number) % (st.length - 1))) % st.length;
-        st[j]!.id = st[p % st.length]!.id;
+        st[j].id = st[p % st.length].id;
       }
       return { expect: 'invalid', at: /duplicate stage id/, what: 'two stages share an id' };
     },
@@ -340,8 +422,8 @@ const MUTATIONS: Record<string, { payload: fc.Arbitrary<unknown>; apply: Mutatio
     apply: (spec, p, v) => {
       const k = idx(spec, p);
       const ids = new Set(stagesOf(spec).map((s) => s.id));
-      const need = ids.has(v as string) ? `${String(v)}-ghost` : (v as string);
-      const st = stagesOf(spec)[k]!;
+      const need = ids.has(v) ? `${String(v)}-ghost` : (v as string);
+      const st = stagesOf(spec)[k];
       st.needs = [...((st.needs as string[] | undefined) ?? []), need];
       return { expect: 'invalid', at: new RegExp(`^stages\\[${k}\\]\\.needs\\[\\d+\\]: `), what: `stages[${k}] needs ${JSON.stringify(need)}` };
     },
@@ -350,7 +432,7 @@ const MUTATIONS: Record<string, { payload: fc.Arbitrary<unknown>; apply: Mutatio
     payload: fc.constant(null),
     apply: (spec, p) => {
       const k = idx(spec, p);
-      const st = stagesOf(spec)[k]!;
+      const st = stagesOf(spec)[k];
       st.needs = [...((st.needs as string[] | undefined) ?? []), st.id as string];
       return { expect: 'invalid', at: /cannot need itself/, what: `stages[${k}] needs itself` };
     },
@@ -359,12 +441,15 @@ const MUTATIONS: Record<string, { payload: fc.Arbitrary<unknown>; apply: Mutatio
     payload: fc.nat(),
     apply: (spec, p, v) => {
       const st = stagesOf(spec);
-      if (st.length < 2) st.push({ id: `${String(st[0]!.id).slice(0, 50)}-2`, run: ['true'] });
+      if (st.length < 2) st.push({ id: `${String(st[0].id).slice(0, 50)}-2`, run: ['true'] });
       const a = p % st.length;
       const b = (a + 1 + ((v as number) % (st.length - 1))) % st.length;
-      for (const [x, y] of [[a, b], [b, a]] as const) {
-        const needs = ((st[x]!.needs as string[] | undefined) ?? []).filter((n) => n !== st[y]!.id);
-        st[x]!.needs = [...needs, st[y]!.id as string];
+      for (const [x, y] of [
+        [a, b],
+        [b, a],
+      ] as const) {
+        const needs = ((st[x].needs as string[] | undefined) ?? []).filter((n) => n !== st[y].id);
+        st[x].needs = [...needs, st[y].id as string];
       }
       return { expect: 'invalid', at: /cycle in needs/, what: `stages[${a}] and stages[${b}] need each other` };
     },
@@ -378,16 +463,20 @@ const MUTATIONS: Record<string, { payload: fc.Arbitrary<unknown>; apply: Mutatio
         return { expect: 'invalid', at: new RegExp(`^defaults\\.${field}: `), what: `defaults.${field} = ${JSON.stringify(value)}` };
       }
       const k = idx(spec, p);
-      stagesOf(spec)[k]![field] = value;
+      stagesOf(spec)[k][field] = value;
       return { expect: 'invalid', at: new RegExp(`^stages\\[${k}\\]\\.${field}: `), what: `stages[${k}].${field} = ${JSON.stringify(value)}` };
     },
   },
   'edge duration': {
     workflowWeight: 4,
-    payload: fc.tuple(fc.constantFrom('timeout', 'heartbeatTimeout', 'stallTimeout', 'retry.initialInterval', 'retry.maximumInterval'), fc.constantFrom(...EDGE_DURATIONS), fc.boolean()),
+    payload: fc.tuple(
+      fc.constantFrom('timeout', 'heartbeatTimeout', 'stallTimeout', 'retry.initialInterval', 'retry.maximumInterval'),
+      fc.constantFrom(...EDGE_DURATIONS),
+      fc.boolean(),
+    ),
     apply: (spec, p, v) => {
       const [field, value, inDefaults] = v as [string, string, boolean];
-      const target = inDefaults ? ((spec.defaults ??= {}) as Record<string, unknown>) : stagesOf(spec)[idx(spec, p)]!;
+      const target = inDefaults ? ((spec.defaults ??= {}) as Record<string, unknown>) : stagesOf(spec)[idx(spec, p)];
       if (field.startsWith('retry.')) target.retry = { ...(target.retry as object | undefined), [field.slice(6)]: value };
       else target[field] = value;
       return { expect: 'any', what: `${inDefaults ? 'defaults' : `stages[${idx(spec, p)}]`}.${field} = ${JSON.stringify(value)}` };
@@ -396,12 +485,17 @@ const MUTATIONS: Record<string, { payload: fc.Arbitrary<unknown>; apply: Mutatio
   'edge retry': {
     workflowWeight: 6,
     payload: fc.record(
-      { maximumAttempts: fc.constantFrom(...EDGE_ATTEMPTS), backoffCoefficient: fc.constantFrom(...EDGE_COEFFICIENTS), initialInterval: fc.constantFrom(...EDGE_DURATIONS), maximumInterval: fc.constantFrom(...EDGE_DURATIONS) },
+      {
+        maximumAttempts: fc.constantFrom(...EDGE_ATTEMPTS),
+        backoffCoefficient: fc.constantFrom(...EDGE_COEFFICIENTS),
+        initialInterval: fc.constantFrom(...EDGE_DURATIONS),
+        maximumInterval: fc.constantFrom(...EDGE_DURATIONS),
+      },
       { requiredKeys: ['maximumAttempts'] },
     ),
     apply: (spec, p, v) => {
       const k = idx(spec, p);
-      stagesOf(spec)[k]!.retry = v;
+      stagesOf(spec)[k].retry = v;
       return { expect: 'any', what: `stages[${k}].retry = ${JSON.stringify(v)}` };
     },
   },
@@ -412,20 +506,34 @@ const MUTATIONS: Record<string, { payload: fc.Arbitrary<unknown>; apply: Mutatio
       const [initial, maximum] = v as [string, string];
       spec.defaults = { ...(spec.defaults as object | undefined), retry: { maximumInterval: maximum } };
       const k = idx(spec, p);
-      stagesOf(spec)[k]!.retry = { initialInterval: initial };
+      stagesOf(spec)[k].retry = { initialInterval: initial };
       // The stage's effective policy (its own over the defaults) waits at most `maximum` but starts at `initial`.
-      return { expect: 'invalid', at: new RegExp(`^stages\\[${k}\\]\\.retry`), what: `stages[${k}].retry.initialInterval ${initial} > defaults.retry.maximumInterval ${maximum}` };
+      return {
+        expect: 'invalid',
+        at: new RegExp(`^stages\\[${k}\\]\\.retry`),
+        what: `stages[${k}].retry.initialInterval ${initial} > defaults.retry.maximumInterval ${maximum}`,
+      };
     },
   },
   'bad retry': {
     payload: fc.constantFrom<[string, unknown]>(
-      ['maximumAttempts', -1], ['maximumAttempts', 1.5], ['maximumAttempts', '3'], ['maximumAttempts', null], ['backoffCoefficient', 0.5], ['backoffCoefficient', -1],
-      ['backoffCoefficient', '2'], ['initialInterval', 'soon'], ['initialInterval', ''], ['maximumInterval', 5], ['constructor', 1], ['__proto__', {}],
+      ['maximumAttempts', -1],
+      ['maximumAttempts', 1.5],
+      ['maximumAttempts', '3'],
+      ['maximumAttempts', null],
+      ['backoffCoefficient', 0.5],
+      ['backoffCoefficient', -1],
+      ['backoffCoefficient', '2'],
+      ['initialInterval', 'soon'],
+      ['initialInterval', ''],
+      ['maximumInterval', 5],
+      ['constructor', 1],
+      ['__proto__', {}],
     ),
     apply: (spec, p, v) => {
       const [field, value] = v as [string, unknown];
       const k = idx(spec, p);
-      stagesOf(spec)[k]!.retry = own([[field, value]]);
+      stagesOf(spec)[k].retry = own([[field, value]]);
       return { expect: 'invalid', at: new RegExp(`^stages\\[${k}\\]\\.retry`), what: `stages[${k}].retry.${field} = ${JSON.stringify(value)}` };
     },
   },
@@ -433,8 +541,26 @@ const MUTATIONS: Record<string, { payload: fc.Arbitrary<unknown>; apply: Mutatio
     payload: fc.oneof(fc.constantFrom(...PROTO_NAMES, 'neds', 'Run', 'env'), fc.string({ unit: 'grapheme', minLength: 1, maxLength: 8 })),
     apply: (spec, p, v) => {
       const k = idx(spec, p);
-      const st = stagesOf(spec)[k]!;
-      const known = ['id', 'uses', 'run', 'version', 'needs', 'queue', 'with', 'retry', 'timeout', 'heartbeatTimeout', 'stallTimeout', 'checkpoint', 'cache', 'inputs', 'outputs', 'memoryEstimateGiB', 'sweep'];
+      const st = stagesOf(spec)[k];
+      const known = [
+        'id',
+        'uses',
+        'run',
+        'version',
+        'needs',
+        'queue',
+        'with',
+        'retry',
+        'timeout',
+        'heartbeatTimeout',
+        'stallTimeout',
+        'checkpoint',
+        'cache',
+        'inputs',
+        'outputs',
+        'memoryEstimateGiB',
+        'sweep',
+      ];
       const key = known.includes(v as string) ? `${String(v)}_` : (v as string);
       stagesOf(spec)[k] = own([...Object.entries(st), [key, 1]]);
       return { expect: 'invalid', at: new RegExp(`^stages\\[${k}\\]: unknown field`), what: `stages[${k}].${JSON.stringify(key)} = 1` };
@@ -452,8 +578,8 @@ const MUTATIONS: Record<string, { payload: fc.Arbitrary<unknown>; apply: Mutatio
     payload: fc.constant(null),
     apply: (spec, p) => {
       const k = idx(spec, p);
-      delete stagesOf(spec)[k]!.run;
-      delete stagesOf(spec)[k]!.uses;
+      delete stagesOf(spec)[k].run;
+      delete stagesOf(spec)[k].uses;
       return { expect: 'invalid', at: /either `uses`/, what: `stages[${k}] without uses or run` };
     },
   },
@@ -461,8 +587,8 @@ const MUTATIONS: Record<string, { payload: fc.Arbitrary<unknown>; apply: Mutatio
     payload: fc.constantFrom(...STAGE_KIND_NAMES),
     apply: (spec, p, v) => {
       const k = idx(spec, p);
-      stagesOf(spec)[k]!.uses = v;
-      stagesOf(spec)[k]!.run = ['true'];
+      stagesOf(spec)[k].uses = v;
+      stagesOf(spec)[k].run = ['true'];
       return { expect: 'invalid', at: /not both/, what: `stages[${k}] with uses and run` };
     },
   },
@@ -471,8 +597,8 @@ const MUTATIONS: Record<string, { payload: fc.Arbitrary<unknown>; apply: Mutatio
     apply: (spec, p, v) => {
       const k = idx(spec, p);
       const kind = (STAGE_KIND_NAMES as readonly string[]).includes(v as string) ? `${String(v)}x` : (v as string);
-      delete stagesOf(spec)[k]!.run;
-      stagesOf(spec)[k]!.uses = kind;
+      delete stagesOf(spec)[k].run;
+      stagesOf(spec)[k].uses = kind;
       return { expect: 'invalid', at: new RegExp(`^stages\\[${k}\\]\\.uses: `), what: `stages[${k}].uses = ${JSON.stringify(kind)}` };
     },
   },
@@ -480,7 +606,7 @@ const MUTATIONS: Record<string, { payload: fc.Arbitrary<unknown>; apply: Mutatio
     payload: fc.constantFrom('GPU', 'tpu', '', ' cpu', ...PROTO_NAMES),
     apply: (spec, p, v) => {
       const k = idx(spec, p);
-      stagesOf(spec)[k]!.queue = v;
+      stagesOf(spec)[k].queue = v;
       return { expect: 'invalid', at: new RegExp(`^stages\\[${k}\\]\\.queue: `), what: `stages[${k}].queue = ${JSON.stringify(v)}` };
     },
   },
@@ -488,7 +614,7 @@ const MUTATIONS: Record<string, { payload: fc.Arbitrary<unknown>; apply: Mutatio
     payload: fc.oneof(fc.constantFrom('ghost', ...PROTO_NAMES), fc.string({ maxLength: 6 })),
     apply: (spec, p, v) => {
       const k = idx(spec, p);
-      const st = stagesOf(spec)[k]!;
+      const st = stagesOf(spec)[k];
       const needs = (st.needs as string[] | undefined) ?? [];
       const input = needs.includes(v as string) ? `${String(v)}-x` : (v as string);
       st.inputs = [...((st.inputs as string[] | undefined) ?? []), input];
@@ -502,7 +628,7 @@ const MUTATIONS: Record<string, { payload: fc.Arbitrary<unknown>; apply: Mutatio
       const params = (spec.params ?? {}) as Record<string, unknown>;
       const ref = Object.hasOwn(params, name) ? `${name}_undeclared` : name;
       const k = idx(spec, p);
-      const st = stagesOf(spec)[k]!;
+      const st = stagesOf(spec)[k];
       if (inWith || !st.run) st.with = own([...Object.entries((st.with as object | undefined) ?? {}), ['ref_', `\${{ params.${ref} }}`]]);
       else st.run = [...(st.run as string[]), `--x=\${{ params.${ref} }}`];
       return { expect: 'invalid', at: new RegExp(`unknown parameter "${ref.replace(/[.$]/g, '\\$&')}"`), what: `stages[${k}] refers to params.${ref}` };
@@ -524,7 +650,7 @@ const MUTATIONS: Record<string, { payload: fc.Arbitrary<unknown>; apply: Mutatio
         return { expect: 'invalid', at: /^params/, what: 'params.__proto__' };
       }
       const k = idx(spec, p);
-      const st = stagesOf(spec)[k]!;
+      const st = stagesOf(spec)[k];
       st.with = own([...Object.entries((st.with as object | undefined) ?? {}), ['__proto__', value]]);
       return { expect: 'invalid', at: new RegExp(`^stages\\[${k}\\]\\.with`), what: `stages[${k}].with.__proto__ = ${JSON.stringify(value)}` };
     },
@@ -537,11 +663,14 @@ const MUTATIONS: Record<string, { payload: fc.Arbitrary<unknown>; apply: Mutatio
     },
   },
   'bad stage field type': {
-    payload: fc.tuple(fc.constantFrom('with', 'needs', 'run', 'inputs', 'outputs', 'cache', 'memoryEstimateGiB', 'checkpoint', 'version', 'retry'), fc.constantFrom(...ODD_VALUES)),
+    payload: fc.tuple(
+      fc.constantFrom('with', 'needs', 'run', 'inputs', 'outputs', 'cache', 'memoryEstimateGiB', 'checkpoint', 'version', 'retry'),
+      fc.constantFrom(...ODD_VALUES),
+    ),
     apply: (spec, p, v) => {
       const [field, value] = v as [string, unknown];
       const k = idx(spec, p);
-      stagesOf(spec)[k]![field] = value;
+      stagesOf(spec)[k][field] = value;
       return { expect: 'any', what: `stages[${k}].${field} = ${JSON.stringify(value)}` };
     },
   },
@@ -562,7 +691,7 @@ const MUTATIONS: Record<string, { payload: fc.Arbitrary<unknown>; apply: Mutatio
         }
       }
       if (!places.length) return { expect: 'any', what: 'nothing to replace' };
-      const [node, key] = places[(p + n) % places.length]!;
+      const [node, key] = places[(p + n) % places.length];
       (node as Record<string | number, unknown>)[key] = value;
       return { expect: 'any', what: `…[${JSON.stringify(key)}] = ${JSON.stringify(value)}` };
     },
@@ -578,13 +707,16 @@ const MUTATIONS: Record<string, { payload: fc.Arbitrary<unknown>; apply: Mutatio
 };
 
 const nearValidCaseArb = (mode: Mode) => {
-  const names = Object.keys(MUTATIONS).filter((n) => !(mode.workflow && MUTATIONS[n]!.unitOnly));
-  const nameArb = fc.oneof(...names.map((n) => ({ weight: (mode.workflow && MUTATIONS[n]!.workflowWeight) || 1, arbitrary: fc.constant(n) })));
+  const names = Object.keys(MUTATIONS).filter((n) => !(mode.workflow && MUTATIONS[n].unitOnly));
+  const nameArb = fc.oneof(...names.map((n) => ({ weight: (mode.workflow && MUTATIONS[n].workflowWeight) || 1, arbitrary: fc.constant(n) })));
   return fc
-    .tuple(specRecipeArb(mode), nameArb.chain((name) => fc.tuple(fc.constant(name), fc.nat(), MUTATIONS[name]!.payload)))
+    .tuple(
+      specRecipeArb(mode),
+      nameArb.chain((name) => fc.tuple(fc.constant(name), fc.nat(), MUTATIONS[name].payload)),
+    )
     .map(([recipe, [name, pick, payload]]) => {
       const spec = buildValid(recipe, mode);
-      const { expect, at, what } = MUTATIONS[name]!.apply(spec, pick, payload, mode);
+      const { expect, at, what } = MUTATIONS[name].apply(spec, pick, payload, mode);
       return specCase(`near-valid: ${name} (${clipText(what, 200)})`, spec, expect, at ? { at } : {});
     });
 };
@@ -617,38 +749,91 @@ const hostileArbs = (mode: Mode): Array<fc.WeightedArbitrary<Case>> => [
     // `with:` nested around the limit, and far beyond it.
     weight: 10,
     arbitrary: fc
-      .tuple(fc.oneof({ weight: 4, arbitrary: fc.integer({ min: MAX_WITH_DEPTH - 2, max: MAX_WITH_DEPTH + 2 }) }, { weight: 1, arbitrary: fc.constantFrom(100, 1000, 5000, 20_000) }), fc.constantFrom('object', 'array'), fc.constantFrom(...PROTO_NAMES, 'n'))
+      .tuple(
+        fc.oneof(
+          { weight: 4, arbitrary: fc.integer({ min: MAX_WITH_DEPTH - 2, max: MAX_WITH_DEPTH + 2 }) },
+          { weight: 1, arbitrary: fc.constantFrom(100, 1000, 5000, 20_000) },
+        ),
+        fc.constantFrom('object', 'array'),
+        fc.constantFrom(...PROTO_NAMES, 'n'),
+      )
       .map(([depth, shape, key]) => {
         // A top-level `__proto__` key in `with:` is a problem of its own; deeper ones are plain data.
         const ok = depth <= MAX_WITH_DEPTH && key !== '__proto__';
         const mk = () => base(mode, [{ id: 'a', run: ['true'], with: deep(depth, shape, 'leaf', key) }]);
-        const json = depth > 1000 ? () => JSON.stringify(base(mode, [{ id: 'a', run: ['true'], with: '@DEEP@' }])).replace('"@DEEP@"', deepJson(depth, shape, key)) : undefined;
-        return mkCase('hostile: deep with', `with: nested ${depth} levels of ${shape}s under key ${JSON.stringify(key)}`, mk, ok ? 'ok' : 'invalid', { ...(depth > MAX_WITH_DEPTH ? { at: /^stages\[0\]\.with: nested more than 32 levels deep/ } : {}), ...(json ? { json } : {}) });
+        const json =
+          depth > 1000
+            ? () => JSON.stringify(base(mode, [{ id: 'a', run: ['true'], with: '@DEEP@' }])).replace('"@DEEP@"', deepJson(depth, shape, key))
+            : undefined;
+        return mkCase('hostile: deep with', `with: nested ${depth} levels of ${shape}s under key ${JSON.stringify(key)}`, mk, ok ? 'ok' : 'invalid', {
+          ...(depth > MAX_WITH_DEPTH ? { at: /^stages\[0\]\.with: nested more than 32 levels deep/ } : {}),
+          ...(json ? { json } : {}),
+        });
       }),
   },
   {
     // Deep nesting where no depth limit applies: the shape check must not recurse into it, the graph checks neither.
     weight: 6,
     arbitrary: fc
-      .tuple(fc.constantFrom('run', 'run[1]', 'needs', 'inputs', 'outputs', 'params', 'description', 'retry', 'queues', 'stages', 'spec', 'uses', 'id', 'with in stage 5001'), fc.constantFrom(50, 5000, 20_000), fc.constantFrom('object', 'array'))
+      .tuple(
+        fc.constantFrom(
+          'run',
+          'run[1]',
+          'needs',
+          'inputs',
+          'outputs',
+          'params',
+          'description',
+          'retry',
+          'queues',
+          'stages',
+          'spec',
+          'uses',
+          'id',
+          'with in stage 5001',
+        ),
+        fc.constantFrom(50, 5000, 20_000),
+        fc.constantFrom('object', 'array'),
+      )
       .map(([where, depth, shape]) => {
         const d = () => deep(depth, shape).n;
         const mk = (): unknown => {
           switch (where) {
-            case 'run': return base(mode, [{ id: 'a', run: d() }]);
-            case 'run[1]': return base(mode, [{ id: 'a', run: ['echo', d()] }]);
-            case 'needs': return base(mode, [{ id: 'a', run: ['true'], needs: [d()] }]);
-            case 'inputs': return base(mode, [{ id: 'a', run: ['true'], inputs: [d()] }]);
-            case 'outputs': return base(mode, [{ id: 'a', run: ['true'], outputs: d() }]);
-            case 'params': return base(mode, [{ id: 'a', run: ['true'] }], { params: { p: d() } });
-            case 'description': return base(mode, [{ id: 'a', run: ['true'] }], { description: d() });
-            case 'retry': return base(mode, [{ id: 'a', run: ['true'], retry: deep(depth, 'object', 1, 'maximumAttempts') }]);
-            case 'queues': return { ...base(mode, [{ id: 'a', run: ['true'] }]), queues: deep(depth, shape, 'x', 'cpu') };
-            case 'stages': return base(mode, [d()]);
-            case 'spec': return d();
-            case 'uses': return base(mode, [{ id: 'a', uses: d() }]);
-            case 'id': return base(mode, [{ id: d(), run: ['true'] }]);
-            default: return base(mode, Array.from({ length: MAX_STAGES + 2 }, (_, i) => ({ id: `s${i}`, run: ['true'], ...(i === MAX_STAGES + 1 ? { with: deep(depth, shape) } : {}) })));
+            case 'run':
+              return base(mode, [{ id: 'a', run: d() }]);
+            case 'run[1]':
+              return base(mode, [{ id: 'a', run: ['echo', d()] }]);
+            case 'needs':
+              return base(mode, [{ id: 'a', run: ['true'], needs: [d()] }]);
+            case 'inputs':
+              return base(mode, [{ id: 'a', run: ['true'], inputs: [d()] }]);
+            case 'outputs':
+              return base(mode, [{ id: 'a', run: ['true'], outputs: d() }]);
+            case 'params':
+              return base(mode, [{ id: 'a', run: ['true'] }], { params: { p: d() } });
+            case 'description':
+              return base(mode, [{ id: 'a', run: ['true'] }], { description: d() });
+            case 'retry':
+              return base(mode, [{ id: 'a', run: ['true'], retry: deep(depth, 'object', 1, 'maximumAttempts') }]);
+            case 'queues':
+              return { ...base(mode, [{ id: 'a', run: ['true'] }]), queues: deep(depth, shape, 'x', 'cpu') };
+            case 'stages':
+              return base(mode, [d()]);
+            case 'spec':
+              return d();
+            case 'uses':
+              return base(mode, [{ id: 'a', uses: d() }]);
+            case 'id':
+              return base(mode, [{ id: d(), run: ['true'] }]);
+            default:
+              return base(
+                mode,
+                Array.from({ length: MAX_STAGES + 2 }, (_, i) => ({
+                  id: `s${i}`,
+                  run: ['true'],
+                  ...(i === MAX_STAGES + 1 ? { with: deep(depth, shape) } : {}),
+                })),
+              );
           }
         };
         return mkCase('hostile: deep elsewhere', `${depth} levels of ${shape}s in ${where}`, mk, 'invalid');
@@ -658,7 +843,11 @@ const hostileArbs = (mode: Mode): Array<fc.WeightedArbitrary<Case>> => [
     // Many stages: chains, independent ones, one long cycle, unknown needs, duplicates; ids up to the longest allowed.
     weight: 2,
     arbitrary: fc
-      .tuple(fc.constantFrom(1, 2, 10, 100, 1000, MAX_STAGES - 1, MAX_STAGES, MAX_STAGES + 1, 10_000), fc.constantFrom('chain', 'independent', 'cycle', 'ghost', 'duplicate', 'bad ids'), fc.integer({ min: 6, max: 63 }))
+      .tuple(
+        fc.constantFrom(1, 2, 10, 100, 1000, MAX_STAGES - 1, MAX_STAGES, MAX_STAGES + 1, 10_000),
+        fc.constantFrom('chain', 'independent', 'cycle', 'ghost', 'duplicate', 'bad ids'),
+        fc.integer({ min: 6, max: 63 }),
+      )
       .filter(([n, shape]) => !(mode.workflow && n > 8 && n <= MAX_STAGES && (shape === 'chain' || shape === 'independent')))
       .map(([n, shape, len]) => {
         const id = (i: number) => (shape === 'bad ids' ? `S${i}` : `s${i}`).padEnd(len, 'x');
@@ -671,30 +860,55 @@ const hostileArbs = (mode: Mode): Array<fc.WeightedArbitrary<Case>> => [
             }),
           );
         const ok = n <= MAX_STAGES && (shape === 'chain' || shape === 'independent' || (shape === 'duplicate' && n === 1));
-        return mkCase('hostile: many stages', `${n} stages, ${shape}, ids of ${len} chars`, mk, ok ? 'ok' : 'invalid', ok ? {} : { at: n > MAX_STAGES ? /at most 5000/ : /./ });
+        return mkCase(
+          'hostile: many stages',
+          `${n} stages, ${shape}, ids of ${len} chars`,
+          mk,
+          ok ? 'ok' : 'invalid',
+          ok ? {} : { at: n > MAX_STAGES ? /at most 5000/ : /./ },
+        );
       }),
   },
   {
     // Huge arrays and maps in one stage (and quadratic traps: inputs × needs, refs × params).
     weight: 1,
     arbitrary: fc
-      .tuple(fc.constantFrom('ghost needs', 'run args', 'with array', 'outputs', 'params × unknown refs', 'inputs × needs', 'unknown keys', 'problems × stages'), fc.constantFrom(1000, 30_000, 100_000))
+      .tuple(
+        fc.constantFrom('ghost needs', 'run args', 'with array', 'outputs', 'params × unknown refs', 'inputs × needs', 'unknown keys', 'problems × stages'),
+        fc.constantFrom(1000, 30_000, 100_000),
+      )
       .map(([what, n]) => {
         const list = (prefix: string, m: number = n) => Array.from({ length: m }, (_, i) => `${prefix}${i}`);
         // One problem per element: 10,000 of them at most (60,000 take 100-280 ms of CPU on a busy 2-core machine, half of it GC).
         const m = Math.min(n, 10_000);
         const cases: Record<string, [() => unknown, Expect]> = {
           'ghost needs': [() => base(mode, [{ id: 'a', run: ['true'], needs: list('ghost', m) }]), 'invalid'],
-          'run args': [() => base(mode, [{ id: 'a', run: ['true', ...list('--arg=')] }]), JSON.stringify(['true', ...list('--arg=')]).length > 256 * 1024 ? 'invalid' : 'ok'],
-          'with array': [() => base(mode, [{ id: 'a', run: ['true'], with: { xs: Array.from({ length: n }, (_, i) => i * 12_345) } }]), JSON.stringify({ xs: Array.from({ length: n }, (_, i) => i * 12_345) }).length > 256 * 1024 ? 'invalid' : 'ok'],
+          'run args': [
+            () => base(mode, [{ id: 'a', run: ['true', ...list('--arg=')] }]),
+            JSON.stringify(['true', ...list('--arg=')]).length > 256 * 1024 ? 'invalid' : 'ok',
+          ],
+          'with array': [
+            () => base(mode, [{ id: 'a', run: ['true'], with: { xs: Array.from({ length: n }, (_, i) => i * 12_345) } }]),
+            JSON.stringify({ xs: Array.from({ length: n }, (_, i) => i * 12_345) }).length > 256 * 1024 ? 'invalid' : 'ok',
+          ],
           outputs: [() => base(mode, [{ id: 'a', run: ['true'], outputs: list('out/') }]), 'ok'],
-          'params × unknown refs': [() => base(mode, [{ id: 'a', run: ['x', '${{ params.q }}'.repeat(m / 10)] }], { params: own(list('p', m).map((k) => [k, 1])) }), 'invalid'],
+          'params × unknown refs': [
+            () => base(mode, [{ id: 'a', run: ['x', '${{ params.q }}'.repeat(m / 10)] }], { params: own(list('p', m).map((k) => [k, 1])) }),
+            'invalid',
+          ],
           'inputs × needs': [() => base(mode, [{ id: 'a', run: ['true'], needs: list('n', m), inputs: list('m', m) }]), 'invalid'],
           'unknown keys': [() => base(mode, [own([['id', 'a'], ['run', ['true']], ...list('key').map((k): [string, unknown] => [k, 1])])]), 'invalid'],
           // Every stage of the largest pipeline needing unknown stages (the known ones listed in each message once computed).
-          'problems × stages': [() => base(mode, Array.from({ length: MAX_STAGES }, (_, i) => ({ id: `s${i}`, run: ['true'], needs: list('g', Math.max(1, Math.round(m / 5000))) }))), 'invalid'],
+          'problems × stages': [
+            () =>
+              base(
+                mode,
+                Array.from({ length: MAX_STAGES }, (_, i) => ({ id: `s${i}`, run: ['true'], needs: list('g', Math.max(1, Math.round(m / 5000))) })),
+              ),
+            'invalid',
+          ],
         };
-        const [mk, expect] = cases[what]!;
+        const [mk, expect] = cases[what];
         return mkCase('hostile: huge arrays', `${what}, n = ${n}`, mk, expect);
       }),
   },
@@ -702,25 +916,75 @@ const hostileArbs = (mode: Mode): Array<fc.WeightedArbitrary<Case>> => [
     // Prototype names everywhere a name goes.
     weight: 10,
     arbitrary: fc
-      .tuple(fc.constantFrom('id', 'need', 'param', 'param ref', 'with key', 'nested with key', 'uses', 'queue', 'top-level key', 'stage key', 'queues key', 'retry key', 'input'), fc.constantFrom(...PROTO_NAMES))
+      .tuple(
+        fc.constantFrom(
+          'id',
+          'need',
+          'param',
+          'param ref',
+          'with key',
+          'nested with key',
+          'uses',
+          'queue',
+          'top-level key',
+          'stage key',
+          'queues key',
+          'retry key',
+          'input',
+        ),
+        fc.constantFrom(...PROTO_NAMES),
+      )
       .map(([where, name]) => {
         const idOk = /^[a-z0-9][a-z0-9_-]{0,62}$/.test(name);
         const table: Record<string, [() => unknown, Expect]> = {
-          id: [() => base(mode, [{ id: name, run: ['true'] }, { id: 'b', needs: [name], run: ['true'] }]), idOk ? 'ok' : 'invalid'],
+          id: [
+            () =>
+              base(mode, [
+                { id: name, run: ['true'] },
+                { id: 'b', needs: [name], run: ['true'] },
+              ]),
+            idOk ? 'ok' : 'invalid',
+          ],
           need: [() => base(mode, [{ id: 'a', run: ['true'], needs: [name] }]), 'invalid'],
-          param: [() => base(mode, [{ id: 'a', run: ['echo', `\${{ params.${name} }}`] }], { params: own([[name, 'v']]) }), name === '__proto__' ? 'invalid' : 'ok'],
+          param: [
+            () => base(mode, [{ id: 'a', run: ['echo', `\${{ params.${name} }}`] }], { params: own([[name, 'v']]) }),
+            name === '__proto__' ? 'invalid' : 'ok',
+          ],
           'param ref': [() => base(mode, [{ id: 'a', run: ['echo', `\${{ params.${name} }}`] }], { params: { other: 1 } }), 'invalid'],
           'with key': [() => base(mode, [{ id: 'a', run: ['true'], with: own([[name, { x: 1 }]]) }]), name === '__proto__' ? 'invalid' : 'ok'],
           'nested with key': [() => base(mode, [{ id: 'a', run: ['true'], with: { a: own([[name, [own([[name, 1]])]]]) } }]), 'ok'],
           uses: [() => base(mode, [{ id: 'a', uses: name }]), 'invalid'],
           queue: [() => base(mode, [{ id: 'a', run: ['true'], queue: name }]), 'invalid'],
           'top-level key': [() => own([...Object.entries(base(mode, [{ id: 'a', run: ['true'] }])), [name, { polluted: true }]]), 'invalid'],
-          'stage key': [() => base(mode, [own([['id', 'a'], ['run', ['true']], [name, 1]])]), 'invalid'],
-          'queues key': [() => ({ ...base(mode, [{ id: 'a', run: ['true'] }]), queues: own([...Object.entries(mode.workflow ? { cpu: mode.taskQueue, gpu: mode.taskQueue } : {}), [name, 'q']]) }), 'invalid'],
+          'stage key': [
+            () =>
+              base(mode, [
+                own([
+                  ['id', 'a'],
+                  ['run', ['true']],
+                  [name, 1],
+                ]),
+              ]),
+            'invalid',
+          ],
+          'queues key': [
+            () => ({
+              ...base(mode, [{ id: 'a', run: ['true'] }]),
+              queues: own([...Object.entries(mode.workflow ? { cpu: mode.taskQueue, gpu: mode.taskQueue } : {}), [name, 'q']]),
+            }),
+            'invalid',
+          ],
           'retry key': [() => base(mode, [{ id: 'a', run: ['true'], retry: own([[name, 1]]) }]), 'invalid'],
-          input: [() => base(mode, [{ id: 'a', run: ['true'] }, { id: 'b', run: ['true'], needs: ['a'], inputs: [name] }]), 'invalid'],
+          input: [
+            () =>
+              base(mode, [
+                { id: 'a', run: ['true'] },
+                { id: 'b', run: ['true'], needs: ['a'], inputs: [name] },
+              ]),
+            'invalid',
+          ],
         };
-        const [mk, expect] = table[where]!;
+        const [mk, expect] = table[where];
         return mkCase('hostile: prototype names', `${JSON.stringify(name)} as ${where}`, mk, expect);
       }),
   },
@@ -728,7 +992,14 @@ const hostileArbs = (mode: Mode): Array<fc.WeightedArbitrary<Case>> => [
     // Unicode (lone surrogates, RTL overrides, NUL, emoji) in every string.
     weight: 10,
     arbitrary: fc
-      .tuple(fc.constantFrom('id', 'name', 'need', 'param name', 'param value', 'with key', 'run arg', 'description', 'uses', 'version', 'output'), fc.string({ unit: fc.constantFrom('\ud800', '\udc00', '\u202e', '\u0000', '🦀', 'é', 'e\u0301', '鍛', '\uFEFF', '\n', 'a', '$', '{', '}'), minLength: 1, maxLength: 12 }))
+      .tuple(
+        fc.constantFrom('id', 'name', 'need', 'param name', 'param value', 'with key', 'run arg', 'description', 'uses', 'version', 'output'),
+        fc.string({
+          unit: fc.constantFrom('\ud800', '\udc00', '\u202e', '\u0000', '🦀', 'é', 'e\u0301', '鍛', '\uFEFF', '\n', 'a', '$', '{', '}'),
+          minLength: 1,
+          maxLength: 12,
+        }),
+      )
       .map(([where, s]) => {
         const idOk = /^[a-z0-9][a-z0-9_-]{0,62}$/.test(s);
         const table: Record<string, [() => unknown, Expect]> = {
@@ -744,7 +1015,7 @@ const hostileArbs = (mode: Mode): Array<fc.WeightedArbitrary<Case>> => [
           version: [() => base(mode, [{ id: 'a', run: ['true'], version: s }]), 'ok'],
           output: [() => base(mode, [{ id: 'a', run: ['true'], outputs: [s] }]), 'ok'],
         };
-        const [mk, expect] = table[where]!;
+        const [mk, expect] = table[where];
         return mkCase('hostile: unicode', `${JSON.stringify(s)} as ${where}`, mk, expect);
       }),
   },
@@ -752,17 +1023,29 @@ const hostileArbs = (mode: Mode): Array<fc.WeightedArbitrary<Case>> => [
     // Bad durations in every duration field.
     weight: 8,
     arbitrary: fc
-      .tuple(fc.constantFrom('timeout', 'heartbeatTimeout', 'stallTimeout', 'defaults.timeout', 'retry.initialInterval', 'retry.maximumInterval', 'defaults.retry.initialInterval'), fc.constantFrom(...BAD_STAGE_DURATION_VALUES))
+      .tuple(
+        fc.constantFrom(
+          'timeout',
+          'heartbeatTimeout',
+          'stallTimeout',
+          'defaults.timeout',
+          'retry.initialInterval',
+          'retry.maximumInterval',
+          'defaults.retry.initialInterval',
+        ),
+        fc.constantFrom(...BAD_STAGE_DURATION_VALUES),
+      )
       .map(([field, value]) => {
         const isRetry = field.includes('retry.');
         // Retry intervals may be shorter than a second; the rest of the list is no duration at all.
-        const expect: Expect = isRetry && typeof value === 'string' && ['0.4ms', '999ms', '31d', '30d1ms', `${'9'.repeat(400)}d`].includes(value) ? 'any' : 'invalid';
+        const expect: Expect =
+          isRetry && typeof value === 'string' && ['0.4ms', '999ms', '31d', '30d1ms', `${'9'.repeat(400)}d`].includes(value) ? 'any' : 'invalid';
         const mk = () => {
           const stage: Record<string, unknown> = { id: 'a', run: ['true'] };
           const spec = base(mode, [stage]);
           const parts = field.split('.');
-          let target: Record<string, unknown> = parts[0] === 'defaults' ? ((spec.defaults = {}) as Record<string, unknown>) : stage;
-          for (const p of parts.slice(parts[0] === 'defaults' ? 1 : 0, -1)) target = (target[p] = {}) as Record<string, unknown>;
+          let target: Record<string, unknown> = parts[0] === 'defaults' ? (spec.defaults = {}) : stage;
+          for (const p of parts.slice(parts[0] === 'defaults' ? 1 : 0, -1)) target = target[p] = {};
           target[parts.at(-1)!] = value;
           return spec;
         };
@@ -773,23 +1056,82 @@ const hostileArbs = (mode: Mode): Array<fc.WeightedArbitrary<Case>> => [
     // Odd ids: every way not to be `^[a-z0-9][a-z0-9_-]{0,62}$`.
     weight: 8,
     arbitrary: fc
-      .oneof(fc.constantFrom(...ODD_IDS), fc.string({ unit: 'binary', maxLength: 70 }).filter((s) => !/^[a-z0-9][a-z0-9_-]{0,62}$/.test(s)))
-      .map((id) => mkCase('hostile: odd id', JSON.stringify(id), () => base(mode, [{ id, run: ['true'] }, { id: 'b', run: ['true'], needs: [id] }]), 'invalid', { at: /^stages\[0\]\.id: / })),
+      .oneof(
+        fc.constantFrom(...ODD_IDS),
+        fc.string({ unit: 'binary', maxLength: 70 }).filter((s) => !/^[a-z0-9][a-z0-9_-]{0,62}$/.test(s)),
+      )
+      .map((id) =>
+        mkCase(
+          'hostile: odd id',
+          JSON.stringify(id),
+          () =>
+            base(mode, [
+              { id, run: ['true'] },
+              { id: 'b', run: ['true'], needs: [id] },
+            ]),
+          'invalid',
+          { at: /^stages\[0\]\.id: / },
+        ),
+      ),
   },
   {
     // Values of the wrong type anywhere, the spec itself included.
     weight: 8,
     arbitrary: fc.oneof(
-      fc.constantFrom<unknown>(null, undefined, 0, -0, NaN, Infinity, '', 'x', true, [], [{}], {}, { stages: null }, { name: 'p', stages: [null, 1, 'a', [], true] }, { name: 'p', stages: { 0: { id: 'a', run: ['true'] } } }, { name: 'p', stages: [{ id: 'a', run: null }] }, Object.create(null)).map((v) => mkCase('hostile: not an object', String(JSON.stringify(v)), () => v, 'invalid')),
-      fc.anything({ maxDepth: 4, withNullPrototype: true, withSparseArray: true }).map((v) => mkCase('hostile: anything', clipText(fc.stringify(v), 2000), () => v, 'any')),
-      fc.anything({ maxDepth: 3, withNullPrototype: true }).map((v) => mkCase('hostile: anything as stages', clipText(fc.stringify(v), 2000), () => base(mode, [v, { id: 'b', run: ['true'] }]), 'any')),
+      fc
+        .constantFrom<unknown>(
+          null,
+          undefined,
+          0,
+          -0,
+          NaN,
+          Infinity,
+          '',
+          'x',
+          true,
+          [],
+          [{}],
+          {},
+          { stages: null },
+          { name: 'p', stages: [null, 1, 'a', [], true] },
+          { name: 'p', stages: { 0: { id: 'a', run: ['true'] } } },
+          { name: 'p', stages: [{ id: 'a', run: null }] },
+          Object.create(null),
+        )
+        .map((v) => mkCase('hostile: not an object', String(JSON.stringify(v)), () => v, 'invalid')),
+      fc
+        .anything({ maxDepth: 4, withNullPrototype: true, withSparseArray: true })
+        .map((v) => mkCase('hostile: anything', clipText(fc.stringify(v), 2000), () => v, 'any')),
+      fc
+        .anything({ maxDepth: 3, withNullPrototype: true })
+        .map((v) => mkCase('hostile: anything as stages', clipText(fc.stringify(v), 2000), () => base(mode, [v, { id: 'b', run: ['true'] }]), 'any')),
     ),
   },
   {
     // Very long strings in every field.
     weight: 6,
     arbitrary: fc
-      .tuple(fc.constantFrom('name', 'description', 'id', 'need', 'uses', 'run arg', 'param name', 'param value', 'with key', 'with value', 'queue', 'version', 'profile', 'source', 'unknown field'), fc.constantFrom(10_000, 100_000, 1_000_000), fc.constantFrom('x', 'é', '🦀', '\ud800'))
+      .tuple(
+        fc.constantFrom(
+          'name',
+          'description',
+          'id',
+          'need',
+          'uses',
+          'run arg',
+          'param name',
+          'param value',
+          'with key',
+          'with value',
+          'queue',
+          'version',
+          'profile',
+          'source',
+          'unknown field',
+        ),
+        fc.constantFrom(10_000, 100_000, 1_000_000),
+        fc.constantFrom('x', 'é', '🦀', '\ud800'),
+      )
       .map(([where, n, ch]) => {
         // Flat, as JSON.parse and YAML make them: a `repeat` result is a rope that every slice would flatten again.
         const big = () => JSON.parse(JSON.stringify(ch.repeat(n / ch.length))) as string;
@@ -804,22 +1146,71 @@ const hostileArbs = (mode: Mode): Array<fc.WeightedArbitrary<Case>> => [
         const table: Record<string, [() => unknown, Expect]> = {
           name: [() => ({ ...base(mode, [{ id: 'a', run: ['true'] }]), name: big() }), 'invalid'],
           description: [() => ({ ...base(mode, [{ id: 'a', run: ['true'] }]), description: big() }), 'ok'],
-          id: [() => base(mode, each((i, b) => ({ id: distinct(b, i), run: ['true'], needs: ['ghost'] }))), 'invalid'],
+          id: [
+            () =>
+              base(
+                mode,
+                each((i, b) => ({ id: distinct(b, i), run: ['true'], needs: ['ghost'] })),
+              ),
+            'invalid',
+          ],
           need: [() => base(mode, [{ id: 'a', run: ['true'], needs: each((i, b) => distinct(b, i)) }]), 'invalid'],
-          uses: [() => base(mode, each((i, b) => ({ id: `s${i}`, uses: b }))), 'invalid'],
+          uses: [
+            () =>
+              base(
+                mode,
+                each((i, b) => ({ id: `s${i}`, uses: b })),
+              ),
+            'invalid',
+          ],
           'run arg': [() => base(mode, [{ id: 'a', run: ['true', big()] }]), tooBig ? 'invalid' : 'ok'],
-          'param name': [() => base(mode, Array.from({ length: 60 }, (_, i) => ({ id: `s${i}`, run: ['echo', '${{ params.nope }}'] })), { params: own([[big(), 1]]) }), 'invalid'],
+          'param name': [
+            () =>
+              base(
+                mode,
+                Array.from({ length: 60 }, (_, i) => ({ id: `s${i}`, run: ['echo', '${{ params.nope }}'] })),
+                { params: own([[big(), 1]]) },
+              ),
+            'invalid',
+          ],
           // Substituted into `run`: as large there as written.
           'param value': [() => base(mode, [{ id: 'a', run: ['echo', '${{ params.p }}'] }], { params: { p: big() } }), tooBig ? 'invalid' : 'ok'],
           'with key': [() => base(mode, [{ id: 'a', run: ['true'], with: own([[big(), 1]]) }]), tooBig ? 'invalid' : 'ok'],
           'with value': [() => base(mode, [{ id: 'a', run: ['true'], with: { v: big() } }]), tooBig ? 'invalid' : 'ok'],
-          queue: [() => base(mode, each((i, b) => ({ id: `s${i}`, run: ['true'], queue: b }))), 'invalid'],
+          queue: [
+            () =>
+              base(
+                mode,
+                each((i, b) => ({ id: `s${i}`, run: ['true'], queue: b })),
+              ),
+            'invalid',
+          ],
           version: [() => base(mode, [{ id: 'a', run: ['true'], version: big() }]), 'ok'],
           profile: [() => ({ ...base(mode, [{ id: 'a', run: ['true'] }]), profile: big() }), 'ok'],
-          source: [() => base(mode, Array.from({ length: 60 }, (_, i) => ({ id: `s${i}`, run: ['true'], needs: ['ghost'] }))), 'invalid'],
-          'unknown field': [() => base(mode, each((i, b) => own([['id', `s${i}`], ['run', ['true']], [b, 1]]))), 'invalid'],
+          source: [
+            () =>
+              base(
+                mode,
+                Array.from({ length: 60 }, (_, i) => ({ id: `s${i}`, run: ['true'], needs: ['ghost'] })),
+              ),
+            'invalid',
+          ],
+          'unknown field': [
+            () =>
+              base(
+                mode,
+                each((i, b) =>
+                  own([
+                    ['id', `s${i}`],
+                    ['run', ['true']],
+                    [b, 1],
+                  ]),
+                ),
+              ),
+            'invalid',
+          ],
         };
-        const [mk, expect] = table[where]!;
+        const [mk, expect] = table[where];
         return mkCase('hostile: long string', `${n} × ${JSON.stringify(ch)} as ${where}`, mk, expect, where === 'source' ? { source: big() } : {});
       }),
   },
@@ -831,7 +1222,12 @@ const limitArbs = (mode: Mode): Array<fc.WeightedArbitrary<Case>> => [
     // A small spec whose parameters, substituted, make a stage's input megabytes long.
     weight: 3,
     arbitrary: fc
-      .tuple(fc.constantFrom(1000, 10_000, 100_000), fc.constantFrom(1, 2, 10, 40, 300), fc.constantFrom('run', 'with', 'with, whole'), fc.constantFrom('x', '"', '🦀'))
+      .tuple(
+        fc.constantFrom(1000, 10_000, 100_000),
+        fc.constantFrom(1, 2, 10, 40, 300),
+        fc.constantFrom('run', 'with', 'with, whole'),
+        fc.constantFrom('x', '"', '🦀'),
+      )
       .map(([size, refs, where, ch]) => {
         const value = ch.repeat(size / ch.length);
         const ref = where === 'with, whole' ? '${{ params.p }}' : 'a ${{ params.p }} b';
@@ -841,19 +1237,35 @@ const limitArbs = (mode: Mode): Array<fc.WeightedArbitrary<Case>> => [
           const stage = where === 'run' ? { id: 'a', run: ['true', ...refsList] } : { id: 'a', run: ['true'], with: own(refsList.map((r, i) => [`k${i}`, r])) };
           return base(mode, [stage], { params: { p: value } });
         };
-        return mkCase('hostile: parameter amplification', `${refs} references in ${where} to a parameter of ${size} × ${JSON.stringify(ch)}`, mk, resolved > 300 * 1024 ? 'invalid' : resolved < 200 * 1024 ? 'ok' : 'any', resolved > 300 * 1024 ? { at: /once parameters are substituted/ } : {});
+        return mkCase(
+          'hostile: parameter amplification',
+          `${refs} references in ${where} to a parameter of ${size} × ${JSON.stringify(ch)}`,
+          mk,
+          resolved > 300 * 1024 ? 'invalid' : resolved < 200 * 1024 ? 'ok' : 'any',
+          resolved > 300 * 1024 ? { at: /once parameters are substituted/ } : {},
+        );
       }),
   },
   {
     // Task queue names: Temporal refuses names over 1,000 bytes (a workflow case only sends the ones the validator must refuse).
     weight: 2,
     arbitrary: fc
-      .tuple(fc.constantFrom('cpu', 'gpu'), mode.workflow ? fc.constantFrom(301, 1001, 100_000) : fc.constantFrom(1, 299, 300, 301, 1001, 100_000), fc.constantFrom('q', 'é', '🦀'))
+      .tuple(
+        fc.constantFrom('cpu', 'gpu'),
+        mode.workflow ? fc.constantFrom(301, 1001, 100_000) : fc.constantFrom(1, 299, 300, 301, 1001, 100_000),
+        fc.constantFrom('q', 'é', '🦀'),
+      )
       .map(([which, len, ch]) => {
         const name = ch.repeat(Math.ceil(len / ch.length)).slice(0, len);
         const queues = { ...(mode.workflow ? { cpu: mode.taskQueue, gpu: mode.taskQueue } : {}), [which]: name };
         const ok = name.length <= 300;
-        return mkCase('hostile: long queue name', `queues.${which} of ${len} × ${JSON.stringify(ch)}`, () => ({ ...base(mode, [{ id: 'a', run: ['true'] }]), queues }), ok ? 'ok' : 'invalid', ok ? {} : { at: new RegExp(`^queues\\.${which}: `) });
+        return mkCase(
+          'hostile: long queue name',
+          `queues.${which} of ${len} × ${JSON.stringify(ch)}`,
+          () => ({ ...base(mode, [{ id: 'a', run: ['true'] }]), queues }),
+          ok ? 'ok' : 'invalid',
+          ok ? {} : { at: new RegExp(`^queues\\.${which}: `) },
+        );
       }),
   },
 ];
@@ -868,7 +1280,11 @@ function fixedCases(mode: Mode): Array<Case & { expected: RegExp }> {
   const queues = mode.workflow ? { queues: { cpu: mode.taskQueue, gpu: mode.taskQueue } } : {};
   const deepText = `${'{"nest":'.repeat(5000)}{"leaf":1}${'}'.repeat(5000)}`;
   const fixed: Array<[string, () => unknown, RegExp, (() => string)?]> = [
-    ['3,000 stages each needing an unknown stage', () => ({ name: 'h1', ...queues, stages: Array.from({ length: 3000 }, (_, i) => ({ id: `s${i}`, needs: ['ghost'], run: ['true'] })) }), /unknown stage "ghost"[\s\S]*… and 2950 more problems/],
+    [
+      '3,000 stages each needing an unknown stage',
+      () => ({ name: 'h1', ...queues, stages: Array.from({ length: 3000 }, (_, i) => ({ id: `s${i}`, needs: ['ghost'], run: ['true'] })) }),
+      /unknown stage "ghost"[\s\S]*… and 2950 more problems/,
+    ],
     [
       'a `with:` nested 5,000 objects deep',
       // Built as JSON text and parsed: JSON.stringify itself overflows the stack on it.
@@ -876,9 +1292,21 @@ function fixedCases(mode: Mode): Array<Case & { expected: RegExp }> {
       /stages\[0\]\.with: nested more than 32 levels deep/,
       () => JSON.stringify({ name: 'h2', ...queues, stages: [{ id: 'a', run: ['true'], with: '@DEEP@' }] }).replace('"@DEEP@"', deepText),
     ],
-    ['a parameter named like an Object method', () => ({ name: 'h3', ...queues, stages: [{ id: 'a', run: ['echo', '${{ params.constructor }}'] }] }), /unknown parameter "constructor"/],
+    [
+      'a parameter named like an Object method',
+      () => ({ name: 'h3', ...queues, stages: [{ id: 'a', run: ['echo', '${{ params.constructor }}'] }] }),
+      /unknown parameter "constructor"/,
+    ],
     ['a 0.4 ms timeout', () => ({ name: 'h4', ...queues, stages: [{ id: 'a', run: ['true'], timeout: '0.4ms' }] }), /stages\[0\]\.timeout: out of range/],
-    ['a 10,000-stage chain', () => ({ name: 'h5', ...queues, stages: Array.from({ length: 10_000 }, (_, i) => ({ id: `s${i}`, run: ['true'], ...(i ? { needs: [`s${i - 1}`] } : {}) })) }), /10000 stages: a pipeline may have at most 5000/],
+    [
+      'a 10,000-stage chain',
+      () => ({
+        name: 'h5',
+        ...queues,
+        stages: Array.from({ length: 10_000 }, (_, i) => ({ id: `s${i}`, run: ['true'], ...(i ? { needs: [`s${i - 1}`] } : {}) })),
+      }),
+      /10000 stages: a pipeline may have at most 5000/,
+    ],
   ];
   return fixed.map(([what, make, expected, json]) => Object.assign(mkCase(`issue 10: ${what}`, what, make, 'invalid', json ? { json } : {}), { expected }));
 }
@@ -960,9 +1388,14 @@ function checkCaseUntimed(c: Case): void {
     assert.ok(p.stage === undefined || typeof p.stage === 'string', `stage of ${p.path} is ${typeof p.stage}`);
     const i = /^stages\[(\d+)\]/.exec(p.path)?.[1];
     const id = i !== undefined && Array.isArray(stages) ? (stages[Number(i)] as { id?: unknown } | undefined)?.id : undefined;
-    if (typeof id === 'string' && id) assert.ok(p.stage, `a problem of stage "${clipText(id, 64)}" does not name it: ${clipText(`${p.path}: ${p.message}`, 300)}`);
+    if (typeof id === 'string' && id)
+      assert.ok(p.stage, `a problem of stage "${clipText(id, 64)}" does not name it: ${clipText(`${p.path}: ${p.message}`, 300)}`);
   }
-  if (c.at) assert.ok(r.problems.some((p) => c.at!.test(`${p.path}: ${p.message}`)), `no problem matches ${c.at}:\n${firstFew()}`);
+  if (c.at)
+    assert.ok(
+      r.problems.some((p) => c.at!.test(`${p.path}: ${p.message}`)),
+      `no problem matches ${c.at}:\n${firstFew()}`,
+    );
   const bytes = Buffer.byteLength(r.text);
   stats.longestMessage = Math.max(stats.longestMessage, bytes);
   assert.ok(bytes < MAX_MESSAGE, `formatted problems are ${bytes} bytes (limit ${MAX_MESSAGE})`);
@@ -983,7 +1416,9 @@ describe('fuzzing pipeline spec validation', () => {
     );
     const secs = (performance.now() - started) / 1000;
     const cpu = process.cpuUsage(cpu0);
-    const summary = `${stats.cases} inputs in ${secs.toFixed(1)} s (${((cpu.user + cpu.system) / 1e6).toFixed(1)} s CPU, generation included): ${stats.ok} ok, ${stats.invalid} invalid; slowest ${stats.slowest.toFixed(1)} ms (${clipText(stats.slowestWhat, 160)}); longest message ${stats.longestMessage} bytes; inputs (CPU s) by kind: ${[...stats.byKind]
+    const summary = `${stats.cases} inputs in ${secs.toFixed(1)} s (${((cpu.user + cpu.system) / 1e6).toFixed(1)} s CPU, generation included): ${stats.ok} ok, ${stats.invalid} invalid; slowest ${stats.slowest.toFixed(1)} ms (${clipText(stats.slowestWhat, 160)}); longest message ${stats.longestMessage} bytes; inputs (CPU s) by kind: ${[
+      ...stats.byKind,
+    ]
       .sort((a, b) => b[1].cpuMs - a[1].cpuMs)
       .map(([k, v]) => `${k} ${v.n} (${(v.cpuMs / 1000).toFixed(1)})`)
       .join(', ')}`;
@@ -1055,19 +1490,25 @@ describe('fuzzing pipelineWorkflow on the time-skipping test server', () => {
     const taskQueue = unique('fuzz');
     const mode: Mode = { workflow: true, taskQueue };
     // Valid ones with `run` stages only (the fake activities finish at once); the rest as in the unit test.
-    const arb = fc.oneof({ weight: 4, arbitrary: validCaseArb(mode) }, { weight: 4, arbitrary: nearValidCaseArb(mode) }, { weight: 2, arbitrary: hostileCaseArb(mode) });
+    const arb = fc.oneof(
+      { weight: 4, arbitrary: validCaseArb(mode) },
+      { weight: 4, arbitrary: nearValidCaseArb(mode) },
+      { weight: 2, arbitrary: hostileCaseArb(mode) },
+    );
     const sources = [undefined, undefined, undefined, 'pipelines/x.yaml', 'ü'.repeat(100_000), '${{ params.x }}'];
     type Planned = { c: Case; text: string; input: unknown; expectOk: boolean };
     const planned: Planned[] = [];
     let skipped = 0;
     const toPlan = (c: Case, i: number): Planned | undefined => {
-      const specText = c.json?.() ?? (() => {
-        try {
-          return JSON.stringify(c.make()) ?? 'null';
-        } catch {
-          return undefined;
-        }
-      })();
+      const specText =
+        c.json?.() ??
+        (() => {
+          try {
+            return JSON.stringify(c.make()) ?? 'null';
+          } catch {
+            return undefined;
+          }
+        })();
       if (specText === undefined || specText.length > 1_500_000) return undefined;
       const source = c.source ?? sources[i % sources.length];
       const options = source === undefined ? {} : { specFile: source };
@@ -1087,7 +1528,9 @@ describe('fuzzing pipelineWorkflow on the time-skipping test server', () => {
     const oks = planned.filter((p) => p.expectOk).length;
     const kinds = new Map<string, number>();
     for (const p of planned) kinds.set(p.c.kind.replace(/ \(.*$/s, ''), (kinds.get(p.c.kind.replace(/ \(.*$/s, '')) ?? 0) + 1);
-    t.diagnostic(`seed ${SEED + 1}: ${planned.length} workflows (${oks} valid, ${planned.length - oks} invalid, 5 of them issue 10's), ${skipped} samples too big to send; ${[...kinds].map(([k, n]) => `${k} ${n}`).join(', ')}`);
+    t.diagnostic(
+      `seed ${SEED + 1}: ${planned.length} workflows (${oks} valid, ${planned.length - oks} invalid, 5 of them issue 10's), ${skipped} samples too big to send; ${[...kinds].map(([k, n]) => `${k} ${n}`).join(', ')}`,
+    );
     console.log(`fuzz: workflow seed ${SEED + 1}: ${planned.length} workflows (${oks} valid, ${planned.length - oks} invalid), ${skipped} skipped`);
     assert.ok(planned.length >= WORKFLOW_RUNS, `only ${planned.length} inputs fit`);
     assert.ok(oks >= WORKFLOW_RUNS / 5 && planned.length - oks >= WORKFLOW_RUNS / 5, `a poor mix: ${oks} valid of ${planned.length}`);
@@ -1105,7 +1548,10 @@ describe('fuzzing pipelineWorkflow on the time-skipping test server', () => {
     };
     /** The run's outcome; a run whose workflow task fails (it would retry forever) is terminated and reported. */
     const outcome = async (handle: WorkflowHandle): Promise<{ value?: unknown; error?: unknown; stuck?: string }> => {
-      const settled = handle.result().then((value) => ({ value }), (error: unknown) => ({ error }));
+      const settled = handle.result().then(
+        (value) => ({ value }),
+        (error: unknown) => ({ error }),
+      );
       const deadline = Date.now() + 30_000;
       for (;;) {
         const r = await Promise.race([settled, new Promise<undefined>((res) => setTimeout(res, 2000))]);
@@ -1115,8 +1561,13 @@ describe('fuzzing pipelineWorkflow on the time-skipping test server', () => {
           const events = (await handle.fetchHistory()).events ?? [];
           await handle.terminate('fuzz: the run did not end').catch(() => undefined);
           const cause = failed[0]?.workflowTaskFailedEventAttributes?.failure?.message;
-          const last = events.slice(-6).map((e) => temporal.api.enums.v1.EventType[e.eventType ?? 0]?.replace('EVENT_TYPE_', '')).join(', ');
-          return { stuck: `${failed.length ? `workflow task failed: ${clipText(String(cause), 300)}` : 'still running after 30 s'} (${events.length} events, last: ${last})` };
+          const last = events
+            .slice(-6)
+            .map((e) => temporal.api.enums.v1.EventType[e.eventType ?? 0]?.replace('EVENT_TYPE_', ''))
+            .join(', ');
+          return {
+            stuck: `${failed.length ? `workflow task failed: ${clipText(String(cause), 300)}` : 'still running after 30 s'} (${events.length} events, last: ${last})`,
+          };
         }
       }
     };
@@ -1146,7 +1597,9 @@ describe('fuzzing pipelineWorkflow on the time-skipping test server', () => {
         if (o.error !== undefined) {
           const e = o.error as WorkflowFailedError;
           const cause = e.cause as ApplicationFailure | undefined;
-          return failures.push(`${what}: the validator accepts it, the run failed: ${cause?.type ?? e.name}: ${clipText(String(cause?.message ?? e.message), 500)}`);
+          return failures.push(
+            `${what}: the validator accepts it, the run failed: ${cause?.type ?? e.name}: ${clipText(String(cause?.message ?? e.message), 500)}`,
+          );
         }
         const result = o.value as RunResult;
         if (result.state !== 'succeeded') failures.push(`${what}: ended ${result.state}`);
@@ -1157,7 +1610,8 @@ describe('fuzzing pipelineWorkflow on the time-skipping test server', () => {
         const cause = o.error.cause;
         const bytes = Buffer.byteLength(cause.message);
         longest = Math.max(longest, bytes);
-        if (cause.type !== 'InvalidPipelineSpec' || !cause.nonRetryable) failures.push(`${what}: failed as ${cause.type} (nonRetryable ${cause.nonRetryable}): ${clipText(cause.message, 300)}`);
+        if (cause.type !== 'InvalidPipelineSpec' || !cause.nonRetryable)
+          failures.push(`${what}: failed as ${cause.type} (nonRetryable ${cause.nonRetryable}): ${clipText(cause.message, 300)}`);
         if (bytes >= MAX_MESSAGE) failures.push(`${what}: failure message of ${bytes} bytes`);
         const details = Buffer.byteLength(JSON.stringify(cause.details ?? []));
         if (details >= MAX_DETAILS) failures.push(`${what}: failure details of ${details} bytes`);
@@ -1177,6 +1631,10 @@ describe('fuzzing pipelineWorkflow on the time-skipping test server', () => {
     t.diagnostic(summary);
     console.log(`fuzz: ${summary}`);
     for (const f of failures) console.log(`fuzz: wrong: ${f}`);
-    assert.equal(failures.length, 0, `seed ${SEED + 1}: ${failures.length} of ${planned.length} runs ended wrong (inputs in ${failedInputs}/):\n${failures.slice(0, 15).join('\n')}`);
+    assert.equal(
+      failures.length,
+      0,
+      `seed ${SEED + 1}: ${failures.length} of ${planned.length} runs ended wrong (inputs in ${failedInputs}/):\n${failures.slice(0, 15).join('\n')}`,
+    );
   });
 });

@@ -8,7 +8,7 @@ import { describe, it } from 'node:test';
 import { acquireGpuLocks, physicalGpuIds } from '../worker/gpu.js';
 import { ROOT } from './helpers/env.js';
 
-const uuid = (i: string) => ({ '0': 'GPU-aaaa', '1': 'GPU-bbbb' } as Record<string, string>)[i];
+const uuid = (i: string) => (({ '0': 'GPU-aaaa', '1': 'GPU-bbbb' }) as Record<string, string>)[i];
 
 describe('GPU locks', () => {
   it('names devices by UUID where known, else by index', () => {
@@ -22,7 +22,14 @@ describe('GPU locks', () => {
     const first = acquireGpuLocks(dir, '0', uuid);
     // Another worker process, on another queue, with devices "1,0".
     const other = (devices: string) =>
-      spawnSync(process.execPath, ['-e', `import(${JSON.stringify(path.join(ROOT, 'dist/worker/gpu.js'))}).then(m => { m.acquireGpuLocks(${JSON.stringify(dir)}, ${JSON.stringify(devices)}, (i) => ({ '0': 'GPU-aaaa', '1': 'GPU-bbbb' })[i]); }).catch(e => { console.error(e.message); process.exit(7); })`], { encoding: 'utf8' });
+      spawnSync(
+        process.execPath,
+        [
+          '-e',
+          `import(${JSON.stringify(path.join(ROOT, 'dist/worker/gpu.js'))}).then(m => { m.acquireGpuLocks(${JSON.stringify(dir)}, ${JSON.stringify(devices)}, (i) => ({ '0': 'GPU-aaaa', '1': 'GPU-bbbb' })[i]); }).catch(e => { console.error(e.message); process.exit(7); })`,
+        ],
+        { encoding: 'utf8' },
+      );
     const refused = other('1,0');
     assert.equal(refused.status, 7, refused.stderr);
     assert.match(refused.stderr, /another GPU worker \(pid \d+\) already serves device\(s\) gpu-GPU-aaaa/);

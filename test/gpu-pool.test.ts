@@ -109,13 +109,22 @@ describe('GPU pools and multi-GPU hosts', () => {
     for (const [host, ran] of [...perHost, [hosts.a, one.ran] as const]) {
       for (const x of ran) for (const y of ran) if (x !== y) assert.ok(!overlap(x, y), `${host} ran ${x.id} and ${y.id} at once`);
     }
-    console.log(`[gpu-pool] six ${STAGE_SECONDS}s stages: one host ${one.wall.toFixed(1)} s, two hosts ${two.wall.toFixed(1)} s (ratio ${(two.wall / one.wall).toFixed(2)}); split ${[...perHost].map(([h, r]) => `${h}:${r.length}`).join(' ')}`);
+    console.log(
+      `[gpu-pool] six ${STAGE_SECONDS}s stages: one host ${one.wall.toFixed(1)} s, two hosts ${two.wall.toFixed(1)} s (ratio ${(two.wall / one.wall).toFixed(2)}); split ${[...perHost].map(([h, r]) => `${h}:${r.length}`).join(' ')}`,
+    );
     assert.ok(two.wall < 0.75 * one.wall, `two hosts took ${two.wall.toFixed(1)} s, one host ${one.wall.toFixed(1)} s: not under 0.75×`);
   });
 
   it('a stage pinned to a host runs there, whatever queues.gpu names', { timeout: 60_000 }, async () => {
     if (!gpuWorkers.some((w) => w.log.includes(hosts.b))) await startGpuHost(hosts.b, { TANREN_GPU_POOL: pool });
-    const { ran } = await runStages('pinned', [{ id: 'pinned-b', host: hosts.b, with: { seconds: 0.2 } }, { id: 'pinned-a', host: hosts.a, with: { seconds: 0.2 } }], gpuPoolQueue(pool));
+    const { ran } = await runStages(
+      'pinned',
+      [
+        { id: 'pinned-b', host: hosts.b, with: { seconds: 0.2 } },
+        { id: 'pinned-a', host: hosts.a, with: { seconds: 0.2 } },
+      ],
+      gpuPoolQueue(pool),
+    );
     assert.deepEqual(Object.fromEntries(ran.map((r) => [r.id, r.host])), { 'pinned-b': hosts.b, 'pinned-a': hosts.a });
   });
 
@@ -145,7 +154,7 @@ describe('GPU pools and multi-GPU hosts', () => {
     assert.ok(concurrent >= 1, 'two 1-GPU stages ran at the same time');
   });
 
-  it('a retried stage takes its input from the host\'s cache, not from object storage', { timeout: 60_000 }, async () => {
+  it("a retried stage takes its input from the host's cache, not from object storage", { timeout: 60_000 }, async () => {
     // Fails its first attempt after the input arrived; the second attempt runs on the same (pinned) host.
     const flaky = [process.execPath, '-e', 'process.exit(process.env.TANREN_ATTEMPT === "1" ? 1 : 0)'];
     const { ran } = await runStages(

@@ -58,7 +58,9 @@ describe('GPU slots', () => {
     }
     // Arrival order: c and d waited behind the wide stage rather than overtaking it.
     assert.ok(by('c').start >= by('wide').end && by('d').start >= by('wide').end);
-    for (const x of spans) for (const y of spans) if (x !== y && overlap(x, y)) assert.equal(x.devices.filter((d) => y.devices.includes(d)).length, 0, `${x.name} and ${y.name} share a GPU`);
+    for (const x of spans)
+      for (const y of spans)
+        if (x !== y && overlap(x, y)) assert.equal(x.devices.filter((d) => y.devices.includes(d)).length, 0, `${x.name} and ${y.name} share a GPU`);
     // Each held slot held a lock file; all are gone afterwards.
     assert.ok(seenLocks.has(2), 'both slot locks were held at some point');
     assert.deepEqual(readdirSync(lockDir), []);
@@ -94,7 +96,15 @@ describe('GPU slots', () => {
 
   it('launches a multi-GPU built-in stage with torchrun, one process per GPU', () => {
     assert.deepEqual(launcherArgv('/py', 'pretrain', 1), ['/py', '-m', 'tanren_stages.pretrain']);
-    assert.deepEqual(launcherArgv('/py', 'pretrain', 2), ['/py', '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node=2', '-m', 'tanren_stages.pretrain']);
+    assert.deepEqual(launcherArgv('/py', 'pretrain', 2), [
+      '/py',
+      '-m',
+      'torch.distributed.run',
+      '--standalone',
+      '--nproc-per-node=2',
+      '-m',
+      'tanren_stages.pretrain',
+    ]);
   });
 });
 

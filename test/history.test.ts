@@ -51,14 +51,30 @@ while time.time() < end:
     time.sleep(0.02)
 open(os.path.join(os.environ["TANREN_OUTPUT"], "steps.txt"), "w").write(str(i))
 `;
-    const spec = { name: 'chatty', queues: { cpu: workers.queues.cpu, gpu: workers.queues.cpu }, stages: [{ id: 'train', run: ['python3', '-c', script] }, { id: 'after', needs: ['train'], run: ['true'] }] };
-    const handle = await env.client.workflow.start('pipelineWorkflow', { taskQueue: workers.queues.control, workflowId, args: [{ spec, options: { noCache: true } }] });
+    const spec = {
+      name: 'chatty',
+      queues: { cpu: workers.queues.cpu, gpu: workers.queues.cpu },
+      stages: [
+        { id: 'train', run: ['python3', '-c', script] },
+        { id: 'after', needs: ['train'], run: ['true'] },
+      ],
+    };
+    const handle = await env.client.workflow.start('pipelineWorkflow', {
+      taskQueue: workers.queues.control,
+      workflowId,
+      args: [{ spec, options: { noCache: true } }],
+    });
     const seen: number[] = [];
-    await waitFor('two increasing live steps', async () => {
-      const step = (await fetchRun(env.client, workflowId)).status?.stages[0]?.step;
-      if (step !== undefined && step !== seen.at(-1)) seen.push(step);
-      return seen.length >= 2;
-    }, 60_000, 500);
+    await waitFor(
+      'two increasing live steps',
+      async () => {
+        const step = (await fetchRun(env.client, workflowId)).status?.stages[0]?.step;
+        if (step !== undefined && step !== seen.at(-1)) seen.push(step);
+        return seen.length >= 2;
+      },
+      60_000,
+      500,
+    );
     // The operator's view: the CLI, run as a user runs it.
     const shown = await exec(process.execPath, ['dist/cli/main.js', 'status', workflowId], {
       cwd: ROOT,
@@ -66,12 +82,18 @@ open(os.path.join(os.environ["TANREN_OUTPUT"], "steps.txt"), "w").write(str(i))
     });
     assert.match(shown.stdout, /train\s+run\s+cpu\s+running\s+1\s+\[[#.]+\]\s+\d+%/, shown.stdout);
     const result = (await handle.result()) as RunResult;
-    assert.deepEqual(result.stages.map((s) => s.state), ['succeeded', 'succeeded']);
-    const train = result.stages[0]!;
+    assert.deepEqual(
+      result.stages.map((s) => s.state),
+      ['succeeded', 'succeeded'],
+    );
+    const train = result.stages[0];
     assert.ok((train.step ?? 0) > 1000, `final step ${train.step} is the stage's last, not a stale tick`);
     const [only] = await executions(env.client, workflowId);
-    assert.ok(only!.events < 60, `history has ${only!.events} events for ~4,500 progress ticks`);
-    const done = await exec(process.execPath, ['dist/cli/main.js', 'status', workflowId], { cwd: ROOT, env: { ...process.env, TEMPORAL_ADDRESS: env.address } });
+    assert.ok(only.events < 60, `history has ${only.events} events for ~4,500 progress ticks`);
+    const done = await exec(process.execPath, ['dist/cli/main.js', 'status', workflowId], {
+      cwd: ROOT,
+      env: { ...process.env, TEMPORAL_ADDRESS: env.address },
+    });
     assert.match(done.stdout, /train\s+run\s+cpu\s+succeeded\s+1\s+\[#+\]\s+100%/, done.stdout);
   });
 
@@ -94,7 +116,19 @@ open(os.path.join(os.environ["TANREN_OUTPUT"], "steps.txt"), "w").write(str(i))
             ctx.heartbeat({ attempt: 1, step, total: ticks });
             if (step % 1000 === 0) await new Promise((r) => setImmediate(r));
           }
-          return { stage: task.stage.id, attempt: 1, manifestKey: `runs/${task.runId}/${task.stage.id}/manifest.json`, files: 0, bytes: 0, result: {}, metrics: {}, step: ticks, total: ticks, startedAt: new Date().toISOString(), endedAt: new Date().toISOString() };
+          return {
+            stage: task.stage.id,
+            attempt: 1,
+            manifestKey: `runs/${task.runId}/${task.stage.id}/manifest.json`,
+            files: 0,
+            bytes: 0,
+            result: {},
+            metrics: {},
+            step: ticks,
+            total: ticks,
+            startedAt: new Date().toISOString(),
+            endedAt: new Date().toISOString(),
+          };
         },
       },
     });
@@ -106,19 +140,24 @@ open(os.path.join(os.environ["TANREN_OUTPUT"], "steps.txt"), "w").write(str(i))
         args: [{ spec: { name: 'week', queues: { cpu: taskQueue, gpu: taskQueue }, stages: [{ id: 'pretrain', run: ['x'], timeout: '8d' }] }, options: {} }],
       }),
     )) as RunResult;
-    assert.equal(result.stages[0]!.state, 'succeeded');
-    assert.equal(result.stages[0]!.step, ticks);
+    assert.equal(result.stages[0].state, 'succeeded');
+    assert.equal(result.stages[0].step, ticks);
     const runs = await executions(env.client, workflowId);
     assert.equal(runs.length, 1);
-    assert.ok(runs[0]!.events < 30, `${runs[0]!.events} events`);
+    assert.ok(runs[0].events < 30, `${runs[0].events} events`);
   });
 
-  it('a chain longer than one execution can hold continues as new, keeping every stage\'s state', { timeout: 300_000 }, async () => {
+  it("a chain longer than one execution can hold continues as new, keeping every stage's state", { timeout: 300_000 }, async () => {
     const taskQueue = unique('chain');
     const fake = createFakeActivities();
     const worker = await Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle: await workflowBundle(), activities: fake.activities });
     const n = 150;
-    const stages = Array.from({ length: n }, (_, i) => ({ id: `s${i}`, run: ['x'], ...(i ? { needs: [`s${i - 1}`] } : {}), with: i % 10 === 0 ? { cached: true } : {} }));
+    const stages = Array.from({ length: n }, (_, i) => ({
+      id: `s${i}`,
+      run: ['x'],
+      ...(i ? { needs: [`s${i - 1}`] } : {}),
+      with: i % 10 === 0 ? { cached: true } : {},
+    }));
     const workflowId = unique('chain');
     const handle = await env.client.workflow.start('pipelineWorkflow', {
       taskQueue,
@@ -135,13 +174,16 @@ open(os.path.join(os.environ["TANREN_OUTPUT"], "steps.txt"), "w").write(str(i))
     const runs = await executions(env.client, workflowId);
     assert.ok(runs.length >= 3, `${runs.length} executions: the run continued as new`);
     for (const r of runs) assert.ok(r.events < HISTORY_LIMIT, `execution ${r.runId} has ${r.events} events`);
-    assert.deepEqual(runs.slice(0, -1).map((r) => r.status), runs.slice(0, -1).map(() => 'CONTINUED_AS_NEW'));
+    assert.deepEqual(
+      runs.slice(0, -1).map((r) => r.status),
+      runs.slice(0, -1).map(() => 'CONTINUED_AS_NEW'),
+    );
     assert.equal(status.state, 'succeeded');
     assert.equal(status.continuedAsNew, runs.length - 1);
     assert.equal(status.stages.filter((s) => s.state === 'cached').length, n / 10);
-    assert.equal(status.stages[0]!.cachedFrom, 'earlier');
-    assert.ok(Date.parse(status.startedAt) <= Date.parse(status.stages[1]!.startedAt!), 'the run keeps its first start time');
+    assert.equal(status.stages[0].cachedFrom, 'earlier');
+    assert.ok(Date.parse(status.startedAt) <= Date.parse(status.stages[1].startedAt!), 'the run keeps its first start time');
     // Downstream stages got the manifests of stages finished in earlier executions.
-    assert.deepEqual(status.stages[n - 1]!.result, { inputs: [`s${n - 2}`] });
+    assert.deepEqual(status.stages[n - 1].result, { inputs: [`s${n - 2}`] });
   });
 });

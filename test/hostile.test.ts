@@ -36,11 +36,35 @@ describe('hostile workflow input ends as InvalidPipelineSpec', () => {
   // Written as text: JSON.stringify itself overflows the stack on it.
   const deepJson = `${'{"nest":'.repeat(5000)}{"leaf":1}${'}'.repeat(5000)}`;
   const cases: Array<[string, () => unknown, RegExp]> = [
-    ['3,000 stages each needing an unknown stage', () => ({ name: 'h1', queues: queues(), stages: Array.from({ length: 3000 }, (_, i) => ({ id: `s${i}`, needs: ['ghost'], run: ['true'] })) }), /unknown stage "ghost"[\s\S]*… and 2950 more problems/],
-    ['a `with:` nested 5,000 objects deep', () => ({ name: 'h2', queues: queues(), stages: [{ id: 'a', run: ['true'], with: '@DEEP@' }] }), /stages\[0\]\.with: nested more than 32 levels deep/],
-    ['a parameter named like an Object method', () => ({ name: 'h3', queues: queues(), stages: [{ id: 'a', run: ['echo', '${{ params.constructor }}'] }] }), /unknown parameter "constructor"/],
-    ['a 0.4 ms timeout', () => ({ name: 'h4', queues: queues(), stages: [{ id: 'a', run: ['true'], timeout: '0.4ms' }] }), /stages\[0\]\.timeout: out of range/],
-    ['a 10,000-stage chain', () => ({ name: 'h5', queues: queues(), stages: Array.from({ length: 10_000 }, (_, i) => ({ id: `s${i}`, run: ['true'], ...(i ? { needs: [`s${i - 1}`] } : {}) })) }), /10000 stages: a pipeline may have at most 5000/],
+    [
+      '3,000 stages each needing an unknown stage',
+      () => ({ name: 'h1', queues: queues(), stages: Array.from({ length: 3000 }, (_, i) => ({ id: `s${i}`, needs: ['ghost'], run: ['true'] })) }),
+      /unknown stage "ghost"[\s\S]*… and 2950 more problems/,
+    ],
+    [
+      'a `with:` nested 5,000 objects deep',
+      () => ({ name: 'h2', queues: queues(), stages: [{ id: 'a', run: ['true'], with: '@DEEP@' }] }),
+      /stages\[0\]\.with: nested more than 32 levels deep/,
+    ],
+    [
+      'a parameter named like an Object method',
+      () => ({ name: 'h3', queues: queues(), stages: [{ id: 'a', run: ['echo', '${{ params.constructor }}'] }] }),
+      /unknown parameter "constructor"/,
+    ],
+    [
+      'a 0.4 ms timeout',
+      () => ({ name: 'h4', queues: queues(), stages: [{ id: 'a', run: ['true'], timeout: '0.4ms' }] }),
+      /stages\[0\]\.timeout: out of range/,
+    ],
+    [
+      'a 10,000-stage chain',
+      () => ({
+        name: 'h5',
+        queues: queues(),
+        stages: Array.from({ length: 10_000 }, (_, i) => ({ id: `s${i}`, run: ['true'], ...(i ? { needs: [`s${i - 1}`] } : {}) })),
+      }),
+      /10000 stages: a pipeline may have at most 5000/,
+    ],
   ];
   for (const [what, make, expected] of cases) {
     it(what, { timeout: 120_000 }, async () => {
@@ -49,8 +73,33 @@ describe('hostile workflow input ends as InvalidPipelineSpec', () => {
       const workflowId = unique('hostile');
       const started = Date.now();
       // The way such input arrives: the `temporal` CLI, raw JSON, no tanren validation on the way.
-      await exec(temporalBin(), ['workflow', 'start', '--address', workers.env.TEMPORAL_ADDRESS, '--namespace', workers.env.TEMPORAL_NAMESPACE, '--task-queue', workers.queues.control, '--type', 'pipelineWorkflow', '--workflow-id', workflowId, '--input-file', file], { maxBuffer: 1 << 26 });
-      const err = await client.workflow.getHandle(workflowId).result().then(() => undefined, (e: unknown) => e);
+      await exec(
+        temporalBin(),
+        [
+          'workflow',
+          'start',
+          '--address',
+          workers.env.TEMPORAL_ADDRESS,
+          '--namespace',
+          workers.env.TEMPORAL_NAMESPACE,
+          '--task-queue',
+          workers.queues.control,
+          '--type',
+          'pipelineWorkflow',
+          '--workflow-id',
+          workflowId,
+          '--input-file',
+          file,
+        ],
+        { maxBuffer: 1 << 26 },
+      );
+      const err = await client.workflow
+        .getHandle(workflowId)
+        .result()
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        );
       const secs = (Date.now() - started) / 1000;
       assert.ok(err instanceof WorkflowFailedError, String(err));
       assert.ok(err.cause instanceof ApplicationFailure);

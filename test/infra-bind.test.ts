@@ -27,8 +27,14 @@ async function freePort(): Promise<number> {
 function procAddress(hex: string): string {
   if (hex.length === 8) return [3, 2, 1, 0].map((i) => parseInt(hex.slice(i * 2, i * 2 + 2), 16)).join('.');
   const words = hex.match(/.{8}/g)!.map((w) => w.match(/../g)!.reverse().join(''));
-  const groups = words.join('').match(/.{4}/g)!.map((g) => parseInt(g, 16).toString(16));
-  const text = groups.join(':').replace(/(^|:)0(:0)+(:|$)/, '::').replace(/:{3,}/, '::');
+  const groups = words
+    .join('')
+    .match(/.{4}/g)!
+    .map((g) => parseInt(g, 16).toString(16));
+  const text = groups
+    .join(':')
+    .replace(/(^|:)0(:0)+(:|$)/, '::')
+    .replace(/:{3,}/, '::');
   return `[${text}]`;
 }
 
@@ -36,7 +42,7 @@ function procAddress(hex: string): string {
 function listeners(port: number): string[] {
   const out = new Set<string>();
   for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
-    let text = '';
+    let text: string;
     try {
       text = readFileSync(file, 'utf8');
     } catch {
@@ -44,8 +50,8 @@ function listeners(port: number): string[] {
     }
     for (const line of text.trim().split('\n').slice(1)) {
       const [, local, , state] = line.trim().split(/\s+/);
-      const [addr, p] = local!.split(':');
-      if (state === '0A' && parseInt(p!, 16) === port) out.add(procAddress(addr!));
+      const [addr, p] = local.split(':');
+      if (state === '0A' && parseInt(p, 16) === port) out.add(procAddress(addr));
     }
   }
   return [...out].sort();
@@ -92,11 +98,20 @@ describe('infra/dev bind settings', () => {
     for (const [name, port] of Object.entries(ports)) {
       const got = listeners(port);
       assert.ok(got.length, `${name} (port ${port}) listens`);
-      assert.ok(got.every((a) => LOOPBACK.has(a)), `${name} (port ${port}) listens on loopback only: ${got.join(', ')}`);
+      assert.ok(
+        got.every((a) => LOOPBACK.has(a)),
+        `${name} (port ${port}) listens on loopback only: ${got.join(', ')}`,
+      );
     }
     const status = dev('status');
     assert.equal(status.status, 0, status.stderr);
-    assert.match(status.stdout, new RegExp(`^bind +temporal-grpc 127\\.0\\.0\\.1:${ports.grpc}  ui 127\\.0\\.0\\.1:${ports.ui}  s3 127\\.0\\.0\\.1:${ports.s3}  console 127\\.0\\.0\\.1:${ports.console}$`, 'm'));
+    assert.match(
+      status.stdout,
+      new RegExp(
+        `^bind +temporal-grpc 127\\.0\\.0\\.1:${ports.grpc}  ui 127\\.0\\.0\\.1:${ports.ui}  s3 127\\.0\\.0\\.1:${ports.s3}  console 127\\.0\\.0\\.1:${ports.console}$`,
+        'm',
+      ),
+    );
     assert.equal(dev('down').status, 0);
   });
 
@@ -104,21 +119,35 @@ describe('infra/dev bind settings', () => {
     const ports = await start({ TANREN_TEMPORAL_BIND: '0.0.0.0', TANREN_S3_BIND: '0.0.0.0' });
     for (const name of ['grpc', 's3'] as const) {
       const got = listeners(ports[name]);
-      assert.ok(got.some((a) => WILDCARD.has(a)), `${name} (port ${ports[name]}) listens on every interface: ${got.join(', ')}`);
+      assert.ok(
+        got.some((a) => WILDCARD.has(a)),
+        `${name} (port ${ports[name]}) listens on every interface: ${got.join(', ')}`,
+      );
     }
     for (const name of ['ui', 'console'] as const) {
       assert.deepEqual(listeners(ports[name]), ['127.0.0.1'], `${name} (port ${ports[name]}) listens on 127.0.0.1 only`);
     }
     const status = dev('status');
     assert.equal(status.status, 0, status.stderr);
-    assert.match(status.stdout, new RegExp(`^bind +temporal-grpc 0\\.0\\.0\\.0:${ports.grpc}  ui 127\\.0\\.0\\.1:${ports.ui}  s3 0\\.0\\.0\\.0:${ports.s3}  console 127\\.0\\.0\\.1:${ports.console}$`, 'm'));
+    assert.match(
+      status.stdout,
+      new RegExp(
+        `^bind +temporal-grpc 0\\.0\\.0\\.0:${ports.grpc}  ui 127\\.0\\.0\\.1:${ports.ui}  s3 0\\.0\\.0\\.0:${ports.s3}  console 127\\.0\\.0\\.1:${ports.console}$`,
+        'm',
+      ),
+    );
     // Clients on this host still reach the wildcard binds through loopback.
     assert.match(readFileSync(path.join(env.TANREN_STATE_DIR!, 'env'), 'utf8'), new RegExp(`^TEMPORAL_ADDRESS=127\\.0\\.0\\.1:${ports.grpc}$`, 'm'));
     assert.equal(dev('down').status, 0);
   });
 
   it('refuses a bind setting that is not an IP address, naming it', () => {
-    env = { PATH: process.env.PATH, HOME: process.env.HOME, TANREN_STATE_DIR: mkdtempSync(path.join(os.tmpdir(), 'tanren-bind-')), TANREN_UI_BIND: 'example.com; rm -rf /' };
+    env = {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME,
+      TANREN_STATE_DIR: mkdtempSync(path.join(os.tmpdir(), 'tanren-bind-')),
+      TANREN_UI_BIND: 'example.com; rm -rf /',
+    };
     started.push(env);
     const r = dev('status');
     assert.equal(r.status, 1);

@@ -56,7 +56,14 @@ describe('pipelines through real workers', () => {
     const result = (await client.workflow.execute('pipelineWorkflow', { taskQueue: workers.queues.control, workflowId, args: [demoInput()] })) as RunResult;
     assert.deepEqual(
       result.stages.map((s) => [s.id, s.state]),
-      [['count', 'succeeded'], ['shard', 'succeeded'], ['freq-0', 'succeeded'], ['freq-1', 'succeeded'], ['chars', 'succeeded'], ['merge', 'succeeded']],
+      [
+        ['count', 'succeeded'],
+        ['shard', 'succeeded'],
+        ['freq-0', 'succeeded'],
+        ['freq-1', 'succeeded'],
+        ['chars', 'succeeded'],
+        ['merge', 'succeeded'],
+      ],
     );
     const merge = result.stages.find((s) => s.id === 'merge')!;
     const count = result.stages.find((s) => s.id === 'count')!;
@@ -67,7 +74,10 @@ describe('pipelines through real workers', () => {
       for (const f of m.files) assert.equal((await storage.stat(m.prefix + f.path))?.size, f.size);
       assert.ok(await storage.stat(keys.log(workflowId, s.id, 1)), `${s.id} has a log object`);
     }
-    assert.deepEqual((await manifestOf(workflowId, 'merge')).files.map((f) => f.path), ['top-words.json']);
+    assert.deepEqual(
+      (await manifestOf(workflowId, 'merge')).files.map((f) => f.path),
+      ['top-words.json'],
+    );
     // One activity per stage, activity id = stage id, in the workflow's history.
     const history = await client.workflow.getHandle(workflowId).fetchHistory();
     const scheduled = (history.events ?? [])
@@ -90,8 +100,11 @@ describe('pipelines through real workers', () => {
     const f = result.stages.find((s) => s.id === 'freq-0')!;
     assert.equal(f.state, 'succeeded');
     assert.equal(f.attempt, 3);
-    assert.deepEqual(f.attempts!.map((a) => a.attempt), [1, 2, 3]);
-    assert.match(f.attempts![0]!.failure!, /StageCrashed: stage "freq-0" exited with code 1: failing attempt 1 of 2 on purpose/);
+    assert.deepEqual(
+      f.attempts!.map((a) => a.attempt),
+      [1, 2, 3],
+    );
+    assert.match(f.attempts![0].failure!, /StageCrashed: stage "freq-0" exited with code 1: failing attempt 1 of 2 on purpose/);
     for (const n of [1, 2, 3]) assert.ok(await storage.stat(keys.log(workflowId, 'freq-0', n)), `log of attempt ${n}`);
   });
 
@@ -111,7 +124,12 @@ open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "result", "val
     const result = (await client.workflow.execute('pipelineWorkflow', { taskQueue: workers.queues.control, workflowId, args: [input] })) as RunResult;
     const span = (id: string) => result.stages.find((s) => s.id === id)!.result as { start: number; end: number };
     const overlaps = (a: string, b: string) => span(a).start < span(b).end && span(b).start < span(a).end;
-    for (const [a, b] of [['g1', 'g2'], ['g1', 'g3'], ['g2', 'g3']] as const) assert.ok(!overlaps(a, b), `${a} and ${b} overlapped`);
+    for (const [a, b] of [
+      ['g1', 'g2'],
+      ['g1', 'g3'],
+      ['g2', 'g3'],
+    ] as const)
+      assert.ok(!overlaps(a, b), `${a} and ${b} overlapped`);
     assert.ok(overlaps('c1', 'c2'), 'CPU stages ran in parallel');
   });
 
@@ -127,7 +145,17 @@ signal.signal(signal.SIGTERM, on_term)
 open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "progress", "step": 1, "total": 100}) + "\\n")
 while True: time.sleep(0.1)
 `;
-    const input = { spec: { name: 'cancel', queues: { cpu: workers.queues.cpu, gpu: workers.queues.gpu }, stages: [{ id: 'train', run: ['python3', '-c', script] }, { id: 'after', needs: ['train'], run: ['true'] }] }, options: {} };
+    const input = {
+      spec: {
+        name: 'cancel',
+        queues: { cpu: workers.queues.cpu, gpu: workers.queues.gpu },
+        stages: [
+          { id: 'train', run: ['python3', '-c', script] },
+          { id: 'after', needs: ['train'], run: ['true'] },
+        ],
+      },
+      options: {},
+    };
     const handle = await client.workflow.start('pipelineWorkflow', { taskQueue: workers.queues.control, workflowId, args: [input] });
     await waitFor('the stage to report progress', async () => (await fetchRun(client, workflowId)).status?.stages[0]!.step === 1);
     await handle.cancel();
@@ -135,11 +163,23 @@ while True: time.sleep(0.1)
     await waitFor('the SIGTERM marker', async () => (await import('node:fs')).existsSync(marker), 10_000);
     const s = await handle.query(statusQuery);
     assert.equal(s.state, 'cancelled');
-    assert.deepEqual(s.stages.map((x) => x.state), ['cancelled', 'cancelled']);
+    assert.deepEqual(
+      s.stages.map((x) => x.state),
+      ['cancelled', 'cancelled'],
+    );
   });
 
   it('accepts raw JSON from the real `temporal` CLI, and fails an invalid one with InvalidPipelineSpec', async () => {
-    const common = ['--address', workers.env.TEMPORAL_ADDRESS, '--namespace', workers.env.TEMPORAL_NAMESPACE, '--task-queue', workers.queues.control, '--type', 'pipelineWorkflow'];
+    const common = [
+      '--address',
+      workers.env.TEMPORAL_ADDRESS,
+      '--namespace',
+      workers.env.TEMPORAL_NAMESPACE,
+      '--task-queue',
+      workers.queues.control,
+      '--type',
+      'pipelineWorkflow',
+    ];
     const good = path.join(workers.workRoot, 'good.json');
     writeFileSync(good, JSON.stringify(demoInput()));
     const goodId = unique('cli-good');
@@ -150,10 +190,27 @@ while True: time.sleep(0.1)
     assert.match(shown.stdout, /COMPLETED/);
 
     const bad = path.join(workers.workRoot, 'bad.json');
-    writeFileSync(bad, JSON.stringify({ spec: { name: 'bad', stages: [{ id: 'a', needs: ['ghost'], run: ['true'] }, { id: 'b', uses: 'pretrian' }] } }));
+    writeFileSync(
+      bad,
+      JSON.stringify({
+        spec: {
+          name: 'bad',
+          stages: [
+            { id: 'a', needs: ['ghost'], run: ['true'] },
+            { id: 'b', uses: 'pretrian' },
+          ],
+        },
+      }),
+    );
     const badId = unique('cli-bad');
     await exec(temporalBin(), ['workflow', 'start', ...common, '--workflow-id', badId, '--input-file', bad]);
-    const err = await client.workflow.getHandle(badId).result().then(() => undefined, (e: unknown) => e);
+    const err = await client.workflow
+      .getHandle(badId)
+      .result()
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
     assert.ok(err instanceof WorkflowFailedError);
     assert.ok(err.cause instanceof ApplicationFailure);
     assert.equal(err.cause.type, 'InvalidPipelineSpec');

@@ -39,7 +39,7 @@ describe('integrity of outputs and cache hits', () => {
   });
 
   function task(stage: Partial<StageSpec> & { id: string }, cache = true): StageTask {
-    return { runId: unique('integ'), pipeline: 'integrity-test', queue: 'cpu', inputs: [], cache, stage: { needs: [], with: {}, ...stage } as StageSpec };
+    return { runId: unique('integ'), pipeline: 'integrity-test', queue: 'cpu', inputs: [], cache, stage: { needs: [], with: {}, ...stage } };
   }
 
   const checkCache = (t: StageTask): Promise<CacheLookup> => new MockActivityEnvironment().run(createCheckCache(deps), t);

@@ -144,7 +144,7 @@ describe('wiki40b-ja.tiny end to end (Temporal + MinIO + real workers and stages
     }
     const wall = (Date.now() - started) / 1000;
 
-    const byId = new Map<string, RunResult["stages"][number]>(result.stages.map((s) => [s.id, s]));
+    const byId = new Map<string, RunResult['stages'][number]>(result.stages.map((s) => [s.id, s]));
     const timing = result.stages.map((s) => {
       const secs = s.startedAt && s.endedAt ? (Date.parse(s.endedAt) - Date.parse(s.startedAt)) / 1000 : NaN;
       return `${s.id}=${secs.toFixed(1)}s`;
@@ -202,7 +202,7 @@ describe('wiki40b-ja.tiny end to end (Temporal + MinIO + real workers and stages
     for (const id of ['sft', 'dpo']) {
       const res = r(id) as { final_loss?: unknown; steps?: unknown };
       assert.equal(typeof res.final_loss, 'number', `${id} final_loss: ${JSON.stringify(res)}`);
-      assert.ok(Number.isFinite(res.final_loss as number));
+      assert.ok(Number.isFinite(res.final_loss));
     }
     assert.equal(r('sft').steps, OVERRIDES.sft_steps);
     assert.equal(r('dpo').steps, OVERRIDES.dpo_steps);
@@ -226,7 +226,10 @@ describe('wiki40b-ja.tiny end to end (Temporal + MinIO + real workers and stages
 
     // `tanren report <run>` rebuilds the page from what the run stored, and keeps it with the run.
     const local = path.join(workRoot, 'report-copy');
-    const out = execFileSync(process.execPath, [path.join(ROOT, 'dist', 'cli', 'main.js'), 'report', workflowId, '--json', '-o', local], { cwd: ROOT, encoding: 'utf8' });
+    const out = execFileSync(process.execPath, [path.join(ROOT, 'dist', 'cli', 'main.js'), 'report', workflowId, '--json', '-o', local], {
+      cwd: ROOT,
+      encoding: 'utf8',
+    });
     const made = JSON.parse(out) as { html: string; local: string };
     const page = readFileSync(made.local, 'utf8');
     assert.match(page, /<svg/);

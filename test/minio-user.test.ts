@@ -48,7 +48,10 @@ describe("the workers' MinIO user", () => {
     const prefix = `${unique('minio-user')}/`;
     await storage.putText(`${prefix}a.json`, '{"ok":true}');
     assert.equal(await storage.getText(`${prefix}a.json`), '{"ok":true}');
-    assert.deepEqual((await storage.list(prefix)).map((o) => o.key), [`${prefix}a.json`]);
+    assert.deepEqual(
+      (await storage.list(prefix)).map((o) => o.key),
+      [`${prefix}a.json`],
+    );
     await storage.remove([`${prefix}a.json`]);
     assert.equal(await storage.stat(`${prefix}a.json`), undefined);
   });
@@ -87,7 +90,9 @@ describe("the workers' MinIO user", () => {
     try {
       await admin.putObject(other, 'x', Buffer.from('root'));
       await assert.rejects(worker.putObject(other, 'y', Buffer.from('worker')), refusedWith('AccessDenied'));
-      await assert.rejects(worker.statObject(other, 'x'), (err: unknown) => ['AccessDenied', 'Forbidden', 'NotFound'].includes((err as { code?: string }).code ?? ''));
+      await assert.rejects(worker.statObject(other, 'x'), (err: unknown) =>
+        ['AccessDenied', 'Forbidden', 'NotFound'].includes((err as { code?: string }).code ?? ''),
+      );
       await assert.rejects(worker.removeObject(other, 'x'), refusedWith('AccessDenied'));
     } finally {
       await admin.removeObjects(other, ['x', 'y']); // 'y' only if the worker's put was let through

@@ -26,14 +26,20 @@ const PY = 'python3';
 describe('manifestObjectKey', () => {
   const base = { runId: 'r-1', stage: 's', prefix: 'runs/r-1/s/attempts/2-ab/outputs/' };
   it('uses the recorded key', () => {
-    assert.equal(manifestObjectKey(base, { path: 'a', size: 1, sha256: 'x', key: 'runs/other/s/attempts/1-cd/outputs/a' }), 'runs/other/s/attempts/1-cd/outputs/a');
+    assert.equal(
+      manifestObjectKey(base, { path: 'a', size: 1, sha256: 'x', key: 'runs/other/s/attempts/1-cd/outputs/a' }),
+      'runs/other/s/attempts/1-cd/outputs/a',
+    );
   });
   it('derives the key of an older manifest from its prefix, or from the legacy layout without one', () => {
     assert.equal(manifestObjectKey(base, { path: 'd/a', size: 1, sha256: 'x' }), 'runs/r-1/s/attempts/2-ab/outputs/d/a');
     assert.equal(manifestObjectKey({ runId: 'r-1', stage: 's' }, { path: 'a', size: 1, sha256: 'x' }), 'runs/r-1/s/outputs/a');
   });
   it('refuses a key outside runs/', () => {
-    assert.throws(() => manifestObjectKey(base, { path: 'a', size: 1, sha256: 'x', key: 'cache/keys/x.json' }), /file "a" has key "cache\/keys\/x.json", not an object key under runs\//);
+    assert.throws(
+      () => manifestObjectKey(base, { path: 'a', size: 1, sha256: 'x', key: 'cache/keys/x.json' }),
+      /file "a" has key "cache\/keys\/x.json", not an object key under runs\//,
+    );
     assert.throws(() => manifestObjectKey(base, { path: 'a', size: 1, sha256: 'x', key: 'runs/../secret' }), /not an object key under runs\//);
   });
 });
@@ -67,7 +73,7 @@ describe('per-attempt output prefixes', () => {
   });
 
   function task(stage: Partial<StageSpec> & { id: string }, runId = unique('keys')): StageTask {
-    return { runId, pipeline: 'keys-test', queue: 'cpu', inputs: [], cache: true, stage: { needs: [], with: {}, ...stage } as StageSpec };
+    return { runId, pipeline: 'keys-test', queue: 'cpu', inputs: [], cache: true, stage: { needs: [], with: {}, ...stage } };
   }
 
   // Each attempt writes different bytes, so a mix of two attempts would show in the digests.
@@ -92,27 +98,30 @@ for name in ("a.txt", "b.txt", "c.txt"):
     const first = puts.filter((k) => k.includes('/outputs/'));
     assert.equal(first.length, 2, 'attempt 1 left two of its three outputs');
     assert.equal(await storage.stat(keys.manifest(t.runId, 'partial')), undefined, 'no manifest for a failed attempt');
-    assert.match(first[0]!, new RegExp(`^runs/${t.runId}/partial/attempts/1-[0-9a-f]{8}/outputs/a\\.txt$`));
+    assert.match(first[0], new RegExp(`^runs/${t.runId}/partial/attempts/1-[0-9a-f]{8}/outputs/a\\.txt$`));
 
     failing.on = false;
-    const result = (await new MockActivityEnvironment({ attempt: 2 }).run(createRunStage(d), t)) as StageResult;
+    const result: StageResult = await new MockActivityEnvironment({ attempt: 2 }).run(createRunStage(d), t);
     assert.equal(result.attempt, 2);
     const manifest = JSON.parse(await storage.getText(keys.manifest(t.runId, 'partial'))) as OutputManifest;
     assert.equal(manifest.attempt, 2);
     assert.match(manifest.prefix, new RegExp(`^runs/${t.runId}/partial/attempts/2-[0-9a-f]{8}/outputs/$`));
     assert.equal(result.outputsPrefix, manifest.prefix, 'the result names the prefix the manifest points at');
-    assert.deepEqual(manifest.files.map((f) => f.path), ['a.txt', 'b.txt', 'c.txt']);
+    assert.deepEqual(
+      manifest.files.map((f) => f.path),
+      ['a.txt', 'b.txt', 'c.txt'],
+    );
     for (const f of manifest.files) {
       assert.equal(f.key, manifest.prefix + f.path, `${f.path}: the manifest records its exact key`);
-      assert.ok(!first.includes(f.key!), `${f.path}: not an object attempt 1 wrote`);
+      assert.ok(!first.includes(f.key), `${f.path}: not an object attempt 1 wrote`);
       const local = path.join(tmp, unique('dl'));
-      await storage.getFile(f.key!, local);
+      await storage.getFile(f.key, local);
       assert.equal(await sha256File(local), f.sha256, `${f.path}: digest matches`);
       assert.match(readFileSync(local, 'utf8'), /of attempt 2\n/);
     }
     // Attempt 1's leftovers sit under their own prefix, untouched and unreferenced.
     const local = path.join(tmp, unique('left'));
-    await storage.getFile(first[0]!, local);
+    await storage.getFile(first[0], local);
     assert.match(readFileSync(local, 'utf8'), /^a\.txt of attempt 1\n/);
   });
 
@@ -141,12 +150,16 @@ for name in ("a.txt", "b.txt", "c.txt"):
     await storage.putText(keys.manifest(producer.runId, 'cached'), JSON.stringify({ ...produced, files: [] }));
 
     const consumer = task(stage);
-    const hit = (await new MockActivityEnvironment().run(createCheckCache(d), consumer)) as CacheLookup;
+    const hit: CacheLookup = await new MockActivityEnvironment().run(createCheckCache(d), consumer);
     assert.equal(hit.hit, true, hit.reason);
     assert.ok(!('manifest' in hit), 'the manifest itself stays out of workflow history');
     const own = JSON.parse(await storage.getText(keys.manifest(consumer.runId, 'cached'))) as OutputManifest & { cachedFrom?: string };
     assert.equal(own.cachedFrom, producer.runId);
-    assert.deepEqual(own.files.map((f) => f.key), produced.files.map((f) => f.key), 'the hit points at the very objects the producer wrote');
+    assert.deepEqual(
+      own.files.map((f) => f.key),
+      produced.files.map((f) => f.key),
+      'the hit points at the very objects the producer wrote',
+    );
   });
 
   it('a downstream stage reads an older manifest without keys (outputs beside it)', async () => {
@@ -155,18 +168,29 @@ for name in ("a.txt", "b.txt", "c.txt"):
     writeFileSync(file, 'from an older worker\n');
     const legacyKey = `${outputKeys.legacy(runId, 'old')}data/legacy.txt`;
     await storage.putFile(legacyKey, file);
-    const old = { runId, stage: 'old', attempt: 1, createdAt: new Date().toISOString(), prefix: outputKeys.legacy(runId, 'old'), files: [{ path: 'data/legacy.txt', size: 21, sha256: await sha256File(file) }], result: {} };
+    const old = {
+      runId,
+      stage: 'old',
+      attempt: 1,
+      createdAt: new Date().toISOString(),
+      prefix: outputKeys.legacy(runId, 'old'),
+      files: [{ path: 'data/legacy.txt', size: 21, sha256: await sha256File(file) }],
+      result: {},
+    };
     await storage.putText(keys.manifest(runId, 'old'), JSON.stringify(old));
     const copy = `
 import os, shutil
 shutil.copy(os.path.join(os.environ["TANREN_INPUT_OLD"], "data", "legacy.txt"), os.path.join(os.environ["TANREN_OUTPUT"], "copy.txt"))
 `;
-    const t: StageTask = { ...task({ id: 'new', run: [PY, '-c', copy], needs: ['old'] }, runId), inputs: [{ stage: 'old', manifestKey: keys.manifest(runId, 'old') }] };
-    const r = (await new MockActivityEnvironment().run(createRunStage(deps(storage)), t)) as StageResult;
+    const t: StageTask = {
+      ...task({ id: 'new', run: [PY, '-c', copy], needs: ['old'] }, runId),
+      inputs: [{ stage: 'old', manifestKey: keys.manifest(runId, 'old') }],
+    };
+    const r: StageResult = await new MockActivityEnvironment().run(createRunStage(deps(storage)), t);
     assert.equal(r.files, 1);
     const m = JSON.parse(await storage.getText(r.manifestKey)) as OutputManifest;
     const local = path.join(tmp, unique('copy'));
-    await storage.getFile(m.files[0]!.key!, local);
+    await storage.getFile(m.files[0].key!, local);
     assert.equal(readFileSync(local, 'utf8'), 'from an older worker\n');
   });
 });

@@ -36,7 +36,7 @@ describe('orphan reaper', () => {
     for (const p of procs) if (p.pid && alive(p.pid)) process.kill(-p.pid, 'SIGKILL');
   });
 
-  it('kills only the stages of a worker that is gone, never a live worker\'s or a reused pid', async () => {
+  it("kills only the stages of a worker that is gone, never a live worker's or a reused pid", async () => {
     const root = mkdtempSync(path.join(os.tmpdir(), 'tanren-reap-'));
     const dir = runningDir(root);
     mkdirSync(dir, { recursive: true });
@@ -58,7 +58,7 @@ describe('orphan reaper', () => {
     const n = await reapOrphanStages(root, 'gpu', logger);
     assert.equal(n, 1);
     await waitFor('the orphan to die', () => !alive(orphan.pid!) || orphan.exitCode !== null || orphan.signalCode !== null, 5000);
-    assert.equal(kept.exitCode, null, 'a live worker\'s stage runs on');
+    assert.equal(kept.exitCode, null, "a live worker's stage runs on");
     assert.ok(alive(kept.pid!));
     assert.ok(alive(reused.pid!), 'a process that got a recorded pid is left alone');
   });

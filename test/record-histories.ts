@@ -124,7 +124,8 @@ function createScriptedActivities() {
     const startedAt = new Date().toISOString();
     const hb: Heartbeat = { attempt, attempts: [...(previous?.attempts ?? []).filter((a) => a.attempt < attempt), { attempt, startedAt }] };
     const settings: BatchSettings | undefined =
-      previous?.nextSettings ?? (w.micro_batch_size ? { micro_batch_size: w.micro_batch_size, gradient_accumulation_steps: w.gradient_accumulation_steps ?? 1 } : undefined);
+      previous?.nextSettings ??
+      (w.micro_batch_size ? { micro_batch_size: w.micro_batch_size, gradient_accumulation_steps: w.gradient_accumulation_steps ?? 1 } : undefined);
     if (settings) hb.settings = hb.nextSettings = settings;
     const beat = (change: Partial<Heartbeat> = {}) => {
       Object.assign(hb, change);
@@ -153,7 +154,10 @@ function createScriptedActivities() {
         let message = `stage "${id}" exited with code ${type === FailureTypes.OutOfMemory ? 4 : 1}: planned failure of attempt ${attempt}`;
         if (type === FailureTypes.OutOfMemory && settings) {
           const micro = Math.floor(settings.micro_batch_size / 2);
-          const next = { micro_batch_size: micro, gradient_accumulation_steps: Math.round((settings.gradient_accumulation_steps * settings.micro_batch_size) / micro) };
+          const next = {
+            micro_batch_size: micro,
+            gradient_accumulation_steps: Math.round((settings.gradient_accumulation_steps * settings.micro_batch_size) / micro),
+          };
           message += ` — next attempt: micro_batch_size=${next.micro_batch_size}, gradient_accumulation_steps=${next.gradient_accumulation_steps}`;
           beat({ nextSettings: next });
         }
@@ -217,7 +221,13 @@ function check(history: History, lastEvent: protos.temporal.api.enums.v1.EventTy
   const patches = evs.filter(
     (e) =>
       e.eventType === EventType.EVENT_TYPE_MARKER_RECORDED &&
-      Object.values(e.markerRecordedEventAttributes?.details ?? {}).some((p) => p.payloads?.some((x) => Buffer.from(x.data ?? []).toString().includes(LEAN_PROGRESS_PATCH))),
+      Object.values(e.markerRecordedEventAttributes?.details ?? {}).some((p) =>
+        p.payloads?.some((x) =>
+          Buffer.from(x.data ?? [])
+            .toString()
+            .includes(LEAN_PROGRESS_PATCH),
+        ),
+      ),
   );
   assert.ok(patches.length >= 1, `no ${LEAN_PROGRESS_PATCH} marker: the worker ran old workflow code`);
 }
@@ -277,7 +287,10 @@ async function main() {
           { id: 'train', needs: ['prep'], run: ['x'] },
         ]);
         const r = (await h.result()) as RunResult;
-        assert.deepEqual(r.stages.map((s) => s.state), ['cached', 'succeeded']);
+        assert.deepEqual(
+          r.stages.map((s) => s.state),
+          ['cached', 'succeeded'],
+        );
         const history = await h.fetchHistory();
         check(history, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED);
         write('cache-miss-then-run', history);
@@ -285,13 +298,23 @@ async function main() {
 
       // 2. Attempt 1 crashes (StageCrashed), attempt 2 succeeds; a dependent stage runs after.
       {
-        const h = await start('retry-after-crash', [
-          { id: 'flaky', run: ['x'], with: { failAttempts: 1, failType: 'StageCrashed' }, retry: quick },
-          { id: 'after', needs: ['flaky'], run: ['x'] },
-        ], { noCache: true });
+        const h = await start(
+          'retry-after-crash',
+          [
+            { id: 'flaky', run: ['x'], with: { failAttempts: 1, failType: 'StageCrashed' }, retry: quick },
+            { id: 'after', needs: ['flaky'], run: ['x'] },
+          ],
+          { noCache: true },
+        );
         const r = (await h.result()) as RunResult;
-        assert.deepEqual(r.stages.map((s) => [s.state, s.attempt]), [['succeeded', 2], ['succeeded', 1]]);
-        assert.match(String(r.stages[0]!.attempts?.[0]?.failure), /^StageCrashed: /);
+        assert.deepEqual(
+          r.stages.map((s) => [s.state, s.attempt]),
+          [
+            ['succeeded', 2],
+            ['succeeded', 1],
+          ],
+        );
+        assert.match(String(r.stages[0].attempts?.[0]?.failure), /^StageCrashed: /);
         const history = await h.fetchHistory();
         check(history, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED);
         write('retry-after-crash', history);
@@ -299,15 +322,23 @@ async function main() {
 
       // 3. Attempt 1 runs out of memory; attempt 2 runs with half the micro-batch and succeeds.
       {
-        const h = await start('oom-shrink', [
-          { id: 'sft', run: ['x'], with: { micro_batch_size: 8, gradient_accumulation_steps: 2, failAttempts: 1, failType: 'OutOfMemory' }, retry: quick },
-        ], { noCache: true });
+        const h = await start(
+          'oom-shrink',
+          [{ id: 'sft', run: ['x'], with: { micro_batch_size: 8, gradient_accumulation_steps: 2, failAttempts: 1, failType: 'OutOfMemory' }, retry: quick }],
+          { noCache: true },
+        );
         const r = (await h.result()) as RunResult;
-        assert.deepEqual(r.stages.map((s) => [s.state, s.attempt]), [['succeeded', 2]]);
-        assert.deepEqual(fake.attemptsOf(h.workflowId, 'sft').map((a) => a.settings), [
-          { micro_batch_size: 8, gradient_accumulation_steps: 2 },
-          { micro_batch_size: 4, gradient_accumulation_steps: 4 },
-        ]);
+        assert.deepEqual(
+          r.stages.map((s) => [s.state, s.attempt]),
+          [['succeeded', 2]],
+        );
+        assert.deepEqual(
+          fake.attemptsOf(h.workflowId, 'sft').map((a) => a.settings),
+          [
+            { micro_batch_size: 8, gradient_accumulation_steps: 2 },
+            { micro_batch_size: 4, gradient_accumulation_steps: 4 },
+          ],
+        );
         const history = await h.fetchHistory();
         check(history, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED);
         write('oom-shrink', history);
@@ -315,19 +346,26 @@ async function main() {
 
       // 4. Paused while a stage runs: it finishes, nothing new starts until resume.
       {
-        const h = await start('pause-resume', [
-          { id: 'first', run: ['x'], with: { block: true } },
-          { id: 'second', needs: ['first'], run: ['x'] },
-        ], { noCache: true });
+        const h = await start(
+          'pause-resume',
+          [
+            { id: 'first', run: ['x'], with: { block: true } },
+            { id: 'second', needs: ['first'], run: ['x'] },
+          ],
+          { noCache: true },
+        );
         await waitFor('first to run', () => fake.attemptsOf(h.workflowId, 'first').length > 0);
         await h.signal(pauseSignal);
         await waitFor('the run to be paused', async () => (await h.query(statusQuery)).state === 'paused');
         fake.release(h.workflowId, 'first');
-        await waitFor('first to succeed while paused', async () => (await h.query(statusQuery)).stages[0]!.state === 'succeeded');
+        await waitFor('first to succeed while paused', async () => (await h.query(statusQuery)).stages[0].state === 'succeeded');
         assert.equal(fake.attemptsOf(h.workflowId, 'second').length, 0, 'second started while paused');
         await h.signal(resumeSignal);
         const r = (await h.result()) as RunResult;
-        assert.deepEqual(r.stages.map((s) => s.state), ['succeeded', 'succeeded']);
+        assert.deepEqual(
+          r.stages.map((s) => s.state),
+          ['succeeded', 'succeeded'],
+        );
         const history = await h.fetchHistory();
         check(history, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED);
         write('pause-resume', history);
@@ -335,15 +373,19 @@ async function main() {
 
       // 5. Cancelled while a stage runs: the cancellation reaches the stage, the run ends cancelled.
       {
-        const h = await start('cancel', [
-          { id: 'long', run: ['x'], with: { block: true }, heartbeatTimeout: '5s' },
-          { id: 'next', needs: ['long'], run: ['x'] },
-        ], { noCache: true });
+        const h = await start(
+          'cancel',
+          [
+            { id: 'long', run: ['x'], with: { block: true }, heartbeatTimeout: '5s' },
+            { id: 'next', needs: ['long'], run: ['x'] },
+          ],
+          { noCache: true },
+        );
         await waitFor('long to run', () => fake.attemptsOf(h.workflowId, 'long').length > 0);
         await h.cancel();
         const err = await failureOf(h);
         assert.ok(err.cause instanceof CancelledFailure, String(err.cause));
-        assert.equal(fake.attemptsOf(h.workflowId, 'long')[0]!.outcome, 'cancelled');
+        assert.equal(fake.attemptsOf(h.workflowId, 'long')[0].outcome, 'cancelled');
         const history = await h.fetchHistory();
         check(history, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED);
         write('cancel', history);
@@ -352,11 +394,15 @@ async function main() {
       // 6. A completed run reset (signals re-applied, as the UI and `temporal workflow reset` do by default)
       //    to just before its second stage was scheduled; the new execution runs it again and completes.
       {
-        const h = await start('reset', [
-          { id: 'prep', run: ['x'] },
-          { id: 'train', needs: ['prep'], run: ['x'], with: { block: true } },
-          { id: 'eval', needs: ['train'], run: ['x'] },
-        ], { noCache: true });
+        const h = await start(
+          'reset',
+          [
+            { id: 'prep', run: ['x'] },
+            { id: 'train', needs: ['prep'], run: ['x'], with: { block: true } },
+            { id: 'eval', needs: ['train'], run: ['x'] },
+          ],
+          { noCache: true },
+        );
         await waitFor('train to run', () => fake.attemptsOf(h.workflowId, 'train').length > 0);
         // Signals the reset re-applies: a stale progress signal of an older worker (ignored on the lean path), pause and resume.
         await h.signal(stageProgressSignal, { stage: 'train', attempt: 1, kind: 'progress', step: 3, total: 10, at: new Date().toISOString() });
@@ -384,7 +430,10 @@ async function main() {
         assert.ok(runId && runId !== firstRunId, 'the reset started a new execution');
         const reset = client.workflow.getHandle(h.workflowId, runId, { followRuns: false });
         const r = (await reset.result()) as RunResult;
-        assert.deepEqual(r.stages.map((s) => s.state), ['succeeded', 'succeeded', 'succeeded']);
+        assert.deepEqual(
+          r.stages.map((s) => s.state),
+          ['succeeded', 'succeeded', 'succeeded'],
+        );
         assert.equal(fake.attemptsOf(h.workflowId, 'train').length, 2, 'train ran again after the reset');
         assert.equal(fake.attemptsOf(h.workflowId, 'prep').length, 1, 'prep did not run again');
         const history = await reset.fetchHistory();
@@ -398,7 +447,12 @@ async function main() {
       //    in WorkflowExecutionContinuedAsNew, the last starts from `carried` state.
       {
         const n = 60;
-        const stages = Array.from({ length: n }, (_, i) => ({ id: `s${i}`, run: ['x'], ...(i ? { needs: [`s${i - 1}`] } : {}), with: i % 10 === 0 ? { cached: true } : {} }));
+        const stages = Array.from({ length: n }, (_, i) => ({
+          id: `s${i}`,
+          run: ['x'],
+          ...(i ? { needs: [`s${i - 1}`] } : {}),
+          with: i % 10 === 0 ? { cached: true } : {},
+        }));
         const h = await start('continue-as-new', stages);
         const r = (await h.result()) as RunResult;
         assert.equal(r.stages.length, n);
@@ -411,11 +465,11 @@ async function main() {
           runId = events(history).at(-1)?.workflowExecutionContinuedAsNewEventAttributes?.newExecutionRunId;
         }
         assert.ok(histories.length >= 2, `${histories.length} execution(s): the run did not continue as new`);
-        const [firstRun, lastRun] = [histories[0]!, histories.at(-1)!];
+        const [firstRun, lastRun] = [histories[0], histories.at(-1)!];
         check(firstRun, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW);
         check(lastRun, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED);
-        const started = events(lastRun)[0]!.workflowExecutionStartedEventAttributes!;
-        const arg = JSON.parse(Buffer.from(started.input!.payloads![0]!.data!).toString()) as { carried?: { continuedAsNew: number } };
+        const started = events(lastRun)[0].workflowExecutionStartedEventAttributes!;
+        const arg = JSON.parse(Buffer.from(started.input!.payloads![0].data!).toString()) as { carried?: { continuedAsNew: number } };
         assert.equal(arg.carried?.continuedAsNew, histories.length - 1, 'the last execution starts from carried state');
         write('continue-as-new-first', firstRun);
         write('continue-as-new-last', lastRun);
@@ -424,16 +478,27 @@ async function main() {
 
       // 8. A non-retryable failure: no retry, its dependent skipped, the independent branch still runs.
       {
-        const h = await start('failed', [
-          { id: 'bad', run: ['x'], with: { failAttempts: 9, failType: 'InvalidStageInput' }, retry: { maximumAttempts: 5 } },
-          { id: 'after', needs: ['bad'], run: ['x'] },
-          { id: 'other', run: ['x'] },
-        ], { noCache: true });
+        const h = await start(
+          'failed',
+          [
+            { id: 'bad', run: ['x'], with: { failAttempts: 9, failType: 'InvalidStageInput' }, retry: { maximumAttempts: 5 } },
+            { id: 'after', needs: ['bad'], run: ['x'] },
+            { id: 'other', run: ['x'] },
+          ],
+          { noCache: true },
+        );
         const err = await failureOf(h);
         assert.ok(err.cause instanceof ApplicationFailure);
         assert.equal(err.cause.type, 'InvalidStageInput');
         const outcome = (err.cause.details![0] as { stages: Array<{ id: string; state: string }> }).stages;
-        assert.deepEqual(outcome.map((s) => [s.id, s.state]), [['bad', 'failed'], ['after', 'skipped'], ['other', 'succeeded']]);
+        assert.deepEqual(
+          outcome.map((s) => [s.id, s.state]),
+          [
+            ['bad', 'failed'],
+            ['after', 'skipped'],
+            ['other', 'succeeded'],
+          ],
+        );
         assert.equal(fake.attemptsOf(h.workflowId, 'bad').length, 1, 'no retry');
         const history = await h.fetchHistory();
         check(history, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED);

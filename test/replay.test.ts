@@ -34,11 +34,15 @@ const LEAN_HISTORIES = [
 ].map((s) => `lean-${s}.json`);
 
 /** Patch ids a recorded history's `core_patch` markers name. */
-function patchesOf(history: { events: Array<{ markerRecordedEventAttributes?: { markerName?: string; details?: Record<string, { payloads?: Array<{ data?: string }> }> } }> }): string[] {
+function patchesOf(history: {
+  events: Array<{ markerRecordedEventAttributes?: { markerName?: string; details?: Record<string, { payloads?: Array<{ data?: string }> }> } }>;
+}): string[] {
   return history.events.flatMap((e) => {
     const m = e.markerRecordedEventAttributes;
     if (m?.markerName !== 'core_patch') return [];
-    return Object.values(m.details ?? {}).flatMap((p) => (p.payloads ?? []).map((x) => (JSON.parse(Buffer.from(x.data ?? '', 'base64').toString()) as { id?: string }).id ?? ''));
+    return Object.values(m.details ?? {}).flatMap((p) =>
+      (p.payloads ?? []).map((x) => (JSON.parse(Buffer.from(x.data ?? '', 'base64').toString()) as { id?: string }).id ?? ''),
+    );
   });
 }
 
@@ -50,7 +54,11 @@ describe('replay of recorded runs', () => {
   it('has histories of the lean path for each behaviour (test/record-histories.ts)', () => {
     const lean = files.filter((f) => f.startsWith('lean-'));
     assert.ok(lean.length >= LEAN_HISTORIES.length, `only ${lean.length} lean- histories in test/histories`);
-    assert.deepEqual(LEAN_HISTORIES.filter((f) => !files.includes(f)), [], 'missing: run `node dist/test/record-histories.js`');
+    assert.deepEqual(
+      LEAN_HISTORIES.filter((f) => !files.includes(f)),
+      [],
+      'missing: run `node dist/test/record-histories.js`',
+    );
     for (const file of lean) {
       const history = JSON.parse(readFileSync(path.join(dir, file), 'utf8'));
       assert.ok(patchesOf(history).includes(LEAN_PROGRESS_PATCH), `${file} did not take the ${LEAN_PROGRESS_PATCH} path: recorded from older code`);

@@ -48,13 +48,10 @@ function fixture(name: string, opts: { judge: boolean }): string {
   writeFileSync(path.join(dir, 'refs.csv'), REFERENCES);
 
   // Training stages: pretrain and sft with metrics.jsonl, dpo with only an events.jsonl (the fallback).
-  writeJsonl(
-    path.join(inputs, 'pretrain', 'metrics.jsonl'),
-    [
-      ...Array.from({ length: 120 }, (_, i) => ({ step: i + 1, loss: 1 + 7 * Math.exp(-(i + 1) / 40), lr: 0.003, tokens_per_s: 5000 })),
-      ...[20, 40, 60, 80, 100, 120].map((step) => ({ step, eval_loss: 1.5 + 7 * Math.exp(-step / 40), eval_ppl: 10 })),
-    ],
-  );
+  writeJsonl(path.join(inputs, 'pretrain', 'metrics.jsonl'), [
+    ...Array.from({ length: 120 }, (_, i) => ({ step: i + 1, loss: 1 + 7 * Math.exp(-(i + 1) / 40), lr: 0.003, tokens_per_s: 5000 })),
+    ...[20, 40, 60, 80, 100, 120].map((step) => ({ step, eval_loss: 1.5 + 7 * Math.exp(-step / 40), eval_ppl: 10 })),
+  ]);
   writeJson(path.join(inputs, 'pretrain', 'model', 'config.json'), { hidden_size: 64 });
   writeJsonl(path.join(inputs, 'sft', 'logs', 'metrics.jsonl'), [
     ...Array.from({ length: 12 }, (_, i) => ({ step: i + 1, values: { loss: 3 - 0.1 * i, lr: 0.001 } })),
@@ -92,7 +89,14 @@ function fixture(name: string, opts: { judge: boolean }): string {
   // mt_bench.py: answers.jsonl always; scores.json only when a judge is configured.
   writeJsonl(path.join(inputs, 'mt-bench', 'answers.jsonl'), [
     { question_id: 1, category: 'writing', turns: ['a', 'b'], new_tokens: 20, question: ['京都旅行の記事を書いて', '三文で要約して'], reference: null },
-    { question_id: 2, category: 'math', turns: ['c', 'd'], new_tokens: 22, question: ['12 × 13 は？', '7で割った余りは？'], reference: ['156です。', '余りは2です。'] },
+    {
+      question_id: 2,
+      category: 'math',
+      turns: ['c', 'd'],
+      new_tokens: 22,
+      question: ['12 × 13 は？', '7で割った余りは？'],
+      reference: ['156です。', '余りは2です。'],
+    },
   ]);
   if (opts.judge) {
     writeJsonl(path.join(inputs, 'mt-bench', 'judgments.jsonl'), [
@@ -195,7 +199,11 @@ describe('report stage (dist/activities/report/main.js)', () => {
 
     // held-out loss beside the training loss
     const pretrainRow = html.split('\n').find((l) => l.startsWith('<tr><td>pretrain</td>')) ?? '';
-    assert.match(pretrainRow, /<td>1\.3485<\/td><td>5\.7457 <span class="small">\(step 20\)<\/span><\/td><td><strong>1\.8485<\/strong> <span class="small">\(step 120\)/, pretrainRow);
+    assert.match(
+      pretrainRow,
+      /<td>1\.3485<\/td><td>5\.7457 <span class="small">\(step 20\)<\/span><\/td><td><strong>1\.8485<\/strong> <span class="small">\(step 120\)/,
+      pretrainRow,
+    );
     assert.match(html, /held-out loss/);
     assert.ok(loss.includes('eval_loss'), 'the loss chart draws the held-out loss');
 
@@ -334,7 +342,14 @@ describe('report stage (dist/activities/report/main.js)', () => {
 
     const svg = readFileSync(path.join(run.out, 'timeline.svg'), 'utf8');
     assert.doesNotMatch(svg, /NaN|Infinity/, 'zero-length rows keep the chart finite');
-    for (const s of ['40ms · cached (run demo-first)', '1m29s · 2 attempts', 'skipped', '9.0s · cancelled (attempt 1)', '0ms · cancelled', '20.0s · failed after 3 attempts']) {
+    for (const s of [
+      '40ms · cached (run demo-first)',
+      '1m29s · 2 attempts',
+      'skipped',
+      '9.0s · cancelled (attempt 1)',
+      '0ms · cancelled',
+      '20.0s · failed after 3 attempts',
+    ]) {
       assert.ok(svg.includes(`>${s}<`), `timeline.svg labels a bar "${s}"`);
     }
     for (const state of ['cached', 'succeeded', 'cancelled', 'skipped', 'failed']) assert.ok(svg.includes(`>${state}<`), `legend lists ${state}`);
@@ -405,11 +420,10 @@ async function screenshot(htmlFile: string, name: string): Promise<void> {
   mkdirSync(dir, { recursive: true });
   const png = path.join(dir, name);
   rmSync(png, { force: true });
-  const r = spawnSync(
-    CHROMIUM,
-    ['--headless', '--no-sandbox', '--disable-gpu', `--screenshot=${png}`, '--window-size=1200,2000', `file://${htmlFile}`],
-    { encoding: 'utf8', timeout: 90_000 },
-  );
+  const r = spawnSync(CHROMIUM, ['--headless', '--no-sandbox', '--disable-gpu', `--screenshot=${png}`, '--window-size=1200,2000', `file://${htmlFile}`], {
+    encoding: 'utf8',
+    timeout: 90_000,
+  });
   assert.ok(existsSync(png), `chromium wrote no screenshot (exit ${r.status}): ${r.stderr.slice(-500)}`);
   const sig = readFileSync(png).subarray(0, 8);
   assert.deepEqual([...sig], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a], 'a PNG file');
@@ -474,7 +488,7 @@ describe('buildReport', () => {
     assert.equal(r.summary.timeline, true);
   });
 
-  it('has a sweep section: every trial\'s params, rung, metric and state, and the chosen one with its reason', async () => {
+  it("has a sweep section: every trial's params, rung, metric and state, and the chosen one with its reason", async () => {
     const r = await buildReport({
       ...base,
       sweeps: [

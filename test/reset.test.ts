@@ -97,32 +97,61 @@ describe('reset and retry', () => {
   async function taskBefore(workflowId: string, activityId: string): Promise<number> {
     const history = await client.workflow.getHandle(workflowId).fetchHistory();
     const scheduled = history.events!.find(
-      (e) => e.eventType === temporal.api.enums.v1.EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED && e.activityTaskScheduledEventAttributes?.activityId === activityId,
+      (e) =>
+        e.eventType === temporal.api.enums.v1.EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED && e.activityTaskScheduledEventAttributes?.activityId === activityId,
     );
     assert.ok(scheduled, `${activityId} was scheduled`);
     return Number(scheduled.activityTaskScheduledEventAttributes!.workflowTaskCompletedEventId);
   }
 
-  it('a worker crash, then `temporal workflow reset` with default re-application: the run completes, resumed from the checkpoint', { timeout: 240_000 }, async () => {
-    const workflowId = unique('reset-run');
-    const handle = await client.workflow.start('pipelineWorkflow', { taskQueue: queues.control, workflowId, args: [{ spec: spec('reset'), options: { noCache: true } }] });
-    await waitFor('the checkpoint in MinIO', async () => (await listCheckpoints(storage, workflowId, 'train')).length > 0, 60_000, 100);
-    await waitFor('live progress', async () => ((await fetchRun(client, workflowId)).status?.stages[1]!.step ?? 0) > 10, 60_000, 200);
-    await stopWorkerProcess(worker, 'SIGKILL');
-    const eventId = await taskBefore(workflowId, 'train');
-    // The operator's command; its default re-applies signals, as the UI's Reset button does.
-    await exec(temporalBin(), ['workflow', 'reset', '--address', services.TEMPORAL_ADDRESS, '--namespace', services.TEMPORAL_NAMESPACE, '--workflow-id', workflowId, '--event-id', String(eventId), '--reason', 'worker crashed']);
-    worker = await startWorkerProcess('cpu', workerEnv, workRoot, 'reset-cpu-2');
-    const result = (await client.workflow.getHandle(workflowId).result()) as RunResult;
-    const train = result.stages.find((s) => s.id === 'train')!;
-    assert.deepEqual(result.stages.map((s) => s.state), ['succeeded', 'succeeded', 'succeeded']);
-    assert.equal(train.result!.resumed_from, 'step-000005');
-    assert.notEqual((await client.workflow.getHandle(workflowId).describe()).runId, handle.firstExecutionRunId, 'a new execution ran');
-  });
+  it(
+    'a worker crash, then `temporal workflow reset` with default re-application: the run completes, resumed from the checkpoint',
+    { timeout: 240_000 },
+    async () => {
+      const workflowId = unique('reset-run');
+      const handle = await client.workflow.start('pipelineWorkflow', {
+        taskQueue: queues.control,
+        workflowId,
+        args: [{ spec: spec('reset'), options: { noCache: true } }],
+      });
+      await waitFor('the checkpoint in MinIO', async () => (await listCheckpoints(storage, workflowId, 'train')).length > 0, 60_000, 100);
+      await waitFor('live progress', async () => ((await fetchRun(client, workflowId)).status?.stages[1]!.step ?? 0) > 10, 60_000, 200);
+      await stopWorkerProcess(worker, 'SIGKILL');
+      const eventId = await taskBefore(workflowId, 'train');
+      // The operator's command; its default re-applies signals, as the UI's Reset button does.
+      await exec(temporalBin(), [
+        'workflow',
+        'reset',
+        '--address',
+        services.TEMPORAL_ADDRESS,
+        '--namespace',
+        services.TEMPORAL_NAMESPACE,
+        '--workflow-id',
+        workflowId,
+        '--event-id',
+        String(eventId),
+        '--reason',
+        'worker crashed',
+      ]);
+      worker = await startWorkerProcess('cpu', workerEnv, workRoot, 'reset-cpu-2');
+      const result = (await client.workflow.getHandle(workflowId).result()) as RunResult;
+      const train = result.stages.find((s) => s.id === 'train')!;
+      assert.deepEqual(
+        result.stages.map((s) => s.state),
+        ['succeeded', 'succeeded', 'succeeded'],
+      );
+      assert.equal(train.result!.resumed_from, 'step-000005');
+      assert.notEqual((await client.workflow.getHandle(workflowId).describe()).runId, handle.firstExecutionRunId, 'a new execution ran');
+    },
+  );
 
   it('`tanren retry` re-runs a failed run in place from the failed stage, resuming from its checkpoint', { timeout: 240_000 }, async () => {
     const workflowId = unique('retry-run');
-    const handle = await client.workflow.start('pipelineWorkflow', { taskQueue: queues.control, workflowId, args: [{ spec: spec('retry', ['fail']), options: { noCache: true } }] });
+    const handle = await client.workflow.start('pipelineWorkflow', {
+      taskQueue: queues.control,
+      workflowId,
+      args: [{ spec: spec('retry', ['fail']), options: { noCache: true } }],
+    });
     await assert.rejects(handle.result());
     const failed = await exec(process.execPath, ['dist/cli/main.js', 'status', workflowId], { cwd: ROOT }).catch((e: { stdout: string }) => e);
     assert.match(failed.stdout, new RegExp(`${workflowId}\\s+failed`));
@@ -131,8 +160,11 @@ describe('reset and retry', () => {
     const out = await exec(process.execPath, ['dist/cli/main.js', 'retry', workflowId], { cwd: ROOT });
     assert.match(out.stdout, /retrying .* from stage "train"/);
     const result = (await client.workflow.getHandle(workflowId).result()) as RunResult;
-    assert.deepEqual(result.stages.map((s) => s.state), ['succeeded', 'succeeded', 'succeeded']);
-    assert.equal(result.stages[1]!.result!.resumed_from, 'step-000005');
+    assert.deepEqual(
+      result.stages.map((s) => s.state),
+      ['succeeded', 'succeeded', 'succeeded'],
+    );
+    assert.equal(result.stages[1].result!.resumed_from, 'step-000005');
     const again = await exec(process.execPath, ['dist/cli/main.js', 'retry', workflowId], { cwd: ROOT }).catch((e: { stderr: string; code: number }) => e);
     assert.equal((again as { code?: number }).code, 2, 'a completed run has nothing to retry without --from');
   });
@@ -140,17 +172,27 @@ describe('reset and retry', () => {
   it('a trainer that stops making progress (SIGSTOP) is killed after its stallTimeout and resumed from its checkpoint', { timeout: 240_000 }, async () => {
     const workflowId = unique('stall-run');
     const stalled = spec('stall', ['stop']);
-    Object.assign(stalled.stages[1]!, { stallTimeout: '5s', retry: { maximumAttempts: 2, initialInterval: '1s' } });
-    const handle = await client.workflow.start('pipelineWorkflow', { taskQueue: queues.control, workflowId, args: [{ spec: stalled, options: { noCache: true } }] });
+    Object.assign(stalled.stages[1], { stallTimeout: '5s', retry: { maximumAttempts: 2, initialInterval: '1s' } });
+    const handle = await client.workflow.start('pipelineWorkflow', {
+      taskQueue: queues.control,
+      workflowId,
+      args: [{ spec: stalled, options: { noCache: true } }],
+    });
     const result = (await handle.result()) as RunResult;
-    const train = result.stages[1]!;
-    assert.deepEqual(result.stages.map((s) => s.state), ['succeeded', 'succeeded', 'succeeded']);
+    const train = result.stages[1];
+    assert.deepEqual(
+      result.stages.map((s) => s.state),
+      ['succeeded', 'succeeded', 'succeeded'],
+    );
     assert.equal(train.attempt, 2);
     assert.equal(train.result!.resumed_from, 'step-000005');
-    assert.match(train.attempts![0]!.failure!, /^StageStalled: stage "train" stalled: no progress for 5 s after step 8/);
+    assert.match(train.attempts![0].failure!, /^StageStalled: stage "train" stalled: no progress for 5 s after step 8/);
     // The UI shows a retried attempt's last failure on its ActivityTaskStarted event.
     const history = await handle.fetchHistory();
     const started = history.events!.filter((e) => e.activityTaskStartedEventAttributes?.attempt === 2);
-    assert.ok(started.some((e) => e.activityTaskStartedEventAttributes?.lastFailure?.applicationFailureInfo?.type === 'StageStalled'), 'the UI shows StageStalled');
+    assert.ok(
+      started.some((e) => e.activityTaskStartedEventAttributes?.lastFailure?.applicationFailureInfo?.type === 'StageStalled'),
+      'the UI shows StageStalled',
+    );
   });
 });

@@ -30,37 +30,55 @@ describe('pipeline spec validation', () => {
   it('rejects hostile input with a named problem, never a crash (depth, size, inherited params, tiny timeouts, huge graphs)', () => {
     let deep: Record<string, unknown> = { leaf: 1 };
     for (let i = 0; i < 5000; i++) deep = { nest: deep };
-    assert.deepEqual(problemsOf(spec([{ id: 'a', run: ['x'], with: deep }])), [{ path: 'stages[0].with', stage: 'a', message: 'nested more than 32 levels deep' }]);
-    assert.match(problemsOf(spec([{ id: 'a', run: ['x'], with: { blob: 'x'.repeat(300_000) } }]))[0]!.message, /bytes as JSON: at most 262144/);
+    assert.deepEqual(problemsOf(spec([{ id: 'a', run: ['x'], with: deep }])), [
+      { path: 'stages[0].with', stage: 'a', message: 'nested more than 32 levels deep' },
+    ]);
+    assert.match(problemsOf(spec([{ id: 'a', run: ['x'], with: { blob: 'x'.repeat(300_000) } }]))[0].message, /bytes as JSON: at most 262144/);
     const inherited = problemsOf(spec([{ id: 'a', run: ['echo', '${{ params.constructor }}'] }]));
-    assert.match(inherited[0]!.message, /unknown parameter "constructor"/);
-    assert.match(problemsOf(spec([{ id: 'a', run: ['x'], timeout: '0.4ms' }]))[0]!.message, /between 1s and 30d/);
-    assert.match(problemsOf(spec([{ id: 'a', run: ['x'], stallTimeout: '31d' }]))[0]!.message, /between 1s and 30d/);
+    assert.match(inherited[0].message, /unknown parameter "constructor"/);
+    assert.match(problemsOf(spec([{ id: 'a', run: ['x'], timeout: '0.4ms' }]))[0].message, /between 1s and 30d/);
+    assert.match(problemsOf(spec([{ id: 'a', run: ['x'], stallTimeout: '31d' }]))[0].message, /between 1s and 30d/);
     // 3,000 stages each needing an unknown stage: every problem is found, the message lists 50 and counts the rest.
     const many = problemsOf(spec(Array.from({ length: 3000 }, (_, i) => ({ id: `s${i}`, run: ['x'], needs: ['ghost'] }))));
     assert.equal(many.length, 3000);
-    assert.ok(many[0]!.message.length < 400, 'the known stages are not all listed in each problem');
+    assert.ok(many[0].message.length < 400, 'the known stages are not all listed in each problem');
     const text = formatProblems(many, 'big.json');
     assert.equal(text.split('\n').length, 51);
     assert.match(text, /… and 2950 more problems$/);
     // A 10,000-stage chain: the size limit answers first; the cycle search would not overflow the stack either.
-    assert.match(problemsOf(spec(Array.from({ length: 10_000 }, (_, i) => ({ id: `s${i}`, run: ['x'], ...(i ? { needs: [`s${i - 1}`] } : {}) }))))[0]!.message, /at most 5000/);
+    assert.match(
+      problemsOf(spec(Array.from({ length: 10_000 }, (_, i) => ({ id: `s${i}`, run: ['x'], ...(i ? { needs: [`s${i - 1}`] } : {}) }))))[0].message,
+      /at most 5000/,
+    );
     const chain = Array.from({ length: 50_000 }, (_, i) => ({ id: `s${i}`, needs: i ? [`s${i - 1}`] : [`s${49_999}`] }));
     assert.equal(findCycle(chain)?.length, 50_001);
   });
 
   it('rejects duplicate stage ids, naming both', () => {
-    const p = problemsOf(spec([{ id: 'a', run: ['true'] }, { id: 'a', run: ['true'] }]));
+    const p = problemsOf(
+      spec([
+        { id: 'a', run: ['true'] },
+        { id: 'a', run: ['true'] },
+      ]),
+    );
     assert.equal(p.length, 1);
-    assert.equal(p[0]!.stage, 'a');
-    assert.equal(p[0]!.path, 'stages[1].id');
-    assert.match(p[0]!.message, /duplicate stage id "a" \(first used by stages\[0\]\)/);
+    assert.equal(p[0].stage, 'a');
+    assert.equal(p[0].path, 'stages[1].id');
+    assert.match(p[0].message, /duplicate stage id "a" \(first used by stages\[0\]\)/);
   });
 
   it('rejects unknown needs with the known ids', () => {
-    const p = problemsOf(spec([{ id: 'a', run: ['true'] }, { id: 'b', needs: ['c'], run: ['true'] }]));
-    assert.deepEqual(p.map((x) => [x.stage, x.path]), [['b', 'stages[1].needs[0]']]);
-    assert.match(p[0]!.message, /unknown stage "c" \(stages: a, b\)/);
+    const p = problemsOf(
+      spec([
+        { id: 'a', run: ['true'] },
+        { id: 'b', needs: ['c'], run: ['true'] },
+      ]),
+    );
+    assert.deepEqual(
+      p.map((x) => [x.stage, x.path]),
+      [['b', 'stages[1].needs[0]']],
+    );
+    assert.match(p[0].message, /unknown stage "c" \(stages: a, b\)/);
   });
 
   it('names the cycle', () => {
@@ -73,7 +91,7 @@ describe('pipeline spec validation', () => {
       ]),
     );
     assert.equal(p.length, 1);
-    assert.match(p[0]!.message, /cycle in needs: a → c → b → a/);
+    assert.match(p[0].message, /cycle in needs: a → c → b → a/);
   });
 
   it('rejects a stage that needs itself', () => {
@@ -82,42 +100,49 @@ describe('pipeline spec validation', () => {
   });
 
   it('rejects unknown kinds and queues, listing the allowed values', () => {
-    const p = problemsOf(spec([{ id: 'a', uses: 'pretrian' }, { id: 'b', run: ['true'], queue: 'tpu' }]));
-    assert.equal(p[0]!.path, 'stages[0].uses');
-    assert.match(p[0]!.message, /unknown stage kind "pretrian" \(known: .*pretrain/);
-    assert.equal(p[1]!.path, 'stages[1].queue');
-    assert.match(p[1]!.message, /unknown queue "tpu" \(known: cpu, gpu\)/);
+    const p = problemsOf(
+      spec([
+        { id: 'a', uses: 'pretrian' },
+        { id: 'b', run: ['true'], queue: 'tpu' },
+      ]),
+    );
+    assert.equal(p[0].path, 'stages[0].uses');
+    assert.match(p[0].message, /unknown stage kind "pretrian" \(known: .*pretrain/);
+    assert.equal(p[1].path, 'stages[1].queue');
+    assert.match(p[1].message, /unknown queue "tpu" \(known: cpu, gpu\)/);
   });
 
   it('rejects bad durations with the stage and field', () => {
     const p = problemsOf(spec([{ id: 'train', run: ['true'], timeout: '10 minutes', retry: { initialInterval: 'soon' } }]));
-    assert.deepEqual(
-      p.map((x) => [x.stage, x.path]).sort(),
-      [
-        ['train', 'stages[0].retry.initialInterval'],
-        ['train', 'stages[0].timeout'],
-      ],
-    );
-    assert.match(p[0]!.message, /not a duration/);
+    assert.deepEqual(p.map((x) => [x.stage, x.path]).sort(), [
+      ['train', 'stages[0].retry.initialInterval'],
+      ['train', 'stages[0].timeout'],
+    ]);
+    assert.match(p[0].message, /not a duration/);
   });
 
   it('rejects stages with neither or both of uses and run', () => {
     const p = problemsOf(spec([{ id: 'a' }, { id: 'b', uses: 'tokenize', run: ['x'] }]));
-    assert.match(p[0]!.message, /either `uses`/);
-    assert.match(p[1]!.message, /not both/);
+    assert.match(p[0].message, /either `uses`/);
+    assert.match(p[1].message, /not both/);
   });
 
   it('rejects unknown fields and unknown parameters', () => {
     const p = problemsOf(spec([{ id: 'a', run: ['echo', '${{ params.nope }}'], neds: ['b'] }], { params: { x: 1 } }));
-    assert.match(p[0]!.message, /unknown field\(s\): neds/);
-    assert.equal(p[0]!.stage, 'a');
+    assert.match(p[0].message, /unknown field\(s\): neds/);
+    assert.equal(p[0].stage, 'a');
     const q = problemsOf(spec([{ id: 'a', run: ['echo', '${{ params.nope }}'] }], { params: { x: 1 } }));
-    assert.equal(q[0]!.path, 'stages[0].run[1]');
-    assert.match(q[0]!.message, /unknown parameter "nope" \(params: x\)/);
+    assert.equal(q[0].path, 'stages[0].run[1]');
+    assert.match(q[0].message, /unknown parameter "nope" \(params: x\)/);
   });
 
   it('lists every problem at once, each line naming file, stage and field', () => {
-    const p = problemsOf(spec([{ id: 'a', needs: ['x'], run: ['true'] }, { id: 'b', uses: 'nope', timeout: 'later' }]));
+    const p = problemsOf(
+      spec([
+        { id: 'a', needs: ['x'], run: ['true'] },
+        { id: 'b', uses: 'nope', timeout: 'later' },
+      ]),
+    );
     const text = formatProblems(p, 'pipelines/bad.yaml');
     assert.equal(text.split('\n').length, 3);
     for (const line of text.split('\n')) assert.match(line, /^pipelines\/bad\.yaml: stage "[ab]": stages\[\d\]\./);
@@ -131,8 +156,8 @@ describe('pipeline spec validation', () => {
     );
     assert.ok(r.ok);
     const resolved = resolveSpec(r.spec, { lr: 0.5 });
-    assert.deepEqual(resolved.stages[0]!.with, { lr: 0.5, nested: ['x'] });
-    assert.deepEqual(resolved.stages[0]!.run, ['echo', 'lr=0.5']);
+    assert.deepEqual(resolved.stages[0].with, { lr: 0.5, nested: ['x'] });
+    assert.deepEqual(resolved.stages[0].run, ['echo', 'lr=0.5']);
   });
 
   it('picks queues from kinds', () => {
@@ -143,7 +168,15 @@ describe('pipeline spec validation', () => {
   });
 
   it('finds no cycle in a diamond', () => {
-    assert.equal(findCycle([{ id: 'a', needs: [] }, { id: 'b', needs: ['a'] }, { id: 'c', needs: ['a'] }, { id: 'd', needs: ['b', 'c'] }]), undefined);
+    assert.equal(
+      findCycle([
+        { id: 'a', needs: [] },
+        { id: 'b', needs: ['a'] },
+        { id: 'c', needs: ['a'] },
+        { id: 'd', needs: ['b', 'c'] },
+      ]),
+      undefined,
+    );
   });
 });
 

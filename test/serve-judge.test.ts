@@ -183,21 +183,28 @@ describe('tanren serve, the MT-Bench judge on it, and the secrets audit (one tin
     const noRun = await cli(['serve', 'no-such-run-xyz', 'sft']);
     assert.equal(noRun.code, 3, noRun.stderr);
     assert.match(noRun.stderr, /no such run: no-such-run-xyz/);
-    const noStage = await cli(['serve', runs.one!, 'dpo']);
+    const noStage = await cli(['serve', runs.one, 'dpo']);
     assert.equal(noStage.code, 3, noStage.stderr);
     assert.match(noStage.stderr, /has no stage "dpo" \(stages: preflight, /);
-    const noModel = await cli(['serve', runs.one!, 'tokenize']);
+    const noModel = await cli(['serve', runs.one, 'tokenize']);
     assert.equal(noModel.code, 3, noModel.stderr);
-    assert.match(noModel.stderr, /stage "tokenize" of run .* has no model: no model\/config\.json or model\/base\.json among its outputs \(.*text_document\.bin/);
+    assert.match(
+      noModel.stderr,
+      /stage "tokenize" of run .* has no model: no model\/config\.json or model\/base\.json among its outputs \(.*text_document\.bin/,
+    );
   });
 
   it('tanren serve answers OpenAI chat completions from the trained model', { timeout: 5 * 60_000 }, async () => {
     const cacheDir = path.join(workers.workRoot, 'serve-cache');
-    serveProc = spawn(process.execPath, [CLI, 'serve', runs.one!, 'judge-sft', '--port', String(servePort), '--model-name', 'tiny-judge', '--cache-dir', cacheDir, '--json'], {
-      cwd: ROOT,
-      env: process.env,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    serveProc = spawn(
+      process.execPath,
+      [CLI, 'serve', runs.one, 'judge-sft', '--port', String(servePort), '--model-name', 'tiny-judge', '--cache-dir', cacheDir, '--json'],
+      {
+        cwd: ROOT,
+        env: process.env,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     serveProc.stderr!.on('data', (b: Buffer) => (serveStderr += b.toString()));
     const announced = await new Promise<{ base_url: string; model: string; port: number }>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`tanren serve did not announce itself in 180 s; stderr:\n${serveStderr}`)), 180_000);
@@ -213,7 +220,10 @@ describe('tanren serve, the MT-Bench judge on it, and the secrets audit (one tin
     assert.ok(existsSync(path.join(cacheDir, 'model', 'model.safetensors')), 'the weights were downloaded into the cache dir');
 
     const models = (await (await fetch(`${baseUrl}/models`)).json()) as { data: Array<{ id: string }> };
-    assert.deepEqual(models.data.map((m) => m.id), ['tiny-judge']);
+    assert.deepEqual(
+      models.data.map((m) => m.id),
+      ['tiny-judge'],
+    );
 
     const ask = async (body: Record<string, unknown>) => {
       const res = await fetch(`${baseUrl}/chat/completions`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
@@ -276,13 +286,23 @@ describe('tanren serve, the MT-Bench judge on it, and the secrets audit (one tin
     assert.equal(judgments.length, scores.judged);
     assert.ok(judgments.every((j) => j.judge[0] === 'tiny-judge' && j.attempts.length >= 1));
     assert.ok(judgments.filter((j) => typeof j.rating === 'number').length > 0, 'the judge gave ratings');
-    assert.ok((serveStderr.match(/POST \/v1\/chat\/completions HTTP\/1\.1" 200/g) ?? []).length >= scores.judge_calls, 'the served model answered the judge calls');
+    assert.ok(
+      (serveStderr.match(/POST \/v1\/chat\/completions HTTP\/1\.1" 200/g) ?? []).length >= scores.judge_calls,
+      'the served model answered the judge calls',
+    );
   });
 
   it('run 3: a failing stage prints its environment, judge key included, to stderr', { timeout: 5 * 60_000 }, async () => {
-    const leak = 'import os, sys\nfor k, v in sorted(os.environ.items()): print(f"{k}={v}", file=sys.stderr)\nprint("judge key " + os.environ["TANREN_JUDGE_API_KEY"], file=sys.stderr)\nsys.exit(1)';
+    const leak =
+      'import os, sys\nfor k, v in sorted(os.environ.items()): print(f"{k}={v}", file=sys.stderr)\nprint("judge key " + os.environ["TANREN_JUDGE_API_KEY"], file=sys.stderr)\nsys.exit(1)';
     const spec = loadSpecFile(SPEC_FILE);
-    const failing = { ...spec, params: {}, stages: [{ id: 'leaky', run: [python, '-c', leak], with: { judge: { api_key_env: 'TANREN_JUDGE_API_KEY' } }, retry: { maximumAttempts: 1 }, timeout: '2m' }] } as unknown as PipelineSpec;
+    const failing = {
+      ...spec,
+      params: {},
+      stages: [
+        { id: 'leaky', run: [python, '-c', leak], with: { judge: { api_key_env: 'TANREN_JUDGE_API_KEY' } }, retry: { maximumAttempts: 1 }, timeout: '2m' },
+      ],
+    } as unknown as PipelineSpec;
     const r = await submit('three', { ...failing, name: 'audit-fail' }, {}).catch((e: unknown) => e);
     const state = (r as RunResult).state ?? 'workflow failed';
     assert.notEqual(state, 'succeeded');
@@ -291,7 +311,7 @@ describe('tanren serve, the MT-Bench judge on it, and the secrets audit (one tin
     assert.match(log, /TANREN_JUDGE_API_KEY=\[redacted\]/, 'the judge key was in it, and was redacted');
   });
 
-  it('no canary in any workflow history, the workers\' logs, any stored object or the report', { timeout: 10 * 60_000 }, async () => {
+  it("no canary in any workflow history, the workers' logs, any stored object or the report", { timeout: 10 * 60_000 }, async () => {
     assert.ok(s3Secret.length >= 6, 'the workers have a real S3 secret to look for');
     const canaries: Record<string, string> = { ...CANARY, s3Secret };
     const find = (where: string, text: string | Buffer) => {
@@ -301,7 +321,10 @@ describe('tanren serve, the MT-Bench judge on it, and the secrets audit (one tin
     // The environment a plain `run:` stage saw: none of the worker's secrets or S3 settings.
     const seen = JSON.parse(await storage.getText(`runs/${runs.two}/env-dump/outputs/env.json`)) as Record<string, string>;
     assert.equal(seen.TANREN_STAGE_ID, 'env-dump');
-    assert.deepEqual(Object.keys(seen).filter((k) => /^(TANREN_S3_|AWS_|TEMPORAL_|MINIO_)/.test(k)), []);
+    assert.deepEqual(
+      Object.keys(seen).filter((k) => /^(TANREN_S3_|AWS_|TEMPORAL_|MINIO_)/.test(k)),
+      [],
+    );
     assert.equal(seen.TANREN_JUDGE_API_KEY, undefined, 'a stage without a judge gets no judge key');
 
     // Histories: every run of this file (inputs, results, failures, heartbeats' last details).
@@ -319,7 +342,13 @@ describe('tanren serve, the MT-Bench judge on it, and the secrets audit (one tin
 
     // Every object in the bucket, byte for byte (models and checkpoints included).
     const url = new URL(env.TANREN_S3_ENDPOINT);
-    const minio = new Minio.Client({ endPoint: url.hostname, port: Number(url.port), useSSL: false, region: env.TANREN_S3_REGION ?? 'us-east-1', ...s3Credentials(env) });
+    const minio = new Minio.Client({
+      endPoint: url.hostname,
+      port: Number(url.port),
+      useSSL: false,
+      region: env.TANREN_S3_REGION ?? 'us-east-1',
+      ...s3Credentials(env),
+    });
     let objects = 0;
     for (const o of await storage.list('')) {
       const chunks: Buffer[] = [];
@@ -331,7 +360,7 @@ describe('tanren serve, the MT-Bench judge on it, and the secrets audit (one tin
 
     // The report, as `tanren report` renders it.
     const local = path.join(workers.workRoot, 'audit-report');
-    const made = await cli(['report', runs.two!, '--json', '-o', local]);
+    const made = await cli(['report', runs.two, '--json', '-o', local]);
     assert.equal(made.code, 0, made.stderr);
     const html = readFileSync((JSON.parse(made.stdout) as { local: string }).local, 'utf8');
     find('the report', html);

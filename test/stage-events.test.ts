@@ -66,10 +66,16 @@ describe('stage event schema', () => {
     writeFileSync(file, '{"event":"progress","step":1}\n{"event":"progress","step":"x"}\n{"event":"metr');
     const bad: string[] = [];
     const reader = new EventFileReader(file, (_l, why) => bad.push(why));
-    assert.deepEqual((await reader.poll()).map((e) => e.event), ['progress']);
+    assert.deepEqual(
+      (await reader.poll()).map((e) => e.event),
+      ['progress'],
+    );
     assert.equal(bad.length, 1);
     appendFileSync(file, 'ic","values":{"loss":1}}\n');
-    assert.deepEqual((await reader.poll()).map((e) => e.event), ['metric']);
+    assert.deepEqual(
+      (await reader.poll()).map((e) => e.event),
+      ['metric'],
+    );
   });
 
   it('the Python EventWriter writes only events the schema accepts', () => {

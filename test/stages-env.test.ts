@@ -51,7 +51,7 @@ describe('findStagesPython', () => {
     assert.equal(stagesLockKey(projectDir), expected);
   });
 
-  it('finds the completed venv of the checkout\'s lock in the cache', () => {
+  it("finds the completed venv of the checkout's lock in the cache", () => {
     cacheDir = path.join(tmp, 'cache-found');
     const key = stagesLockKey(projectDir);
     const { venv, python } = makeVenv(key);
@@ -113,11 +113,17 @@ describe('findStagesPython', () => {
     const logger = { info: (o: object, m: string) => lines.push(['info', o, m]), warn: (o: object, m: string) => lines.push(['warn', o, m]) };
     const python = resolveStagesPython({ projectDir, cacheDir: path.join(tmp, 'cache-found') }, logger);
     assert.ok(python);
-    assert.deepEqual(lines.map(([level, , msg]) => [level, msg]), [['info', 'stages environment']]);
+    assert.deepEqual(
+      lines.map(([level, , msg]) => [level, msg]),
+      [['info', 'stages environment']],
+    );
     lines.length = 0;
     assert.equal(resolveStagesPython({ projectDir, cacheDir: path.join(tmp, 'cache-empty') }, logger), undefined);
-    assert.deepEqual(lines.map(([level, , msg]) => [level, msg]), [['warn', 'no stages environment: built-in Python stage kinds will fail']]);
-    assert.match((lines[0]![1] as { source: string }).source, /make stages/);
+    assert.deepEqual(
+      lines.map(([level, , msg]) => [level, msg]),
+      [['warn', 'no stages environment: built-in Python stage kinds will fail']],
+    );
+    assert.match((lines[0][1] as { source: string }).source, /make stages/);
   });
 });
 

@@ -20,9 +20,24 @@ describe('sweep plan', () => {
     const b = planSweep('pretrain', asha);
     assert.deepEqual(a, b);
     const c = planSweep('pretrain', { ...asha, seed: 8 });
-    assert.notDeepEqual(a.trials.map((t) => t.params), c.trials.map((t) => t.params));
+    assert.notDeepEqual(
+      a.trials.map((t) => t.params),
+      c.trials.map((t) => t.params),
+    );
     assert.equal(a.trials.length, 8);
-    assert.deepEqual(a.trials.map((t) => t.id), ['pretrain.trial-00', 'pretrain.trial-01', 'pretrain.trial-02', 'pretrain.trial-03', 'pretrain.trial-04', 'pretrain.trial-05', 'pretrain.trial-06', 'pretrain.trial-07']);
+    assert.deepEqual(
+      a.trials.map((t) => t.id),
+      [
+        'pretrain.trial-00',
+        'pretrain.trial-01',
+        'pretrain.trial-02',
+        'pretrain.trial-03',
+        'pretrain.trial-04',
+        'pretrain.trial-05',
+        'pretrain.trial-06',
+        'pretrain.trial-07',
+      ],
+    );
     for (const t of a.trials) {
       const lr = t.params.lr as number;
       assert.ok(lr >= 1e-4 && lr <= 1e-2, `lr ${lr} in range`);
@@ -53,7 +68,7 @@ describe('sweep plan', () => {
   it('rungs end at steps·eta^k; trials get the full length and a stop before the last rung', () => {
     const plan = planSweep('pretrain', asha);
     assert.deepEqual(plan.rungs, [4, 8, 16]);
-    const t = plan.trials[3]!;
+    const t = plan.trials[3];
     assert.deepEqual(trialParams(plan, { max_tokens: 99, seq_len: 32 }, t, 0), { seq_len: 32, ...t.params, max_steps: 16, stop_at_step: 4 });
     assert.equal(trialParams(plan, {}, t, 1).stop_at_step, 8);
     assert.equal(trialParams(plan, {}, t, 2).stop_at_step, undefined);
@@ -63,11 +78,19 @@ describe('sweep plan', () => {
   it('grid runs every combination, the last parameter varying fastest', () => {
     const plan = planSweep('sft', { scheduler: 'grid', space: { lr: [1, 2], seed: [5, 6, 7] }, metric: { name: 'loss', goal: 'max' }, budget: {} });
     assert.equal(gridSize({ lr: [1, 2], seed: [5, 6, 7] }), 6);
-    assert.deepEqual(plan.trials.map((t) => t.params), [
-      { lr: 1, seed: 5 }, { lr: 1, seed: 6 }, { lr: 1, seed: 7 }, { lr: 2, seed: 5 }, { lr: 2, seed: 6 }, { lr: 2, seed: 7 },
-    ]);
+    assert.deepEqual(
+      plan.trials.map((t) => t.params),
+      [
+        { lr: 1, seed: 5 },
+        { lr: 1, seed: 6 },
+        { lr: 1, seed: 7 },
+        { lr: 2, seed: 5 },
+        { lr: 2, seed: 6 },
+        { lr: 2, seed: 7 },
+      ],
+    );
     assert.deepEqual(plan.rungs, [undefined]);
-    assert.deepEqual(trialParams(plan, { lr: 0, x: 1 }, plan.trials[4]!, 0), { lr: 2, seed: 6, x: 1 });
+    assert.deepEqual(trialParams(plan, { lr: 0, x: 1 }, plan.trials[4], 0), { lr: 2, seed: 6, x: 1 });
   });
 
   it('promotes the top 1/eta, best first, ties by trial index, failed trials never', () => {
@@ -86,17 +109,35 @@ describe('sweep plan', () => {
     assert.deepEqual(promote(scores, 4, 'min'), [1, 3]);
     assert.deepEqual(promote([{ index: 0, metric: 1 }], 2, 'min'), [0], 'one trial always goes on');
     assert.deepEqual(promote([{ index: 0 }, { index: 1 }], 2, 'min'), []);
-    assert.deepEqual(rankScores(scores, 'min').map((s) => s.index), [1, 3, 5, 0, 7, 6, 2, 4]);
+    assert.deepEqual(
+      rankScores(scores, 'min').map((s) => s.index),
+      [1, 3, 5, 0, 7, 6, 2, 4],
+    );
   });
 
   it('picks the best trial with a reason', () => {
     const plan = planSweep('pretrain', asha);
-    const best = pickBest(plan, [{ index: 5, metric: 2.5 }, { index: 2, metric: 2.25 }]);
+    const best = pickBest(plan, [
+      { index: 5, metric: 2.5 },
+      { index: 2, metric: 2.25 },
+    ]);
     assert.equal(best?.index, 2);
     assert.equal(best?.metric, 2.25);
-    assert.match(best!.reason, /lowest loss \(2\.25\) of the 2 trials that ran rung 3 to step 16 \(asha, eta 2, 8 trials\); runner-up trial-05 at 2\.5/);
-    assert.match(pickBest(plan, [{ index: 5, metric: 2 }, { index: 2, metric: 2 }])!.reason, /tie broken by trial index/);
-    assert.equal(pickBest(plan, [{ index: 5, metric: 2 }, { index: 2, metric: 2 }])!.index, 2);
+    assert.match(best.reason, /lowest loss \(2\.25\) of the 2 trials that ran rung 3 to step 16 \(asha, eta 2, 8 trials\); runner-up trial-05 at 2\.5/);
+    assert.match(
+      pickBest(plan, [
+        { index: 5, metric: 2 },
+        { index: 2, metric: 2 },
+      ])!.reason,
+      /tie broken by trial index/,
+    );
+    assert.equal(
+      pickBest(plan, [
+        { index: 5, metric: 2 },
+        { index: 2, metric: 2 },
+      ])!.index,
+      2,
+    );
     assert.equal(pickBest(plan, [{ index: 1 }]), undefined);
   });
 
@@ -139,12 +180,47 @@ describe('sweep validation', () => {
     assert.match(problems({ name: 'p', stages: [{ id: 's', uses: 'sft', sweep: asha }] }), /kind "sft" cannot do/);
     assert.match(problems(spec({ scheduler: 'grid', space: { lr: { uniform: [0, 1] } }, metric: { name: 'loss' } })), /grid needs a list/);
     const big = Object.fromEntries(Array.from({ length: 9 }, (_, i) => [`p${i}`, [1, 2]]));
-    assert.match(problems({ name: 'p', stages: [{ id: 'r', run: ['x'], with: Object.fromEntries(Object.keys(big).map((k) => [k, 0])), sweep: { scheduler: 'grid', space: big, metric: { name: 'loss' } } }] }), /512 combinations/);
-    assert.match(problems(spec({ scheduler: 'random', space: { lr: [1] }, metric: { name: 'loss' }, budget: { trials: 2 }, eta: 3 })), /eta is for the asha scheduler/);
+    assert.match(
+      problems({
+        name: 'p',
+        stages: [
+          {
+            id: 'r',
+            run: ['x'],
+            with: Object.fromEntries(Object.keys(big).map((k) => [k, 0])),
+            sweep: { scheduler: 'grid', space: big, metric: { name: 'loss' } },
+          },
+        ],
+      }),
+      /512 combinations/,
+    );
+    assert.match(
+      problems(spec({ scheduler: 'random', space: { lr: [1] }, metric: { name: 'loss' }, budget: { trials: 2 }, eta: 3 })),
+      /eta is for the asha scheduler/,
+    );
   });
 
   it('lets a run stage sweep the parameters it sets', () => {
-    assert.equal(problems({ name: 'p', stages: [{ id: 'r', run: ['x'], with: { a: 1 }, sweep: { scheduler: 'random', space: { a: { int_uniform: [1, 4] } }, metric: { name: 'score', goal: 'max' }, budget: { trials: 3 } } }] }), '');
-    assert.match(problems({ name: 'p', stages: [{ id: 'r', run: ['x'], sweep: { scheduler: 'random', space: { lr: [1] }, metric: { name: 'm' }, budget: { trials: 3 } } }] }), /"lr" is not a parameter/);
+    assert.equal(
+      problems({
+        name: 'p',
+        stages: [
+          {
+            id: 'r',
+            run: ['x'],
+            with: { a: 1 },
+            sweep: { scheduler: 'random', space: { a: { int_uniform: [1, 4] } }, metric: { name: 'score', goal: 'max' }, budget: { trials: 3 } },
+          },
+        ],
+      }),
+      '',
+    );
+    assert.match(
+      problems({
+        name: 'p',
+        stages: [{ id: 'r', run: ['x'], sweep: { scheduler: 'random', space: { lr: [1] }, metric: { name: 'm' }, budget: { trials: 3 } } }],
+      }),
+      /"lr" is not a parameter/,
+    );
   });
 });

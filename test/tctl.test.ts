@@ -50,13 +50,20 @@ describe('submission with tctl through real workers', () => {
     const { stdout } = await exec(
       tctlBin(),
       [
-        '--address', workers.env.TEMPORAL_ADDRESS,
-        '--namespace', workers.env.TEMPORAL_NAMESPACE,
-        'workflow', 'start',
-        '--taskqueue', workers.queues.control,
-        '--workflow_type', PIPELINE_WORKFLOW_TYPE,
-        '--workflow_id', workflowId,
-        '--input_file', inputFile,
+        '--address',
+        workers.env.TEMPORAL_ADDRESS,
+        '--namespace',
+        workers.env.TEMPORAL_NAMESPACE,
+        'workflow',
+        'start',
+        '--taskqueue',
+        workers.queues.control,
+        '--workflow_type',
+        PIPELINE_WORKFLOW_TYPE,
+        '--workflow_id',
+        workflowId,
+        '--input_file',
+        inputFile,
       ],
       { cwd: ROOT, env: childEnv() },
     );
@@ -75,7 +82,14 @@ describe('submission with tctl through real workers', () => {
     const result = (await client.workflow.getHandle(workflowId).result()) as RunResult;
     assert.deepEqual(
       result.stages.map((s) => [s.id, s.state]),
-      [['count', 'succeeded'], ['shard', 'succeeded'], ['freq-0', 'succeeded'], ['freq-1', 'succeeded'], ['chars', 'succeeded'], ['merge', 'succeeded']],
+      [
+        ['count', 'succeeded'],
+        ['shard', 'succeeded'],
+        ['freq-0', 'succeeded'],
+        ['freq-1', 'succeeded'],
+        ['chars', 'succeeded'],
+        ['merge', 'succeeded'],
+      ],
     );
     const desc = await client.workflow.getHandle(workflowId).describe();
     assert.equal(desc.status.name, 'COMPLETED');
@@ -88,7 +102,13 @@ describe('submission with tctl through real workers', () => {
     const workflowId = unique('tctl-bad');
     await tctlStart(workflowId, bad);
 
-    const err = await client.workflow.getHandle(workflowId).result().then(() => undefined, (e: unknown) => e);
+    const err = await client.workflow
+      .getHandle(workflowId)
+      .result()
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
     assert.ok(err instanceof WorkflowFailedError, `expected WorkflowFailedError, got ${String(err)}`);
     assert.ok(err.cause instanceof ApplicationFailure, `expected an ApplicationFailure cause, got ${String(err.cause)}`);
     assert.equal(err.cause.type, 'InvalidPipelineSpec');

@@ -68,7 +68,7 @@ describe('Temporal UI', () => {
         ],
       },
       options: { noCache: true },
-    } as unknown as PipelineRunInput);
+    });
     okId = ok.workflowId;
     badId = bad.workflowId;
     await ok.result();
@@ -78,7 +78,16 @@ describe('Temporal UI', () => {
     // launch() gives every browser a new, empty temporary profile.
     browser = await chromium.launch({
       executablePath: CHROMIUM,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
     });
     page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
     page.setDefaultTimeout(STEP_MS);
@@ -98,11 +107,16 @@ describe('Temporal UI', () => {
     const query = `${SEARCH_ATTRIBUTES.pipeline}="${pipeline}"`;
     const list = `${workers.env.TANREN_UI_URL}/namespaces/${workers.env.TEMPORAL_NAMESPACE}/workflows?query=${encodeURIComponent(query)}`;
     const link = page.getByRole('link', { name: workflowId, exact: true }).first();
-    await waitFor(`${workflowId} in the UI's list for ${query}`, async () => {
-      await page.goto(list);
-      await link.waitFor({ timeout: 5_000 });
-      return true;
-    }, STEP_MS, 0);
+    await waitFor(
+      `${workflowId} in the UI's list for ${query}`,
+      async () => {
+        await page.goto(list);
+        await link.waitFor({ timeout: 5_000 });
+        return true;
+      },
+      STEP_MS,
+      0,
+    );
     await link.click();
     await page.getByRole('heading', { name: workflowId }).waitFor();
   }

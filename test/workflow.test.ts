@@ -60,7 +60,15 @@ describe('pipelineWorkflow on the local dev server', () => {
     );
     const r = result as RunResult;
     assert.equal(r.state, 'succeeded');
-    assert.deepEqual(r.stages.map((s) => [s.id, s.state]), [['a', 'succeeded'], ['b', 'succeeded'], ['c', 'succeeded'], ['d', 'succeeded']]);
+    assert.deepEqual(
+      r.stages.map((s) => [s.id, s.state]),
+      [
+        ['a', 'succeeded'],
+        ['b', 'succeeded'],
+        ['c', 'succeeded'],
+        ['d', 'succeeded'],
+      ],
+    );
     const at = (id: string) => fake.attempts.find((x) => x.stage === id)!;
     assert.ok(at('b').start >= at('a').end!, 'b started after a ended');
     assert.ok(at('b').start < at('c').end! && at('c').start < at('b').end!, 'b and c overlapped');
@@ -74,16 +82,25 @@ describe('pipelineWorkflow on the local dev server', () => {
       env.client.workflow.execute('pipelineWorkflow', {
         taskQueue: tq,
         workflowId: unique('cache'),
-        args: [input(tq, [{ id: 'old', run: ['x'], with: { cached: true } }, { id: 'new', needs: ['old'], run: ['x'] }, { id: 'off', run: ['x'], cache: false, with: { cached: true } }])],
+        args: [
+          input(tq, [
+            { id: 'old', run: ['x'], with: { cached: true } },
+            { id: 'new', needs: ['old'], run: ['x'] },
+            { id: 'off', run: ['x'], cache: false, with: { cached: true } },
+          ]),
+        ],
       }),
     )) as RunResult;
-    assert.deepEqual(r.stages.map((s) => [s.id, s.state, s.cache]), [
-      ['old', 'cached', 'cache hit: outputs of run earlier'],
-      ['new', 'succeeded', 'cache miss: no earlier run of this stage'],
-      ['off', 'succeeded', 'cache: off for this stage'],
-    ]);
+    assert.deepEqual(
+      r.stages.map((s) => [s.id, s.state, s.cache]),
+      [
+        ['old', 'cached', 'cache hit: outputs of run earlier'],
+        ['new', 'succeeded', 'cache miss: no earlier run of this stage'],
+        ['off', 'succeeded', 'cache: off for this stage'],
+      ],
+    );
     assert.deepEqual(fake.attempts.map((a) => a.stage).sort(), ['new', 'off']);
-    assert.deepEqual(r.stages[1]!.result, { inputs: ['old'] });
+    assert.deepEqual(r.stages[1].result, { inputs: ['old'] });
   });
 
   it('retries a failing stage with backoff until it succeeds', async () => {
@@ -92,16 +109,25 @@ describe('pipelineWorkflow on the local dev server', () => {
       env.client.workflow.execute('pipelineWorkflow', {
         taskQueue: tq,
         workflowId: unique('retry'),
-        args: [input(tq, [{ id: 'flaky', run: ['x'], with: { failAttempts: 2 }, retry: { maximumAttempts: 5, initialInterval: '300ms', backoffCoefficient: 2 } }])],
+        args: [
+          input(tq, [{ id: 'flaky', run: ['x'], with: { failAttempts: 2 }, retry: { maximumAttempts: 5, initialInterval: '300ms', backoffCoefficient: 2 } }]),
+        ],
       }),
     )) as RunResult;
     const tries = fake.attempts.filter((a) => a.stage === 'flaky');
-    assert.deepEqual(tries.map((t) => [t.attempt, t.outcome]), [[1, 'failed'], [2, 'failed'], [3, 'ok']]);
-    const gap1 = tries[1]!.start - tries[0]!.end!;
-    const gap2 = tries[2]!.start - tries[1]!.end!;
+    assert.deepEqual(
+      tries.map((t) => [t.attempt, t.outcome]),
+      [
+        [1, 'failed'],
+        [2, 'failed'],
+        [3, 'ok'],
+      ],
+    );
+    const gap1 = tries[1].start - tries[0].end!;
+    const gap2 = tries[2].start - tries[1].end!;
     assert.ok(gap1 >= 250, `first backoff ${gap1} ms`);
     assert.ok(gap2 >= 550, `second backoff ${gap2} ms (coefficient 2)`);
-    assert.equal(r.stages[0]!.attempt, 3);
+    assert.equal(r.stages[0].attempt, 3);
   });
 
   it('stops at once on a non-retryable failure, skips what depends on it, and reports the whole chain', async () => {
@@ -132,10 +158,20 @@ describe('pipelineWorkflow on the local dev server', () => {
     assert.ok(err.cause.cause.cause instanceof ApplicationFailure);
     assert.equal(err.cause.cause.cause.type, 'InvalidStageInput');
     assert.equal(fake.attempts.filter((a) => a.stage === 'bad').length, 1, 'no retry');
-    assert.ok(fake.attempts.some((a) => a.stage === 'other' && a.outcome === 'ok'), 'the independent branch still ran');
+    assert.ok(
+      fake.attempts.some((a) => a.stage === 'other' && a.outcome === 'ok'),
+      'the independent branch still ran',
+    );
     assert.ok(!fake.attempts.some((a) => a.stage === 'after'), 'the dependent stage never ran');
     const stages = (err.cause.details![0] as { stages: Array<{ id: string; state: string }> }).stages;
-    assert.deepEqual(stages.map((s) => [s.id, s.state]), [['bad', 'failed'], ['after', 'skipped'], ['other', 'succeeded']]);
+    assert.deepEqual(
+      stages.map((s) => [s.id, s.state]),
+      [
+        ['bad', 'failed'],
+        ['after', 'skipped'],
+        ['other', 'succeeded'],
+      ],
+    );
   });
 
   it('fails an invalid spec sent as raw JSON with InvalidPipelineSpec listing every problem', async () => {
@@ -179,7 +215,15 @@ describe('pipelineWorkflow on the local dev server', () => {
       run: ['x'],
       needs: ['g'],
       with: { x: 0, scoreFrom: 'x', sleepMs: 100 },
-      sweep: { scheduler: 'asha', space: { x: { uniform: [0, 10] } }, metric: { name: 'score', goal: 'max' }, budget: { trials: 4, steps: 2 }, rungs: 2, seed: 3, parallel: 2 },
+      sweep: {
+        scheduler: 'asha',
+        space: { x: { uniform: [0, 10] } },
+        metric: { name: 'score', goal: 'max' },
+        budget: { trials: 4, steps: 2 },
+        rungs: 2,
+        seed: 3,
+        parallel: 2,
+      },
     };
     const result = (await withWorker(fake, (tq) =>
       env.client.workflow.execute('pipelineWorkflow', {
@@ -190,8 +234,15 @@ describe('pipelineWorkflow on the local dev server', () => {
     )) as RunResult;
     const g = result.stages.find((s) => s.id === 'g')!;
     assert.equal(g.state, 'succeeded');
-    assert.deepEqual(g.sweep!.trials.map((t) => [t.trial, t.state]), [['g.trial-00', 'completed'], ['g.trial-01', 'failed'], ['g.trial-02', 'best']]);
-    assert.match(g.sweep!.trials[1]!.reason!, /StageConfigError: planned failure at x=2/);
+    assert.deepEqual(
+      g.sweep!.trials.map((t) => [t.trial, t.state]),
+      [
+        ['g.trial-00', 'completed'],
+        ['g.trial-01', 'failed'],
+        ['g.trial-02', 'best'],
+      ],
+    );
+    assert.match(g.sweep!.trials[1].reason!, /StageConfigError: planned failure at x=2/);
     assert.equal((g.result!.sweep as { best_trial: string }).best_trial, 'g.trial-02');
     assert.equal(g.metrics!.score, 3);
 
@@ -213,7 +264,7 @@ describe('pipelineWorkflow on the local dev server', () => {
     assert.deepEqual(result.stages.find((s) => s.id === 'down')!.result, { inputs: ['a'] });
   });
 
-  it('a sweep whose every trial fails fails its stage, naming a trial\'s failure', async () => {
+  it("a sweep whose every trial fails fails its stage, naming a trial's failure", async () => {
     const fake = createFakeActivities();
     const err = await withWorker(fake, (tq) =>
       env.client.workflow.execute('pipelineWorkflow', {
@@ -223,7 +274,10 @@ describe('pipelineWorkflow on the local dev server', () => {
       }),
     ).catch((e: unknown) => e);
     assert.ok(err instanceof WorkflowFailedError);
-    assert.match((err.cause as ApplicationFailure).message, /stage "s" failed: StageCrashed: stage "s": no trial of the sweep finished with a finite score; s\.trial-00: StageConfigError: planned failure at x=1/);
+    assert.match(
+      (err.cause as ApplicationFailure).message,
+      /stage "s" failed: StageCrashed: stage "s": no trial of the sweep finished with a finite score; s\.trial-00: StageConfigError: planned failure at x=1/,
+    );
   });
 
   it('pauses: no new stage starts until resumed; running stages go on', async () => {
@@ -232,7 +286,12 @@ describe('pipelineWorkflow on the local dev server', () => {
       const handle = await env.client.workflow.start('pipelineWorkflow', {
         taskQueue: tq,
         workflowId: unique('pause'),
-        args: [input(tq, [{ id: 'first', run: ['x'], with: { block: true } }, { id: 'second', needs: ['first'], run: ['x'] }])],
+        args: [
+          input(tq, [
+            { id: 'first', run: ['x'], with: { block: true } },
+            { id: 'second', needs: ['first'], run: ['x'] },
+          ]),
+        ],
       });
       await waitFor('first to run', () => fake.attempts.some((a) => a.stage === 'first'));
       await handle.signal(pauseSignal);
@@ -240,14 +299,14 @@ describe('pipelineWorkflow on the local dev server', () => {
       fake.release('first');
       const status = await waitFor('first to succeed while paused', async () => {
         const s = await handle.query(statusQuery);
-        return s.stages[0]!.state === 'succeeded' ? s : undefined;
+        return s.stages[0].state === 'succeeded' ? s : undefined;
       });
       assert.equal(status.state, 'paused');
-      assert.equal(status.stages[1]!.state, 'pending');
+      assert.equal(status.stages[1].state, 'pending');
       assert.ok(!fake.attempts.some((a) => a.stage === 'second'), 'second did not start while paused');
       await handle.signal(resumeSignal);
       const r = (await handle.result()) as RunResult;
-      assert.equal(r.stages[1]!.state, 'succeeded');
+      assert.equal(r.stages[1].state, 'succeeded');
     });
   });
 
@@ -257,7 +316,12 @@ describe('pipelineWorkflow on the local dev server', () => {
       const handle = await env.client.workflow.start('pipelineWorkflow', {
         taskQueue: tq,
         workflowId: unique('cancel'),
-        args: [input(tq, [{ id: 'long', run: ['x'], with: { block: true }, heartbeatTimeout: '5s' }, { id: 'next', needs: ['long'], run: ['x'] }])],
+        args: [
+          input(tq, [
+            { id: 'long', run: ['x'], with: { block: true }, heartbeatTimeout: '5s' },
+            { id: 'next', needs: ['long'], run: ['x'] },
+          ]),
+        ],
       });
       await waitFor('long to run', () => fake.attempts.some((a) => a.stage === 'long'));
       await handle.cancel();
@@ -269,7 +333,10 @@ describe('pipelineWorkflow on the local dev server', () => {
       assert.ok(err.cause instanceof CancelledFailure);
       assert.equal(fake.attempts.find((a) => a.stage === 'long')!.outcome, 'cancelled');
       const s = await handle.query(statusQuery);
-      assert.deepEqual(s.stages.map((x) => x.state), ['cancelled', 'cancelled']);
+      assert.deepEqual(
+        s.stages.map((x) => x.state),
+        ['cancelled', 'cancelled'],
+      );
       assert.equal(s.state, 'cancelled');
     });
   });
@@ -313,9 +380,7 @@ describe('pipelineWorkflow on the time-skipping test server', () => {
     // The Java test server takes custom search attributes through the operator service.
     await env.connection.operatorService.addSearchAttributes({
       namespace: 'default',
-      searchAttributes: Object.fromEntries(
-        searchAttributeKeys.map((k) => [k.name, temporal.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD]),
-      ),
+      searchAttributes: Object.fromEntries(searchAttributeKeys.map((k) => [k.name, temporal.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD])),
     });
     bundle = await workflowBundle();
   });
@@ -335,8 +400,7 @@ describe('pipelineWorkflow on the time-skipping test server', () => {
         args: [input(taskQueue, [{ id: 's', run: ['x'], with: { failAttempts: 2 }, retry: { initialInterval: '10m', maximumAttempts: 3 } }])],
       }),
     )) as RunResult;
-    assert.equal(r.stages[0]!.attempt, 3);
+    assert.equal(r.stages[0].attempt, 3);
     assert.ok(Date.now() - started < 60_000);
   });
-
 });

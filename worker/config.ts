@@ -35,26 +35,30 @@ export const EnvSchema = z.object({
     .string()
     .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'lower-case letters, digits and "-"')
     .optional()
-    .describe('Name of this GPU host: its queue is tanren-gpu-<host>. @default the machine\'s host name'),
+    .describe("Name of this GPU host: its queue is tanren-gpu-<host>. @default the machine's host name"),
   TANREN_GPU_POOL: z
     .string()
     .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'lower-case letters, digits and "-"')
     .optional()
     .describe('GPU pool this host joins: it also serves tanren-gpu-pool-<pool>; `tanren submit` sends GPU stages there'),
-  TANREN_INPUT_CACHE_GIB: z.coerce.number().min(0).default(50).describe('Size bound of the worker\'s local cache of stage inputs (LRU), GiB; 0 turns it off'),
+  TANREN_INPUT_CACHE_GIB: z.coerce.number().min(0).default(50).describe("Size bound of the worker's local cache of stage inputs (LRU), GiB; 0 turns it off"),
   TANREN_CPU_CONCURRENCY: z.coerce.number().int().min(1).default(4),
   TANREN_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error']).default('info'),
   TANREN_KILL_GRACE_MS: z.coerce.number().int().min(0).default(30_000),
-  TANREN_PROGRESS_INTERVAL_MS: z.coerce.number().int().min(0).default(10_000).describe('Most often a running stage\'s progress (a heartbeat) reaches the server, ms'),
+  TANREN_PROGRESS_INTERVAL_MS: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .default(10_000)
+    .describe("Most often a running stage's progress (a heartbeat) reaches the server, ms"),
   TANREN_STAGE_ENV: z
     .string()
     .optional()
-    .describe('Comma-separated names of further worker variables every stage program may see (they get an allowlist: PATH, HOME, locale, CUDA/HF/torch, and the TANREN_JUDGE_* key their judge.api_key_env names)'),
-  TANREN_JUDGE_BASE_URLS: z
-    .string()
-    .optional()
-    .describe('Comma-separated URL prefixes the MT-Bench judge may be called at. @default local addresses only'),
-  TANREN_LOG_UPLOAD_INTERVAL_MS: z.coerce.number().int().min(100).default(5000).describe('How often a running stage\'s log is copied to object storage'),
+    .describe(
+      'Comma-separated names of further worker variables every stage program may see (they get an allowlist: PATH, HOME, locale, CUDA/HF/torch, and the TANREN_JUDGE_* key their judge.api_key_env names)',
+    ),
+  TANREN_JUDGE_BASE_URLS: z.string().optional().describe('Comma-separated URL prefixes the MT-Bench judge may be called at. @default local addresses only'),
+  TANREN_LOG_UPLOAD_INTERVAL_MS: z.coerce.number().int().min(100).default(5000).describe("How often a running stage's log is copied to object storage"),
 });
 
 /** Parsed environment. */
@@ -68,7 +72,7 @@ export function readEnvFile(file: string): Record<string, string> {
     if (!line || line.startsWith('#')) continue;
     const m = /^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line);
     if (!m) continue;
-    out[m[1]!] = m[2]!.replace(/^(['"])(.*)\1$/, '$2');
+    out[m[1]] = m[2].replace(/^(['"])(.*)\1$/, '$2');
   }
   return out;
 }
@@ -123,7 +127,13 @@ export function s3Credentials(env: TanrenEnv): { accessKey: string; secretKey: s
 
 /** This GPU host's name: TANREN_GPU_HOST, else the machine's host name (lower-case, other characters as "-"). */
 export function gpuHostName(env: Pick<TanrenEnv, 'TANREN_GPU_HOST'>): string {
-  return env.TANREN_GPU_HOST ?? os.hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-');
+  return (
+    env.TANREN_GPU_HOST ??
+    os
+      .hostname()
+      .toLowerCase()
+      .replace(/[^a-z0-9-]/g, '-')
+  );
 }
 
 /** GPU task queue of this host: TANREN_GPU_QUEUE or `tanren-gpu-<host>`. */
@@ -141,6 +151,9 @@ export function defaultGpuQueue(env: Pick<TanrenEnv, 'TANREN_GPU_QUEUE' | 'TANRE
 
 /** Splits a comma-separated setting into its trimmed, non-empty parts. */
 export function listSetting(value: string | undefined): string[] | undefined {
-  const parts = (value ?? '').split(',').map((p) => p.trim()).filter(Boolean);
+  const parts = (value ?? '')
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean);
   return parts.length ? parts : undefined;
 }

@@ -25,7 +25,10 @@ export function probeGpu(): GpuProbe {
       timeout: 10_000,
       stdio: ['ignore', 'pipe', 'ignore'],
     });
-    const devices = out.split('\n').map((l) => l.trim()).filter(Boolean);
+    const devices = out
+      .split('\n')
+      .map((l) => l.trim())
+      .filter(Boolean);
     return devices.length ? { found: true, devices } : { found: false, devices: [], reason: 'nvidia-smi lists no device' };
   } catch (err) {
     const code = (err as { code?: string }).code;
@@ -37,7 +40,6 @@ export function probeGpu(): GpuProbe {
 export class GpuLockedError extends Error {
   override name = 'GpuLockedError';
 }
-
 
 /**
  * Takes the per-host, per-device lock of a GPU worker. A lock whose owner
@@ -72,7 +74,15 @@ export function acquireGpuLock(lockDir: string, devices: string): () => void {
 
 /** Physical ids of the devices in a CUDA_VISIBLE_DEVICES-style list: the GPU's UUID where nvidia-smi knows it, else the index. */
 export function physicalGpuIds(devices: string, uuidOf: (index: string) => string | undefined = nvidiaUuid): string[] {
-  return [...new Set(devices.split(',').map((d) => d.trim()).filter(Boolean).map((d) => (d.startsWith('GPU-') ? d : (uuidOf(d) ?? `index-${d}`))))];
+  return [
+    ...new Set(
+      devices
+        .split(',')
+        .map((d) => d.trim())
+        .filter(Boolean)
+        .map((d) => (d.startsWith('GPU-') ? d : (uuidOf(d) ?? `index-${d}`))),
+    ),
+  ];
 }
 
 let uuids: Map<string, string> | undefined;
@@ -80,7 +90,11 @@ function nvidiaUuid(index: string): string | undefined {
   if (!uuids) {
     uuids = new Map();
     try {
-      const out = execFileSync('nvidia-smi', ['--query-gpu=index,uuid', '--format=csv,noheader'], { encoding: 'utf8', timeout: 10_000, stdio: ['ignore', 'pipe', 'ignore'] });
+      const out = execFileSync('nvidia-smi', ['--query-gpu=index,uuid', '--format=csv,noheader'], {
+        encoding: 'utf8',
+        timeout: 10_000,
+        stdio: ['ignore', 'pipe', 'ignore'],
+      });
       for (const line of out.split('\n')) {
         const [i, u] = line.split(',').map((x) => x.trim());
         if (i && u) uuids.set(i, u);
@@ -199,10 +213,10 @@ export class GpuSlots {
       const onAbort = () => {
         const i = this.waiting.indexOf(entry);
         if (i >= 0) this.waiting.splice(i, 1);
-        reject(signal!.reason);
+        reject(signal!.reason instanceof Error ? signal!.reason : new Error(String(signal!.reason)));
         this.pump();
       };
-      if (signal?.aborted) return reject(signal.reason);
+      if (signal?.aborted) return reject(signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason)));
       signal?.addEventListener('abort', onAbort, { once: true });
       this.waiting.push(entry);
       this.pump();
@@ -210,7 +224,7 @@ export class GpuSlots {
   }
 
   private pump(): void {
-    while (this.waiting.length && this.waiting[0]!.n <= this.free.length) {
+    while (this.waiting.length && this.waiting[0].n <= this.free.length) {
       const w = this.waiting.shift()!;
       // Lowest device ids first, so a lone stage gets the same GPU each time.
       this.free.sort((a, b) => this.devices.indexOf(a) - this.devices.indexOf(b));

@@ -61,7 +61,13 @@ export async function reapOrphanStages(workRoot: string, queue: 'cpu' | 'gpu', l
   for (const name of names.filter((n) => n.startsWith(`${queue}-`))) {
     const file = path.join(dir, name);
     try {
-      const rec = JSON.parse(await readFile(file, 'utf8')) as { pgid: number; runId: string; stage: string; stageProcess?: ProcessIdentity; worker?: ProcessIdentity };
+      const rec = JSON.parse(await readFile(file, 'utf8')) as {
+        pgid: number;
+        runId: string;
+        stage: string;
+        stageProcess?: ProcessIdentity;
+        worker?: ProcessIdentity;
+      };
       // Another worker sharing the work directory is alive: its stages are not orphans.
       if (rec.worker && rec.worker.pid !== process.pid && stillRunning(rec.worker)) continue;
       // The leader's pid now belongs to an unrelated process: the stage's group is gone (Linux never reuses
@@ -104,15 +110,15 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       device = 'cuda';
       logger.info({ devices: gpu.devices, cudaVisibleDevices: env.TANREN_GPU_DEVICES }, 'GPU found');
     } else {
-      logger.warn(
-        { reason: gpu.reason },
-        'no GPU found: GPU-queue stages will run on the CPU (fine for the tiny CPU profile, far too slow for real training)',
-      );
+      logger.warn({ reason: gpu.reason }, 'no GPU found: GPU-queue stages will run on the CPU (fine for the tiny CPU profile, far too slow for real training)');
     }
   }
   await reapOrphanStages(workRoot, queue, logger);
   // One slot per GPU, shared by the host's queue and the pool's: never more stages than GPUs.
-  const slots = queue === 'gpu' ? new GpuSlots(listSetting(env.TANREN_GPU_DEVICES) ?? ['0'], device === 'cuda' ? { dir: gpuLockDir(), host: gpuHostName(env) } : undefined) : undefined;
+  const slots =
+    queue === 'gpu'
+      ? new GpuSlots(listSetting(env.TANREN_GPU_DEVICES) ?? ['0'], device === 'cuda' ? { dir: gpuLockDir(), host: gpuHostName(env) } : undefined)
+      : undefined;
   const pool = queue === 'gpu' ? (opts.pool ?? env.TANREN_GPU_POOL) : undefined;
   const queues = [taskQueue, ...(pool ? [gpuPoolQueue(pool)] : [])];
   const inputCache = env.TANREN_INPUT_CACHE_GIB > 0 ? new InputCache(path.join(workRoot, 'input-cache'), env.TANREN_INPUT_CACHE_GIB * 2 ** 30) : undefined;
@@ -168,7 +174,10 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       );
     }
     const running = Promise.all(workers.map((w) => w.run()));
-    logger.info({ queue, taskQueues: queues, workflows: opts.serveWorkflows ?? queue === 'cpu', device, ...(slots ? { gpuSlots: slots.devices } : {}) }, 'worker running');
+    logger.info(
+      { queue, taskQueues: queues, workflows: opts.serveWorkflows ?? queue === 'cpu', device, ...(slots ? { gpuSlots: slots.devices } : {}) },
+      'worker running',
+    );
     opts.onRunning?.();
     if (opts.stopWhen) {
       void opts.stopWhen.then(() => workers.forEach((w) => w.getState() === 'RUNNING' && w.shutdown()));

@@ -97,7 +97,8 @@ export function findStagesPython(opts: FindStagesPythonOptions): StagesPython {
     notes.push(`TANREN_PYTHON=${opts.envPython} is not an executable file, so it was ignored`);
   }
   const cacheDir = path.resolve(opts.cacheDir ?? defaultCacheDir());
-  const fix = 'run `make stages` (infra/install-stages) in the checkout as the user the worker runs as, with the same TANREN_CACHE, or set TANREN_PYTHON; then restart the worker';
+  const fix =
+    'run `make stages` (infra/install-stages) in the checkout as the user the worker runs as, with the same TANREN_CACHE, or set TANREN_PYTHON; then restart the worker';
   let key: string;
   try {
     key = stagesLockKey(opts.projectDir);
@@ -117,10 +118,7 @@ export function findStagesPython(opts: FindStagesPythonOptions): StagesPython {
   }
   if (!existsSync(venv)) {
     const others = otherVenvs(path.join(cacheDir, 'venvs'), `stages-${key}`);
-    notes.push(
-      `${venv} does not exist` +
-        (others.length ? ` (the cache holds ${others.join(', ')}: made for another stages/uv.lock or pyproject.toml)` : ''),
-    );
+    notes.push(`${venv} does not exist` + (others.length ? ` (the cache holds ${others.join(', ')}: made for another stages/uv.lock or pyproject.toml)` : ''));
   } else if (!complete) {
     notes.push(`${venv} exists but its sync did not finish (no .tanren-complete)`);
   } else {

@@ -25,7 +25,7 @@ export function packStage(s: StageStatus, ctx: CarryContext): CarriedStage {
   else if (manifestKey) packed.manifestKey = '';
   if (cache !== undefined && cache !== ctx.defaultCache) packed.cache = cache;
   // One attempt that spans the stage and did not fail says nothing the stage's own times do not.
-  const plain = attempts.length === 1 && !attempts[0]!.failure && attempts[0]!.startedAt === s.startedAt;
+  const plain = attempts.length === 1 && !attempts[0].failure && attempts[0].startedAt === s.startedAt;
   if (attempts.length && !plain) packed.attempts = attempts;
   else if (plain) packed.attempts = undefined;
   for (const k of Object.keys(packed) as Array<keyof CarriedStage>) if (packed[k] === undefined) delete packed[k];

@@ -99,7 +99,9 @@ function sweepTable(s: StageStatus): string[] {
       .map(([k, v]) => `${cut(k, 24)}=${typeof v === 'number' && !Number.isInteger(v) ? Number(v.toPrecision(4)) : cut(String(v), 24)}`)
       .join(' ');
     const metric = t.metric === undefined ? '' : String(Number.isInteger(t.metric) ? t.metric : Number(t.metric.toPrecision(4)));
-    out.push(row([t.trial.slice(s.id.length + 1), params, t.rung ? String(t.rung) : '', t.step === undefined ? '' : String(t.step), metric, t.state].map(escapeText)));
+    out.push(
+      row([t.trial.slice(s.id.length + 1), params, t.rung ? String(t.rung) : '', t.step === undefined ? '' : String(t.step), metric, t.state].map(escapeText)),
+    );
   }
   if (shownTrials.size < sw.trials.length) out.push('', `…and ${sw.trials.length - shownTrials.size} more trials`);
   if (sw.best) out.push('', `Best: ${escapeText(sw.best)} — ${escapeText(cut(sw.reason ?? '', 300))}`);

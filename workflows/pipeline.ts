@@ -26,13 +26,7 @@ import {
 import type * as activities from '../activities/index.js';
 import type { StageProgress, StageResult, StageTask } from '../activities/types.js';
 import { parseDuration } from '../schemas/durations.js';
-import {
-  FailureTypes,
-  NON_RETRYABLE_FAILURE_TYPES,
-  SEARCH_ATTRIBUTES,
-  DEFAULT_CPU_TASK_QUEUE,
-  gpuHostQueue,
-} from '../schemas/names.js';
+import { FailureTypes, NON_RETRYABLE_FAILURE_TYPES, SEARCH_ATTRIBUTES, DEFAULT_CPU_TASK_QUEUE, gpuHostQueue } from '../schemas/names.js';
 import { PipelineRunInputSchema, type PipelineRunInput, type PipelineSpec, type RunOptions, type StageSpec } from '../schemas/pipeline.js';
 import { isStageKind, STAGE_KINDS, stageKindInfo } from '../schemas/stage-kinds.js';
 import { formatProblems, MAX_LISTED_PROBLEMS, resolveSpec, stageQueue, validatePipelineSpec } from '../schemas/validate.js';
@@ -94,8 +88,7 @@ export interface RunResult {
 }
 
 /** What one stage's state is across continue-as-new: its status less what the spec already says (see workflows/carry.ts). */
-export type CarriedStage = Omit<StageStatus, 'id' | 'kind' | 'queue' | 'needs' | 'metrics' | 'attempts'> &
-  Partial<Pick<StageStatus, 'metrics' | 'attempts'>>;
+export type CarriedStage = Omit<StageStatus, 'id' | 'kind' | 'queue' | 'needs' | 'metrics' | 'attempts'> & Partial<Pick<StageStatus, 'metrics' | 'attempts'>>;
 
 /** Run state handed to the next execution when a run continues as new. */
 export interface CarriedState {
@@ -133,7 +126,12 @@ function compactStatus(status: RunStatus): RunStatus {
     ...status,
     stages: status.stages.map((s) => {
       const { needs, metrics, attempts, ...rest } = s;
-      return { ...rest, ...(needs.length ? { needs } : {}), ...(Object.keys(metrics).length ? { metrics } : {}), ...(attempts.length > 1 || attempts[0]?.failure ? { attempts } : {}) } as StageStatus;
+      return {
+        ...rest,
+        ...(needs.length ? { needs } : {}),
+        ...(Object.keys(metrics).length ? { metrics } : {}),
+        ...(attempts.length > 1 || attempts[0]?.failure ? { attempts } : {}),
+      } as StageStatus;
     }),
   };
 }
@@ -185,8 +183,8 @@ function validateInput(input: unknown): { spec: PipelineSpec; source: string; op
   const gpuStages = spec.stages.filter((s) => stageQueue(s) === 'gpu');
   if (gpuStages.length && !spec.queues?.gpu) {
     throw ApplicationFailure.nonRetryable(
-      `${source}: queues.gpu: stage "${gpuStages[0]!.id}" runs on the gpu queue but queues.gpu is not set; ` +
-        '`tanren render` fills it in with the GPU host\'s queue (tanren-gpu-<host>)',
+      `${source}: queues.gpu: stage "${gpuStages[0].id}" runs on the gpu queue but queues.gpu is not set; ` +
+        "`tanren render` fills it in with the GPU host's queue (tanren-gpu-<host>)",
       FailureTypes.InvalidPipelineSpec,
     );
   }
@@ -228,7 +226,10 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
   } catch (err) {
     if (err instanceof ApplicationFailure) throw err;
     // A bare error would fail the workflow task over and over; bad input must end the run instead.
-    throw ApplicationFailure.nonRetryable(`workflow input could not be validated: ${String((err as Error)?.message ?? err).slice(0, 500)}`, FailureTypes.InvalidPipelineSpec);
+    throw ApplicationFailure.nonRetryable(
+      `workflow input could not be validated: ${String((err as Error)?.message ?? err).slice(0, 500)}`,
+      FailureTypes.InvalidPipelineSpec,
+    );
   }
   const { spec, options } = validated;
   const carried = lean ? readCarried(input.carried, spec.stages.length) : undefined;
@@ -357,31 +358,35 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
     const queue = stageQueue(stage);
     const retry = { ...defaults.retry, ...stage.retry };
     // One proxy per activity id: the stage's own, or each trial-rung's of a sweep.
-    const activitiesFor = (activityId: string) => proxyActivities<Activities>({
-      activityId,
-      // A stage pinned to a host skips the pool: that host's own queue.
-      taskQueue: queue === 'gpu' && stage.host ? gpuHostQueue(stage.host) : queueName(queue),
-      summary: `${activityId} · ${kindOf(stage)} · ${queue}`,
-      startToCloseTimeout: ms(stage.timeout ?? defaults.timeout, DEFAULT_TIMEOUT_MS),
-      heartbeatTimeout: ms(stage.heartbeatTimeout ?? defaults.heartbeatTimeout, DEFAULT_HEARTBEAT_MS),
-      cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-      retry: {
-        // 0 means unlimited in the spec, as in Temporal; the SDK wants it left unset for that.
-        maximumAttempts: retry.maximumAttempts === 0 ? undefined : (retry.maximumAttempts ?? 3),
-        initialInterval: ms(retry.initialInterval, 1000),
-        backoffCoefficient: retry.backoffCoefficient ?? 2,
-        // Temporal's own default: 100 times the initial interval.
-        maximumInterval: ms(retry.maximumInterval, 100 * ms(retry.initialInterval, 1000)),
-        nonRetryableErrorTypes: [...NON_RETRYABLE_FAILURE_TYPES],
-      },
-    });
+    const activitiesFor = (activityId: string) =>
+      proxyActivities<Activities>({
+        activityId,
+        // A stage pinned to a host skips the pool: that host's own queue.
+        taskQueue: queue === 'gpu' && stage.host ? gpuHostQueue(stage.host) : queueName(queue),
+        summary: `${activityId} · ${kindOf(stage)} · ${queue}`,
+        startToCloseTimeout: ms(stage.timeout ?? defaults.timeout, DEFAULT_TIMEOUT_MS),
+        heartbeatTimeout: ms(stage.heartbeatTimeout ?? defaults.heartbeatTimeout, DEFAULT_HEARTBEAT_MS),
+        cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        retry: {
+          // 0 means unlimited in the spec, as in Temporal; the SDK wants it left unset for that.
+          maximumAttempts: retry.maximumAttempts === 0 ? undefined : (retry.maximumAttempts ?? 3),
+          initialInterval: ms(retry.initialInterval, 1000),
+          backoffCoefficient: retry.backoffCoefficient ?? 2,
+          // Temporal's own default: 100 times the initial interval.
+          maximumInterval: ms(retry.maximumInterval, 100 * ms(retry.initialInterval, 1000)),
+          nonRetryableErrorTypes: [...NON_RETRYABLE_FAILURE_TYPES],
+        },
+      });
     const act = activitiesFor(stage.id);
     const inputIds = stage.inputs ?? stage.needs;
     const stall = stage.stallTimeout ?? defaults.stallTimeout ?? (stage.uses && isStageKind(stage.uses) ? STAGE_KINDS[stage.uses].stallTimeout : undefined);
     const task: StageTask = {
       runId: info.workflowId,
       pipeline: spec.name,
-      stage: stageKindInfo(stage.uses)?.receivesTimeline && stage.with.timeline === undefined ? { ...stage, with: { ...stage.with, timeline: timeline(), ...sweepsParam(stage) } } : stage,
+      stage:
+        stageKindInfo(stage.uses)?.receivesTimeline && stage.with.timeline === undefined
+          ? { ...stage, with: { ...stage.with, timeline: timeline(), ...sweepsParam(stage) } }
+          : stage,
       queue,
       inputs: inputIds.map((id) => ({ stage: id, manifestKey: results.get(id)!.manifestKey })),
       ...(lean && stall !== undefined ? { stallTimeoutMs: parseDuration(stall) } : {}),
@@ -394,7 +399,9 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
         // A cache key knows the stage's `with:`, not its sweep: a swept stage always searches.
         s.cache = 'cache: off for a swept stage';
       } else if (cacheOn(stage)) {
-        const lookup = await (lean ? proxyActivities<Activities>({ ...ioOptions, activityId: `cache:${stage.id}`, startToCloseTimeout: CACHE_LOOKUP_TIMEOUT }) : io).checkCache(task);
+        const lookup = await (
+          lean ? proxyActivities<Activities>({ ...ioOptions, activityId: `cache:${stage.id}`, startToCloseTimeout: CACHE_LOOKUP_TIMEOUT }) : io
+        ).checkCache(task);
         s.cache = lookup.reason;
         if (lookup.hit) {
           results.set(stage.id, { manifestKey: lookup.manifestKey });
@@ -421,8 +428,13 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
                 s.sweep = sw;
                 s.message = note;
                 const done = sw.trials.filter((t) => t.metric !== undefined);
-                const best = done.length ? rankScores(done.map((t, i) => ({ index: i, metric: t.metric })), sw.goal)[0] : undefined;
-                if (best) s.metrics[sw.metric] = done[best.index]!.metric!;
+                const best = done.length
+                  ? rankScores(
+                      done.map((t, i) => ({ index: i, metric: t.metric })),
+                      sw.goal,
+                    )[0]
+                  : undefined;
+                if (best) s.metrics[sw.metric] = done[best.index].metric!;
                 touch();
               },
             },
@@ -458,9 +470,9 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
           s.failureType = cause.timeoutType === 'HEARTBEAT' ? FailureTypes.WorkerLost : 'StageTimedOut';
           s.reason = `${s.failureType}: ${cause.message}`;
         } else {
-          const app = cause as { type?: string; message?: string; details?: unknown[] } | undefined;
+          const app = cause instanceof ApplicationFailure ? cause : undefined;
           s.failureType = app?.type ?? FailureTypes.StageCrashed;
-          s.reason = `${s.failureType}: ${app?.message ?? (err as Error).message}`;
+          s.reason = `${s.failureType}: ${app?.message ?? (cause instanceof Error ? cause.message : (err as Error).message)}`;
           const said = app?.details?.[0] as { attempt?: unknown; attempts?: unknown } | undefined;
           if (lean && typeof said?.attempt === 'number' && said.attempt > s.attempt) s.attempt = said.attempt;
           if (lean && Array.isArray(said?.attempts)) s.attempts = said.attempts as StageStatus['attempts'];
@@ -484,10 +496,7 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
   const running = new Map<string, Promise<void>>();
   try {
     for (;;) {
-      const plan = planStages(
-        spec.stages,
-        Object.fromEntries(status.stages.map((s) => [s.id, s.state])),
-      );
+      const plan = planStages(spec.stages, Object.fromEntries(status.stages.map((s) => [s.id, s.state])));
       for (const { id, because } of plan.skip) {
         const s = stageStatus(id);
         s.state = 'skipped';
@@ -511,7 +520,10 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
       if (!paused && !draining) {
         for (const id of plan.ready) {
           if (lean && running.size >= MAX_STAGES_IN_FLIGHT) break;
-          running.set(id, runStage(byId.get(id)!).finally(() => running.delete(id)));
+          running.set(
+            id,
+            runStage(byId.get(id)!).finally(() => running.delete(id)),
+          );
         }
       }
       status.state = paused ? 'paused' : 'running';
@@ -537,7 +549,7 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
   if (failed.length || cancelled.length) {
     status.state = failed.length ? 'failed' : 'cancelled';
     publish();
-    const first = failed[0] ?? cancelled[0]!;
+    const first = failed[0] ?? cancelled[0];
     const outcome = status.stages.map((s) => ({ id: s.id, state: s.state, reason: s.reason }));
     throw ApplicationFailure.create({
       message: `stage "${first.id}" ${first.state}: ${first.reason ?? 'cancelled'}`,

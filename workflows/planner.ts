@@ -5,15 +5,7 @@
  */
 
 /** Life cycle of a stage inside one run. */
-export type StageState =
-  | 'pending'
-  | 'running'
-  | 'retrying'
-  | 'succeeded'
-  | 'cached'
-  | 'failed'
-  | 'skipped'
-  | 'cancelled';
+export type StageState = 'pending' | 'running' | 'retrying' | 'succeeded' | 'cached' | 'failed' | 'skipped' | 'cancelled';
 
 /** States after which a stage never changes again. */
 export const TERMINAL_STATES: ReadonlySet<StageState> = new Set(['succeeded', 'cached', 'failed', 'skipped', 'cancelled']);
@@ -42,7 +34,7 @@ export function planStages(stages: readonly PlannerStage[], states: Readonly<Rec
   const current: Record<string, StageState> = { ...states };
   const skip: Plan['skip'] = [];
   // Skips propagate down the graph: iterate until nothing changes.
-  for (let changed = true; changed; ) {
+  for (let changed = true; changed;) {
     changed = false;
     for (const stage of stages) {
       if ((current[stage.id] ?? 'pending') !== 'pending') continue;

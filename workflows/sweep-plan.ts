@@ -60,7 +60,7 @@ const round = (x: number) => Number(x.toPrecision(4));
 
 /** Draws one value of a parameter's space. */
 function draw(space: SweepSpec['space'][string], rand: () => number): SweepValue {
-  if (Array.isArray(space)) return space[Math.min(space.length - 1, Math.floor(rand() * space.length))]!;
+  if (Array.isArray(space)) return space[Math.min(space.length - 1, Math.floor(rand() * space.length))];
   if ('uniform' in space) {
     const [lo, hi] = space.uniform;
     return round(lo + (hi - lo) * rand());
@@ -95,21 +95,20 @@ export function planSweep(stageId: string, sweep: SweepSpec): SweepPlan {
       const p: Record<string, SweepValue> = {};
       let rest = i;
       for (let k = names.length - 1; k >= 0; k--) {
-        const space = sweep.space[names[k]!]!;
+        const space = sweep.space[names[k]];
         const values = Array.isArray(space) ? space : [];
-        p[names[k]!] = values[rest % values.length]!;
+        p[names[k]] = values[rest % values.length]!;
         rest = Math.floor(rest / values.length);
       }
-      params.push(Object.fromEntries(names.map((n) => [n, p[n]!])));
+      params.push(Object.fromEntries(names.map((n) => [n, p[n]])));
     }
   } else {
     const rand = seededRandom(sweep.seed ?? 0);
-    for (let i = 0; i < (sweep.budget.trials ?? 1); i++) params.push(Object.fromEntries(names.map((n) => [n, draw(sweep.space[n]!, rand)])));
+    for (let i = 0; i < (sweep.budget.trials ?? 1); i++) params.push(Object.fromEntries(names.map((n) => [n, draw(sweep.space[n], rand)])));
   }
   const eta = sweep.eta ?? DEFAULT_ETA;
   const steps = sweep.budget.steps;
-  const rungs =
-    sweep.scheduler === 'asha' ? Array.from({ length: sweep.rungs ?? DEFAULT_RUNGS }, (_, k) => steps! * eta ** k) : [steps];
+  const rungs = sweep.scheduler === 'asha' ? Array.from({ length: sweep.rungs ?? DEFAULT_RUNGS }, (_, k) => steps! * eta ** k) : [steps];
   return {
     scheduler: sweep.scheduler,
     metric: sweep.metric.name,
@@ -173,7 +172,7 @@ export function pickBest(plan: SweepPlan, scores: readonly RungScore[]): { index
   const ranked = rankScores(scores, plan.goal).filter((s) => typeof s.metric === 'number' && Number.isFinite(s.metric));
   const best = ranked[0];
   if (!best) return undefined;
-  const id = (i: number) => plan.trials[i]!.id.replace(/^.*\./, '');
+  const id = (i: number) => plan.trials[i].id.replace(/^.*\./, '');
   const word = plan.goal === 'min' ? 'lowest' : 'highest';
   const last = plan.rungs.at(-1);
   const runner = ranked[1];

@@ -98,8 +98,8 @@ export async function runSweep(deps: SweepDeps, startedAt: string): Promise<Stag
   deps.changed(status, `${plan.trials.length} trials`);
 
   const runOne = async (index: number, rung: number): Promise<void> => {
-    const trial = plan.trials[index]!;
-    const t = status.trials[index]!;
+    const trial = plan.trials[index];
+    const t = status.trials[index];
     const last = rung === plan.rungs.length - 1;
     t.state = 'running';
     t.rung = rung + 1;
@@ -154,11 +154,11 @@ export async function runSweep(deps: SweepDeps, startedAt: string): Promise<Stag
         for (let next = queue.shift(); next !== undefined; next = queue.shift()) await runOne(next, rung);
       }),
     );
-    const scores: RungScore[] = alive.map((i) => ({ index: i, metric: status.trials[i]!.state === 'failed' ? undefined : status.trials[i]!.metric }));
+    const scores: RungScore[] = alive.map((i) => ({ index: i, metric: status.trials[i].state === 'failed' ? undefined : status.trials[i].metric }));
     if (rung === plan.rungs.length - 1) {
       const best = pickBest(plan, scores);
       if (!best) break;
-      const t = status.trials[best.index]!;
+      const t = status.trials[best.index];
       t.state = 'best';
       status.best = t.trial;
       status.reason = best.reason;
@@ -186,7 +186,7 @@ export async function runSweep(deps: SweepDeps, startedAt: string): Promise<Stag
     }
     const promoted = new Set(promote(scores, plan.eta, plan.goal));
     for (const i of alive) {
-      const t = status.trials[i]!;
+      const t = status.trials[i];
       if (promoted.has(i)) t.state = 'promoted';
       else if (t.state === 'paused-at-rung') t.state = 'stopped-early';
     }

@@ -22,13 +22,17 @@ export function mtBenchMissingReason(mt: MtBenchScores): string | undefined {
     case 'not-configured':
       return `judge: not configured in stage "${mt.stage}" (answers were written but not graded), so there is no MT-Bench score`;
     case 'absent':
-      return 'no MT-Bench stage among this stage\'s needs';
+      return "no MT-Bench stage among this stage's needs";
   }
 }
 
 /** A few words for the chart's subtitle. */
 function shortReason(mt: MtBenchScores): string {
-  return mt.status === 'not-configured' ? 'not scored (judge: not configured)' : mt.status === 'absent' ? 'not run (no MT-Bench stage)' : 'not scored (judgments unparsable)';
+  return mt.status === 'not-configured'
+    ? 'not scored (judge: not configured)'
+    : mt.status === 'absent'
+      ? 'not run (no MT-Bench stage)'
+      : 'not scored (judgments unparsable)';
 }
 
 /**
@@ -45,10 +49,7 @@ export async function buildReport(inputs: ReportInputs): Promise<BuiltReport> {
   const llm = inputs.llmJpEval?.average ?? null;
   const llmMissing = inputs.llmJpEval === null ? "no llm-jp-eval stage among this stage's needs" : undefined;
   const missingNote = [mtMissing && `MT-Bench missing: ${mtMissing}`, llmMissing && `llm-jp-eval missing: ${llmMissing}`].filter(Boolean).join('; ');
-  const shortMissing = [
-    mtMissing && `MT-Bench ${shortReason(inputs.mtBench)}`,
-    llmMissing && 'no llm-jp-eval stage',
-  ].filter(Boolean);
+  const shortMissing = [mtMissing && `MT-Bench ${shortReason(inputs.mtBench)}`, llmMissing && 'no llm-jp-eval stage'].filter(Boolean);
   const run: RunPosition = {
     label: inputs.modelName,
     mtBench: mtScore,
@@ -157,9 +158,7 @@ function pagedTable(id: string, headers: string[], rows: string[][], perPage = R
   const pages: string[][][] = [];
   for (let i = 0; i < rows.length; i += perPage) pages.push(rows.slice(i, i + perPage));
   const radios = pages.map((_, k) => `<input type="radio" name="${id}" id="${id}-${k + 1}"${k === 0 ? ' checked' : ''}>`).join('');
-  const labels = pages
-    .map((p, k) => `<label for="${id}-${k + 1}" title="rows ${k * perPage + 1}–${k * perPage + p.length}">${k + 1}</label>`)
-    .join('');
+  const labels = pages.map((p, k) => `<label for="${id}-${k + 1}" title="rows ${k * perPage + 1}–${k * perPage + p.length}">${k + 1}</label>`).join('');
   const body = pages.map((p) => `<div class="page">${table(headers, p, 'samples')}</div>`).join('\n');
   return `<div class="pager" id="${id}">${radios}<nav class="pagebar">${rows.length} rows, ${perPage} a page: ${labels}</nav>\n${body}\n</div>`;
 }
@@ -184,7 +183,11 @@ function mtBenchRows(turns: readonly MtBenchTurn[]): string[][] {
     longText(t.question),
     longText(t.reference),
     longText(t.answer),
-    t.score === undefined ? '<span class="missing">not judged</span>' : t.score === null ? '<span class="missing">unparsable</span>' : `<strong>${fmt(t.score, 0)}</strong>`,
+    t.score === undefined
+      ? '<span class="missing">not judged</span>'
+      : t.score === null
+        ? '<span class="missing">unparsable</span>'
+        : `<strong>${fmt(t.score, 0)}</strong>`,
     t.judgment === undefined ? '' : longText(t.judgment),
   ]);
 }
@@ -271,7 +274,9 @@ ${table(['model', 'MT-Bench', 'llm-jp-eval', 'note', 'source', 'date'], refRows,
         fmt(losses[0]?.values.loss, 4),
         fmt(losses[losses.length - 1]?.values.loss, 4),
         evals.length ? `${fmt(evals[0].values.eval_loss, 4)} <span class="small">(step ${evals[0].step})</span>` : '—',
-        evals.length ? `<strong>${fmt(evals[evals.length - 1].values.eval_loss, 4)}</strong> <span class="small">(step ${evals[evals.length - 1].step})</span>` : '—',
+        evals.length
+          ? `<strong>${fmt(evals[evals.length - 1].values.eval_loss, 4)}</strong> <span class="small">(step ${evals[evals.length - 1].step})</span>`
+          : '—',
         acc.length ? fmt(acc[acc.length - 1].values.eval_reward_accuracy, 3) : '—',
         `<code>${e(s.source)}</code>`,
       ];
@@ -295,7 +300,10 @@ ${table(['model', 'MT-Bench', 'llm-jp-eval', 'note', 'source', 'date'], refRows,
       .sort(([a], [b]) => a.localeCompare(b))
       .map(([name, d]) => [e(name), String(d.samples), ...metricNames.map((m) => fmt(d.metrics[m], 3)), `<strong>${fmt(d.score, 3)}</strong>`]);
     rows.push(['<strong>average</strong>', '', ...metricNames.map(() => ''), `<strong>${fmt(inputs.llmJpEval.average, 3)}</strong>`]);
-    evalParts.push(`<h3>llm-jp-eval <span class="file">(stage ${e(inputs.llmJpEval.stage)})</span></h3>` + table(['dataset', 'samples', ...metricNames, 'score'], rows, 'scores'));
+    evalParts.push(
+      `<h3>llm-jp-eval <span class="file">(stage ${e(inputs.llmJpEval.stage)})</span></h3>` +
+        table(['dataset', 'samples', ...metricNames, 'score'], rows, 'scores'),
+    );
   } else {
     evalParts.push(`<h3>llm-jp-eval</h3>` + note("No llm-jp-eval stage among this stage's needs."));
   }
@@ -318,7 +326,14 @@ ${table(['model', 'MT-Bench', 'llm-jp-eval', 'note', 'source', 'date'], refRows,
         (usage.length ? `<p class="small">${e(usage.join(' · '))}</p>` : ''),
     );
   } else {
-    evalParts.push(`<h3>MT-Bench</h3>` + note(e(`No per-category scores: ${mtBenchMissingReason(mt)}.`) + (mt.status === 'not-configured' && mt.answered !== undefined ? ` ${mt.answered} questions were answered.` : ''), 'warn'));
+    evalParts.push(
+      `<h3>MT-Bench</h3>` +
+        note(
+          e(`No per-category scores: ${mtBenchMissingReason(mt)}.`) +
+            (mt.status === 'not-configured' && mt.answered !== undefined ? ` ${mt.answered} questions were answered.` : ''),
+          'warn',
+        ),
+    );
   }
   const turns = inputs.mtBenchTurns ?? [];
   const samples = inputs.llmJpEvalSamples ?? [];
@@ -363,7 +378,14 @@ ${table(['model', 'MT-Bench', 'llm-jp-eval', 'note', 'source', 'date'], refRows,
   // 5. Sweeps: the params and metric of every trial, and the one chosen.
   for (const sw of inputs.sweeps ?? []) {
     const names = [...new Set(sw.trials.flatMap((t) => Object.keys(t.params)))];
-    const show = (v: unknown) => (typeof v === 'number' && !Number.isInteger(v) ? String(Number(v.toPrecision(4))) : String(v ?? ''));
+    const show = (v: unknown) =>
+      typeof v === 'number' && !Number.isInteger(v)
+        ? String(Number(v.toPrecision(4)))
+        : v === undefined || v === null
+          ? ''
+          : typeof v === 'string'
+            ? v
+            : JSON.stringify(v);
     const rows = sw.trials.map((t) => [
       e(t.trial.startsWith(`${sw.stage}.`) ? t.trial.slice(sw.stage.length + 1) : t.trial),
       ...names.map((n) => e(show(t.params[n]))),

@@ -158,13 +158,10 @@ export function lossSpec(series: readonly MetricSeries[]): TopLevelSpec {
         y: { field: 'value', type: 'quantitative', title: 'loss', scale: { zero: false } },
         color: { field: 'metric', type: 'nominal', title: null, scale: { domain: present, range: present.map((m) => (m === 'loss' ? '#1f77b4' : '#ff7f0e')) } },
       },
-      layer: [
-        { mark: { type: 'line', strokeWidth: 1.8 } },
-        { transform: [{ filter: 'datum.dot' }], mark: { type: 'point', filled: true, size: 22 } },
-      ],
+      layer: [{ mark: { type: 'line', strokeWidth: 1.8 } }, { transform: [{ filter: 'datum.dot' }], mark: { type: 'point', filled: true, size: 22 } }],
     },
     resolve: { scale: { x: 'independent', y: 'independent' } },
-  } as TopLevelSpec;
+  };
 }
 
 const attemptsText = (n: number) => `${n} attempt${n === 1 ? '' : 's'}`;
@@ -285,7 +282,7 @@ export function timelineSpec(entries: readonly TimelineEntry[]): TopLevelSpec {
       { transform: [{ filter: 'datum.tick' }], mark: { type: 'tick', thickness: 3 }, encoding: { x: tickX, y, ...color } },
       { mark: { type: 'text', align: 'left', dx: 5, fontSize: 11, color: '#333' }, encoding: { x: { ...x, field: 'end' }, y, text: { field: 'label' } } },
     ],
-  } as TopLevelSpec;
+  };
 }
 
 /** A vega loader that refuses every load, so a chart can never fetch anything. */

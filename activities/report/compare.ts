@@ -68,9 +68,7 @@ const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b)
 export function compareRuns(runs: readonly ComparedRun[]): Comparison {
   const params = runs.map(runParams);
   const names = [...new Set(params.flatMap((p) => [...p.keys()]))];
-  const differing = names
-    .map((name) => ({ name, values: params.map((p) => p.get(name)) }))
-    .filter((row) => row.values.some((v) => !same(v, row.values[0])));
+  const differing = names.map((name) => ({ name, values: params.map((p) => p.get(name)) })).filter((row) => row.values.some((v) => !same(v, row.values[0])));
 
   const finals = new Map<string, { stage: string; metric: string; values: Array<number | undefined> }>();
   const put = (i: number, stage: string, metric: string, value: unknown) => {
@@ -165,7 +163,7 @@ export function compareLossSpec(runs: readonly ComparedRun[]): TopLevelSpec {
       },
     },
     resolve: { scale: { x: 'independent', y: 'independent' } },
-  } as TopLevelSpec;
+  };
 }
 
 /** MT-Bench × llm-jp-eval: reference models grey, each run with both scores a coloured diamond. */
@@ -178,16 +176,36 @@ export function compareScatterSpec(references: readonly ReferencePoint[], runs: 
     .filter((p) => p.mt_bench !== undefined && p.llm_jp_eval !== undefined);
   const xs = [...refs.map((r) => r.mt_bench as number), ...points.map((p) => p.mt_bench as number)];
   const ys = [...refs.map((r) => r.llm_jp_eval as number), ...points.map((p) => p.llm_jp_eval as number)];
-  const x = { field: 'mt_bench', type: 'quantitative', title: 'MT-Bench (judge score, 1–10)', scale: { domain: [Math.min(0, ...xs), Math.max(10, ...xs)], nice: false } };
-  const y = { field: 'llm_jp_eval', type: 'quantitative', title: 'llm-jp-eval (average, 0–1)', scale: { domain: [Math.min(0, ...ys), Math.max(1, ...ys)], nice: false } };
+  const x = {
+    field: 'mt_bench',
+    type: 'quantitative',
+    title: 'MT-Bench (judge score, 1–10)',
+    scale: { domain: [Math.min(0, ...xs), Math.max(10, ...xs)], nice: false },
+  };
+  const y = {
+    field: 'llm_jp_eval',
+    type: 'quantitative',
+    title: 'llm-jp-eval (average, 0–1)',
+    scale: { domain: [Math.min(0, ...ys), Math.max(1, ...ys)], nice: false },
+  };
   const domain = runs.map((r) => r.run);
-  const colour = { field: 'run', type: 'nominal', title: 'run', scale: { domain, range: domain.map((_, i) => RUN_COLOURS[i % RUN_COLOURS.length]) }, legend: { labelLimit: 400 } };
+  const colour = {
+    field: 'run',
+    type: 'nominal',
+    title: 'run',
+    scale: { domain, range: domain.map((_, i) => RUN_COLOURS[i % RUN_COLOURS.length]) },
+    legend: { labelLimit: 400 },
+  };
   const missing = runs.filter((_, i) => c.evals.mtBench[i] === undefined || c.evals.llmJpEval[i] === undefined).map((r) => r.run);
   const layers: object[] = [];
   if (refs.length) {
     layers.push(
       { data: { values: refs }, mark: { type: 'point', filled: true, size: 70, color: '#5b6b7f' }, encoding: { x, y } },
-      { data: { values: refs }, mark: { type: 'text', align: 'left', dx: 7, dy: -6, fontSize: 11, color: '#333' }, encoding: { x, y, text: { field: 'model' } } },
+      {
+        data: { values: refs },
+        mark: { type: 'text', align: 'left', dx: 7, dy: -6, fontSize: 11, color: '#333' },
+        encoding: { x, y, text: { field: 'model' } },
+      },
     );
   }
   // An empty data set still draws the axes (and the legend names every run).
@@ -221,7 +239,9 @@ export async function buildComparePage(
     rows.map((r) => `<tr><td>${e(r.name)}</td>${r.values.map((v) => `<td>${e(formatValue(v))}</td>`).join('')}</tr>`).join('\n') +
     '\n</tbody></table>';
   const figure = (file: string, caption: string) =>
-    svgs[file] ? `<figure id="fig-${file.replace(/\.svg$/, '')}">${namespaceSvgIds(svgs[file]!, file.replace(/\.svg$/, ''))}<figcaption>${caption}</figcaption></figure>` : '';
+    svgs[file]
+      ? `<figure id="fig-${file.replace(/\.svg$/, '')}">${namespaceSvgIds(svgs[file], file.replace(/\.svg$/, ''))}<figcaption>${caption}</figcaption></figure>`
+      : '';
   const unknownSpecs = runs.filter((r) => !r.spec).map((r) => r.run);
   const sections = [
     `<section id="params"><h2>Parameters that differ</h2>
@@ -235,7 +255,13 @@ ${figure('loss.svg', 'Loss per logged step, one panel per training stage, one co
 ${c.finals.length ? table(c.finals, 'finals-table') : '<p class="note">No stage logged metrics.</p>'}
 </section>`,
     `<section id="evals"><h2>Evaluation</h2>
-${table([{ name: 'llm-jp-eval average (0–1)', values: c.evals.llmJpEval }, { name: 'MT-Bench (1–10)', values: c.evals.mtBench }], 'evals-table')}
+${table(
+  [
+    { name: 'llm-jp-eval average (0–1)', values: c.evals.llmJpEval },
+    { name: 'MT-Bench (1–10)', values: c.evals.mtBench },
+  ],
+  'evals-table',
+)}
 ${figure('scatter.svg', `The runs against reference models from <code>${e(opts.referenceSource)}</code> (grey).`)}
 </section>`,
   ];

@@ -81,8 +81,7 @@ export async function loadReportInputs(params: ReportParams, ctx: LoadContext): 
     stages.filter((s) => s !== llmStage),
     ctx,
     notes,
-    async (s) =>
-      isMtBenchScores(scores.get(s)) || badNamed(s, 'mt-bench') || (!scores.has(s) && (await isFile(path.join(ctx.inputsDir!, s, 'answers.jsonl')))),
+    async (s) => isMtBenchScores(scores.get(s)) || badNamed(s, 'mt-bench') || (!scores.has(s) && (await isFile(path.join(ctx.inputsDir!, s, 'answers.jsonl')))),
     'mt-bench',
   );
   const mtBench: MtBenchScores =
@@ -141,7 +140,9 @@ export async function readReferenceScores(given: string, ctx: Pick<LoadContext, 
   const col = (name: string) => header.indexOf(name);
   const missing = ['model', 'mt_bench', 'llm_jp_eval'].filter((c) => col(c) < 0);
   if (missing.length > 0) {
-    throw new ReportInputError(`${given}:1: header lacks column(s) ${missing.join(', ')} (has: ${header.join(', ')}); expected model,mt_bench,llm_jp_eval[,note]`);
+    throw new ReportInputError(
+      `${given}:1: header lacks column(s) ${missing.join(', ')} (has: ${header.join(', ')}); expected model,mt_bench,llm_jp_eval[,note]`,
+    );
   }
   const out: ReferencePoint[] = [];
   for (const { line, fields } of records.slice(1)) {
@@ -179,7 +180,10 @@ async function listStages(inputsDir: string | undefined): Promise<string[]> {
   } catch (err) {
     throw new ReportInputError(`TANREN_INPUTS: ${inputsDir} cannot be read (${(err as Error).message})`);
   }
-  return entries.filter((e) => e.isDirectory()).map((e) => e.name).sort();
+  return entries
+    .filter((e) => e.isDirectory())
+    .map((e) => e.name)
+    .sort();
 }
 
 /**
@@ -261,7 +265,7 @@ async function parseMtBench(stage: string, raw: unknown, dir: string): Promise<M
     if (!finite(v)) throw new ReportInputError(`${file}: field 'categories.${c}' must be a number`);
     categories[c] = v;
   }
-  const opt = (k: string) => (finite(raw[k]) ? (raw[k] as number) : undefined);
+  const opt = (k: string) => (finite(raw[k]) ? raw[k] : undefined);
   const judge = isRecord(raw.judge) ? raw.judge : {};
   const text = (v: unknown) => (typeof v === 'string' && v.trim() ? v : undefined);
   const judgeModel = text(judge.model) ?? text(raw.judge);
@@ -335,7 +339,8 @@ async function readMtBenchTurns(dir: string, notes: string[]): Promise<MtBenchTu
       });
     });
   }
-  if (noQuestion && out.length > 0) notes.push(`${path.basename(dir)}/answers.jsonl does not record the questions (written before they were): the question column is empty.`);
+  if (noQuestion && out.length > 0)
+    notes.push(`${path.basename(dir)}/answers.jsonl does not record the questions (written before they were): the question column is empty.`);
   return out;
 }
 

@@ -5,9 +5,7 @@
 import { z } from 'zod';
 import { TIMELINE_STATES } from './types.js';
 
-const isoTime = z
-  .string()
-  .refine((s) => Number.isFinite(Date.parse(s)), { message: 'must be an ISO 8601 time, e.g. 2025-01-31T12:00:00Z' });
+const isoTime = z.string().refine((s) => Number.isFinite(Date.parse(s)), { message: 'must be an ISO 8601 time, e.g. 2025-01-31T12:00:00Z' });
 
 /**
  * One entry of the `timeline` param, as the workflow passes it:
@@ -19,13 +17,11 @@ export const TimelineEntrySchema = z
     stage: z.string().min(1).describe('stage id'),
     start: isoTime.describe('when the stage started (ISO 8601)'),
     end: isoTime.describe('when the stage ended (ISO 8601); a skipped stage may end when it starts'),
-    attempts: z
-      .number()
-      .int()
-      .min(0)
+    attempts: z.number().int().min(0).optional().describe('attempts the stage ran; 0 for one that never ran an attempt (a cache hit, a skipped stage)'),
+    state: z
+      .enum(TIMELINE_STATES)
       .optional()
-      .describe('attempts the stage ran; 0 for one that never ran an attempt (a cache hit, a skipped stage)'),
-    state: z.enum(TIMELINE_STATES).optional().describe(`how the stage ended: ${TIMELINE_STATES.join(', ')}`),
+      .describe(`how the stage ended: ${TIMELINE_STATES.join(', ')}`),
     cachedFrom: z.string().min(1).optional().describe('for a cached stage: the run whose outputs it reused'),
   })
   // A skipped stage never ran, so its times mark when it was skipped, not a duration to check.
@@ -100,6 +96,9 @@ export function parseReportParams(raw: unknown, source: string): ReportParams {
     const allowed = Object.keys(ReportParamsSchema.shape).join(', ');
     throw new ReportInputError(`${source}: unknown field(s) ${issue.keys.join(', ')}; allowed: ${allowed}`);
   }
-  const field = issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('').replace(/^\./, '');
+  const field = issue.path
+    .map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`))
+    .join('')
+    .replace(/^\./, '');
   throw new ReportInputError(field ? `${source}: field '${field}': ${issue.message}` : `${source}: ${issue.message}`);
 }

@@ -138,7 +138,7 @@ function startTrainer(dir: string, maxSteps?: number): { ready: Promise<void>; s
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const gbps = (bytes: number, s: number) => bytes / s / 1e9;
@@ -227,7 +227,10 @@ async function main() {
       const during = run.steps.filter(([s, d]) => s + d > upStart && s < upEnd).map(([, d]) => d);
       const duringMean = mean(during);
       // Extra time the training loop spent in the steps that overlapped the upload.
-      const delayMs = Math.max(0, during.reduce((a, d) => a + (d - baseMean), 0));
+      const delayMs = Math.max(
+        0,
+        during.reduce((a, d) => a + (d - baseMean), 0),
+      );
       return {
         uploadSeconds: seconds,
         baselineStepMs: baseMean,
@@ -253,10 +256,13 @@ async function main() {
       });
       trainingMc.push(m);
       await storage.remove((await storage.list(mcPrefix)).map((o) => o.key));
-      for (const [who, x] of [['tanren', t], ['mc', m]] as const) {
+      for (const [who, x] of [
+        ['tanren', t],
+        ['mc', m],
+      ] as const) {
         console.log(
-          `training rep ${r} (${who}): step ${x.baselineStepMs!.toFixed(1)} ms alone, ${x.stepMsDuringUpload!.toFixed(1)} ms during a ${x.uploadSeconds!.toFixed(2)} s upload ` +
-            `→ delay ${(x.delayMs! / 1000).toFixed(2)} s = ${(100 * x.delayOverUpload!).toFixed(1)} % of the upload`,
+          `training rep ${r} (${who}): step ${x.baselineStepMs.toFixed(1)} ms alone, ${x.stepMsDuringUpload.toFixed(1)} ms during a ${x.uploadSeconds.toFixed(2)} s upload ` +
+            `→ delay ${(x.delayMs / 1000).toFixed(2)} s = ${(100 * x.delayOverUpload).toFixed(1)} % of the upload`,
         );
       }
     }
@@ -268,10 +274,10 @@ async function main() {
       downloadOursGBps: gbps(bytes, median(ours.down)),
       downloadMcGBps: gbps(bytes, median(theirs.down)),
       downloadRatio: median(theirs.down) / median(ours.down),
-      trainingDelayOverUpload: median(training.map((t) => t.delayOverUpload!)),
-      trainingSlowdownDuringUpload: median(training.map((t) => t.slowdownDuringUpload!)),
-      trainingDelayOverUploadMc: median(trainingMc.map((t) => t.delayOverUpload!)),
-      trainingSlowdownDuringUploadMc: median(trainingMc.map((t) => t.slowdownDuringUpload!)),
+      trainingDelayOverUpload: median(training.map((t) => t.delayOverUpload)),
+      trainingSlowdownDuringUpload: median(training.map((t) => t.slowdownDuringUpload)),
+      trainingDelayOverUploadMc: median(trainingMc.map((t) => t.delayOverUpload)),
+      trainingSlowdownDuringUploadMc: median(trainingMc.map((t) => t.slowdownDuringUpload)),
     };
     const result = {
       benchmark: 'checkpoint-io',

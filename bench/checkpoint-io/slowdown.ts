@@ -60,13 +60,13 @@ const { values: args } = parseArgs({
     out: { type: 'string' },
   },
 });
-const quick = args.quick!;
+const quick = args.quick;
 const sizeMiB = Number(args.mib ?? (quick ? 256 : 1024));
 const rounds = Number(args.rounds ?? (quick ? 2 : 3));
 const windowS = Number(args['window-s'] ?? (quick ? 3 : 5));
 const trainerThreads = Number(args['trainer-threads']);
 const throughputReps = Number(args['throughput-reps'] ?? (quick ? 2 : 3));
-const modes = args.modes!.split(',').map((m) => m.trim()) as Mode[];
+const modes = args.modes.split(',').map((m) => m.trim()) as Mode[];
 type Mode = 'child' | 'inproc' | 'mc';
 for (const m of modes) if (!['child', 'inproc', 'mc'].includes(m)) throw new Error(`--modes: unknown mode "${m}" (child, inproc, mc)`);
 
@@ -75,9 +75,12 @@ const CLK_TCK = 100; // USER_HZ on Linux
 function procCpu(pid: number | 'self'): { self: number; children: number } | undefined {
   try {
     const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = s.slice(s.lastIndexOf(')') + 2).split(' ').map(Number);
+    const f = s
+      .slice(s.lastIndexOf(')') + 2)
+      .split(' ')
+      .map(Number);
     // Fields 14–17 of proc(5), counted from 3 after the command.
-    return { self: (f[11]! + f[12]!) / CLK_TCK, children: (f[13]! + f[14]!) / CLK_TCK };
+    return { self: (f[11] + f[12]) / CLK_TCK, children: (f[13] + f[14]) / CLK_TCK };
   } catch {
     return undefined;
   }
@@ -136,7 +139,7 @@ async function startTrainer(python: string): Promise<{ pid: number; steps: Step[
   const ready = new Promise<void>((resolve, reject) => {
     child.on('error', reject);
     child.on('exit', (code) => reject(new Error(`trainer exited with code ${code} before it was ready`)));
-    createInterface({ input: child.stdout! }).on('line', (line) => {
+    createInterface({ input: child.stdout }).on('line', (line) => {
       const m = JSON.parse(line) as Step & { ready?: boolean; pid?: number };
       if (m.ready) {
         pid = m.pid!;
@@ -151,7 +154,7 @@ async function startTrainer(python: string): Promise<{ pid: number; steps: Step[
     steps,
     child,
     stop: async () => {
-      child.stdin!.end('stop\n');
+      child.stdin.end('stop\n');
       await exited;
     },
   };
@@ -161,7 +164,7 @@ const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.l
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -186,7 +189,8 @@ async function main() {
   const storage: ObjectStore = createObjectStore(s3);
   await storage.ensureBucket();
   const mc = mcBin();
-  const python = process.env.TANREN_PYTHON ?? (await execa(path.join(ROOT, 'infra', 'install-stages'), { stderr: 'inherit' })).stdout.trim().split('\n').at(-1)!;
+  const python =
+    process.env.TANREN_PYTHON ?? (await execa(path.join(ROOT, 'infra', 'install-stages'), { stderr: 'inherit' })).stdout.trim().split('\n').at(-1)!;
   const statePids = path.join(process.env.TANREN_STATE_DIR ?? path.join(ROOT, '.tanren'), 'pids', 'minio.pid');
   const minioPid = existsSync(statePids) ? Number(readFileSync(statePids, 'utf8').trim()) : undefined;
   const minioCpu = () => (minioPid ? procCpu(minioPid)?.self : undefined);
@@ -311,7 +315,7 @@ async function main() {
       const upSecs = ws.flatMap((w) => w.uploadSeconds!);
       // Per round: against the idle window just before it (drift in host load cancels out).
       const paired = ws.map((w) => {
-        const before = windows[windows.indexOf(w) - 1]!;
+        const before = windows[windows.indexOf(w) - 1];
         const a = mean(inWindow(before).map((s) => s.ms));
         return (mean(inWindow(w).map((s) => s.ms)) - a) / a;
       });
@@ -345,24 +349,30 @@ async function main() {
       windows: windows.map((w) => ({ ...w, steps: inWindow(w).length, stepMs: mean(inWindow(w).map((s) => s.ms)) })),
       loadavgAtEnd: os.loadavg(),
     };
-    const out =
-      args.out ?? path.join(ROOT, 'bench', 'results', `checkpoint-slowdown-${started.toISOString().slice(0, 10)}${quick ? '-quick' : ''}.json`);
+    const out = args.out ?? path.join(ROOT, 'bench', 'results', `checkpoint-slowdown-${started.toISOString().slice(0, 10)}${quick ? '-quick' : ''}.json`);
     mkdirSync(path.dirname(out), { recursive: true });
     writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
 
     const f = (x: number | undefined, d = 2) => (x === undefined || Number.isNaN(x) ? '—' : x.toFixed(d));
-    console.log(`\n| window (${(bytes / MiB).toFixed(0)} MiB checkpoint) | steps | step ms | delay % (all idle / paired median) | run-queue wait ms/step | uploader CPU-s/GiB | MinIO CPU-s/GiB | upload GB/s during / alone | throughput vs mc |`);
+    console.log(
+      `\n| window (${(bytes / MiB).toFixed(0)} MiB checkpoint) | steps | step ms | delay % (all idle / paired median) | run-queue wait ms/step | uploader CPU-s/GiB | MinIO CPU-s/GiB | upload GB/s during / alone | throughput vs mc |`,
+    );
     console.log('|---|---|---|---|---|---|---|---|---|');
-    console.log(`| no upload | ${summary.idle!.steps} | ${f(idleMs)} | — | ${f(summary.idle!.runQueueWaitMsPerStep)} | — | — | — | — |`);
+    console.log(`| no upload | ${summary.idle.steps} | ${f(idleMs)} | — | ${f(summary.idle.runQueueWaitMsPerStep)} | — | — | — | — |`);
     for (const m of modes) {
-      const s = summary[m]!;
+      const s = summary[m];
       console.log(
         `| ${m} | ${s.steps} | ${f(s.stepMs)} | **${f(s.delayPct, 1)}** / ${f(s.delayPctPairedMedian, 1)} | ${f(s.runQueueWaitMsPerStep)} | ${f(s.uploaderCpuSecondsPerGiB)}` +
           `${s.childReportedCpuSecondsPerGiB !== undefined ? ` (child: ${f(s.childReportedCpuSecondsPerGiB)})` : ''} | ${f(s.minioCpuSecondsPerGiB)} | ` +
           `${f(s.uploadGBpsDuringTraining, 3)} / ${f(s.uploadGBpsAlone, 3)} | ${m === 'mc' ? '1.00×' : `${f(ratio(m))}×`} |`,
       );
     }
-    console.log(`load average ${result.host.loadavgAtStart.map((x) => x.toFixed(1)).join(' ')} at the start, ${os.loadavg().map((x) => x.toFixed(1)).join(' ')} at the end; results: ${path.relative(ROOT, out)}`);
+    console.log(
+      `load average ${result.host.loadavgAtStart.map((x) => x.toFixed(1)).join(' ')} at the start, ${os
+        .loadavg()
+        .map((x) => x.toFixed(1))
+        .join(' ')} at the end; results: ${path.relative(ROOT, out)}`,
+    );
   } finally {
     if (trainer && trainer.child.exitCode === null) trainer.child.kill('SIGKILL');
     try {

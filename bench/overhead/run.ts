@@ -66,12 +66,12 @@ const median = (xs: number[]) => {
   if (!xs.length) return NaN;
   const s = [...xs].sort((x, y) => x - y);
   const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
 const mean = (xs: number[]) => xs.reduce((n, x) => n + x, 0) / xs.length;
 const pct = (xs: number[], p: number) => {
   const s = [...xs].sort((x, y) => x - y);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
 };
 const r1 = (x: number) => Math.round(x * 10) / 10;
 const r2 = (x: number) => Math.round(x * 100) / 100;
@@ -94,13 +94,13 @@ async function repeat(reps: number, fn: () => Promise<unknown>): Promise<number[
 const TRUE_ARGV = ['true'];
 
 async function execFileLoop(n: number): Promise<void> {
-  for (let i = 0; i < n; i++) await execFileP(TRUE_ARGV[0]!, TRUE_ARGV.slice(1));
+  for (let i = 0; i < n; i++) await execFileP(TRUE_ARGV[0], TRUE_ARGV.slice(1));
 }
 
 /** The way runStage spawns a stage (execa, own process group, streamed output). */
 async function execaLoop(n: number): Promise<void> {
   for (let i = 0; i < n; i++) {
-    await execa(TRUE_ARGV[0]!, TRUE_ARGV.slice(1), { detached: true, reject: false, stdin: 'ignore', buffer: false, cleanup: true });
+    await execa(TRUE_ARGV[0], TRUE_ARGV.slice(1), { detached: true, reject: false, stdin: 'ignore', buffer: false, cleanup: true });
   }
 }
 
@@ -115,7 +115,7 @@ async function execFilePool(n: number, concurrency: number): Promise<void> {
     Array.from({ length: Math.min(concurrency, n) }, async () => {
       while (next < n) {
         next++;
-        await execFileP(TRUE_ARGV[0]!, TRUE_ARGV.slice(1));
+        await execFileP(TRUE_ARGV[0], TRUE_ARGV.slice(1));
       }
     }),
   );
@@ -221,7 +221,7 @@ async function phasesOf(client: Client, workflowId: string): Promise<Phases> {
   let workflowTasks = 0;
   let signals = 0;
   for (const e of events) {
-    const t = tsMs(e.eventTime as never);
+    const t = tsMs(e.eventTime);
     const id = Number(e.eventId);
     byId.set(id, t);
     if (e.activityTaskScheduledEventAttributes) sched.push({ id, t });
@@ -244,10 +244,10 @@ async function phasesOf(client: Client, workflowId: string): Promise<Phases> {
   const schedSorted = [...sched].sort((a, b) => a.t - b.t);
   for (let i = 1; i < schedSorted.length; i++) {
     const prevDone = compSorted[i - 1];
-    if (prevDone && schedSorted[i]!.t >= prevDone.t) handoffMs.push(schedSorted[i]!.t - prevDone.t);
+    if (prevDone && schedSorted[i].t >= prevDone.t) handoffMs.push(schedSorted[i].t - prevDone.t);
   }
-  const first = tsMs(events[0]?.eventTime as never);
-  const last = tsMs(events.at(-1)?.eventTime as never);
+  const first = tsMs(events[0]?.eventTime);
+  const last = tsMs(events.at(-1)?.eventTime);
   return {
     dispatchMs,
     activityMs,
@@ -324,7 +324,7 @@ async function benchCase(
     const b = median(bw);
     baselines[bname] = { wallMs: bw.map(r1), medianMs: r1(b), overheadPerStageMs: r2((tanren - b) / n), ratio: r1(tanren / b) };
   }
-  const primaryBaseline = Object.keys(baselineFns)[0]!;
+  const primaryBaseline = Object.keys(baselineFns)[0];
   return {
     case: name,
     shape,
@@ -334,8 +334,8 @@ async function benchCase(
     tanrenWallMedianMs: r1(tanren),
     baselines,
     primaryBaseline,
-    overheadPerStageMs: baselines[primaryBaseline]!.overheadPerStageMs,
-    ratio: baselines[primaryBaseline]!.ratio,
+    overheadPerStageMs: baselines[primaryBaseline].overheadPerStageMs,
+    ratio: baselines[primaryBaseline].ratio,
     phases: {
       dispatchMs: summarise(ph.dispatchMs),
       activityMs: summarise(ph.activityMs),
@@ -377,7 +377,7 @@ async function microBenchmarks(client: Client, w: Workers, workDir: string, reps
     keysWritten.push(key);
     await storage.putFile(key, empty);
   });
-  await stat('minio: getText manifest.json', () => storage.getText(keysWritten[0]!));
+  await stat('minio: getText manifest.json', () => storage.getText(keysWritten[0]));
   // Signals: to a running pipeline, naming a stage it does not have (the handler ignores it).
   const wf = await client.workflow.start('pipelineWorkflow', {
     taskQueue: w.controlQueue,
@@ -400,9 +400,9 @@ async function microBenchmarks(client: Client, w: Workers, workDir: string, reps
 // ---------- main ----------
 
 function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  const line = (r: string[]) => `| ${r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ')} |`;
-  return [line(rows[0]!), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.slice(1).map(line)].join('\n');
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  const line = (r: string[]) => `| ${r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(' | ')} |`;
+  return [line(rows[0]), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.slice(1).map(line)].join('\n');
 }
 
 async function main() {
@@ -452,7 +452,13 @@ async function main() {
   const result = {
     benchmark: 'overhead',
     date: started.toISOString(),
-    machine: { nproc: cpus.length, cpuModel: cpus[0]?.model, memoryGiB: r1(os.totalmem() / 2 ** 30), os: `${os.type()} ${os.release()}`, node: process.version },
+    machine: {
+      nproc: cpus.length,
+      cpuModel: cpus[0]?.model,
+      memoryGiB: r1(os.totalmem() / 2 ** 30),
+      os: `${os.type()} ${os.release()}`,
+      node: process.version,
+    },
     notes: [
       'Stage command: run: [true]. Each stage also sends a started signal, creates its work directory, uploads its (empty) log and its manifest to MinIO; chain stages download the previous manifest. Overhead therefore includes object storage.',
       'Workers, client and baselines run in one Node process on the same host as the Temporal dev server and MinIO.',
@@ -467,15 +473,29 @@ async function main() {
   writeFileSync(outFile, `${JSON.stringify(result, null, 2)}\n`);
   rmSync(workDir, { recursive: true, force: true });
 
-  const rows = [['case', 'conc', 'tanren ms', 'execFile ms', 'shell ms', 'execa ms', 'overhead ms/stage', 'ratio', 'activity ms (med)', 'dispatch ms (med)', 'handoff ms (med)']];
+  const rows = [
+    [
+      'case',
+      'conc',
+      'tanren ms',
+      'execFile ms',
+      'shell ms',
+      'execa ms',
+      'overhead ms/stage',
+      'ratio',
+      'activity ms (med)',
+      'dispatch ms (med)',
+      'handoff ms (med)',
+    ],
+  ];
   for (const c of cases) {
     rows.push([
       c.case,
       String(c.cpuConcurrency),
       String(c.tanrenWallMedianMs),
-      String(c.baselines['execFile loop']!.medianMs),
-      String(c.baselines['shell loop']!.medianMs),
-      String(c.baselines['execa loop']!.medianMs),
+      String(c.baselines['execFile loop'].medianMs),
+      String(c.baselines['shell loop'].medianMs),
+      String(c.baselines['execa loop'].medianMs),
       String(c.overheadPerStageMs),
       `${c.ratio}×`,
       String(c.phases.activityMs.median),

@@ -59,10 +59,14 @@ export function configureArtifactsCommand(program: Command): void {
         for (const s of out) {
           if (!s.finished) rows.push([s.stage, colour.dim('no outputs (not finished)'), '', '']);
           else if (!s.files.length) rows.push([s.stage, colour.dim('(no files)'), '', '']);
-          else for (const f of s.files) rows.push([s.stage, f.path, formatBytes(f.size), f.sha256.slice(0, 12), s.cachedFrom ? colour.dim(`cached: ${s.cachedFrom}`) : '']);
+          else
+            for (const f of s.files)
+              rows.push([s.stage, f.path, formatBytes(f.size), f.sha256.slice(0, 12), s.cachedFrom ? colour.dim(`cached: ${s.cachedFrom}`) : '']);
         }
         process.stdout.write(`${table(['STAGE', 'PATH', 'SIZE', 'SHA256', ''], rows)}\n`);
-        process.stdout.write(colour.dim(`\nobject keys: s3://${store.bucket}/runs/${run}/<stage>/manifest.json (or --json)  —  tanren get ${run} <stage> <path> <dest>\n`));
+        process.stdout.write(
+          colour.dim(`\nobject keys: s3://${store.bucket}/runs/${run}/<stage>/manifest.json (or --json)  —  tanren get ${run} <stage> <path> <dest>\n`),
+        );
       }),
     );
 }

@@ -59,10 +59,12 @@ export function configureCompareCommand(program: Command): void {
             const input = (await runInput(e, c, run)) as { spec?: ComparedRun['spec'] } | undefined;
             runs.push({ run, spec: input?.spec, metrics: loaded.metrics, results, llmJpEval: loaded.llmJpEval, mtBench: loaded.mtBench });
           }
-          const references = await readReferenceScores(opts.referenceScores, { cwd: e.projectDir, paramsSource: '--reference-scores' }).catch((err: unknown) => {
-            if (err instanceof ReportInputError) throw new CliError(err.message, ExitCodes.usage);
-            throw err;
-          });
+          const references = await readReferenceScores(opts.referenceScores, { cwd: e.projectDir, paramsSource: '--reference-scores' }).catch(
+            (err: unknown) => {
+              if (err instanceof ReportInputError) throw new CliError(err.message, ExitCodes.usage);
+              throw err;
+            },
+          );
           const page = await buildComparePage(runs, references, { generatedAt: new Date().toISOString(), referenceSource: opts.referenceScores });
           const html = path.resolve(opts.out ?? 'tanren-compare.html');
           await mkdir(path.dirname(html), { recursive: true });
@@ -81,9 +83,23 @@ export function renderComparison(c: Comparison): string {
   const header = ['', ...c.runs];
   const row = (name: string, values: ReadonlyArray<unknown>) => [name, ...values.map(formatValue)];
   const parts = [colour.bold(`params that differ (${c.params.length} of ${c.paramsCompared})`)];
-  parts.push(c.params.length ? table(header, c.params.map((r) => row(r.name, r.values))) : colour.dim('  none'));
+  parts.push(
+    c.params.length
+      ? table(
+          header,
+          c.params.map((r) => row(r.name, r.values)),
+        )
+      : colour.dim('  none'),
+  );
   parts.push('', colour.bold('final metrics per stage'));
-  parts.push(c.finals.length ? table(header, c.finals.map((r) => row(r.name, r.values))) : colour.dim('  no stage logged metrics'));
+  parts.push(
+    c.finals.length
+      ? table(
+          header,
+          c.finals.map((r) => row(r.name, r.values)),
+        )
+      : colour.dim('  no stage logged metrics'),
+  );
   parts.push('', colour.bold('evaluation'));
   parts.push(table(header, [row('llm-jp-eval average', c.evals.llmJpEval), row('MT-Bench', c.evals.mtBench)]));
   return parts.join('\n');

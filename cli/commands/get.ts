@@ -39,7 +39,7 @@ export function selectFiles<E extends ManifestEntry>(files: readonly E[], wanted
 export function configureGetCommand(program: Command): void {
   program
     .command('get')
-    .description("download an output file (or a directory of outputs) of a stage, verifying its sha256")
+    .description('download an output file (or a directory of outputs) of a stage, verifying its sha256')
     .argument('<run>', 'workflow id of the run')
     .argument('<stage>', 'stage id')
     .argument('<path>', 'output path as `tanren artifacts` lists it, or a directory of outputs')

@@ -150,7 +150,11 @@ export function configureLogsCommand(program: Command): void {
             await printLog(store, from, stage, theirs.at(-1)!);
             return;
           }
-          if (from) throw new CliError(`stage "${stage}" of run ${run} did not run: cache hit on the outputs of run ${from} (tanren logs ${from} ${stage})`, ExitCodes.notFound);
+          if (from)
+            throw new CliError(
+              `stage "${stage}" of run ${run} did not run: cache hit on the outputs of run ${from} (tanren logs ${from} ${stage})`,
+              ExitCodes.notFound,
+            );
           throw notStarted(run, stage);
         }
         const attempt = opts.attempt ?? attempts.at(-1)!;

@@ -51,25 +51,51 @@ export function configureReportCommand(program: Command): void {
           const view = await fetchRun(c, run).catch(() => undefined);
           const timeline = (view?.status?.stages ?? [])
             .filter((s) => s.startedAt && s.endedAt && Date.parse(s.endedAt) >= Date.parse(s.startedAt))
-            .map((s) => ({ stage: s.id, start: s.startedAt!, end: s.endedAt!, ...(s.attempt ? { attempts: s.attempt } : {}), state: s.state, ...(s.cachedFrom ? { cachedFrom: s.cachedFrom } : {}) }));
+            .map((s) => ({
+              stage: s.id,
+              start: s.startedAt!,
+              end: s.endedAt!,
+              ...(s.attempt ? { attempts: s.attempt } : {}),
+              state: s.state,
+              ...(s.cachedFrom ? { cachedFrom: s.cachedFrom } : {}),
+            }));
           const output = path.join(work, 'output');
           await mkdir(output, { recursive: true });
           await mkdir(inputs, { recursive: true });
           const params = path.join(work, 'params.json');
-          await writeFile(params, JSON.stringify({ reference_scores: opts.referenceScores, title: `tanren report: ${run}`, model_name: run, ...(timeline.length ? { timeline } : {}) }));
+          await writeFile(
+            params,
+            JSON.stringify({
+              reference_scores: opts.referenceScores,
+              title: `tanren report: ${run}`,
+              model_name: run,
+              ...(timeline.length ? { timeline } : {}),
+            }),
+          );
           const events = path.join(work, 'events.jsonl');
           await writeFile(events, '');
           const r = await execa(process.execPath, [REPORT_MAIN], {
             cwd: e.projectDir,
             reject: false,
-            env: { TANREN_RUN_ID: run, TANREN_STAGE_ID: 'report', TANREN_ATTEMPT: '1', TANREN_PARAMS: params, TANREN_INPUTS: inputs, TANREN_OUTPUT: output, TANREN_EVENTS: events },
+            env: {
+              TANREN_RUN_ID: run,
+              TANREN_STAGE_ID: 'report',
+              TANREN_ATTEMPT: '1',
+              TANREN_PARAMS: params,
+              TANREN_INPUTS: inputs,
+              TANREN_OUTPUT: output,
+              TANREN_EVENTS: events,
+            },
           });
           if (r.exitCode !== 0) throw new CliError(`the report could not be built: ${String(r.stderr).trim().split('\n').at(-1)}`, ExitCodes.failed);
           // Stored beside the run's stages like a stage's outputs: a prefix of its own, the manifest last, pointing at it.
           const prefix = outputKeys.attempt(run, '_report', 1, attemptToken());
           const files = (await describeFiles(output)).map((f) => ({ ...f, key: prefix + f.path }));
           for (const f of files) await store.putFile(f.key, path.join(output, f.path));
-          await store.putText(keys.manifest(run, '_report'), JSON.stringify({ runId: run, stage: '_report', attempt: 1, createdAt: new Date().toISOString(), prefix, files, result: {} }, null, 2));
+          await store.putText(
+            keys.manifest(run, '_report'),
+            JSON.stringify({ runId: run, stage: '_report', attempt: 1, createdAt: new Date().toISOString(), prefix, files, result: {} }, null, 2),
+          );
           const local = path.resolve(opts.output ?? `tanren-report-${run}`);
           await mkdir(local, { recursive: true });
           for (const name of await readdir(output)) await store.getFile(prefix + name, path.join(local, name));

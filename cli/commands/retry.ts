@@ -27,7 +27,7 @@ export function configureRetryCommand(program: Command): void {
     .description('re-run a failed or cancelled run in place, resuming from its checkpoints (a Temporal reset)')
     .argument('<run>', 'workflow id of the run')
     .option('--from <stage>', 'start again at this stage (default: the first stage that failed or was cancelled)')
-    .option('--reason <text>', 'recorded with the reset in the run\'s history')
+    .option('--reason <text>', "recorded with the reset in the run's history")
     .option('--watch', 'follow the run until it ends')
     .action(
       action(async (id: string, raw: unknown) => {
@@ -57,7 +57,9 @@ export function configureRetryCommand(program: Command): void {
           // Signals are re-applied as the UI's Reset does; tanren's workflow ignores any that could change what runs.
           resetReapplyType: temporal.api.enums.v1.ResetReapplyType.RESET_REAPPLY_TYPE_SIGNAL,
         });
-        process.stdout.write(`retrying ${id} from stage "${point.stage}" (new execution ${res.runId})\n  UI: ${uiUrl(e.TANREN_UI_URL, e.TEMPORAL_NAMESPACE, id, res.runId ?? undefined)}\n`);
+        process.stdout.write(
+          `retrying ${id} from stage "${point.stage}" (new execution ${res.runId})\n  UI: ${uiUrl(e.TANREN_UI_URL, e.TEMPORAL_NAMESPACE, id, res.runId ?? undefined)}\n`,
+        );
         return opts.watch ? watchRun(c, e, id) : ExitCodes.ok;
       }),
     );

@@ -100,7 +100,9 @@ export function configureServeCommand(program: Command): void {
         if (problems.length) throw new CliError(problems.join('\n'), ExitCodes.failed);
         const name = opts.modelName ?? `${run}/${stage}`;
         process.stderr.write(
-          colour.dim(`${stage} of ${run}${found.cachedFrom ? ` (outputs of run ${found.cachedFrom})` : ''}: ${files.length} files in ${dir} (${fetched} downloaded, sha256 checked)\n`),
+          colour.dim(
+            `${stage} of ${run}${found.cachedFrom ? ` (outputs of run ${found.cachedFrom})` : ''}: ${files.length} files in ${dir} (${fetched} downloaded, sha256 checked)\n`,
+          ),
         );
 
         const stagesDir = path.join(e.projectDir, 'stages');
@@ -121,7 +123,7 @@ export function configureServeCommand(program: Command): void {
         process.on('SIGINT', forward('SIGINT'));
         process.on('SIGTERM', forward('SIGTERM'));
         let listening = false;
-        createInterface({ input: child.stdout! }).on('line', (line) => {
+        createInterface({ input: child.stdout }).on('line', (line) => {
           let msg: { event?: string; host?: string; port?: number; device?: string } | undefined;
           try {
             msg = JSON.parse(line) as typeof msg;
@@ -134,7 +136,11 @@ export function configureServeCommand(program: Command): void {
             if (opts.json) process.stdout.write(`${JSON.stringify({ base_url: url, model: name, host: msg.host, port: msg.port, device: msg.device, dir })}\n`);
             else {
               process.stdout.write(`base_url: ${url}\nmodel: ${name}\n`);
-              process.stderr.write(colour.dim(`try: curl ${url}/chat/completions -H 'Content-Type: application/json' -d '{"model": "${name}", "messages": [{"role": "user", "content": "こんにちは"}]}'\n`));
+              process.stderr.write(
+                colour.dim(
+                  `try: curl ${url}/chat/completions -H 'Content-Type: application/json' -d '{"model": "${name}", "messages": [{"role": "user", "content": "こんにちは"}]}'\n`,
+                ),
+              );
             }
             return;
           }
@@ -144,7 +150,11 @@ export function configureServeCommand(program: Command): void {
           child.once('error', (err) => reject(new CliError(`cannot start ${python.python}: ${err.message}`, ExitCodes.config)));
           child.once('exit', (c, sig) => resolve(c ?? (sig ? 128 : 1)));
         });
-        if (!listening) throw new CliError(`the model server for stage "${stage}" of run ${run} stopped before listening (exit ${code}); see its messages above`, ExitCodes.failed);
+        if (!listening)
+          throw new CliError(
+            `the model server for stage "${stage}" of run ${run} stopped before listening (exit ${code}); see its messages above`,
+            ExitCodes.failed,
+          );
         return code === 0 || code === 130 || code === 143 ? ExitCodes.ok : ExitCodes.failed;
       }),
     );

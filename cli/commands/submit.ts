@@ -75,7 +75,8 @@ export function configureSubmitCommand(program: Command): void {
         if (earlier?.status === 'RUNNING') throw alreadyRunning(workflowId);
         if (opts.reuse) {
           const removed = await clearRunPrefix(cliStore(e), workflowId);
-          if (!opts.json && (earlier || removed)) process.stderr.write(`reusing ${workflowId}: removed ${removed} objects of the earlier run (its outputs stay)\n`);
+          if (!opts.json && (earlier || removed))
+            process.stderr.write(`reusing ${workflowId}: removed ${removed} objects of the earlier run (its outputs stay)\n`);
         } else if (earlier) {
           throw new RunIdInUseError(workflowId, earlier.status, earlier.closed ? `closed ${earlier.closed.toISOString()}` : '');
         } else {

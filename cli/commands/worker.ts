@@ -10,14 +10,17 @@ import { ExitCodes } from '../output.js';
 const Options = z.object({
   queue: z.enum(['cpu', 'gpu']),
   taskQueue: z.string().optional(),
-  pool: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'pool names are lower-case letters, digits and "-"').optional(),
+  pool: z
+    .string()
+    .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'pool names are lower-case letters, digits and "-"')
+    .optional(),
 });
 
 /** Registers `worker`. */
 export function configureWorkerCommand(program: Command): void {
   program
     .command('worker')
-    .description('run a worker: cpu (pipeline workflows and CPU stages) or gpu (this host\'s GPU queue and its pool\'s, one stage per GPU)')
+    .description("run a worker: cpu (pipeline workflows and CPU stages) or gpu (this host's GPU queue and its pool's, one stage per GPU)")
     .requiredOption('--queue <cpu|gpu>', 'which stages to serve')
     .option('--task-queue <name>', 'serve this task queue instead of the configured one')
     .option('--pool <name>', 'gpu: also serve the GPU pool tanren-gpu-pool-<name> (default TANREN_GPU_POOL)')

@@ -1,4 +1,5 @@
 """Helpers shared by the model stages: finding inputs, tokenizers, devices, chat templates, safe loading."""
+
 from __future__ import annotations
 
 import contextlib
@@ -60,16 +61,22 @@ def load_weights(path: Path | str, *, map_location=None, what: str = "checkpoint
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
-            raise InvalidStageInput(f"{path}: refused to load this {what}: it is not weights-only (tensors, lists, dicts, numbers) "
-                                    f"and unpickling it could run code ({_unpickle_reason(e)}); write it with torch.save of a "
-                                    "state dict, or as safetensors") from None
-        raise InvalidStageInput(f"{path}: this {what} cannot be read as a torch checkpoint ({_unpickle_reason(e)})") from None
+            raise InvalidStageInput(
+                f"{path}: refused to load this {what}: it is not weights-only (tensors, lists, dicts, numbers) "
+                f"and unpickling it could run code ({_unpickle_reason(e)}); write it with torch.save of a "
+                "state dict, or as safetensors"
+            ) from None
+        raise InvalidStageInput(
+            f"{path}: this {what} cannot be read as a torch checkpoint ({_unpickle_reason(e)})"
+        ) from None
     except EOFError as e:
         raise InvalidStageInput(f"{path}: this {what} is truncated ({e or 'ran out of input'})") from None
     except RuntimeError as e:
         if "PytorchStreamReader" not in str(e):  # e.g. CUDA out of memory while loading: not the file's fault
             raise
-        raise InvalidStageInput(f"{path}: this {what} cannot be read as a torch checkpoint ({_unpickle_reason(e)})") from None
+        raise InvalidStageInput(
+            f"{path}: this {what} cannot be read as a torch checkpoint ({_unpickle_reason(e)})"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -82,8 +89,10 @@ def refusing_unsafe_pickles(what: str):
         refusal = _weights_only_refusal(e)
         if refusal is None:
             raise
-        raise InvalidStageInput(f"{what}: refused to load a file that is not weights-only (tensors, lists, dicts, numbers): "
-                                f"unpickling it could run code ({_unpickle_reason(refusal)})") from None
+        raise InvalidStageInput(
+            f"{what}: refused to load a file that is not weights-only (tensors, lists, dicts, numbers): "
+            f"unpickling it could run code ({_unpickle_reason(refusal)})"
+        ) from None
 
 
 # A minimal ChatML-style template for tokenizers that have none. The
@@ -123,7 +132,7 @@ CHAT_TOKENS = {"chatml": ("<|im_start|>", "<|im_end|>"), "llm-jp": ()}
 CHAT_FORMAT_FILE = "chat_format.json"
 
 
-def chat_tuned(tokenizer_dir: "Path | str") -> dict | None:
+def chat_tuned(tokenizer_dir: Path | str) -> dict | None:
     """The chat_format.json that sft/dpo left beside a tokenizer (the model was tuned in that chat format), else None."""
     f = Path(tokenizer_dir) / CHAT_FORMAT_FILE
     try:
@@ -148,7 +157,11 @@ def pick_device(ctx: StageContext) -> str:
     if want == "cuda" and not torch.cuda.is_available():
         raise StageConfigError(f"{ctx.params.source}: field 'device' is cuda but torch sees no CUDA device")
     if want == "auto":
-        return "cuda" if (ctx.device == "cuda" or os.environ.get("TANREN_DEVICE") == "cuda") and torch.cuda.is_available() else "cpu"
+        return (
+            "cuda"
+            if (ctx.device == "cuda" or os.environ.get("TANREN_DEVICE") == "cuda") and torch.cuda.is_available()
+            else "cpu"
+        )
     return want
 
 
@@ -206,7 +219,8 @@ def _hub_source(repo: str, where: str) -> ModelSource:
             f"{where}: {repo} is not a local directory, so it was taken as a Hugging Face Hub model, but it is not in "
             f"the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 forbids downloading it. Download it "
             f"first on a machine with internet (huggingface-cli download {repo}, with the same HF_HOME/HF_HUB_CACHE), "
-            f"or set the field to a local model directory")
+            f"or set the field to a local model directory"
+        )
     return ModelSource(repo, hub=True)
 
 
@@ -230,8 +244,10 @@ def read_pointer(pointer: Path, where: str) -> ModelSource:
     else:
         bp = Path(base) if Path(base).is_absolute() else _lexical(pointer.parent / base)
         if not (bp / "config.json").exists():
-            raise StageConfigError(f"{where}: {pointer} names base model {bp}, which is not a model directory on this worker "
-                                   "(no config.json): make it available at that path")
+            raise StageConfigError(
+                f"{where}: {pointer} names base model {bp}, which is not a model directory on this worker "
+                "(no config.json): make it available at that path"
+            )
         src = ModelSource(str(bp))
     return ModelSource(src.base, ad, src.hub, bool(meta.get("load_in_4bit", False)))
 
@@ -257,7 +273,9 @@ def resolve_model(ctx: StageContext, *, param: str = "model", input_param: str =
         if p.exists():
             src = model_source_at(p, where)
             if src is None:
-                raise InvalidStageInput(f"{where}: {p} holds no HF model (no config.json, nor model/config.json or model/{POINTER})")
+                raise InvalidStageInput(
+                    f"{where}: {p} holds no HF model (no config.json, nor model/config.json or model/{POINTER})"
+                )
             return src
         if HUB_ID.match(raw):
             return _hub_source(raw, where)
@@ -268,7 +286,9 @@ def resolve_model(ctx: StageContext, *, param: str = "model", input_param: str =
         for rel in ("model/config.json", f"model/{POINTER}"):
             if (d / rel).exists():
                 return model_source_at(d / "model", f"{ctx.params.source}: input {d.name}")  # type: ignore[return-value]
-    raise InvalidStageInput(f"{ctx.params.source}: set field '{param}' to a model directory or Hub repo id, or need a stage whose outputs have model/")
+    raise InvalidStageInput(
+        f"{ctx.params.source}: set field '{param}' to a model directory or Hub repo id, or need a stage whose outputs have model/"
+    )
 
 
 def resolve_model_dir(ctx: StageContext, *, param: str = "model", input_param: str = "input") -> ModelSource:
@@ -285,16 +305,22 @@ def write_pointer(ctx: StageContext, source: ModelSource, adapter_dir: Path, *, 
         base, hub = source.base, True
     else:
         bp = Path(source.base).resolve()
-        inside = ctx.inputs is not None and (bp.is_relative_to(ctx.inputs.resolve())
-                                             or _lexical(Path(source.base)).is_relative_to(_lexical(ctx.inputs)))
+        inside = ctx.inputs is not None and (
+            bp.is_relative_to(ctx.inputs.resolve()) or _lexical(Path(source.base)).is_relative_to(_lexical(ctx.inputs))
+        )
         if inside:
             shutil.copytree(bp, ctx.output / "base", dirs_exist_ok=True)
             base = "../base"
         else:
             base = str(bp)
         hub = False
-    meta = {"base_model": base, "hub": hub, "adapter": os.path.relpath(adapter_dir, out), "load_in_4bit": load_in_4bit,
-            "note": "tanren: the LoRA adapter was not merged; load base_model, then the PEFT adapter on top"}
+    meta = {
+        "base_model": base,
+        "hub": hub,
+        "adapter": os.path.relpath(adapter_dir, out),
+        "load_in_4bit": load_in_4bit,
+        "note": "tanren: the LoRA adapter was not merged; load base_model, then the PEFT adapter on top",
+    }
     (out / POINTER).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return out / POINTER
 
@@ -311,16 +337,23 @@ def half_dtype(device: str):
 def bnb_4bit_config(where: str, device: str, compute_dtype=None):
     """A BitsAndBytesConfig for NF4 loading, or a StageConfigError when it cannot work here."""
     if device != "cuda":
-        raise StageConfigError(f"{where}: 4-bit QLoRA needs a CUDA GPU ('qlora'/'load_in_4bit' set); this worker has device {device}")
+        raise StageConfigError(
+            f"{where}: 4-bit QLoRA needs a CUDA GPU ('qlora'/'load_in_4bit' set); this worker has device {device}"
+        )
     try:
         import bitsandbytes  # noqa: F401
     except Exception as e:  # noqa: BLE001  (ImportError, or a CUDA library bitsandbytes cannot load)
-        raise StageConfigError(f"{where}: 4-bit loading needs the bitsandbytes package, which failed to import here ({e})")
-    import torch
+        raise StageConfigError(
+            f"{where}: 4-bit loading needs the bitsandbytes package, which failed to import here ({e})"
+        )
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype or half_dtype(device))
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype or half_dtype(device),
+    )
 
 
 def load_causal_lm(source: ModelSource, where: str, **kwargs):
@@ -329,17 +362,20 @@ def load_causal_lm(source: ModelSource, where: str, **kwargs):
 
     try:
         # No code from the model's repo (trust_remote_code); weights from safetensors, else a weights-only torch.load.
-        return AutoModelForCausalLM.from_pretrained(source.base, attn_implementation="sdpa", trust_remote_code=False, weights_only=True,
-                                                    **kwargs)
+        return AutoModelForCausalLM.from_pretrained(
+            source.base, attn_implementation="sdpa", trust_remote_code=False, weights_only=True, **kwargs
+        )
     except Exception as e:  # noqa: BLE001  (transformers re-raises the refusal as OSError)
         refusal = _weights_only_refusal(e)
         if refusal is None:
             if isinstance(e, OSError) and source.hub:
                 raise StageConfigError(f"{where}: could not load Hub model {source.base}: {e}")
             raise
-        raise InvalidStageInput(f"{where}: refused to load the weights of model {source.base}: they are not weights-only and "
-                                f"unpickling them could run code ({_unpickle_reason(refusal)}); use a model saved as "
-                                "safetensors") from None
+        raise InvalidStageInput(
+            f"{where}: refused to load the weights of model {source.base}: they are not weights-only and "
+            f"unpickling them could run code ({_unpickle_reason(refusal)}); use a model saved as "
+            "safetensors"
+        ) from None
 
 
 def match_vocab(model, tok) -> None:
@@ -349,7 +385,7 @@ def match_vocab(model, tok) -> None:
         model.resize_token_embeddings(len(tok))
 
 
-def load_tokenizer(model_dir: "Path | str | ModelSource"):
+def load_tokenizer(model_dir: Path | str | ModelSource):
     from transformers import AutoTokenizer
 
     where = model_dir.tokenizer if isinstance(model_dir, ModelSource) else str(model_dir)

@@ -13,15 +13,37 @@ e.g. after QLoRA SFT), that adapter is trained further and a frozen copy of it i
 Outputs: as `sft`.
 Metrics: loss, reward_accuracy, reward_margin, reward_chosen, reward_rejected.
 """
+
 from __future__ import annotations
 
-from .hf_train import (COMMON_KEYS, check_messages, check_qlora, data_files, device_for, eval_kwargs, events_callback, final_evaluation, is_peft,
-                       load_model_and_tokenizer, load_rows, peft_config_for, run_training, save_final, split_rows, training_args_kwargs)
+from .hf_train import (
+    COMMON_KEYS,
+    check_messages,
+    check_qlora,
+    data_files,
+    device_for,
+    eval_kwargs,
+    events_callback,
+    final_evaluation,
+    is_peft,
+    load_model_and_tokenizer,
+    load_rows,
+    peft_config_for,
+    run_training,
+    save_final,
+    split_rows,
+    training_args_kwargs,
+)
 from .protocol import InvalidStageInput, StageContext, StopFlag, run_stage
 
-RENAMES = {"rewards/accuracies": "reward_accuracy", "rewards/margins": "reward_margin", "rewards/chosen": "reward_chosen",
-           "rewards/rejected": "reward_rejected", "eval_rewards/accuracies": "eval_reward_accuracy",
-           "eval_rewards/margins": "eval_reward_margin"}
+RENAMES = {
+    "rewards/accuracies": "reward_accuracy",
+    "rewards/margins": "reward_margin",
+    "rewards/chosen": "reward_chosen",
+    "rewards/rejected": "reward_rejected",
+    "eval_rewards/accuracies": "eval_reward_accuracy",
+    "eval_rewards/margins": "eval_reward_margin",
+}
 
 
 def to_pair(where: str, row: dict) -> dict:
@@ -65,11 +87,26 @@ def build_trainer(ctx: StageContext, stop: StopFlag | None = None):
         peft_cfg = None
         adapters = dict(model_adapter_name="default", ref_adapter_name="reference")
     kw = training_args_kwargs(ctx, device, 5e-6)
-    args = DPOConfig(**adapters, **kw, **eval_kwargs(ctx, eval_split == "held-out"), beta=p.float("beta", 0.1, min=0), max_length=p.int("max_length", 1024, min=8),
-                     max_prompt_length=p.int("max_prompt_length", 512, min=1), loss_type=p.str("loss_type", "sigmoid"))
+    args = DPOConfig(
+        **adapters,
+        **kw,
+        **eval_kwargs(ctx, eval_split == "held-out"),
+        beta=p.float("beta", 0.1, min=0),
+        max_length=p.int("max_length", 1024, min=8),
+        max_prompt_length=p.int("max_prompt_length", 512, min=1),
+        loss_type=p.str("loss_type", "sigmoid"),
+    )
     cb = events_callback(ctx, stop, RENAMES)
-    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=ds, eval_dataset=eval_ds,
-                         processing_class=tok, peft_config=peft_cfg, callbacks=[cb])
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=None,
+        args=args,
+        train_dataset=ds,
+        eval_dataset=eval_ds,
+        processing_class=tok,
+        peft_config=peft_cfg,
+        callbacks=[cb],
+    )
     trainer.tanren_source = source
     trainer.tanren_eval_split = eval_split
     return trainer, cb, tok, lora
@@ -82,11 +119,20 @@ def main(ctx: StageContext) -> None:
     result = {"steps": trainer.state.global_step, "lora": lora}
     hist = [h for h in trainer.state.log_history if "loss" in h]
     if hist:
-        result.update(final_loss=hist[-1]["loss"], reward_accuracy=hist[-1].get("rewards/accuracies"), reward_margin=hist[-1].get("rewards/margins"))
+        result.update(
+            final_loss=hist[-1]["loss"],
+            reward_accuracy=hist[-1].get("rewards/accuracies"),
+            reward_margin=hist[-1].get("rewards/margins"),
+        )
     if trainer.eval_dataset is not None:
         ev = final_evaluation(trainer)
-        result.update(eval_reward_accuracy=ev.get("eval_rewards/accuracies"), eval_reward_margin=ev.get("eval_rewards/margins"), eval_loss=ev.get("eval_loss"),
-                      eval_split=trainer.tanren_eval_split, eval_rows=len(trainer.eval_dataset))
+        result.update(
+            eval_reward_accuracy=ev.get("eval_rewards/accuracies"),
+            eval_reward_margin=ev.get("eval_rewards/margins"),
+            eval_loss=ev.get("eval_loss"),
+            eval_split=trainer.tanren_eval_split,
+            eval_rows=len(trainer.eval_dataset),
+        )
     out = save_final(ctx, trainer, tok, lora, trainer.tanren_source)
     if (out / "model.safetensors").exists():
         ctx.artifact("model/model.safetensors", "DPO-tuned model")

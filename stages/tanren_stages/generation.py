@@ -7,20 +7,37 @@ bitsandbytes). A LoRA adapter is merged into a non-quantised base for faster gen
 Params read by from_ctx: model/input, device, seed, precision ("auto" | "bf16" | "fp16" | "fp32"), load_in_4bit
 (default: true on CUDA when the model is an adapter trained on a 4-bit base, i.e. model/base.json says so).
 """
+
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from .common import (ModelSource, bnb_4bit_config, chat_tuned, half_dtype, load_causal_lm, load_tokenizer, match_vocab, pick_device,
-                     resolve_model)
+from .common import (
+    ModelSource,
+    bnb_4bit_config,
+    chat_tuned,
+    half_dtype,
+    load_causal_lm,
+    load_tokenizer,
+    match_vocab,
+    pick_device,
+    resolve_model,
+)
 from .protocol import StageConfigError, StageContext
 
 
-
 class Generator:
-    def __init__(self, model: ModelSource | Path | str, device: str, seed: int = 1234, *, precision: str = "auto",
-                 load_in_4bit: bool | None = False, where: str = "generation"):
+    def __init__(
+        self,
+        model: ModelSource | Path | str,
+        device: str,
+        seed: int = 1234,
+        *,
+        precision: str = "auto",
+        load_in_4bit: bool | None = False,
+        where: str = "generation",
+    ):
         import torch
 
         source = model if isinstance(model, ModelSource) else ModelSource(str(model))
@@ -59,11 +76,16 @@ class Generator:
         self.max_positions = getattr(self.model.config, "max_position_embeddings", 2048)
 
     @classmethod
-    def from_ctx(cls, ctx: StageContext) -> "Generator":
+    def from_ctx(cls, ctx: StageContext) -> Generator:
         p = ctx.params
-        return cls(resolve_model(ctx), pick_device(ctx), p.int("seed", 1234),
-                   precision=p.str("precision", "auto", choices=["auto", "bf16", "fp16", "fp32"]),
-                   load_in_4bit=p.bool("load_in_4bit") if p.has("load_in_4bit") else None, where=p.source)
+        return cls(
+            resolve_model(ctx),
+            pick_device(ctx),
+            p.int("seed", 1234),
+            precision=p.str("precision", "auto", choices=["auto", "bf16", "fp16", "fp32"]),
+            load_in_4bit=p.bool("load_in_4bit") if p.has("load_in_4bit") else None,
+            where=p.source,
+        )
 
     def complete(self, prompt: str, max_new_tokens: int, temperature: float = 0.0) -> tuple[str, int]:
         ids = self.tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids
@@ -84,9 +106,17 @@ class Generator:
         if ids.shape[1] > keep:  # keep the end of an over-long prompt
             ids = ids[:, -keep:]
         ids = ids.to(self.device)
-        stop = [t for t in {self.tok.eos_token_id, self.tok.convert_tokens_to_ids("<|im_end|>")} if isinstance(t, int) and t >= 0 and t != self.tok.unk_token_id]
-        kw = dict(max_new_tokens=budget, pad_token_id=self.tok.pad_token_id, eos_token_id=stop or None,
-                  attention_mask=torch.ones_like(ids))
+        stop = [
+            t
+            for t in {self.tok.eos_token_id, self.tok.convert_tokens_to_ids("<|im_end|>")}
+            if isinstance(t, int) and t >= 0 and t != self.tok.unk_token_id
+        ]
+        kw = dict(
+            max_new_tokens=budget,
+            pad_token_id=self.tok.pad_token_id,
+            eos_token_id=stop or None,
+            attention_mask=torch.ones_like(ids),
+        )
         if temperature > 0:
             torch.manual_seed(self.seed)
             kw.update(do_sample=True, temperature=temperature, top_p=1.0)
@@ -94,5 +124,5 @@ class Generator:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         with torch.no_grad():
             out = self.model.generate(ids, **kw)
-        new = out[0, ids.shape[1]:]
+        new = out[0, ids.shape[1] :]
         return self.tok.decode(new, skip_special_tokens=True), int(new.shape[0])

@@ -1,12 +1,25 @@
 """Shared pieces of the TRL-based stages (sft, dpo): params, model loading, LoRA, events callback."""
+
 from __future__ import annotations
 
 import math
 import sys
 from pathlib import Path
 
-from .common import (CHAT_FORMAT_FILE, CHAT_TEMPLATES, ModelSource, bf16_ok, bnb_4bit_config, ensure_chat_tokens, load_causal_lm,
-                     match_vocab, pick_device, refusing_unsafe_pickles, resolve_model, write_pointer)
+from .common import (
+    CHAT_FORMAT_FILE,
+    CHAT_TEMPLATES,
+    ModelSource,
+    bf16_ok,
+    bnb_4bit_config,
+    ensure_chat_tokens,
+    load_causal_lm,
+    match_vocab,
+    pick_device,
+    refusing_unsafe_pickles,
+    resolve_model,
+    write_pointer,
+)
 from .protocol import InvalidStageInput, StageConfigError, StageContext, StopFlag, read_jsonl, write_json
 
 try:  # the map() progress bars of datasets only clutter the stage log
@@ -16,10 +29,36 @@ try:  # the map() progress bars of datasets only clutter the stage log
 except Exception:  # noqa: BLE001
     pass
 
-COMMON_KEYS = {"model", "input", "data", "data_input", "lora", "load_in_4bit", "qlora", "max_steps", "num_train_epochs",
-               "lr", "micro_batch_size", "gradient_accumulation_steps", "max_length", "seed", "warmup_ratio",
-               "lr_scheduler", "weight_decay", "checkpoint_every", "log_every", "gradient_checkpointing", "device",
-               "precision", "threads", "merge_adapter", "eval_fraction", "eval_max_rows", "eval_every", "chat_template"}
+COMMON_KEYS = {
+    "model",
+    "input",
+    "data",
+    "data_input",
+    "lora",
+    "load_in_4bit",
+    "qlora",
+    "max_steps",
+    "num_train_epochs",
+    "lr",
+    "micro_batch_size",
+    "gradient_accumulation_steps",
+    "max_length",
+    "seed",
+    "warmup_ratio",
+    "lr_scheduler",
+    "weight_decay",
+    "checkpoint_every",
+    "log_every",
+    "gradient_checkpointing",
+    "device",
+    "precision",
+    "threads",
+    "merge_adapter",
+    "eval_fraction",
+    "eval_max_rows",
+    "eval_every",
+    "chat_template",
+}
 
 
 def data_files(ctx: StageContext, default_name: str) -> list[Path]:
@@ -29,7 +68,9 @@ def data_files(ctx: StageContext, default_name: str) -> list[Path]:
     elif p.has("data_input"):
         d = ctx.input_dir(p.str("data_input"), param="data_input")
     else:
-        raise InvalidStageInput(f"{p.source}: field 'data' (a .jsonl file or directory) is required, or 'data_input' naming a needed stage")
+        raise InvalidStageInput(
+            f"{p.source}: field 'data' (a .jsonl file or directory) is required, or 'data_input' naming a needed stage"
+        )
     if d.is_file():
         return [d]
     if not d.is_dir():
@@ -64,7 +105,9 @@ def split_rows(ctx: StageContext, rows: list, default_fraction: float = 0.1) -> 
         return rows, []
     n = min(max(1, round(len(rows) * frac)), p.int("eval_max_rows", 256, min=1))
     if n >= len(rows):
-        raise InvalidStageInput(f"{p.source}: field 'eval_fraction' ({frac}) would hold out all {len(rows)} rows; lower it or add data")
+        raise InvalidStageInput(
+            f"{p.source}: field 'eval_fraction' ({frac}) would hold out all {len(rows)} rows; lower it or add data"
+        )
     held = set(_random.Random(p.int("seed", 1234)).sample(range(len(rows)), n))
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
@@ -96,7 +139,11 @@ def check_messages(where: str, msgs) -> list[dict]:
         raise InvalidStageInput(f"{where}: field 'messages' must be a non-empty list")
     out = []
     for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
+        if (
+            not isinstance(m, dict)
+            or m.get("role") not in ("system", "user", "assistant")
+            or not isinstance(m.get("content"), str)
+        ):
             raise InvalidStageInput(f"{where}: messages[{i}] must be {{role: system|user|assistant, content: string}}")
         out.append({"role": m["role"], "content": m["content"]})
     return out
@@ -124,8 +171,15 @@ def lora_config(ctx: StageContext, chat_token_ids: list[int] | None = None, tied
         extra["trainable_token_indices"] = {"embed_tokens": sorted(set(chat_token_ids))}
         if not tied:
             extra["modules_to_save"] = ["lm_head"]
-    return LoraConfig(r=g.int("r", 16, min=1), lora_alpha=g.int("alpha", 32, min=1), lora_dropout=g.float("dropout", 0.05, min=0, max=1),
-                      target_modules=targets, task_type="CAUSAL_LM", bias="none", **extra)
+    return LoraConfig(
+        r=g.int("r", 16, min=1),
+        lora_alpha=g.int("alpha", 32, min=1),
+        lora_dropout=g.float("dropout", 0.05, min=0, max=1),
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+        bias="none",
+        **extra,
+    )
 
 
 def is_peft(model) -> bool:
@@ -153,10 +207,14 @@ def check_qlora(ctx: StageContext, device: str) -> bool:
     p = ctx.params
     qlora = wants_4bit(ctx)
     if qlora and device != "cuda":
-        raise StageConfigError(f"{p.source}: 4-bit QLoRA needs a CUDA GPU ('qlora'/'load_in_4bit' set); this worker has device {device}")
+        raise StageConfigError(
+            f"{p.source}: 4-bit QLoRA needs a CUDA GPU ('qlora'/'load_in_4bit' set); this worker has device {device}"
+        )
     if qlora and merge_choice(ctx) is True:
-        raise StageConfigError(f"{p.source}: field 'merge_adapter' is true, but a LoRA adapter cannot be merged into a 4-bit base "
-                               "without requantising it; leave it 'auto' (adapter/ + model/base.json)")
+        raise StageConfigError(
+            f"{p.source}: field 'merge_adapter' is true, but a LoRA adapter cannot be merged into a 4-bit base "
+            "without requantising it; leave it 'auto' (adapter/ + model/base.json)"
+        )
     return qlora
 
 
@@ -174,8 +232,11 @@ def choose_chat_template(ctx: StageContext, tok) -> str:
     if "generation" in own:
         return next((name for name, t in CHAT_TEMPLATES.items() if t == own), "tokenizer")
     if own:
-        print("base chat template has no {% generation %} markers: using tanren's ChatML template (set 'chat_template' to "
-              "choose another)", file=sys.stderr)
+        print(
+            "base chat template has no {% generation %} markers: using tanren's ChatML template (set 'chat_template' to "
+            "choose another)",
+            file=sys.stderr,
+        )
     tok.chat_template = CHAT_TEMPLATES["chatml"]
     return "chatml"
 
@@ -202,7 +263,9 @@ def load_model_and_tokenizer(ctx: StageContext, device: str, *, reference_adapte
     qlora = wants_4bit(ctx)
     kwargs: dict = {}
     if qlora:
-        kwargs["quantization_config"] = bnb_4bit_config(p.source, device, torch.bfloat16 if bf16_ok(device) else torch.float16)
+        kwargs["quantization_config"] = bnb_4bit_config(
+            p.source, device, torch.bfloat16 if bf16_ok(device) else torch.float16
+        )
         kwargs["device_map"] = {"": 0}
     tok = AutoTokenizer.from_pretrained(source.tokenizer, trust_remote_code=False)
     model = load_causal_lm(source, p.source, **kwargs)
@@ -219,7 +282,9 @@ def load_model_and_tokenizer(ctx: StageContext, device: str, *, reference_adapte
     if qlora:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=p.bool("gradient_checkpointing", False))
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=p.bool("gradient_checkpointing", False)
+        )
     if source.adapter is not None:
         from peft import PeftModel
 
@@ -228,8 +293,11 @@ def load_model_and_tokenizer(ctx: StageContext, device: str, *, reference_adapte
             if lora_config(ctx) is None:
                 model = PeftModel.from_pretrained(model, str(source.adapter)).merge_and_unload()
             else:
-                print(f"continuing to train the LoRA adapter of {source.adapter} (its r/alpha/targets; field 'lora' sets only "
-                      "new adapters)", file=sys.stderr)
+                print(
+                    f"continuing to train the LoRA adapter of {source.adapter} (its r/alpha/targets; field 'lora' sets only "
+                    "new adapters)",
+                    file=sys.stderr,
+                )
                 model = PeftModel.from_pretrained(model, str(source.adapter), is_trainable=True)
                 if reference_adapter:
                     model.load_adapter(str(source.adapter), adapter_name="reference", is_trainable=False)
@@ -250,16 +318,31 @@ def training_args_kwargs(ctx: StageContext, device: str, lr_default: float) -> d
     ckpt_dir = ctx.checkpoints or (ctx.output / "checkpoints")
     ckpt_every = p.int("checkpoint_every", 0, min=0)
     return dict(
-        output_dir=str(ckpt_dir), overwrite_output_dir=True,
-        max_steps=p.int("max_steps", -1), num_train_epochs=p.float("num_train_epochs", 1.0, min=0),
-        learning_rate=p.float("lr", lr_default, min=0), per_device_train_batch_size=p.int("micro_batch_size", 4, min=1),
-        gradient_accumulation_steps=p.int("gradient_accumulation_steps", 1, min=1), seed=p.int("seed", 1234), data_seed=p.int("seed", 1234),
-        warmup_ratio=p.float("warmup_ratio", 0.03, min=0, max=1), lr_scheduler_type=p.str("lr_scheduler", "cosine"),
-        weight_decay=p.float("weight_decay", 0.0, min=0), logging_steps=p.int("log_every", 1, min=1),
-        save_strategy="steps" if ckpt_every else "no", save_steps=ckpt_every or 500, save_only_model=False,
-        gradient_checkpointing=p.bool("gradient_checkpointing", False), bf16=use_bf16, use_cpu=device == "cpu",
-        report_to=["tensorboard"], logging_dir=str(ctx.output / "tensorboard"), dataloader_num_workers=0,
-        disable_tqdm=True, save_safetensors=True, remove_unused_columns=True,
+        output_dir=str(ckpt_dir),
+        overwrite_output_dir=True,
+        max_steps=p.int("max_steps", -1),
+        num_train_epochs=p.float("num_train_epochs", 1.0, min=0),
+        learning_rate=p.float("lr", lr_default, min=0),
+        per_device_train_batch_size=p.int("micro_batch_size", 4, min=1),
+        gradient_accumulation_steps=p.int("gradient_accumulation_steps", 1, min=1),
+        seed=p.int("seed", 1234),
+        data_seed=p.int("seed", 1234),
+        warmup_ratio=p.float("warmup_ratio", 0.03, min=0, max=1),
+        lr_scheduler_type=p.str("lr_scheduler", "cosine"),
+        weight_decay=p.float("weight_decay", 0.0, min=0),
+        logging_steps=p.int("log_every", 1, min=1),
+        save_strategy="steps" if ckpt_every else "no",
+        save_steps=ckpt_every or 500,
+        save_only_model=False,
+        gradient_checkpointing=p.bool("gradient_checkpointing", False),
+        bf16=use_bf16,
+        use_cpu=device == "cpu",
+        report_to=["tensorboard"],
+        logging_dir=str(ctx.output / "tensorboard"),
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        save_safetensors=True,
+        remove_unused_columns=True,
         per_device_eval_batch_size=p.int("micro_batch_size", 4, min=1),
     )
 
@@ -318,10 +401,15 @@ def save_final(ctx: StageContext, trainer, tok, lora: bool, source: ModelSource 
         merge = merge_choice(ctx)
         if merge is False or (merge is None and four_bit):
             if source is None:
-                raise StageConfigError(f"{ctx.params.source}: cannot write model/{'base.json'} without the base model's source")
+                raise StageConfigError(
+                    f"{ctx.params.source}: cannot write model/{'base.json'} without the base model's source"
+                )
             write_pointer(ctx, source, adapter_dir, load_in_4bit=four_bit)
-            print(f"LoRA adapter not merged ({'4-bit base' if four_bit else 'merge_adapter: false'}): wrote adapter/ and "
-                  f"model/base.json -> {source.base}", file=sys.stderr)
+            print(
+                f"LoRA adapter not merged ({'4-bit base' if four_bit else 'merge_adapter: false'}): wrote adapter/ and "
+                f"model/base.json -> {source.base}",
+                file=sys.stderr,
+            )
             return out
         model = model.merge_and_unload(adapter_names=["default"])
     model.config.use_cache = True
@@ -333,8 +421,14 @@ def save_final(ctx: StageContext, trainer, tok, lora: bool, source: ModelSource 
 
 def write_chat_format(ctx: StageContext, tok, directory: Path) -> None:
     """chat_format.json beside the saved tokenizer: the eval stages then prompt in the format the model was tuned on."""
-    write_json(directory / CHAT_FORMAT_FILE, {"format": getattr(tok, "tanren_chat_format", "tokenizer"), "stage": ctx.stage_id,
-                                                   "note": "tanren: tuned with this tokenizer's chat template"})
+    write_json(
+        directory / CHAT_FORMAT_FILE,
+        {
+            "format": getattr(tok, "tanren_chat_format", "tokenizer"),
+            "stage": ctx.stage_id,
+            "note": "tanren: tuned with this tokenizer's chat template",
+        },
+    )
 
 
 def _vocab_resized(base, source: ModelSource | None) -> bool:
@@ -357,7 +451,11 @@ def run_training(ctx: StageContext, trainer, cb, stop: StopFlag) -> None:
     with refusing_unsafe_pickles(f"TANREN_RESUME_FROM={resume}"):
         trainer.train(resume_from_checkpoint=resume)
     if cb.stopped:
-        print(f"stopped by signal {stop.signum} at step {trainer.state.global_step} after saving a checkpoint", file=sys.stderr, flush=True)
+        print(
+            f"stopped by signal {stop.signum} at step {trainer.state.global_step} after saving a checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
         sys.exit(128 + (stop.signum or 15))
 
 

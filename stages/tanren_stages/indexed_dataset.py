@@ -11,6 +11,7 @@
   int64[D]             document indices (0, then the sequence count after each document)
 .bin is the concatenated token ids in that dtype. Here each document is one sequence.
 """
+
 from __future__ import annotations
 
 import struct
@@ -19,7 +20,16 @@ from pathlib import Path
 import numpy as np
 
 INDEX_HEADER = b"MMIDIDX\x00\x00"
-DTYPE_CODES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32, 8: np.uint16}
+DTYPE_CODES = {
+    1: np.uint8,
+    2: np.int8,
+    3: np.int16,
+    4: np.int32,
+    5: np.int64,
+    6: np.float64,
+    7: np.float32,
+    8: np.uint16,
+}
 
 
 def dtype_code(dtype) -> int:
@@ -62,8 +72,10 @@ class IndexedDatasetWriter:
             buf = np.ascontiguousarray(buf).data
         total = int(lengths.sum(dtype=np.int64))
         if (lengths < 0).any() or memoryview(buf).nbytes != total * self.dtype.itemsize:
-            raise ValueError(f"add_documents: {memoryview(buf).nbytes} bytes of ids for lengths summing to {total} "
-                             f"tokens of {self.dtype} ({total * self.dtype.itemsize} bytes)")
+            raise ValueError(
+                f"add_documents: {memoryview(buf).nbytes} bytes of ids for lengths summing to {total} "
+                f"tokens of {self.dtype} ({total * self.dtype.itemsize} bytes)"
+            )
         self._fold()
         self.bin.write(buf)
         self._lengths.append(lengths)
@@ -139,7 +151,7 @@ class IndexedDataset:
 
     def __getitem__(self, i: int) -> np.ndarray:
         start = int(self.sequence_pointers[i]) // self.dtype.itemsize
-        return np.asarray(self.bin[start:start + int(self.sequence_lengths[i])])
+        return np.asarray(self.bin[start : start + int(self.sequence_lengths[i])])
 
     @property
     def total_tokens(self) -> int:

@@ -27,6 +27,7 @@ averaged; a dataset whose designated metric tanren does not compute is reported 
 Outputs: scores.json, outputs/<dataset>.jsonl (per sample: prompt, raw output, prediction, reference, scores).
 Result: average, llm_jp_eval_version, categories, and each scored dataset's score.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,9 @@ from .eval import jaster
 from .protocol import InvalidStageInput, StageContext, run_stage, write_json
 
 
-def load_datasets(paths: list[Path], split: str, num_few_shots: int, categories: dict, where: str) -> list[jaster.Dataset]:
+def load_datasets(
+    paths: list[Path], split: str, num_few_shots: int, categories: dict, where: str
+) -> list[jaster.Dataset]:
     """Reads every evaluation file and its few-shot examples (before any model is loaded, so bad data fails fast)."""
     try:
         files = jaster.evaluation_files(paths, split)
@@ -46,8 +49,10 @@ def load_datasets(paths: list[Path], split: str, num_few_shots: int, categories:
             d.few_shots = jaster.few_shot_samples(f, num_few_shots)
             if d.name in categories:
                 if d.name in jaster.TASKS:
-                    raise jaster.DatasetError(f"field 'categories': {d.name} is a jaster dataset, whose category is "
-                                              f"llm-jp-eval's ({jaster.TASKS[d.name][0]})")
+                    raise jaster.DatasetError(
+                        f"field 'categories': {d.name} is a jaster dataset, whose category is "
+                        f"llm-jp-eval's ({jaster.TASKS[d.name][0]})"
+                    )
                 d.category = categories[d.name]
             out.append(d)
     except jaster.DatasetError as e:
@@ -61,7 +66,12 @@ def load_datasets(paths: list[Path], split: str, num_few_shots: int, categories:
 
 def scorable(d: jaster.Dataset) -> bool:
     """Whether the dataset enters a category mean: not excluded, a category, a designated metric tanren computes."""
-    return d.name not in jaster.EXCLUDED and d.task_category is not None and d.designated in jaster.SUPPORTED and d.designated in d.metrics
+    return (
+        d.name not in jaster.EXCLUDED
+        and d.task_category is not None
+        and d.designated in jaster.SUPPORTED
+        and d.designated in d.metrics
+    )
 
 
 def chat_messages(instruction: str, few_shots: list[dict], text: str) -> list[dict]:
@@ -73,8 +83,17 @@ def chat_messages(instruction: str, few_shots: list[dict], text: str) -> list[di
     return msgs + [{"role": "user", "content": text}]
 
 
-def evaluate(datasets: list[jaster.Dataset], predict, *, max_samples: int | None, max_new_tokens: int | None,
-             out_dir: Path, progress=None, metric=None, render=None) -> dict:
+def evaluate(
+    datasets: list[jaster.Dataset],
+    predict,
+    *,
+    max_samples: int | None,
+    max_new_tokens: int | None,
+    out_dir: Path,
+    progress=None,
+    metric=None,
+    render=None,
+) -> dict:
     """Runs `predict(prompt, max_new_tokens) -> raw text` on every sample and scores as llm-jp-eval; returns scores.json.
     `render(instruction, few_shots, input) -> prompt` builds the prompt (default: the Alpaca-style text)."""
     render = render or jaster.build_prompt
@@ -98,10 +117,27 @@ def evaluate(datasets: list[jaster.Dataset], predict, *, max_samples: int | None
         out_file.parent.mkdir(parents=True, exist_ok=True)
         with open(out_file, "w", encoding="utf-8") as fh:
             for k, s in enumerate(samples):
-                fh.write(json.dumps({"index": k, "input": s["input"], "prompt": prompts[k], "raw": raws[k], "prediction": preds[k],
-                                     "expected": trues[k], "scores": per_sample[k]}, ensure_ascii=False) + "\n")
-        rec = {"samples": len(samples), "few_shots": len(d.few_shots), "metrics": metrics,
-               "not_computed": [m for m in d.metrics if m not in jaster.SUPPORTED]}
+                fh.write(
+                    json.dumps(
+                        {
+                            "index": k,
+                            "input": s["input"],
+                            "prompt": prompts[k],
+                            "raw": raws[k],
+                            "prediction": preds[k],
+                            "expected": trues[k],
+                            "scores": per_sample[k],
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
+        rec = {
+            "samples": len(samples),
+            "few_shots": len(d.few_shots),
+            "metrics": metrics,
+            "not_computed": [m for m in d.metrics if m not in jaster.SUPPORTED],
+        }
         designated, cat = d.designated, d.task_category
         rec["metric"] = designated
         if designated is not None and designated in metrics:
@@ -109,13 +145,20 @@ def evaluate(datasets: list[jaster.Dataset], predict, *, max_samples: int | None
         if d.name in jaster.EXCLUDED:
             excluded[d.name] = {**rec, "reason": jaster.EXCLUDED[d.name]}
         elif "score" not in rec:
-            why = (f"designated metric {designated}: {jaster.NOT_COMPUTED[designated]}" if designated in jaster.NOT_COMPUTED
-                   else f"designated metric {designated} is not one tanren computes" if designated
-                   else "the dataset lists no metric")
+            why = (
+                f"designated metric {designated}: {jaster.NOT_COMPUTED[designated]}"
+                if designated in jaster.NOT_COMPUTED
+                else f"designated metric {designated} is not one tanren computes"
+                if designated
+                else "the dataset lists no metric"
+            )
             not_scored[d.name] = {**rec, "category": cat, "reason": why}
         elif cat is None:
-            uncategorised[d.name] = {**rec, "reason": "not a jaster dataset and no category given (params 'categories' "
-                                                      "or the file's 'category' field)"}
+            uncategorised[d.name] = {
+                **rec,
+                "reason": "not a jaster dataset and no category given (params 'categories' "
+                "or the file's 'category' field)",
+            }
         else:
             per[d.name] = {**rec, "category": cat}
         if metric is not None and metrics:
@@ -141,24 +184,54 @@ def main(ctx: StageContext) -> None:
     from .generation import Generator
 
     p = ctx.params
-    p.reject_unknown({"model", "input", "datasets", "split", "num_few_shots", "max_samples", "max_new_tokens", "use_chat_template",
-                      "categories", "device", "seed", "precision", "load_in_4bit"})
+    p.reject_unknown(
+        {
+            "model",
+            "input",
+            "datasets",
+            "split",
+            "num_few_shots",
+            "max_samples",
+            "max_new_tokens",
+            "use_chat_template",
+            "categories",
+            "device",
+            "seed",
+            "precision",
+            "load_in_4bit",
+        }
+    )
     raw = p.raw("datasets")
     if raw is None:
-        raise InvalidStageInput(f"{p.source}: field 'datasets' is required (a jaster directory with train/ and test/, "
-                                "a split directory, a dataset file, or a list of files)")
-    if not isinstance(raw, (str, list)) or (isinstance(raw, list) and not all(isinstance(x, str) and x for x in raw)) or raw == "":
+        raise InvalidStageInput(
+            f"{p.source}: field 'datasets' is required (a jaster directory with train/ and test/, "
+            "a split directory, a dataset file, or a list of files)"
+        )
+    if (
+        not isinstance(raw, (str, list))
+        or (isinstance(raw, list) and not all(isinstance(x, str) and x for x in raw))
+        or raw == ""
+    ):
         raise InvalidStageInput(f"{p.source}: field 'datasets' must be a path or a list of paths")
     cats = p.raw("categories", {})
     if not isinstance(cats, dict) or not all(v in jaster.CATEGORIES for v in cats.values()):
-        raise InvalidStageInput(f"{p.source}: field 'categories' must be an object {{dataset: category}} "
-                                f"(categories: {', '.join(jaster.CATEGORIES)})")
-    datasets = load_datasets([Path(x) for x in (raw if isinstance(raw, list) else [raw])], p.str("split", "test", choices=["test", "dev"]),
-                             p.int("num_few_shots", 4, min=0), cats, f"{p.source}: field 'datasets'")
+        raise InvalidStageInput(
+            f"{p.source}: field 'categories' must be an object {{dataset: category}} "
+            f"(categories: {', '.join(jaster.CATEGORIES)})"
+        )
+    datasets = load_datasets(
+        [Path(x) for x in (raw if isinstance(raw, list) else [raw])],
+        p.str("split", "test", choices=["test", "dev"]),
+        p.int("num_few_shots", 4, min=0),
+        cats,
+        f"{p.source}: field 'datasets'",
+    )
     if not any(scorable(d) for d in datasets):
-        raise InvalidStageInput(f"{p.source}: field 'datasets': none of {', '.join(d.name for d in datasets)} can be scored in an "
-                                "llm-jp-eval category; name datasets as jaster does, or give each a category (params 'categories' "
-                                f"or the file's 'category' field, one of {', '.join(jaster.CATEGORIES)})")
+        raise InvalidStageInput(
+            f"{p.source}: field 'datasets': none of {', '.join(d.name for d in datasets)} can be scored in an "
+            "llm-jp-eval category; name datasets as jaster does, or give each a category (params 'categories' "
+            f"or the file's 'category' field, one of {', '.join(jaster.CATEGORIES)})"
+        )
     max_samples = p.int("max_samples", None, min=1)
     max_new_tokens = p.int("max_new_tokens", None, min=1)
     chat_param = p.raw("use_chat_template", "auto")
@@ -173,8 +246,16 @@ def main(ctx: StageContext) -> None:
     def predict(prompt: str, budget: int) -> str:
         return gen.complete(prompt, budget)[0]
 
-    scores = evaluate(datasets, predict, max_samples=max_samples, max_new_tokens=max_new_tokens, out_dir=ctx.output / "outputs",
-                      progress=lambda i, n, name: ctx.progress(i, n, message=name), metric=ctx.metric, render=render)
+    scores = evaluate(
+        datasets,
+        predict,
+        max_samples=max_samples,
+        max_new_tokens=max_new_tokens,
+        out_dir=ctx.output / "outputs",
+        progress=lambda i, n, name: ctx.progress(i, n, message=name),
+        metric=ctx.metric,
+        render=render,
+    )
     scores["num_few_shots"] = p.int("num_few_shots", 4, min=0)
     scores["split"] = p.str("split", "test")
     scores["prompt_format"] = "chat template" if chat else "alpaca"
@@ -185,8 +266,14 @@ def main(ctx: StageContext) -> None:
     for d in datasets:
         ctx.artifact(f"outputs/{d.name}.jsonl", f"{d.name}: prompt, output and scores per sample")
     ctx.metric({"average": scores["average"], **{f"category/{c}": v for c, v in scores["categories"].items()}})
-    ctx.result({"average": scores["average"], "llm_jp_eval_version": jaster.LLM_JP_EVAL_VERSION, "categories": scores["categories"],
-                **{name: d["score"] for name, d in scores["datasets"].items()}})
+    ctx.result(
+        {
+            "average": scores["average"],
+            "llm_jp_eval_version": jaster.LLM_JP_EVAL_VERSION,
+            "categories": scores["categories"],
+            **{name: d["score"] for name, d in scores["datasets"].items()},
+        }
+    )
 
 
 if __name__ == "__main__":

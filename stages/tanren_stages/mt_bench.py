@@ -26,6 +26,7 @@ answer's turns as `reference` or null, the sampling settings), judgments.jsonl (
 prompt name and file, the messages, every reply, the rating), scores.json. Result: score, per-category and per-turn
 scores, judge, judge tokens/cost.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,15 @@ class Judge:
         self.calls = 0
 
     def __call__(self, messages: list[dict]) -> str:
-        body = json.dumps({"model": self.model, "temperature": mtbench.JUDGE_TEMPERATURE, "max_tokens": mtbench.JUDGE_MAX_TOKENS,
-                           "n": 1, "messages": messages}).encode()
+        body = json.dumps(
+            {
+                "model": self.model,
+                "temperature": mtbench.JUDGE_TEMPERATURE,
+                "max_tokens": mtbench.JUDGE_MAX_TOKENS,
+                "n": 1,
+                "messages": messages,
+            }
+        ).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -73,10 +81,20 @@ class Judge:
             except urllib.error.HTTPError as e:
                 last = f"HTTP {e.code} from {self.url}"
                 if e.code in (401, 403, 404):
-                    raise StageConfigError(f"judge: {last} (check judge.base_url, judge.model and the key in judge.api_key_env)")
-            except (urllib.error.URLError, TimeoutError, OSError, KeyError, IndexError, TypeError, json.JSONDecodeError) as e:
+                    raise StageConfigError(
+                        f"judge: {last} (check judge.base_url, judge.model and the key in judge.api_key_env)"
+                    )
+            except (
+                urllib.error.URLError,
+                TimeoutError,
+                OSError,
+                KeyError,
+                IndexError,
+                TypeError,
+                json.JSONDecodeError,
+            ) as e:
                 last = f"{type(e).__name__}: {e}"
-            time.sleep(min(30, 2 ** attempt))
+            time.sleep(min(30, 2**attempt))
         raise StageConfigError(f"judge at {self.url} failed {self.max_retries} times: {last}")
 
 
@@ -103,9 +121,16 @@ def url_host(url: str) -> str:
 def load_questions(path: Path, limit: int | None) -> list[dict]:
     qs = []
     for ln, q in read_jsonl(path):
-        if not isinstance(q, dict) or "question_id" not in q or not isinstance(q.get("turns"), list) or not q["turns"] \
-                or not all(isinstance(t, str) for t in q["turns"]):
-            raise InvalidStageInput(f"{path}:{ln}: need fields question_id, category, turns (a non-empty list of strings)")
+        if (
+            not isinstance(q, dict)
+            or "question_id" not in q
+            or not isinstance(q.get("turns"), list)
+            or not q["turns"]
+            or not all(isinstance(t, str) for t in q["turns"])
+        ):
+            raise InvalidStageInput(
+                f"{path}:{ln}: need fields question_id, category, turns (a non-empty list of strings)"
+            )
         q.setdefault("category", "general")
         qs.append(q)
     return qs[:limit] if limit else qs
@@ -125,8 +150,17 @@ def load_references(path: Path | None) -> dict:
     return refs
 
 
-def judge_answers(judge: Judge, prompts: dict, questions: list[dict], answers: list[dict], refs: dict, ref_cats: list[str],
-                  rating_retries: int, out_file: Path, progress=None) -> list[dict]:
+def judge_answers(
+    judge: Judge,
+    prompts: dict,
+    questions: list[dict],
+    answers: list[dict],
+    refs: dict,
+    ref_cats: list[str],
+    rating_retries: int,
+    out_file: Path,
+    progress=None,
+) -> list[dict]:
     """Single-answer grading of every turn (turn 1: single-v1 / single-math-v1; turn 2: the multi-turn prompts);
     each judgment with every reply the judge gave until one had a rating."""
     judgments = []
@@ -144,13 +178,22 @@ def judge_answers(judge: Judge, prompts: dict, questions: list[dict], answers: l
                     rating = mtbench.parse_rating(text)
                     if rating is not None:
                         break
-                rec = {"question_id": q["question_id"], "category": q["category"], "turn": turn,
-                       "judge": [judge.model, name], "prompt_file": prompt["file"],
-                       "prompt_source": f"{mtbench.FASTCHAT_REPO} {mtbench.FASTCHAT_BRANCH}@{mtbench.FASTCHAT_COMMIT}",
-                       "system_prompt": messages[0]["content"], "user_prompt": messages[1]["content"],
-                       "judgment": replies[-1], "attempts": replies, "rating": rating,
-                       "score": rating if rating is not None else -1,  # upstream's -1 for "no rating found"
-                       "status": "ok" if rating is not None else "unparsable", "with_reference": ref is not None}
+                rec = {
+                    "question_id": q["question_id"],
+                    "category": q["category"],
+                    "turn": turn,
+                    "judge": [judge.model, name],
+                    "prompt_file": prompt["file"],
+                    "prompt_source": f"{mtbench.FASTCHAT_REPO} {mtbench.FASTCHAT_BRANCH}@{mtbench.FASTCHAT_COMMIT}",
+                    "system_prompt": messages[0]["content"],
+                    "user_prompt": messages[1]["content"],
+                    "judgment": replies[-1],
+                    "attempts": replies,
+                    "rating": rating,
+                    "score": rating if rating is not None else -1,  # upstream's -1 for "no rating found"
+                    "status": "ok" if rating is not None else "unparsable",
+                    "with_reference": ref is not None,
+                }
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 judgments.append(rec)
             if progress is not None:
@@ -165,11 +208,14 @@ def summarise(judgments: list[dict]) -> dict:
     cats: dict[str, list[float]] = {}
     for j in ok:
         cats.setdefault(j["category"], []).append(j["rating"])
-    return {"score": mean([j["rating"] for j in ok]),
-            "turn_1": mean([j["rating"] for j in ok if j["turn"] == 1]),
-            "turn_2": mean([j["rating"] for j in ok if j["turn"] == 2]),
-            "categories": {c: mean(v) for c, v in sorted(cats.items())},
-            "unparsable": len(judgments) - len(ok), "judged": len(judgments)}
+    return {
+        "score": mean([j["rating"] for j in ok]),
+        "turn_1": mean([j["rating"] for j in ok if j["turn"] == 1]),
+        "turn_2": mean([j["rating"] for j in ok if j["turn"] == 2]),
+        "categories": {c: mean(v) for c, v in sorted(cats.items())},
+        "unparsable": len(judgments) - len(ok),
+        "judged": len(judgments),
+    }
 
 
 def main(ctx: StageContext) -> None:
@@ -177,8 +223,26 @@ def main(ctx: StageContext) -> None:
     from .generation import Generator
 
     p = ctx.params
-    p.reject_unknown({"model", "input", "questions", "reference", "max_new_tokens", "temperature", "top_p", "repetition_penalty",
-                      "max_questions", "max_turns", "judge", "reference_categories", "device", "seed", "precision", "load_in_4bit"})
+    p.reject_unknown(
+        {
+            "model",
+            "input",
+            "questions",
+            "reference",
+            "max_new_tokens",
+            "temperature",
+            "top_p",
+            "repetition_penalty",
+            "max_questions",
+            "max_turns",
+            "judge",
+            "reference_categories",
+            "device",
+            "seed",
+            "precision",
+            "load_in_4bit",
+        }
+    )
     qpath = Path(p.str("questions", required=True))
     if not qpath.is_file():
         raise InvalidStageInput(f"{p.source}: field 'questions': {qpath} does not exist")
@@ -194,21 +258,42 @@ def main(ctx: StageContext) -> None:
         jp = None
     judge = None
     if jp is not None:
-        jp.reject_unknown({"base_url", "model", "api_key_env", "prompts", "rating_retries", "timeout_s", "max_retries",
-                           "price_per_1k_input", "price_per_1k_output", "note"})
+        jp.reject_unknown(
+            {
+                "base_url",
+                "model",
+                "api_key_env",
+                "prompts",
+                "rating_retries",
+                "timeout_s",
+                "max_retries",
+                "price_per_1k_input",
+                "price_per_1k_output",
+                "note",
+            }
+        )
         key_env = jp.str("api_key_env")
         key = None
         if key_env:
             key = os.environ.get(key_env)
             if not key:
-                raise StageConfigError(f"{jp.source}: field 'api_key_env' names {key_env}, which is not set in the worker's environment")
-        judge = Judge(jp.str("base_url", required=True), jp.str("model", required=True), key,
-                      jp.float("timeout_s", 120, min=1), jp.int("max_retries", 3, min=1))
+                raise StageConfigError(
+                    f"{jp.source}: field 'api_key_env' names {key_env}, which is not set in the worker's environment"
+                )
+        judge = Judge(
+            jp.str("base_url", required=True),
+            jp.str("model", required=True),
+            key,
+            jp.float("timeout_s", 120, min=1),
+            jp.int("max_retries", 3, min=1),
+        )
         missing = mtbench.missing_references(questions, refs, ref_cats)
         if missing:
             where = f"field 'reference' ({rpath})" if rpath else "field 'reference' (not set)"
-            raise InvalidStageInput(f"{p.source}: {where}: the judge grades {', '.join(ref_cats)} questions against a reference "
-                                    f"answer, and these have none: {'; '.join(missing)}")
+            raise InvalidStageInput(
+                f"{p.source}: {where}: the judge grades {', '.join(ref_cats)} questions against a reference "
+                f"answer, and these have none: {'; '.join(missing)}"
+            )
     language = jp.str("prompts", "en", choices=["en", "ja"]) if jp is not None else "en"
     rating_retries = jp.int("rating_retries", 2, min=0) if jp is not None else 0
 
@@ -231,11 +316,23 @@ def main(ctx: StageContext) -> None:
                 ntok += n
                 outs.append(text)
                 msgs.append({"role": "assistant", "content": text})
-            rec = {"question_id": q["question_id"], "category": q["category"], "turns": outs, "new_tokens": ntok,
-                   # what was asked and the reference answer, so the report can show them beside the answers
-                   "question": q["turns"][:max_turns], "reference": refs.get(q["question_id"]),
-                   "generate_params": {"do_sample": temp >= 1e-4, "temperature": temp, "top_p": top_p, "repetition_penalty": rep,
-                                       "max_new_token": max_new, "seed": seed}}
+            rec = {
+                "question_id": q["question_id"],
+                "category": q["category"],
+                "turns": outs,
+                "new_tokens": ntok,
+                # what was asked and the reference answer, so the report can show them beside the answers
+                "question": q["turns"][:max_turns],
+                "reference": refs.get(q["question_id"]),
+                "generate_params": {
+                    "do_sample": temp >= 1e-4,
+                    "temperature": temp,
+                    "top_p": top_p,
+                    "repetition_penalty": rep,
+                    "max_new_token": max_new,
+                    "seed": seed,
+                },
+            }
             answers.append(rec)
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             ctx.progress(i + 1, len(questions), message=f"answered {q['question_id']}")
@@ -251,24 +348,45 @@ def main(ctx: StageContext) -> None:
         done[0] += 1
         ctx.progress(done[0], len(questions), message=f"judged {q['question_id']}")
 
-    judgments = judge_answers(judge, prompts, questions, answers, refs, ref_cats, rating_retries, ctx.output / "judgments.jsonl", progress)
+    judgments = judge_answers(
+        judge, prompts, questions, answers, refs, ref_cats, rating_retries, ctx.output / "judgments.jsonl", progress
+    )
     ctx.artifact("judgments.jsonl", "every judgment: judge, prompt, replies, rating")
     s = summarise(judgments)
     cost = None
     if jp.has("price_per_1k_input") or jp.has("price_per_1k_output"):
-        cost = judge.prompt_tokens / 1000 * jp.float("price_per_1k_input", 0.0) + judge.completion_tokens / 1000 * jp.float("price_per_1k_output", 0.0)
-    usage = {"judge_calls": judge.calls, "judge_prompt_tokens": judge.prompt_tokens, "judge_completion_tokens": judge.completion_tokens,
-             "judge_cost": cost}
-    judge_info = {"model": judge.model, "base_url_host": url_host(judge.url), "prompts": language,
-                  "prompt_files": sorted({j["prompt_file"] for j in judgments}),
-                  "prompt_source": f"{mtbench.FASTCHAT_REPO} {mtbench.FASTCHAT_BRANCH}@{mtbench.FASTCHAT_COMMIT}",
-                  "rating_retries": rating_retries, "temperature": mtbench.JUDGE_TEMPERATURE, "max_tokens": mtbench.JUDGE_MAX_TOKENS}
+        cost = judge.prompt_tokens / 1000 * jp.float(
+            "price_per_1k_input", 0.0
+        ) + judge.completion_tokens / 1000 * jp.float("price_per_1k_output", 0.0)
+    usage = {
+        "judge_calls": judge.calls,
+        "judge_prompt_tokens": judge.prompt_tokens,
+        "judge_completion_tokens": judge.completion_tokens,
+        "judge_cost": cost,
+    }
+    judge_info = {
+        "model": judge.model,
+        "base_url_host": url_host(judge.url),
+        "prompts": language,
+        "prompt_files": sorted({j["prompt_file"] for j in judgments}),
+        "prompt_source": f"{mtbench.FASTCHAT_REPO} {mtbench.FASTCHAT_BRANCH}@{mtbench.FASTCHAT_COMMIT}",
+        "rating_retries": rating_retries,
+        "temperature": mtbench.JUDGE_TEMPERATURE,
+        "max_tokens": mtbench.JUDGE_MAX_TOKENS,
+    }
     note = judge_note(jp.str("note", "") or "")
     if note:
         judge_info["note"] = note
-    generation = {"temperature": "per category" if temp_override is None else temp_override,
-                  "temperature_config": mtbench.TEMPERATURE_CONFIG, "default_temperature": mtbench.DEFAULT_TEMPERATURE,
-                  "max_new_tokens": max_new, "top_p": top_p, "repetition_penalty": rep, "seed": seed, "max_turns": max_turns}
+    generation = {
+        "temperature": "per category" if temp_override is None else temp_override,
+        "temperature_config": mtbench.TEMPERATURE_CONFIG,
+        "default_temperature": mtbench.DEFAULT_TEMPERATURE,
+        "max_new_tokens": max_new,
+        "top_p": top_p,
+        "repetition_penalty": rep,
+        "seed": seed,
+        "max_turns": max_turns,
+    }
     write_json(ctx.output / "scores.json", {**s, "judge": judge_info, "generation": generation, **usage})
     ctx.artifact("scores.json", "MT-Bench score: average over judged turns, per turn and per category")
     vals = {f"category/{c}": v for c, v in s["categories"].items()}
@@ -276,8 +394,18 @@ def main(ctx: StageContext) -> None:
         if s[k] is not None:
             vals[k] = s[k]
     ctx.metric(vals)
-    ctx.result({"score": s["score"], "turn_1": s["turn_1"], "turn_2": s["turn_2"], "categories": s["categories"],
-                "unparsable": s["unparsable"], "judge": judge.model, "judge_prompts": language, **usage})
+    ctx.result(
+        {
+            "score": s["score"],
+            "turn_1": s["turn_1"],
+            "turn_2": s["turn_2"],
+            "categories": s["categories"],
+            "unparsable": s["unparsable"],
+            "judge": judge.model,
+            "judge_prompts": language,
+            **usage,
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 params: require_gpu (bool, default false) — fail with StageConfigError when no
 CUDA device is usable. Writes report.json to the output directory.
 """
+
 from __future__ import annotations
 
 import importlib.metadata as md
@@ -13,7 +14,20 @@ import sys
 
 from .protocol import StageConfigError, StageContext, run_stage, write_json
 
-PACKAGES = ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "sentencepiece", "tokenizers", "pyarrow", "numpy", "tensorboard", "bitsandbytes"]
+PACKAGES = [
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "accelerate",
+    "datasets",
+    "sentencepiece",
+    "tokenizers",
+    "pyarrow",
+    "numpy",
+    "tensorboard",
+    "bitsandbytes",
+]
 
 
 def tool_version(name: str) -> str | None:
@@ -40,14 +54,23 @@ def collect(ctx: StageContext) -> dict:
     gpu: dict = {"available": cuda, "count": torch.cuda.device_count() if cuda else 0}
     if cuda:
         free, total = torch.cuda.mem_get_info(0)
-        gpu.update(name=torch.cuda.get_device_name(0), capability=list(torch.cuda.get_device_capability(0)),
-                   bf16=torch.cuda.is_bf16_supported(), free_vram_bytes=free, total_vram_bytes=total)
+        gpu.update(
+            name=torch.cuda.get_device_name(0),
+            capability=list(torch.cuda.get_device_capability(0)),
+            bf16=torch.cuda.is_bf16_supported(),
+            free_vram_bytes=free,
+            total_vram_bytes=total,
+        )
     du = shutil.disk_usage(ctx.output)
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "packages": pkgs,
-        "torch_build": {"version": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None},
+        "torch_build": {
+            "version": torch.__version__,
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if cuda else None,
+        },
         "device_env": ctx.device,
         "gpu": gpu,
         "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
@@ -72,8 +95,14 @@ def main(ctx: StageContext) -> None:
         missing.append(f"{min_disk} GiB free disk (have {report['disk_free_bytes'] / 2**30:.1f} GiB)")
     if missing:
         raise StageConfigError("preflight: missing " + "; ".join(missing))
-    ctx.result({"gpu": report["gpu"].get("name"), "bf16": report["bf16"], "torch": report["torch_build"]["version"],
-                "disk_free_gb": round(report["disk_free_bytes"] / 2**30, 1)})
+    ctx.result(
+        {
+            "gpu": report["gpu"].get("name"),
+            "bf16": report["bf16"],
+            "torch": report["torch_build"]["version"],
+            "disk_free_gb": round(report["disk_free_bytes"] / 2**30, 1),
+        }
+    )
 
 
 if __name__ == "__main__":

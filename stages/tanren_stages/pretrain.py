@@ -24,6 +24,7 @@ data position); $TANREN_RESUME_FROM resumes exactly. Data order is a seeded perm
 epoch indexed by the consumed-sample count, so a resumed run sees the same batches.
 Test switch: TANREN_TEST_INJECT_OOM_ABOVE_MICRO_BATCH=<n> fails with OutOfMemory when micro_batch_size > n.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,11 +42,40 @@ from .common import bf16_ok, load_weights, pick_device
 from .indexed_dataset import IndexedDataset
 from .protocol import InvalidStageInput, OutOfMemory, StageConfigError, StageContext, StopFlag, run_stage, write_json
 
-KNOWN = {"input", "data_prefix", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "seq_len",
-         "rope_theta", "micro_batch_size", "gradient_accumulation_steps", "max_steps", "max_tokens", "lr", "min_lr_ratio",
-         "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2", "grad_clip", "seed", "precision", "gradient_checkpointing",
-         "checkpoint_every", "log_every", "threads", "device", "deterministic", "valid_fraction", "eval_every", "eval_windows",
-         "stop_at_step"}
+KNOWN = {
+    "input",
+    "data_prefix",
+    "hidden_size",
+    "intermediate_size",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "seq_len",
+    "rope_theta",
+    "micro_batch_size",
+    "gradient_accumulation_steps",
+    "max_steps",
+    "max_tokens",
+    "lr",
+    "min_lr_ratio",
+    "warmup_steps",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "grad_clip",
+    "seed",
+    "precision",
+    "gradient_checkpointing",
+    "checkpoint_every",
+    "log_every",
+    "threads",
+    "device",
+    "deterministic",
+    "valid_fraction",
+    "eval_every",
+    "eval_windows",
+    "stop_at_step",
+}
 
 
 def split_held_out(ds: IndexedDataset, fraction: float) -> int:
@@ -71,8 +101,10 @@ class TokenWindows:
         self._perm_epoch = -1
         self._perm = None
         if self.n < 1:
-            raise InvalidStageInput(f"dataset {ds.prefix} has {len(self.tokens)} {what} tokens, fewer than seq_len+1 = {seq_len + 1}"
-                                    + (" (lower 'valid_fraction')" if end is not None else ""))
+            raise InvalidStageInput(
+                f"dataset {ds.prefix} has {len(self.tokens)} {what} tokens, fewer than seq_len+1 = {seq_len + 1}"
+                + (" (lower 'valid_fraction')" if end is not None else "")
+            )
 
     def sample(self, k: int) -> np.ndarray:
         epoch, pos = divmod(k, self.n)
@@ -80,7 +112,7 @@ class TokenWindows:
             self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
             self._perm_epoch = epoch
         i = int(self._perm[pos]) * self.seq_len
-        return np.asarray(self.tokens[i:i + self.seq_len + 1], dtype=np.int64)
+        return np.asarray(self.tokens[i : i + self.seq_len + 1], dtype=np.int64)
 
     def batch(self, start: int, size: int) -> np.ndarray:
         return np.stack([self.sample(start + j) for j in range(size)])
@@ -91,9 +123,11 @@ def held_out_windows(ds: IndexedDataset, start: int, seq_len: int, limit: int) -
     tail = np.asarray(ds.all_tokens()[start:], dtype=np.int64)
     n = min(limit, (len(tail) - 1) // seq_len)
     if n < 1:
-        raise InvalidStageInput(f"dataset {ds.prefix}: the held-out part has {len(tail)} tokens, fewer than seq_len+1 = {seq_len + 1}; "
-                                "raise 'valid_fraction' (or set it to 0 for no validation loss)")
-    return np.stack([tail[i * seq_len:i * seq_len + seq_len + 1] for i in range(n)])
+        raise InvalidStageInput(
+            f"dataset {ds.prefix}: the held-out part has {len(tail)} tokens, fewer than seq_len+1 = {seq_len + 1}; "
+            "raise 'valid_fraction' (or set it to 0 for no validation loss)"
+        )
+    return np.stack([tail[i * seq_len : i * seq_len + seq_len + 1] for i in range(n)])
 
 
 def evaluate_loss(model, windows: np.ndarray, mbs: int, device: str, use_bf16: bool) -> float:
@@ -105,10 +139,12 @@ def evaluate_loss(model, windows: np.ndarray, mbs: int, device: str, use_bf16: b
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(windows), mbs):
-            batch = torch.from_numpy(windows[i:i + mbs]).to(device)
+            batch = torch.from_numpy(windows[i : i + mbs]).to(device)
             with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
                 logits = model(input_ids=batch[:, :-1], use_cache=False).logits
-            loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum")
+            loss = torch.nn.functional.cross_entropy(
+                logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum"
+            )
             total += float(loss)
             count += batch[:, 1:].numel()
     if was_training:
@@ -124,6 +160,7 @@ def lr_lambda_factory(warmup: int, total: int, min_ratio: float):
             return 1.0
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
     return f
 
 
@@ -148,11 +185,18 @@ def rng_state() -> dict:
 
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    rng = {"format": 2,
-           "python": {"version": int(version), "state": [int(x) for x in internal], "gauss": gauss},
-           "numpy": {"kind": str(kind), "keys": [int(x) for x in keys], "pos": int(pos), "has_gauss": int(has_gauss),
-                     "cached_gaussian": float(cached)},
-           "torch": torch.get_rng_state()}
+    rng = {
+        "format": 2,
+        "python": {"version": int(version), "state": [int(x) for x in internal], "gauss": gauss},
+        "numpy": {
+            "kind": str(kind),
+            "keys": [int(x) for x in keys],
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return rng
@@ -165,8 +209,15 @@ def set_rng_state(rng: dict) -> None:
     py, npy = rng["python"], rng["numpy"]
     if isinstance(py, dict):
         random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
-        np.random.set_state((npy["kind"], np.asarray(npy["keys"], dtype=np.uint32), npy["pos"], npy["has_gauss"],
-                             npy["cached_gaussian"]))
+        np.random.set_state(
+            (
+                npy["kind"],
+                np.asarray(npy["keys"], dtype=np.uint32),
+                npy["pos"],
+                npy["has_gauss"],
+                npy["cached_gaussian"],
+            )
+        )
     else:
         random.setstate(py)
         np.random.set_state(npy)
@@ -196,6 +247,7 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, state: d
 
 def main(ctx: StageContext) -> None:
     import torch
+
     # Launched by torchrun for `gpus: N` (N > 1): data-parallel training is not implemented yet; say so
     # (StageConfigError, not retried) instead of N processes each training the whole model alone.
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -250,8 +302,11 @@ def main(ctx: StageContext) -> None:
     valid = held_out_windows(ds, split_at, seq_len, p.int("eval_windows", 64, min=1)) if valid_fraction > 0 else None
     eval_every = p.int("eval_every", ckpt_every or max(1, max_steps // 5), min=1)
     if valid is not None:
-        print(f"held out {int(ds.total_tokens) - split_at} of {int(ds.total_tokens)} tokens (valid_fraction {valid_fraction}); "
-              f"validation loss over {len(valid)} windows every {eval_every} steps", file=sys.stderr)
+        print(
+            f"held out {int(ds.total_tokens) - split_at} of {int(ds.total_tokens)} tokens (valid_fraction {valid_fraction}); "
+            f"validation loss over {len(valid)} windows every {eval_every} steps",
+            file=sys.stderr,
+        )
     tokenizer = None
     if tok_dir is not None:
         from transformers import AutoTokenizer
@@ -262,11 +317,20 @@ def main(ctx: StageContext) -> None:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=p.int("intermediate_size", int(hidden * 8 / 3 / 8 + 0.999) * 8, min=8),
-        num_hidden_layers=p.int("num_layers", 4, min=1), num_attention_heads=heads, num_key_value_heads=kv_heads,
-        max_position_embeddings=seq_len, rope_theta=p.float("rope_theta", 10000.0, min=1.0), tie_word_embeddings=True,
-        bos_token_id=getattr(tokenizer, "bos_token_id", 1), eos_token_id=getattr(tokenizer, "eos_token_id", 2),
-        pad_token_id=getattr(tokenizer, "pad_token_id", None), use_cache=False)
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=p.int("intermediate_size", int(hidden * 8 / 3 / 8 + 0.999) * 8, min=8),
+        num_hidden_layers=p.int("num_layers", 4, min=1),
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=seq_len,
+        rope_theta=p.float("rope_theta", 10000.0, min=1.0),
+        tie_word_embeddings=True,
+        bos_token_id=getattr(tokenizer, "bos_token_id", 1),
+        eos_token_id=getattr(tokenizer, "eos_token_id", 2),
+        pad_token_id=getattr(tokenizer, "pad_token_id", None),
+        use_cache=False,
+    )
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -275,14 +339,29 @@ def main(ctx: StageContext) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     decay = [q for n, q in model.named_parameters() if q.ndim >= 2]
     no_decay = [q for n, q in model.named_parameters() if q.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": p.float("weight_decay", 0.1, min=0)},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr,
-                                  betas=(p.float("adam_beta1", 0.9), p.float("adam_beta2", 0.95)), eps=1e-8)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda_factory(warmup, max_steps, p.float("min_lr_ratio", 0.1, min=0, max=1)))
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": p.float("weight_decay", 0.1, min=0)},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=lr,
+        betas=(p.float("adam_beta1", 0.9), p.float("adam_beta2", 0.95)),
+        eps=1e-8,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda_factory(warmup, max_steps, p.float("min_lr_ratio", 0.1, min=0, max=1))
+    )
     grad_clip = p.float("grad_clip", 1.0, min=0)
 
-    state = {"step": 0, "consumed_samples": 0, "first_loss": None, "first_eval_loss": None, "tokens": 0, "micro_batch_size": mbs,
-             "gradient_accumulation_steps": gas}
+    state = {
+        "step": 0,
+        "consumed_samples": 0,
+        "first_loss": None,
+        "first_eval_loss": None,
+        "tokens": 0,
+        "micro_batch_size": mbs,
+        "gradient_accumulation_steps": gas,
+    }
     if ctx.resume_from:
         rf = ctx.resume_from
         if not (rf / "model.pt").is_file():
@@ -294,7 +373,9 @@ def main(ctx: StageContext) -> None:
         state.update(json.loads((rf / "trainer_state.json").read_text()))
         # Checkpoints written before rng_state() hold numpy arrays: admitted as plain arrays, nothing else.
         set_rng_state(load_weights(rf / "rng.pt", what="RNG state", allow_numpy=True))
-        print(f"resumed from {rf} at step {state['step']} (consumed {state['consumed_samples']} samples)", file=sys.stderr)
+        print(
+            f"resumed from {rf} at step {state['step']} (consumed {state['consumed_samples']} samples)", file=sys.stderr
+        )
         # the engine may have changed the batch split after an OOM: keep the data position, use the new split
         state["micro_batch_size"], state["gradient_accumulation_steps"] = mbs, gas
 
@@ -319,7 +400,9 @@ def main(ctx: StageContext) -> None:
         nonlocal eval_val
         eval_val = evaluate_loss(model, valid, mbs, device, use_bf16)
         if not math.isfinite(eval_val):
-            raise StageConfigError(f"validation loss became {eval_val} at step {state['step']}: lower 'lr' or check the data")
+            raise StageConfigError(
+                f"validation loss became {eval_val} at step {state['step']}: lower 'lr' or check the data"
+            )
         if state.get("first_eval_loss") is None:
             state["first_eval_loss"] = eval_val
         vals = {"eval_loss": eval_val, "eval_ppl": math.exp(min(eval_val, 50.0))}
@@ -341,7 +424,9 @@ def main(ctx: StageContext) -> None:
             state["consumed_samples"] += mbs
             with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
                 logits = model(input_ids=batch[:, :-1], use_cache=False).logits
-                loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+                loss = torch.nn.functional.cross_entropy(
+                    logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1)
+                )
             (loss / gas).backward()
             step_loss += loss.item() / gas
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip > 0 else None
@@ -379,7 +464,11 @@ def main(ctx: StageContext) -> None:
             checkpoint()
             if tb is not None:
                 tb.close()
-            print(f"stopped by signal {stop.signum} at step {state['step']} after saving a checkpoint", file=sys.stderr, flush=True)
+            print(
+                f"stopped by signal {stop.signum} at step {state['step']} after saving a checkpoint",
+                file=sys.stderr,
+                flush=True,
+            )
             sys.exit(128 + (stop.signum or 15))
     if valid is not None and eval_val is None:  # resumed at max_steps: the loop ran no step
         validate()
@@ -389,12 +478,22 @@ def main(ctx: StageContext) -> None:
         # A rung run again after its trial went further (a reset of the sweep): the loss it had at this rung, untouched checkpoints.
         rung_loss = state.get("rung_losses", {}).get(str(stop_at))
         if rung_loss is None:
-            raise StageConfigError(f"{p.source}: field 'stop_at_step' ({stop_at}) is behind the checkpoint resumed from (step {state['step']}), "
-                                   "which recorded no loss at that step")
+            raise StageConfigError(
+                f"{p.source}: field 'stop_at_step' ({stop_at}) is behind the checkpoint resumed from (step {state['step']}), "
+                "which recorded no loss at that step"
+            )
         ctx.metric({"loss": rung_loss}, step=stop_at)
         ctx.progress(stop_at, max_steps)
-        ctx.result({"first_loss": state["first_loss"], "final_loss": rung_loss, "steps": stop_at, "stopped_at_step": stop_at,
-                    "max_steps": max_steps, "replayed_from_step": state["step"]})
+        ctx.result(
+            {
+                "first_loss": state["first_loss"],
+                "final_loss": rung_loss,
+                "steps": stop_at,
+                "stopped_at_step": stop_at,
+                "max_steps": max_steps,
+                "replayed_from_step": state["step"],
+            }
+        )
         return
     if loss_val is None and state.get("last_loss") is not None:
         # Resumed where this run ends, e.g. a rung run again after a lost worker: report the loss it ended with.
@@ -405,9 +504,21 @@ def main(ctx: StageContext) -> None:
         state.setdefault("rung_losses", {})[str(stop_at)] = loss_val
     checkpoint()
     if stop_at is not None:
-        ctx.result({"first_loss": state["first_loss"], "final_loss": loss_val, "steps": state["step"], "stopped_at_step": state["step"],
-                    "max_steps": max_steps, "tokens": state["tokens"]})
-        print(f"stopped at step {state['step']} of {max_steps} (stop_at_step) after saving a checkpoint", file=sys.stderr, flush=True)
+        ctx.result(
+            {
+                "first_loss": state["first_loss"],
+                "final_loss": loss_val,
+                "steps": state["step"],
+                "stopped_at_step": state["step"],
+                "max_steps": max_steps,
+                "tokens": state["tokens"],
+            }
+        )
+        print(
+            f"stopped at step {state['step']} of {max_steps} (stop_at_step) after saving a checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
         return
     model_dir = ctx.output / "model"
     model.config.use_cache = True
@@ -415,10 +526,25 @@ def main(ctx: StageContext) -> None:
     if tokenizer is not None:
         tokenizer.save_pretrained(str(model_dir))
     ctx.artifact("model/model.safetensors", "final model (HF format)")
-    ctx.result({"first_loss": state["first_loss"], "final_loss": loss_val, "steps": state["step"], "tokens": state["tokens"],
-                "parameters": sum(q.numel() for q in model.parameters()),
-                **({"first_eval_loss": state["first_eval_loss"], "final_eval_loss": eval_val, "eval_tokens": int(valid[:, 1:].size),
-                    "held_out_tokens": int(ds.total_tokens) - split_at} if valid is not None else {})})
+    ctx.result(
+        {
+            "first_loss": state["first_loss"],
+            "final_loss": loss_val,
+            "steps": state["step"],
+            "tokens": state["tokens"],
+            "parameters": sum(q.numel() for q in model.parameters()),
+            **(
+                {
+                    "first_eval_loss": state["first_eval_loss"],
+                    "final_eval_loss": eval_val,
+                    "eval_tokens": int(valid[:, 1:].size),
+                    "held_out_tokens": int(ds.total_tokens) - split_at,
+                }
+                if valid is not None
+                else {}
+            ),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ events with `ctx.progress/metric/checkpoint/artifact/result`, and ends with
 `ctx.fail(...)` on a known failure. `run_stage(main)` wraps a stage's main so
 that an OOM becomes exit 4 and an unexpected exception exits 1 (StageCrashed).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 EXIT_CODES = {"InvalidStageInput": 2, "StageConfigError": 3, "OutOfMemory": 4, "StageCrashed": 1}
 
@@ -93,7 +95,9 @@ class Params:
         self.source = source
 
     def _bad(self, name: str, want: str, got: Any) -> NoReturn:
-        raise InvalidStageInput(f"{self.source}: field '{name}' must be {want}, got {json.dumps(got, ensure_ascii=False)[:80]}")
+        raise InvalidStageInput(
+            f"{self.source}: field '{name}' must be {want}, got {json.dumps(got, ensure_ascii=False)[:80]}"
+        )
 
     def has(self, name: str) -> bool:
         return self.data.get(name) is not None
@@ -102,7 +106,15 @@ class Params:
         v = self.data.get(name)
         return default if v is None else v
 
-    def int(self, name: str, default: int | None = None, *, min: int | None = None, max: int | None = None, required: bool = False) -> int:
+    def int(
+        self,
+        name: str,
+        default: int | None = None,
+        *,
+        min: int | None = None,
+        max: int | None = None,
+        required: bool = False,
+    ) -> int:
         v = self.data.get(name)
         if v is None:
             if required or default is None:
@@ -119,7 +131,15 @@ class Params:
             self._bad(name, f"an integer <= {max}", v)
         return v
 
-    def float(self, name: str, default: float | None = None, *, min: float | None = None, max: float | None = None, required: bool = False) -> float:
+    def float(
+        self,
+        name: str,
+        default: float | None = None,
+        *,
+        min: float | None = None,
+        max: float | None = None,
+        required: bool = False,
+    ) -> float:
         v = self.data.get(name)
         if v is None:
             if required:
@@ -142,7 +162,9 @@ class Params:
             self._bad(name, "true or false", v)
         return v
 
-    def str(self, name: str, default: str | None = None, *, choices: list[str] | None = None, required: bool = False) -> str:
+    def str(
+        self, name: str, default: str | None = None, *, choices: list[str] | None = None, required: bool = False
+    ) -> str:
         v = self.data.get(name)
         if v is None:
             if required:
@@ -162,7 +184,7 @@ class Params:
             self._bad(name, "a list", v)
         return v
 
-    def sub(self, name: str) -> "Params | None":
+    def sub(self, name: str) -> Params | None:
         v = self.data.get(name)
         if v is None:
             return None
@@ -173,7 +195,9 @@ class Params:
     def reject_unknown(self, known: set[str]) -> None:
         extra = sorted(set(self.data) - known)
         if extra:
-            raise InvalidStageInput(f"{self.source}: unknown field(s) {', '.join(extra)}; allowed: {', '.join(sorted(known))}")
+            raise InvalidStageInput(
+                f"{self.source}: unknown field(s) {', '.join(extra)}; allowed: {', '.join(sorted(known))}"
+            )
 
 
 @dataclass
@@ -191,7 +215,7 @@ class StageContext:
     events: EventWriter
 
     @classmethod
-    def from_env(cls, env: dict | None = None) -> "StageContext":
+    def from_env(cls, env: dict | None = None) -> StageContext:
         env = dict(os.environ if env is None else env)
         params_path = env.get("TANREN_PARAMS")
         data: dict = {}
@@ -262,13 +286,16 @@ class StageContext:
             d = self.inputs / name
             if not d.is_dir():
                 have = ", ".join(sorted(p.name for p in self.inputs.iterdir() if p.is_dir())) or "none"
-                raise InvalidStageInput(f"{self.params.source}: field '{param}' names stage '{name}', which is not in needs (have: {have})")
+                raise InvalidStageInput(
+                    f"{self.params.source}: field '{param}' names stage '{name}', which is not in needs (have: {have})"
+                )
             return d
         dirs = sorted(p for p in self.inputs.iterdir() if p.is_dir())
         if len(dirs) != 1:
             raise InvalidStageInput(
                 f"{self.params.source}: set field '{param}' to the needed stage to read from "
-                f"(found {len(dirs)} inputs: {', '.join(p.name for p in dirs) or 'none'})")
+                f"(found {len(dirs)} inputs: {', '.join(p.name for p in dirs) or 'none'})"
+            )
         return dirs[0]
 
     def input_dirs(self) -> list[Path]:
@@ -295,7 +322,7 @@ class StopFlag:
         self.requested = False
         self.signum: int | None = None
 
-    def install(self) -> "StopFlag":
+    def install(self) -> StopFlag:
         def handler(signum, _frame):
             self.requested = True
             self.signum = signum

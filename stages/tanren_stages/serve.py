@@ -17,6 +17,7 @@ A tiny model has a tiny context (max_position_embeddings): the prompt keeps up t
 question is) and the reply gets at most the rest, whatever `max_tokens` asks; `finish_reason` says "length" when that
 cap or max_tokens ended the reply. Once listening it prints one JSON line to stdout: {"event": "listening", "host", "port", "model"}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,7 +67,9 @@ def parse_chat_request(body: object, model_name: str) -> dict:
         raise RequestError(400, "the request body must be a JSON object")
     model = body.get("model")
     if model is not None and model != model_name:
-        raise RequestError(404, f"The model '{model}' does not exist: this server serves '{model_name}'", "model", "model_not_found")
+        raise RequestError(
+            404, f"The model '{model}' does not exist: this server serves '{model_name}'", "model", "model_not_found"
+        )
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise RequestError(400, "'messages' must be a non-empty list of {role, content}", "messages")
@@ -122,9 +125,18 @@ class ChatModel:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self.name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": "length" if produced >= budget else "stop"}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": produced, "total_tokens": prompt_tokens + produced},
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "length" if produced >= budget else "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": produced,
+                "total_tokens": prompt_tokens + produced,
+            },
         }
 
 
@@ -147,11 +159,23 @@ def make_handler(model: ChatModel):
         def do_GET(self):  # noqa: N802  (http.server's naming)
             path = self.path.split("?", 1)[0].rstrip("/")
             if path in ("/v1/models", "/models"):
-                self._send(200, {"object": "list", "data": [{"id": model.name, "object": "model", "created": 0, "owned_by": "tanren"}]})
+                self._send(
+                    200,
+                    {
+                        "object": "list",
+                        "data": [{"id": model.name, "object": "model", "created": 0, "owned_by": "tanren"}],
+                    },
+                )
             elif path == "/health":
                 self._send(200, {"status": "ok"})
             else:
-                self._error(RequestError(404, f"no such endpoint: GET {path} (try /v1/models or POST /v1/chat/completions)", type_="not_found"))
+                self._error(
+                    RequestError(
+                        404,
+                        f"no such endpoint: GET {path} (try /v1/models or POST /v1/chat/completions)",
+                        type_="not_found",
+                    )
+                )
 
         def do_POST(self):  # noqa: N802
             path = self.path.split("?", 1)[0].rstrip("/")
@@ -161,7 +185,9 @@ def make_handler(model: ChatModel):
                     raise RequestError(413, f"request body over {MAX_BODY} bytes")
                 raw = self.rfile.read(length) if length else b""
                 if path not in ("/v1/chat/completions", "/chat/completions"):
-                    raise RequestError(404, f"no such endpoint: POST {path} (try /v1/chat/completions)", type_="not_found")
+                    raise RequestError(
+                        404, f"no such endpoint: POST {path} (try /v1/chat/completions)", type_="not_found"
+                    )
                 try:
                     body = json.loads(raw.decode("utf-8"))
                 except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -171,7 +197,17 @@ def make_handler(model: ChatModel):
                 self._error(e)
             except Exception as e:  # noqa: BLE001  (one bad request must not stop the server)
                 print(f"serve: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-                self._send(500, {"error": {"message": f"{type(e).__name__}: {e}", "type": "server_error", "param": None, "code": None}})
+                self._send(
+                    500,
+                    {
+                        "error": {
+                            "message": f"{type(e).__name__}: {e}",
+                            "type": "server_error",
+                            "param": None,
+                            "code": None,
+                        }
+                    },
+                )
 
         def log_message(self, fmt, *args):  # request line and status only: never headers (they carry the bearer key)
             print(f"serve: {self.address_string()} {fmt % args}", file=sys.stderr, flush=True)
@@ -186,7 +222,9 @@ def load_model(model_dir: Path, device: str, precision: str):
 
     source = model_source_at(model_dir, "serve")
     if source is None:
-        raise StageFailure("InvalidStageInput", f"serve: {model_dir} holds no model (no config.json or base.json, nor model/ with one)")
+        raise StageFailure(
+            "InvalidStageInput", f"serve: {model_dir} holds no model (no config.json or base.json, nor model/ with one)"
+        )
     if device == "auto":
         import torch
 
@@ -217,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(json.dumps({"event": "listening", "host": host, "port": port, "model": args.model_name, "device": gen.device}), flush=True)
+    print(
+        json.dumps({"event": "listening", "host": host, "port": port, "model": args.model_name, "device": gen.device}),
+        flush=True,
+    )
     server.serve_forever()
     server.server_close()
     return 0

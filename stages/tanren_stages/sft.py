@@ -25,10 +25,27 @@ Outputs: model/ (merged when LoRA, or base.json + base/ when not merged — base
 from a needed stage), adapter/ (LoRA, with the tokenizer), tensorboard/. Result: final_loss, first_loss, steps, first_eval_loss, final_eval_loss,
 eval_rows.
 """
+
 from __future__ import annotations
 
-from .hf_train import (COMMON_KEYS, check_messages, check_qlora, data_files, device_for, eval_kwargs, events_callback, final_evaluation, is_peft,
-                       load_model_and_tokenizer, load_rows, peft_config_for, run_training, save_final, split_rows, training_args_kwargs)
+from .hf_train import (
+    COMMON_KEYS,
+    check_messages,
+    check_qlora,
+    data_files,
+    device_for,
+    eval_kwargs,
+    events_callback,
+    final_evaluation,
+    is_peft,
+    load_model_and_tokenizer,
+    load_rows,
+    peft_config_for,
+    run_training,
+    save_final,
+    split_rows,
+    training_args_kwargs,
+)
 from .protocol import InvalidStageInput, StageContext, StopFlag, run_stage
 
 
@@ -44,7 +61,9 @@ def to_messages(where: str, row: dict) -> list[dict]:
         user = row["instruction"] + ("\n\n" + extra if extra else "")
         msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
     else:
-        raise InvalidStageInput(f"{where}: expected field 'messages' or fields 'instruction'/'output' (have {', '.join(sorted(row))})")
+        raise InvalidStageInput(
+            f"{where}: expected field 'messages' or fields 'instruction'/'output' (have {', '.join(sorted(row))})"
+        )
     if not any(m["role"] == "assistant" for m in msgs):
         raise InvalidStageInput(f"{where}: no assistant message to learn from")
     return msgs
@@ -55,7 +74,9 @@ def build_trainer(ctx: StageContext, stop: StopFlag | None = None):
     p = ctx.params
     p.reject_unknown(COMMON_KEYS)
     stop = stop or StopFlag()
-    rows, held_out = split_rows(ctx, [{"messages": to_messages(w, r)} for w, r in load_rows(data_files(ctx, "chat.jsonl"))])
+    rows, held_out = split_rows(
+        ctx, [{"messages": to_messages(w, r)} for w, r in load_rows(data_files(ctx, "chat.jsonl"))]
+    )
     device = device_for(ctx)
     check_qlora(ctx, device)
     from datasets import Dataset
@@ -67,11 +88,24 @@ def build_trainer(ctx: StageContext, stop: StopFlag | None = None):
     lora = peft_cfg is not None
     if lora and is_peft(model):  # continuing an earlier stage's adapter
         peft_cfg = None
-    args = SFTConfig(**training_args_kwargs(ctx, device, 2e-5), **eval_kwargs(ctx, bool(held_out)), max_length=p.int("max_length", 1024, min=8),
-                     assistant_only_loss=True, packing=False, dataset_num_proc=None)
+    args = SFTConfig(
+        **training_args_kwargs(ctx, device, 2e-5),
+        **eval_kwargs(ctx, bool(held_out)),
+        max_length=p.int("max_length", 1024, min=8),
+        assistant_only_loss=True,
+        packing=False,
+        dataset_num_proc=None,
+    )
     cb = events_callback(ctx, stop)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, eval_dataset=Dataset.from_list(held_out) if held_out else None,
-                         processing_class=tok, peft_config=peft_cfg, callbacks=[cb])
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=ds,
+        eval_dataset=Dataset.from_list(held_out) if held_out else None,
+        processing_class=tok,
+        peft_config=peft_cfg,
+        callbacks=[cb],
+    )
     trainer.tanren_source = source
     return trainer, cb, tok, lora
 
@@ -90,9 +124,19 @@ def main(ctx: StageContext) -> None:
     if lora:
         ctx.artifact("adapter/adapter_config.json", "LoRA adapter")
     hist = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    ctx.result({"final_loss": hist[-1] if hist else None, "first_loss": hist[0] if hist else None,
-                "steps": trainer.state.global_step, "lora": lora,
-                **({"first_eval_loss": evals[0], "final_eval_loss": evals[-1], "eval_rows": len(trainer.eval_dataset)} if evals else {})})
+    ctx.result(
+        {
+            "final_loss": hist[-1] if hist else None,
+            "first_loss": hist[0] if hist else None,
+            "steps": trainer.state.global_step,
+            "lora": lora,
+            **(
+                {"first_eval_loss": evals[0], "final_eval_loss": evals[-1], "eval_rows": len(trainer.eval_dataset)}
+                if evals
+                else {}
+            ),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ params:
   output_prefix    (default "text_document")
 Outputs: <prefix>.bin, <prefix>.idx, tokenizer.model, tokenizer/ (copied for later stages), stats.json.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -104,8 +105,16 @@ def byte_ranges(files: list[Path], chunk_bytes: int = DEFAULT_CHUNK_BYTES):
                 pos = end
 
 
-def tokenize_files(files: list[Path], model_path: str | Path, out_prefix: str | Path, *, workers: int = 2,
-                   field: str = "text", chunk_bytes: int = DEFAULT_CHUNK_BYTES, on_progress=None) -> dict:
+def tokenize_files(
+    files: list[Path],
+    model_path: str | Path,
+    out_prefix: str | Path,
+    *,
+    workers: int = 2,
+    field: str = "text",
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    on_progress=None,
+) -> dict:
     """Tokenises jsonl files into out_prefix.bin/.idx; returns {documents, tokens, seconds, tokens_per_s, ...}.
 
     The parent only cuts the files into byte ranges (at line boundaries) and writes: each worker reads its
@@ -142,9 +151,15 @@ def tokenize_files(files: list[Path], model_path: str | Path, out_prefix: str | 
         if pool is not None:
             pool.terminate()
     secs = time.perf_counter() - t0
-    return {"documents": writer.documents, "tokens": writer.tokens, "seconds": round(secs, 4),
-            "tokens_per_s": round(writer.tokens / secs, 1) if secs > 0 else None, "workers": workers,
-            "dtype": str(writer.dtype), "vocab_size": vocab}
+    return {
+        "documents": writer.documents,
+        "tokens": writer.tokens,
+        "seconds": round(secs, 4),
+        "tokens_per_s": round(writer.tokens / secs, 1) if secs > 0 else None,
+        "workers": workers,
+        "dtype": str(writer.dtype),
+        "vocab_size": vocab,
+    }
 
 
 def find_tokenizer(ctx: StageContext) -> Path:
@@ -168,7 +183,9 @@ def find_tokenizer(ctx: StageContext) -> Path:
 
 def main(ctx: StageContext) -> None:
     p = ctx.params
-    p.reject_unknown({"input", "tokenizer_input", "tokenizer", "text_field", "workers", "output_prefix", "chunk_bytes", "chunk_docs"})
+    p.reject_unknown(
+        {"input", "tokenizer_input", "tokenizer", "text_field", "workers", "output_prefix", "chunk_bytes", "chunk_docs"}
+    )
     tok = find_tokenizer(ctx)
     if p.has("input"):
         src = ctx.input_dir(p.str("input"))
@@ -187,8 +204,15 @@ def main(ctx: StageContext) -> None:
             last[0] = now
             ctx.progress(docs, message=f"{tokens} tokens")
 
-    stats = tokenize_files(files, tok, ctx.output / prefix, workers=workers, field=p.str("text_field", "text"),
-                           chunk_bytes=p.int("chunk_bytes", DEFAULT_CHUNK_BYTES, min=1), on_progress=progress)
+    stats = tokenize_files(
+        files,
+        tok,
+        ctx.output / prefix,
+        workers=workers,
+        field=p.str("text_field", "text"),
+        chunk_bytes=p.int("chunk_bytes", DEFAULT_CHUNK_BYTES, min=1),
+        on_progress=progress,
+    )
     shutil.copyfile(tok, ctx.output / "tokenizer.model")
     if (tok.parent / "tokenizer").is_dir():
         shutil.copytree(tok.parent / "tokenizer", ctx.output / "tokenizer")

@@ -10,6 +10,7 @@ params:
   tokenizer           path of an existing tokenizer.model (or a dir holding one): copied instead of training
 Outputs: tokenizer.model, tokenizer.vocab, tokenizer/ (HF LlamaTokenizerFast, loads with AutoTokenizer).
 """
+
 from __future__ import annotations
 
 import random
@@ -44,23 +45,50 @@ def sample_texts(files: list[Path], field: str, k: int, seed: int) -> list[str]:
     return res
 
 
-def train_spm(texts: list[str], prefix: Path, vocab_size: int, *, character_coverage: float = 0.9995, seed: int = 1234, threads: int = 2) -> None:
+def train_spm(
+    texts: list[str],
+    prefix: Path,
+    vocab_size: int,
+    *,
+    character_coverage: float = 0.9995,
+    seed: int = 1234,
+    threads: int = 2,
+) -> None:
     import sentencepiece as spm
 
     spm.set_random_generator_seed(seed)
     lines = [ln for t in texts for ln in t.split("\n") if ln.strip()]
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines), model_prefix=str(prefix), model_type="unigram", vocab_size=vocab_size,
-            byte_fallback=True, normalization_rule_name="nfkc", character_coverage=character_coverage,
-            split_digits=True, add_dummy_prefix=False, remove_extra_whitespaces=False, required_chars="\u2581", num_threads=threads, input_sentence_size=0,
-            max_sentence_length=1 << 16, train_extremely_large_corpus=False, minloglevel=2, **SPECIALS,
-            unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>", pad_piece="<pad>",
-            user_defined_symbols=["<|im_start|>", "<|im_end|>"])
+            sentence_iterator=iter(lines),
+            model_prefix=str(prefix),
+            model_type="unigram",
+            vocab_size=vocab_size,
+            byte_fallback=True,
+            normalization_rule_name="nfkc",
+            character_coverage=character_coverage,
+            split_digits=True,
+            add_dummy_prefix=False,
+            remove_extra_whitespaces=False,
+            required_chars="\u2581",
+            num_threads=threads,
+            input_sentence_size=0,
+            max_sentence_length=1 << 16,
+            train_extremely_large_corpus=False,
+            minloglevel=2,
+            **SPECIALS,
+            unk_piece="<unk>",
+            bos_piece="<s>",
+            eos_piece="</s>",
+            pad_piece="<pad>",
+            user_defined_symbols=["<|im_start|>", "<|im_end|>"],
+        )
     except RuntimeError as e:
         msg = str(e)
         if "Vocabulary size" in msg or "vocab_size" in msg:
-            raise InvalidStageInput(f"params field 'vocab_size': {vocab_size} is too large for this corpus ({msg.strip()})") from e
+            raise InvalidStageInput(
+                f"params field 'vocab_size': {vocab_size} is too large for this corpus ({msg.strip()})"
+            ) from e
         raise
 
 
@@ -69,13 +97,23 @@ def save_hf_tokenizer(model_file: Path, out_dir: Path):
     from tokenizers import normalizers
     from transformers import LlamaTokenizerFast
 
-    tok = LlamaTokenizerFast(vocab_file=str(model_file), legacy=False, add_bos_token=False, add_eos_token=False,
-                             unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                             from_slow=True, clean_up_tokenization_spaces=False)
+    tok = LlamaTokenizerFast(
+        vocab_file=str(model_file),
+        legacy=False,
+        add_bos_token=False,
+        add_eos_token=False,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        from_slow=True,
+        clean_up_tokenization_spaces=False,
+    )
     backend = tok.backend_tokenizer
     existing = backend.normalizer
     backend.normalizer = normalizers.Sequence([normalizers.NFKC()] + ([existing] if existing is not None else []))
     from .common import CHAT_TEMPLATE
+
     tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(str(out_dir))
     return tok
@@ -116,7 +154,14 @@ def main(ctx: StageContext) -> None:
     sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
     ctx.artifact("tokenizer.model", "SentencePiece model")
     ctx.artifact("tokenizer/tokenizer.json", "HF tokenizer")
-    ctx.result({"vocab_size": sp.get_piece_size(), "hf_vocab_size": len(tok), "source": source, "seconds": round(timer.elapsed(), 2)})
+    ctx.result(
+        {
+            "vocab_size": sp.get_piece_size(),
+            "hf_vocab_size": len(tok),
+            "source": source,
+            "seconds": round(timer.elapsed(), 2),
+        }
+    )
 
 
 if __name__ == "__main__":

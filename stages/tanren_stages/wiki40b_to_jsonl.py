@@ -20,6 +20,7 @@ the article title first, then each section title on a line of its own before its
 so a model pretrained on the text sees them; `title` is also kept as a field of its own.
 Streams record batches, so memory stays flat whatever the shard size.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,7 +32,9 @@ from pathlib import Path
 
 from .protocol import InvalidStageInput, StageContext, Timer, run_stage, write_json
 
-_JA = re.compile(r"[\u3040-\u309f\u30a0-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3000-\u303f\uff01-\uff9f\u31f0-\u31ff]")
+_JA = re.compile(
+    r"[\u3040-\u309f\u30a0-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3000-\u303f\uff01-\uff9f\u31f0-\u31ff]"
+)
 _WS = re.compile(r"\s+")
 
 
@@ -104,9 +107,11 @@ def shard_files(source: Path, splits: list[str] | tuple[str, ...] = ("train",)) 
     keep = [f for f in files if split_of(f, source) in splits]
     if not keep:
         found = sorted({str(split_of(f, source)) for f in files})
-        raise InvalidStageInput(f"params field 'splits': no shard of split(s) {', '.join(splits)} under {source} (shards there "
-                                f"belong to: {', '.join(found)}; a shard's split is its file name's prefix, e.g. train-00000-of-00002.parquet, "
-                                "or its directory's name)")
+        raise InvalidStageInput(
+            f"params field 'splits': no shard of split(s) {', '.join(splits)} under {source} (shards there "
+            f"belong to: {', '.join(found)}; a shard's split is its file name's prefix, e.g. train-00000-of-00002.parquet, "
+            "or its directory's name)"
+        )
     return keep, [f for f in files if f not in keep]
 
 
@@ -130,8 +135,15 @@ def main(ctx: StageContext) -> None:
         print(f"read splits {', '.join(splits)}: skipped {len(skipped)} other shard(s) under {source}", file=sys.stderr)
 
     seen: set[bytes] = set()
-    stats = {"read": 0, "kept": 0, "dropped": {"empty": 0, "too_short": 0, "not_japanese": 0, "duplicate": 0}, "chars_kept": 0, "splits": splits,
-             "files": [str(f) for f in files], "skipped_files": [str(f) for f in skipped]}
+    stats = {
+        "read": 0,
+        "kept": 0,
+        "dropped": {"empty": 0, "too_short": 0, "not_japanese": 0, "duplicate": 0},
+        "chars_kept": 0,
+        "splits": splits,
+        "files": [str(f) for f in files],
+        "skipped_files": [str(f) for f in skipped],
+    }
     timer = Timer()
     out_path = ctx.output / "articles.jsonl"
     with open(out_path, "w", encoding="utf-8") as out:
@@ -142,7 +154,9 @@ def main(ctx: StageContext) -> None:
                 if need not in cols:
                     raise InvalidStageInput(f"{f}: column '{need}' is missing (have {', '.join(sorted(cols))})")
             id_col = "wikidata_id" if "wikidata_id" in cols else None
-            for batch in pf.iter_batches(batch_size=batch_size, columns=[c for c in ("wikidata_id", "text") if c in cols]):
+            for batch in pf.iter_batches(
+                batch_size=batch_size, columns=[c for c in ("wikidata_id", "text") if c in cols]
+            ):
                 texts = batch.column("text").to_pylist()
                 ids = batch.column(id_col).to_pylist() if id_col else [None] * len(texts)
                 for wid, raw in zip(ids, texts):
@@ -165,7 +179,17 @@ def main(ctx: StageContext) -> None:
                             stats["dropped"]["duplicate"] += 1
                             continue
                         seen.add(k)
-                    out.write(json.dumps({"id": wid if wid is not None else f"{f.name}:{stats['read']}", "title": title, "text": text}, ensure_ascii=False) + "\n")
+                    out.write(
+                        json.dumps(
+                            {
+                                "id": wid if wid is not None else f"{f.name}:{stats['read']}",
+                                "title": title,
+                                "text": text,
+                            },
+                            ensure_ascii=False,
+                        )
+                        + "\n"
+                    )
                     stats["kept"] += 1
                     stats["chars_kept"] += len(text)
                 ctx.progress(stats["read"], message=f"{f.name}: kept {stats['kept']}")
@@ -174,7 +198,9 @@ def main(ctx: StageContext) -> None:
     write_json(ctx.output / "stats.json", stats)
     ctx.artifact("articles.jsonl", "converted articles {id,title,text}")
     ctx.artifact("stats.json", "kept / dropped counts")
-    ctx.result({"kept": stats["kept"], "read": stats["read"], "dropped": stats["dropped"], "chars_kept": stats["chars_kept"]})
+    ctx.result(
+        {"kept": stats["kept"], "read": stats["read"], "dropped": stats["dropped"], "chars_kept": stats["chars_kept"]}
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Fixtures: run a stage as the worker would (child process, TANREN_* env), and a shared tiny pipeline."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-TINY_MODEL = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "seq_len": 64, "micro_batch_size": 4,
-              "lr": 3e-3, "warmup_steps": 3, "threads": 1}
+TINY_MODEL = {
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_heads": 4,
+    "seq_len": 64,
+    "micro_batch_size": 4,
+    "lr": 3e-3,
+    "warmup_steps": 3,
+    "threads": 1,
+}
 
 
 @dataclass
@@ -46,8 +55,13 @@ class StageRun:
         return {e["step"]: e["values"][name] for e in self.of("metric") if name in e["values"] and "step" in e}
 
 
-def stage_env(tmp: Path, params: dict, inputs: dict[str, Path] | None = None, resume_from: Path | None = None,
-              extra: dict | None = None) -> dict:
+def stage_env(
+    tmp: Path,
+    params: dict,
+    inputs: dict[str, Path] | None = None,
+    resume_from: Path | None = None,
+    extra: dict | None = None,
+) -> dict:
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "params.json").write_text(json.dumps(params))
     ins = tmp / "inputs"
@@ -57,9 +71,19 @@ def stage_env(tmp: Path, params: dict, inputs: dict[str, Path] | None = None, re
         if not link.exists():
             link.symlink_to(path)
     env = dict(os.environ)
-    env.update(PYTHONPATH=str(STAGES), TANREN_RUN_ID="test", TANREN_PIPELINE="test", TANREN_STAGE_ID=tmp.name, TANREN_ATTEMPT="1",
-               TANREN_PARAMS=str(tmp / "params.json"), TANREN_INPUTS=str(ins), TANREN_OUTPUT=str(tmp / "out"),
-               TANREN_CHECKPOINTS=str(tmp / "ckpt"), TANREN_EVENTS=str(tmp / "events.jsonl"), TANREN_DEVICE="cpu")
+    env.update(
+        PYTHONPATH=str(STAGES),
+        TANREN_RUN_ID="test",
+        TANREN_PIPELINE="test",
+        TANREN_STAGE_ID=tmp.name,
+        TANREN_ATTEMPT="1",
+        TANREN_PARAMS=str(tmp / "params.json"),
+        TANREN_INPUTS=str(ins),
+        TANREN_OUTPUT=str(tmp / "out"),
+        TANREN_CHECKPOINTS=str(tmp / "ckpt"),
+        TANREN_EVENTS=str(tmp / "events.jsonl"),
+        TANREN_DEVICE="cpu",
+    )
     for name, path in (inputs or {}).items():
         env["TANREN_INPUT_" + "".join(c if c.isalnum() else "_" for c in name.upper())] = str(ins / name)
     if resume_from:
@@ -76,11 +100,26 @@ def read_events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def run_stage(module: str, tmp: Path, params: dict, inputs: dict[str, Path] | None = None, *, resume_from: Path | None = None,
-              extra_env: dict | None = None, timeout: float = 300, sigterm_after_event: str | None = None) -> StageRun:
+def run_stage(
+    module: str,
+    tmp: Path,
+    params: dict,
+    inputs: dict[str, Path] | None = None,
+    *,
+    resume_from: Path | None = None,
+    extra_env: dict | None = None,
+    timeout: float = 300,
+    sigterm_after_event: str | None = None,
+) -> StageRun:
     env = stage_env(tmp, params, inputs, resume_from, extra_env)
-    proc = subprocess.Popen([sys.executable, "-m", f"tanren_stages.{module}"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"tanren_stages.{module}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     if sigterm_after_event:
         deadline = time.time() + timeout
         while time.time() < deadline and proc.poll() is None:
@@ -118,11 +157,23 @@ def tokenizer_run(pipeline_dir, corpus) -> StageRun:
 
 @pytest.fixture(scope="session")
 def tokenized(pipeline_dir, corpus, tokenizer_run) -> StageRun:
-    return ok(run_stage("tokenize", pipeline_dir / "tokenize", {"input": "corpus", "workers": 2},
-                        {"corpus": corpus.output, "tokenizer": tokenizer_run.output}))
+    return ok(
+        run_stage(
+            "tokenize",
+            pipeline_dir / "tokenize",
+            {"input": "corpus", "workers": 2},
+            {"corpus": corpus.output, "tokenizer": tokenizer_run.output},
+        )
+    )
 
 
 @pytest.fixture(scope="session")
 def pretrained(pipeline_dir, tokenized) -> StageRun:
-    return ok(run_stage("pretrain", pipeline_dir / "pretrain", {**TINY_MODEL, "max_steps": 30, "log_every": 1},
-                        {"tokenize": tokenized.output}))
+    return ok(
+        run_stage(
+            "pretrain",
+            pipeline_dir / "pretrain",
+            {**TINY_MODEL, "max_steps": 30, "log_every": 1},
+            {"tokenize": tokenized.output},
+        )
+    )

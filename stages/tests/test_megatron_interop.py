@@ -3,15 +3,15 @@ megatron.core.datasets.indexed_dataset.IndexedDataset from the megatron-core pac
 a CPU-only machine with torch, numpy and packaging alone; it warns that Transformer Engine and Apex are absent), and
 Megatron's writer read by tanren's. Every sequence is compared, for a uint16 and an int32 (vocabulary >= 65,500) case.
 """
+
 from __future__ import annotations
 
+import megatron.core.datasets.indexed_dataset as megatron_ids  # noqa: E402  (megatron-core: stages/pyproject.toml, group dev)
 import numpy as np
 import pytest
 
 from tanren_stages.indexed_dataset import IndexedDataset as TanrenReader
 from tanren_stages.indexed_dataset import IndexedDatasetWriter, optimal_dtype
-
-import megatron.core.datasets.indexed_dataset as megatron_ids  # noqa: E402  (megatron-core: stages/pyproject.toml, group dev)
 
 
 def documents(vocab: int, n: int, seed: int) -> list[np.ndarray]:

@@ -1,10 +1,8 @@
 import json
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from conftest import TINY_MODEL, ok, run_stage
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 def test_loss_falls_and_outputs(pretrained):
@@ -15,7 +13,9 @@ def test_loss_falls_and_outputs(pretrained):
     assert last < first - 1.0, (first, last)
     r = pretrained.result
     assert r["first_loss"] == loss[1] and r["final_loss"] == loss[30] and r["steps"] == 30
-    assert all("lr" in e["values"] and "tokens_per_s" in e["values"] for e in pretrained.of("metric") if "loss" in e["values"])
+    assert all(
+        "lr" in e["values"] and "tokens_per_s" in e["values"] for e in pretrained.of("metric") if "loss" in e["values"]
+    )
     assert list((pretrained.output / "tensorboard").glob("events.out.tfevents.*"))
     model = AutoModelForCausalLM.from_pretrained(str(pretrained.output / "model"))
     tok = AutoTokenizer.from_pretrained(str(pretrained.output / "model"))
@@ -44,13 +44,22 @@ def test_validation_loss_on_held_out_documents(pretrained, tokenized):
     ds = IndexedDataset(tokenized.output / "text_document")
     at = split_held_out(ds, 0.01)
     starts = np.concatenate([[0], np.cumsum(ds.sequence_lengths.astype(np.int64))])
-    assert at in set(starts.tolist()) and 0 < r["held_out_tokens"] == int(ds.total_tokens) - at <= 0.01 * ds.total_tokens + max(ds.sequence_lengths)
+    assert at in set(starts.tolist()) and 0 < r["held_out_tokens"] == int(
+        ds.total_tokens
+    ) - at <= 0.01 * ds.total_tokens + max(ds.sequence_lengths)
     assert at == split_held_out(ds, 0.01) and split_held_out(ds, 0) == ds.total_tokens
     assert "held out" in pretrained.stderr
 
 
 def test_no_held_out_set(tmp_path, tokenized):
-    run = ok(run_stage("pretrain", tmp_path / "nv", {**TINY_MODEL, "max_steps": 2, "valid_fraction": 0}, {"tokenize": tokenized.output}))
+    run = ok(
+        run_stage(
+            "pretrain",
+            tmp_path / "nv",
+            {**TINY_MODEL, "max_steps": 2, "valid_fraction": 0},
+            {"tokenize": tokenized.output},
+        )
+    )
     assert not run.metrics("eval_loss") and "final_eval_loss" not in run.result
 
 
@@ -58,8 +67,15 @@ def test_resume_reproduces_uninterrupted_losses(tmp_path, tokenized):
     params = {**TINY_MODEL, "max_steps": 16, "checkpoint_every": 8}
     full = ok(run_stage("pretrain", tmp_path / "full", params, {"tokenize": tokenized.output}))
     assert [c["path"] for c in full.of("checkpoint")] == ["step-000008", "step-000016"]
-    resumed = ok(run_stage("pretrain", tmp_path / "resumed", params, {"tokenize": tokenized.output},
-                           resume_from=full.checkpoints / "step-000008"))
+    resumed = ok(
+        run_stage(
+            "pretrain",
+            tmp_path / "resumed",
+            params,
+            {"tokenize": tokenized.output},
+            resume_from=full.checkpoints / "step-000008",
+        )
+    )
     a, b = full.metrics("loss"), resumed.metrics("loss")
     assert sorted(b) == list(range(9, 17))
     for s in b:
@@ -76,23 +92,44 @@ def test_sigterm_saves_checkpoint_and_resume_finishes(tmp_path, tokenized):
     state = json.loads((run.checkpoints / ck[0]["path"] / "trainer_state.json").read_text())
     assert state["step"] == ck[0]["step"] and state["consumed_samples"] == 4 * state["step"]
     params["max_steps"] = state["step"] + 2
-    done = ok(run_stage("pretrain", tmp_path / "resume", params, {"tokenize": tokenized.output},
-                        resume_from=run.checkpoints / ck[0]["path"]))
+    done = ok(
+        run_stage(
+            "pretrain",
+            tmp_path / "resume",
+            params,
+            {"tokenize": tokenized.output},
+            resume_from=run.checkpoints / ck[0]["path"],
+        )
+    )
     assert done.result["steps"] == state["step"] + 2
 
 
 def test_injected_oom_exits_4(tmp_path, tokenized):
-    run = run_stage("pretrain", tmp_path / "oom", {**TINY_MODEL, "micro_batch_size": 8, "max_steps": 2},
-                    {"tokenize": tokenized.output}, extra_env={"TANREN_TEST_INJECT_OOM_ABOVE_MICRO_BATCH": "4"})
+    run = run_stage(
+        "pretrain",
+        tmp_path / "oom",
+        {**TINY_MODEL, "micro_batch_size": 8, "max_steps": 2},
+        {"tokenize": tokenized.output},
+        extra_env={"TANREN_TEST_INJECT_OOM_ABOVE_MICRO_BATCH": "4"},
+    )
     assert run.rc == 4 and run.of("error")[-1]["type"] == "OutOfMemory"
-    halved = ok(run_stage("pretrain", tmp_path / "halved", {**TINY_MODEL, "micro_batch_size": 4, "gradient_accumulation_steps": 2, "max_steps": 2},
-                          {"tokenize": tokenized.output}, extra_env={"TANREN_TEST_INJECT_OOM_ABOVE_MICRO_BATCH": "4"}))
+    halved = ok(
+        run_stage(
+            "pretrain",
+            tmp_path / "halved",
+            {**TINY_MODEL, "micro_batch_size": 4, "gradient_accumulation_steps": 2, "max_steps": 2},
+            {"tokenize": tokenized.output},
+            extra_env={"TANREN_TEST_INJECT_OOM_ABOVE_MICRO_BATCH": "4"},
+        )
+    )
     assert halved.result["tokens"] == 2 * 4 * 2 * 64
 
 
 @pytest.mark.parametrize("field,value", [("hidden_size", 30), ("micro_batch_size", 0)])
 def test_bad_params(tmp_path, tokenized, field, value):
-    run = run_stage("pretrain", tmp_path / "bad", {**TINY_MODEL, field: value, "max_steps": 1}, {"tokenize": tokenized.output})
+    run = run_stage(
+        "pretrain", tmp_path / "bad", {**TINY_MODEL, field: value, "max_steps": 1}, {"tokenize": tokenized.output}
+    )
     assert run.rc == 2 and field in run.of("error")[-1]["message"]
 
 
@@ -108,26 +145,51 @@ def test_stop_at_step_pauses_on_the_full_schedule_and_resumes_exactly(tmp_path, 
     a_lr = {e["step"]: e["values"]["lr"] for e in full.of("metric")}
     b_lr = {e["step"]: e["values"]["lr"] for e in rung.of("metric")}
     assert all(a_lr[s] == b_lr[s] for s in b_lr)
-    promoted = ok(run_stage("pretrain", tmp_path / "promoted", params, {"tokenize": tokenized.output},
-                            resume_from=rung.checkpoints / "step-000006"))
+    promoted = ok(
+        run_stage(
+            "pretrain",
+            tmp_path / "promoted",
+            params,
+            {"tokenize": tokenized.output},
+            resume_from=rung.checkpoints / "step-000006",
+        )
+    )
     a, b = full.metrics("loss"), promoted.metrics("loss")
     assert sorted(b) == list(range(7, 13)), "the step count continues from the rung checkpoint"
     for s in b:
         assert abs(a[s] - b[s]) <= 1e-6, (s, a[s], b[s])
     assert promoted.result["steps"] == 12 and (promoted.output / "model" / "model.safetensors").exists()
     # A rung run again after its trial went further (a reset): no training, the loss it had at that rung.
-    again = ok(run_stage("pretrain", tmp_path / "again", {**params, "stop_at_step": 6}, {"tokenize": tokenized.output},
-                         resume_from=promoted.checkpoints / "step-000012"))
+    again = ok(
+        run_stage(
+            "pretrain",
+            tmp_path / "again",
+            {**params, "stop_at_step": 6},
+            {"tokenize": tokenized.output},
+            resume_from=promoted.checkpoints / "step-000012",
+        )
+    )
     assert again.metrics("loss") == {6: rung.metrics("loss")[6]}
-    assert again.result["stopped_at_step"] == 6 and again.result["replayed_from_step"] == 12 and not again.of("checkpoint")
+    assert (
+        again.result["stopped_at_step"] == 6 and again.result["replayed_from_step"] == 12 and not again.of("checkpoint")
+    )
     # Resumed exactly at its rung (the worker died after the checkpoint): the same loss, no training.
-    same = ok(run_stage("pretrain", tmp_path / "same", {**params, "stop_at_step": 6}, {"tokenize": tokenized.output},
-                        resume_from=rung.checkpoints / "step-000006"))
+    same = ok(
+        run_stage(
+            "pretrain",
+            tmp_path / "same",
+            {**params, "stop_at_step": 6},
+            {"tokenize": tokenized.output},
+            resume_from=rung.checkpoints / "step-000006",
+        )
+    )
     assert same.metrics("loss") == {6: rung.metrics("loss")[6]}
 
 
 def test_world_size_above_one_is_a_config_error(tmp_path):
     # torchrun (a stage with gpus: 2) sets WORLD_SIZE; data-parallel pretraining is not implemented yet.
-    run = run_stage("pretrain", tmp_path / "ddp", {**TINY_MODEL, "max_steps": 1}, extra_env={"WORLD_SIZE": "2", "RANK": "0"})
+    run = run_stage(
+        "pretrain", tmp_path / "ddp", {**TINY_MODEL, "max_steps": 1}, extra_env={"WORLD_SIZE": "2", "RANK": "0"}
+    )
     assert run.rc == 3 and run.of("error")[-1]["type"] == "StageConfigError"
     assert "gpus: 2" in run.of("error")[-1]["message"]

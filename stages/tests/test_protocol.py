@@ -1,8 +1,8 @@
 import json
 
 import pytest
-
 from conftest import ok, run_stage
+
 from tanren_stages.protocol import EXIT_CODES, InvalidStageInput, Params, StageContext
 
 
@@ -24,7 +24,9 @@ def test_params_errors_name_the_field():
 def test_events_are_json_lines(tmp_path):
     ev = tmp_path / "ev.jsonl"
     (tmp_path / "p.json").write_text("{}")
-    ctx = StageContext.from_env({"TANREN_OUTPUT": str(tmp_path / "o"), "TANREN_EVENTS": str(ev), "TANREN_PARAMS": str(tmp_path / "p.json")})
+    ctx = StageContext.from_env(
+        {"TANREN_OUTPUT": str(tmp_path / "o"), "TANREN_EVENTS": str(ev), "TANREN_PARAMS": str(tmp_path / "p.json")}
+    )
     ctx.progress(3, 10)
     ctx.metric({"loss": 1.5}, step=3)
     ctx.checkpoint("step-000003", 3)

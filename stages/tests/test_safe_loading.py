@@ -1,5 +1,6 @@
 """Checkpoints and models are loaded weights-only: a pickle whose __reduce__ would run code is refused, named,
 before it runs; resuming from honest checkpoints (ours and the Trainer's) still works."""
+
 import os
 import pickle
 import random
@@ -11,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, STAGES, TINY_MODEL, ok, run_stage
 
 
@@ -61,7 +61,10 @@ def test_safe_load_refuses_malicious_reduce(tmp_path, common, monkeypatch, legac
 
     with pytest.raises(InvalidStageInput) as e:
         common.load_weights(evil, what="model checkpoint")
-    assert "model.pt: refused to load this model checkpoint" in e.value.message and "Unsupported global: GLOBAL exec" in e.value.message
+    assert (
+        "model.pt: refused to load this model checkpoint" in e.value.message
+        and "Unsupported global: GLOBAL exec" in e.value.message
+    )
     with pytest.raises(InvalidStageInput):
         common.load_weights(evil, allow_numpy=True)
     assert not marker.exists()
@@ -73,12 +76,16 @@ def test_stage_processes_force_weights_only_for_every_torch_load(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "rng_state.pth"
     write_malicious(evil, marker)
-    code = ("import sys, torch, pickle, tanren_stages.common\n"
-            "try:\n    torch.load(sys.argv[1], weights_only=False)\nexcept pickle.UnpicklingError as e:\n"
-            "    print('refused', 'Weights only load failed' in str(e))\n")
+    code = (
+        "import sys, torch, pickle, tanren_stages.common\n"
+        "try:\n    torch.load(sys.argv[1], weights_only=False)\nexcept pickle.UnpicklingError as e:\n"
+        "    print('refused', 'Weights only load failed' in str(e))\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(STAGES), "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
     env.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
-    r = subprocess.run([sys.executable, "-c", code, str(evil)], env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(evil)], env=env, capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert r.stdout.strip() == "refused True", r.stderr[-2000:]
     assert not marker.exists()
 
@@ -113,7 +120,10 @@ def test_model_dir_with_malicious_pytorch_model_bin_is_refused(tmp_path, common)
     torch.save(sd, weights)
     with pytest.raises(InvalidStageInput) as e:
         common.load_causal_lm(common.ModelSource(str(tmp_path / "model")), "test: field 'model'")
-    assert "refused to load the weights of model" in e.value.message and "Unsupported global: GLOBAL exec" in e.value.message
+    assert (
+        "refused to load the weights of model" in e.value.message
+        and "Unsupported global: GLOBAL exec" in e.value.message
+    )
     assert not marker.exists()
 
 
@@ -137,7 +147,14 @@ def test_rng_state_round_trips_weights_only(tmp_path, common):
 def checkpoint(tmp_path_factory, tokenized) -> Path:
     """An honest pretrain checkpoint at step 2 (of 4)."""
     tmp = tmp_path_factory.mktemp("safe-ckpt")
-    run = ok(run_stage("pretrain", tmp / "run", {**TINY_MODEL, "max_steps": 4, "checkpoint_every": 2}, {"tokenize": tokenized.output}))
+    run = ok(
+        run_stage(
+            "pretrain",
+            tmp / "run",
+            {**TINY_MODEL, "max_steps": 4, "checkpoint_every": 2},
+            {"tokenize": tokenized.output},
+        )
+    )
     return run.checkpoints / "step-000002"
 
 
@@ -147,7 +164,9 @@ def test_pretrain_resume_refuses_malicious_checkpoint(tmp_path, tokenized, check
     bad = tmp_path / "ckpt"
     shutil.copytree(checkpoint, bad)
     write_malicious(bad / name, marker)
-    run = run_stage("pretrain", tmp_path / "resume", {**TINY_MODEL, "max_steps": 4}, {"tokenize": tokenized.output}, resume_from=bad)
+    run = run_stage(
+        "pretrain", tmp_path / "resume", {**TINY_MODEL, "max_steps": 4}, {"tokenize": tokenized.output}, resume_from=bad
+    )
     assert run.rc == 2, run.stderr[-3000:]
     err = run.of("error")[-1]
     assert err["type"] == "InvalidStageInput" and f"{name}: refused to load" in err["message"], err
@@ -161,16 +180,33 @@ def test_pretrain_resumes_from_checkpoint_with_old_rng_format(tmp_path, tokenize
     shutil.copytree(checkpoint, old)
     new = torch.load(old / "rng.pt", weights_only=True)
     assert new["format"] == 2
-    torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}, old / "rng.pt")
-    run = ok(run_stage("pretrain", tmp_path / "resume", {**TINY_MODEL, "max_steps": 4}, {"tokenize": tokenized.output}, resume_from=old))
+    torch.save(
+        {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}, old / "rng.pt"
+    )
+    run = ok(
+        run_stage(
+            "pretrain",
+            tmp_path / "resume",
+            {**TINY_MODEL, "max_steps": 4},
+            {"tokenize": tokenized.output},
+            resume_from=old,
+        )
+    )
     assert sorted(run.metrics("loss")) == [3, 4]
 
 
 def test_sft_resume_works_and_refuses_malicious_rng_state(tmp_path, pretrained):
     """The Trainer's own checkpoints resume under forced weights-only (its RNG file holds numpy arrays); a payload in
     rng_state.pth — loaded without an explicit weights_only — is refused even with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1."""
-    params = {"data": "data/sft/chat.jsonl", "max_steps": 4, "checkpoint_every": 2, "lr": 1e-3, "max_length": 64,
-              "micro_batch_size": 2, "threads": 1}
+    params = {
+        "data": "data/sft/chat.jsonl",
+        "max_steps": 4,
+        "checkpoint_every": 2,
+        "lr": 1e-3,
+        "max_length": 64,
+        "micro_batch_size": 2,
+        "threads": 1,
+    }
     first = ok(run_stage("sft", tmp_path / "sft", params, {"pretrain": pretrained.output}))
     ck = first.checkpoints / "checkpoint-2"
     assert (ck / "rng_state.pth").is_file() and (ck / "optimizer.pt").is_file()
@@ -181,8 +217,14 @@ def test_sft_resume_works_and_refuses_malicious_rng_state(tmp_path, pretrained):
     bad = tmp_path / "bad-ckpt"
     shutil.copytree(ck, bad)
     write_malicious(bad / "rng_state.pth", marker)
-    run = run_stage("sft", tmp_path / "bad", params, {"pretrain": pretrained.output}, resume_from=bad,
-                    extra_env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
+    run = run_stage(
+        "sft",
+        tmp_path / "bad",
+        params,
+        {"pretrain": pretrained.output},
+        resume_from=bad,
+        extra_env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"},
+    )
     assert run.rc == 2, run.stderr[-3000:]
     err = run.of("error")[-1]
     assert err["type"] == "InvalidStageInput" and "refused to load" in err["message"], err

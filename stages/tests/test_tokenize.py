@@ -20,9 +20,12 @@ def test_idx_layout_field_by_field(tokenized, corpus):
     n = tokenized.result["documents"]
     assert seqs == n == 360 and docs == n + 1
     off = 34
-    lengths = np.frombuffer(raw, np.int32, seqs, off); off += 4 * seqs
-    pointers = np.frombuffer(raw, np.int64, seqs, off); off += 8 * seqs
-    doc_idx = np.frombuffer(raw, np.int64, docs, off); off += 8 * docs
+    lengths = np.frombuffer(raw, np.int32, seqs, off)
+    off += 4 * seqs
+    pointers = np.frombuffer(raw, np.int64, seqs, off)
+    off += 8 * seqs
+    doc_idx = np.frombuffer(raw, np.int64, docs, off)
+    off += 8 * docs
     assert off == len(raw)
     assert pointers[0] == 0 and np.all(pointers[1:] == np.cumsum(lengths[:-1].astype(np.int64)) * 2)
     assert list(doc_idx) == list(range(n + 1))
@@ -49,9 +52,15 @@ def test_workers_give_identical_output(tmp_path, corpus, tokenizer_run):
     one = tokenize_files(files, model, tmp_path / "one", workers=1, chunk_bytes=8192)
     two = tokenize_files(files, model, tmp_path / "two", workers=2, chunk_bytes=8192)
     tokenize_files(files, model, tmp_path / "big", workers=2)  # one range per file
-    assert one["documents"] == two["documents"] == len(src) and one["tokens"] == two["tokens"] and one["tokens_per_s"] > 0
+    assert (
+        one["documents"] == two["documents"] == len(src) and one["tokens"] == two["tokens"] and one["tokens_per_s"] > 0
+    )
     for ext in (".bin", ".idx"):
-        assert (tmp_path / f"one{ext}").read_bytes() == (tmp_path / f"two{ext}").read_bytes() == (tmp_path / f"big{ext}").read_bytes()
+        assert (
+            (tmp_path / f"one{ext}").read_bytes()
+            == (tmp_path / f"two{ext}").read_bytes()
+            == (tmp_path / f"big{ext}").read_bytes()
+        )
     sp = spm.SentencePieceProcessor(model_file=str(model))
     with IndexedDatasetWriter(tmp_path / "ref", np.uint16) as w:
         for line in src:
@@ -68,7 +77,7 @@ def test_byte_ranges_split_at_line_starts(tmp_path):
         ranges = list(byte_ranges([f], size))
         assert ranges[0][1] == 0 and ranges[-1][2] == len(data)
         assert all(r[2] == n[1] for r, n in zip(ranges, ranges[1:]))  # contiguous, no gaps or overlaps
-        assert all(data[r[2] - 1:r[2]] == b"\n" for r in ranges[:-1])  # each ends after a newline
+        assert all(data[r[2] - 1 : r[2]] == b"\n" for r in ranges[:-1])  # each ends after a newline
     assert len(list(byte_ranges([f], 1))) == 201  # one line per range at the smallest size
     (tmp_path / "empty.jsonl").write_bytes(b"")
     assert list(byte_ranges([tmp_path / "empty.jsonl"], 10)) == []

@@ -1,11 +1,17 @@
 import unicodedata
 
 import sentencepiece as spm
+from conftest import ok, run_stage
 from transformers import AutoTokenizer
 
-from conftest import ok, run_stage
-
-SAMPLES = ["東京は関東地方にある。", "ＡＢＣ１２３ テスト  two  spaces", "絵文字😀と𠮷野家", "line\nbreak", " 先頭の空白", "<|im_start|>user\nはい<|im_end|>"]
+SAMPLES = [
+    "東京は関東地方にある。",
+    "ＡＢＣ１２３ テスト  two  spaces",
+    "絵文字😀と𠮷野家",
+    "line\nbreak",
+    " 先頭の空白",
+    "<|im_start|>user\nはい<|im_end|>",
+]
 
 
 def test_round_trip_and_hf_equivalence(tokenizer_run):
@@ -24,7 +30,9 @@ def test_round_trip_and_hf_equivalence(tokenizer_run):
 
 
 def test_copy_existing_tokenizer(tmp_path, tokenizer_run):
-    run = ok(run_stage("train_tokenizer", tmp_path / "copy", {"tokenizer": str(tokenizer_run.output / "tokenizer.model")}))
+    run = ok(
+        run_stage("train_tokenizer", tmp_path / "copy", {"tokenizer": str(tokenizer_run.output / "tokenizer.model")})
+    )
     assert (run.output / "tokenizer.model").read_bytes() == (tokenizer_run.output / "tokenizer.model").read_bytes()
     assert (run.output / "tokenizer" / "tokenizer.json").exists()
 

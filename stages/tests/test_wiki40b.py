@@ -3,12 +3,14 @@ import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from conftest import DATA, ok, run_stage
+
 from tanren_stages.wiki40b_to_jsonl import convert_wiki40b, dedup_key, japanese_ratio, split_of
 
-RAW = ("\n_START_ARTICLE_\n東京タワー\n_START_SECTION_\n概要\n_START_PARAGRAPH_\n東京タワーは電波塔である。_NEWLINE_高さは333メートル。"
-       "\n_START_SECTION_\n歴史\n_START_PARAGRAPH_\n1958年に完成した。\n")
+RAW = (
+    "\n_START_ARTICLE_\n東京タワー\n_START_SECTION_\n概要\n_START_PARAGRAPH_\n東京タワーは電波塔である。_NEWLINE_高さは333メートル。"
+    "\n_START_SECTION_\n歴史\n_START_PARAGRAPH_\n1958年に完成した。\n"
+)
 
 
 def test_markers_convert():
@@ -46,7 +48,11 @@ def test_split_of(tmp_path):
 
 
 def _article(title: str) -> str:
-    return f"\n_START_ARTICLE_\n{title}\n_START_PARAGRAPH_\n" + f"{title}は日本の地名であり、古くから栄えた町として知られている。" * 3 + "\n"
+    return (
+        f"\n_START_ARTICLE_\n{title}\n_START_PARAGRAPH_\n"
+        + f"{title}は日本の地名であり、古くから栄えた町として知られている。" * 3
+        + "\n"
+    )
 
 
 def test_reads_only_the_train_split(tmp_path):
@@ -55,13 +61,24 @@ def test_reads_only_the_train_split(tmp_path):
     src.mkdir()
     shutil.copy(DATA / "wiki40b-ja" / "train-00000-of-00001.parquet", src / "train-00000-of-00001.parquet")
     for split, titles in (("validation", ["検証町", "検証村"]), ("test", ["試験町"])):
-        pq.write_table(pa.table({"wikidata_id": [f"V{i}" for i in range(len(titles))], "text": [_article(t) for t in titles]}),
-                       src / f"{split}-00000-of-00001.parquet")
+        pq.write_table(
+            pa.table({"wikidata_id": [f"V{i}" for i in range(len(titles))], "text": [_article(t) for t in titles]}),
+            src / f"{split}-00000-of-00001.parquet",
+        )
     run = ok(run_stage("wiki40b_to_jsonl", tmp_path / "train", {"source": str(src)}))
     assert run.result["read"] == 402 and run.result["kept"] == 360
     stats = json.loads((run.output / "stats.json").read_text())
-    assert [p.rsplit("/", 1)[1] for p in stats["skipped_files"]] == ["test-00000-of-00001.parquet", "validation-00000-of-00001.parquet"]
-    run = ok(run_stage("wiki40b_to_jsonl", tmp_path / "val", {"source": str(src), "splits": ["validation", "test"], "min_chars": 20}))
+    assert [p.rsplit("/", 1)[1] for p in stats["skipped_files"]] == [
+        "test-00000-of-00001.parquet",
+        "validation-00000-of-00001.parquet",
+    ]
+    run = ok(
+        run_stage(
+            "wiki40b_to_jsonl",
+            tmp_path / "val",
+            {"source": str(src), "splits": ["validation", "test"], "min_chars": 20},
+        )
+    )
     rows = [json.loads(x) for x in (run.output / "articles.jsonl").read_text(encoding="utf-8").splitlines()]
     assert sorted(r["title"] for r in rows) == ["検証村", "検証町", "試験町"]
     run = run_stage("wiki40b_to_jsonl", tmp_path / "bad", {"source": str(src), "splits": ["dev"]})

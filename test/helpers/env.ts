@@ -38,9 +38,7 @@ export function testServerBin(): string {
 }
 
 /** The tanren search attributes, for ephemeral test servers. */
-export const searchAttributeKeys = Object.values(SEARCH_ATTRIBUTES).map((name) =>
-  defineSearchAttributeKey(name, SearchAttributeType.KEYWORD),
-);
+export const searchAttributeKeys = Object.values(SEARCH_ATTRIBUTES).map((name) => defineSearchAttributeKey(name, SearchAttributeType.KEYWORD));
 
 /**
  * State directory of the services the tests run against: `$TANREN_STATE_DIR`
@@ -66,7 +64,12 @@ export function unique(prefix: string): string {
 }
 
 /** Waits until `check` returns a truthy value, polling; fails with `what` after `timeoutMs`. */
-export async function waitFor<T>(what: string, check: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 30_000, everyMs = 100): Promise<T> {
+export async function waitFor<T>(
+  what: string,
+  check: () => Promise<T | undefined | false> | T | undefined | false,
+  timeoutMs = 30_000,
+  everyMs = 100,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {

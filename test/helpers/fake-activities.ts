@@ -29,7 +29,14 @@ export function createFakeActivities() {
     async checkCache(task: StageTask) {
       const w = task.stage.with as { cached?: boolean };
       return w.cached
-        ? { hit: true as const, key: 'k', manifestKey: `runs/earlier/${task.stage.id}/manifest.json`, fromRun: 'earlier', result: { from: 'cache' }, reason: 'cache hit: outputs of run earlier' }
+        ? {
+            hit: true as const,
+            key: 'k',
+            manifestKey: `runs/earlier/${task.stage.id}/manifest.json`,
+            fromRun: 'earlier',
+            result: { from: 'cache' },
+            reason: 'cache hit: outputs of run earlier',
+          }
         : { hit: false as const, key: 'k', reason: 'cache miss: no earlier run of this stage' };
     },
     async runStage(task: StageTask): Promise<StageResult> {

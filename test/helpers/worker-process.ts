@@ -21,13 +21,18 @@ export async function startWorkerProcess(queue: 'cpu' | 'gpu', env: Record<strin
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  child.stdout!.pipe(out);
-  child.stderr!.pipe(out);
+  child.stdout.pipe(out);
+  child.stderr.pipe(out);
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  await waitFor(`${name} worker to start (log ${log})`, () => {
-    if (child.exitCode !== null) throw new Error(`worker exited with ${child.exitCode}: ${readFileSync(log, 'utf8').slice(-2000)}`);
-    return readFileSync(log, 'utf8').includes('worker running');
-  }, 60_000, 200);
+  await waitFor(
+    `${name} worker to start (log ${log})`,
+    () => {
+      if (child.exitCode !== null) throw new Error(`worker exited with ${child.exitCode}: ${readFileSync(log, 'utf8').slice(-2000)}`);
+      return readFileSync(log, 'utf8').includes('worker running');
+    },
+    60_000,
+    200,
+  );
   return { child, log, exited };
 }
 

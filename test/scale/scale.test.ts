@@ -100,7 +100,8 @@ describe(`runs at the supported maximum (real workers, dev server with limit.his
       .query(statusQuery)
       .then(
         (st) => `status query ${((performance.now() - queried) / 1000).toFixed(1)} s (${st.state})`,
-        (err: Error) => `status query FAILED after ${((performance.now() - queried) / 1000).toFixed(1)} s: ${err.message}${err.cause ? ` (${String((err.cause as Error).message ?? err.cause)})` : ''}`,
+        (err: Error) =>
+          `status query FAILED after ${((performance.now() - queried) / 1000).toFixed(1)} s: ${err.message}${err.cause ? ` (${String((err.cause as Error).message ?? err.cause)})` : ''}`,
       );
     const carriedKiB = Math.max(0, ...runs.map((r) => r.continuedWithBytes ?? 0)) / 1024;
     console.log(
@@ -113,7 +114,10 @@ describe(`runs at the supported maximum (real workers, dev server with limit.his
     assert.equal(notOk.length, 0, `${notOk.length} stages did not succeed, e.g. ${JSON.stringify(notOk.slice(0, 3))}`);
     assert.ok(runs.length >= 2, `${runs.length} execution(s): the run never continued as new`);
     for (const r of runs) assert.ok(r.events < HISTORY_LIMIT, `execution ${r.runId} has ${r.events} events`);
-    assert.deepEqual(runs.map((r) => r.status), [...runs.slice(0, -1).map(() => 'CONTINUED_AS_NEW'), 'COMPLETED']);
+    assert.deepEqual(
+      runs.map((r) => r.status),
+      [...runs.slice(0, -1).map(() => 'CONTINUED_AS_NEW'), 'COMPLETED'],
+    );
     return runs;
   }
 

@@ -18,37 +18,54 @@ leaderboard's dev run) and takes the few-shot examples from the FIRST n samples 
 
 Prediction and reference [U]: y_pred = NFKC(raw.split("\\n\\n")[0]).strip(); y_true = NFKC(sample["output"]).
 """
+
 from __future__ import annotations
 
 import json
 import math
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
-from typing import Callable
 
 LLM_JP_EVAL_VERSION = "1.4.1"
-DEFINITIONS = ("llm-jp-eval v1.4.1: one designated metric per dataset, the mean of those per category, AVG = mean of "
-               "the categories present (JSTS excluded)")
+DEFINITIONS = (
+    "llm-jp-eval v1.4.1: one designated metric per dataset, the mean of those per category, AVG = mean of "
+    "the categories present (JSTS excluded)"
+)
 
 CATEGORIES = ("NLI", "QA", "RC", "MC", "EL", "FA", "MR", "MT", "HE", "CG", "SUM")
 
 # dataset → (category, designated metric) [L] (the ⭐ metrics) / [U] post_process_score_results.
 TASKS: dict[str, tuple[str, str]] = {
-    "jamp": ("NLI", "exact_match"), "janli": ("NLI", "exact_match"), "jnli": ("NLI", "exact_match"),
-    "jsem": ("NLI", "exact_match"), "jsick": ("NLI", "exact_match"),
-    "jemhopqa": ("QA", "char_f1"), "niilc": ("QA", "char_f1"), "aio": ("QA", "char_f1"),
+    "jamp": ("NLI", "exact_match"),
+    "janli": ("NLI", "exact_match"),
+    "jnli": ("NLI", "exact_match"),
+    "jsem": ("NLI", "exact_match"),
+    "jsick": ("NLI", "exact_match"),
+    "jemhopqa": ("QA", "char_f1"),
+    "niilc": ("QA", "char_f1"),
+    "aio": ("QA", "char_f1"),
     "jsquad": ("RC", "char_f1"),
-    "jcommonsenseqa": ("MC", "exact_match"), "commonsensemoralja": ("MC", "exact_match"), "kuci": ("MC", "exact_match"),
+    "jcommonsenseqa": ("MC", "exact_match"),
+    "commonsensemoralja": ("MC", "exact_match"),
+    "kuci": ("MC", "exact_match"),
     "chabsa": ("EL", "set_f1"),
-    "wiki_reading": ("FA", "char_f1"), "wiki_ner": ("FA", "set_f1"), "wiki_dependency": ("FA", "set_f1"),
-    "wiki_pas": ("FA", "set_f1"), "wiki_coreference": ("FA", "set_f1"),
-    "mawps": ("MR", "exact_match"), "mgsm": ("MR", "exact_match"),
-    "alt-e-to-j": ("MT", "comet_wmt22"), "alt-j-to-e": ("MT", "comet_wmt22"),
-    "wikicorpus-e-to-j": ("MT", "comet_wmt22"), "wikicorpus-j-to-e": ("MT", "comet_wmt22"),
-    "mmlu_en": ("HE", "exact_match"), "jmmlu": ("HE", "exact_match"),
+    "wiki_reading": ("FA", "char_f1"),
+    "wiki_ner": ("FA", "set_f1"),
+    "wiki_dependency": ("FA", "set_f1"),
+    "wiki_pas": ("FA", "set_f1"),
+    "wiki_coreference": ("FA", "set_f1"),
+    "mawps": ("MR", "exact_match"),
+    "mgsm": ("MR", "exact_match"),
+    "alt-e-to-j": ("MT", "comet_wmt22"),
+    "alt-j-to-e": ("MT", "comet_wmt22"),
+    "wikicorpus-e-to-j": ("MT", "comet_wmt22"),
+    "wikicorpus-j-to-e": ("MT", "comet_wmt22"),
+    "mmlu_en": ("HE", "exact_match"),
+    "jmmlu": ("HE", "exact_match"),
     "mbpp": ("CG", "code_exec"),
     "xlsum_ja": ("SUM", "rouge2_scaling"),
 }
@@ -77,6 +94,7 @@ def clean_reference(output: str) -> str:
 
 
 # ---- per-sample metrics ----
+
 
 def exact_match(pred: str, true: str) -> float:
     """[U] accuracy_score(y_trues, y_preds): 1.0 when the strings are equal."""
@@ -154,11 +172,16 @@ def bleu_en(pred: str, true: str) -> float:
 
 
 SAMPLE_METRICS: dict[str, Callable[[str, str], float]] = {
-    "exact_match": exact_match, "char_f1": char_f1, "set_f1": set_f1, "bleu_ja": bleu_ja, "bleu_en": bleu_en,
+    "exact_match": exact_match,
+    "char_f1": char_f1,
+    "set_f1": set_f1,
+    "bleu_ja": bleu_ja,
+    "bleu_en": bleu_en,
 }
 
 
 # ---- dataset-level metrics (JSTS) ----
+
 
 def parse_float(s: str) -> float:
     """[U] keep digits and dots, float() of that, -2.0 when it is not a number."""
@@ -211,6 +234,7 @@ SUPPORTED = tuple(SAMPLE_METRICS) + tuple(CORPUS_METRICS)
 
 # ---- categories and AVG ----
 
+
 def category_scores(dataset_scores: dict[str, tuple[str, float]]) -> dict[str, float]:
     """{dataset: (category, designated score)} → {category: mean of its datasets' scores}, in CATEGORIES order
     (others after, alphabetically). Datasets in EXCLUDED must not be passed in."""
@@ -228,6 +252,7 @@ def average(categories: dict[str, float]) -> float | None:
 
 
 # ---- datasets on disk ----
+
 
 class DatasetError(ValueError):
     """A dataset file or layout problem, with a message naming the file and the field."""
@@ -280,7 +305,9 @@ def read_dataset(path: Path) -> Dataset:
             raise DatasetError(f"{path}: samples[{i}] must have string fields 'input' and 'output'")
     cat = d.get("category")
     if cat is not None and cat not in CATEGORIES:
-        raise DatasetError(f"{path}: field 'category' must be one of {', '.join(CATEGORIES)}, got {json.dumps(cat, ensure_ascii=False)[:40]}")
+        raise DatasetError(
+            f"{path}: field 'category' must be one of {', '.join(CATEGORIES)}, got {json.dumps(cat, ensure_ascii=False)[:40]}"
+        )
     return Dataset(path.stem, path, d["instruction"], out_len, [str(m) for m in d["metrics"]], d["samples"], cat)
 
 
@@ -291,11 +318,15 @@ def few_shot_samples(dataset_path: Path, num_few_shots: int) -> list[dict]:
     name = dataset_path.stem
     train = dataset_path.resolve().parent.parent / "train" / dataset_path.name
     if not train.is_file():
-        raise DatasetError(f"dataset '{name}': num_few_shots is {num_few_shots} but {train} does not exist "
-                           "(llm-jp-eval takes few-shot examples from the dataset's train/ split)")
+        raise DatasetError(
+            f"dataset '{name}': num_few_shots is {num_few_shots} but {train} does not exist "
+            "(llm-jp-eval takes few-shot examples from the dataset's train/ split)"
+        )
     samples = read_dataset(train).samples
     if len(samples) < num_few_shots:
-        raise DatasetError(f"dataset '{name}': {train} has {len(samples)} samples, fewer than num_few_shots={num_few_shots}")
+        raise DatasetError(
+            f"dataset '{name}': {train} has {len(samples)} samples, fewer than num_few_shots={num_few_shots}"
+        )
     return samples[:num_few_shots]
 
 
@@ -314,7 +345,8 @@ def evaluation_files(paths: list[Path], split: str = "test") -> list[Path]:
             else:
                 raise DatasetError(
                     f"{p}: not a jaster directory: expected {p}/{split}/*.json with train/ beside it (llm-jp-eval's "
-                    f"preprocessing writes <dataset_dir>/<version>/evaluation/{{train,dev,test}}/<dataset>.json)")
+                    f"preprocessing writes <dataset_dir>/<version>/evaluation/{{train,dev,test}}/<dataset>.json)"
+                )
             found = sorted(d.glob("*.json"))
             if not found:
                 raise DatasetError(f"{d}: no .json dataset files")
@@ -330,11 +362,15 @@ def build_prompt(instruction: str, few_shots: list[dict], text: str) -> str:
     """[U] get_evaluation_prompt (Japanese, no custom template): the Alpaca-style prompt with the few-shot examples
     folded into the instruction block."""
     shots = "".join(f"\n\n### 入力:\n{s['input']}\n\n### 応答:\n{s['output']}" for s in few_shots)
-    return ("以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。"
-            f"\n\n### 指示:\n{instruction}{shots}\n\n### 入力:\n{text}\n\n### 応答:\n")
+    return (
+        "以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。"
+        f"\n\n### 指示:\n{instruction}{shots}\n\n### 入力:\n{text}\n\n### 応答:\n"
+    )
 
 
-def score_samples(metrics: list[str], preds: list[str], trues: list[str]) -> tuple[dict[str, float], list[dict[str, float]]]:
+def score_samples(
+    metrics: list[str], preds: list[str], trues: list[str]
+) -> tuple[dict[str, float], list[dict[str, float]]]:
     """The dataset's metrics (those tanren computes) and each sample's per-sample ones."""
     per = [{m: SAMPLE_METRICS[m](p, t) for m in metrics if m in SAMPLE_METRICS} for p, t in zip(preds, trues)]
     agg: dict[str, float] = {}

@@ -17,6 +17,7 @@ Differences, on purpose: where upstream records -1 for a judgment without a rati
 (`rating_retries` times) before recording it as unparsable; the Japanese prompt file has no multi-turn prompts, so
 with `prompts: ja` turn 2 is judged with the English multi-turn prompts (upstream cannot judge turn 2 with it).
 """
+
 from __future__ import annotations
 
 import ast
@@ -40,7 +41,9 @@ TEMPERATURE_CONFIG = {
     "humanities": 0.2,
 }
 DEFAULT_TEMPERATURE = 0.7  # gen_model_answer.py: a category not in temperature_config
-MAX_NEW_TOKENS = 512  # gen_model_answer.py --max-new-token: the same for every category (the fork sets no per-category limit)
+MAX_NEW_TOKENS = (
+    512  # gen_model_answer.py --max-new-token: the same for every category (the fork sets no per-category limit)
+)
 TOP_P = 0.9  # gen_model_answer.py --top-p
 REPETITION_PENALTY = 1.1  # gen_model_answer.py --repetition-penalty
 SEED = 0  # gen_model_answer.py: torch.manual_seed(i) for choice i (one choice) before each question
@@ -55,6 +58,7 @@ PROMPT_FILES = {"en": "judge_prompts.jsonl", "ja": "judge_ja_prompts.jsonl"}
 
 def load_prompts(language: str = "en") -> dict[str, dict]:
     """The single-answer grading prompts by name; for "ja" the Japanese turn-1 prompts over the English set."""
+
     def read(fname: str) -> dict[str, dict]:
         out = {}
         for line in (_HERE / fname).read_text(encoding="utf-8").splitlines():
@@ -93,15 +97,22 @@ def judge_prompt_name(category: str, turn: int, ref_categories: list[str] = NEED
     return base + ("-multi-turn" if turn == 2 else "")
 
 
-def judge_messages(prompt: dict, question: dict, answers: list[str], reference: list[str] | None, turn: int) -> list[dict]:
+def judge_messages(
+    prompt: dict, question: dict, answers: list[str], reference: list[str] | None, turn: int
+) -> list[dict]:
     """common.py run_judge_single: the template's system_prompt as the system message, the filled template as the
     user message (conv.set_system_message + to_openai_api_messages)."""
     kwargs = {}
     if reference is not None:
         kwargs = {"ref_answer_1": reference[0], "ref_answer_2": reference[1] if len(reference) > 1 else ""}
     if turn == 2:
-        user = prompt["prompt_template"].format(question_1=question["turns"][0], question_2=question["turns"][1],
-                                                answer_1=answers[0], answer_2=answers[1], **kwargs)
+        user = prompt["prompt_template"].format(
+            question_1=question["turns"][0],
+            question_2=question["turns"][1],
+            answer_1=answers[0],
+            answer_2=answers[1],
+            **kwargs,
+        )
     else:
         user = prompt["prompt_template"].format(question=question["turns"][0], answer=answers[0], **kwargs)
     return [{"role": "system", "content": prompt["system_prompt"]}, {"role": "user", "content": user}]
@@ -122,8 +133,14 @@ def missing_references(questions: list[dict], refs: dict, ref_categories: list[s
     return bad
 
 
-def sample_chat(gen, messages: list[dict], max_new_tokens: int, temperature: float, top_p: float = TOP_P,
-                repetition_penalty: float = REPETITION_PENALTY) -> tuple[str, int]:
+def sample_chat(
+    gen,
+    messages: list[dict],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = TOP_P,
+    repetition_penalty: float = REPETITION_PENALTY,
+) -> tuple[str, int]:
     """One assistant turn as gen_model_answer.py generates it: sampled (temperature, top_p) when temperature >= 1e-4,
     greedy otherwise, with the repetition penalty either way. `gen` is a generation.Generator (model, tokenizer);
     the caller seeds torch per question."""
@@ -136,14 +153,23 @@ def sample_chat(gen, messages: list[dict], max_new_tokens: int, temperature: flo
     if ids.shape[1] > keep:  # keep the end of an over-long conversation
         ids = ids[:, -keep:]
     ids = ids.to(gen.device)
-    stop = [t for t in {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")} if isinstance(t, int) and t >= 0 and t != tok.unk_token_id]
-    kw = dict(max_new_tokens=budget, pad_token_id=tok.pad_token_id, eos_token_id=stop or None, attention_mask=torch.ones_like(ids),
-              repetition_penalty=repetition_penalty)
+    stop = [
+        t
+        for t in {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
+        if isinstance(t, int) and t >= 0 and t != tok.unk_token_id
+    ]
+    kw = dict(
+        max_new_tokens=budget,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=stop or None,
+        attention_mask=torch.ones_like(ids),
+        repetition_penalty=repetition_penalty,
+    )
     if temperature >= 1e-4:
         kw.update(do_sample=True, temperature=temperature, top_p=top_p)
     else:
         kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     with torch.no_grad():
         out = gen.model.generate(ids, **kw)
-    new = out[0, ids.shape[1]:]
+    new = out[0, ids.shape[1] :]
     return tok.decode(new, skip_special_tokens=True).strip(), int(new.shape[0])
