@@ -31,6 +31,7 @@ import { DefaultLogger, Runtime, type LogEntry } from '@temporalio/worker';
 import * as Minio from 'minio';
 import { pino } from 'pino';
 import { createObjectStore, type ObjectStore } from '../activities/storage.js';
+import { manifestFiles } from '../activities/object-keys.js';
 import type { OutputManifest } from '../activities/types.js';
 import { loadSpecFile, renderRunInput } from '../cli/spec-file.js';
 import { PIPELINE_WORKFLOW_TYPE } from '../schemas/names.js';
@@ -102,6 +103,14 @@ function historyText(history: unknown): string {
     if (typeof v === 'bigint') return v.toString();
     return v;
   });
+}
+
+/** The object key of a stage's output file, from the stage's manifest (the only pointer to its attempt's prefix). */
+async function outputKey(storage: ObjectStore, run: string, stage: string, file: string): Promise<string> {
+  const manifest = JSON.parse(await storage.getText(`runs/${run}/${stage}/manifest.json`)) as OutputManifest;
+  const entry = manifestFiles(manifest).find((f) => f.path === file);
+  assert.ok(entry, `stage ${stage} of run ${run} has no output ${file}`);
+  return entry.key;
 }
 
 describe('tanren serve, the MT-Bench judge on it, and the secrets audit (one tiny run)', () => {
@@ -271,7 +280,7 @@ describe('tanren serve, the MT-Bench judge on it, and the secrets audit (one tin
     }
     const mt = r.stages.find((s) => s.id === 'mt-bench')!;
     assert.equal(mt.result!.judge, 'tiny-judge');
-    const scores = JSON.parse(await storage.getText(`runs/${runs.two}/mt-bench/outputs/scores.json`)) as Record<string, any>;
+    const scores = JSON.parse(await storage.getText(await outputKey(storage, runs.two, 'mt-bench', 'scores.json'))) as Record<string, any>;
     t.diagnostic(`scores.json: ${JSON.stringify({ score: scores.score, judged: scores.judged, unparsable: scores.unparsable, judge: scores.judge })}`);
     assert.equal(typeof scores.score, 'number', 'a numeric MT-Bench score');
     assert.ok(scores.score >= 1 && scores.score <= 10, `score ${scores.score}`);
@@ -279,7 +288,7 @@ describe('tanren serve, the MT-Bench judge on it, and the secrets audit (one tin
     assert.equal(scores.judge.base_url_host, `127.0.0.1:${servePort}`);
     assert.equal(scores.judge.note, TINY_NOTE);
     assert.ok(scores.judge_calls >= scores.judged && scores.judged > 0);
-    const judgments = (await storage.getText(`runs/${runs.two}/mt-bench/outputs/judgments.jsonl`))
+    const judgments = (await storage.getText(await outputKey(storage, runs.two, 'mt-bench', 'judgments.jsonl')))
       .trim()
       .split('\n')
       .map((l) => JSON.parse(l) as { judge: string[]; rating: number | null; attempts: string[] });
@@ -319,7 +328,7 @@ describe('tanren serve, the MT-Bench judge on it, and the secrets audit (one tin
     };
 
     // The environment a plain `run:` stage saw: none of the worker's secrets or S3 settings.
-    const seen = JSON.parse(await storage.getText(`runs/${runs.two}/env-dump/outputs/env.json`)) as Record<string, string>;
+    const seen = JSON.parse(await storage.getText(await outputKey(storage, runs.two, 'env-dump', 'env.json'))) as Record<string, string>;
     assert.equal(seen.TANREN_STAGE_ID, 'env-dump');
     assert.deepEqual(
       Object.keys(seen).filter((k) => /^(TANREN_S3_|AWS_|TEMPORAL_|MINIO_)/.test(k)),
