@@ -328,7 +328,7 @@ open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "result", "val
     assert.equal(seen.TANREN_STAGE_ID, 'envdump');
     const tj = task({ id: 'judgeenv', run: [PY, '-c', dump], with: { judge: { api_key_env: 'TANREN_JUDGE_API_KEY' } } });
     const rj: StageResult = await new MockActivityEnvironment().run(runStage, tj);
-    await storage.getFile(`runs/${tj.runId}/judgeenv/outputs/env.json`, dest);
+    await storage.getFile(`${rj.outputsPrefix}env.json`, dest);
     const judgeSeen = JSON.parse(readFileSync(dest, 'utf8')) as Record<string, string>;
     assert.equal(judgeSeen.TANREN_JUDGE_API_KEY, canary.TANREN_JUDGE_API_KEY, 'the judge key is for the stage whose judge.api_key_env names it');
     assert.doesNotMatch(JSON.stringify([r, rj]), /canary-judge-key/, 'the judge key never enters history');
