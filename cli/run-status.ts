@@ -27,7 +27,7 @@ export interface RunView {
   status?: RunStatus;
 }
 
-/** What a running attempt's heartbeats say (see StageHeartbeat in activities/run-stage.ts). */
+/** What a running attempt's heartbeats say (see StageHeartbeat in activities/stage-runner/types.ts). */
 interface LiveBeat {
   step?: number;
   total?: number;

@@ -1,0 +1,73 @@
+/**
+ * The work directory of one stage attempt: its layout, its creation (empty,
+ * whatever an earlier run of the attempt left) and its removal.
+ */
+import { mkdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { FailureTypes } from '../../schemas/names.js';
+import { stageFailure } from '../errors.js';
+
+/** What a run id (the workflow id) may look like: it names directories and object keys. */
+const RUN_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/;
+
+/** The paths of an attempt's work directory, as the stage protocol hands them to the program. */
+export interface AttemptDir {
+  /** `<workRoot>/<run>/<stage>/attempt-<n>`. */
+  dir: string;
+  /** One directory per needed stage with its downloaded outputs (TANREN_INPUTS). */
+  inputs: string;
+  /** Where the program writes its outputs (TANREN_OUTPUT). */
+  output: string;
+  /** Where the program writes its checkpoints (TANREN_CHECKPOINTS). */
+  checkpoints: string;
+  /** Where a restored checkpoint is unpacked (TANREN_RESUME_FROM). */
+  resume: string;
+  /** The stage's parameters as JSON (TANREN_PARAMS). */
+  paramsFile: string;
+  /** The JSON-lines events the program appends (TANREN_EVENTS). */
+  eventsFile: string;
+  /** The program's stdout and stderr, redacted. */
+  logFile: string;
+}
+
+/** Throws `InvalidPipelineSpec` unless the run id is plain enough to name directories and object keys. */
+export function checkRunId(runId: string): void {
+  if (!RUN_ID.test(runId)) {
+    // The run id names directories that are removed recursively and object keys: it must be plain.
+    throw stageFailure(
+      FailureTypes.InvalidPipelineSpec,
+      `run id ${JSON.stringify(runId.slice(0, 100))}: use letters, digits, ".", "_" and "-" (at most 200, starting with a letter or digit)`,
+    );
+  }
+}
+
+/** The layout of an attempt's work directory (nothing is created). */
+export function attemptDir(workRoot: string, runId: string, stageId: string, attempt: number): AttemptDir {
+  const dir = path.join(workRoot, runId, stageId, `attempt-${attempt}`);
+  return {
+    dir,
+    inputs: path.join(dir, 'inputs'),
+    output: path.join(dir, 'output'),
+    checkpoints: path.join(dir, 'checkpoints'),
+    resume: path.join(dir, 'resume'),
+    paramsFile: path.join(dir, 'params.json'),
+    eventsFile: path.join(dir, 'events.jsonl'),
+    logFile: path.join(dir, 'stage.log'),
+  };
+}
+
+/** Creates the attempt's directory empty, with its inputs, output and checkpoints directories. */
+export async function prepareAttemptDir(d: AttemptDir): Promise<void> {
+  await rm(d.dir, { recursive: true, force: true });
+  for (const sub of [d.inputs, d.output, d.checkpoints]) await mkdir(sub, { recursive: true });
+}
+
+/** Removes the attempt's directory and everything in it. */
+export async function removeAttemptDir(d: AttemptDir): Promise<void> {
+  await rm(d.dir, { recursive: true, force: true });
+}
+
+/** Directory of the records of stage process groups a worker has running. */
+export function runningDir(workRoot: string): string {
+  return path.join(workRoot, 'running');
+}

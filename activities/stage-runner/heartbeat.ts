@@ -1,0 +1,50 @@
+/**
+ * The one heartbeat writer of a stage attempt: every beat sends all of the
+ * attempt's details, so the next attempt (and `tanren status`) sees them.
+ */
+import type { Context } from '@temporalio/activity';
+import type { AttemptRecord } from '../types.js';
+import type { Beat, StageHeartbeat } from './types.js';
+
+/** Attempts recorded in heartbeats (and a stage's result): the most kept. */
+export const MAX_ATTEMPTS_KEPT = 20;
+
+/** An attempt's heartbeat details and the function that sends them. */
+export interface HeartbeatWriter {
+  /** The details, filled in as the attempt goes. */
+  readonly hb: StageHeartbeat;
+  /** Applies a change to the details and heartbeats all of them. */
+  readonly beat: Beat;
+  /** The details the previous attempt last sent, if any. */
+  readonly previous: StageHeartbeat | undefined;
+}
+
+/**
+ * Starts the details of the current attempt from the previous attempt's last
+ * heartbeat: its checkpoint, its settings for this attempt, and the attempts so far.
+ */
+export function createHeartbeat(ctx: Context, startedAt: string): HeartbeatWriter {
+  const attempt = ctx.info.attempt;
+  const previous = (ctx.info.heartbeatDetails ?? undefined) as StageHeartbeat | undefined;
+  const hb: StageHeartbeat = {
+    attempt,
+    checkpoint: previous?.checkpoint,
+    nextSettings: previous?.nextSettings,
+    attempts: [...(previous?.attempts ?? []).filter((a) => a.attempt < attempt), { attempt, startedAt }].slice(-MAX_ATTEMPTS_KEPT),
+  };
+  const beat: Beat = (change = {}) => {
+    Object.assign(hb, change);
+    ctx.heartbeat({ ...hb });
+  };
+  return { hb, beat, previous };
+}
+
+/** Ends the current attempt's record (with its failure, if any); returns every attempt recorded. */
+export function closeAttempt(hb: StageHeartbeat, failure?: string): AttemptRecord[] {
+  const current = hb.attempts?.at(-1);
+  if (current && current.endedAt === undefined) {
+    current.endedAt = new Date().toISOString();
+    if (failure) current.failure = failure;
+  }
+  return hb.attempts ?? [];
+}

@@ -1,0 +1,115 @@
+/**
+ * What an attempt starts from: the outputs of the stages it needs, each file
+ * verified by digest, and the newest complete checkpoint to resume from.
+ */
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import type { Logger } from '@temporalio/common';
+import { FailureTypes } from '../../schemas/names.js';
+import { restoreLatestCheckpoint, type CheckpointRef } from '../checkpoints.js';
+import { stageFailure, storageFailure } from '../errors.js';
+import type { InputCache } from '../input-cache.js';
+import { manifestFiles } from '../object-keys.js';
+import { sha256File, withStorageRetry, type ObjectStore, type StorageRetryOptions, type ObjectStoreConfig } from '../storage.js';
+import type { OutputManifest, StageInputRef } from '../types.js';
+import { inputEnvName } from './command.js';
+import type { Beat } from './types.js';
+
+/**
+ * Downloads every file of each needed stage's manifest into
+ * `<inputsDir>/<stage>/` (through the worker's input cache when it has one),
+ * verifying each sha256; returns the `TANREN_INPUT_<ID>` variables.
+ */
+export async function downloadInputs(
+  storage: ObjectStore,
+  cache: InputCache | undefined,
+  stageId: string,
+  inputs: readonly StageInputRef[],
+  inputsDir: string,
+  beat: Beat,
+  retryOpts: StorageRetryOptions,
+): Promise<Record<string, string>> {
+  const inputEnv: Record<string, string> = {};
+  for (const input of inputs) {
+    let manifest: OutputManifest;
+    try {
+      manifest = JSON.parse(await withStorageRetry(() => storage.getText(input.manifestKey), retryOpts)) as OutputManifest;
+    } catch (err) {
+      throw storageFailure(`reading the manifest of stage "${input.stage}" (${input.manifestKey})`, err);
+    }
+    const target = path.join(inputsDir, input.stage);
+    await mkdir(target, { recursive: true });
+    let files;
+    try {
+      files = manifestFiles(manifest);
+    } catch (err) {
+      throw stageFailure(FailureTypes.InvalidStageInput, `stage "${stageId}": ${(err as Error).message} (${input.manifestKey})`);
+    }
+    for (const f of files) {
+      const dest = path.join(target, f.path);
+      let digest: string;
+      try {
+        digest = await fetchInput(cache, f.sha256, dest, (to) => withStorageRetry(() => storage.getFile(f.key, to), retryOpts));
+      } catch (err) {
+        throw storageFailure(`downloading ${f.key} for stage "${stageId}"`, err);
+      }
+      if (digest !== f.sha256) {
+        throw stageFailure(
+          FailureTypes.InvalidStageInput,
+          `stage "${stageId}": input ${f.key} from stage "${input.stage}" has sha256 ${digest}, manifest says ${f.sha256}`,
+        );
+      }
+    }
+    inputEnv[inputEnvName(input.stage)] = target;
+    beat({ phase: `downloading inputs of ${input.stage}` });
+  }
+  return inputEnv;
+}
+
+/** Downloads one input file through the worker's input cache when it has one; returns the digest of what arrived. */
+async function fetchInput(cache: InputCache | undefined, sha256: string, dest: string, download: (to: string) => Promise<void>): Promise<string> {
+  if (cache) return (await cache.fetch(sha256, dest, download)).sha256;
+  await download(dest);
+  return sha256File(dest);
+}
+
+/** A checkpoint the attempt resumes from. */
+export interface Resume {
+  /** Where it was unpacked (TANREN_RESUME_FROM). */
+  dir: string;
+  ref: CheckpointRef;
+  /** What the stage's result records about it (`resumed_from`, `resumed_from_step`, `checkpoints_skipped`). */
+  resultInfo: Record<string, unknown>;
+}
+
+/**
+ * Restores the newest complete checkpoint of the stage in object storage (the
+ * previous attempt's, by heartbeat, else any) into `resumeDir`; undefined when
+ * there is none.
+ */
+export async function restoreResume(
+  storage: ObjectStore,
+  s3: ObjectStoreConfig | undefined,
+  runId: string,
+  stageId: string,
+  resumeDir: string,
+  previous: CheckpointRef | undefined,
+  log: Logger,
+  retryOpts: StorageRetryOptions,
+): Promise<Resume | undefined> {
+  try {
+    const restored = await withStorageRetry(() => restoreLatestCheckpoint(storage, runId, stageId, resumeDir, previous, { s3 }), retryOpts);
+    for (const skip of restored?.skipped ?? []) {
+      log.warn('checkpoint skipped', { stage: stageId, checkpoint: skip.ref.path, reason: skip.reason });
+    }
+    if (!restored) return undefined;
+    const resultInfo: Record<string, unknown> = { resumed_from: restored.ref.path, resumed_from_step: restored.ref.step };
+    if (restored.skipped.length) {
+      resultInfo.checkpoints_skipped = restored.skipped.map((k) => `${k.ref.path}: ${k.reason}`).join('; ');
+    }
+    log.info('resuming from checkpoint', { stage: stageId, checkpoint: restored.ref.path, step: restored.ref.step });
+    return { dir: restored.dir, ref: restored.ref, resultInfo };
+  } catch (err) {
+    throw storageFailure(`restoring the latest checkpoint of stage "${stageId}"`, err);
+  }
+}
