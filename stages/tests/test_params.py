@@ -154,7 +154,9 @@ def stage_modules_with_params() -> list[str]:
 
 
 def test_converted_kinds():
-    assert {"pretrain", "tokenize"} <= set(stage_modules_with_params())
+    assert {"pretrain", "tokenize", "sft", "dpo", "train_tokenizer", "wiki40b_to_jsonl", "preflight"} <= set(
+        stage_modules_with_params()
+    )
 
 
 @pytest.mark.parametrize("module", stage_modules_with_params())
