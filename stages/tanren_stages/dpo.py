@@ -1,12 +1,52 @@
 """Stage `dpo`: direct preference optimisation with TRL's DPOTrainer.
 
-params (defaults): as `sft` (model/input, data/data_input, lora, qlora, merge_adapter, max_steps, lr 5e-6, micro_batch_size,
-  gradient_accumulation_steps, max_length 1024, seed, checkpoint_every, log_every) plus
-  chat_template (as sft; "auto" keeps the template an sft stage saved), beta 0.1, max_prompt_length 512, loss_type "sigmoid",
-  eval_fraction 0.1 (pairs held out of training, seeded by `seed`, at most eval_max_rows 256: their loss, reward
-  accuracy and margin are metrics eval_loss / eval_reward_accuracy / eval_reward_margin every eval_every steps,
-  default max_steps // 4, and at the end, and in the result), eval_on_train false (with eval_fraction 0: measure
-  on the training pairs instead, reported with eval_split "train").
+params (generated from DpoParams; `python -m tanren_stages.protocol` rewrites this block):
+  model (string; default model/ in the needed stage (or the one `input` names)): HF model dir, or a Hub repo id
+      "org/name" (offline: must be in the HF cache). A model/ holding base.json (an unmerged adapter of an
+      earlier sft/dpo) loads as base + adapter, and LoRA training continues that adapter
+  input (string): the needed stage whose model/ is trained
+  data (string): .jsonl file or dir (relative to the project root); this or data_input is required
+  data_input (string): a needed stage holding *.jsonl
+  lora (any; default false): false | true | {r: 16, alpha: 32, dropout: 0.05, target_modules: "all-linear"}
+  qlora (bool; default false): NF4 4-bit base + LoRA (needs CUDA + bitsandbytes, else StageConfigError)
+  load_in_4bit (bool; default false): the same as qlora
+  merge_adapter (any; default "auto"): "auto": merge the LoRA adapter into model/ unless the base is 4-bit;
+      false: never (adapter/ + model/base.json naming the base, which the later stages load); true: always (not
+      with qlora)
+  max_steps (integer; default -1): optimizer steps; -1: train num_train_epochs
+  num_train_epochs (number >= 0; default 1.0): epochs when max_steps is -1
+  lr (number >= 0; default 5e-06): peak learning rate
+  micro_batch_size (integer >= 1; default 4): rows per forward pass (training and evaluation)
+  gradient_accumulation_steps (integer >= 1; default 1): micro-batches per optimizer step
+  max_length (integer >= 8; default 1024): tokens per row (longer rows are truncated)
+  seed (integer; default 1234): seed of the training and of the held-out split
+  warmup_ratio (number >= 0, <= 1; default 0.03): share of the steps spent warming up
+  lr_scheduler (string; default "cosine"): a transformers lr_scheduler_type
+  weight_decay (number >= 0; default 0.0): AdamW weight decay
+  checkpoint_every (integer >= 0; default 0): steps between checkpoints; 0 = none
+  log_every (integer >= 1; default 1): steps between metric events
+  gradient_checkpointing (bool; default false): recompute activations in the backward pass
+  device ("cpu" | "cuda" | "auto"; default "auto"): auto: cuda when the worker has one
+  precision ("auto" | "bf16" | "fp32"; default "auto"): auto: bf16 on a CUDA GPU that supports it, else fp32
+  threads (integer >= 1; default unchanged): torch CPU threads
+  eval_fraction (number >= 0, <= 0.5; default 0.1): rows held out of training (seeded by `seed`, at most
+      eval_max_rows); their loss is metric eval_loss every eval_every steps and at the end; 0 = no held-out rows
+  eval_max_rows (integer >= 1; default 256): at most this many held-out rows
+  eval_every (integer >= 1; default max_steps // 4, else each epoch): steps between evaluations of the held-out
+      rows
+  chat_template ("auto" | "chatml" | "llm-jp"; default "auto"): auto: the tokenizer's own template when it marks
+      the assistant's text with {% generation %} (as an earlier sft/dpo stage's does), else ChatML
+      (<|im_start|>/<|im_end|>, added to the vocabulary when missing); "chatml"; "llm-jp" (llm-jp-3's
+      instruction format: "### 指示:" / "### 応答:", a turn ends with EOS, no new tokens). With LoRA the ChatML
+      markers' embedding rows are trained too (peft trainable_token_indices; an untied LM head is trained
+      whole). The tokenizer is saved with the template and a chat_format.json, so the eval stages prompt in the
+      same format
+  beta (number >= 0; default 0.1): DPO's KL weight
+  max_prompt_length (integer >= 1; default 512): at most this many prompt tokens (TRL max_prompt_length)
+  loss_type (string; default "sigmoid"): a TRL DPO loss_type
+  eval_on_train (bool; default false): with eval_fraction 0: measure on the training pairs instead, reported
+      with eval_split "train"
+(end of params)
 data rows: {"prompt": string | [messages], "chosen": string | [messages], "rejected": string | [messages]}.
 Reference model: the policy with its adapter disabled; when the input is an unmerged sft adapter (model/base.json,
 e.g. after QLoRA SFT), that adapter is trained further and a frozen copy of it is the reference (TRL ref_adapter_name).
@@ -16,8 +56,10 @@ Metrics: loss, reward_accuracy, reward_margin, reward_chosen, reward_rejected.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .hf_train import (
-    COMMON_KEYS,
+    TrainParams,
     check_messages,
     check_qlora,
     data_files,
@@ -34,7 +76,24 @@ from .hf_train import (
     split_rows,
     training_args_kwargs,
 )
-from .protocol import InvalidStageInput, StageContext, StopFlag, run_stage
+from .protocol import InvalidStageInput, StageContext, StopFlag, param, run_stage
+
+
+@dataclass
+class DpoParams(TrainParams):
+    """The `with:` params of a dpo stage: the shared training params (hf_train.TrainParams) and DPO's own."""
+
+    lr: float = param(5e-6, min=0, help="peak learning rate")
+    beta: float = param(0.1, min=0, help="DPO's KL weight")
+    max_prompt_length: int = param(512, min=1, help="at most this many prompt tokens (TRL max_prompt_length)")
+    loss_type: str = param("sigmoid", help="a TRL DPO loss_type")
+    eval_on_train: bool = param(
+        False,
+        help='with eval_fraction 0: measure on the training pairs instead, reported with eval_split "train"',
+    )
+
+
+PARAMS = DpoParams
 
 RENAMES = {
     "rewards/accuracies": "reward_accuracy",
@@ -67,11 +126,10 @@ def to_pair(where: str, row: dict) -> dict:
 
 
 def build_trainer(ctx: StageContext, stop: StopFlag | None = None):
-    p = ctx.params
-    p.reject_unknown(COMMON_KEYS | {"beta", "max_prompt_length", "loss_type", "eval_on_train"})
+    a = ctx.typed_params(DpoParams)
     stop = stop or StopFlag()
-    rows, held_out = split_rows(ctx, [to_pair(w, r) for w, r in load_rows(data_files(ctx, "pairs.jsonl"))])
-    eval_split = "held-out" if held_out else "train" if p.bool("eval_on_train", False) else None
+    rows, held_out = split_rows(ctx, [to_pair(w, r) for w, r in load_rows(data_files(ctx, a, "pairs.jsonl"))])
+    eval_split = "held-out" if held_out else "train" if a.eval_on_train else None
     device = device_for(ctx)
     check_qlora(ctx, device)
     from datasets import Dataset
@@ -86,15 +144,15 @@ def build_trainer(ctx: StageContext, stop: StopFlag | None = None):
     if lora and is_peft(model):  # continuing an earlier stage's adapter; its frozen copy is the reference
         peft_cfg = None
         adapters = dict(model_adapter_name="default", ref_adapter_name="reference")
-    kw = training_args_kwargs(ctx, device, 5e-6)
+    kw = training_args_kwargs(ctx, a, device)
     args = DPOConfig(
         **adapters,
         **kw,
-        **eval_kwargs(ctx, eval_split == "held-out"),
-        beta=p.float("beta", 0.1, min=0),
-        max_length=p.int("max_length", 1024, min=8),
-        max_prompt_length=p.int("max_prompt_length", 512, min=1),
-        loss_type=p.str("loss_type", "sigmoid"),
+        **eval_kwargs(a, eval_split == "held-out"),
+        beta=a.beta,
+        max_length=a.max_length,
+        max_prompt_length=a.max_prompt_length,
+        loss_type=a.loss_type,
     )
     cb = events_callback(ctx, stop, RENAMES)
     trainer = DPOTrainer(

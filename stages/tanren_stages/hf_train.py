@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from .common import (
@@ -20,7 +21,7 @@ from .common import (
     resolve_model,
     write_pointer,
 )
-from .protocol import InvalidStageInput, StageConfigError, StageContext, StopFlag, read_jsonl, write_json
+from .protocol import InvalidStageInput, StageConfigError, StageContext, StopFlag, param, read_jsonl, write_json
 
 try:  # the map() progress bars of datasets only clutter the stage log
     import datasets as _datasets
@@ -29,44 +30,79 @@ try:  # the map() progress bars of datasets only clutter the stage log
 except Exception:  # noqa: BLE001
     pass
 
-COMMON_KEYS = {
-    "model",
-    "input",
-    "data",
-    "data_input",
-    "lora",
-    "load_in_4bit",
-    "qlora",
-    "max_steps",
-    "num_train_epochs",
-    "lr",
-    "micro_batch_size",
-    "gradient_accumulation_steps",
-    "max_length",
-    "seed",
-    "warmup_ratio",
-    "lr_scheduler",
-    "weight_decay",
-    "checkpoint_every",
-    "log_every",
-    "gradient_checkpointing",
-    "device",
-    "precision",
-    "threads",
-    "merge_adapter",
-    "eval_fraction",
-    "eval_max_rows",
-    "eval_every",
-    "chat_template",
-}
+
+@dataclass
+class TrainParams:
+    """The `with:` params the TRL-based kinds share (sft.SftParams and dpo.DpoParams add theirs)."""
+
+    model: str | None = param(
+        default_doc="model/ in the needed stage (or the one `input` names)",
+        help='HF model dir, or a Hub repo id "org/name" (offline: must be in the HF cache). A model/ holding '
+        "base.json (an unmerged adapter of an earlier sft/dpo) loads as base + adapter, and LoRA training "
+        "continues that adapter",
+    )
+    input: str | None = param(help="the needed stage whose model/ is trained")
+    data: str | None = param(help=".jsonl file or dir (relative to the project root); this or data_input is required")
+    data_input: str | None = param(help="a needed stage holding *.jsonl")
+    lora: object = param(
+        default_doc="false", help='false | true | {r: 16, alpha: 32, dropout: 0.05, target_modules: "all-linear"}'
+    )
+    qlora: bool = param(False, help="NF4 4-bit base + LoRA (needs CUDA + bitsandbytes, else StageConfigError)")
+    load_in_4bit: bool = param(False, help="the same as qlora")
+    merge_adapter: object = param(
+        "auto",
+        help='"auto": merge the LoRA adapter into model/ unless the base is 4-bit; false: never (adapter/ + '
+        "model/base.json naming the base, which the later stages load); true: always (not with qlora)",
+    )
+    max_steps: int = param(-1, help="optimizer steps; -1: train num_train_epochs")
+    num_train_epochs: float = param(1.0, min=0, help="epochs when max_steps is -1")
+    lr: float = param(2e-5, min=0, help="peak learning rate")
+    micro_batch_size: int = param(4, min=1, help="rows per forward pass (training and evaluation)")
+    gradient_accumulation_steps: int = param(1, min=1, help="micro-batches per optimizer step")
+    max_length: int = param(1024, min=8, help="tokens per row (longer rows are truncated)")
+    seed: int = param(1234, help="seed of the training and of the held-out split")
+    warmup_ratio: float = param(0.03, min=0, max=1, help="share of the steps spent warming up")
+    lr_scheduler: str = param("cosine", help="a transformers lr_scheduler_type")
+    weight_decay: float = param(0.0, min=0, help="AdamW weight decay")
+    checkpoint_every: int = param(0, min=0, help="steps between checkpoints; 0 = none")
+    log_every: int = param(1, min=1, help="steps between metric events")
+    gradient_checkpointing: bool = param(False, help="recompute activations in the backward pass")
+    device: str | None = param(
+        choices=["cpu", "cuda", "auto"], default_doc='"auto"', help="auto: cuda when the worker has one"
+    )
+    precision: str = param(
+        "auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on a CUDA GPU that supports it, else fp32"
+    )
+    threads: int | None = param(min=1, default_doc="unchanged", help="torch CPU threads")
+    eval_fraction: float = param(
+        0.1,
+        min=0,
+        max=0.5,
+        help="rows held out of training (seeded by `seed`, at most eval_max_rows); their loss is metric eval_loss "
+        "every eval_every steps and at the end; 0 = no held-out rows",
+    )
+    eval_max_rows: int = param(256, min=1, help="at most this many held-out rows")
+    eval_every: int | None = param(
+        min=1, default_doc="max_steps // 4, else each epoch", help="steps between evaluations of the held-out rows"
+    )
+    chat_template: str = param(
+        "auto",
+        choices=["auto", *CHAT_TEMPLATES],
+        help="auto: the tokenizer's own template when it marks the assistant's text with {% generation %} (as an "
+        "earlier sft/dpo stage's does), else ChatML (<|im_start|>/<|im_end|>, added to the vocabulary when "
+        'missing); "chatml"; "llm-jp" (llm-jp-3\'s instruction format: "### 指示:" / "### 応答:", a turn ends '
+        "with EOS, no new tokens). With LoRA the ChatML markers' embedding rows are trained too (peft "
+        "trainable_token_indices; an untied LM head is trained whole). The tokenizer is saved with the "
+        "template and a chat_format.json, so the eval stages prompt in the same format",
+    )
 
 
-def data_files(ctx: StageContext, default_name: str) -> list[Path]:
+def data_files(ctx: StageContext, a: TrainParams, default_name: str) -> list[Path]:
     p = ctx.params
-    if p.has("data"):
-        d = Path(p.str("data"))
-    elif p.has("data_input"):
-        d = ctx.input_dir(p.str("data_input"), param="data_input")
+    if a.data is not None:
+        d = Path(a.data)
+    elif a.data_input is not None:
+        d = ctx.input_dir(a.data_input, param="data_input")
     else:
         raise InvalidStageInput(
             f"{p.source}: field 'data' (a .jsonl file or directory) is required, or 'data_input' naming a needed stage"
@@ -112,17 +148,15 @@ def split_rows(ctx: StageContext, rows: list, default_fraction: float = 0.1) -> 
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
-def eval_kwargs(ctx: StageContext, has_eval: bool) -> dict:
+def eval_kwargs(a: TrainParams, has_eval: bool) -> dict:
     """Trainer arguments for the held-out evaluation: every `eval_every` steps (default max_steps // 4, or once per
     epoch when training runs by epochs); the stage evaluates once more at the end."""
     if not has_eval:
         return {"eval_strategy": "no"}
-    p = ctx.params
-    max_steps = p.int("max_steps", -1)
-    if p.has("eval_every"):
-        return {"eval_strategy": "steps", "eval_steps": p.int("eval_every", min=1)}
-    if max_steps > 0:
-        return {"eval_strategy": "steps", "eval_steps": max(1, max_steps // 4)}
+    if a.eval_every is not None:
+        return {"eval_strategy": "steps", "eval_steps": a.eval_every}
+    if a.max_steps > 0:
+        return {"eval_strategy": "steps", "eval_steps": max(1, a.max_steps // 4)}
     return {"eval_strategy": "epoch"}
 
 
@@ -305,36 +339,36 @@ def load_model_and_tokenizer(ctx: StageContext, device: str, *, reference_adapte
     return model, tok, source
 
 
-def training_args_kwargs(ctx: StageContext, device: str, lr_default: float) -> dict:
+def training_args_kwargs(ctx: StageContext, a: TrainParams, device: str) -> dict:
     p = ctx.params
-    precision = p.str("precision", "auto", choices=["auto", "bf16", "fp32"])
+    precision = a.precision
     use_bf16 = precision == "bf16" or (precision == "auto" and bf16_ok(device))
     if precision == "bf16" and not bf16_ok(device):
         raise StageConfigError(f"{p.source}: field 'precision' is bf16 but device {device} does not support it")
-    if p.has("threads"):
+    if a.threads is not None:
         import torch
 
-        torch.set_num_threads(p.int("threads", min=1))
+        torch.set_num_threads(a.threads)
     ckpt_dir = ctx.checkpoints or (ctx.output / "checkpoints")
-    ckpt_every = p.int("checkpoint_every", 0, min=0)
+    ckpt_every = a.checkpoint_every
     return dict(
         output_dir=str(ckpt_dir),
         overwrite_output_dir=True,
-        max_steps=p.int("max_steps", -1),
-        num_train_epochs=p.float("num_train_epochs", 1.0, min=0),
-        learning_rate=p.float("lr", lr_default, min=0),
-        per_device_train_batch_size=p.int("micro_batch_size", 4, min=1),
-        gradient_accumulation_steps=p.int("gradient_accumulation_steps", 1, min=1),
-        seed=p.int("seed", 1234),
-        data_seed=p.int("seed", 1234),
-        warmup_ratio=p.float("warmup_ratio", 0.03, min=0, max=1),
-        lr_scheduler_type=p.str("lr_scheduler", "cosine"),
-        weight_decay=p.float("weight_decay", 0.0, min=0),
-        logging_steps=p.int("log_every", 1, min=1),
+        max_steps=a.max_steps,
+        num_train_epochs=a.num_train_epochs,
+        learning_rate=a.lr,
+        per_device_train_batch_size=a.micro_batch_size,
+        gradient_accumulation_steps=a.gradient_accumulation_steps,
+        seed=a.seed,
+        data_seed=a.seed,
+        warmup_ratio=a.warmup_ratio,
+        lr_scheduler_type=a.lr_scheduler,
+        weight_decay=a.weight_decay,
+        logging_steps=a.log_every,
         save_strategy="steps" if ckpt_every else "no",
         save_steps=ckpt_every or 500,
         save_only_model=False,
-        gradient_checkpointing=p.bool("gradient_checkpointing", False),
+        gradient_checkpointing=a.gradient_checkpointing,
         bf16=use_bf16,
         use_cpu=device == "cpu",
         report_to=["tensorboard"],
@@ -343,7 +377,7 @@ def training_args_kwargs(ctx: StageContext, device: str, lr_default: float) -> d
         disable_tqdm=True,
         save_safetensors=True,
         remove_unused_columns=True,
-        per_device_eval_batch_size=p.int("micro_batch_size", 4, min=1),
+        per_device_eval_batch_size=a.micro_batch_size,
     )
 
 

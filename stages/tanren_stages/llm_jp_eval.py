@@ -1,25 +1,31 @@
 """Stage `llm_jp_eval`: llm-jp-eval on jaster data, with llm-jp-eval's definitions (see eval/jaster.py for sources).
 
-params (defaults):
-  model / input       HF model dir, Hub repo id "org/name", or model/ of a needed stage (full weights, or
-                      base.json: base + the stage's adapter/)
-  precision           "auto" (bf16 on CUDA, fp16 where bf16 is unsupported, fp32 on CPU) | bf16 | fp16 | fp32
-  load_in_4bit        NF4 base (needs CUDA + bitsandbytes); default: true on CUDA for an adapter trained
-                      on a 4-bit base (QLoRA sft/dpo), else false
-  datasets            required: a jaster directory as llm-jp-eval's preprocessing writes it (<dir>/{train,dev,test}/,
-                      or <dataset_dir>/<version>/ holding evaluation/), a split directory (…/evaluation/test), one
-                      dataset file or a list of them; relative paths are from the project root
-  split               "test" (as llm-jp-eval's evaluator) | "dev"
-  num_few_shots       4 (llm-jp-eval's default): the first n samples of the dataset's train/ file; fewer there is an error
-  max_samples         per dataset (default: all)
-  max_new_tokens      default: the dataset's output_length (as llm-jp-eval's generation)
-  use_chat_template   "auto" (default): true when the model was chat-tuned by sft/dpo (chat_format.json beside its
-                      tokenizer), so it is asked in the chat format it was tuned on; false: the Alpaca-style prompt
-                      as plain text (llm-jp-eval without a custom template), for base models. With the chat template
-                      the instruction is the system message, each few-shot example a user/assistant turn, the
-                      sample's input the last user turn; the prompt recorded per sample is the rendered template
-  categories          {dataset: category} for datasets that are not jaster's (a dataset file may also carry a
-                      "category" field); jaster datasets always take llm-jp-eval's category
+params (generated from LlmJpEvalParams; `python -m tanren_stages.protocol` rewrites this block):
+  model (string; default model/ of the needed stage (or the one `input` names)): HF model dir, Hub repo id
+      "org/name", or model/ of a needed stage (full weights, or base.json: base + the stage's adapter/)
+  input (string): the needed stage whose model/ is evaluated
+  datasets (any): required: a jaster directory as llm-jp-eval's preprocessing writes it
+      (<dir>/{train,dev,test}/, or <dataset_dir>/<version>/ holding evaluation/), a split directory
+      (…/evaluation/test), one dataset file or a list of them; relative paths are from the project root
+  split ("test" | "dev"; default "test"): test: as llm-jp-eval's evaluator
+  num_few_shots (integer >= 0; default 4): llm-jp-eval's default: the first n samples of the dataset's train/
+      file; fewer there is an error
+  max_samples (integer >= 1; default all): samples per dataset
+  max_new_tokens (integer >= 1; default the dataset's output_length): as llm-jp-eval's generation
+  use_chat_template (any; default "auto"): auto: true when the model was chat-tuned by sft/dpo (chat_format.json
+      beside its tokenizer), so it is asked in the chat format it was tuned on; false: the Alpaca-style prompt
+      as plain text (llm-jp-eval without a custom template), for base models. With the chat template the
+      instruction is the system message, each few-shot example a user/assistant turn, the sample's input the
+      last user turn; the prompt recorded per sample is the rendered template
+  categories (any; default {}): {dataset: category} for datasets that are not jaster's (a dataset file may also
+      carry a "category" field); jaster datasets always take llm-jp-eval's category
+  device ("cpu" | "cuda" | "auto"; default "auto"): auto: cuda when the worker has one
+  seed (integer; default 1234): generation seed
+  precision ("auto" | "bf16" | "fp16" | "fp32"; default "auto"): auto: bf16 on CUDA, fp16 where bf16 is
+      unsupported, fp32 on CPU
+  load_in_4bit (bool; default true on CUDA for an adapter trained on a 4-bit base (QLoRA sft/dpo), else false):
+      NF4 base (needs CUDA + bitsandbytes)
+(end of params)
 Each dataset: {instruction, output_length, metrics: [exact_match|char_f1|set_f1|bleu_ja|bleu_en|pearson|spearman|…],
 samples: [{input, output}]}; metrics tanren does not compute (comet_wmt22, code_exec, rouge…) are listed as such.
 Scores: one designated metric per dataset, category means, AVG = mean of the categories present; JSTS reported, not
@@ -31,10 +37,11 @@ Result: average, llm_jp_eval_version, categories, and each scored dataset's scor
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from .eval import jaster
-from .protocol import InvalidStageInput, StageContext, run_stage, write_json
+from .protocol import InvalidStageInput, StageContext, param, run_stage, write_json
 
 
 def load_datasets(
@@ -180,28 +187,68 @@ def evaluate(
     }
 
 
+@dataclass
+class LlmJpEvalParams:
+    """The `with:` params of an llm_jp_eval stage."""
+
+    model: str | None = param(
+        default_doc="model/ of the needed stage (or the one `input` names)",
+        help='HF model dir, Hub repo id "org/name", or model/ of a needed stage (full weights, or base.json: base '
+        "+ the stage's adapter/)",
+    )
+    input: str | None = param(help="the needed stage whose model/ is evaluated")
+    datasets: object = param(
+        help="required: a jaster directory as llm-jp-eval's preprocessing writes it (<dir>/{train,dev,test}/, or "
+        "<dataset_dir>/<version>/ holding evaluation/), a split directory (…/evaluation/test), one dataset file or "
+        "a list of them; relative paths are from the project root"
+    )
+    split: str = param("test", choices=["test", "dev"], help="test: as llm-jp-eval's evaluator")
+    num_few_shots: int = param(
+        4,
+        min=0,
+        help="llm-jp-eval's default: the first n samples of the dataset's train/ file; fewer there is an error",
+    )
+    max_samples: int | None = param(min=1, default_doc="all", help="samples per dataset")
+    max_new_tokens: int | None = param(
+        min=1, default_doc="the dataset's output_length", help="as llm-jp-eval's generation"
+    )
+    use_chat_template: object = param(
+        "auto",
+        help="auto: true when the model was chat-tuned by sft/dpo (chat_format.json beside its tokenizer), so it is "
+        "asked in the chat format it was tuned on; false: the Alpaca-style prompt as plain text (llm-jp-eval "
+        "without a custom template), for base models. With the chat template the instruction is the system "
+        "message, each few-shot example a user/assistant turn, the sample's input the last user turn; the prompt "
+        "recorded per sample is the rendered template",
+    )
+    categories: object = param(
+        {},
+        help='{dataset: category} for datasets that are not jaster\'s (a dataset file may also carry a "category" '
+        "field); jaster datasets always take llm-jp-eval's category",
+    )
+    device: str | None = param(
+        choices=["cpu", "cuda", "auto"], default_doc='"auto"', help="auto: cuda when the worker has one"
+    )
+    seed: int = param(1234, help="generation seed")
+    precision: str = param(
+        "auto",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        help="auto: bf16 on CUDA, fp16 where bf16 is unsupported, fp32 on CPU",
+    )
+    load_in_4bit: bool | None = param(
+        default_doc="true on CUDA for an adapter trained on a 4-bit base (QLoRA sft/dpo), else false",
+        help="NF4 base (needs CUDA + bitsandbytes)",
+    )
+
+
+PARAMS = LlmJpEvalParams
+
+
 def main(ctx: StageContext) -> None:
     from .generation import Generator
 
     p = ctx.params
-    p.reject_unknown(
-        {
-            "model",
-            "input",
-            "datasets",
-            "split",
-            "num_few_shots",
-            "max_samples",
-            "max_new_tokens",
-            "use_chat_template",
-            "categories",
-            "device",
-            "seed",
-            "precision",
-            "load_in_4bit",
-        }
-    )
-    raw = p.raw("datasets")
+    a = ctx.typed_params(LlmJpEvalParams)
+    raw = a.datasets
     if raw is None:
         raise InvalidStageInput(
             f"{p.source}: field 'datasets' is required (a jaster directory with train/ and test/, "
@@ -213,7 +260,7 @@ def main(ctx: StageContext) -> None:
         or raw == ""
     ):
         raise InvalidStageInput(f"{p.source}: field 'datasets' must be a path or a list of paths")
-    cats = p.raw("categories", {})
+    cats = a.categories
     if not isinstance(cats, dict) or not all(v in jaster.CATEGORIES for v in cats.values()):
         raise InvalidStageInput(
             f"{p.source}: field 'categories' must be an object {{dataset: category}} "
@@ -221,8 +268,8 @@ def main(ctx: StageContext) -> None:
         )
     datasets = load_datasets(
         [Path(x) for x in (raw if isinstance(raw, list) else [raw])],
-        p.str("split", "test", choices=["test", "dev"]),
-        p.int("num_few_shots", 4, min=0),
+        a.split,
+        a.num_few_shots,
         cats,
         f"{p.source}: field 'datasets'",
     )
@@ -232,9 +279,9 @@ def main(ctx: StageContext) -> None:
             "llm-jp-eval category; name datasets as jaster does, or give each a category (params 'categories' "
             f"or the file's 'category' field, one of {', '.join(jaster.CATEGORIES)})"
         )
-    max_samples = p.int("max_samples", None, min=1)
-    max_new_tokens = p.int("max_new_tokens", None, min=1)
-    chat_param = p.raw("use_chat_template", "auto")
+    max_samples = a.max_samples
+    max_new_tokens = a.max_new_tokens
+    chat_param = a.use_chat_template
     gen = Generator.from_ctx(ctx)
     chat = gen.chat_format is not None if chat_param == "auto" else p.bool("use_chat_template")
 
@@ -256,8 +303,8 @@ def main(ctx: StageContext) -> None:
         metric=ctx.metric,
         render=render,
     )
-    scores["num_few_shots"] = p.int("num_few_shots", 4, min=0)
-    scores["split"] = p.str("split", "test")
+    scores["num_few_shots"] = a.num_few_shots
+    scores["split"] = a.split
     scores["prompt_format"] = "chat template" if chat else "alpaca"
     if gen.chat_format is not None:
         scores["chat_format"] = gen.chat_format

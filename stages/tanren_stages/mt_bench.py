@@ -1,25 +1,35 @@
 """Stage `mt_bench`: Japanese MT-Bench answers, judged by an OpenAI-compatible endpoint, as Stability AI's FastChat
 fork (jp-stable) does it; see eval/mtbench.py for the sources of every setting.
 
-params (defaults):
-  model / input       HF model dir, Hub repo id "org/name", or model/ of a needed stage (full weights, or
-                      base.json: base + the stage's adapter/)
-  precision           "auto" (bf16 on CUDA, fp16 where bf16 is unsupported, fp32 on CPU) | bf16 | fp16 | fp32
-  load_in_4bit        NF4 base (needs CUDA + bitsandbytes); default: true on CUDA for an adapter trained
-                      on a 4-bit base (QLoRA sft/dpo), else false
-  questions           question.jsonl ({question_id, category, turns}); required
-  reference           reference answers jsonl ({question_id, choices:[{turns}]} or {question_id, turns}); with a judge,
-                      every question in reference_categories (math, reasoning, coding) must have one (else exit 2)
-  max_new_tokens      512 for every category (the fork's --max-new-token)
-  temperature         per category as the fork's temperature_config (writing/roleplay 0.5, extraction/stem/humanities
-                      0.2, math/coding/reasoning 0.1, others 0.7); a number here overrides it for every category
-  top_p 0.9, repetition_penalty 1.1 (the fork's defaults); seed 0 (torch.manual_seed before each question)
-  max_questions       all; max_turns 2
-  judge               {base_url, model, api_key_env (the NAME of an env var holding the key), prompts "en"
-                       (judge_prompts.jsonl) | "ja" (judge_ja_prompts.jsonl for turn 1), rating_retries 2 (asks again
-                       when a judgment has no [[rating]]), timeout_s 120, max_retries 3 (HTTP), price_per_1k_input,
-                       price_per_1k_output, note: "tiny" (the judge is the pipeline's own tiny model: scores.json's
-                       judge.note says its scores are not meaningful) or any text to record as judge.note}
+params (generated from MtBenchParams; `python -m tanren_stages.protocol` rewrites this block):
+  model (string; default model/ of the needed stage (or the one `input` names)): HF model dir, Hub repo id
+      "org/name", or model/ of a needed stage (full weights, or base.json: base + the stage's adapter/)
+  input (string): the needed stage whose model/ answers
+  questions (string; required): question.jsonl ({question_id, category, turns})
+  reference (string): reference answers jsonl ({question_id, choices:[{turns}]} or {question_id, turns}); with a
+      judge, every question in reference_categories must have one (else exit 2)
+  max_new_tokens (integer >= 1; default 512): the same for every category (the fork's --max-new-token)
+  temperature (number >= 0; default per category): as the fork's temperature_config (writing/roleplay 0.5,
+      extraction/stem/humanities 0.2, math/coding/reasoning 0.1, others 0.7); a number here overrides it for
+      every category
+  top_p (number >= 0, <= 1; default 0.9): the fork's default
+  repetition_penalty (number >= 0; default 1.1): the fork's default
+  max_questions (integer >= 1; default all): answer only the first n questions
+  max_turns (integer >= 1, <= 2; default 2): turns answered per question
+  judge (object): {base_url, model, api_key_env (the NAME of an env var holding the key), prompts "en"
+      (judge_prompts.jsonl) | "ja" (judge_ja_prompts.jsonl for turn 1), rating_retries 2 (asks again when a
+      judgment has no [[rating]]), timeout_s 120, max_retries 3 (HTTP), price_per_1k_input, price_per_1k_output,
+      note: "tiny" (the judge is the pipeline's own tiny model: scores.json's judge.note says its scores are not
+      meaningful) or any text to record as judge.note}; without base_url and model: no judge
+  reference_categories (list; default ["math", "reasoning", "coding"]): categories the judge grades against a
+      reference answer
+  device ("cpu" | "cuda" | "auto"; default "auto"): auto: cuda when the worker has one
+  seed (integer; default 0): torch.manual_seed before each question
+  precision ("auto" | "bf16" | "fp16" | "fp32"; default "auto"): auto: bf16 on CUDA, fp16 where bf16 is
+      unsupported, fp32 on CPU
+  load_in_4bit (bool; default true on CUDA for an adapter trained on a 4-bit base (QLoRA sft/dpo), else false):
+      NF4 base (needs CUDA + bitsandbytes)
+(end of params)
 Without `judge` the answers are written and the result is {"judge": "not configured", "answered": n}.
 Outputs: answers.jsonl (per question: the answers as `turns`, the question's turns as `question`, the reference
 answer's turns as `reference` or null, the sampling settings), judgments.jsonl (every judgment: judge model,
@@ -35,10 +45,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from .eval import mtbench
-from .protocol import InvalidStageInput, StageConfigError, StageContext, read_jsonl, run_stage, write_json
+from .protocol import InvalidStageInput, StageConfigError, StageContext, param, read_jsonl, run_stage, write_json
 
 
 class Judge:
@@ -218,40 +229,77 @@ def summarise(judgments: list[dict]) -> dict:
     }
 
 
+@dataclass
+class MtBenchParams:
+    """The `with:` params of an mt_bench stage; `judge` stays a plain object, checked field by field in main."""
+
+    model: str | None = param(
+        default_doc="model/ of the needed stage (or the one `input` names)",
+        help='HF model dir, Hub repo id "org/name", or model/ of a needed stage (full weights, or base.json: base '
+        "+ the stage's adapter/)",
+    )
+    input: str | None = param(help="the needed stage whose model/ answers")
+    questions: str = param(required=True, help="question.jsonl ({question_id, category, turns})")
+    reference: str | None = param(
+        help="reference answers jsonl ({question_id, choices:[{turns}]} or {question_id, turns}); with a judge, "
+        "every question in reference_categories must have one (else exit 2)"
+    )
+    max_new_tokens: int = param(
+        mtbench.MAX_NEW_TOKENS, min=1, help="the same for every category (the fork's --max-new-token)"
+    )
+    temperature: float | None = param(
+        min=0,
+        default_doc="per category",
+        help="as the fork's temperature_config (writing/roleplay 0.5, extraction/stem/humanities 0.2, "
+        "math/coding/reasoning 0.1, others 0.7); a number here overrides it for every category",
+    )
+    top_p: float = param(mtbench.TOP_P, min=0, max=1, help="the fork's default")
+    repetition_penalty: float = param(mtbench.REPETITION_PENALTY, min=0, help="the fork's default")
+    max_questions: int | None = param(min=1, default_doc="all", help="answer only the first n questions")
+    max_turns: int = param(2, min=1, max=2, help="turns answered per question")
+    judge: dict | None = param(
+        help='{base_url, model, api_key_env (the NAME of an env var holding the key), prompts "en" '
+        '(judge_prompts.jsonl) | "ja" (judge_ja_prompts.jsonl for turn 1), rating_retries 2 (asks again when a '
+        "judgment has no [[rating]]), timeout_s 120, max_retries 3 (HTTP), price_per_1k_input, price_per_1k_output, "
+        "note: \"tiny\" (the judge is the pipeline's own tiny model: scores.json's judge.note says its scores are "
+        "not meaningful) or any text to record as judge.note}; without base_url and model: no judge",
+    )
+    reference_categories: list = param(
+        mtbench.NEED_REF_CATS, help="categories the judge grades against a reference answer"
+    )
+    device: str | None = param(
+        choices=["cpu", "cuda", "auto"], default_doc='"auto"', help="auto: cuda when the worker has one"
+    )
+    seed: int = param(mtbench.SEED, help="torch.manual_seed before each question")
+    precision: str = param(
+        "auto",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        help="auto: bf16 on CUDA, fp16 where bf16 is unsupported, fp32 on CPU",
+    )
+    load_in_4bit: bool | None = param(
+        default_doc="true on CUDA for an adapter trained on a 4-bit base (QLoRA sft/dpo), else false",
+        help="NF4 base (needs CUDA + bitsandbytes)",
+    )
+
+
+PARAMS = MtBenchParams
+
+
 def main(ctx: StageContext) -> None:
     from .common import set_seed
     from .generation import Generator
 
     p = ctx.params
-    p.reject_unknown(
-        {
-            "model",
-            "input",
-            "questions",
-            "reference",
-            "max_new_tokens",
-            "temperature",
-            "top_p",
-            "repetition_penalty",
-            "max_questions",
-            "max_turns",
-            "judge",
-            "reference_categories",
-            "device",
-            "seed",
-            "precision",
-            "load_in_4bit",
-        }
-    )
-    qpath = Path(p.str("questions", required=True))
+    a = ctx.typed_params(MtBenchParams)
+    qpath = Path(a.questions)
     if not qpath.is_file():
         raise InvalidStageInput(f"{p.source}: field 'questions': {qpath} does not exist")
-    rpath = Path(p.str("reference")) if p.has("reference") else None
+    rpath = Path(a.reference) if a.reference is not None else None
     if rpath is not None and not rpath.is_file():
         raise InvalidStageInput(f"{p.source}: field 'reference': {rpath} does not exist")
-    questions = load_questions(qpath, p.int("max_questions", None, min=1))
+    questions = load_questions(qpath, a.max_questions)
     refs = load_references(rpath)
-    ref_cats = p.list("reference_categories", mtbench.NEED_REF_CATS)
+    ref_cats = a.reference_categories
     jp = p.sub("judge")
     if jp is not None and not jp.raw("base_url") and not jp.raw("model"):
         # A spec that leaves the judge's params empty (the tiny pipeline's default) has no judge.
@@ -298,12 +346,12 @@ def main(ctx: StageContext) -> None:
     rating_retries = jp.int("rating_retries", 2, min=0) if jp is not None else 0
 
     gen = Generator.from_ctx(ctx)
-    max_new = p.int("max_new_tokens", mtbench.MAX_NEW_TOKENS, min=1)
-    temp_override = p.float("temperature", None, min=0)
-    top_p = p.float("top_p", mtbench.TOP_P, min=0, max=1)
-    rep = p.float("repetition_penalty", mtbench.REPETITION_PENALTY, min=0)
-    max_turns = p.int("max_turns", 2, min=1, max=2)
-    seed = p.int("seed", mtbench.SEED)
+    max_new = a.max_new_tokens
+    temp_override = a.temperature
+    top_p = a.top_p
+    rep = a.repetition_penalty
+    max_turns = a.max_turns
+    seed = a.seed
     answers = []
     with open(ctx.output / "answers.jsonl", "w", encoding="utf-8") as fh:
         for i, q in enumerate(questions):

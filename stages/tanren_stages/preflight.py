@@ -1,7 +1,10 @@
 """Stage `preflight`: reports the environment a pipeline will run in.
 
-params: require_gpu (bool, default false) — fail with StageConfigError when no
-CUDA device is usable. Writes report.json to the output directory.
+params (generated from PreflightParams; `python -m tanren_stages.protocol` rewrites this block):
+  require_gpu (bool; default false): fail with StageConfigError when no CUDA device is usable
+  min_free_disk_gb (number >= 0; default 0.0): fail with StageConfigError when less disk is free
+(end of params)
+Writes report.json to the output directory.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ import platform
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 
-from .protocol import StageConfigError, StageContext, run_stage, write_json
+from .protocol import StageConfigError, StageContext, param, run_stage, write_json
 
 PACKAGES = [
     "torch",
@@ -80,11 +84,21 @@ def collect(ctx: StageContext) -> dict:
     }
 
 
+@dataclass
+class PreflightParams:
+    """The `with:` params of a preflight stage."""
+
+    require_gpu: bool = param(False, help="fail with StageConfigError when no CUDA device is usable")
+    min_free_disk_gb: float = param(0.0, min=0, help="fail with StageConfigError when less disk is free")
+
+
+PARAMS = PreflightParams
+
+
 def main(ctx: StageContext) -> None:
-    p = ctx.params
-    p.reject_unknown({"require_gpu", "min_free_disk_gb"})
-    require_gpu = p.bool("require_gpu", False)
-    min_disk = p.float("min_free_disk_gb", 0.0, min=0)
+    a = ctx.typed_params(PreflightParams)
+    require_gpu = a.require_gpu
+    min_disk = a.min_free_disk_gb
     report = collect(ctx)
     write_json(ctx.output / "report.json", report)
     ctx.artifact("report.json", "environment report")

@@ -1,22 +1,47 @@
 """Stage `pretrain`: a small Llama causal LM trained from scratch on a Megatron indexed dataset.
 
-params (defaults):
-  input                      needed stage with <prefix>.idx/.bin and tokenizer/ (default: the one that has them)
-  data_prefix                (default "text_document")
-  hidden_size 256, intermediate_size 4*hidden... (default 688), num_layers 4, num_heads 4,
-  num_kv_heads (= num_heads), seq_len 256, rope_theta 10000.0
-  micro_batch_size 8, gradient_accumulation_steps 1, max_steps 1000 (or max_tokens)
-  lr 3e-4, min_lr_ratio 0.1, warmup_steps 100, weight_decay 0.1, adam_beta1 0.9, adam_beta2 0.95,
-  grad_clip 1.0, seed 1234, precision "auto" (bf16 on a CUDA GPU that supports it, else fp32),
-  gradient_checkpointing false, checkpoint_every 0 (0 = only at the end / on SIGTERM),
-  log_every 1, threads (torch CPU threads; default unchanged), device "auto",
-  stop_at_step (a sweep's rung boundary: train to this step of the max_steps schedule, checkpoint, exit 0
-  with result stopped_at_step and no model; resuming later continues the same schedule; run again behind a
-  checkpoint that went further, it reports the loss recorded at that step and trains nothing)
-  valid_fraction 0.01: the last documents of the indexed dataset holding about this share of its tokens are held
-  out (split at a document start, so no article is in both parts); 0 = no held-out set
-  eval_every (default checkpoint_every, else max_steps // 5): validation loss every n steps and at the end
-  eval_windows 64: at most this many held-out seq_len windows are evaluated (the same ones every time)
+params (generated from PretrainParams; `python -m tanren_stages.protocol` rewrites this block):
+  input (string; default the needed stage that has them): needed stage with <prefix>.idx/.bin and tokenizer/
+  data_prefix (string; default "text_document"): name of the indexed dataset's .idx/.bin files
+  hidden_size (integer >= 8; default 256): model width; divisible by num_heads
+  intermediate_size (integer >= 8; default 8/3 * hidden_size rounded up to a multiple of 8): MLP width
+  num_layers (integer >= 1; default 4): transformer layers
+  num_heads (integer >= 1; default 4): attention heads
+  num_kv_heads (integer >= 1; default num_heads): key/value heads (GQA); divides num_heads
+  seq_len (integer >= 8; default 256): tokens per training window (and the model's max positions)
+  rope_theta (number >= 1.0; default 10000.0): RoPE base
+  micro_batch_size (integer >= 1; default 8): windows per forward pass
+  gradient_accumulation_steps (integer >= 1; default 1): micro-batches per optimizer step
+  max_steps (integer >= 1; default 1000, or max_tokens / tokens per step): optimizer steps (the schedule's
+      length)
+  max_tokens (integer >= 1): training tokens, instead of max_steps
+  lr (number >= 0; default 0.0003): peak learning rate (linear warm-up, then cosine decay)
+  min_lr_ratio (number >= 0, <= 1; default 0.1): final learning rate as a share of lr
+  warmup_steps (integer >= 0; default min(100, max_steps // 10)): linear warm-up steps
+  weight_decay (number >= 0; default 0.1): AdamW weight decay (matrices only)
+  adam_beta1 (number; default 0.9): AdamW beta1
+  adam_beta2 (number; default 0.95): AdamW beta2
+  grad_clip (number >= 0; default 1.0): gradient norm clip; 0 = none
+  seed (integer; default 1234): seed of the weights and of the data order
+  precision ("auto" | "bf16" | "fp32"; default "auto"): auto: bf16 on a CUDA GPU that supports it, else fp32
+  gradient_checkpointing (bool; default false): recompute activations in the backward pass
+  checkpoint_every (integer >= 0; default 0): steps between checkpoints; 0 = only at the end / on SIGTERM
+  log_every (integer >= 1; default 1): steps between metric events
+  threads (integer >= 1; default unchanged): torch CPU threads
+  device ("cpu" | "cuda" | "auto"; default "auto"): auto: cuda when the worker has one
+  deterministic (bool; default true): torch deterministic algorithms (warn only)
+  valid_fraction (number >= 0, <= 0.5; default 0.01): the last documents of the indexed dataset holding about
+      this share of its tokens are held out (split at a document start, so no article is in both parts); 0 = no
+      held-out set
+  eval_every (integer >= 1; default checkpoint_every, else max_steps // 5): validation loss every n steps and at
+      the end
+  eval_windows (integer >= 1; default 64): at most this many held-out seq_len windows are evaluated (the same
+      ones every time)
+  stop_at_step (integer >= 1): a sweep's rung boundary: train to this step of the max_steps schedule,
+      checkpoint, exit 0 with result stopped_at_step and no model; resuming later continues the same schedule;
+      run again behind a checkpoint that went further, it reports the loss recorded at that step and trains
+      nothing
+(end of params)
 Validation loss: mean next-token cross-entropy over the held-out windows, reported as metric `eval_loss` (and
 `eval_ppl`) at its step and in the result (`first_eval_loss`, `final_eval_loss`, `eval_tokens`).
 Checkpoints go to $TANREN_CHECKPOINTS/step-XXXXXX (model, optimizer, scheduler, RNG states,
@@ -34,48 +59,91 @@ import random
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .common import bf16_ok, load_weights, pick_device
 from .indexed_dataset import IndexedDataset
-from .protocol import InvalidStageInput, OutOfMemory, StageConfigError, StageContext, StopFlag, run_stage, write_json
+from .protocol import (
+    InvalidStageInput,
+    OutOfMemory,
+    StageConfigError,
+    StageContext,
+    StopFlag,
+    param,
+    run_stage,
+    write_json,
+)
 
-KNOWN = {
-    "input",
-    "data_prefix",
-    "hidden_size",
-    "intermediate_size",
-    "num_layers",
-    "num_heads",
-    "num_kv_heads",
-    "seq_len",
-    "rope_theta",
-    "micro_batch_size",
-    "gradient_accumulation_steps",
-    "max_steps",
-    "max_tokens",
-    "lr",
-    "min_lr_ratio",
-    "warmup_steps",
-    "weight_decay",
-    "adam_beta1",
-    "adam_beta2",
-    "grad_clip",
-    "seed",
-    "precision",
-    "gradient_checkpointing",
-    "checkpoint_every",
-    "log_every",
-    "threads",
-    "device",
-    "deterministic",
-    "valid_fraction",
-    "eval_every",
-    "eval_windows",
-    "stop_at_step",
-}
+
+@dataclass
+class PretrainParams:
+    """The `with:` params of a pretrain stage; None marks a default computed from the others."""
+
+    input: str | None = param(
+        help="needed stage with <prefix>.idx/.bin and tokenizer/", default_doc="the needed stage that has them"
+    )
+    data_prefix: str = param("text_document", help="name of the indexed dataset's .idx/.bin files")
+    hidden_size: int = param(256, min=8, help="model width; divisible by num_heads")
+    intermediate_size: int | None = param(
+        min=8, default_doc="8/3 * hidden_size rounded up to a multiple of 8", help="MLP width"
+    )
+    num_layers: int = param(4, min=1, help="transformer layers")
+    num_heads: int = param(4, min=1, help="attention heads")
+    num_kv_heads: int | None = param(min=1, default_doc="num_heads", help="key/value heads (GQA); divides num_heads")
+    seq_len: int = param(256, min=8, help="tokens per training window (and the model's max positions)")
+    rope_theta: float = param(10000.0, min=1.0, help="RoPE base")
+    micro_batch_size: int = param(8, min=1, help="windows per forward pass")
+    gradient_accumulation_steps: int = param(1, min=1, help="micro-batches per optimizer step")
+    max_steps: int | None = param(
+        min=1, default_doc="1000, or max_tokens / tokens per step", help="optimizer steps (the schedule's length)"
+    )
+    max_tokens: int | None = param(min=1, help="training tokens, instead of max_steps")
+    lr: float = param(3e-4, min=0, help="peak learning rate (linear warm-up, then cosine decay)")
+    min_lr_ratio: float = param(0.1, min=0, max=1, help="final learning rate as a share of lr")
+    warmup_steps: int | None = param(min=0, default_doc="min(100, max_steps // 10)", help="linear warm-up steps")
+    weight_decay: float = param(0.1, min=0, help="AdamW weight decay (matrices only)")
+    adam_beta1: float = param(0.9, help="AdamW beta1")
+    adam_beta2: float = param(0.95, help="AdamW beta2")
+    grad_clip: float = param(1.0, min=0, help="gradient norm clip; 0 = none")
+    seed: int = param(1234, help="seed of the weights and of the data order")
+    precision: str = param(
+        "auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on a CUDA GPU that supports it, else fp32"
+    )
+    gradient_checkpointing: bool = param(False, help="recompute activations in the backward pass")
+    checkpoint_every: int = param(0, min=0, help="steps between checkpoints; 0 = only at the end / on SIGTERM")
+    log_every: int = param(1, min=1, help="steps between metric events")
+    threads: int | None = param(min=1, default_doc="unchanged", help="torch CPU threads")
+    device: str | None = param(
+        choices=["cpu", "cuda", "auto"], default_doc='"auto"', help="auto: cuda when the worker has one"
+    )
+    deterministic: bool = param(True, help="torch deterministic algorithms (warn only)")
+    valid_fraction: float = param(
+        0.01,
+        min=0,
+        max=0.5,
+        help="the last documents of the indexed dataset holding about this share of its tokens are held out "
+        "(split at a document start, so no article is in both parts); 0 = no held-out set",
+    )
+    eval_every: int | None = param(
+        min=1,
+        default_doc="checkpoint_every, else max_steps // 5",
+        help="validation loss every n steps and at the end",
+    )
+    eval_windows: int = param(
+        64, min=1, help="at most this many held-out seq_len windows are evaluated (the same ones every time)"
+    )
+    stop_at_step: int | None = param(
+        min=1,
+        help="a sweep's rung boundary: train to this step of the max_steps schedule, checkpoint, exit 0 with "
+        "result stopped_at_step and no model; resuming later continues the same schedule; run again behind a "
+        "checkpoint that went further, it reports the loss recorded at that step and trains nothing",
+    )
+
+
+PARAMS = PretrainParams
 
 
 def split_held_out(ds: IndexedDataset, fraction: float) -> int:
@@ -164,9 +232,9 @@ def lr_lambda_factory(warmup: int, total: int, min_ratio: float):
     return f
 
 
-def find_data(ctx: StageContext, prefix: str) -> tuple[Path, Path | None]:
-    if ctx.params.has("input"):
-        dirs = [ctx.input_dir(ctx.params.str("input"))]
+def find_data(ctx: StageContext, prefix: str, input: str | None = None) -> tuple[Path, Path | None]:
+    if input is not None:
+        dirs = [ctx.input_dir(input)]
     else:
         dirs = ctx.input_dirs()
     for d in dirs:
@@ -257,36 +325,35 @@ def main(ctx: StageContext) -> None:
         )
 
     p = ctx.params
-    p.reject_unknown(KNOWN)
-    seed = p.int("seed", 1234)
-    mbs = p.int("micro_batch_size", 8, min=1)
-    gas = p.int("gradient_accumulation_steps", 1, min=1)
+    a = ctx.typed_params(PretrainParams)
+    seed = a.seed
+    mbs = a.micro_batch_size
+    gas = a.gradient_accumulation_steps
     oom_at = os.environ.get("TANREN_TEST_INJECT_OOM_ABOVE_MICRO_BATCH")
     if oom_at and mbs > int(oom_at):
         raise OutOfMemory(f"injected: micro_batch_size {mbs} > TANREN_TEST_INJECT_OOM_ABOVE_MICRO_BATCH={oom_at}")
-    seq_len = p.int("seq_len", 256, min=8)
-    hidden = p.int("hidden_size", 256, min=8)
-    heads = p.int("num_heads", 4, min=1)
-    kv_heads = p.int("num_kv_heads", heads, min=1)
+    seq_len = a.seq_len
+    hidden = a.hidden_size
+    heads = a.num_heads
+    kv_heads = a.num_kv_heads if a.num_kv_heads is not None else heads
     if hidden % heads:
         raise InvalidStageInput(f"{p.source}: field 'hidden_size' ({hidden}) must be divisible by num_heads ({heads})")
     if heads % kv_heads:
         raise InvalidStageInput(f"{p.source}: field 'num_kv_heads' ({kv_heads}) must divide num_heads ({heads})")
-    max_steps = p.int("max_steps", None, min=1)
-    max_tokens = p.int("max_tokens", None, min=1)
+    max_steps = a.max_steps
     if max_steps is None:
-        max_steps = max(1, math.ceil(max_tokens / (mbs * gas * seq_len))) if max_tokens else 1000
-    stop_at = p.int("stop_at_step", None, min=1)
+        max_steps = max(1, math.ceil(a.max_tokens / (mbs * gas * seq_len))) if a.max_tokens else 1000
+    stop_at = a.stop_at_step
     if stop_at is not None and stop_at >= max_steps:
         stop_at = None
-    lr = p.float("lr", 3e-4, min=0)
-    warmup = p.int("warmup_steps", min(100, max_steps // 10), min=0)
-    ckpt_every = p.int("checkpoint_every", 0, min=0)
-    log_every = p.int("log_every", 1, min=1)
-    precision = p.str("precision", "auto", choices=["auto", "bf16", "fp32"])
-    if p.has("threads"):
-        torch.set_num_threads(p.int("threads", min=1))
-    if p.bool("deterministic", True):
+    lr = a.lr
+    warmup = a.warmup_steps if a.warmup_steps is not None else min(100, max_steps // 10)
+    ckpt_every = a.checkpoint_every
+    log_every = a.log_every
+    precision = a.precision
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
+    if a.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     device = pick_device(ctx)
@@ -294,13 +361,13 @@ def main(ctx: StageContext) -> None:
         raise StageConfigError(f"{p.source}: field 'precision' is bf16 but device {device} does not support it")
     use_bf16 = precision == "bf16" or (precision == "auto" and bf16_ok(device))
 
-    prefix, tok_dir = find_data(ctx, p.str("data_prefix", "text_document"))
+    prefix, tok_dir = find_data(ctx, a.data_prefix, a.input)
     ds = IndexedDataset(prefix)
-    valid_fraction = p.float("valid_fraction", 0.01, min=0, max=0.5)
+    valid_fraction = a.valid_fraction
     split_at = split_held_out(ds, valid_fraction)
     windows = TokenWindows(ds, seq_len, seed, end=split_at if valid_fraction > 0 else None)
-    valid = held_out_windows(ds, split_at, seq_len, p.int("eval_windows", 64, min=1)) if valid_fraction > 0 else None
-    eval_every = p.int("eval_every", ckpt_every or max(1, max_steps // 5), min=1)
+    valid = held_out_windows(ds, split_at, seq_len, a.eval_windows) if valid_fraction > 0 else None
+    eval_every = a.eval_every if a.eval_every is not None else ckpt_every or max(1, max_steps // 5)
     if valid is not None:
         print(
             f"held out {int(ds.total_tokens) - split_at} of {int(ds.total_tokens)} tokens (valid_fraction {valid_fraction}); "
@@ -319,12 +386,14 @@ def main(ctx: StageContext) -> None:
     config = LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
-        intermediate_size=p.int("intermediate_size", int(hidden * 8 / 3 / 8 + 0.999) * 8, min=8),
-        num_hidden_layers=p.int("num_layers", 4, min=1),
+        intermediate_size=a.intermediate_size
+        if a.intermediate_size is not None
+        else int(hidden * 8 / 3 / 8 + 0.999) * 8,
+        num_hidden_layers=a.num_layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         max_position_embeddings=seq_len,
-        rope_theta=p.float("rope_theta", 10000.0, min=1.0),
+        rope_theta=a.rope_theta,
         tie_word_embeddings=True,
         bos_token_id=getattr(tokenizer, "bos_token_id", 1),
         eos_token_id=getattr(tokenizer, "eos_token_id", 2),
@@ -335,23 +404,21 @@ def main(ctx: StageContext) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").to(device)
-    if p.bool("gradient_checkpointing", False):
+    if a.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     decay = [q for n, q in model.named_parameters() if q.ndim >= 2]
     no_decay = [q for n, q in model.named_parameters() if q.ndim < 2]
     optimizer = torch.optim.AdamW(
         [
-            {"params": decay, "weight_decay": p.float("weight_decay", 0.1, min=0)},
+            {"params": decay, "weight_decay": a.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ],
         lr=lr,
-        betas=(p.float("adam_beta1", 0.9), p.float("adam_beta2", 0.95)),
+        betas=(a.adam_beta1, a.adam_beta2),
         eps=1e-8,
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda_factory(warmup, max_steps, p.float("min_lr_ratio", 0.1, min=0, max=1))
-    )
-    grad_clip = p.float("grad_clip", 1.0, min=0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda_factory(warmup, max_steps, a.min_lr_ratio))
+    grad_clip = a.grad_clip
 
     state = {
         "step": 0,

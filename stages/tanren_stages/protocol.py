@@ -1,7 +1,9 @@
 """The stage side of docs/stage-protocol.md: environment, params, events, exit codes.
 
-Every stage module calls `StageContext.from_env()` once, reads its params through
-the `Params` helper (which fails with InvalidStageInput naming the field), emits
+Every stage module calls `StageContext.from_env()` once, reads its params as a typed
+dataclass (`ctx.typed_params(cls)`, see `parse_params`: one definition gives the defaults,
+the checks and the params section of the module docstring) or through the older `Params`
+getters (both fail with InvalidStageInput naming the field), emits
 events with `ctx.progress/metric/checkpoint/artifact/result`, and ends with
 `ctx.fail(...)` on a known failure. `run_stage(main)` wraps a stage's main so
 that an OOM becomes exit 4 and an unexpected exception exits 1 (StageCrashed).
@@ -15,13 +17,16 @@ import os
 import re
 import signal
 import sys
+import textwrap
 import threading
 import time
 import traceback
+import types
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 EXIT_CODES = {"InvalidStageInput": 2, "StageConfigError": 3, "OutOfMemory": 4, "StageCrashed": 1}
 
@@ -200,6 +205,171 @@ class Params:
             )
 
 
+# --- typed params ---------------------------------------------------------------
+# One dataclass per stage kind, in the style of TRL's per-script argument dataclasses: each field carries its
+# type, default, bounds or choices and one line of help, so the defaults, the checks, the unknown-key error and
+# the docstring's params section all come from that one definition.
+
+T = TypeVar("T")
+
+DOC_BEGIN = "params (generated from {name}; `python -m tanren_stages.protocol` rewrites this block):"
+DOC_END = "(end of params)"
+
+
+def param(
+    default: Any = MISSING,
+    *,
+    help: str,
+    min: float | None = None,
+    max: float | None = None,
+    choices: list[str] | None = None,
+    default_doc: str | None = None,
+    required: bool = False,
+) -> Any:
+    """A stage param: a dataclass field with its help line, bounds (`min`/`max`), string `choices` and, for a
+    default computed at run time from other params (stored as None), `default_doc` saying how."""
+    meta = {"help": help, "min": min, "max": max, "choices": choices, "default_doc": default_doc}
+    if required:
+        return field(default=None, metadata={**meta, "required": True})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=None if default is MISSING else default, metadata=meta)
+
+
+def _param_kind(tp: Any) -> Any:
+    """The checked kind of an annotation: int, float, bool, str, list, dict, a dataclass, or Any (unchecked);
+    `X | None` is X (a null value means "use the default", as for the Params getters)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return _param_kind(args[0])
+        return Any
+    if origin is not None:
+        return origin if origin in (list, dict) else Any
+    if tp in (int, float, bool, str, list, dict) or (isinstance(tp, type) and is_dataclass(tp)):
+        return tp
+    return Any
+
+
+def param_fields(cls: type) -> list[tuple[str, Any, Any, dict]]:
+    """(name, kind, default, metadata) of each field of a params dataclass, in definition order."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in fields(cls):
+        if f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        out.append((f.name, _param_kind(hints[f.name]), default, dict(f.metadata)))
+    return out
+
+
+def parse_params(cls: type[T], data: Any, source: str = "params") -> T:
+    """The typed params of `cls` from a stage's `with:` object: rejects unknown keys (listing the allowed ones),
+    checks each field's type, bounds and choices with the messages of `Params`, fills in the defaults, and
+    raises InvalidStageInput naming `source` and the field. A null value counts as absent."""
+    p = Params(data, source)
+    specs = param_fields(cls)
+    p.reject_unknown({name for name, *_ in specs})
+    values: dict[str, Any] = {}
+    for name, kind, default, meta in specs:
+        lo, hi, required = meta.get("min"), meta.get("max"), bool(meta.get("required"))
+        if kind is int:
+            v = p.int(
+                name,
+                default,
+                min=None if lo is None else int(lo),
+                max=None if hi is None else int(hi),
+                required=required,
+            )
+        elif kind is float:
+            v = p.float(name, default, min=lo, max=hi, required=required)
+        elif kind is bool:
+            v = p.bool(name, default)
+        elif kind is str:
+            v = p.str(name, default, choices=meta.get("choices"), required=required)
+        elif kind is list:
+            v = p.list(name, default)
+        elif isinstance(kind, type) and is_dataclass(kind):
+            sub = p.sub(name)
+            v = default if sub is None else parse_params(kind, sub.data, sub.source)
+        elif kind is dict:
+            sub = p.sub(name)
+            v = default if sub is None else sub.data
+        else:
+            v = p.raw(name, default)
+            if v is None and required:
+                raise InvalidStageInput(f"{source}: field '{name}' is required")
+        values[name] = v
+    return cls(**values)
+
+
+_KIND_WORDS = {int: "integer", float: "number", bool: "bool", str: "string", list: "list", dict: "object"}
+
+
+def _fmt(v: Any) -> str:
+    return json.dumps(v, ensure_ascii=False) if isinstance(v, (str, list, dict, bool)) or v is None else repr(v)
+
+
+def render_params_doc(cls: type, width: int = 112) -> str:
+    """The params section of a stage module's docstring, from its params dataclass: one entry per field with
+    its type, default, bounds or choices and help (wrapped to `width`), between DOC_BEGIN and DOC_END."""
+    lines = [DOC_BEGIN.format(name=cls.__name__)]
+    for name, kind, default, meta in param_fields(cls):
+        what = _KIND_WORDS.get(kind) or (kind.__name__ if isinstance(kind, type) and is_dataclass(kind) else "any")
+        checks = []
+        if meta.get("min") is not None:
+            checks.append(f">= {_fmt(meta['min'])}")
+        if meta.get("max") is not None:
+            checks.append(f"<= {_fmt(meta['max'])}")
+        if meta.get("choices"):
+            what = " | ".join(_fmt(c) for c in meta["choices"])
+        facts = [" ".join([what, ", ".join(checks)]).strip()]
+        if meta.get("required"):
+            facts.append("required")
+        elif meta.get("default_doc"):
+            facts.append(f"default {meta['default_doc']}")
+        elif default is not None:
+            facts.append(f"default {_fmt(default)}")
+        text = f"{name} ({'; '.join(facts)}): {meta.get('help', '')}".rstrip()
+        lines.extend(textwrap.wrap(text, width=width, initial_indent="  ", subsequent_indent="      "))
+    lines.append(DOC_END)
+    return "\n".join(lines)
+
+
+def docstring_params_block(doc: str | None) -> str | None:
+    """The DOC_BEGIN..DOC_END block of a module docstring as written, or None when it has none."""
+    if not doc:
+        return None
+    m = re.search(r"^params \(generated from .*?^\(end of params\)$", doc, re.M | re.S)
+    return m.group(0) if m else None
+
+
+def write_params_docs(package_dir: Path | None = None) -> list[str]:
+    """Rewrites the params block of every stage module that declares `PARAMS` (its params dataclass) from that
+    dataclass; returns the names of the files changed. Run by `python -m tanren_stages.protocol`."""
+    import importlib
+
+    root = package_dir or Path(__file__).parent
+    changed = []
+    for path in sorted(root.glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if "\nPARAMS = " not in text:
+            continue
+        mod = importlib.import_module(f"tanren_stages.{path.stem}")
+        old = docstring_params_block(mod.__doc__)
+        if old is None:
+            raise SystemExit(f"{path.name}: the module docstring has no params block to rewrite")
+        new = render_params_doc(mod.PARAMS)
+        if old != new and old in text:
+            path.write_text(text.replace(old, new, 1), encoding="utf-8")
+            changed.append(path.name)
+    return changed
+
+
 @dataclass
 class StageContext:
     run_id: str
@@ -250,6 +420,10 @@ class StageContext:
             device=env.get("TANREN_DEVICE", "cpu"),
             events=EventWriter(env.get("TANREN_EVENTS")),
         )
+
+    def typed_params(self, cls: type[T]) -> T:
+        """This stage's params parsed into the kind's params dataclass (see `parse_params`)."""
+        return parse_params(cls, self.params.data, self.params.source)
 
     # --- events -------------------------------------------------------------
     def progress(self, step: int, total: int | None = None, message: str | None = None) -> None:
@@ -389,3 +563,8 @@ class Timer:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
+
+
+if __name__ == "__main__":
+    for name in write_params_docs():
+        print(f"rewrote the params block of {name}")

@@ -1,26 +1,47 @@
 """Stage `sft`: supervised fine-tuning with TRL's SFTTrainer, loss on assistant tokens only.
 
-params (defaults):
-  model       HF model dir, or a Hub repo id "org/name" (offline: must be in the HF cache); default: model/ in
-              the needed stage (e.g. pretrain) — or `input` naming it. A model/ holding base.json (an unmerged
-              adapter of an earlier sft/dpo) loads as base + adapter, and LoRA training continues that adapter
-  data        .jsonl file or dir (relative to the project root), rows {"messages":[{role,content}...]}
-              or {"instruction", "input"?, "output"}; or data_input: a needed stage holding *.jsonl
-  lora        false | true | {r: 16, alpha: 32, dropout: 0.05, target_modules: "all-linear"}
-  qlora / load_in_4bit  false: NF4 4-bit base + LoRA (needs CUDA + bitsandbytes, else StageConfigError)
-  merge_adapter  "auto": merge the LoRA adapter into model/ unless the base is 4-bit; false: never (adapter/ +
-              model/base.json naming the base, which the later stages load); true: always (not with qlora)
-  max_steps -1 (use num_train_epochs 1), lr 2e-5, micro_batch_size 4, gradient_accumulation_steps 1,
-  max_length 1024, seed 1234, warmup_ratio 0.03, lr_scheduler "cosine", checkpoint_every 0, log_every 1
-  chat_template "auto": the tokenizer's own template when it marks the assistant's text with {% generation %},
-              else ChatML (<|im_start|>/<|im_end|>, added to the vocabulary when missing); "chatml"; "llm-jp"
-              (llm-jp-3's instruction format: "### 指示:" / "### 応答:", a turn ends with EOS, no new tokens).
-              With LoRA the ChatML markers' embedding rows are trained too (peft trainable_token_indices; an
-              untied LM head is trained whole), as LoRA alone would leave them as initialised. The tokenizer is
-              saved with the template and a chat_format.json, so the eval stages prompt in the same format
-  eval_fraction 0.1: rows held out of training (seeded by `seed`, at most eval_max_rows 256); their loss (assistant
-  tokens only, as in training) is metric `eval_loss` every eval_every steps (default max_steps // 4, else each
-  epoch) and at the end; 0 = no held-out rows
+params (generated from SftParams; `python -m tanren_stages.protocol` rewrites this block):
+  model (string; default model/ in the needed stage (or the one `input` names)): HF model dir, or a Hub repo id
+      "org/name" (offline: must be in the HF cache). A model/ holding base.json (an unmerged adapter of an
+      earlier sft/dpo) loads as base + adapter, and LoRA training continues that adapter
+  input (string): the needed stage whose model/ is trained
+  data (string): .jsonl file or dir (relative to the project root); this or data_input is required
+  data_input (string): a needed stage holding *.jsonl
+  lora (any; default false): false | true | {r: 16, alpha: 32, dropout: 0.05, target_modules: "all-linear"}
+  qlora (bool; default false): NF4 4-bit base + LoRA (needs CUDA + bitsandbytes, else StageConfigError)
+  load_in_4bit (bool; default false): the same as qlora
+  merge_adapter (any; default "auto"): "auto": merge the LoRA adapter into model/ unless the base is 4-bit;
+      false: never (adapter/ + model/base.json naming the base, which the later stages load); true: always (not
+      with qlora)
+  max_steps (integer; default -1): optimizer steps; -1: train num_train_epochs
+  num_train_epochs (number >= 0; default 1.0): epochs when max_steps is -1
+  lr (number >= 0; default 2e-05): peak learning rate
+  micro_batch_size (integer >= 1; default 4): rows per forward pass (training and evaluation)
+  gradient_accumulation_steps (integer >= 1; default 1): micro-batches per optimizer step
+  max_length (integer >= 8; default 1024): tokens per row (longer rows are truncated)
+  seed (integer; default 1234): seed of the training and of the held-out split
+  warmup_ratio (number >= 0, <= 1; default 0.03): share of the steps spent warming up
+  lr_scheduler (string; default "cosine"): a transformers lr_scheduler_type
+  weight_decay (number >= 0; default 0.0): AdamW weight decay
+  checkpoint_every (integer >= 0; default 0): steps between checkpoints; 0 = none
+  log_every (integer >= 1; default 1): steps between metric events
+  gradient_checkpointing (bool; default false): recompute activations in the backward pass
+  device ("cpu" | "cuda" | "auto"; default "auto"): auto: cuda when the worker has one
+  precision ("auto" | "bf16" | "fp32"; default "auto"): auto: bf16 on a CUDA GPU that supports it, else fp32
+  threads (integer >= 1; default unchanged): torch CPU threads
+  eval_fraction (number >= 0, <= 0.5; default 0.1): rows held out of training (seeded by `seed`, at most
+      eval_max_rows); their loss is metric eval_loss every eval_every steps and at the end; 0 = no held-out rows
+  eval_max_rows (integer >= 1; default 256): at most this many held-out rows
+  eval_every (integer >= 1; default max_steps // 4, else each epoch): steps between evaluations of the held-out
+      rows
+  chat_template ("auto" | "chatml" | "llm-jp"; default "auto"): auto: the tokenizer's own template when it marks
+      the assistant's text with {% generation %} (as an earlier sft/dpo stage's does), else ChatML
+      (<|im_start|>/<|im_end|>, added to the vocabulary when missing); "chatml"; "llm-jp" (llm-jp-3's
+      instruction format: "### 指示:" / "### 応答:", a turn ends with EOS, no new tokens). With LoRA the ChatML
+      markers' embedding rows are trained too (peft trainable_token_indices; an untied LM head is trained
+      whole). The tokenizer is saved with the template and a chat_format.json, so the eval stages prompt in the
+      same format
+(end of params)
 Outputs: model/ (merged when LoRA, or base.json + base/ when not merged — base/ is a copy of a base that came
 from a needed stage), adapter/ (LoRA, with the tokenizer), tensorboard/. Result: final_loss, first_loss, steps, first_eval_loss, final_eval_loss,
 eval_rows.
@@ -28,8 +49,10 @@ eval_rows.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .hf_train import (
-    COMMON_KEYS,
+    TrainParams,
     check_messages,
     check_qlora,
     data_files,
@@ -46,7 +69,17 @@ from .hf_train import (
     split_rows,
     training_args_kwargs,
 )
-from .protocol import InvalidStageInput, StageContext, StopFlag, run_stage
+from .protocol import InvalidStageInput, StageContext, StopFlag, param, run_stage
+
+
+@dataclass
+class SftParams(TrainParams):
+    """The `with:` params of an sft stage: the shared training params (hf_train.TrainParams)."""
+
+    lr: float = param(2e-5, min=0, help="peak learning rate")
+
+
+PARAMS = SftParams
 
 
 def to_messages(where: str, row: dict) -> list[dict]:
@@ -71,11 +104,10 @@ def to_messages(where: str, row: dict) -> list[dict]:
 
 def build_trainer(ctx: StageContext, stop: StopFlag | None = None):
     """The configured SFTTrainer (no training yet) and its events callback; tests inspect it."""
-    p = ctx.params
-    p.reject_unknown(COMMON_KEYS)
+    a = ctx.typed_params(SftParams)
     stop = stop or StopFlag()
     rows, held_out = split_rows(
-        ctx, [{"messages": to_messages(w, r)} for w, r in load_rows(data_files(ctx, "chat.jsonl"))]
+        ctx, [{"messages": to_messages(w, r)} for w, r in load_rows(data_files(ctx, a, "chat.jsonl"))]
     )
     device = device_for(ctx)
     check_qlora(ctx, device)
@@ -89,9 +121,9 @@ def build_trainer(ctx: StageContext, stop: StopFlag | None = None):
     if lora and is_peft(model):  # continuing an earlier stage's adapter
         peft_cfg = None
     args = SFTConfig(
-        **training_args_kwargs(ctx, device, 2e-5),
-        **eval_kwargs(ctx, bool(held_out)),
-        max_length=p.int("max_length", 1024, min=8),
+        **training_args_kwargs(ctx, a, device),
+        **eval_kwargs(a, bool(held_out)),
+        max_length=a.max_length,
         assistant_only_loss=True,
         packing=False,
         dataset_num_proc=None,

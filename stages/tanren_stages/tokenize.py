@@ -1,14 +1,16 @@
 """Stage `tokenize`: jsonl documents → Megatron-LM indexed dataset (.bin/.idx), EOS after each document.
 
-params:
-  input            needed stage id holding *.jsonl (default: the needed stage with .jsonl outputs)
-  tokenizer_input  needed stage id holding tokenizer.model (default: the one that has it)
-  tokenizer        path of a tokenizer.model (or dir with one) instead of a needed stage
-  text_field       (default "text")
-  workers          tokenizer processes (default 2); the output is byte-identical for any count
-  chunk_bytes      bytes of jsonl per work item (default 1 MiB); each worker reads its own byte range
-  chunk_docs       accepted for older pipelines and ignored (work items are byte ranges now)
-  output_prefix    (default "text_document")
+params (generated from TokenizeParams; `python -m tanren_stages.protocol` rewrites this block):
+  input (string; default the needed stages with .jsonl outputs): needed stage id holding *.jsonl
+  tokenizer_input (string; default the one that has it): needed stage id holding tokenizer.model
+  tokenizer (string): path of a tokenizer.model (or dir with one) instead of a needed stage
+  text_field (string; default "text"): the jsonl field holding a document's text
+  workers (integer >= 1; default 2): tokenizer processes; the output is byte-identical for any count
+  chunk_bytes (integer >= 1; default 1048576): bytes of jsonl per work item; each worker reads its own byte
+      range
+  chunk_docs (any): accepted for older pipelines and ignored (work items are byte ranges now)
+  output_prefix (string; default "text_document"): name of the .bin/.idx files
+(end of params)
 Outputs: <prefix>.bin, <prefix>.idx, tokenizer.model, tokenizer/ (copied for later stages), stats.json.
 """
 
@@ -19,14 +21,38 @@ import json
 import multiprocessing as mp
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .indexed_dataset import IndexedDatasetWriter, optimal_dtype
-from .protocol import InvalidStageInput, StageContext, run_stage, write_json
+from .protocol import InvalidStageInput, StageContext, param, run_stage, write_json
 
 DEFAULT_CHUNK_BYTES = 1 << 20
+
+
+@dataclass
+class TokenizeParams:
+    """The `with:` params of a tokenize stage."""
+
+    input: str | None = param(
+        default_doc="the needed stages with .jsonl outputs", help="needed stage id holding *.jsonl"
+    )
+    tokenizer_input: str | None = param(
+        default_doc="the one that has it", help="needed stage id holding tokenizer.model"
+    )
+    tokenizer: str | None = param(help="path of a tokenizer.model (or dir with one) instead of a needed stage")
+    text_field: str = param("text", help="the jsonl field holding a document's text")
+    workers: int = param(2, min=1, help="tokenizer processes; the output is byte-identical for any count")
+    chunk_bytes: int = param(
+        DEFAULT_CHUNK_BYTES, min=1, help="bytes of jsonl per work item; each worker reads its own byte range"
+    )
+    chunk_docs: object = param(help="accepted for older pipelines and ignored (work items are byte ranges now)")
+    output_prefix: str = param("text_document", help="name of the .bin/.idx files")
+
+
+PARAMS = TokenizeParams
 
 _SP = None
 _FIELD = "text"
@@ -162,16 +188,16 @@ def tokenize_files(
     }
 
 
-def find_tokenizer(ctx: StageContext) -> Path:
+def find_tokenizer(ctx: StageContext, a: TokenizeParams) -> Path:
     p = ctx.params
-    if p.has("tokenizer"):
-        t = Path(p.str("tokenizer"))
+    if a.tokenizer is not None:
+        t = Path(a.tokenizer)
         t = t / "tokenizer.model" if t.is_dir() else t
         if not t.is_file():
             raise InvalidStageInput(f"{p.source}: field 'tokenizer': {t} is not a SentencePiece model")
         return t
-    if p.has("tokenizer_input"):
-        t = ctx.input_dir(p.str("tokenizer_input"), param="tokenizer_input") / "tokenizer.model"
+    if a.tokenizer_input is not None:
+        t = ctx.input_dir(a.tokenizer_input, param="tokenizer_input") / "tokenizer.model"
         if not t.is_file():
             raise InvalidStageInput(f"{p.source}: field 'tokenizer_input': stage has no tokenizer.model")
         return t
@@ -183,19 +209,17 @@ def find_tokenizer(ctx: StageContext) -> Path:
 
 def main(ctx: StageContext) -> None:
     p = ctx.params
-    p.reject_unknown(
-        {"input", "tokenizer_input", "tokenizer", "text_field", "workers", "output_prefix", "chunk_bytes", "chunk_docs"}
-    )
-    tok = find_tokenizer(ctx)
-    if p.has("input"):
-        src = ctx.input_dir(p.str("input"))
+    a = ctx.typed_params(TokenizeParams)
+    tok = find_tokenizer(ctx, a)
+    if a.input is not None:
+        src = ctx.input_dir(a.input)
         files = sorted(src.rglob("*.jsonl"))
     else:
         files = [f for d in ctx.input_dirs() for f in sorted(d.rglob("*.jsonl"))]
     if not files:
         raise InvalidStageInput(f"{p.source}: no .jsonl files in the needed stages (set field 'input')")
-    prefix = p.str("output_prefix", "text_document")
-    workers = p.int("workers", 2, min=1)
+    prefix = a.output_prefix
+    workers = a.workers
     last = [0.0]
 
     def progress(docs, tokens):
@@ -209,8 +233,8 @@ def main(ctx: StageContext) -> None:
         tok,
         ctx.output / prefix,
         workers=workers,
-        field=p.str("text_field", "text"),
-        chunk_bytes=p.int("chunk_bytes", DEFAULT_CHUNK_BYTES, min=1),
+        field=a.text_field,
+        chunk_bytes=a.chunk_bytes,
         on_progress=progress,
     )
     shutil.copyfile(tok, ctx.output / "tokenizer.model")

@@ -1,13 +1,14 @@
 """Stage `train_tokenizer`: SentencePiece unigram tokenizer (byte fallback, NFKC).
 
-params:
-  vocab_size          (default 8000)
-  input               needed stage id whose outputs hold *.jsonl (default: the single needed stage)
-  text_field          jsonl field to train on (default "text")
-  sample_docs         documents sampled to train on (default 200000)
-  character_coverage  (default 0.9995)
-  seed                (default 1234)
-  tokenizer           path of an existing tokenizer.model (or a dir holding one): copied instead of training
+params (generated from TrainTokenizerParams; `python -m tanren_stages.protocol` rewrites this block):
+  vocab_size (integer >= 300; default 8000): pieces in the vocabulary
+  input (string; default the single needed stage): needed stage id whose outputs hold *.jsonl
+  text_field (string; default "text"): jsonl field to train on
+  sample_docs (integer >= 1; default 200000): documents sampled to train on
+  character_coverage (number >= 0.5, <= 1.0; default 0.9995): SentencePiece character_coverage
+  seed (integer; default 1234): seed of the document sample and of the trainer
+  tokenizer (string): path of an existing tokenizer.model (or a dir holding one): copied instead of training
+(end of params)
 Outputs: tokenizer.model, tokenizer.vocab, tokenizer/ (HF LlamaTokenizerFast, loads with AutoTokenizer).
 """
 
@@ -15,11 +16,30 @@ from __future__ import annotations
 
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
-from .protocol import InvalidStageInput, StageContext, Timer, read_jsonl, run_stage
+from .protocol import InvalidStageInput, StageContext, Timer, param, read_jsonl, run_stage
 
 SPECIALS = dict(unk_id=0, bos_id=1, eos_id=2, pad_id=3)
+
+
+@dataclass
+class TrainTokenizerParams:
+    """The `with:` params of a train_tokenizer stage."""
+
+    vocab_size: int = param(8000, min=300, help="pieces in the vocabulary")
+    input: str | None = param(default_doc="the single needed stage", help="needed stage id whose outputs hold *.jsonl")
+    text_field: str = param("text", help="jsonl field to train on")
+    sample_docs: int = param(200000, min=1, help="documents sampled to train on")
+    character_coverage: float = param(0.9995, min=0.5, max=1.0, help="SentencePiece character_coverage")
+    seed: int = param(1234, help="seed of the document sample and of the trainer")
+    tokenizer: str | None = param(
+        help="path of an existing tokenizer.model (or a dir holding one): copied instead of training"
+    )
+
+
+PARAMS = TrainTokenizerParams
 
 
 def iter_texts(files: list[Path], field: str):
@@ -121,11 +141,11 @@ def save_hf_tokenizer(model_file: Path, out_dir: Path):
 
 def main(ctx: StageContext) -> None:
     p = ctx.params
-    p.reject_unknown({"vocab_size", "input", "text_field", "sample_docs", "character_coverage", "seed", "tokenizer"})
+    a = ctx.typed_params(TrainTokenizerParams)
     out = ctx.output
     timer = Timer()
-    if p.has("tokenizer"):
-        src = Path(p.str("tokenizer"))
+    if a.tokenizer is not None:
+        src = Path(a.tokenizer)
         if src.is_dir():
             src = src / "tokenizer.model"
         if not src.is_file():
@@ -133,11 +153,11 @@ def main(ctx: StageContext) -> None:
         shutil.copyfile(src, out / "tokenizer.model")
         source = str(src)
     else:
-        vocab = p.int("vocab_size", 8000, min=300)
-        field = p.str("text_field", "text")
-        k = p.int("sample_docs", 200000, min=1)
-        seed = p.int("seed", 1234)
-        cov = p.float("character_coverage", 0.9995, min=0.5, max=1.0)
+        vocab = a.vocab_size
+        field = a.text_field
+        k = a.sample_docs
+        seed = a.seed
+        cov = a.character_coverage
         d = ctx.input_dir(param="input")
         files = sorted(d.rglob("*.jsonl"))
         if not files:

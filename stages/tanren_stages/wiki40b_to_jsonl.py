@@ -1,18 +1,20 @@
 """Stage `wiki40b_to_jsonl`: wiki-40b parquet shards → articles.jsonl + stats.json.
 
-params:
-  source              directory (or single file) of parquet shards with columns
-                      wikidata_id, text[, version_id]; relative to the current dir
-  splits              which of wiki-40b's splits to read from a directory (default [train]): a shard
-                      belongs to the split its file name starts with (train-00000-of-00002.parquet,
-                      validation-…, test-…, as the Hugging Face copy names them) or the directory it
-                      is in (…/train/…); shards of no known split are skipped and listed in stats.json.
-                      A single file given as `source` is read whatever its name
-  min_chars           drop articles whose converted text is shorter (default 100)
-  min_japanese_ratio  drop articles whose share of Japanese characters among
-                      non-space characters is lower (default 0.5)
-  dedup               drop exact duplicates after NFKC/whitespace normalisation (default true)
-  batch_size          rows per streamed record batch (default 1024)
+params (generated from Wiki40bParams; `python -m tanren_stages.protocol` rewrites this block):
+  source (string; required): directory (or single file) of parquet shards with columns wikidata_id, text[,
+      version_id]; relative to the current dir
+  splits (list; default ["train"]): which of wiki-40b's splits (train, validation, test) to read from a
+      directory: a shard belongs to the split its file name starts with (train-00000-of-00002.parquet,
+      validation-…, test-…, as the Hugging Face copy names them) or the directory it is in (…/train/…); shards
+      of no known split are skipped and listed in stats.json. A single file given as `source` is read whatever
+      its name
+  min_chars (integer >= 0; default 100): drop articles whose converted text is shorter
+  min_japanese_ratio (number >= 0, <= 1; default 0.5): drop articles whose share of Japanese characters among
+      non-space characters is lower
+  dedup (bool; default true): drop exact duplicates after NFKC/whitespace normalisation
+  batch_size (integer >= 1; default 1024): rows per streamed record batch
+  limit (integer >= 1): stop after keeping this many articles
+(end of params)
 Text layout: wiki-40b marks an article as `_START_ARTICLE_` title, then `_START_SECTION_` title and
 `_START_PARAGRAPH_` text (with `_NEWLINE_` inside) blocks. The output text keeps that structure as plain lines:
 the article title first, then each section title on a line of its own before its paragraphs, each
@@ -28,9 +30,10 @@ import json
 import re
 import sys
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 
-from .protocol import InvalidStageInput, StageContext, Timer, run_stage, write_json
+from .protocol import InvalidStageInput, StageContext, Timer, param, run_stage, write_json
 
 _JA = re.compile(
     r"[\u3040-\u309f\u30a0-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3000-\u303f\uff01-\uff9f\u31f0-\u31ff]"
@@ -39,6 +42,34 @@ _WS = re.compile(r"\s+")
 
 
 SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class Wiki40bParams:
+    """The `with:` params of a wiki40b_to_jsonl stage."""
+
+    source: str = param(
+        required=True,
+        help="directory (or single file) of parquet shards with columns wikidata_id, text[, version_id]; relative "
+        "to the current dir",
+    )
+    splits: list = param(
+        ["train"],
+        help="which of wiki-40b's splits (train, validation, test) to read from a directory: a shard belongs to the "
+        "split its file name starts with (train-00000-of-00002.parquet, validation-…, test-…, as the Hugging Face "
+        "copy names them) or the directory it is in (…/train/…); shards of no known split are skipped and listed "
+        "in stats.json. A single file given as `source` is read whatever its name",
+    )
+    min_chars: int = param(100, min=0, help="drop articles whose converted text is shorter")
+    min_japanese_ratio: float = param(
+        0.5, min=0, max=1, help="drop articles whose share of Japanese characters among non-space characters is lower"
+    )
+    dedup: bool = param(True, help="drop exact duplicates after NFKC/whitespace normalisation")
+    batch_size: int = param(1024, min=1, help="rows per streamed record batch")
+    limit: int | None = param(min=1, help="stop after keeping this many articles")
+
+
+PARAMS = Wiki40bParams
 
 
 def convert_wiki40b(raw: str) -> tuple[str, str]:
@@ -119,17 +150,17 @@ def main(ctx: StageContext) -> None:
     import pyarrow.parquet as pq
 
     p = ctx.params
-    p.reject_unknown({"source", "splits", "min_chars", "min_japanese_ratio", "dedup", "batch_size", "limit"})
-    source = Path(p.str("source", required=True))
-    splits = p.list("splits", ["train"])
+    a = ctx.typed_params(Wiki40bParams)
+    source = Path(a.source)
+    splits = a.splits
     bad = [x for x in splits if x not in SPLITS]
     if bad or not splits:
         raise InvalidStageInput(f"{p.source}: field 'splits' must list some of {', '.join(SPLITS)} (got {splits})")
-    min_chars = p.int("min_chars", 100, min=0)
-    min_ja = p.float("min_japanese_ratio", 0.5, min=0, max=1)
-    dedup = p.bool("dedup", True)
-    batch_size = p.int("batch_size", 1024, min=1)
-    limit = p.int("limit", None, min=1)
+    min_chars = a.min_chars
+    min_ja = a.min_japanese_ratio
+    dedup = a.dedup
+    batch_size = a.batch_size
+    limit = a.limit
     files, skipped = shard_files(source, splits)
     if skipped:
         print(f"read splits {', '.join(splits)}: skipped {len(skipped)} other shard(s) under {source}", file=sys.stderr)
