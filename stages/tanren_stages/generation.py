@@ -11,6 +11,7 @@ Params read by from_ctx: model/input, device, seed, precision ("auto" | "bf16" |
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from .common import (
@@ -24,7 +25,25 @@ from .common import (
     pick_device,
     resolve_model,
 )
-from .protocol import StageConfigError, StageContext
+from .protocol import StageConfigError, StageContext, param
+
+
+@dataclass
+class GenerationParams:
+    """How the evaluation kinds load the model they generate with (fields shared by llm-jp-eval and mt-bench)."""
+
+    device: str | None = param(
+        choices=["cpu", "cuda", "auto"], default_doc='"auto"', help="auto: cuda when the worker has one"
+    )
+    precision: str = param(
+        "auto",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        help="auto: bf16 on CUDA, fp16 where bf16 is unsupported, fp32 on CPU",
+    )
+    load_in_4bit: bool | None = param(
+        default_doc="true on CUDA for an adapter trained on a 4-bit base (QLoRA sft/dpo), else false",
+        help="NF4 base (needs CUDA + bitsandbytes)",
+    )
 
 
 class Generator:

@@ -1,6 +1,11 @@
 """Stage `llm_jp_eval`: llm-jp-eval on jaster data, with llm-jp-eval's definitions (see eval/jaster.py for sources).
 
 params (generated from LlmJpEvalParams; `python -m tanren_stages.protocol` rewrites this block):
+  device ("cpu" | "cuda" | "auto"; default "auto"): auto: cuda when the worker has one
+  precision ("auto" | "bf16" | "fp16" | "fp32"; default "auto"): auto: bf16 on CUDA, fp16 where bf16 is
+      unsupported, fp32 on CPU
+  load_in_4bit (bool; default true on CUDA for an adapter trained on a 4-bit base (QLoRA sft/dpo), else false):
+      NF4 base (needs CUDA + bitsandbytes)
   model (string; default model/ of the needed stage (or the one `input` names)): HF model dir, Hub repo id
       "org/name", or model/ of a needed stage (full weights, or base.json: base + the stage's adapter/)
   input (string): the needed stage whose model/ is evaluated
@@ -19,12 +24,7 @@ params (generated from LlmJpEvalParams; `python -m tanren_stages.protocol` rewri
       last user turn; the prompt recorded per sample is the rendered template
   categories (any; default {}): {dataset: category} for datasets that are not jaster's (a dataset file may also
       carry a "category" field); jaster datasets always take llm-jp-eval's category
-  device ("cpu" | "cuda" | "auto"; default "auto"): auto: cuda when the worker has one
   seed (integer; default 1234): generation seed
-  precision ("auto" | "bf16" | "fp16" | "fp32"; default "auto"): auto: bf16 on CUDA, fp16 where bf16 is
-      unsupported, fp32 on CPU
-  load_in_4bit (bool; default true on CUDA for an adapter trained on a 4-bit base (QLoRA sft/dpo), else false):
-      NF4 base (needs CUDA + bitsandbytes)
 (end of params)
 Each dataset: {instruction, output_length, metrics: [exact_match|char_f1|set_f1|bleu_ja|bleu_en|pearson|spearman|…],
 samples: [{input, output}]}; metrics tanren does not compute (comet_wmt22, code_exec, rouge…) are listed as such.
@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .eval import jaster
+from .generation import GenerationParams
 from .protocol import InvalidStageInput, StageContext, param, run_stage, write_json
 
 
@@ -188,7 +189,7 @@ def evaluate(
 
 
 @dataclass
-class LlmJpEvalParams:
+class LlmJpEvalParams(GenerationParams):
     """The `with:` params of an llm_jp_eval stage."""
 
     model: str | None = param(
@@ -225,19 +226,7 @@ class LlmJpEvalParams:
         help='{dataset: category} for datasets that are not jaster\'s (a dataset file may also carry a "category" '
         "field); jaster datasets always take llm-jp-eval's category",
     )
-    device: str | None = param(
-        choices=["cpu", "cuda", "auto"], default_doc='"auto"', help="auto: cuda when the worker has one"
-    )
     seed: int = param(1234, help="generation seed")
-    precision: str = param(
-        "auto",
-        choices=["auto", "bf16", "fp16", "fp32"],
-        help="auto: bf16 on CUDA, fp16 where bf16 is unsupported, fp32 on CPU",
-    )
-    load_in_4bit: bool | None = param(
-        default_doc="true on CUDA for an adapter trained on a 4-bit base (QLoRA sft/dpo), else false",
-        help="NF4 base (needs CUDA + bitsandbytes)",
-    )
 
 
 PARAMS = LlmJpEvalParams

@@ -2,6 +2,11 @@
 fork (jp-stable) does it; see eval/mtbench.py for the sources of every setting.
 
 params (generated from MtBenchParams; `python -m tanren_stages.protocol` rewrites this block):
+  device ("cpu" | "cuda" | "auto"; default "auto"): auto: cuda when the worker has one
+  precision ("auto" | "bf16" | "fp16" | "fp32"; default "auto"): auto: bf16 on CUDA, fp16 where bf16 is
+      unsupported, fp32 on CPU
+  load_in_4bit (bool; default true on CUDA for an adapter trained on a 4-bit base (QLoRA sft/dpo), else false):
+      NF4 base (needs CUDA + bitsandbytes)
   model (string; default model/ of the needed stage (or the one `input` names)): HF model dir, Hub repo id
       "org/name", or model/ of a needed stage (full weights, or base.json: base + the stage's adapter/)
   input (string): the needed stage whose model/ answers
@@ -23,12 +28,7 @@ params (generated from MtBenchParams; `python -m tanren_stages.protocol` rewrite
       meaningful) or any text to record as judge.note}; without base_url and model: no judge
   reference_categories (list; default ["math", "reasoning", "coding"]): categories the judge grades against a
       reference answer
-  device ("cpu" | "cuda" | "auto"; default "auto"): auto: cuda when the worker has one
   seed (integer; default 0): torch.manual_seed before each question
-  precision ("auto" | "bf16" | "fp16" | "fp32"; default "auto"): auto: bf16 on CUDA, fp16 where bf16 is
-      unsupported, fp32 on CPU
-  load_in_4bit (bool; default true on CUDA for an adapter trained on a 4-bit base (QLoRA sft/dpo), else false):
-      NF4 base (needs CUDA + bitsandbytes)
 (end of params)
 Without `judge` the answers are written and the result is {"judge": "not configured", "answered": n}.
 Outputs: answers.jsonl (per question: the answers as `turns`, the question's turns as `question`, the reference
@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .eval import mtbench
+from .generation import GenerationParams
 from .protocol import InvalidStageInput, StageConfigError, StageContext, param, read_jsonl, run_stage, write_json
 
 
@@ -230,7 +231,7 @@ def summarise(judgments: list[dict]) -> dict:
 
 
 @dataclass
-class MtBenchParams:
+class MtBenchParams(GenerationParams):
     """The `with:` params of an mt_bench stage; `judge` stays a plain object, checked field by field in main."""
 
     model: str | None = param(
@@ -267,19 +268,7 @@ class MtBenchParams:
     reference_categories: list = param(
         mtbench.NEED_REF_CATS, help="categories the judge grades against a reference answer"
     )
-    device: str | None = param(
-        choices=["cpu", "cuda", "auto"], default_doc='"auto"', help="auto: cuda when the worker has one"
-    )
     seed: int = param(mtbench.SEED, help="torch.manual_seed before each question")
-    precision: str = param(
-        "auto",
-        choices=["auto", "bf16", "fp16", "fp32"],
-        help="auto: bf16 on CUDA, fp16 where bf16 is unsupported, fp32 on CPU",
-    )
-    load_in_4bit: bool | None = param(
-        default_doc="true on CUDA for an adapter trained on a 4-bit base (QLoRA sft/dpo), else false",
-        help="NF4 base (needs CUDA + bitsandbytes)",
-    )
 
 
 PARAMS = MtBenchParams
