@@ -1,0 +1,171 @@
+/** The `tanren` command as a person and a script use it: messages and exit codes. */
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { Client, Connection } from '@temporalio/client';
+import { acquireGpuLock, GpuLockedError } from '../../worker/gpu.js';
+import { prettyLine } from '../../worker/logger.js';
+import { ROOT, servicesEnv, unique } from '../helpers/env.js';
+
+const CLI = path.join(ROOT, 'dist', 'cli', 'main.js');
+const tmp = mkdtempSync(path.join(os.tmpdir(), 'tanren-cli-'));
+
+// A control queue no worker serves: submitted runs stay running.
+const CONTROL = unique('cli-control');
+
+function tanren(...args: string[]) {
+  const r = spawnSync(process.execPath, [CLI, ...args], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1', TANREN_CONTROL_QUEUE: CONTROL } });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+function file(name: string, text: string): string {
+  const p = path.join(tmp, name);
+  writeFileSync(p, text);
+  return p;
+}
+
+describe('tanren validate / render', () => {
+  it('accepts the demo pipeline', () => {
+    const r = tanren('validate', 'pipelines/demo.yaml');
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /pipelines\/demo\.yaml: ok — pipeline "demo", 6 stages \(1 on the GPU queue\)/);
+  });
+
+  it('lists every problem with file, stage and field, exit 1', () => {
+    const bad = file(
+      'bad.yaml',
+      'name: bad\nstages:\n  - id: a\n    needs: [b]\n    run: [true]\n  - id: b\n    needs: [a]\n    run: [true]\n    timeout: 3 days\n',
+    );
+    const r = tanren('validate', bad);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, new RegExp(`${bad.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: stage "b": stages\\[1\\]\\.timeout: not a duration`));
+    assert.match(r.stderr, /stage "a": stages\[0\]\.needs: cycle in needs: a → b → a/);
+  });
+
+  it('reports YAML syntax errors with the file and line', () => {
+    const r = tanren('validate', file('broken.yaml', 'name: x\nstages:\n  - id: a\n   run: [true\n'));
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /broken\.yaml: .*line \d+/);
+  });
+
+  it('--json gives scripts the problems', () => {
+    const r = tanren('validate', '--json', file('bad2.yaml', 'name: x\nstages:\n  - id: a\n    uses: nope\n'));
+    assert.equal(r.code, 1);
+    const out = JSON.parse(r.stdout) as { ok: boolean; problems: Array<{ stage: string; path: string }> };
+    assert.equal(out.ok, false);
+    assert.deepEqual(
+      out.problems.map((p) => [p.stage, p.path]),
+      [['a', 'stages[0].uses']],
+    );
+  });
+
+  it('render applies --set with the parameter type and fills in the queues', () => {
+    const r = tanren('render', 'pipelines/demo.yaml', '--set', 'shards=3');
+    assert.equal(r.code, 0, r.stderr);
+    const input = JSON.parse(r.stdout) as {
+      spec: { stages: Array<{ id: string; with: Record<string, unknown> }>; queues: { gpu: string } };
+      options: { specDigest: string };
+    };
+    assert.equal(input.spec.stages.find((s) => s.id === 'shard')!.with.shards, 3);
+    assert.match(input.spec.queues.gpu, /^tanren-gpu-/);
+    assert.match(input.options.specDigest, /^[0-9a-f]{64}$/);
+  });
+
+  it('refuses an unknown --set parameter and a mistyped one', () => {
+    assert.match(tanren('render', 'pipelines/demo.yaml', '--set', 'shardz=3').stderr, /has no parameter "shardz" \(params: source, shards\)/);
+    assert.match(tanren('render', 'pipelines/demo.yaml', '--set', 'shards=many').stderr, /params\.shards in pipelines\/demo\.yaml is a number/);
+  });
+
+  it('exits 2 on usage errors', () => {
+    assert.equal(tanren('validate').code, 2);
+    assert.equal(tanren('worker', '--queue', 'tpu').code, 2);
+  });
+});
+
+describe('tanren submit / status against the dev server', () => {
+  let client: Client;
+  const ids: string[] = [];
+  before(async () => {
+    const env = servicesEnv();
+    client = new Client({ connection: await Connection.connect({ address: env.TEMPORAL_ADDRESS }), namespace: env.TEMPORAL_NAMESPACE });
+  });
+  after(async () => {
+    for (const id of ids)
+      await client.workflow
+        .getHandle(id)
+        .terminate('test cleanup')
+        .catch(() => {});
+    await client.connection.close();
+  });
+
+  it('submits with a readable id and UI link, and refuses a duplicate running id', () => {
+    const name = unique('dup');
+    const first = tanren('submit', 'pipelines/demo.yaml', '--run-name', name, '--json');
+    assert.equal(first.code, 0, first.stderr);
+    const out = JSON.parse(first.stdout) as { workflowId: string; url: string };
+    ids.push(out.workflowId);
+    assert.equal(out.workflowId, `demo-${name}`);
+    assert.match(out.url, /\/namespaces\/default\/workflows\/demo-dup-.*\/history$/);
+    const second = tanren('submit', 'pipelines/demo.yaml', '--run-name', name);
+    assert.equal(second.code, 1);
+    assert.match(second.stderr, new RegExp(`a run with id "demo-${name}" is already running`));
+  });
+
+  it('status of an unknown run exits 3', () => {
+    const r = tanren('status', 'no-such-run-anywhere');
+    assert.equal(r.code, 3);
+    assert.match(r.stderr, /no such run/);
+  });
+
+  it('says clearly when Temporal cannot be reached (exit 69)', () => {
+    const r = spawnSync(process.execPath, [CLI, 'status', 'x'], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, TEMPORAL_ADDRESS: '127.0.0.1:1' } });
+    assert.equal(r.status, 69);
+    assert.match(r.stderr, /cannot reach Temporal at 127\.0\.0\.1:1/);
+  });
+});
+
+describe('GPU worker lock', () => {
+  it("refuses a second GPU worker on the same host and devices, and takes over a dead one's lock", async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'tanren-lock-'));
+    const holder = spawn('sleep', ['30']);
+    writeFileSync(path.join(dir, `gpu-${os.hostname()}-q0.lock`), JSON.stringify({ pid: holder.pid }));
+    assert.throws(
+      () => acquireGpuLock(dir, 'q0'),
+      (err: unknown) => err instanceof GpuLockedError && /another GPU worker \(pid \d+\)/.test(err.message),
+    );
+    holder.kill('SIGKILL');
+    await new Promise((r) => holder.once('exit', r));
+    const release = acquireGpuLock(dir, 'q0');
+    assert.throws(() => {
+      const other = spawnSync(
+        process.execPath,
+        [
+          '-e',
+          `import(${JSON.stringify(path.join(ROOT, 'dist/worker/gpu.js'))}).then(m => m.acquireGpuLock(${JSON.stringify(dir)}, 'q0')).catch(e => { console.error(e.message); process.exit(7); })`,
+        ],
+        { encoding: 'utf8' },
+      );
+      if (other.status === 7) throw new GpuLockedError(other.stderr);
+    }, GpuLockedError);
+    release();
+  });
+});
+
+describe('worker logs', () => {
+  it('are readable lines on a terminal, with the run, stage and attempt kept', () => {
+    const line = JSON.stringify({
+      level: 30,
+      time: Date.UTC(2026, 0, 2, 3, 4, 5, 6),
+      pid: 1,
+      msg: 'loss 2.31',
+      workflowId: 'demo-x',
+      stage: 'pretrain',
+      attempt: 2,
+    });
+    assert.equal(prettyLine(line), '03:04:05.006 INFO  loss 2.31  workflowId=demo-x stage=pretrain attempt=2');
+    assert.equal(prettyLine('not json'), 'not json');
+  });
+});

@@ -1,0 +1,515 @@
+/**
+ * Records the replay histories `test/replay.test.ts` checks every workflow
+ * change against: small runs of the CURRENT pipelineWorkflow (the
+ * `tanren-lean-progress-1` path: progress in heartbeats, continue-as-new with
+ * `carried` state), one per behaviour a run in flight can be in the middle of,
+ * written to test/histories/lean-<scenario>.json.
+ *
+ *   npx tsc -p tsconfig.json && node dist/test/record-histories.js
+ *
+ * When to re-record: almost never. These files stand for runs already in
+ * flight on someone's cluster; re-recording them after a change makes the
+ * replay test pass by forgetting those runs. If a workflow change fails
+ * replay, make it compatible instead: guard the new behaviour with
+ * `patched('tanren-<what>-<n>')` (keep the old path for old histories, as
+ * `LEAN_PROGRESS_PATCH` does), and keep every existing file. Only when the
+ * change is meant to be incompatible and has been versioned that way, ADD
+ * fresh histories of the new path: give the old lean-*.json files a new
+ * prefix (e.g. `lean1-`) rather than deleting them while runs of that code may
+ * still exist, change PREFIX below, run this script, and update the
+ * expectations in test/replay.test.ts. A scenario that should cover a new
+ * behaviour is added here, not hand-edited into a JSON file.
+ *
+ * Runs on its own dev server (the installed `temporal` CLI, as the workflow
+ * tests do, with `limit.historyCount.suggestContinueAsNew=300` so a 60-stage
+ * chain continues as new) and a worker with the bundled workflow from dist/
+ * and scripted fake activities (no MinIO, no stage processes). It checks each
+ * run ended as the scenario intends before writing anything, and fails
+ * otherwise. Files are written in the SDK's `historyToJSON` format, the proto3
+ * JSON that `temporal workflow show --output json` writes and that
+ * `Worker.runReplayHistory` loads.
+ */
+import assert from 'node:assert/strict';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { Context } from '@temporalio/activity';
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
+import { historyToJSON } from '@temporalio/common/lib/proto-utils.js';
+import protos from '@temporalio/proto';
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import type Long from 'long';
+import { DefaultLogger, Runtime, Worker } from '@temporalio/worker';
+import type { StageResult, StageTask } from '../../activities/types.js';
+import { FailureTypes, NON_RETRYABLE_FAILURE_TYPES } from '../../schemas/names.js';
+import { workflowBundle } from '../../worker/run-worker.js';
+import { LEAN_PROGRESS_PATCH, pauseSignal, resumeSignal, stageProgressSignal, statusQuery, type RunResult } from '../../workflows/pipeline.js';
+import { createFakeActivities } from '../helpers/fake-activities.js';
+import { ROOT, searchAttributeKeys, temporalBin, unique, waitFor } from '../helpers/env.js';
+
+// A CommonJS module: its namespace is only reachable through the default export.
+const { temporal } = protos;
+const EventType = temporal.api.enums.v1.EventType;
+type History = protos.temporal.api.history.v1.IHistory;
+
+// ERROR, not WARN: the planned stage failures would each log a warning with a stack trace.
+Runtime.install({ logger: new DefaultLogger('ERROR') });
+
+/** File name prefix of the histories this script writes. */
+const PREFIX = 'lean-';
+const OUT_DIR = path.join(ROOT, 'test', 'histories');
+
+// ---------------------------------------------------------------------------
+// Fake activities: checkCache from the shared helper; runStage scripted here,
+// shaped like the real one (activities/run-stage.ts) where it reaches the
+// history: heartbeat details carrying the attempts and an OutOfMemory's
+// smaller batch to the next attempt, failures with `{ attempt, attempts }`
+// details, results listing every attempt.
+// ---------------------------------------------------------------------------
+
+/** How a stage behaves, from its `with`. */
+interface Behaviour {
+  cached?: boolean;
+  failAttempts?: number;
+  failType?: string;
+  /** Heartbeat until released (or cancelled). */
+  block?: boolean;
+  micro_batch_size?: number;
+  gradient_accumulation_steps?: number;
+}
+
+interface Attempt {
+  attempt: number;
+  startedAt: string;
+  endedAt?: string;
+  failure?: string;
+}
+interface BatchSettings {
+  micro_batch_size: number;
+  gradient_accumulation_steps: number;
+}
+interface Heartbeat {
+  attempt: number;
+  step?: number;
+  total?: number;
+  settings?: BatchSettings;
+  nextSettings?: BatchSettings;
+  attempts: Attempt[];
+}
+
+/** One attempt the fake ran, by `<workflowId>/<stage>`. */
+interface Ran {
+  key: string;
+  attempt: number;
+  settings?: BatchSettings;
+  outcome?: 'ok' | 'failed' | 'cancelled';
+}
+
+function createScriptedActivities() {
+  const ran: Ran[] = [];
+  const releases = new Map<string, () => void>();
+  const gates = new Map<string, Promise<void>>();
+  const gate = (key: string) => {
+    if (!gates.has(key)) gates.set(key, new Promise<void>((r) => releases.set(key, r)));
+    return gates.get(key)!;
+  };
+  const TOTAL = 10;
+
+  async function runStage(task: StageTask): Promise<StageResult> {
+    const ctx = Context.current();
+    const attempt = ctx.info.attempt;
+    const id = task.stage.id;
+    const w = (task.stage.with ?? {}) as Behaviour;
+    const previous = (ctx.info.heartbeatDetails ?? undefined) as Heartbeat | undefined;
+    const startedAt = new Date().toISOString();
+    const hb: Heartbeat = { attempt, attempts: [...(previous?.attempts ?? []).filter((a) => a.attempt < attempt), { attempt, startedAt }] };
+    const settings: BatchSettings | undefined =
+      previous?.nextSettings ??
+      (w.micro_batch_size ? { micro_batch_size: w.micro_batch_size, gradient_accumulation_steps: w.gradient_accumulation_steps ?? 1 } : undefined);
+    if (settings) hb.settings = hb.nextSettings = settings;
+    const beat = (change: Partial<Heartbeat> = {}) => {
+      Object.assign(hb, change);
+      ctx.heartbeat({ ...hb });
+    };
+    const close = (failure?: string) => {
+      const current = hb.attempts.at(-1)!;
+      current.endedAt = new Date().toISOString();
+      if (failure) current.failure = failure;
+      return hb.attempts;
+    };
+    const rec: Ran = { key: `${task.runId}/${id}`, attempt, settings };
+    ran.push(rec);
+    beat({ step: 0, total: TOTAL });
+    try {
+      if (w.block) {
+        const ticking = setInterval(() => beat(), 100);
+        try {
+          await Promise.race([gate(rec.key), ctx.cancelled]);
+        } finally {
+          clearInterval(ticking);
+        }
+      }
+      if (w.failAttempts && attempt <= w.failAttempts) {
+        const type = w.failType ?? FailureTypes.StageCrashed;
+        let message = `stage "${id}" exited with code ${type === FailureTypes.OutOfMemory ? 4 : 1}: planned failure of attempt ${attempt}`;
+        if (type === FailureTypes.OutOfMemory && settings) {
+          const micro = Math.floor(settings.micro_batch_size / 2);
+          const next = {
+            micro_batch_size: micro,
+            gradient_accumulation_steps: Math.round((settings.gradient_accumulation_steps * settings.micro_batch_size) / micro),
+          };
+          message += ` — next attempt: micro_batch_size=${next.micro_batch_size}, gradient_accumulation_steps=${next.gradient_accumulation_steps}`;
+          beat({ nextSettings: next });
+        }
+        const attempts = close(`${type}: ${message}`);
+        beat();
+        throw ApplicationFailure.create({
+          type,
+          message,
+          nonRetryable: (NON_RETRYABLE_FAILURE_TYPES as readonly string[]).includes(type),
+          details: [{ attempt, exitCode: type === FailureTypes.OutOfMemory ? 4 : 1, settings, attempts }],
+        });
+      }
+      beat({ step: TOTAL });
+      rec.outcome = 'ok';
+      return {
+        stage: id,
+        attempt,
+        manifestKey: `runs/${task.runId}/${id}/manifest.json`,
+        files: 1,
+        bytes: 42,
+        result: { inputs: task.inputs.map((i) => i.stage), ...(settings ?? {}) },
+        metrics: { loss: 1.5 },
+        step: TOTAL,
+        total: TOTAL,
+        attempts: close(),
+        startedAt,
+        endedAt: new Date().toISOString(),
+      };
+    } catch (err) {
+      rec.outcome = err instanceof CancelledFailure || ctx.cancellationSignal.aborted ? 'cancelled' : 'failed';
+      throw err;
+    }
+  }
+
+  return {
+    activities: { checkCache: createFakeActivities().activities.checkCache, runStage },
+    ran,
+    /** Attempts of one stage of one run. */
+    attemptsOf: (workflowId: string, stage: string) => ran.filter((r) => r.key === `${workflowId}/${stage}`),
+    release: (workflowId: string, stage: string) => {
+      const key = `${workflowId}/${stage}`;
+      void gate(key);
+      releases.get(key)!();
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+
+const eventName = (t: unknown) => (typeof t === 'number' ? EventType[t] : String(t)).replace(/^EVENT_TYPE_/, '');
+
+function events(history: History) {
+  return history.events ?? [];
+}
+
+/** Throws unless the history ran the lean path and ended with `lastEvent`. */
+function check(history: History, lastEvent: protos.temporal.api.enums.v1.EventType) {
+  const evs = events(history);
+  const last = evs.at(-1)?.eventType;
+  assert.equal(eventName(last), eventName(lastEvent), 'last event');
+  const patches = evs.filter(
+    (e) =>
+      e.eventType === EventType.EVENT_TYPE_MARKER_RECORDED &&
+      Object.values(e.markerRecordedEventAttributes?.details ?? {}).some((p) =>
+        p.payloads?.some((x) =>
+          Buffer.from(x.data ?? [])
+            .toString()
+            .includes(LEAN_PROGRESS_PATCH),
+        ),
+      ),
+  );
+  assert.ok(patches.length >= 1, `no ${LEAN_PROGRESS_PATCH} marker: the worker ran old workflow code`);
+}
+
+const written: Array<{ file: string; events: number; bytes: number; last: string }> = [];
+
+function write(scenario: string, history: History) {
+  const file = `${PREFIX}${scenario}.json`;
+  const text = historyToJSON(history) + '\n';
+  writeFileSync(path.join(OUT_DIR, file), text);
+  written.push({ file, events: events(history).length, bytes: text.length, last: eventName(events(history).at(-1)?.eventType) });
+}
+
+async function main() {
+  mkdirSync(OUT_DIR, { recursive: true });
+  const env = await TestWorkflowEnvironment.createLocal({
+    server: {
+      executable: { type: 'existing-path', path: temporalBin() },
+      searchAttributes: searchAttributeKeys,
+      extraArgs: ['--dynamic-config-value', 'limit.historyCount.suggestContinueAsNew=300'],
+    },
+  });
+  try {
+    const fake = createScriptedActivities();
+    const taskQueue = unique('record');
+    const worker = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue,
+      workflowBundle: await workflowBundle(),
+      activities: fake.activities,
+      // Cancellation reaches an activity through a heartbeat response: do not let throttling delay it.
+      maxHeartbeatThrottleInterval: '100ms',
+      defaultHeartbeatThrottleInterval: '100ms',
+    });
+    const client = env.client;
+    const input = (name: string, stages: unknown[], options: Record<string, unknown> = {}) => ({
+      spec: { name, queues: { cpu: taskQueue, gpu: taskQueue }, stages },
+      options,
+    });
+    const start = (scenario: string, stages: unknown[], options: Record<string, unknown> = {}) =>
+      client.workflow.start('pipelineWorkflow', { taskQueue, workflowId: unique(`lean-${scenario}`), args: [input(`lean-${scenario}`, stages, options)] });
+    const failureOf = (handle: WorkflowHandle) =>
+      handle.result().then(
+        () => assert.fail(`${handle.workflowId} succeeded; a failure was expected`),
+        (e: unknown) => {
+          assert.ok(e instanceof WorkflowFailedError, String(e));
+          return e;
+        },
+      );
+    const quick = { maximumAttempts: 3, initialInterval: '200ms' };
+
+    await worker.runUntil(async () => {
+      // 1. A stage whose outputs are cached, then one that misses the cache and runs.
+      {
+        const h = await start('cache-miss-then-run', [
+          { id: 'prep', run: ['x'], with: { cached: true } },
+          { id: 'train', needs: ['prep'], run: ['x'] },
+        ]);
+        const r = (await h.result()) as RunResult;
+        assert.deepEqual(
+          r.stages.map((s) => s.state),
+          ['cached', 'succeeded'],
+        );
+        const history = await h.fetchHistory();
+        check(history, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED);
+        write('cache-miss-then-run', history);
+      }
+
+      // 2. Attempt 1 crashes (StageCrashed), attempt 2 succeeds; a dependent stage runs after.
+      {
+        const h = await start(
+          'retry-after-crash',
+          [
+            { id: 'flaky', run: ['x'], with: { failAttempts: 1, failType: 'StageCrashed' }, retry: quick },
+            { id: 'after', needs: ['flaky'], run: ['x'] },
+          ],
+          { noCache: true },
+        );
+        const r = (await h.result()) as RunResult;
+        assert.deepEqual(
+          r.stages.map((s) => [s.state, s.attempt]),
+          [
+            ['succeeded', 2],
+            ['succeeded', 1],
+          ],
+        );
+        assert.match(String(r.stages[0].attempts?.[0]?.failure), /^StageCrashed: /);
+        const history = await h.fetchHistory();
+        check(history, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED);
+        write('retry-after-crash', history);
+      }
+
+      // 3. Attempt 1 runs out of memory; attempt 2 runs with half the micro-batch and succeeds.
+      {
+        const h = await start(
+          'oom-shrink',
+          [{ id: 'sft', run: ['x'], with: { micro_batch_size: 8, gradient_accumulation_steps: 2, failAttempts: 1, failType: 'OutOfMemory' }, retry: quick }],
+          { noCache: true },
+        );
+        const r = (await h.result()) as RunResult;
+        assert.deepEqual(
+          r.stages.map((s) => [s.state, s.attempt]),
+          [['succeeded', 2]],
+        );
+        assert.deepEqual(
+          fake.attemptsOf(h.workflowId, 'sft').map((a) => a.settings),
+          [
+            { micro_batch_size: 8, gradient_accumulation_steps: 2 },
+            { micro_batch_size: 4, gradient_accumulation_steps: 4 },
+          ],
+        );
+        const history = await h.fetchHistory();
+        check(history, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED);
+        write('oom-shrink', history);
+      }
+
+      // 4. Paused while a stage runs: it finishes, nothing new starts until resume.
+      {
+        const h = await start(
+          'pause-resume',
+          [
+            { id: 'first', run: ['x'], with: { block: true } },
+            { id: 'second', needs: ['first'], run: ['x'] },
+          ],
+          { noCache: true },
+        );
+        await waitFor('first to run', () => fake.attemptsOf(h.workflowId, 'first').length > 0);
+        await h.signal(pauseSignal);
+        await waitFor('the run to be paused', async () => (await h.query(statusQuery)).state === 'paused');
+        fake.release(h.workflowId, 'first');
+        await waitFor('first to succeed while paused', async () => (await h.query(statusQuery)).stages[0].state === 'succeeded');
+        assert.equal(fake.attemptsOf(h.workflowId, 'second').length, 0, 'second started while paused');
+        await h.signal(resumeSignal);
+        const r = (await h.result()) as RunResult;
+        assert.deepEqual(
+          r.stages.map((s) => s.state),
+          ['succeeded', 'succeeded'],
+        );
+        const history = await h.fetchHistory();
+        check(history, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED);
+        write('pause-resume', history);
+      }
+
+      // 5. Cancelled while a stage runs: the cancellation reaches the stage, the run ends cancelled.
+      {
+        const h = await start(
+          'cancel',
+          [
+            { id: 'long', run: ['x'], with: { block: true }, heartbeatTimeout: '5s' },
+            { id: 'next', needs: ['long'], run: ['x'] },
+          ],
+          { noCache: true },
+        );
+        await waitFor('long to run', () => fake.attemptsOf(h.workflowId, 'long').length > 0);
+        await h.cancel();
+        const err = await failureOf(h);
+        assert.ok(err.cause instanceof CancelledFailure, String(err.cause));
+        assert.equal(fake.attemptsOf(h.workflowId, 'long')[0].outcome, 'cancelled');
+        const history = await h.fetchHistory();
+        check(history, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED);
+        write('cancel', history);
+      }
+
+      // 6. A completed run reset (signals re-applied, as the UI and `temporal workflow reset` do by default)
+      //    to just before its second stage was scheduled; the new execution runs it again and completes.
+      {
+        const h = await start(
+          'reset',
+          [
+            { id: 'prep', run: ['x'] },
+            { id: 'train', needs: ['prep'], run: ['x'], with: { block: true } },
+            { id: 'eval', needs: ['train'], run: ['x'] },
+          ],
+          { noCache: true },
+        );
+        await waitFor('train to run', () => fake.attemptsOf(h.workflowId, 'train').length > 0);
+        // Signals the reset re-applies: a stale progress signal of an older worker (ignored on the lean path), pause and resume.
+        await h.signal(stageProgressSignal, { stage: 'train', attempt: 1, kind: 'progress', step: 3, total: 10, at: new Date().toISOString() });
+        await h.signal(pauseSignal);
+        await waitFor('the run to be paused', async () => (await h.query(statusQuery)).state === 'paused');
+        await h.signal(resumeSignal);
+        fake.release(h.workflowId, 'train');
+        await h.result();
+        const first = await h.fetchHistory();
+        const scheduled = events(first).find(
+          (e) => e.eventType === EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED && e.activityTaskScheduledEventAttributes?.activityId === 'train',
+        );
+        assert.ok(scheduled, 'train was scheduled');
+        const eventId = Number(scheduled.activityTaskScheduledEventAttributes!.workflowTaskCompletedEventId);
+        const firstRunId = (await h.describe()).runId;
+        const { runId }: protos.temporal.api.workflowservice.v1.IResetWorkflowExecutionResponse = await client.workflowService.resetWorkflowExecution({
+          namespace: client.options.namespace,
+          workflowExecution: { workflowId: h.workflowId, runId: firstRunId },
+          reason: 'record-histories: reset before the second stage',
+          // protobufjs takes a plain number for an int64 field; its typings only say Long.
+          workflowTaskFinishEventId: eventId as unknown as Long,
+          requestId: unique('reset'),
+          resetReapplyType: temporal.api.enums.v1.ResetReapplyType.RESET_REAPPLY_TYPE_SIGNAL,
+        });
+        assert.ok(runId && runId !== firstRunId, 'the reset started a new execution');
+        const reset = client.workflow.getHandle(h.workflowId, runId, { followRuns: false });
+        const r = (await reset.result()) as RunResult;
+        assert.deepEqual(
+          r.stages.map((s) => s.state),
+          ['succeeded', 'succeeded', 'succeeded'],
+        );
+        assert.equal(fake.attemptsOf(h.workflowId, 'train').length, 2, 'train ran again after the reset');
+        assert.equal(fake.attemptsOf(h.workflowId, 'prep').length, 1, 'prep did not run again');
+        const history = await reset.fetchHistory();
+        check(history, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED);
+        const reapplied = events(history).filter((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED).length;
+        assert.equal(reapplied, 3, 'the three signals were re-applied');
+        write('reset', history);
+      }
+
+      // 7. A 60-stage chain continues as new (server suggests it at 300 events); the first execution ends
+      //    in WorkflowExecutionContinuedAsNew, the last starts from `carried` state.
+      {
+        const n = 60;
+        const stages = Array.from({ length: n }, (_, i) => ({
+          id: `s${i}`,
+          run: ['x'],
+          ...(i ? { needs: [`s${i - 1}`] } : {}),
+          with: i % 10 === 0 ? { cached: true } : {},
+        }));
+        const h = await start('continue-as-new', stages);
+        const r = (await h.result()) as RunResult;
+        assert.equal(r.stages.length, n);
+        assert.ok(r.stages.every((s) => s.state === (Number(s.id.slice(1)) % 10 === 0 ? 'cached' : 'succeeded')));
+        const histories: History[] = [];
+        let runId: string | null | undefined = h.firstExecutionRunId;
+        while (runId) {
+          const history = await client.workflow.getHandle(h.workflowId, runId, { followRuns: false }).fetchHistory();
+          histories.push(history);
+          runId = events(history).at(-1)?.workflowExecutionContinuedAsNewEventAttributes?.newExecutionRunId;
+        }
+        assert.ok(histories.length >= 2, `${histories.length} execution(s): the run did not continue as new`);
+        const [firstRun, lastRun] = [histories[0], histories.at(-1)!];
+        check(firstRun, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW);
+        check(lastRun, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED);
+        const started = events(lastRun)[0].workflowExecutionStartedEventAttributes!;
+        const arg = JSON.parse(Buffer.from(started.input!.payloads![0].data!).toString()) as { carried?: { continuedAsNew: number } };
+        assert.equal(arg.carried?.continuedAsNew, histories.length - 1, 'the last execution starts from carried state');
+        write('continue-as-new-first', firstRun);
+        write('continue-as-new-last', lastRun);
+        console.log(`continue-as-new: ${histories.length} executions of ${histories.map((x) => events(x).length).join(', ')} events`);
+      }
+
+      // 8. A non-retryable failure: no retry, its dependent skipped, the independent branch still runs.
+      {
+        const h = await start(
+          'failed',
+          [
+            { id: 'bad', run: ['x'], with: { failAttempts: 9, failType: 'InvalidStageInput' }, retry: { maximumAttempts: 5 } },
+            { id: 'after', needs: ['bad'], run: ['x'] },
+            { id: 'other', run: ['x'] },
+          ],
+          { noCache: true },
+        );
+        const err = await failureOf(h);
+        assert.ok(err.cause instanceof ApplicationFailure);
+        assert.equal(err.cause.type, 'InvalidStageInput');
+        const outcome = (err.cause.details![0] as { stages: Array<{ id: string; state: string }> }).stages;
+        assert.deepEqual(
+          outcome.map((s) => [s.id, s.state]),
+          [
+            ['bad', 'failed'],
+            ['after', 'skipped'],
+            ['other', 'succeeded'],
+          ],
+        );
+        assert.equal(fake.attemptsOf(h.workflowId, 'bad').length, 1, 'no retry');
+        const history = await h.fetchHistory();
+        check(history, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED);
+        write('failed', history);
+      }
+    });
+  } finally {
+    await env.teardown();
+  }
+  console.log(`recorded ${written.length} histories in ${path.relative(ROOT, OUT_DIR)}/:`);
+  for (const w of written) console.log(`  ${w.file.padEnd(34)} ${String(w.events).padStart(4)} events  ${String(w.bytes).padStart(7)} bytes  ends ${w.last}`);
+}
+
+await main();

@@ -1,0 +1,73 @@
+/**
+ * Replays recorded histories of earlier runs against the current workflow
+ * code: a change that would break runs already in flight fails here.
+ * The `lean-` histories are runs of the `tanren-lean-progress-1` path
+ * (progress in heartbeats, continue-as-new with carried state), recorded by
+ * test/record-histories.ts; the others are older runs of the signal path.
+ * Re-record only when a change is meant to be incompatible, and version it
+ * with `patched()` first: see the header of test/record-histories.ts.
+ */
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { describe, it } from 'node:test';
+import { DefaultLogger, Runtime, Worker } from '@temporalio/worker';
+import { workflowBundle } from '../../worker/run-worker.js';
+import { LEAN_PROGRESS_PATCH } from '../../workflows/pipeline.js';
+import { ROOT } from '../helpers/env.js';
+
+Runtime.install({ logger: new DefaultLogger('WARN') });
+
+const dir = path.join(ROOT, 'test', 'histories');
+
+/** Histories of the current (lean) path that test/record-histories.ts writes, one per behaviour of a run in flight. */
+const LEAN_HISTORIES = [
+  'cache-miss-then-run',
+  'retry-after-crash',
+  'oom-shrink',
+  'pause-resume',
+  'cancel',
+  'reset',
+  'continue-as-new-first',
+  'continue-as-new-last',
+  'failed',
+].map((s) => `lean-${s}.json`);
+
+/** Patch ids a recorded history's `core_patch` markers name. */
+function patchesOf(history: {
+  events: Array<{ markerRecordedEventAttributes?: { markerName?: string; details?: Record<string, { payloads?: Array<{ data?: string }> }> } }>;
+}): string[] {
+  return history.events.flatMap((e) => {
+    const m = e.markerRecordedEventAttributes;
+    if (m?.markerName !== 'core_patch') return [];
+    return Object.values(m.details ?? {}).flatMap((p) =>
+      (p.payloads ?? []).map((x) => (JSON.parse(Buffer.from(x.data ?? '', 'base64').toString()) as { id?: string }).id ?? ''),
+    );
+  });
+}
+
+describe('replay of recorded runs', () => {
+  const files = readdirSync(dir).filter((f) => f.endsWith('.json'));
+  it('has recorded histories to replay', () => {
+    assert.ok(files.length >= 3, `only ${files.length} histories in test/histories`);
+  });
+  it('has histories of the lean path for each behaviour (test/record-histories.ts)', () => {
+    const lean = files.filter((f) => f.startsWith('lean-'));
+    assert.ok(lean.length >= LEAN_HISTORIES.length, `only ${lean.length} lean- histories in test/histories`);
+    assert.deepEqual(
+      LEAN_HISTORIES.filter((f) => !files.includes(f)),
+      [],
+      'missing: run `node dist/test/record-histories.js`',
+    );
+    for (const file of lean) {
+      const history = JSON.parse(readFileSync(path.join(dir, file), 'utf8'));
+      assert.ok(patchesOf(history).includes(LEAN_PROGRESS_PATCH), `${file} did not take the ${LEAN_PROGRESS_PATCH} path: recorded from older code`);
+    }
+  });
+  for (const file of files) {
+    it(`replays ${file} without non-determinism`, async () => {
+      const history = JSON.parse(readFileSync(path.join(dir, file), 'utf8'));
+      await Worker.runReplayHistory({ workflowBundle: await workflowBundle() }, history, file.replace(/\.json$/, ''));
+    });
+  }
+});
