@@ -8,7 +8,7 @@
  * with eval scores, for the scatter.
  */
 import assert from 'node:assert/strict';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -21,7 +21,7 @@ import { loadSpecFile, renderRunInput } from '../../cli/spec-file.js';
 import { PIPELINE_WORKFLOW_TYPE } from '../../schemas/names.js';
 import type { PipelineSpec } from '../../schemas/pipeline.js';
 import { connectClient } from '../../worker/connection.js';
-import { ROOT, unique } from '../helpers/env.js';
+import { ROOT, stagesPython, unique } from '../helpers/env.js';
 import { startTestWorkers, type TestWorkers } from '../helpers/workers.js';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
@@ -32,10 +32,6 @@ const ARTIFACTS = path.join(ROOT, 'test-artifacts');
 const CHAIN = ['preflight', 'wiki40b-to-jsonl', 'train-tokenizer', 'tokenize', 'pretrain'];
 const OVERRIDES = { vocab_size: 1000, pretrain_steps: 20, checkpoint_every: 20 };
 
-function stagesPython(): string {
-  const out = execFileSync(path.join(ROOT, 'infra', 'install-stages'), { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
-  return out.trim().split('\n').at(-1)!.trim();
-}
 
 /** The SVG's line marks (one path per series) and their stroke colours. */
 function lineSeries(svg: string): string[] {

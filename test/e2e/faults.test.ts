@@ -20,7 +20,7 @@ import { loadSpecFile, renderRunInput } from '../../cli/spec-file.js';
 import type { PipelineSpec } from '../../schemas/pipeline.js';
 import { s3Credentials } from '../../worker/config.js';
 import type { RunResult } from '../../workflows/pipeline.js';
-import { ROOT, stateDir, unique, waitFor } from '../helpers/env.js';
+import { ROOT, stagesPython, stateDir, unique, waitFor } from '../helpers/env.js';
 import { startTestWorkers, type TestWorkers } from '../helpers/workers.js';
 import { startWorkerProcess, stopWorkerProcess, type WorkerProcess } from '../helpers/worker-process.js';
 
@@ -53,10 +53,6 @@ async function startServices(): Promise<void> {
   await exec(path.join(ROOT, 'infra', 'dev'), ['up'], { env: { ...process.env, TANREN_SKIP_INSTALL: '1' } });
 }
 
-function python(): string {
-  if (!process.env.TANREN_PYTHON) throw new Error('TANREN_PYTHON is not set: run the tests through `make test`');
-  return process.env.TANREN_PYTHON;
-}
 
 describe('fault injection', () => {
   let workers: TestWorkers;
@@ -67,7 +63,7 @@ describe('fault injection', () => {
   const gpuEnv = (extra: Record<string, string> = {}) => ({
     TANREN_GPU_QUEUE: workers.queues.gpu,
     TANREN_WORK_DIR: workers.workRoot,
-    TANREN_PYTHON: python(),
+    TANREN_PYTHON: stagesPython(),
     TANREN_PROGRESS_INTERVAL_MS: '200',
     TANREN_KILL_GRACE_MS: '5000',
     TANREN_LOG_LEVEL: 'info',
@@ -80,7 +76,7 @@ describe('fault injection', () => {
 
   before(async () => {
     // The GPU worker is a separate process, so a test can SIGKILL it like a crash.
-    workers = await startTestWorkers({ prefix: 'faults', python: python(), gpu: false });
+    workers = await startTestWorkers({ prefix: 'faults', python: stagesPython(), gpu: false });
     gpuWorker = await startWorkerProcess('gpu', gpuEnv(), workers.workRoot);
     client = new Client({ connection: await Connection.connect({ address: workers.env.TEMPORAL_ADDRESS }), namespace: workers.env.TEMPORAL_NAMESPACE });
     storage = createObjectStore({ endpoint: workers.env.TANREN_S3_ENDPOINT, bucket: workers.env.TANREN_BUCKET, ...s3Credentials(workers.env) });

@@ -21,7 +21,7 @@ import type { PipelineSpec } from '../../schemas/pipeline.js';
 import { s3Credentials } from '../../worker/config.js';
 import { connectClient } from '../../worker/connection.js';
 import type { RunResult } from '../../workflows/pipeline.js';
-import { ROOT } from '../helpers/env.js';
+import { ROOT, stagesPython } from '../helpers/env.js';
 import { startTestWorkers, type TestWorkers } from '../helpers/workers.js';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
@@ -55,12 +55,6 @@ const EXPECTED_FILES: Record<string, string[]> = {
   report: ['report.html'],
 };
 
-function stagesPython(): string {
-  const out = execFileSync(path.join(ROOT, 'infra', 'install-stages'), { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
-  const python = out.trim().split('\n').at(-1)!.trim();
-  assert.ok(existsSync(python), `infra/install-stages printed ${python}, which does not exist`);
-  return python;
-}
 
 /**
  * Checkpoint events of a running stage, read from its attempt directory under

@@ -19,7 +19,7 @@
  *    workers' logs, any object in the bucket, or the report.
  */
 import assert from 'node:assert/strict';
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -39,7 +39,7 @@ import type { PipelineSpec } from '../../schemas/pipeline.js';
 import { s3Credentials } from '../../worker/config.js';
 import { connectClient } from '../../worker/connection.js';
 import type { RunResult } from '../../workflows/pipeline.js';
-import { ROOT } from '../helpers/env.js';
+import { ROOT, stagesPython } from '../helpers/env.js';
 import { startTestWorkers, type TestWorkers } from '../helpers/workers.js';
 
 const exec = promisify(execFile);
@@ -63,10 +63,6 @@ const CANARY = {
 const OVERRIDES = { vocab_size: 1000, pretrain_steps: 60, checkpoint_every: 20, sft_steps: 6, mt_bench_max_new_tokens: 12 };
 const KEEP = new Set(['preflight', 'wiki40b-to-jsonl', 'train-tokenizer', 'tokenize', 'pretrain', 'sft', 'mt-bench', 'report']);
 
-function stagesPython(): string {
-  const out = execFileSync(path.join(ROOT, 'infra', 'install-stages'), { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
-  return out.trim().split('\n').at(-1)!.trim();
-}
 
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {

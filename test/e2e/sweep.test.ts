@@ -17,16 +17,12 @@ import { s3Credentials } from '../../worker/config.js';
 import type { RunResult, StageStatus } from '../../workflows/pipeline.js';
 import type { SweepStatus } from '../../workflows/sweep.js';
 import { expectedOutcome } from '../../workflows/sweep-plan.js';
-import { ROOT, unique, waitFor } from '../helpers/env.js';
+import { ROOT, stagesPython, unique, waitFor } from '../helpers/env.js';
 import { startTestWorkers, type TestWorkers } from '../helpers/workers.js';
 import { startWorkerProcess, stopWorkerProcess, type WorkerProcess } from '../helpers/worker-process.js';
 
 const FIXTURE = 'test/fixtures/sweep.yaml';
 
-function python(): string {
-  if (!process.env.TANREN_PYTHON) throw new Error('TANREN_PYTHON is not set: run the tests through infra/test');
-  return process.env.TANREN_PYTHON;
-}
 
 describe('sweeps on one GPU queue', () => {
   let workers: TestWorkers;
@@ -38,14 +34,14 @@ describe('sweeps on one GPU queue', () => {
   const gpuEnv = () => ({
     TANREN_GPU_QUEUE: workers.queues.gpu,
     TANREN_WORK_DIR: workers.workRoot,
-    TANREN_PYTHON: python(),
+    TANREN_PYTHON: stagesPython(),
     TANREN_PROGRESS_INTERVAL_MS: '200',
     TANREN_KILL_GRACE_MS: '5000',
     TANREN_LOG_LEVEL: 'info',
   });
 
   before(async () => {
-    workers = await startTestWorkers({ prefix: 'sweep', python: python(), gpu: false, envOverrides: { TANREN_CPU_CONCURRENCY: 2 } });
+    workers = await startTestWorkers({ prefix: 'sweep', python: stagesPython(), gpu: false, envOverrides: { TANREN_CPU_CONCURRENCY: 2 } });
     gpuWorker = await startWorkerProcess('gpu', gpuEnv(), workers.workRoot);
     client = new Client({ connection: await Connection.connect({ address: workers.env.TEMPORAL_ADDRESS }), namespace: workers.env.TEMPORAL_NAMESPACE });
     storage = createObjectStore({ endpoint: workers.env.TANREN_S3_ENDPOINT, bucket: workers.env.TANREN_BUCKET, ...s3Credentials(workers.env) });

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
 import { loadEnv, readEnvFile } from '../../worker/config.js';
+import { findStagesPython } from '../../worker/stages-env.js';
 import { SEARCH_ATTRIBUTES } from '../../schemas/names.js';
 
 /** The repository root. */
@@ -35,6 +36,18 @@ export function testServerBin(): string {
   const p = path.join(cache, 'tools', `temporal-test-server-${versions().TEMPORAL_TEST_SERVER_VERSION}`, 'temporal-test-server');
   if (!existsSync(p)) throw new Error(`temporal test server not installed at ${p}: run infra/install-tools`);
   return p;
+}
+
+/**
+ * The Python of the stages environment: `$TANREN_PYTHON` (infra/test sets it
+ * to what `infra/install-stages` printed), else the venv of this checkout's
+ * lock that `make stages` created. Installs nothing: without one it throws
+ * with the fix.
+ */
+export function stagesPython(): string {
+  const found = findStagesPython({ projectDir: ROOT, envPython: process.env.TANREN_PYTHON });
+  if (!found.python) throw new Error(`${found.source} (make stages creates it; make test sets TANREN_PYTHON)`);
+  return found.python;
 }
 
 /** The tanren search attributes, for ephemeral test servers. */

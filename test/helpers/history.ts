@@ -1,7 +1,7 @@
 /** Reading a run's histories: every execution of a workflow id, following its continue-as-new chain. */
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { searchAttributeKeys, temporalBin } from './env.js';
+import { startDevServer } from './servers.js';
 
 type History = Awaited<ReturnType<WorkflowHandle['fetchHistory']>>;
 
@@ -35,11 +35,5 @@ export async function executions(client: Client, workflowId: string): Promise<Ex
 
 /** A dev server of a test's own whose history limit is lowered, so a run that outgrows it is terminated (and the test fails). */
 export async function startLimitedServer(historyLimit: number, ...dynamicConfig: string[]): Promise<TestWorkflowEnvironment> {
-  return TestWorkflowEnvironment.createLocal({
-    server: {
-      executable: { type: 'existing-path', path: temporalBin() },
-      searchAttributes: searchAttributeKeys,
-      extraArgs: ['--dynamic-config-value', `limit.historyCount.error=${historyLimit}`, ...dynamicConfig.flatMap((v) => ['--dynamic-config-value', v])],
-    },
-  });
+  return startDevServer(`limit.historyCount.error=${historyLimit}`, ...dynamicConfig);
 }

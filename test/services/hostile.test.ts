@@ -13,6 +13,7 @@ import { Client, Connection, WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import protos from '@temporalio/proto';
 import { temporalBin, unique } from '../helpers/env.js';
+import { startPipelineArgv } from '../helpers/servers.js';
 import { startTestWorkers, type TestWorkers } from '../helpers/workers.js';
 
 // A CommonJS module: its namespace is only reachable through the default export.
@@ -73,26 +74,7 @@ describe('hostile workflow input ends as InvalidPipelineSpec', () => {
       const workflowId = unique('hostile');
       const started = Date.now();
       // The way such input arrives: the `temporal` CLI, raw JSON, no tanren validation on the way.
-      await exec(
-        temporalBin(),
-        [
-          'workflow',
-          'start',
-          '--address',
-          workers.env.TEMPORAL_ADDRESS,
-          '--namespace',
-          workers.env.TEMPORAL_NAMESPACE,
-          '--task-queue',
-          workers.queues.control,
-          '--type',
-          'pipelineWorkflow',
-          '--workflow-id',
-          workflowId,
-          '--input-file',
-          file,
-        ],
-        { maxBuffer: 1 << 26 },
-      );
+      await exec(temporalBin(), startPipelineArgv(workers.env, { taskQueue: workers.queues.control, workflowId, inputFile: file }), { maxBuffer: 1 << 26 });
       const err = await client.workflow
         .getHandle(workflowId)
         .result()

@@ -19,6 +19,7 @@ import { s3Credentials } from '../../worker/config.js';
 import { statusQuery, type RunResult } from '../../workflows/pipeline.js';
 import { fetchRun } from '../../cli/run-status.js';
 import { ROOT, temporalBin, unique, waitFor } from '../helpers/env.js';
+import { startPipelineArgv, temporalWorkflowArgv } from '../helpers/servers.js';
 import { startTestWorkers, type TestWorkers } from '../helpers/workers.js';
 
 const exec = promisify(execFile);
@@ -170,23 +171,13 @@ while True: time.sleep(0.1)
   });
 
   it('accepts raw JSON from the real `temporal` CLI, and fails an invalid one with InvalidPipelineSpec', async () => {
-    const common = [
-      '--address',
-      workers.env.TEMPORAL_ADDRESS,
-      '--namespace',
-      workers.env.TEMPORAL_NAMESPACE,
-      '--task-queue',
-      workers.queues.control,
-      '--type',
-      'pipelineWorkflow',
-    ];
     const good = path.join(workers.workRoot, 'good.json');
     writeFileSync(good, JSON.stringify(demoInput()));
     const goodId = unique('cli-good');
-    await exec(temporalBin(), ['workflow', 'start', ...common, '--workflow-id', goodId, '--input-file', good]);
+    await exec(temporalBin(), startPipelineArgv(workers.env, { taskQueue: workers.queues.control, workflowId: goodId, inputFile: good }));
     const r = (await client.workflow.getHandle(goodId).result()) as RunResult;
     assert.ok(r.stages.every((s) => s.state === 'succeeded'));
-    const shown = await exec(temporalBin(), ['workflow', 'describe', '--address', workers.env.TEMPORAL_ADDRESS, '--workflow-id', goodId, '--output', 'json']);
+    const shown = await exec(temporalBin(), temporalWorkflowArgv('describe', workers.env, '--workflow-id', goodId, '--output', 'json'));
     assert.match(shown.stdout, /COMPLETED/);
 
     const bad = path.join(workers.workRoot, 'bad.json');
@@ -203,7 +194,7 @@ while True: time.sleep(0.1)
       }),
     );
     const badId = unique('cli-bad');
-    await exec(temporalBin(), ['workflow', 'start', ...common, '--workflow-id', badId, '--input-file', bad]);
+    await exec(temporalBin(), startPipelineArgv(workers.env, { taskQueue: workers.queues.control, workflowId: badId, inputFile: bad }));
     const err = await client.workflow
       .getHandle(badId)
       .result()

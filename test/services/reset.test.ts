@@ -16,6 +16,7 @@ import { fetchRun } from '../../cli/run-status.js';
 import { s3Credentials } from '../../worker/config.js';
 import type { RunResult } from '../../workflows/pipeline.js';
 import { ROOT, servicesEnv, temporalBin, unique, waitFor } from '../helpers/env.js';
+import { temporalWorkflowArgv } from '../helpers/servers.js';
 import { startWorkerProcess, stopWorkerProcess, type WorkerProcess } from '../helpers/worker-process.js';
 import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
@@ -119,20 +120,7 @@ describe('reset and retry', () => {
       await stopWorkerProcess(worker, 'SIGKILL');
       const eventId = await taskBefore(workflowId, 'train');
       // The operator's command; its default re-applies signals, as the UI's Reset button does.
-      await exec(temporalBin(), [
-        'workflow',
-        'reset',
-        '--address',
-        services.TEMPORAL_ADDRESS,
-        '--namespace',
-        services.TEMPORAL_NAMESPACE,
-        '--workflow-id',
-        workflowId,
-        '--event-id',
-        String(eventId),
-        '--reason',
-        'worker crashed',
-      ]);
+      await exec(temporalBin(), temporalWorkflowArgv('reset', services, '--workflow-id', workflowId, '--event-id', String(eventId), '--reason', 'worker crashed'));
       worker = await startWorkerProcess('cpu', workerEnv, workRoot, 'reset-cpu-2');
       const result = (await client.workflow.getHandle(workflowId).result()) as RunResult;
       const train = result.stages.find((s) => s.id === 'train')!;

@@ -12,7 +12,7 @@ import { execFileSync } from 'node:child_process';
 import { checkEventLine, StageExitCodeSchema, STAGE_EVENT_KINDS } from '../../schemas/stage-events.js';
 import { EXIT_CODE_FAILURES } from '../../schemas/names.js';
 import { EventFileReader } from '../../activities/events.js';
-import { ROOT } from '../helpers/env.js';
+import { ROOT, stagesPython } from '../helpers/env.js';
 
 describe('stage event schema', () => {
   it('accepts the events of docs/stage-protocol.md, keeping unknown fields', () => {
@@ -79,8 +79,7 @@ describe('stage event schema', () => {
   });
 
   it('the Python EventWriter writes only events the schema accepts', () => {
-    const python = process.env.TANREN_PYTHON;
-    assert.ok(python, 'TANREN_PYTHON must point at the stages environment (infra/test sets it)');
+    const python = stagesPython();
     const dir = mkdtempSync(path.join(tmpdir(), 'tanren-events-py-'));
     const file = path.join(dir, 'events.jsonl');
     const program = [

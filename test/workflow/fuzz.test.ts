@@ -26,7 +26,8 @@ import { formatProblems, MAX_STAGES, MAX_WITH_DEPTH, validatePipelineSpec, type 
 import { workflowBundle } from '../../worker/run-worker.js';
 import type { RunResult } from '../../workflows/pipeline.js';
 import { createFakeActivities } from '../helpers/fake-activities.js';
-import { searchAttributeKeys, testServerBin, unique } from '../helpers/env.js';
+import { searchAttributeKeys, unique } from '../helpers/env.js';
+import { startTimeSkippingServer } from '../helpers/servers.js';
 
 // A CommonJS module: its namespace is only reachable through the default export.
 const { temporal } = protos;
@@ -1469,7 +1470,7 @@ describe('fuzzing pipelineWorkflow on the time-skipping test server', () => {
   const codec = new RawJsonCodec();
 
   before(async () => {
-    env = await TestWorkflowEnvironment.createTimeSkipping({ server: { executable: { type: 'existing-path', path: testServerBin() } } });
+    env = await startTimeSkippingServer();
     // Time stands still: these runs have no timer worth skipping to, and a server free to skip while a task waits
     // for the worker's first poll jumps to the run's execution timeout. A plain client (not env.client, whose
     // result() unlocks skipping) keeps it locked.

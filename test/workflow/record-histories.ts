@@ -37,7 +37,6 @@ import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { historyToJSON } from '@temporalio/common/lib/proto-utils.js';
 import protos from '@temporalio/proto';
-import { TestWorkflowEnvironment } from '@temporalio/testing';
 import type Long from 'long';
 import { DefaultLogger, Runtime, Worker } from '@temporalio/worker';
 import type { StageResult, StageTask } from '../../activities/types.js';
@@ -45,7 +44,8 @@ import { FailureTypes, NON_RETRYABLE_FAILURE_TYPES } from '../../schemas/names.j
 import { workflowBundle } from '../../worker/run-worker.js';
 import { LEAN_PROGRESS_PATCH, pauseSignal, resumeSignal, stageProgressSignal, statusQuery, type RunResult } from '../../workflows/pipeline.js';
 import { createFakeActivities } from '../helpers/fake-activities.js';
-import { ROOT, searchAttributeKeys, temporalBin, unique, waitFor } from '../helpers/env.js';
+import { ROOT, unique, waitFor } from '../helpers/env.js';
+import { startDevServer } from '../helpers/servers.js';
 
 // A CommonJS module: its namespace is only reachable through the default export.
 const { temporal } = protos;
@@ -243,13 +243,7 @@ function write(scenario: string, history: History) {
 
 async function main() {
   mkdirSync(OUT_DIR, { recursive: true });
-  const env = await TestWorkflowEnvironment.createLocal({
-    server: {
-      executable: { type: 'existing-path', path: temporalBin() },
-      searchAttributes: searchAttributeKeys,
-      extraArgs: ['--dynamic-config-value', 'limit.historyCount.suggestContinueAsNew=300'],
-    },
-  });
+  const env = await startDevServer('limit.historyCount.suggestContinueAsNew=300');
   try {
     const fake = createScriptedActivities();
     const taskQueue = unique('record');

@@ -13,7 +13,8 @@ import { Runtime, DefaultLogger, Worker, type WorkflowBundle } from '@temporalio
 import { workflowBundle } from '../../worker/run-worker.js';
 import { pauseSignal, resumeSignal, statusQuery, type RunResult } from '../../workflows/pipeline.js';
 import { createFakeActivities } from '../helpers/fake-activities.js';
-import { searchAttributeKeys, temporalBin, testServerBin, unique, waitFor } from '../helpers/env.js';
+import { searchAttributeKeys, unique, waitFor } from '../helpers/env.js';
+import { startDevServer, startTimeSkippingServer } from '../helpers/servers.js';
 
 const { temporal } = protos;
 Runtime.install({ logger: new DefaultLogger('WARN') });
@@ -27,9 +28,7 @@ describe('pipelineWorkflow on the local dev server', () => {
   let bundle: WorkflowBundle;
 
   before(async () => {
-    env = await TestWorkflowEnvironment.createLocal({
-      server: { executable: { type: 'existing-path', path: temporalBin() }, searchAttributes: searchAttributeKeys },
-    });
+    env = await startDevServer();
     bundle = await workflowBundle();
   });
   after(async () => {
@@ -376,7 +375,7 @@ describe('pipelineWorkflow on the time-skipping test server', () => {
   let env: TestWorkflowEnvironment;
   let bundle: WorkflowBundle;
   before(async () => {
-    env = await TestWorkflowEnvironment.createTimeSkipping({ server: { executable: { type: 'existing-path', path: testServerBin() } } });
+    env = await startTimeSkippingServer();
     // The Java test server takes custom search attributes through the operator service.
     await env.connection.operatorService.addSearchAttributes({
       namespace: 'default',
