@@ -36,8 +36,9 @@ import { createObjectStore } from '../../activities/storage.js';
 import { loadEnv, s3Credentials } from '../../worker/config.js';
 import { connectClient } from '../../worker/connection.js';
 import { createLogger } from '../../worker/logger.js';
-import { runWorker } from '../../worker/run-worker.js';
 import { stageProgressSignal } from '../../workflows/pipeline.js';
+import { unique } from '../../test/helpers/env.js';
+import { startTestWorkers } from '../../test/helpers/workers.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const execFileP = promisify(execFile);
@@ -131,52 +132,16 @@ interface Workers {
   stop: () => Promise<void>;
 }
 
-const uniq = (p: string) => `${p}-${process.pid}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 6)}`;
-
 async function startWorkers(workDir: string, concurrency: number): Promise<Workers> {
-  const env = loadEnv({
-    ...process.env,
-    TANREN_PROJECT_DIR: ROOT,
-    // A private work root: runWorker reaps stage processes recorded under it.
-    TANREN_WORK_DIR: workDir,
-    TANREN_CPU_CONCURRENCY: String(concurrency),
-    TANREN_KILL_GRACE_MS: '2000',
+  // The test helper's workers with production settings, not its test ones.
+  const defaults = loadEnv({ ...process.env, TANREN_PROJECT_DIR: ROOT });
+  const w = await startTestWorkers({
+    prefix: 'bench',
+    workRoot: workDir,
+    logger: createLogger('warn', { bench: 'overhead' }),
+    envOverrides: { TANREN_CPU_CONCURRENCY: concurrency, TANREN_KILL_GRACE_MS: 2000, TANREN_PROGRESS_INTERVAL_MS: defaults.TANREN_PROGRESS_INTERVAL_MS },
   });
-  const logger = createLogger('warn', { bench: 'overhead' });
-  const cpuQueue = uniq('bench-cpu');
-  const gpuQueue = uniq('bench-gpu');
-  const controlQueue = uniq('bench-control');
-  let stop!: () => void;
-  const stopWhen = new Promise<void>((r) => (stop = r));
-  const started: Array<Promise<void>> = [];
-  const done: Array<Promise<void>> = [];
-  for (const queue of ['cpu', 'gpu'] as const) {
-    let onRunning!: () => void;
-    started.push(new Promise<void>((r) => (onRunning = r)));
-    done.push(
-      runWorker({
-        queue,
-        env,
-        logger,
-        taskQueue: queue === 'cpu' ? cpuQueue : gpuQueue,
-        serveWorkflows: queue === 'cpu',
-        controlTaskQueue: controlQueue,
-        stopWhen,
-        onRunning,
-      }),
-    );
-  }
-  await Promise.race([Promise.all(started), Promise.all(done).then(() => Promise.reject(new Error('workers stopped early')))]);
-  return {
-    cpuQueue,
-    gpuQueue,
-    controlQueue,
-    concurrency,
-    stop: async () => {
-      stop();
-      await Promise.all(done);
-    },
-  };
+  return { cpuQueue: w.queues.cpu, gpuQueue: w.queues.gpu, controlQueue: w.queues.control, concurrency, stop: w.stop };
 }
 
 type Shape = 'chain' | 'fanout';
@@ -261,7 +226,7 @@ async function phasesOf(client: Client, workflowId: string): Promise<Phases> {
 }
 
 async function runPipeline(client: Client, w: Workers, shape: Shape, n: number): Promise<{ wallMs: number; workflowId: string }> {
-  const workflowId = uniq(`bench-${shape}-${n}`);
+  const workflowId = unique(`bench-${shape}-${n}`);
   const t0 = performance.now();
   const result = (await client.workflow.execute('pipelineWorkflow', {
     taskQueue: w.controlQueue,
@@ -354,7 +319,7 @@ async function benchCase(
 async function microBenchmarks(client: Client, w: Workers, workDir: string, reps: number) {
   const env = loadEnv({ ...process.env, TANREN_PROJECT_DIR: ROOT });
   const storage = createObjectStore({ endpoint: env.TANREN_S3_ENDPOINT, bucket: env.TANREN_BUCKET, region: env.TANREN_S3_REGION, ...s3Credentials(env) });
-  const prefix = `bench/overhead/${uniq('micro')}/`;
+  const prefix = `bench/overhead/${unique('micro')}/`;
   const empty = path.join(workDir, 'empty.log');
   writeFileSync(empty, '');
   const manifest = JSON.stringify({ runId: 'x', stage: 'y', attempt: 1, createdAt: new Date().toISOString(), prefix, files: [], result: {} }, null, 2);
@@ -381,7 +346,7 @@ async function microBenchmarks(client: Client, w: Workers, workDir: string, reps
   // Signals: to a running pipeline, naming a stage it does not have (the handler ignores it).
   const wf = await client.workflow.start('pipelineWorkflow', {
     taskQueue: w.controlQueue,
-    workflowId: uniq('bench-signal'),
+    workflowId: unique('bench-signal'),
     args: [{ spec: { name: 'bench-signal', queues: { cpu: w.cpuQueue, gpu: w.gpuQueue }, stages: [{ id: 'wait', run: ['sleep', '30'] }] }, options: {} }],
   });
   await stat('temporal: progress signal (client round trip)', () =>

@@ -21,13 +21,18 @@ export interface TestWorkers {
   stop(): Promise<void>;
 }
 
-/** Starts a CPU worker (serving workflows too) and a GPU worker; resolves once both poll. */
+/**
+ * Starts a CPU worker (serving workflows too) and a GPU worker; resolves once
+ * both poll. Test settings (progress every 200 ms, 5 s kill grace) unless
+ * `envOverrides` says otherwise. Also used by bench/overhead.
+ */
 export async function startTestWorkers(
-  opts: { prefix?: string; python?: string; envOverrides?: Record<string, unknown>; gpu?: boolean; logger?: Logger } = {},
+  opts: { prefix?: string; python?: string; envOverrides?: Record<string, unknown>; gpu?: boolean; logger?: Logger; workRoot?: string } = {},
 ): Promise<TestWorkers> {
   const prefix = unique(opts.prefix ?? 'it');
   const queues = { control: `${prefix}-control`, cpu: `${prefix}-cpu`, gpu: `${prefix}-gpu` };
-  const workRoot = mkdtempSync(path.join(os.tmpdir(), 'tanren-work-'));
+  // A private work root by default: runWorker reaps stage processes recorded under it.
+  const workRoot = opts.workRoot ?? mkdtempSync(path.join(os.tmpdir(), 'tanren-work-'));
   const env = {
     ...servicesEnv(),
     TANREN_WORK_DIR: workRoot,
