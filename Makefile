@@ -2,7 +2,7 @@
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
-.PHONY: help install tools build stages lint up down status demo test test-scale test-node test-python schema clean
+.PHONY: help install tools build stages lint up down status demo test test-unit test-scale schema clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -40,8 +40,11 @@ status: ## show what is running
 demo: install stages ## start everything and run the reference pipeline
 	infra/demo
 
-test: install stages ## run every test against real services (starts and stops what it needs)
+test: install stages ## every test, fast ones first (TANREN_TEST_GROUPS=... for some of unit python workflow services e2e)
 	infra/test
+
+test-unit: build stages ## the unit tests only: no services, under half a minute
+	npm run --silent test:unit
 
 test-scale: install stages ## 5,000-stage fan-out, 2,000-stage chain, the stage limit (own services, like test)
 	TANREN_TEST_FILES="$$(echo dist/test/scale/*.test.js)" infra/test
