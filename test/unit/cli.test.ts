@@ -1,6 +1,6 @@
 /** The `tanren` command as a person and a script use it: messages and exit codes. */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { execFile, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -12,9 +12,14 @@ import { ROOT } from '../helpers/env.js';
 const CLI = path.join(ROOT, 'dist', 'cli', 'main.js');
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'tanren-cli-'));
 
-function tanren(...args: string[]) {
-  const r = spawnSync(process.execPath, [CLI, ...args], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+/** Runs the CLI; async, so the tests of a describe with `concurrency` overlap their ~2 s of CLI start-up each. */
+function tanren(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, [CLI, ...args], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } }, (err, stdout, stderr) => {
+      if (err && typeof err.code !== 'number') reject(err);
+      else resolve({ code: err ? (err.code as number) : 0, stdout, stderr });
+    });
+  });
 }
 
 function file(name: string, text: string): string {
@@ -23,32 +28,32 @@ function file(name: string, text: string): string {
   return p;
 }
 
-describe('tanren validate / render', () => {
-  it('accepts the demo pipeline', () => {
-    const r = tanren('validate', 'pipelines/demo.yaml');
+describe('tanren validate / render', { concurrency: true }, () => {
+  it('accepts the demo pipeline', async () => {
+    const r = await tanren('validate', 'pipelines/demo.yaml');
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /pipelines\/demo\.yaml: ok — pipeline "demo", 6 stages \(1 on the GPU queue\)/);
   });
 
-  it('lists every problem with file, stage and field, exit 1', () => {
+  it('lists every problem with file, stage and field, exit 1', async () => {
     const bad = file(
       'bad.yaml',
       'name: bad\nstages:\n  - id: a\n    needs: [b]\n    run: [true]\n  - id: b\n    needs: [a]\n    run: [true]\n    timeout: 3 days\n',
     );
-    const r = tanren('validate', bad);
+    const r = await tanren('validate', bad);
     assert.equal(r.code, 1);
     assert.match(r.stderr, new RegExp(`${bad.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: stage "b": stages\\[1\\]\\.timeout: not a duration`));
     assert.match(r.stderr, /stage "a": stages\[0\]\.needs: cycle in needs: a → b → a/);
   });
 
-  it('reports YAML syntax errors with the file and line', () => {
-    const r = tanren('validate', file('broken.yaml', 'name: x\nstages:\n  - id: a\n   run: [true\n'));
+  it('reports YAML syntax errors with the file and line', async () => {
+    const r = await tanren('validate', file('broken.yaml', 'name: x\nstages:\n  - id: a\n   run: [true\n'));
     assert.equal(r.code, 1);
     assert.match(r.stderr, /broken\.yaml: .*line \d+/);
   });
 
-  it('--json gives scripts the problems', () => {
-    const r = tanren('validate', '--json', file('bad2.yaml', 'name: x\nstages:\n  - id: a\n    uses: nope\n'));
+  it('--json gives scripts the problems', async () => {
+    const r = await tanren('validate', '--json', file('bad2.yaml', 'name: x\nstages:\n  - id: a\n    uses: nope\n'));
     assert.equal(r.code, 1);
     const out = JSON.parse(r.stdout) as { ok: boolean; problems: Array<{ stage: string; path: string }> };
     assert.equal(out.ok, false);
@@ -58,8 +63,8 @@ describe('tanren validate / render', () => {
     );
   });
 
-  it('render applies --set with the parameter type and fills in the queues', () => {
-    const r = tanren('render', 'pipelines/demo.yaml', '--set', 'shards=3');
+  it('render applies --set with the parameter type and fills in the queues', async () => {
+    const r = await tanren('render', 'pipelines/demo.yaml', '--set', 'shards=3');
     assert.equal(r.code, 0, r.stderr);
     const input = JSON.parse(r.stdout) as {
       spec: { stages: Array<{ id: string; with: Record<string, unknown> }>; queues: { gpu: string } };
@@ -70,19 +75,19 @@ describe('tanren validate / render', () => {
     assert.match(input.options.specDigest, /^[0-9a-f]{64}$/);
   });
 
-  it('refuses an unknown --set parameter and a mistyped one', () => {
-    assert.match(tanren('render', 'pipelines/demo.yaml', '--set', 'shardz=3').stderr, /has no parameter "shardz" \(params: source, shards\)/);
-    assert.match(tanren('render', 'pipelines/demo.yaml', '--set', 'shards=many').stderr, /params\.shards in pipelines\/demo\.yaml is a number/);
+  it('refuses an unknown --set parameter and a mistyped one', async () => {
+    assert.match((await tanren('render', 'pipelines/demo.yaml', '--set', 'shardz=3')).stderr, /has no parameter "shardz" \(params: source, shards\)/);
+    assert.match((await tanren('render', 'pipelines/demo.yaml', '--set', 'shards=many')).stderr, /params\.shards in pipelines\/demo\.yaml is a number/);
   });
 
-  it('exits 2 on usage errors', () => {
-    assert.equal(tanren('validate').code, 2);
-    assert.equal(tanren('worker', '--queue', 'tpu').code, 2);
+  it('exits 2 on usage errors', async () => {
+    assert.equal((await tanren('validate')).code, 2);
+    assert.equal((await tanren('worker', '--queue', 'tpu')).code, 2);
   });
 });
 
-describe('tanren without a server', () => {
-  it('says clearly when Temporal cannot be reached (exit 69)', () => {
+describe('tanren without a server', { concurrency: true }, () => {
+  it('says clearly when Temporal cannot be reached (exit 69)', async () => {
     const r = spawnSync(process.execPath, [CLI, 'status', 'x'], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, TEMPORAL_ADDRESS: '127.0.0.1:1' } });
     assert.equal(r.status, 69);
     assert.match(r.stderr, /cannot reach Temporal at 127\.0\.0\.1:1/);
