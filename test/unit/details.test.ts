@@ -1,7 +1,7 @@
 /**
  * The markdown stage table of Current Details (workflows/details.ts), as
  * text: its shape, the gap after every cell, the reason row, escaping, the
- * report line and the size cap. How the UI draws it: test/ui.test.ts.
+ * report line and the size cap. How the UI draws it: test/services/ui.test.ts.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';

@@ -1,11 +1,11 @@
 /**
- * Records the replay histories `test/replay.test.ts` checks every workflow
+ * Records the replay histories `test/workflow/replay.test.ts` checks every workflow
  * change against: small runs of the CURRENT pipelineWorkflow (the
  * `tanren-lean-progress-1` path: progress in heartbeats, continue-as-new with
  * `carried` state), one per behaviour a run in flight can be in the middle of,
  * written to test/histories/lean-<scenario>.json.
  *
- *   npx tsc -p tsconfig.json && node dist/test/record-histories.js
+ *   npx tsc -p tsconfig.json && node dist/test/workflow/record-histories.js
  *
  * When to re-record: almost never. These files stand for runs already in
  * flight on someone's cluster; re-recording them after a change makes the
@@ -17,7 +17,7 @@
  * fresh histories of the new path: give the old lean-*.json files a new
  * prefix (e.g. `lean1-`) rather than deleting them while runs of that code may
  * still exist, change PREFIX below, run this script, and update the
- * expectations in test/replay.test.ts. A scenario that should cover a new
+ * expectations in test/workflow/replay.test.ts. A scenario that should cover a new
  * behaviour is added here, not hand-edited into a JSON file.
  *
  * Runs on its own dev server (the installed `temporal` CLI, as the workflow

@@ -3,9 +3,9 @@
  * code: a change that would break runs already in flight fails here.
  * The `lean-` histories are runs of the `tanren-lean-progress-1` path
  * (progress in heartbeats, continue-as-new with carried state), recorded by
- * test/record-histories.ts; the others are older runs of the signal path.
+ * test/workflow/record-histories.ts; the others are older runs of the signal path.
  * Re-record only when a change is meant to be incompatible, and version it
- * with `patched()` first: see the header of test/record-histories.ts.
+ * with `patched()` first: see the header of test/workflow/record-histories.ts.
  */
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -20,7 +20,7 @@ Runtime.install({ logger: new DefaultLogger('WARN') });
 
 const dir = path.join(ROOT, 'test', 'histories');
 
-/** Histories of the current (lean) path that test/record-histories.ts writes, one per behaviour of a run in flight. */
+/** Histories of the current (lean) path that test/workflow/record-histories.ts writes, one per behaviour of a run in flight. */
 const LEAN_HISTORIES = [
   'cache-miss-then-run',
   'retry-after-crash',
@@ -51,13 +51,13 @@ describe('replay of recorded runs', () => {
   it('has recorded histories to replay', () => {
     assert.ok(files.length >= 3, `only ${files.length} histories in test/histories`);
   });
-  it('has histories of the lean path for each behaviour (test/record-histories.ts)', () => {
+  it('has histories of the lean path for each behaviour (test/workflow/record-histories.ts)', () => {
     const lean = files.filter((f) => f.startsWith('lean-'));
     assert.ok(lean.length >= LEAN_HISTORIES.length, `only ${lean.length} lean- histories in test/histories`);
     assert.deepEqual(
       LEAN_HISTORIES.filter((f) => !files.includes(f)),
       [],
-      'missing: run `node dist/test/record-histories.js`',
+      'missing: run `node dist/test/workflow/record-histories.js`',
     );
     for (const file of lean) {
       const history = JSON.parse(readFileSync(path.join(dir, file), 'utf8'));
