@@ -140,7 +140,6 @@ export function compareLossSpec(runs: readonly ComparedRun[]): TopLevelSpec {
     spec: {
       width: 320,
       height: 220,
-      mark: { type: 'line', strokeWidth: 1.8 },
       encoding: {
         x: { field: 'step', type: 'quantitative', title: 'step' },
         y: { field: 'value', type: 'quantitative', title: 'loss', scale: { zero: false } },
@@ -161,6 +160,14 @@ export function compareLossSpec(runs: readonly ComparedRun[]): TopLevelSpec {
         },
         detail: { field: 'metric' },
       },
+      layer: [
+        { mark: { type: 'line', strokeWidth: 1.8 } },
+        // A series logged once (a held-out loss measured only at the end) is a one-point path, which draws nothing: mark it.
+        {
+          transform: [{ joinaggregate: [{ op: 'count', as: 'logged' }], groupby: ['stage', 'run', 'metric'] }, { filter: 'datum.logged == 1' }],
+          mark: { type: 'point', filled: true, size: 45 },
+        },
+      ],
     },
     resolve: { scale: { x: 'independent', y: 'independent' } },
   };
