@@ -12,13 +12,13 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
-import { fetchRun } from '../cli/run-status.js';
-import { MAX_SWEEP_RUNGS, MAX_SWEEP_TRIALS } from '../schemas/pipeline.js';
-import { workflowBundle } from '../worker/run-worker.js';
-import type { RunResult } from '../workflows/pipeline.js';
-import { createFakeActivities } from './helpers/fake-activities.js';
-import { executions, startLimitedServer } from './helpers/history.js';
-import { unique } from './helpers/env.js';
+import { fetchRun } from '../../cli/run-status.js';
+import { MAX_SWEEP_RUNGS, MAX_SWEEP_TRIALS } from '../../schemas/pipeline.js';
+import { workflowBundle } from '../../worker/run-worker.js';
+import type { RunResult } from '../../workflows/pipeline.js';
+import { createFakeActivities } from '../helpers/fake-activities.js';
+import { executions, startLimitedServer } from '../helpers/history.js';
+import { unique } from '../helpers/env.js';
 
 /** docs/sweeps.md's bound: ~6 events per trial-rung, plus the run's own (start, the stages around the sweep, completion). */
 const EVENTS_PER_TRIAL_RUNG = 6;
