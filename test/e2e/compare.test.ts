@@ -32,7 +32,6 @@ const ARTIFACTS = path.join(ROOT, 'test-artifacts');
 const CHAIN = ['preflight', 'wiki40b-to-jsonl', 'train-tokenizer', 'tokenize', 'pretrain'];
 const OVERRIDES = { vocab_size: 1000, pretrain_steps: 20, checkpoint_every: 20 };
 
-
 /** The SVG's line marks (one path per series) and their stroke colours. */
 function lineSeries(svg: string): string[] {
   return [...svg.matchAll(/<path[^>]*aria-roledescription="line mark"[^>]*>/g)].map((m) => /stroke="([^"]+)"/.exec(m[0])?.[1] ?? '');

@@ -53,7 +53,6 @@ async function startServices(): Promise<void> {
   await exec(path.join(ROOT, 'infra', 'dev'), ['up'], { env: { ...process.env, TANREN_SKIP_INSTALL: '1' } });
 }
 
-
 describe('fault injection', () => {
   let workers: TestWorkers;
   let client: Client;

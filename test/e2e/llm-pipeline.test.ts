@@ -55,7 +55,6 @@ const EXPECTED_FILES: Record<string, string[]> = {
   report: ['report.html'],
 };
 
-
 /**
  * Checkpoint events of a running stage, read from its attempt directory under
  * the worker's TANREN_WORK_DIR (the engine does not keep them after the stage).

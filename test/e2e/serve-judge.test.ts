@@ -63,7 +63,6 @@ const CANARY = {
 const OVERRIDES = { vocab_size: 1000, pretrain_steps: 60, checkpoint_every: 20, sft_steps: 6, mt_bench_max_new_tokens: 12 };
 const KEEP = new Set(['preflight', 'wiki40b-to-jsonl', 'train-tokenizer', 'tokenize', 'pretrain', 'sft', 'mt-bench', 'report']);
 
-
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();

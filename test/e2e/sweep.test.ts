@@ -23,7 +23,6 @@ import { startWorkerProcess, stopWorkerProcess, type WorkerProcess } from '../he
 
 const FIXTURE = 'test/fixtures/sweep.yaml';
 
-
 describe('sweeps on one GPU queue', () => {
   let workers: TestWorkers;
   let client: Client;

@@ -36,5 +36,16 @@ export function temporalWorkflowArgv(command: string, target: TemporalTarget, ..
 
 /** Argv of `temporal workflow start` of a pipeline run from raw JSON: how input arrives that no tanren code validated. */
 export function startPipelineArgv(target: TemporalTarget, run: { taskQueue: string; workflowId: string; inputFile: string }): string[] {
-  return temporalWorkflowArgv('start', target, '--task-queue', run.taskQueue, '--type', PIPELINE_WORKFLOW_TYPE, '--workflow-id', run.workflowId, '--input-file', run.inputFile);
+  return temporalWorkflowArgv(
+    'start',
+    target,
+    '--task-queue',
+    run.taskQueue,
+    '--type',
+    PIPELINE_WORKFLOW_TYPE,
+    '--workflow-id',
+    run.workflowId,
+    '--input-file',
+    run.inputFile,
+  );
 }

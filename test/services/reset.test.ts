@@ -120,7 +120,10 @@ describe('reset and retry', () => {
       await stopWorkerProcess(worker, 'SIGKILL');
       const eventId = await taskBefore(workflowId, 'train');
       // The operator's command; its default re-applies signals, as the UI's Reset button does.
-      await exec(temporalBin(), temporalWorkflowArgv('reset', services, '--workflow-id', workflowId, '--event-id', String(eventId), '--reason', 'worker crashed'));
+      await exec(
+        temporalBin(),
+        temporalWorkflowArgv('reset', services, '--workflow-id', workflowId, '--event-id', String(eventId), '--reason', 'worker crashed'),
+      );
       worker = await startWorkerProcess('cpu', workerEnv, workRoot, 'reset-cpu-2');
       const result = (await client.workflow.getHandle(workflowId).result()) as RunResult;
       const train = result.stages.find((s) => s.id === 'train')!;

@@ -4,22 +4,26 @@ import { execFile, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { describe, it } from 'node:test';
 import { acquireGpuLock, GpuLockedError } from '../../worker/gpu.js';
 import { prettyLine } from '../../worker/logger.js';
 import { ROOT } from '../helpers/env.js';
 
 const CLI = path.join(ROOT, 'dist', 'cli', 'main.js');
+const execFileP = promisify(execFile);
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'tanren-cli-'));
 
 /** Runs the CLI; async, so the tests of a describe with `concurrency` overlap their ~2 s of CLI start-up each. */
-function tanren(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    execFile(process.execPath, [CLI, ...args], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } }, (err, stdout, stderr) => {
-      if (err && typeof err.code !== 'number') reject(err);
-      else resolve({ code: err ? (err.code as number) : 0, stdout, stderr });
-    });
-  });
+async function tanren(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await execFileP(process.execPath, [CLI, ...args], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } });
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const failed = err as { code?: unknown; stdout?: string; stderr?: string };
+    if (typeof failed.code !== 'number') throw err;
+    return { code: failed.code, stdout: failed.stdout ?? '', stderr: failed.stderr ?? '' };
+  }
 }
 
 function file(name: string, text: string): string {
