@@ -13,7 +13,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { Client } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
-import { createObjectStore, type ObjectStore } from '../activities/storage.js';
+import { createObjectStore, type ObjectStore } from '../activities/storage/store.js';
 import type { OutputManifest } from '../activities/types.js';
 import { loadSpecFile, renderRunInput } from '../cli/spec-file.js';
 import { PIPELINE_WORKFLOW_TYPE } from '../schemas/names.js';
