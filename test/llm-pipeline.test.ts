@@ -28,7 +28,7 @@ Runtime.install({ logger: new DefaultLogger('WARN') });
 
 const SPEC_FILE = path.join(ROOT, 'pipelines', 'wiki40b-ja.tiny.yaml');
 /** The Node program of `uses: report`; the stage is left out (and the fact reported) while it is not built. */
-const REPORT_MAIN = path.join(ROOT, 'dist', 'activities', 'report', 'main.js');
+const REPORT_MAIN = path.join(ROOT, 'dist', 'stages', 'report', 'main.js');
 
 /** Smaller than the file's defaults: the test only needs every stage to do real work once. */
 const OVERRIDES = {

@@ -11,13 +11,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { buildReport, escapeHtml, namespaceSvgIds } from '../activities/report/build-report.js';
-import { parseCsv } from '../activities/report/csv.js';
-import { readReferenceScores } from '../activities/report/load-inputs.js';
-import type { ReportInputs } from '../activities/report/types.js';
+import { buildReport, escapeHtml, namespaceSvgIds } from '../stages/report/build-report.js';
+import { parseCsv } from '../stages/report/csv.js';
+import { readReferenceScores } from '../stages/report/load-inputs.js';
+import type { ReportInputs } from '../stages/report/types.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const MAIN = path.join(ROOT, 'dist', 'activities', 'report', 'main.js');
+const MAIN = path.join(ROOT, 'dist', 'stages', 'report', 'main.js');
 const CHROMIUM = '/usr/bin/chromium';
 
 const tmpRoot = mkdtempSync(path.join(os.tmpdir(), 'tanren-report-'));
@@ -170,7 +170,7 @@ function assertOffline(text: string, what: string) {
   assert.doesNotMatch(text, /@import|@font-face|<script|<link\b|<img\b/i, `${what} must not load anything`);
 }
 
-describe('report stage (dist/activities/report/main.js)', () => {
+describe('report stage (dist/stages/report/main.js)', () => {
   it('builds report.html and SVGs with the reference models and the run point', () => {
     const dir = fixture('judged', { judge: true });
     const run = runStage(dir, {

@@ -24,7 +24,7 @@ const Options = z.object({
   json: z.boolean().default(false),
 });
 
-const REPORT_MAIN = fileURLToPath(new URL('../../activities/report/main.js', import.meta.url));
+const REPORT_MAIN = fileURLToPath(new URL('../../stages/report/main.js', import.meta.url));
 
 /** Registers `report`. */
 export function configureReportCommand(program: Command): void {
