@@ -43,13 +43,13 @@ export function createPublishSweep(deps: Pick<StageRunnerDeps, 'storage'>) {
       await retry(
         () =>
           deps.storage.putText(
-          own,
-          JSON.stringify(
-            { ...manifest, stage: task.stage, sweptFrom: task.bestTrial, result: { ...result, sweep: { ...task.choice, trials: task.trials } } },
-            null,
-            2,
+            own,
+            JSON.stringify(
+              { ...manifest, stage: task.stage, sweptFrom: task.bestTrial, result: { ...result, sweep: { ...task.choice, trials: task.trials } } },
+              null,
+              2,
+            ),
           ),
-        ),
         'outage',
       );
     } catch (err) {

@@ -115,7 +115,10 @@ describe('retry policies', () => {
   });
 
   it('transient: 3 tries, 100 ms then 200 ms; retries network and 5xx errors, not missing objects or refused credentials', () => {
-    assert.deepEqual([1, 2].map((n) => retryDelay('transient', n)), [100, 200]);
+    assert.deepEqual(
+      [1, 2].map((n) => retryDelay('transient', n)),
+      [100, 200],
+    );
     assert.equal(resolveRetryOptions('transient').attempts, 3);
     assert.equal(isRetryable('transient', sysError('ECONNRESET')), true);
     assert.equal(isRetryable('transient', s3Error('SlowDown')), true);
@@ -124,7 +127,10 @@ describe('retry policies', () => {
   });
 
   it('outage: 250 ms doubling to 5 s, 90 s in all; never retries not-found (the old storage retry waited 90 s on a NoSuchKey)', () => {
-    assert.deepEqual([1, 2, 3, 4, 5, 6, 7].map((n) => retryDelay('outage', n)), [250, 500, 1000, 2000, 4000, 5000, 5000]);
+    assert.deepEqual(
+      [1, 2, 3, 4, 5, 6, 7].map((n) => retryDelay('outage', n)),
+      [250, 500, 1000, 2000, 4000, 5000, 5000],
+    );
     assert.equal(resolveRetryOptions('outage').totalMs, 90_000);
     assert.equal(isRetryable('outage', s3Error('NoSuchKey')), false);
     assert.equal(isRetryable('outage', sysError('ECONNREFUSED')), true);
@@ -132,10 +138,22 @@ describe('retry policies', () => {
 
   it('transfer: 8 tries, 0.5 s doubling to 10 s, ±20 % jitter', () => {
     assert.equal(resolveRetryOptions('transfer').attempts, 8);
-    assert.equal(retryDelay('transfer', 1, () => 0.5), 500);
-    assert.equal(retryDelay('transfer', 1, () => 0), 400);
-    assert.equal(retryDelay('transfer', 1, () => 1), 600);
-    assert.equal(retryDelay('transfer', 10, () => 0.5), 10_000);
+    assert.equal(
+      retryDelay('transfer', 1, () => 0.5),
+      500,
+    );
+    assert.equal(
+      retryDelay('transfer', 1, () => 0),
+      400,
+    );
+    assert.equal(
+      retryDelay('transfer', 1, () => 1),
+      600,
+    );
+    assert.equal(
+      retryDelay('transfer', 10, () => 0.5),
+      10_000,
+    );
     assert.equal(isRetryable('transfer', s3Error('NoSuchUpload')), false, 'a lost upload id is for the multipart policy');
   });
 
@@ -193,7 +211,7 @@ describe('retry policies', () => {
         }, 'outage'),
         (e) => e === err,
       );
-      assert.equal(calls, 1, `${(err as Error).message}: one try`);
+      assert.equal(calls, 1, `${err.message}: one try`);
     }
   });
 
