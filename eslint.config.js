@@ -38,7 +38,8 @@ const WORKFLOW_BANNED_MODULES = {
 
 export default defineConfig(
   {
-    ignores: ['dist/**', 'node_modules/**', 'stages/**', '.tanren/**', '.tanren-test/**', 'test-artifacts/**', 'test/fixtures/**'],
+    // stages/ is Python (ruff's and pyright's) except the Node stage programs in stages/report/.
+    ignores: ['dist/**', 'node_modules/**', 'stages/*', '!stages/report/', '.tanren/**', '.tanren-test/**', 'test-artifacts/**', 'test/fixtures/**'],
   },
   js.configs.recommended,
   tseslint.configs.recommendedTypeChecked,

@@ -11,8 +11,9 @@ import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { StageSpec } from '../schemas/pipeline.js';
 import { STAGE_KINDS, isStageKind } from '../schemas/stage-kinds.js';
-import { manifestFiles } from './object-keys.js';
-import { sha256File, sha256Object, type ObjectStore } from './storage.js';
+import { sha256File } from './files.js';
+import { cacheKeys, manifestFiles } from './storage/keys.js';
+import { sha256Object, type ObjectStore } from './storage/store.js';
 import type { OutputManifest, StageInputRef } from './types.js';
 
 /** What a cache key is made of; kept next to the entry so a miss can say what changed. */
@@ -47,12 +48,6 @@ export type CacheLookup =
 /** What {@link lookupCache} finds: a hit also carries the verified manifest (never sent to the workflow: it can be large). */
 export type CacheLookupWithManifest =
   Extract<CacheLookup, { hit: false }> | (Extract<CacheLookup, { hit: true }> & { manifest: OutputManifest & { cachedFrom?: string } });
-
-/** Object keys of the cache. */
-export const cacheKeys = {
-  entry: (key: string) => `cache/keys/${key}.json`,
-  lastOfStage: (pipeline: string, stage: string) => `cache/stages/${pipeline}/${stage}.json`,
-};
 
 function canonical(v: unknown): unknown {
   if (Array.isArray(v)) return v.map(canonical);

@@ -9,7 +9,7 @@
 import { randomBytes } from 'node:crypto';
 import { copyFile, link, mkdir, readdir, rename, rm, stat, utimes } from 'node:fs/promises';
 import path from 'node:path';
-import { sha256File } from './storage.js';
+import { sha256File } from './files.js';
 
 const SHA256 = /^[0-9a-f]{64}$/;
 

@@ -10,9 +10,10 @@
 import { writeFile } from 'node:fs/promises';
 import { Context, CancelledFailure } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
-import { createCheckpointUploader } from './checkpoints.js';
+import { createCheckpointUploader } from './checkpoints/uploader.js';
+import { keys } from './storage/keys.js';
+import type { RetryOptions } from './storage/retry.js';
 import { stageFailure } from './errors.js';
-import { keys, type StorageRetryOptions } from './storage.js';
 import { boundMetrics, boundResult, capHead, capTail, createRedactor, stageEnvironment } from './stage-env.js';
 import type { StageResult, StageTask } from './types.js';
 import { attemptDir, checkRunId, prepareAttemptDir, removeAttemptDir } from './stage-runner/attempt-dir.js';
@@ -50,7 +51,8 @@ export function createRunStage(deps: StageRunnerDeps) {
     const log = ctx.log;
     checkRunId(runId);
 
-    const retryOpts: StorageRetryOptions = {
+    const retryOpts: RetryOptions = {
+      policy: 'outage',
       totalMs: config.storageRetryMs,
       onRetry: (n: number, err: unknown) => {
         beat({ phase: `object storage unavailable, retrying (${n})` });

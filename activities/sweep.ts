@@ -5,7 +5,8 @@
  */
 import { FailureTypes } from '../schemas/names.js';
 import { stageFailure, storageFailure } from './errors.js';
-import { keys, withStorageRetry } from './storage.js';
+import { keys } from './storage/keys.js';
+import { retry } from './storage/retry.js';
 import type { StageRunnerDeps } from './run-stage.js';
 import type { OutputManifest } from './types.js';
 
@@ -32,22 +33,24 @@ export function createPublishSweep(deps: Pick<StageRunnerDeps, 'storage'>) {
     }
     let manifest: OutputManifest;
     try {
-      manifest = JSON.parse(await withStorageRetry(() => deps.storage.getText(task.bestManifestKey))) as OutputManifest;
+      manifest = JSON.parse(await retry(() => retry(() => deps.storage.getText(task.bestManifestKey), 'eventual-read'), 'outage')) as OutputManifest;
     } catch (err) {
       throw storageFailure(`reading the manifest of trial "${task.bestTrial}" of stage "${task.stage}"`, err);
     }
     const result = { ...manifest.result, sweep: task.choice };
     const own = keys.manifest(task.runId, task.stage);
     try {
-      await withStorageRetry(() =>
-        deps.storage.putText(
-          own,
-          JSON.stringify(
-            { ...manifest, stage: task.stage, sweptFrom: task.bestTrial, result: { ...result, sweep: { ...task.choice, trials: task.trials } } },
-            null,
-            2,
+      await retry(
+        () =>
+          deps.storage.putText(
+            own,
+            JSON.stringify(
+              { ...manifest, stage: task.stage, sweptFrom: task.bestTrial, result: { ...result, sweep: { ...task.choice, trials: task.trials } } },
+              null,
+              2,
+            ),
           ),
-        ),
+        'outage',
       );
     } catch (err) {
       throw storageFailure(`writing the manifest of stage "${task.stage}"`, err);

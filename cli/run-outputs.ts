@@ -7,7 +7,7 @@
 import path from 'node:path';
 import type { Client } from '@temporalio/client';
 import { defaultPayloadConverter } from '@temporalio/client';
-import { manifestFiles } from '../activities/object-keys.js';
+import { manifestFiles } from '../activities/storage/keys.js';
 import type { OutputManifest } from '../activities/types.js';
 import type { TanrenEnv } from '../worker/config.js';
 import type { CliStore } from './storage.js';

@@ -8,46 +8,30 @@ import type { Client } from '@temporalio/client';
 import { defaultPayloadConverter, isGrpcServiceError } from '@temporalio/client';
 import { mkdir, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
-import * as Minio from 'minio';
-import { createObjectStore, keys, sha256File, type ObjectStore } from '../activities/storage.js';
+import { sha256File } from '../activities/files.js';
+import { classifyStorageError, isNotFound } from '../activities/storage/errors.js';
+import { keys } from '../activities/storage/keys.js';
+import { createObjectStore, type ObjectStore } from '../activities/storage/store.js';
 import type { ManifestEntry, OutputManifest } from '../activities/types.js';
-import { s3Credentials, type TanrenEnv } from '../worker/config.js';
+import { objectStoreConfig, type TanrenEnv } from '../worker/config.js';
 import { statusQuery, type RunResult } from '../workflows/pipeline.js';
 import { CliError, client as connect } from './common.js';
 import { ExitCodes } from './output.js';
 
-/** The object store and the few reads the CLI needs beyond {@link ObjectStore}. */
-export interface CliStore extends ObjectStore {
-  /** Bytes of `key` from `offset` to its end (empty when there is nothing new). */
-  getBytes(key: string, offset?: number): Promise<Buffer>;
-  /** The "directories" right under `prefix` (without the prefix, without the trailing `/`). */
-  listDirs(prefix: string): Promise<string[]>;
-}
+/** The object store as the CLI uses it: its errors are {@link CliError}s that say what to fix. */
+export type CliStore = ObjectStore;
 
 /** gRPC status NOT_FOUND. */
 const GRPC_NOT_FOUND = 5;
-const NOT_FOUND_CODES = new Set(['NotFound', 'NoSuchKey', 'InvalidRange']);
-const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EHOSTUNREACH', 'ETIMEDOUT', 'EAI_AGAIN']);
-
-/** True for a "no such object" error of the MinIO client. */
-export function isNoSuchObject(err: unknown): boolean {
-  return NOT_FOUND_CODES.has((err as { code?: string }).code ?? '');
-}
 
 /** Turns object-storage errors people can act on into {@link CliError}s. */
 function storageError(e: TanrenEnv, err: unknown): unknown {
   if (err instanceof CliError) return err;
+  const kind = classifyStorageError(err);
   const code = (err as { code?: string }).code ?? '';
-  const cause = (err as { cause?: { code?: string } }).cause?.code ?? '';
-  if (UNREACHABLE_CODES.has(code) || UNREACHABLE_CODES.has(cause) || /fetch failed|ECONNREFUSED/.test(String((err as Error).message))) {
+  if (kind === 'auth') {
     return new CliError(
-      `cannot reach object storage at ${e.TANREN_S3_ENDPOINT} (${(err as Error).message || code}); start it with \`infra/dev up\` or set TANREN_S3_ENDPOINT`,
-      ExitCodes.unavailable,
-    );
-  }
-  if (code === 'AccessDenied' || code === 'InvalidAccessKeyId' || code === 'SignatureDoesNotMatch') {
-    return new CliError(
-      `object storage refused the credentials (${code}); check TANREN_S3_ACCESS_KEY/TANREN_S3_SECRET_KEY or TANREN_S3_CREDENTIALS_FILE`,
+      `object storage refused the credentials (${code || (err as Error).message}); check TANREN_S3_ACCESS_KEY/TANREN_S3_SECRET_KEY or TANREN_S3_CREDENTIALS_FILE`,
       ExitCodes.config,
     );
   }
@@ -57,63 +41,30 @@ function storageError(e: TanrenEnv, err: unknown): unknown {
       ExitCodes.notFound,
     );
   }
+  if (kind === 'transient') {
+    return new CliError(
+      `cannot reach object storage at ${e.TANREN_S3_ENDPOINT} (${(err as Error).message || code}); start it with \`infra/dev up\` or set TANREN_S3_ENDPOINT`,
+      ExitCodes.unavailable,
+    );
+  }
   return err;
 }
 
 /** Builds the object store of the environment (credentials from env vars or the credentials file). */
 export function cliStore(e: TanrenEnv): CliStore {
-  const credentials = s3Credentials(e);
-  const base = createObjectStore({ endpoint: e.TANREN_S3_ENDPOINT, bucket: e.TANREN_BUCKET, region: e.TANREN_S3_REGION, ...credentials });
-  const url = new URL(e.TANREN_S3_ENDPOINT);
-  const minio = new Minio.Client({
-    endPoint: url.hostname,
-    port: url.port ? Number(url.port) : url.protocol === 'https:' ? 443 : 80,
-    useSSL: url.protocol === 'https:',
-    region: e.TANREN_S3_REGION ?? 'us-east-1',
-    ...credentials,
-  });
-  const wrap =
-    <A extends unknown[], R>(fn: (...args: A) => Promise<R>) =>
-    async (...args: A): Promise<R> => {
+  const base = createObjectStore(objectStoreConfig(e));
+  const wrapped = { ...base } as Record<string, unknown>;
+  for (const [name, fn] of Object.entries(base)) {
+    if (typeof fn !== 'function') continue;
+    wrapped[name] = async (...args: unknown[]) => {
       try {
-        return await fn(...args);
+        return await (fn as (...a: unknown[]) => Promise<unknown>).apply(base, args);
       } catch (err) {
         throw storageError(e, err);
       }
     };
-  return {
-    bucket: base.bucket,
-    endpoint: base.endpoint,
-    ensureBucket: wrap(base.ensureBucket.bind(base)),
-    putFile: wrap(base.putFile.bind(base)),
-    putText: wrap(base.putText.bind(base)),
-    getText: wrap(base.getText.bind(base)),
-    getFile: wrap(base.getFile.bind(base)),
-    stat: wrap(base.stat.bind(base)),
-    list: wrap(base.list.bind(base)),
-    remove: wrap(base.remove.bind(base)),
-    getBytes: wrap(async (key: string, offset = 0) => {
-      let stream;
-      try {
-        stream = offset > 0 ? await minio.getPartialObject(e.TANREN_BUCKET, key, offset) : await minio.getObject(e.TANREN_BUCKET, key);
-      } catch (err) {
-        // Asking past the end of the object: nothing new.
-        if ((err as { code?: string }).code === 'InvalidRange') return Buffer.alloc(0);
-        throw err;
-      }
-      const chunks: Buffer[] = [];
-      for await (const chunk of stream) chunks.push(chunk as Buffer);
-      return Buffer.concat(chunks);
-    }),
-    listDirs: wrap(async (prefix: string) => {
-      const out: string[] = [];
-      for await (const item of minio.listObjectsV2(e.TANREN_BUCKET, prefix, false)) {
-        const p = (item as { prefix?: string }).prefix;
-        if (p) out.push(p.slice(prefix.length).replace(/\/$/, ''));
-      }
-      return out.sort();
-    }),
-  };
+  }
+  return wrapped as unknown as CliStore;
 }
 
 /** A stage's manifest, or undefined while it has none (not finished, failed, or no such stage). */
@@ -121,7 +72,7 @@ export async function readManifest(store: ObjectStore, run: string, stage: strin
   try {
     return JSON.parse(await store.getText(keys.manifest(run, stage))) as OutputManifest;
   } catch (err) {
-    if (isNoSuchObject(err)) return undefined;
+    if (isNotFound(err)) return undefined;
     throw err;
   }
 }
@@ -176,7 +127,7 @@ export function manifestFinder(e: TanrenEnv, store: ObjectStore, run: string, c?
       const manifest = JSON.parse(await store.getText(key)) as OutputManifest;
       return { manifest, key, ...(manifest.runId !== run ? { cachedFrom: manifest.runId } : {}) };
     } catch (err) {
-      if (isNoSuchObject(err)) return undefined;
+      if (isNotFound(err)) return undefined;
       throw err;
     }
   };
@@ -193,7 +144,7 @@ export async function downloadVerified(store: ObjectStore, key: string, entry: M
     await store.getFile(key, part);
   } catch (err) {
     await rm(part, { force: true });
-    if (isNoSuchObject(err)) return `${entry.path}: listed in the manifest but missing from s3://${store.bucket}/${key}`;
+    if (isNotFound(err)) return `${entry.path}: listed in the manifest but missing from s3://${store.bucket}/${key}`;
     throw err;
   }
   const actual = await sha256File(part);
@@ -207,7 +158,7 @@ export async function downloadVerified(store: ObjectStore, key: string, entry: M
 
 /** Attempt numbers that have a log object, ascending. */
 export async function logAttempts(store: ObjectStore, run: string, stage: string): Promise<number[]> {
-  const prefix = `${keys.stagePrefix(run, stage)}logs/`;
+  const prefix = keys.logs(run, stage);
   const attempts: number[] = [];
   for (const o of await store.list(prefix)) {
     const m = /^attempt-(\d+)\.log$/.exec(o.key.slice(prefix.length));

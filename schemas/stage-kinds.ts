@@ -5,7 +5,7 @@
 
 /** A built-in stage kind. */
 export interface StageKindInfo {
-  /** Python module under stages/ (run as `python -m tanren_stages.<module>`), or for Node kinds the script under dist/. */
+  /** Python module under stages/ (run as `python -m tanren_stages.<module>`), or for Node kinds the compiled script under dist/ (stages/report/main.js). */
   readonly module: string;
   /** Which runtime runs the program. @default 'python' */
   readonly runtime?: 'python' | 'node';
@@ -67,7 +67,7 @@ const KINDS = {
   'llm-jp-eval': { module: 'llm_jp_eval', defaultQueue: 'gpu', stallTimeout: '30m', summary: 'llm-jp-eval style exact-match evaluation' },
   'mt-bench': { module: 'mt_bench', defaultQueue: 'gpu', stallTimeout: '30m', summary: 'Japanese MT-Bench answers and LLM-as-judge grading' },
   report: {
-    module: 'activities/report/main.js',
+    module: 'stages/report/main.js',
     runtime: 'node',
     defaultQueue: 'cpu',
     receivesTimeline: true,

@@ -8,6 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
+import type { ObjectStoreConfig } from '../activities/storage/client.js';
 import { CONTROL_TASK_QUEUE, DEFAULT_CPU_TASK_QUEUE, gpuHostQueue, gpuPoolQueue } from '../schemas/names.js';
 
 /** The environment variables tanren reads. */
@@ -123,6 +124,11 @@ export function s3Credentials(env: TanrenEnv): { accessKey: string; secretKey: s
     );
   }
   return { accessKey, secretKey };
+}
+
+/** Connection settings of the object store of the environment (credentials from env vars or the credentials file). */
+export function objectStoreConfig(env: TanrenEnv): ObjectStoreConfig {
+  return { endpoint: env.TANREN_S3_ENDPOINT, bucket: env.TANREN_BUCKET, region: env.TANREN_S3_REGION, ...s3Credentials(env) };
 }
 
 /** This GPU host's name: TANREN_GPU_HOST, else the machine's host name (lower-case, other characters as "-"). */

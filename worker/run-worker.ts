@@ -12,8 +12,8 @@ import type { Logger } from 'pino';
 import { createActivities } from '../activities/index.js';
 import { pidInUse, stillRunning, type ProcessIdentity } from '../activities/process-identity.js';
 import { runningDir } from '../activities/run-stage.js';
-import { createObjectStore } from '../activities/storage.js';
-import { gpuHostName, gpuQueueName, listSetting, s3Credentials, type TanrenEnv } from './config.js';
+import { createObjectStore } from '../activities/storage/store.js';
+import { gpuHostName, gpuQueueName, listSetting, objectStoreConfig, type TanrenEnv } from './config.js';
 import { connectWorker } from './connection.js';
 import { acquireGpuLocks, gpuFreeMemoryGiB, gpuLockDir, GpuSlots, probeGpu } from './gpu.js';
 import { InputCache } from '../activities/input-cache.js';
@@ -95,7 +95,7 @@ export async function reapOrphanStages(workRoot: string, queue: 'cpu' | 'gpu', l
 export async function runWorker(opts: RunWorkerOptions): Promise<void> {
   const { env, logger, queue } = opts;
   const workRoot = path.resolve(env.TANREN_WORK_DIR ?? path.join(env.projectDir, '.tanren', 'work'));
-  const s3 = { endpoint: env.TANREN_S3_ENDPOINT, bucket: env.TANREN_BUCKET, region: env.TANREN_S3_REGION, ...s3Credentials(env) };
+  const s3 = objectStoreConfig(env);
   const storage = createObjectStore(s3);
   await storage.ensureBucket();
 

@@ -1,8 +1,7 @@
 /** The `checkCache` activity: looks a stage up in the cross-run cache before it is run. */
 import { lookupCache, type CacheLookup } from '../cache.js';
 import { storageFailure } from '../errors.js';
-import { manifestFiles } from '../object-keys.js';
-import { keys } from '../storage.js';
+import { keys, manifestFiles } from '../storage/keys.js';
 import type { StageTask } from '../types.js';
 import { DIST_DIR } from './command.js';
 import type { StageRunnerDeps } from './types.js';

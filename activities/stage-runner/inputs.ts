@@ -6,11 +6,15 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from '@temporalio/common';
 import { FailureTypes } from '../../schemas/names.js';
-import { restoreLatestCheckpoint, type CheckpointRef } from '../checkpoints.js';
+import type { CheckpointRef } from '../checkpoints/manifest.js';
+import { restoreLatestCheckpoint } from '../checkpoints/restore.js';
+import { sha256File } from '../files.js';
+import type { ObjectStoreConfig } from '../storage/client.js';
+import { manifestFiles } from '../storage/keys.js';
+import { retry, type RetryOptions } from '../storage/retry.js';
+import type { ObjectStore } from '../storage/store.js';
 import { stageFailure, storageFailure } from '../errors.js';
 import type { InputCache } from '../input-cache.js';
-import { manifestFiles } from '../object-keys.js';
-import { sha256File, withStorageRetry, type ObjectStore, type StorageRetryOptions, type ObjectStoreConfig } from '../storage.js';
 import type { OutputManifest, StageInputRef } from '../types.js';
 import { inputEnvName } from './command.js';
 import type { Beat } from './types.js';
@@ -27,13 +31,14 @@ export async function downloadInputs(
   inputs: readonly StageInputRef[],
   inputsDir: string,
   beat: Beat,
-  retryOpts: StorageRetryOptions,
+  retryOpts: RetryOptions,
 ): Promise<Record<string, string>> {
   const inputEnv: Record<string, string> = {};
   for (const input of inputs) {
     let manifest: OutputManifest;
     try {
-      manifest = JSON.parse(await withStorageRetry(() => storage.getText(input.manifestKey), retryOpts)) as OutputManifest;
+      // Written by another worker just before this stage was scheduled: read-after-write, through an outage.
+      manifest = JSON.parse(await retry(() => retry(() => storage.getText(input.manifestKey), 'eventual-read'), retryOpts)) as OutputManifest;
     } catch (err) {
       throw storageFailure(`reading the manifest of stage "${input.stage}" (${input.manifestKey})`, err);
     }
@@ -49,7 +54,7 @@ export async function downloadInputs(
       const dest = path.join(target, f.path);
       let digest: string;
       try {
-        digest = await fetchInput(cache, f.sha256, dest, (to) => withStorageRetry(() => storage.getFile(f.key, to), retryOpts));
+        digest = await fetchInput(cache, f.sha256, dest, (to) => retry(() => storage.getFile(f.key, to), retryOpts));
       } catch (err) {
         throw storageFailure(`downloading ${f.key} for stage "${stageId}"`, err);
       }
@@ -95,10 +100,10 @@ export async function restoreResume(
   resumeDir: string,
   previous: CheckpointRef | undefined,
   log: Logger,
-  retryOpts: StorageRetryOptions,
+  retryOpts: RetryOptions,
 ): Promise<Resume | undefined> {
   try {
-    const restored = await withStorageRetry(() => restoreLatestCheckpoint(storage, runId, stageId, resumeDir, previous, { s3 }), retryOpts);
+    const restored = await retry(() => restoreLatestCheckpoint(storage, runId, stageId, resumeDir, previous, { s3 }), retryOpts);
     for (const skip of restored?.skipped ?? []) {
       log.warn('checkpoint skipped', { stage: stageId, checkpoint: skip.ref.path, reason: skip.reason });
     }

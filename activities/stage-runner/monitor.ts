@@ -5,7 +5,7 @@
  * that reported progress and then none for its stallTimeout.
  */
 import type { Logger } from '@temporalio/common';
-import type { CheckpointUploader } from '../checkpoints.js';
+import type { CheckpointUploader } from '../checkpoints/uploader.js';
 import { EventFileReader, type StageEvent } from '../events.js';
 import type { Beat, StageHeartbeat } from './types.js';
 

@@ -10,8 +10,10 @@ import { ApplicationFailure } from '@temporalio/common';
 import { FailureTypes } from '../../schemas/names.js';
 import { computeCacheKey, recordCache } from '../cache.js';
 import { stageFailure, storageFailure } from '../errors.js';
-import { attemptToken, outputKeys } from '../object-keys.js';
-import { describeFiles, keys, withStorageRetry, type ObjectStore, type StorageRetryOptions } from '../storage.js';
+import { describeFiles } from '../files.js';
+import { attemptToken, keys, outputKeys } from '../storage/keys.js';
+import { retry, type RetryOptions } from '../storage/retry.js';
+import type { ObjectStore } from '../storage/store.js';
 import type { ManifestEntry, OutputManifest, StageTask } from '../types.js';
 import { DIST_DIR } from './command.js';
 import type { Beat } from './types.js';
@@ -40,7 +42,7 @@ export interface PublishOptions {
   /** The stage's result (its `result` events and what the runner adds). */
   result: Record<string, unknown>;
   beat: Beat;
-  retryOpts: StorageRetryOptions;
+  retryOpts: RetryOptions;
 }
 
 /** A published attempt. */
@@ -65,12 +67,12 @@ export async function publishOutputs(o: PublishOptions): Promise<Published> {
   const manifest: OutputManifest = { runId, stage: stageId, attempt, createdAt: '', prefix, files, result: o.result };
   try {
     for (const f of files) {
-      await withStorageRetry(() => storage.putFile(f.key, path.join(o.outputDir, f.path)), o.retryOpts);
+      await retry(() => storage.putFile(f.key, path.join(o.outputDir, f.path)), o.retryOpts);
       o.beat({ phase: `uploading outputs: ${f.path}` });
     }
     manifest.createdAt = new Date().toISOString();
     // Written last, and the only pointer to this attempt's objects: a manifest means every file it lists is complete.
-    await withStorageRetry(() => storage.putText(manifestKey, JSON.stringify(manifest, null, 2)), o.retryOpts);
+    await retry(() => storage.putText(manifestKey, JSON.stringify(manifest, null, 2)), o.retryOpts);
   } catch (err) {
     if (err instanceof ApplicationFailure) throw err;
     throw storageFailure(`uploading the outputs of stage "${stageId}"`, err);

@@ -2,9 +2,10 @@
  * The stage runner's settings, dependencies and heartbeat details: the types
  * every step of activities/stage-runner/ shares (re-exported by run-stage.ts).
  */
-import type { CheckpointRef } from '../checkpoints.js';
+import type { CheckpointRef } from '../checkpoints/manifest.js';
+import type { ObjectStoreConfig } from '../storage/client.js';
+import type { ObjectStore } from '../storage/store.js';
 import type { InputCache } from '../input-cache.js';
-import type { ObjectStore, ObjectStoreConfig } from '../storage.js';
 import type { AttemptRecord } from '../types.js';
 
 /** Settings of the worker that runs stages. */

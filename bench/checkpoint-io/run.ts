@@ -1,7 +1,7 @@
 /**
  * Checkpoint I/O benchmark: upload and download throughput of a ~1 GiB
  * multi-file checkpoint (1 × 600 MiB + 4 × 100 MiB + small files) to the
- * local MinIO with activities/checkpoints.ts, against the official MinIO
+ * local MinIO with activities/checkpoints/, against the official MinIO
  * client `mc cp --recursive` on the same files, interleaved; and the delay a
  * CPU-bound "training step" loop in a child process suffers while a
  * checkpoint uploads in the background.
@@ -24,9 +24,13 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { execa } from 'execa';
-import { createCheckpointUploader, downloadCheckpoint, type CheckpointRef } from '../../activities/checkpoints.js';
-import { createObjectStore, listFiles, type ObjectStore, type ObjectStoreConfig } from '../../activities/storage.js';
-import { loadEnv, readEnvFile, s3Credentials } from '../../worker/config.js';
+import type { CheckpointRef } from '../../activities/checkpoints/manifest.js';
+import { downloadCheckpoint } from '../../activities/checkpoints/restore.js';
+import { createCheckpointUploader } from '../../activities/checkpoints/uploader.js';
+import { listFiles } from '../../activities/files.js';
+import type { ObjectStoreConfig } from '../../activities/storage/client.js';
+import { createObjectStore, type ObjectStore } from '../../activities/storage/store.js';
+import { loadEnv, objectStoreConfig, readEnvFile } from '../../worker/config.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const MiB = 1024 * 1024;
@@ -145,7 +149,7 @@ const gbps = (bytes: number, s: number) => bytes / s / 1e9;
 
 async function main() {
   const env = loadEnv({ ...process.env, TANREN_PROJECT_DIR: ROOT });
-  const s3: ObjectStoreConfig = { endpoint: env.TANREN_S3_ENDPOINT, bucket: env.TANREN_BUCKET, region: env.TANREN_S3_REGION, ...s3Credentials(env) };
+  const s3: ObjectStoreConfig = objectStoreConfig(env);
   const storage: ObjectStore = createObjectStore(s3);
   await storage.ensureBucket();
   const mc = mcBin();

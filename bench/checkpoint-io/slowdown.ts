@@ -6,7 +6,7 @@
  * over and over (at least `--window-s` seconds, whole uploads):
  *
  *   - `child`: the real uploader (createCheckpointUploader with `s3`: the
- *     low-priority upload process of activities/checkpoint-upload.ts);
+ *     low-priority upload process of activities/checkpoints/upload-process.ts);
  *   - `inproc`: the previous uploader, in this (worker-like) process, 4 parts in flight;
  *   - `mc`: `mc cp --recursive` of the same directory, at normal priority.
  *
@@ -38,10 +38,11 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { execa } from 'execa';
-import { createCheckpointUploader } from '../../activities/checkpoints.js';
-import { defaultUploadTuning } from '../../activities/checkpoint-upload.js';
-import { createObjectStore, type ObjectStore, type ObjectStoreConfig } from '../../activities/storage.js';
-import { loadEnv, readEnvFile, s3Credentials } from '../../worker/config.js';
+import { defaultUploadTuning } from '../../activities/checkpoints/upload-process.js';
+import { createCheckpointUploader } from '../../activities/checkpoints/uploader.js';
+import type { ObjectStoreConfig } from '../../activities/storage/client.js';
+import { createObjectStore, type ObjectStore } from '../../activities/storage/store.js';
+import { loadEnv, objectStoreConfig, readEnvFile } from '../../worker/config.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const MiB = 1024 * 1024;
@@ -185,7 +186,7 @@ interface Window {
 
 async function main() {
   const env = loadEnv({ ...process.env, TANREN_PROJECT_DIR: ROOT });
-  const s3: ObjectStoreConfig = { endpoint: env.TANREN_S3_ENDPOINT, bucket: env.TANREN_BUCKET, region: env.TANREN_S3_REGION, ...s3Credentials(env) };
+  const s3: ObjectStoreConfig = objectStoreConfig(env);
   const storage: ObjectStore = createObjectStore(s3);
   await storage.ensureBucket();
   const mc = mcBin();

@@ -32,8 +32,8 @@ import { promisify } from 'node:util';
 import type { Client } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { execa } from 'execa';
-import { createObjectStore } from '../../activities/storage.js';
-import { loadEnv, s3Credentials } from '../../worker/config.js';
+import { createObjectStore } from '../../activities/storage/store.js';
+import { loadEnv, objectStoreConfig } from '../../worker/config.js';
 import { connectClient } from '../../worker/connection.js';
 import { createLogger } from '../../worker/logger.js';
 import { stageProgressSignal } from '../../workflows/pipeline.js';
@@ -318,7 +318,7 @@ async function benchCase(
 
 async function microBenchmarks(client: Client, w: Workers, workDir: string, reps: number) {
   const env = loadEnv({ ...process.env, TANREN_PROJECT_DIR: ROOT });
-  const storage = createObjectStore({ endpoint: env.TANREN_S3_ENDPOINT, bucket: env.TANREN_BUCKET, region: env.TANREN_S3_REGION, ...s3Credentials(env) });
+  const storage = createObjectStore(objectStoreConfig(env));
   const prefix = `bench/overhead/${unique('micro')}/`;
   const empty = path.join(workDir, 'empty.log');
   writeFileSync(empty, '');

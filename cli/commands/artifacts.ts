@@ -1,7 +1,7 @@
 /** `tanren artifacts <run> [stage]`: the outputs of a run's stages, from their manifests. */
 import type { Command } from 'commander';
 import { z } from 'zod';
-import { manifestFiles } from '../../activities/object-keys.js';
+import { manifestFiles } from '../../activities/storage/keys.js';
 import { action, env, parseOptions } from '../common.js';
 import { colour, table } from '../output.js';
 import { cliStore, formatBytes, manifestFinder, requireStage, runStages } from '../storage.js';

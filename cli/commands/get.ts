@@ -7,7 +7,7 @@ import { existsSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { z } from 'zod';
-import { manifestFiles } from '../../activities/object-keys.js';
+import { manifestFiles } from '../../activities/storage/keys.js';
 import type { ManifestEntry } from '../../activities/types.js';
 import { action, CliError, env, parseOptions } from '../common.js';
 import { ExitCodes } from '../output.js';

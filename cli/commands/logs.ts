@@ -7,12 +7,13 @@
 import type { Client } from '@temporalio/client';
 import type { Command } from 'commander';
 import { z } from 'zod';
-import { keys } from '../../activities/storage.js';
+import { isNotFound } from '../../activities/storage/errors.js';
+import { keys } from '../../activities/storage/keys.js';
 import { TERMINAL_STATES } from '../../workflows/planner.js';
 import { statusQuery, type StageStatus } from '../../workflows/pipeline.js';
 import { action, CliError, client, env, parseOptions } from '../common.js';
 import { colourState, ExitCodes } from '../output.js';
-import { cliStore, isNoSuchObject, logAttempts, manifestFinder, requireStage, runStages, type CliStore } from '../storage.js';
+import { cliStore, logAttempts, manifestFinder, requireStage, runStages, type CliStore } from '../storage.js';
 
 const Options = z.object({
   attempt: z.coerce.number().int().min(1).optional(),
@@ -24,7 +25,7 @@ async function readFrom(store: CliStore, key: string, offset: number): Promise<B
   try {
     return await store.getBytes(key, offset);
   } catch (err) {
-    if (isNoSuchObject(err)) return Buffer.alloc(0);
+    if (isNotFound(err)) return Buffer.alloc(0);
     throw err;
   }
 }

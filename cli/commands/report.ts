@@ -10,8 +10,8 @@ import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { execa } from 'execa';
 import { z } from 'zod';
-import { attemptToken, outputKeys } from '../../activities/object-keys.js';
-import { describeFiles, keys } from '../../activities/storage.js';
+import { describeFiles } from '../../activities/files.js';
+import { attemptToken, keys, outputKeys } from '../../activities/storage/keys.js';
 import { action, CliError, client, env, parseOptions } from '../common.js';
 import { ExitCodes } from '../output.js';
 import { downloadReportInputs } from '../run-outputs.js';
@@ -24,7 +24,7 @@ const Options = z.object({
   json: z.boolean().default(false),
 });
 
-const REPORT_MAIN = fileURLToPath(new URL('../../activities/report/main.js', import.meta.url));
+const REPORT_MAIN = fileURLToPath(new URL('../../stages/report/main.js', import.meta.url));
 
 /** Registers `report`. */
 export function configureReportCommand(program: Command): void {

@@ -16,7 +16,7 @@ import { after, before, describe, it } from 'node:test';
 import type { Client } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { chromium } from 'playwright-core';
-import { buildComparePage, compareRuns, type ComparedRun } from '../../activities/report/compare.js';
+import { buildComparePage, compareRuns, type ComparedRun } from '../../stages/report/compare.js';
 import { loadSpecFile, renderRunInput } from '../../cli/spec-file.js';
 import { PIPELINE_WORKFLOW_TYPE } from '../../schemas/names.js';
 import type { PipelineSpec } from '../../schemas/pipeline.js';

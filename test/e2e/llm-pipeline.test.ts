@@ -13,7 +13,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { Client } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
-import { createObjectStore, type ObjectStore } from '../../activities/storage.js';
+import { createObjectStore, type ObjectStore } from '../../activities/storage/store.js';
 import type { OutputManifest } from '../../activities/types.js';
 import { loadSpecFile, renderRunInput } from '../../cli/spec-file.js';
 import { PIPELINE_WORKFLOW_TYPE } from '../../schemas/names.js';
@@ -28,7 +28,7 @@ Runtime.install({ logger: new DefaultLogger('WARN') });
 
 const SPEC_FILE = path.join(ROOT, 'pipelines', 'wiki40b-ja.tiny.yaml');
 /** The Node program of `uses: report`; the stage is left out (and the fact reported) while it is not built. */
-const REPORT_MAIN = path.join(ROOT, 'dist', 'activities', 'report', 'main.js');
+const REPORT_MAIN = path.join(ROOT, 'dist', 'stages', 'report', 'main.js');
 
 /** Smaller than the file's defaults: the test only needs every stage to do real work once. */
 const OVERRIDES = {

@@ -28,15 +28,15 @@ import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import type { Client } from '@temporalio/client';
 import { DefaultLogger, Runtime, type LogEntry } from '@temporalio/worker';
-import * as Minio from 'minio';
 import { pino } from 'pino';
-import { createObjectStore, type ObjectStore } from '../../activities/storage.js';
-import { manifestFiles } from '../../activities/object-keys.js';
+import { createMinioClient } from '../../activities/storage/client.js';
+import { manifestFiles } from '../../activities/storage/keys.js';
+import { createObjectStore, type ObjectStore } from '../../activities/storage/store.js';
 import type { OutputManifest } from '../../activities/types.js';
 import { loadSpecFile, renderRunInput } from '../../cli/spec-file.js';
 import { PIPELINE_WORKFLOW_TYPE } from '../../schemas/names.js';
 import type { PipelineSpec } from '../../schemas/pipeline.js';
-import { s3Credentials } from '../../worker/config.js';
+import { objectStoreConfig, s3Credentials } from '../../worker/config.js';
 import { connectClient } from '../../worker/connection.js';
 import type { RunResult } from '../../workflows/pipeline.js';
 import { ROOT, stagesPython } from '../helpers/env.js';
@@ -345,14 +345,7 @@ describe('tanren serve, the MT-Bench judge on it, and the secrets audit (one tin
     find("the workers' logs", logs);
 
     // Every object in the bucket, byte for byte (models and checkpoints included).
-    const url = new URL(env.TANREN_S3_ENDPOINT);
-    const minio = new Minio.Client({
-      endPoint: url.hostname,
-      port: Number(url.port),
-      useSSL: false,
-      region: env.TANREN_S3_REGION ?? 'us-east-1',
-      ...s3Credentials(env),
-    });
+    const minio = createMinioClient(objectStoreConfig(env));
     let objects = 0;
     for (const o of await storage.list('')) {
       const chunks: Buffer[] = [];

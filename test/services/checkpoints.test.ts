@@ -7,23 +7,19 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import {
-  CheckpointCorruptError,
-  CheckpointUploadError,
-  checkpointKeys,
-  createCheckpointUploader,
-  downloadCheckpoint,
-  listCheckpoints,
-  restoreLatestCheckpoint,
-  type CheckpointManifest,
-} from '../../activities/checkpoints.js';
-import { runUploadProcess, UPLOAD_MAIN, type UploadJob } from '../../activities/checkpoint-upload.js';
-import { createMinioClient, createMultipartClient, defaultPartConcurrency } from '../../activities/multipart.js';
-import { createObjectStore, sha256File, type ObjectStore, type ObjectStoreConfig } from '../../activities/storage.js';
+import { CheckpointCorruptError, type CheckpointManifest, CheckpointUploadError, listCheckpoints } from '../../activities/checkpoints/manifest.js';
+import { downloadCheckpoint, restoreLatestCheckpoint } from '../../activities/checkpoints/restore.js';
+import { runUploadProcess, UPLOAD_MAIN, type UploadJob } from '../../activities/checkpoints/upload-process.js';
+import { createCheckpointUploader } from '../../activities/checkpoints/uploader.js';
+import { sha256File } from '../../activities/files.js';
+import { createMinioClient, type ObjectStoreConfig } from '../../activities/storage/client.js';
+import { checkpointKeys } from '../../activities/storage/keys.js';
+import { createMultipartClient, defaultPartConcurrency } from '../../activities/storage/multipart.js';
+import { createObjectStore, type ObjectStore } from '../../activities/storage/store.js';
 import { s3Credentials } from '../../worker/config.js';
 import { servicesEnv, unique } from '../helpers/env.js';
 
-const FAST_RETRY = { attempts: 4, baseDelayMs: 5, maxDelayMs: 20 };
+const FAST_RETRY = { attempts: 4, firstDelayMs: 5, maxDelayMs: 20 };
 
 /** Records the order of writes and deletes; `failPut` decides per call whether putFile throws. */
 function recordingStore(inner: ObjectStore, calls: string[], failPut?: (key: string) => boolean): ObjectStore {
@@ -417,7 +413,7 @@ describe('checkpoints', () => {
               const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
               const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
               const autogroup = readFileSync(`/proc/${pid}/autogroup`, 'utf8').trim();
-              if (cmd.includes('checkpoint-upload-main') && autogroup.endsWith('nice 19')) {
+              if (cmd.includes('upload-process-main') && autogroup.endsWith('nice 19')) {
                 seen = { nice: Number(f[16]), autogroup, sid: Number(f[3]) };
                 clearInterval(probe);
               }

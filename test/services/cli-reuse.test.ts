@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Client, Connection } from '@temporalio/client';
-import { createObjectStore, type ObjectStore } from '../../activities/storage.js';
+import { createObjectStore, type ObjectStore } from '../../activities/storage/store.js';
 import { isOutputKey } from '../../cli/reuse-run.js';
 import { s3Credentials } from '../../worker/config.js';
 import { ROOT, servicesEnv, unique } from '../helpers/env.js';

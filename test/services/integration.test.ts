@@ -11,7 +11,8 @@ import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { Client, Connection, WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
-import { createObjectStore, keys, type ObjectStore } from '../../activities/storage.js';
+import { keys } from '../../activities/storage/keys.js';
+import { createObjectStore, type ObjectStore } from '../../activities/storage/store.js';
 import type { OutputManifest } from '../../activities/types.js';
 import { loadSpecFile, renderRunInput } from '../../cli/spec-file.js';
 import type { PipelineRunInput, PipelineSpec } from '../../schemas/pipeline.js';
@@ -19,8 +20,8 @@ import { s3Credentials } from '../../worker/config.js';
 import { statusQuery, type RunResult } from '../../workflows/pipeline.js';
 import { fetchRun } from '../../cli/run-status.js';
 import { ROOT, temporalBin, unique, waitFor } from '../helpers/env.js';
-import { startPipelineArgv, temporalWorkflowArgv } from '../helpers/servers.js';
 import { startTestWorkers, type TestWorkers } from '../helpers/workers.js';
+import { startPipelineArgv, temporalWorkflowArgv } from '../helpers/servers.js';
 
 const exec = promisify(execFile);
 

@@ -9,9 +9,10 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync 
 import os from 'node:os';
 import path from 'node:path';
 import { before, describe, it } from 'node:test';
-import * as Minio from 'minio';
-import { createMinioClient, createMultipartClient } from '../../activities/multipart.js';
-import { createObjectStore, minioClientOptions, type ObjectStoreConfig } from '../../activities/storage.js';
+import type * as Minio from 'minio';
+import { createMinioClient, type ObjectStoreConfig } from '../../activities/storage/client.js';
+import { createMultipartClient } from '../../activities/storage/multipart.js';
+import { createObjectStore } from '../../activities/storage/store.js';
 import { readEnvFile, s3Credentials, type TanrenEnv } from '../../worker/config.js';
 import { servicesEnv, stateDir, unique } from '../helpers/env.js';
 
@@ -39,7 +40,7 @@ describe("the workers' MinIO user", () => {
   before(() => {
     env = servicesEnv();
     s3 = { endpoint: env.TANREN_S3_ENDPOINT, bucket: env.TANREN_BUCKET, region: env.TANREN_S3_REGION, ...s3Credentials(env) };
-    worker = new Minio.Client(minioClientOptions(s3));
+    worker = createMinioClient(s3);
   });
 
   it('starts like a worker (ensureBucket on the existing bucket), puts, lists, gets and deletes objects', async () => {
@@ -84,7 +85,7 @@ describe("the workers' MinIO user", () => {
   it('cannot reach another bucket', async () => {
     const root = rootAccount();
     assert.ok(root, `no MinIO root credentials in ${stateDir()}: start the services with infra/dev (make test does)`);
-    const admin = new Minio.Client(minioClientOptions({ ...s3, accessKey: root.user, secretKey: root.password }));
+    const admin = createMinioClient({ ...s3, accessKey: root.user, secretKey: root.password });
     const other = unique('tanren-other');
     await admin.makeBucket(other, s3.region ?? 'us-east-1');
     try {

@@ -13,7 +13,7 @@ import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
-const MAIN = path.join(ROOT, 'dist', 'activities', 'report', 'main.js');
+const MAIN = path.join(ROOT, 'dist', 'stages', 'report', 'main.js');
 const CHROMIUM = '/usr/bin/chromium';
 
 const tmpRoot = mkdtempSync(path.join(os.tmpdir(), 'tanren-report-'));
@@ -166,7 +166,7 @@ function assertOffline(text: string, what: string) {
   assert.doesNotMatch(text, /@import|@font-face|<script|<link\b|<img\b/i, `${what} must not load anything`);
 }
 
-describe('report stage (dist/activities/report/main.js)', () => {
+describe('report stage (dist/stages/report/main.js)', () => {
   it('builds report.html and SVGs with the reference models and the run point', () => {
     const dir = fixture('judged', { judge: true });
     const run = runStage(dir, {

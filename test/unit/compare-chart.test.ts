@@ -1,8 +1,8 @@
 /** The compare page's loss chart, rendered headless: every series is visible, a once-logged held-out loss included. */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { renderSvg } from '../../activities/report/charts.js';
-import { compareLossSpec, type ComparedRun } from '../../activities/report/compare.js';
+import { renderSvg } from '../../stages/report/charts.js';
+import { compareLossSpec, type ComparedRun } from '../../stages/report/compare.js';
 
 function run(name: string): ComparedRun {
   const curve = Array.from({ length: 10 }, (_, i) => ({ step: i + 1, values: { loss: 5 - i * 0.3 } }));

@@ -1,10 +1,10 @@
 /** `buildReport` and the report's inputs on their own, in process (the stage program: test/services/report-stage.test.ts). */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { buildReport, escapeHtml, namespaceSvgIds } from '../../activities/report/build-report.js';
-import { parseCsv } from '../../activities/report/csv.js';
-import { readReferenceScores } from '../../activities/report/load-inputs.js';
-import type { ReportInputs } from '../../activities/report/types.js';
+import { buildReport, escapeHtml, namespaceSvgIds } from '../../stages/report/build-report.js';
+import { parseCsv } from '../../stages/report/csv.js';
+import { readReferenceScores } from '../../stages/report/load-inputs.js';
+import type { ReportInputs } from '../../stages/report/types.js';
 import { ROOT } from '../helpers/env.js';
 
 describe('buildReport', () => {

@@ -67,7 +67,7 @@ describe('command building', () => {
 
   it('runs a built-in Node kind from dist/ with the given node', () => {
     const cmd = stageCommand({ id: 'report', uses: 'report' }, { ...ctx, node: '/usr/bin/node' });
-    assert.deepEqual(cmd, { argv: ['/usr/bin/node', path.join(DIST_DIR, 'activities/report/main.js')], extraEnv: {} });
+    assert.deepEqual(cmd, { argv: ['/usr/bin/node', path.join(DIST_DIR, 'stages/report/main.js')], extraEnv: {} });
     assert.equal(path.resolve(DIST_DIR), path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..'), 'DIST_DIR is the compiled root');
   });
 

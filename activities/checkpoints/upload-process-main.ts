@@ -1,13 +1,13 @@
 /**
- * Entry point of the checkpoint upload process (see activities/checkpoint-upload.ts):
+ * Entry point of the checkpoint upload process (see ./upload-process.ts):
  * reads one {@link UploadJob} JSON line on stdin, uploads its files, writes
  * JSON lines on stdout and exits 0, or 1 after an `error` line. Exits at once
  * when stdin closes before the job is done (the worker is gone).
  *
- *   node dist/activities/checkpoint-upload-main.js [--normal-priority] < job.json
+ *   node dist/activities/checkpoints/upload-process-main.js [--normal-priority] < job.json
  */
 import { createInterface } from 'node:readline';
-import { lowerAutogroupPriority, runUploadJob, type UploadJob, type UploadMessage } from './checkpoint-upload.js';
+import { lowerAutogroupPriority, runUploadJob, type UploadJob, type UploadMessage } from './upload-process.js';
 
 const emit = (m: UploadMessage) => process.stdout.write(`${JSON.stringify(m)}\n`);
 

@@ -15,18 +15,13 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import os from 'node:os';
 import path from 'node:path';
-import * as Minio from 'minio';
-import { minioClientOptions, type ObjectStoreConfig } from './storage.js';
+import type * as Minio from 'minio';
+import { createMinioClient, type ObjectStoreConfig } from './client.js';
+import { isUploadLost } from './errors.js';
+import { retry, type RetryOptions } from './retry.js';
 
-/** Backoff of retried object-store calls. */
-export interface RetryOptions {
-  /** Tries in all, the first included. @default 8 */
-  attempts?: number;
-  /** Delay before the second try, doubled each time (with ±20 % jitter). @default 500 */
-  baseDelayMs?: number;
-  /** Longest delay between tries. @default 10000 */
-  maxDelayMs?: number;
-}
+/** Limits of the retries of one transfer: the `transfer` policy's, with these fields overridden. */
+export type TransferRetryOptions = Pick<RetryOptions, 'attempts' | 'totalMs' | 'firstDelayMs' | 'maxDelayMs' | 'jitter'>;
 
 /** Tuning of multipart transfers. */
 export interface MultipartOptions {
@@ -34,7 +29,8 @@ export interface MultipartOptions {
   partSize?: number;
   /** Parts in flight at once, per file. @default {@link defaultPartConcurrency} (1–4 by CPU count) */
   concurrency?: number;
-  retry?: RetryOptions;
+  /** Retries of each part or file. @default the `transfer` policy: 8 tries, 0.5 s doubling to 10 s, ±20 % jitter */
+  retry?: TransferRetryOptions;
   /** Called before each retry, for logging. */
   onRetry?: (what: string, attempt: number, err: unknown) => void;
 }
@@ -60,83 +56,17 @@ export function defaultPartConcurrency(cpus: number = os.availableParallelism())
   return Math.min(4, Math.max(1, Math.floor(cpus)));
 }
 
-/** S3/MinIO error codes and local errors that no retry will fix. */
-const PERMANENT_CODES = new Set([
-  'AccessDenied',
-  'InvalidAccessKeyId',
-  'SignatureDoesNotMatch',
-  'NoSuchBucket',
-  'InvalidBucketName',
-  'InvalidObjectName',
-  'EntityTooLarge',
-  'EntityTooSmall',
-  'InvalidPart',
-  'InvalidPartOrder',
-  'MethodNotAllowed',
-  'NoSuchKey',
-  'NotFound',
-  'ENOENT',
-  'EACCES',
-  'EISDIR',
-  'ENOTDIR',
-  'EROFS',
-  'ENOSPC',
-]);
-
-/** True for errors worth retrying: connection failures, timeouts, 5xx, throttling and unknown ones. */
-export function isTransientError(err: unknown): boolean {
-  const e = err as { code?: string; name?: string } | undefined;
-  if (!e) return true;
-  if (e.code && PERMANENT_CODES.has(e.code)) return false;
-  if (e.name === 'InvalidArgumentError' || e.name === 'InvalidObjectNameError' || e.name === 'InvalidBucketNameError') return false;
-  return true;
-}
-
-/** True when the server no longer knows a multipart upload id (it was aborted or lost). */
-export function isNoSuchUpload(err: unknown): boolean {
-  return (err as { code?: string } | undefined)?.code === 'NoSuchUpload';
-}
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
 /**
- * Runs `fn` until it succeeds, retrying transient errors with exponential
- * backoff. `shouldRetry` can veto a retry (e.g. for `NoSuchUpload`).
+ * Runs one call of a transfer under the `transfer` policy (with `retry`'s
+ * overrides), naming it in `onRetry`. A lost upload id (`NoSuchUpload`) is
+ * permanent for one call: the whole upload starts again (the `multipart` policy).
  */
-export async function withRetry<T>(
-  what: string,
-  fn: () => Promise<T>,
-  opts: RetryOptions & { onRetry?: MultipartOptions['onRetry']; shouldRetry?: (err: unknown) => boolean } = {},
-): Promise<T> {
-  const attempts = Math.max(1, opts.attempts ?? 8);
-  const base = opts.baseDelayMs ?? 500;
-  const max = opts.maxDelayMs ?? 10_000;
-  for (let i = 1; ; i++) {
-    try {
-      return await fn();
-    } catch (err) {
-      const retry = i < attempts && isTransientError(err) && (opts.shouldRetry?.(err) ?? true);
-      if (!retry) throw err;
-      opts.onRetry?.(what, i, err);
-      const delay = Math.min(max, base * 2 ** (i - 1)) * (0.8 + Math.random() * 0.4);
-      await sleep(delay);
-    }
-  }
-}
-
-/** Creates a minio-js client from the same settings `createObjectStore` takes. */
-export function createMinioClient(config: ObjectStoreConfig): Minio.Client {
-  const client = new Minio.Client({
-    ...minioClientOptions(config),
-    // Retries are ours (per part, with logging); minio-js's own would print to the console.
-    retryOptions: { disableRetry: true },
+function withTransferRetry<T>(what: string, fn: () => Promise<T>, opts: Pick<MultipartOptions, 'retry' | 'onRetry'>): Promise<T> {
+  return retry(fn, {
+    policy: 'transfer',
+    ...opts.retry,
+    onRetry: (attempt, err) => opts.onRetry?.(what, attempt, err),
   });
-  // Over plain http minio-js signs a sha256 of every payload (a full extra hash
-  // pass on the worker and a verification pass on the server). Parts are
-  // checked end to end by the checkpoint manifest's sha256 instead, so sign
-  // them as UNSIGNED-PAYLOAD like minio-js already does over https.
-  (client as unknown as { enableSHA256: boolean }).enableSHA256 = false;
-  return client;
 }
 
 /** Parallel multipart transfers of single large files, hashing what they move. */
@@ -162,7 +92,7 @@ export interface MultipartClient {
  * Creates a {@link MultipartClient} for the bucket of `config`. `client`
  * replaces the minio-js client made from `config` (tests inject faults with it).
  */
-export function createMultipartClient(config: ObjectStoreConfig, client: Minio.Client = createMinioClient(config)): MultipartClient {
+export function createMultipartClient(config: ObjectStoreConfig, client: Minio.Client = createMinioClient(config, { unsignedPayload: true })): MultipartClient {
   const bucket = config.bucket;
   // Part buffers are reused across parts and files (at most `concurrency` per part size are
   // live): a fresh 32 MiB buffer per part costs an mmap and ~8 k page faults each time.
@@ -177,14 +107,13 @@ export function createMultipartClient(config: ObjectStoreConfig, client: Minio.C
   async function uploadOnce(key: string, file: string, opts: MultipartOptions): Promise<UploadedFile> {
     const partSize = opts.partSize ?? DEFAULT_PART_SIZE;
     const concurrency = Math.max(1, opts.concurrency ?? defaultPartConcurrency());
-    const retry = { ...opts.retry, onRetry: opts.onRetry };
     const fh = await open(file, 'r');
     try {
       const size = (await fh.stat()).size;
-      const uploadId = await withRetry(
+      const uploadId = await withTransferRetry(
         `initiating multipart upload of ${key}`,
         () => client.initiateNewMultipartUpload(bucket, key, { 'Content-Type': 'application/octet-stream' }),
-        retry,
+        opts,
       );
       const hash = createHash('sha256');
       const etags: Array<{ part: number; etag: string }> = [];
@@ -210,10 +139,10 @@ export function createMultipartClient(config: ObjectStoreConfig, client: Minio.C
             if (at + HASH_SLICE < length) await new Promise<void>((r) => setImmediate(r));
           }
           const n = ++partNumber;
-          const task = withRetry(
+          const task = withTransferRetry(
             `uploading part ${n} of ${key}`,
             () => client.uploadPart({ bucketName: bucket, objectName: key, uploadID: uploadId, partNumber: n, headers: {} }, buf),
-            { ...retry, shouldRetry: (err) => !isNoSuchUpload(err) },
+            opts,
           )
             .then(
               (r) => {
@@ -232,14 +161,11 @@ export function createMultipartClient(config: ObjectStoreConfig, client: Minio.C
         // eslint-disable-next-line @typescript-eslint/only-throw-error -- the first failed part's error, rethrown as it was caught
         if (failure) throw failure;
         etags.sort((a, b) => a.part - b.part);
-        await withRetry(`completing multipart upload of ${key}`, () => client.completeMultipartUpload(bucket, key, uploadId, etags), {
-          ...retry,
-          shouldRetry: (err) => !isNoSuchUpload(err),
-        });
+        await withTransferRetry(`completing multipart upload of ${key}`, () => client.completeMultipartUpload(bucket, key, uploadId, etags), opts);
       } catch (err) {
         await Promise.allSettled(inflight);
         // Best effort: frees the parts on the server; fails harmlessly if it is down.
-        if (!isNoSuchUpload(err)) await client.abortMultipartUpload(bucket, key, uploadId).catch(() => undefined);
+        if (!isUploadLost(err)) await client.abortMultipartUpload(bucket, key, uploadId).catch(() => undefined);
         throw err;
       }
       return { size, sha256: hash.digest('hex'), parts: partNumber };
@@ -252,26 +178,22 @@ export function createMultipartClient(config: ObjectStoreConfig, client: Minio.C
     bucket,
     async uploadFile(key, file, opts = {}) {
       // A server restart may drop the upload id; then the whole upload starts over (twice at most).
-      for (let round = 1; ; round++) {
-        try {
-          return await uploadOnce(key, file, opts);
-        } catch (err) {
-          if (!isNoSuchUpload(err) || round >= 3) throw err;
-          opts.onRetry?.(`multipart upload of ${key} (upload id lost, starting again)`, round, err);
-        }
-      }
+      return retry(() => uploadOnce(key, file, opts), {
+        policy: 'multipart',
+        onRetry: (round, err) => opts.onRetry?.(`multipart upload of ${key} (upload id lost, starting again)`, round, err),
+      });
     },
     async putSmallFile(key, file, opts = {}) {
       const buf = await readFile(file);
       const sha256 = createHash('sha256').update(buf).digest('hex');
-      await withRetry(`uploading ${key}`, () => client.putObject(bucket, key, buf, buf.length), { ...opts.retry, onRetry: opts.onRetry });
+      await withTransferRetry(`uploading ${key}`, () => client.putObject(bucket, key, buf, buf.length), opts);
       return { size: buf.length, sha256, parts: 1 };
     },
     async downloadFile(key, file, size, opts = {}) {
       await mkdir(path.dirname(file), { recursive: true });
       // One streamed GET per file, hashed on the way through: on a loaded host this measured
       // as fast as parallel ranges, with one pass over the bytes and no part buffers.
-      return withRetry(
+      return withTransferRetry(
         `downloading ${key}`,
         async () => {
           const hash = createHash('sha256');
@@ -291,7 +213,7 @@ export function createMultipartClient(config: ObjectStoreConfig, client: Minio.C
           if (got !== size) throw new Error(`short read of ${key}: got ${got} of ${size} bytes`);
           return hash.digest('hex');
         },
-        { ...opts.retry, onRetry: opts.onRetry },
+        opts,
       );
     },
   };

@@ -2,7 +2,7 @@
  * Checkpoint file transfers in a separate low-priority process, so that the
  * upload's reading, hashing and HTTP do not take CPU from the training stage.
  *
- * The worker ({@link runUploadProcess}) starts `checkpoint-upload-main.js`
+ * The worker ({@link runUploadProcess}) starts `upload-process-main.js`
  * per checkpoint, in its own session, under `nice -n 19` and `ionice -c2 -n7`
  * where those exist, and with its scheduler autogroup's nice raised to 19
  * (with autogroups on, plain nice only ranks threads within one session, and
@@ -11,7 +11,7 @@
  * never on argv or in the environment; the child answers with JSON lines on
  * stdout. The child exits when its stdin closes, so a worker that dies takes
  * its upload with it. The manifest, retention and cleanup stay with the
- * caller (activities/checkpoints.ts), which writes the manifest only after the
+ * caller (./uploader.ts), which writes the manifest only after the
  * child reported every file.
  */
 import { spawn } from 'node:child_process';
@@ -21,8 +21,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { createMultipartClient, defaultPartConcurrency, DEFAULT_PART_SIZE, type RetryOptions } from './multipart.js';
-import type { ObjectStoreConfig } from './storage.js';
+import type { ObjectStoreConfig } from '../storage/client.js';
+import { createMultipartClient, defaultPartConcurrency, DEFAULT_PART_SIZE, type TransferRetryOptions } from '../storage/multipart.js';
 
 /** One file of an upload job. */
 export interface UploadJobFile {
@@ -41,7 +41,7 @@ export interface UploadJob {
   partSize: number;
   /** Parts in flight at once. */
   concurrency: number;
-  retry?: RetryOptions;
+  retry?: TransferRetryOptions;
 }
 
 /** One uploaded file as the child reports it. */
@@ -95,7 +95,7 @@ export async function runUploadJob(job: UploadJob, emit: (m: UploadMessage) => v
 }
 
 /** The compiled entry point of the upload process. */
-export const UPLOAD_MAIN = fileURLToPath(new URL('./checkpoint-upload-main.js', import.meta.url));
+export const UPLOAD_MAIN = fileURLToPath(new URL('./upload-process-main.js', import.meta.url));
 
 function onPath(bin: string): string | undefined {
   for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(path.delimiter)) {
