@@ -161,10 +161,11 @@ export async function computeCacheKey(
   dirs: { projectDir: string; distDir: string },
 ): Promise<{ key: string; parts: CacheKeyParts }> {
   const inputDigests: Record<string, string> = {};
-  for (const input of inputs) {
-    const manifest = JSON.parse(await storage.getText(input.manifestKey)) as OutputManifest;
-    inputDigests[input.stage] = digestJson(manifest.files.map((f) => [f.path, f.size, f.sha256]));
-  }
+  // One round trip of latency for all inputs; the digests keep the inputs' order.
+  const manifests = await Promise.all(inputs.map(async (input) => JSON.parse(await storage.getText(input.manifestKey)) as OutputManifest));
+  inputs.forEach((input, i) => {
+    inputDigests[input.stage] = digestJson(manifests[i].files.map((f) => [f.path, f.size, f.sha256]));
+  });
   const parts: CacheKeyParts = {
     kind: stage.uses ?? 'run',
     params: stage.with ?? {},
@@ -232,9 +233,12 @@ export async function lookupCache(
   dirs: { projectDir: string; distDir: string },
 ): Promise<CacheLookupWithManifest> {
   const { key, parts } = await computeCacheKey(storage, stage, inputs, dirs);
+  // The stage's latest entry (what a miss compares with) is read alongside: most look-ups are misses.
+  const lastOfStage = readJson<CacheEntry>(storage, cacheKeys.lastOfStage(pipeline, stage.id));
+  void lastOfStage.catch(() => undefined); // awaited only on a miss
   const entry = await readJson<CacheEntry>(storage, cacheKeys.entry(key));
   if (!entry) {
-    const last = await readJson<CacheEntry>(storage, cacheKeys.lastOfStage(pipeline, stage.id));
+    const last = await lastOfStage;
     return { hit: false, key, parts, reason: last ? `cache miss: ${explainChange(last.parts, parts)}` : 'cache miss: no earlier run of this stage' };
   }
   const manifest = entry.manifest ?? (await readJson<OutputManifest>(storage, entry.manifestKey));
