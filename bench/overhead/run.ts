@@ -22,7 +22,8 @@
  * start → complete → next schedule), and micro-benchmarks time the parts a
  * stage activity is made of, so the report says where the time goes.
  *
- * Usage: node dist/bench/overhead/run.js [--quick] [--reps N] [--fanout-concurrency C] [--out FILE]
+ * Usage: node dist/bench/overhead/run.js [--quick] [--reps N] [--fanout-concurrency C] [--cases A,B] [--out FILE]
+ * (`--cases chain-20,chain-20+cache`: only those, for interleaved before/after runs on a noisy host).
  * Results: bench/results/overhead-<date>.json (and a table on stdout).
  */
 import { execFile } from 'node:child_process';
@@ -47,6 +48,8 @@ const execFileP = promisify(execFile);
 
 interface Args {
   quick: boolean;
+  /** Only these cases (names as in the table, e.g. `chain-20+cache`); no micro-benchmarks then. */
+  cases?: string[];
   reps: number;
   fanoutConcurrency: number;
   out?: string;
@@ -57,10 +60,11 @@ function parseArgs(argv: string[]): Args {
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     if (k === '--quick') a.quick = true;
+    else if (k === '--cases') a.cases = argv[++i].split(',');
     else if (k === '--reps') a.reps = Number(argv[++i]);
     else if (k === '--fanout-concurrency') a.fanoutConcurrency = Number(argv[++i]);
     else if (k === '--out') a.out = argv[++i];
-    else throw new Error(`unknown argument ${k}; usage: run.js [--quick] [--reps N] [--fanout-concurrency C] [--out FILE]`);
+    else throw new Error(`unknown argument ${k}; usage: run.js [--quick] [--reps N] [--fanout-concurrency C] [--cases A,B] [--out FILE]`);
   }
   return a;
 }
@@ -442,6 +446,7 @@ async function main() {
   const fanN = args.quick ? 40 : 200;
   const reps = args.quick ? 1 : args.reps;
   const cases: CaseResult[] = [];
+  const want = (name: string) => !args.cases || args.cases.includes(name);
   let micro: Awaited<ReturnType<typeof microBenchmarks>> | undefined;
   const baselinesFor = (n: number, concurrency?: number) => ({
     'execFile loop': () => execFileLoop(n),
@@ -456,14 +461,16 @@ async function main() {
     process.stderr.write('[overhead] warm-up …\n');
     await runPipeline(client, w, 'chain', 5);
     for (const n of chainSizes) {
-      for (const cache of [false, true]) cases.push(await benchCase(client, w, 'chain', n, n >= 200 ? 1 : reps, baselinesFor(n), cache));
+      for (const cache of [false, true]) {
+        if (want(`chain-${n}${cache ? '+cache' : ''}`)) cases.push(await benchCase(client, w, 'chain', n, n >= 200 ? 1 : reps, baselinesFor(n), cache));
+      }
     }
-    cases.push(await benchCase(client, w, 'fanout', fanN, 1, baselinesFor(fanN, defaultConc)));
-    micro = await microBenchmarks(client, w, workDir, args.quick ? 10 : 30);
+    if (want(`fanout-${fanN}@c${defaultConc}`)) cases.push(await benchCase(client, w, 'fanout', fanN, 1, baselinesFor(fanN, defaultConc)));
+    if (!args.cases) micro = await microBenchmarks(client, w, workDir, args.quick ? 10 : 30);
   } finally {
     await w.stop();
   }
-  if (args.fanoutConcurrency !== defaultConc) {
+  if (args.fanoutConcurrency !== defaultConc && want(`fanout-${fanN}@c${args.fanoutConcurrency}`)) {
     w = await startWorkers(path.join(workDir, 'w2'), args.fanoutConcurrency);
     try {
       await runPipeline(client, w, 'chain', 3);
