@@ -36,31 +36,41 @@ describe('runStage with its own cache look-up', () => {
 
   const runStage = () => createRunStage({ storage, config: { workRoot, projectDir: ROOT, device: 'cpu', queue: 'cpu', pollIntervalMs: 50 } });
   /** Counts its runs in `counter` and writes one output; `version` makes the cache key this test's own. */
-  const stage = (version: string): StageSpec =>
-    ({
-      id: 'prep',
-      needs: [],
-      with: {},
-      version,
-      run: ['sh', '-c', `echo run >> "${counter}" && echo data > "$TANREN_OUTPUT/out.txt"`],
-    }) as StageSpec;
-  const task = (s: StageSpec, extra: Partial<StageTask>): StageTask => ({ runId: unique('cis'), pipeline: 'cache-in-stage', queue: 'cpu', inputs: [], stage: s, ...extra });
+  const stage = (version: string): StageSpec => ({
+    id: 'prep',
+    needs: [],
+    with: {},
+    version,
+    run: ['sh', '-c', `echo run >> "${counter}" && echo data > "$TANREN_OUTPUT/out.txt"`],
+  });
+  const task = (s: StageSpec, extra: Partial<StageTask>): StageTask => ({
+    runId: unique('cis'),
+    pipeline: 'cache-in-stage',
+    queue: 'cpu',
+    inputs: [],
+    stage: s,
+    ...extra,
+  });
   const runs = () => readFileSync(counter, 'utf8').split('\n').filter(Boolean).length;
-  const run = (t: StageTask) => new MockActivityEnvironment().run(runStage(), t) as Promise<StageResult>;
+  const run = (t: StageTask): Promise<StageResult> => new MockActivityEnvironment().run(runStage(), t);
 
   it('runs a miss and records it under its key; the next run is a verified hit that runs nothing', async () => {
     const s = stage(unique('v'));
     const before = runs();
     const first = await run(task(s, { cache: true, lookupCache: true }));
     assert.equal(first.cache?.hit, false);
-    assert.match(first.cache!.reason, /^cache miss: /);
+    assert.match(first.cache.reason, /^cache miss: /);
     assert.equal(runs(), before + 1);
     const { key } = await computeCacheKey(storage, s, [], { projectDir: ROOT, distDir: DIST_DIR });
     assert.ok(await storage.stat(cacheKeys.entry(key)), 'the miss recorded its outputs under the key of its look-up');
 
     const second = task(s, { cache: true, lookupCache: true });
     const hit = await run(second);
-    assert.deepEqual(hit.cache, { hit: true, reason: `cache hit: outputs of run ${first.manifestKey.split('/')[1]}`, fromRun: first.manifestKey.split('/')[1] });
+    assert.deepEqual(hit.cache, {
+      hit: true,
+      reason: `cache hit: outputs of run ${first.manifestKey.split('/')[1]}`,
+      fromRun: first.manifestKey.split('/')[1],
+    });
     assert.equal(runs(), before + 1, 'a hit runs nothing');
     assert.equal(hit.files, 1);
     // The run's own manifest, pointing at the first run's objects.
@@ -82,7 +92,7 @@ describe('runStage with its own cache look-up', () => {
     const before = runs();
     const again = await run(task(s, { cache: true, lookupCache: true }));
     assert.equal(again.cache?.hit, false);
-    assert.match(again.cache!.reason, /^cache hit rejected: /);
+    assert.match(again.cache.reason, /^cache hit rejected: /);
     assert.equal(runs(), before + 1);
   });
 

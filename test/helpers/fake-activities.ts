@@ -46,7 +46,19 @@ export function createFakeActivities() {
       if (lookup?.hit) {
         const at = new Date().toISOString();
         const { manifestKey, result, reason, fromRun } = lookup;
-        return { stage: task.stage.id, attempt: 0, manifestKey, files: 0, bytes: 0, result, metrics: {}, attempts: [], startedAt: at, endedAt: at, cache: { hit: true, reason, fromRun } };
+        return {
+          stage: task.stage.id,
+          attempt: 0,
+          manifestKey,
+          files: 0,
+          bytes: 0,
+          result,
+          metrics: {},
+          attempts: [],
+          startedAt: at,
+          endedAt: at,
+          cache: { hit: true, reason, fromRun },
+        };
       }
       const w = task.stage.with as {
         failAttempts?: number;
