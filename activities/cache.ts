@@ -7,7 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readdir } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { StageSpec } from '../schemas/pipeline.js';
 import { STAGE_KINDS, isStageKind } from '../schemas/stage-kinds.js';
@@ -45,9 +45,13 @@ export type CacheLookup =
   | { hit: true; key: string; manifestKey: string; fromRun: string; result: Record<string, unknown>; reason: string }
   | { hit: false; key: string; reason: string };
 
-/** What {@link lookupCache} finds: a hit also carries the verified manifest (never sent to the workflow: it can be large). */
+/**
+ * What {@link lookupCache} finds: the key's parts (a miss records its outputs under them without computing
+ * them again), and for a hit the verified manifest (never sent to the workflow: it can be large).
+ */
 export type CacheLookupWithManifest =
-  Extract<CacheLookup, { hit: false }> | (Extract<CacheLookup, { hit: true }> & { manifest: OutputManifest & { cachedFrom?: string } });
+  | (Extract<CacheLookup, { hit: false }> & { parts: CacheKeyParts })
+  | (Extract<CacheLookup, { hit: true }> & { parts: CacheKeyParts; manifest: OutputManifest & { cachedFrom?: string } });
 
 function canonical(v: unknown): unknown {
   if (Array.isArray(v)) return v.map(canonical);
@@ -68,18 +72,36 @@ export function digestJson(v: unknown): string {
     .digest('hex');
 }
 
+/** Program files hashed by this process, by path: reused while the file's size, times and inode stay the same. */
+const programDigests = new Map<string, { stamp: string; sha256: string }>();
+
+/**
+ * sha256 of a program file, hashed again only when the file changed (by its
+ * size, mtime, ctime and inode): every stage's cache key needs the stage
+ * programs' digest, and `uv.lock` and the sources rarely change between stages.
+ */
+async function programFileDigest(p: string): Promise<string> {
+  const st = await stat(p);
+  const stamp = `${st.size}:${st.mtimeMs}:${st.ctimeMs}:${st.ino}`;
+  const known = programDigests.get(p);
+  if (known?.stamp === stamp) return known.sha256;
+  const sha256 = await sha256File(p);
+  programDigests.set(p, { stamp, sha256 });
+  return sha256;
+}
+
 /** Digest of the stage programs: the stages package's lockfile, project file and sources. */
 async function stagesProgramDigest(projectDir: string): Promise<string> {
   const hash = createHash('sha256');
   const dir = path.join(projectDir, 'stages');
   for (const f of ['pyproject.toml', 'uv.lock']) {
     const p = path.join(dir, f);
-    if (existsSync(p)) hash.update(`${f}:${await sha256File(p)}\n`);
+    if (existsSync(p)) hash.update(`${f}:${await programFileDigest(p)}\n`);
   }
   const pkg = path.join(dir, 'tanren_stages');
   if (existsSync(pkg)) {
     for (const f of (await readdir(pkg)).filter((n) => n.endsWith('.py')).sort()) {
-      hash.update(`${f}:${await sha256File(path.join(pkg, f))}\n`);
+      hash.update(`${f}:${await programFileDigest(path.join(pkg, f))}\n`);
     }
   }
   return hash.digest('hex');
@@ -94,7 +116,7 @@ async function stagesProgramDigest(projectDir: string): Promise<string> {
 export async function programVersion(stage: StageSpec, projectDir: string, distDir: string): Promise<string> {
   if (stage.uses && isStageKind(stage.uses)) {
     const info = STAGE_KINDS[stage.uses];
-    if (info.runtime === 'node') return `node:${await sha256File(path.join(distDir, info.module))}`;
+    if (info.runtime === 'node') return `node:${await programFileDigest(path.join(distDir, info.module))}`;
     return `python:${await stagesProgramDigest(projectDir)}`;
   }
   const files: Record<string, string> = {};
@@ -103,7 +125,7 @@ export async function programVersion(stage: StageSpec, projectDir: string, distD
     const p = path.resolve(root, arg);
     if (!arg.startsWith('-') && p.startsWith(root + path.sep) && existsSync(p)) {
       try {
-        files[arg] = await sha256File(p);
+        files[arg] = await programFileDigest(p);
       } catch {
         // a directory: argv alone identifies it
       }
@@ -134,10 +156,11 @@ export async function computeCacheKey(
   dirs: { projectDir: string; distDir: string },
 ): Promise<{ key: string; parts: CacheKeyParts }> {
   const inputDigests: Record<string, string> = {};
-  for (const input of inputs) {
-    const manifest = JSON.parse(await storage.getText(input.manifestKey)) as OutputManifest;
-    inputDigests[input.stage] = digestJson(manifest.files.map((f) => [f.path, f.size, f.sha256]));
-  }
+  // One round trip of latency for all inputs; the digests keep the inputs' order.
+  const manifests = await Promise.all(inputs.map(async (input) => JSON.parse(await storage.getText(input.manifestKey)) as OutputManifest));
+  inputs.forEach((input, i) => {
+    inputDigests[input.stage] = digestJson(manifests[i].files.map((f) => [f.path, f.size, f.sha256]));
+  });
   const parts: CacheKeyParts = {
     kind: stage.uses ?? 'run',
     params: stage.with ?? {},
@@ -205,18 +228,22 @@ export async function lookupCache(
   dirs: { projectDir: string; distDir: string },
 ): Promise<CacheLookupWithManifest> {
   const { key, parts } = await computeCacheKey(storage, stage, inputs, dirs);
+  // The stage's latest entry (what a miss compares with) is read alongside: most look-ups are misses.
+  const lastOfStage = readJson<CacheEntry>(storage, cacheKeys.lastOfStage(pipeline, stage.id));
+  void lastOfStage.catch(() => undefined); // awaited only on a miss
   const entry = await readJson<CacheEntry>(storage, cacheKeys.entry(key));
   if (!entry) {
-    const last = await readJson<CacheEntry>(storage, cacheKeys.lastOfStage(pipeline, stage.id));
-    return { hit: false, key, reason: last ? `cache miss: ${explainChange(last.parts, parts)}` : 'cache miss: no earlier run of this stage' };
+    const last = await lastOfStage;
+    return { hit: false, key, parts, reason: last ? `cache miss: ${explainChange(last.parts, parts)}` : 'cache miss: no earlier run of this stage' };
   }
   const manifest = entry.manifest ?? (await readJson<OutputManifest>(storage, entry.manifestKey));
-  if (!manifest) return { hit: false, key, reason: `cache hit rejected: manifest missing (${entry.manifestKey})` };
+  if (!manifest) return { hit: false, key, parts, reason: `cache hit rejected: manifest missing (${entry.manifestKey})` };
   const problem = await verifyManifestObjects(storage, manifest);
-  if (problem) return { hit: false, key, reason: `cache hit rejected: ${problem}` };
+  if (problem) return { hit: false, key, parts, reason: `cache hit rejected: ${problem}` };
   return {
     hit: true,
     key,
+    parts,
     manifestKey: entry.manifestKey,
     fromRun: entry.runId,
     result: manifest.result,
@@ -228,6 +255,6 @@ export async function lookupCache(
 /** Records a finished stage's outputs under its key (and as the stage's latest entry). */
 export async function recordCache(storage: ObjectStore, pipeline: string, entry: CacheEntry): Promise<void> {
   const text = JSON.stringify(entry, null, 2);
-  await storage.putText(cacheKeys.entry(entry.key), text);
-  await storage.putText(cacheKeys.lastOfStage(pipeline, entry.stage), text);
+  // Independent objects: written together, one round trip of latency instead of two.
+  await Promise.all([storage.putText(cacheKeys.entry(entry.key), text), storage.putText(cacheKeys.lastOfStage(pipeline, entry.stage), text)]);
 }

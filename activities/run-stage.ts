@@ -10,6 +10,7 @@
 import { writeFile } from 'node:fs/promises';
 import { Context, CancelledFailure } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
+import type { CacheKeyParts } from './cache.js';
 import { createCheckpointUploader } from './checkpoints/uploader.js';
 import { keys } from './storage/keys.js';
 import type { RetryOptions } from './storage/retry.js';
@@ -25,6 +26,7 @@ import { downloadInputs, restoreResume } from './stage-runner/inputs.js';
 import { startMonitor } from './stage-runner/monitor.js';
 import { startStageProcess } from './stage-runner/process.js';
 import { checkDeclaredOutputs, publishOutputs, recordInCache } from './stage-runner/publish.js';
+import { lookupStage, type StageCacheLookup } from './stage-runner/check-cache.js';
 import type { StageRunnerDeps } from './stage-runner/types.js';
 
 export type { BatchSettings, GpuSlotPool, StageHeartbeat, StageRunnerConfig, StageRunnerDeps } from './stage-runner/types.js';
@@ -43,6 +45,7 @@ export function createRunStage(deps: StageRunnerDeps) {
     heartbeat: HeartbeatWriter,
     startedAt: string,
     cudaVisibleDevices = config.cudaVisibleDevices,
+    cacheKey?: { key: string; parts: CacheKeyParts },
   ): Promise<StageResult> => {
     const { hb, beat, previous } = heartbeat;
     const ctx = Context.current();
@@ -67,15 +70,19 @@ export function createRunStage(deps: StageRunnerDeps) {
     // Unless this attempt learns otherwise (an OutOfMemory), the next one runs as this one does.
     if (settings) hb.nextSettings = settings;
     hb.settings = settings;
-    await writeFile(dir.paramsFile, JSON.stringify(params, null, 2));
-
     if (task.queue === 'gpu' && config.device === 'cuda' && stage.memoryEstimateGiB !== undefined) {
       checkGpuMemory(stage.id, stage.memoryEstimateGiB, config.gpuFreeGiB?.(), cudaVisibleDevices);
     }
-    await writeFile(dir.eventsFile, '');
 
-    // Inputs: every file of each needed stage's manifest, verified by digest.
-    const inputEnv = await downloadInputs(storage, config.inputCache, stage.id, task.inputs, dir.inputs, beat, retryOpts);
+    // Independent, so together: the params and events files, the inputs (every file of each needed stage's
+    // manifest, verified by digest) and the newest complete checkpoint in object storage to resume from
+    // (the previous attempt's, by heartbeat, else any). A reset re-runs attempt 1, so even a first attempt looks.
+    const [, , inputEnv, resume] = await Promise.all([
+      writeFile(dir.paramsFile, JSON.stringify(params, null, 2)),
+      writeFile(dir.eventsFile, ''),
+      downloadInputs(storage, config.inputCache, stage.id, task.inputs, dir.inputs, beat, retryOpts),
+      stage.checkpoint?.resume !== false ? restoreResume(storage, deps.s3, runId, stage.id, dir.resume, previous?.checkpoint, log, retryOpts) : undefined,
+    ]);
     const { argv, extraEnv } = stageCommand(stage, { python: config.python, projectDir: config.projectDir, pythonPath: process.env.PYTHONPATH, attempt });
     const env = stageProtocolEnv(
       { runId, pipeline: task.pipeline, stageId: stage.id, attempt, device: config.device, cudaVisibleDevices },
@@ -84,17 +91,13 @@ export function createRunStage(deps: StageRunnerDeps) {
       inputEnv,
     );
 
-    // Resume from the newest complete checkpoint in object storage (the previous attempt's, by heartbeat, else any).
     let resumeInfo: Record<string, unknown> = {};
-    if (stage.checkpoint?.resume !== false) {
-      const resume = await restoreResume(storage, deps.s3, runId, stage.id, dir.resume, previous?.checkpoint, log, retryOpts);
-      if (resume) {
-        env.TANREN_RESUME_FROM = resume.dir;
-        resumeInfo = resume.resultInfo;
-        hb.checkpoint ??= resume.ref;
-        const skipped = resume.resultInfo.checkpoints_skipped as string | undefined;
-        beat({ message: `resumed from checkpoint ${resume.ref.path}${skipped ? ` (skipped ${skipped})` : ''}` });
-      }
+    if (resume) {
+      env.TANREN_RESUME_FROM = resume.dir;
+      resumeInfo = resume.resultInfo;
+      hb.checkpoint ??= resume.ref;
+      const skipped = resume.resultInfo.checkpoints_skipped as string | undefined;
+      beat({ message: `resumed from checkpoint ${resume.ref.path}${skipped ? ` (skipped ${skipped})` : ''}` });
     }
     const uploader = createCheckpointUploader({
       storage,
@@ -158,74 +161,108 @@ export function createRunStage(deps: StageRunnerDeps) {
     await proc.reap();
     await monitor.pump(true);
     await proc.closeLog();
-    await uploadLog();
-    const { state } = monitor;
-    // Checkpoints announced before the process ended still go up: the next attempt may need them.
-    const uploading = setInterval(() => beat({ checkpoint: uploader.latest() ?? hb.checkpoint, phase: 'uploading checkpoints' }), 1000);
-    let checkpointError: unknown;
+    // The final log goes up while the attempt finishes; every way out of this attempt waits for it.
+    const logUploaded = uploadLog();
     try {
-      await uploader.flush();
-    } catch (err) {
-      checkpointError = err;
-      log.warn('some checkpoints were not uploaded', { stage: stage.id, error: String(err) });
-    } finally {
-      clearInterval(uploading);
-    }
-    beat({ phase: undefined, checkpoint: uploader.latest() ?? hb.checkpoint });
+      const { state } = monitor;
+      // Checkpoints announced before the process ended still go up: the next attempt may need them.
+      const uploading = setInterval(() => beat({ checkpoint: uploader.latest() ?? hb.checkpoint, phase: 'uploading checkpoints' }), 1000);
+      let checkpointError: unknown;
+      try {
+        await uploader.flush();
+      } catch (err) {
+        checkpointError = err;
+        log.warn('some checkpoints were not uploaded', { stage: stage.id, error: String(err) });
+      } finally {
+        clearInterval(uploading);
+      }
+      beat({ phase: undefined, checkpoint: uploader.latest() ?? hb.checkpoint });
 
-    if (proc.cancelled) {
-      throw new CancelledFailure(`stage "${stage.id}" cancelled`);
-    }
+      if (proc.cancelled) {
+        throw new CancelledFailure(`stage "${stage.id}" cancelled`);
+      }
 
-    const failure = classifyExit({
-      stageId: stage.id,
-      exitCode: outcome.exitCode,
-      signal: outcome.signal,
-      error: state.error,
-      stalled: monitor.stalled,
-      stallTimeoutMs: task.stallTimeoutMs,
-      step: state.step,
-      settings,
-      said: capHead(redact(state.error?.message ?? proc.tail.filter((l) => l.trim()).at(-1) ?? ''), 2000),
-    });
-    if (failure) {
-      const details = {
-        attempt,
+      const failure = classifyExit({
+        stageId: stage.id,
         exitCode: outcome.exitCode,
         signal: outcome.signal,
-        logKey,
-        logTail: capTail(redact(proc.tail.slice(-20).join('\n')), 4000),
+        error: state.error,
+        stalled: monitor.stalled,
+        stallTimeoutMs: task.stallTimeoutMs,
+        step: state.step,
         settings,
-      };
-      if (failure.nonRetryable) throw ApplicationFailure.create({ type: failure.type, nonRetryable: true, message: failure.message, details: [details] });
-      // The next attempt reads these from the last heartbeat of this one.
-      if (failure.nextSettings) beat({ nextSettings: failure.nextSettings });
-      throw stageFailure(failure.type, failure.message, details);
-    }
+        said: capHead(redact(state.error?.message ?? proc.tail.filter((l) => l.trim()).at(-1) ?? ''), 2000),
+      });
+      if (failure) {
+        const details = {
+          attempt,
+          exitCode: outcome.exitCode,
+          signal: outcome.signal,
+          logKey,
+          logTail: capTail(redact(proc.tail.slice(-20).join('\n')), 4000),
+          settings,
+        };
+        if (failure.nonRetryable) throw ApplicationFailure.create({ type: failure.type, nonRetryable: true, message: failure.message, details: [details] });
+        // The next attempt reads these from the last heartbeat of this one.
+        if (failure.nextSettings) beat({ nextSettings: failure.nextSettings });
+        throw stageFailure(failure.type, failure.message, details);
+      }
 
-    await checkDeclaredOutputs(stage.id, stage.outputs ?? [], dir.output);
-    Object.assign(state.result, resumeInfo);
-    if (checkpointError) state.result.checkpoint_upload_error = String((checkpointError as Error).message ?? checkpointError);
-    const published = await publishOutputs({ storage, runId, stageId: stage.id, attempt, outputDir: dir.output, result: state.result, beat, retryOpts });
-    if (task.cache) await recordInCache(storage, task, config.projectDir, published, log);
-    if (!config.keepWorkDirs) await removeAttemptDir(dir);
-    const { files } = published;
-    return {
-      stage: stage.id,
-      attempt,
-      manifestKey: published.manifestKey,
-      outputsPrefix: published.prefix,
-      files: files.length,
-      bytes: files.reduce((n, f) => n + f.size, 0),
-      result: boundResult(state.result, redact),
-      metrics: boundMetrics(state.metrics),
-      ...(state.step !== undefined ? { step: state.step } : {}),
-      ...(state.total !== undefined ? { total: state.total } : {}),
-      attempts: closeAttempt(hb),
-      startedAt,
-      endedAt: new Date().toISOString(),
-    };
+      await checkDeclaredOutputs(stage.id, stage.outputs ?? [], dir.output);
+      Object.assign(state.result, resumeInfo);
+      if (checkpointError) state.result.checkpoint_upload_error = String((checkpointError as Error).message ?? checkpointError);
+      const published = await publishOutputs({ storage, runId, stageId: stage.id, attempt, outputDir: dir.output, result: state.result, beat, retryOpts });
+      await Promise.all([
+        task.cache ? recordInCache(storage, task, config.projectDir, published, log, cacheKey) : undefined,
+        config.keepWorkDirs ? undefined : removeAttemptDir(dir),
+      ]);
+      const { files } = published;
+      return {
+        stage: stage.id,
+        attempt,
+        manifestKey: published.manifestKey,
+        outputsPrefix: published.prefix,
+        files: files.length,
+        bytes: files.reduce((n, f) => n + f.size, 0),
+        result: boundResult(state.result, redact),
+        metrics: boundMetrics(state.metrics),
+        ...(state.step !== undefined ? { step: state.step } : {}),
+        ...(state.total !== undefined ? { total: state.total } : {}),
+        attempts: closeAttempt(hb),
+        startedAt,
+        endedAt: new Date().toISOString(),
+      };
+    } finally {
+      await logUploaded;
+    }
   };
+
+  /** The look-up of a task that asks for one; heartbeats while a hit's objects are verified (about 5 s per GiB). */
+  const lookUp = async (task: StageTask, beat: HeartbeatWriter['beat']): Promise<StageCacheLookup> => {
+    beat({ phase: 'checking the cache' });
+    const ticking = setInterval(() => beat({ phase: 'checking the cache' }), 5000);
+    try {
+      return await lookupStage(storage, task, config.projectDir);
+    } finally {
+      clearInterval(ticking);
+      beat({ phase: undefined });
+    }
+  };
+
+  /** A verified hit: the run's own copy of the cached manifest; nothing runs. */
+  const cacheHit = (task: StageTask, hit: Extract<StageCacheLookup, { hit: true }>, startedAt: string): StageResult => ({
+    stage: task.stage.id,
+    attempt: 0,
+    manifestKey: hit.manifestKey,
+    files: hit.files,
+    bytes: hit.bytes,
+    result: hit.result,
+    metrics: {},
+    attempts: [],
+    startedAt,
+    endedAt: new Date().toISOString(),
+    cache: { hit: true, reason: hit.reason, fromRun: hit.fromRun },
+  });
 
   return async function runStage(task: StageTask): Promise<StageResult> {
     const ctx = Context.current();
@@ -235,24 +272,33 @@ export function createRunStage(deps: StageRunnerDeps) {
     const heartbeat = createHeartbeat(ctx, startedAt);
     const { hb, beat } = heartbeat;
     let lease: GpuLease | undefined;
+    let lookup: StageCacheLookup | undefined;
     try {
+      if (task.lookupCache) {
+        lookup = await lookUp(task, beat);
+        if (lookup.hit) return cacheHit(task, lookup, startedAt);
+      }
       lease = await takeGpus(config.gpuSlots, task, beat);
-      return await runAttempt(task, heartbeat, startedAt, lease?.cudaVisibleDevices ?? config.cudaVisibleDevices);
+      const cacheKey = lookup?.parts ? { key: lookup.key, parts: lookup.parts } : undefined;
+      const result = await runAttempt(task, heartbeat, startedAt, lease?.cudaVisibleDevices ?? config.cudaVisibleDevices, cacheKey);
+      return lookup ? { ...result, cache: { hit: false, reason: lookup.reason } } : result;
     } catch (err) {
       if (!(err instanceof ApplicationFailure)) throw err;
       // Record this attempt's failure where the next attempt and the workflow will find it.
       const attempts = closeAttempt(hb, `${err.type ?? 'Error'}: ${err.message}`.slice(0, 1000));
       beat();
       const first = err.details?.[0];
+      // What the cache said, for the run's status (the look-up happened in this activity).
+      const said = { attempt, attempts, ...(lookup ? { cache: lookup.reason } : {}) };
       if (first && typeof first === 'object' && !Array.isArray(first)) {
-        Object.assign(first, { attempt, attempts });
+        Object.assign(first, said);
         throw err;
       }
       throw ApplicationFailure.create({
         type: err.type ?? undefined,
         message: err.message,
         nonRetryable: err.nonRetryable ?? false,
-        details: [{ attempt, attempts }],
+        details: [said],
         cause: err.cause,
       });
     } finally {

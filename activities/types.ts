@@ -22,6 +22,12 @@ export interface StageTask {
   killGraceMs?: number;
   /** Record the outputs in the cross-run cache after success. @default false */
   cache?: boolean;
+  /**
+   * Look the stage up in the cross-run cache first and return a verified hit
+   * instead of running it (`StageResult.cache` says which). Set by runs that
+   * check the cache inside `runStage` rather than in a `checkCache` activity. @default false
+   */
+  lookupCache?: boolean;
   /** Kill and retry (StageStalled) a stage that reported progress and then none for this long. */
   stallTimeoutMs?: number;
 }
@@ -77,6 +83,11 @@ export interface StageResult {
   attempts?: AttemptRecord[];
   startedAt: string;
   endedAt: string;
+  /**
+   * What the cache look-up said, when the task asked for one (`lookupCache`):
+   * on a hit nothing ran, and `manifestKey` is this run's copy of the cached manifest.
+   */
+  cache?: { hit: boolean; reason: string; fromRun?: string };
 }
 
 /** Progress signal of runs started before progress moved to heartbeats; still accepted (and ignored) so old runs replay. */

@@ -101,6 +101,12 @@ export interface CarriedState {
 
 /** Patch marking runs whose progress lives in heartbeats, not signals (replays of older runs take the old path). */
 export const LEAN_PROGRESS_PATCH = 'tanren-lean-progress-1';
+/**
+ * Patch marking runs whose CPU stages check the cache inside `runStage` (one activity and one workflow task
+ * per stage instead of two) and that record nothing in the cache with `--no-cache`; older histories replay
+ * the separate `checkCache` activity.
+ */
+export const ONE_ACTIVITY_PATCH = 'tanren-one-activity-per-stage-1';
 
 /**
  * A run continues as new once its history passes this many events (or the
@@ -219,6 +225,7 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
   setHandler(statusQuery, () => (status.stages.length > COMPACT_RESULT_OVER ? compactStatus(status) : status));
   // Runs started by this code keep live progress in activity heartbeats; older histories replay the signal path.
   const lean = patched(LEAN_PROGRESS_PATCH);
+  const oneActivity = lean && patched(ONE_ACTIVITY_PATCH);
 
   let validated: ReturnType<typeof validateInput>;
   try {
@@ -394,10 +401,15 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
     s.startedAt = new Date().toISOString();
     // Leave `pending` before the first await, or the planner would start this stage twice.
     s.state = 'running';
+    // A CPU stage's cache look-up happens in its runStage activity; a GPU stage's stays on the CPU queue,
+    // so that a hit does not wait for a GPU.
+    const lookupInStage = oneActivity && !stage.sweep && cacheOn(stage) && queue === 'cpu';
     try {
       if (stage.sweep) {
         // A cache key knows the stage's `with:`, not its sweep: a swept stage always searches.
         s.cache = 'cache: off for a swept stage';
+      } else if (lookupInStage) {
+        // Said by runStage's result.
       } else if (cacheOn(stage)) {
         const lookup = await (
           lean ? proxyActivities<Activities>({ ...ioOptions, activityId: `cache:${stage.id}`, startToCloseTimeout: CACHE_LOOKUP_TIMEOUT }) : io
@@ -440,7 +452,22 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
             },
             s.startedAt,
           )
-        : await act.runStage({ ...task, cache: stage.cache ?? defaults.cache ?? true });
+        : await act.runStage(
+            oneActivity
+              ? { ...task, cache: cacheOn(stage), ...(lookupInStage ? { lookupCache: true } : {}) }
+              : { ...task, cache: stage.cache ?? defaults.cache ?? true },
+          );
+      if (result.cache) s.cache = result.cache.reason;
+      if (result.cache?.hit) {
+        // Nothing ran: as a hit of the checkCache activity leaves it.
+        results.set(stage.id, { manifestKey: result.manifestKey });
+        s.state = 'cached';
+        s.attempt = 0;
+        s.result = result.result;
+        s.manifestKey = result.manifestKey;
+        s.cachedFrom = result.cache.fromRun;
+        return;
+      }
       results.set(stage.id, result);
       s.state = 'succeeded';
       s.attempt = result.attempt;
@@ -473,7 +500,8 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
           const app = cause instanceof ApplicationFailure ? cause : undefined;
           s.failureType = app?.type ?? FailureTypes.StageCrashed;
           s.reason = `${s.failureType}: ${app?.message ?? (cause instanceof Error ? cause.message : (err as Error).message)}`;
-          const said = app?.details?.[0] as { attempt?: unknown; attempts?: unknown } | undefined;
+          const said = app?.details?.[0] as { attempt?: unknown; attempts?: unknown; cache?: unknown } | undefined;
+          if (oneActivity && typeof said?.cache === 'string') s.cache = said.cache;
           if (lean && typeof said?.attempt === 'number' && said.attempt > s.attempt) s.attempt = said.attempt;
           if (lean && Array.isArray(said?.attempts)) s.attempts = said.attempts as StageStatus['attempts'];
         }

@@ -8,7 +8,7 @@ import path from 'node:path';
 import type { Logger } from '@temporalio/common';
 import { ApplicationFailure } from '@temporalio/common';
 import { FailureTypes } from '../../schemas/names.js';
-import { computeCacheKey, recordCache } from '../cache.js';
+import { computeCacheKey, recordCache, type CacheKeyParts } from '../cache.js';
 import { stageFailure, storageFailure } from '../errors.js';
 import { describeFiles } from '../files.js';
 import { attemptToken, keys, outputKeys } from '../storage/keys.js';
@@ -80,10 +80,20 @@ export async function publishOutputs(o: PublishOptions): Promise<Published> {
   return { prefix, files, manifest, manifestKey };
 }
 
-/** Records a published stage in the cross-run cache; a failure only costs a later cache hit, so it is logged, not thrown. */
-export async function recordInCache(storage: ObjectStore, task: StageTask, projectDir: string, published: Published, log: Logger): Promise<void> {
+/**
+ * Records a published stage in the cross-run cache under `known` (the key its look-up computed) or a key
+ * computed now; a failure only costs a later cache hit, so it is logged, not thrown.
+ */
+export async function recordInCache(
+  storage: ObjectStore,
+  task: StageTask,
+  projectDir: string,
+  published: Published,
+  log: Logger,
+  known?: { key: string; parts: CacheKeyParts },
+): Promise<void> {
   try {
-    const { key, parts } = await computeCacheKey(storage, task.stage, task.inputs, { projectDir, distDir: DIST_DIR });
+    const { key, parts } = known ?? (await computeCacheKey(storage, task.stage, task.inputs, { projectDir, distDir: DIST_DIR }));
     await recordCache(storage, task.pipeline, {
       key,
       parts,

@@ -6,20 +6,24 @@
  * stages through Temporal and compares their wall time with running the same
  * command N times without tanren:
  *
- *   chain-20, chain-200   N stages, each needing the previous one
+ *   chain-20, chain-200   N stages, each needing the previous one, run as
+ *                         with `--no-cache` and again with the cache on
+ *                         (`+cache`: every stage a miss, looked up and then
+ *                         recorded; a fresh `version` per run keeps it a miss)
  *   fanout-200            200 independent stages, at the default CPU activity
  *                         concurrency (4) and at a higher one
  *
- * Every stage does what a real stage does besides its command: a `started`
- * progress signal, work directory set-up, its log and its manifest uploaded to
- * object storage (MinIO), the previous stage's manifest downloaded (chains).
- * So the overhead includes storage round trips.
+ * Every stage does what a real stage does besides its command: work directory
+ * set-up, its log and its manifest written to object storage (MinIO), the
+ * previous stage's manifest downloaded (chains), and with the cache on its
+ * cache look-up and entry. So the overhead includes storage round trips.
  *
  * The phases of each stage are read back from the workflow history (schedule →
  * start → complete → next schedule), and micro-benchmarks time the parts a
  * stage activity is made of, so the report says where the time goes.
  *
- * Usage: node dist/bench/overhead/run.js [--quick] [--reps N] [--fanout-concurrency C] [--out FILE]
+ * Usage: node dist/bench/overhead/run.js [--quick] [--reps N] [--fanout-concurrency C] [--cases A,B] [--out FILE]
+ * (`--cases chain-20,chain-20+cache`: only those, for interleaved before/after runs on a noisy host).
  * Results: bench/results/overhead-<date>.json (and a table on stdout).
  */
 import { execFile } from 'node:child_process';
@@ -45,6 +49,8 @@ const execFileP = promisify(execFile);
 
 interface Args {
   quick: boolean;
+  /** Only these cases (names as in the table, e.g. `chain-20+cache`); no micro-benchmarks then. */
+  cases?: string[];
   reps: number;
   fanoutConcurrency: number;
   out?: string;
@@ -55,10 +61,11 @@ function parseArgs(argv: string[]): Args {
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     if (k === '--quick') a.quick = true;
+    else if (k === '--cases') a.cases = argv[++i].split(',');
     else if (k === '--reps') a.reps = Number(argv[++i]);
     else if (k === '--fanout-concurrency') a.fanoutConcurrency = Number(argv[++i]);
     else if (k === '--out') a.out = argv[++i];
-    else throw new Error(`unknown argument ${k}; usage: run.js [--quick] [--reps N] [--fanout-concurrency C] [--out FILE]`);
+    else throw new Error(`unknown argument ${k}; usage: run.js [--quick] [--reps N] [--fanout-concurrency C] [--cases A,B] [--out FILE]`);
   }
   return a;
 }
@@ -146,13 +153,19 @@ async function startWorkers(workDir: string, concurrency: number): Promise<Worke
 
 type Shape = 'chain' | 'fanout';
 
-function pipelineInput(w: Workers, shape: Shape, n: number) {
+/**
+ * The pipeline of a case. Without the cache (`--no-cache`) it measures orchestration alone; with it, every
+ * stage is a miss (a fresh `version` per run changes each cache key) that is looked up and then recorded.
+ */
+function pipelineInput(w: Workers, shape: Shape, n: number, cache: boolean) {
+  const version = unique('v');
   const stages = Array.from({ length: n }, (_, i) => ({
     id: `s${String(i).padStart(4, '0')}`,
     run: TRUE_ARGV,
+    ...(cache ? { version } : {}),
     needs: shape === 'chain' && i > 0 ? [`s${String(i - 1).padStart(4, '0')}`] : [],
   }));
-  return { spec: { name: `bench-${shape}-${n}`, queues: { cpu: w.cpuQueue, gpu: w.gpuQueue }, stages }, options: { noCache: true } }; // measure orchestration, not cache hits
+  return { spec: { name: `bench-${shape}-${n}`, queues: { cpu: w.cpuQueue, gpu: w.gpuQueue }, stages }, options: { noCache: !cache } };
 }
 
 interface Phases {
@@ -162,6 +175,8 @@ interface Phases {
   activityMs: number[];
   /** ActivityTaskCompleted → next stage's ActivityTaskScheduled (workflow task round trip; chains only). */
   handoffMs: number[];
+  /** Activity time by activity type (runStage, checkCache). */
+  byType: Record<string, number[]>;
   /** First event → first ActivityTaskScheduled. */
   startupMs: number;
   /** Last ActivityTaskCompleted → WorkflowExecutionCompleted. */
@@ -181,6 +196,7 @@ async function phasesOf(client: Client, workflowId: string): Promise<Phases> {
   const events = history.events ?? [];
   const byId = new Map<number, number>();
   const sched: Array<{ id: number; t: number }> = [];
+  const typeOf = new Map<number, string>();
   const started = new Map<number, number>();
   const completed: Array<{ sched: number; t: number }> = [];
   let workflowTasks = 0;
@@ -189,7 +205,10 @@ async function phasesOf(client: Client, workflowId: string): Promise<Phases> {
     const t = tsMs(e.eventTime);
     const id = Number(e.eventId);
     byId.set(id, t);
-    if (e.activityTaskScheduledEventAttributes) sched.push({ id, t });
+    if (e.activityTaskScheduledEventAttributes) {
+      sched.push({ id, t });
+      typeOf.set(id, e.activityTaskScheduledEventAttributes.activityType?.name ?? '?');
+    }
     if (e.activityTaskStartedEventAttributes) started.set(Number(e.activityTaskStartedEventAttributes.scheduledEventId), t);
     if (e.activityTaskCompletedEventAttributes) completed.push({ sched: Number(e.activityTaskCompletedEventAttributes.scheduledEventId), t });
     if (e.workflowTaskCompletedEventAttributes) workflowTasks++;
@@ -198,11 +217,13 @@ async function phasesOf(client: Client, workflowId: string): Promise<Phases> {
   const schedT = new Map(sched.map((s) => [s.id, s.t]));
   const dispatchMs: number[] = [];
   const activityMs: number[] = [];
+  const byType: Record<string, number[]> = {};
   for (const c of completed) {
     const s = schedT.get(c.sched)!;
     const st = started.get(c.sched)!;
     dispatchMs.push(st - s);
     activityMs.push(c.t - st);
+    (byType[typeOf.get(c.sched)!] ??= []).push(c.t - st);
   }
   const handoffMs: number[] = [];
   const compSorted = [...completed].sort((a, b) => a.t - b.t);
@@ -217,6 +238,7 @@ async function phasesOf(client: Client, workflowId: string): Promise<Phases> {
     dispatchMs,
     activityMs,
     handoffMs,
+    byType,
     startupMs: (schedSorted[0]?.t ?? NaN) - first,
     finishMs: last - (compSorted.at(-1)?.t ?? NaN),
     events: events.length,
@@ -225,13 +247,13 @@ async function phasesOf(client: Client, workflowId: string): Promise<Phases> {
   };
 }
 
-async function runPipeline(client: Client, w: Workers, shape: Shape, n: number): Promise<{ wallMs: number; workflowId: string }> {
+async function runPipeline(client: Client, w: Workers, shape: Shape, n: number, cache = false): Promise<{ wallMs: number; workflowId: string }> {
   const workflowId = unique(`bench-${shape}-${n}`);
   const t0 = performance.now();
   const result = (await client.workflow.execute('pipelineWorkflow', {
     taskQueue: w.controlQueue,
     workflowId,
-    args: [pipelineInput(w, shape, n)],
+    args: [pipelineInput(w, shape, n, cache)],
   })) as { state: string };
   const wallMs = performance.now() - t0;
   if (result.state !== 'succeeded') throw new Error(`${workflowId}: ${result.state}`);
@@ -246,6 +268,8 @@ interface CaseResult {
   case: string;
   shape: Shape;
   stages: number;
+  /** The cross-run cache on (each stage a miss, looked up and recorded) or off (`--no-cache`). */
+  cache: boolean;
   cpuConcurrency: number;
   tanrenWallMs: number[];
   tanrenWallMedianMs: number;
@@ -257,6 +281,7 @@ interface CaseResult {
     dispatchMs: ReturnType<typeof summarise>;
     activityMs: ReturnType<typeof summarise>;
     handoffMs?: ReturnType<typeof summarise>;
+    byActivityType: Record<string, ReturnType<typeof summarise>>;
     startupMs: number;
     finishMs: number;
     historyEvents: number;
@@ -272,11 +297,12 @@ async function benchCase(
   n: number,
   reps: number,
   baselineFns: Record<string, () => Promise<unknown>>,
+  cache = false,
 ): Promise<CaseResult> {
-  const name = `${shape}-${n}${shape === 'fanout' ? `@c${w.concurrency}` : ''}`;
+  const name = `${shape}-${n}${shape === 'fanout' ? `@c${w.concurrency}` : ''}${cache ? '+cache' : ''}`;
   process.stderr.write(`[overhead] ${name}: tanren ×${reps} …\n`);
   const runs: Array<{ wallMs: number; workflowId: string }> = [];
-  for (let i = 0; i < reps; i++) runs.push(await runPipeline(client, w, shape, n));
+  for (let i = 0; i < reps; i++) runs.push(await runPipeline(client, w, shape, n, cache));
   const walls = runs.map((r) => r.wallMs);
   const tanren = median(walls);
   // Phases from the run closest to the median.
@@ -294,6 +320,7 @@ async function benchCase(
     case: name,
     shape,
     stages: n,
+    cache,
     cpuConcurrency: w.concurrency,
     tanrenWallMs: walls.map(r1),
     tanrenWallMedianMs: r1(tanren),
@@ -305,6 +332,7 @@ async function benchCase(
       dispatchMs: summarise(ph.dispatchMs),
       activityMs: summarise(ph.activityMs),
       ...(shape === 'chain' ? { handoffMs: summarise(ph.handoffMs) } : {}),
+      byActivityType: Object.fromEntries(Object.entries(ph.byType).map(([k, v]) => [k, summarise(v)])),
       startupMs: r1(ph.startupMs),
       finishMs: r1(ph.finishMs),
       historyEvents: ph.events,
@@ -383,6 +411,7 @@ async function main() {
   const fanN = args.quick ? 40 : 200;
   const reps = args.quick ? 1 : args.reps;
   const cases: CaseResult[] = [];
+  const want = (name: string) => !args.cases || args.cases.includes(name);
   let micro: Awaited<ReturnType<typeof microBenchmarks>> | undefined;
   const baselinesFor = (n: number, concurrency?: number) => ({
     'execFile loop': () => execFileLoop(n),
@@ -396,13 +425,17 @@ async function main() {
   try {
     process.stderr.write('[overhead] warm-up …\n');
     await runPipeline(client, w, 'chain', 5);
-    for (const n of chainSizes) cases.push(await benchCase(client, w, 'chain', n, n >= 200 ? 1 : reps, baselinesFor(n)));
-    cases.push(await benchCase(client, w, 'fanout', fanN, 1, baselinesFor(fanN, defaultConc)));
-    micro = await microBenchmarks(client, w, workDir, args.quick ? 10 : 30);
+    for (const n of chainSizes) {
+      for (const cache of [false, true]) {
+        if (want(`chain-${n}${cache ? '+cache' : ''}`)) cases.push(await benchCase(client, w, 'chain', n, n >= 200 ? 1 : reps, baselinesFor(n), cache));
+      }
+    }
+    if (want(`fanout-${fanN}@c${defaultConc}`)) cases.push(await benchCase(client, w, 'fanout', fanN, 1, baselinesFor(fanN, defaultConc)));
+    if (!args.cases) micro = await microBenchmarks(client, w, workDir, args.quick ? 10 : 30);
   } finally {
     await w.stop();
   }
-  if (args.fanoutConcurrency !== defaultConc) {
+  if (args.fanoutConcurrency !== defaultConc && want(`fanout-${fanN}@c${args.fanoutConcurrency}`)) {
     w = await startWorkers(path.join(workDir, 'w2'), args.fanoutConcurrency);
     try {
       await runPipeline(client, w, 'chain', 3);
@@ -425,7 +458,7 @@ async function main() {
       node: process.version,
     },
     notes: [
-      'Stage command: run: [true]. Each stage also sends a started signal, creates its work directory, uploads its (empty) log and its manifest to MinIO; chain stages download the previous manifest. Overhead therefore includes object storage.',
+      'Stage command: run: [true]. Each stage also creates its work directory, writes its log (if any) and its manifest to MinIO; chain stages download the previous manifest; +cache cases also look the stage up in the cache (a miss) and record it. Overhead therefore includes object storage.',
       'Workers, client and baselines run in one Node process on the same host as the Temporal dev server and MinIO.',
       'overheadPerStageMs = (tanren wall − baseline wall) / N against the primary baseline (execFile loop); ratio = tanren / baseline.',
       'phases come from the workflow history of the median run: dispatch = ActivityTaskScheduled→Started, activity = Started→Completed, handoff = Completed→next Scheduled.',
@@ -451,6 +484,7 @@ async function main() {
       'activity ms (med)',
       'dispatch ms (med)',
       'handoff ms (med)',
+      'activities / stage',
     ],
   ];
   for (const c of cases) {
@@ -466,6 +500,7 @@ async function main() {
       String(c.phases.activityMs.median),
       String(c.phases.dispatchMs.median),
       c.phases.handoffMs ? String(c.phases.handoffMs.median) : '-',
+      String(r2(c.phases.dispatchMs.n / c.stages)),
     ]);
   }
   console.log(table(rows));

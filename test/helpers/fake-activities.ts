@@ -39,8 +39,27 @@ export function createFakeActivities() {
           }
         : { hit: false as const, key: 'k', reason: 'cache miss: no earlier run of this stage' };
     },
+    /** With `lookupCache` (CPU stages of current runs) it looks up first as checkCache does; a hit runs nothing. */
     async runStage(task: StageTask): Promise<StageResult> {
       const ctx = Context.current();
+      const lookup = task.lookupCache ? await activities.checkCache(task) : undefined;
+      if (lookup?.hit) {
+        const at = new Date().toISOString();
+        const { manifestKey, result, reason, fromRun } = lookup;
+        return {
+          stage: task.stage.id,
+          attempt: 0,
+          manifestKey,
+          files: 0,
+          bytes: 0,
+          result,
+          metrics: {},
+          attempts: [],
+          startedAt: at,
+          endedAt: at,
+          cache: { hit: true, reason, fromRun },
+        };
+      }
       const w = task.stage.with as {
         failAttempts?: number;
         failType?: string;
@@ -95,6 +114,7 @@ export function createFakeActivities() {
           metrics,
           startedAt: new Date(rec.start).toISOString(),
           endedAt: new Date().toISOString(),
+          ...(lookup ? { cache: { hit: false, reason: lookup.reason } } : {}),
         };
       } catch (err) {
         rec.outcome = ctx.cancellationSignal.aborted ? 'cancelled' : 'failed';

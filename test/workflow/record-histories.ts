@@ -5,7 +5,10 @@
  * `carried` state), one per behaviour a run in flight can be in the middle of,
  * written to test/histories/lean-<scenario>.json.
  *
- *   npx tsc -p tsconfig.json && node dist/test/workflow/record-histories.js
+ *   npx tsc -p tsconfig.json && node dist/test/workflow/record-histories.js [scenario ...]
+ *
+ * Naming scenarios records only those (a new scenario is added without
+ * re-recording the others).
  *
  * When to re-record: almost never. These files stand for runs already in
  * flight on someone's cluster; re-recording them after a change makes the
@@ -57,6 +60,9 @@ Runtime.install({ logger: new DefaultLogger('ERROR') });
 
 /** File name prefix of the histories this script writes. */
 const PREFIX = 'lean-';
+/** Scenarios named on the command line, else all: `node dist/test/workflow/record-histories.js one-activity` records that one only. */
+const ONLY = process.argv.slice(2);
+const want = (scenario: string) => !ONLY.length || ONLY.includes(scenario);
 const OUT_DIR = path.join(ROOT, 'test', 'histories');
 
 // ---------------------------------------------------------------------------
@@ -115,10 +121,30 @@ function createScriptedActivities() {
   };
   const TOTAL = 10;
 
+  const { checkCache } = createFakeActivities().activities;
+
   async function runStage(task: StageTask): Promise<StageResult> {
     const ctx = Context.current();
     const attempt = ctx.info.attempt;
     const id = task.stage.id;
+    // Runs that check the cache inside runStage (ONE_ACTIVITY_PATCH): a hit runs nothing.
+    const lookup = task.lookupCache ? await checkCache(task) : undefined;
+    if (lookup?.hit) {
+      const at = new Date().toISOString();
+      return {
+        stage: id,
+        attempt: 0,
+        manifestKey: lookup.manifestKey,
+        files: 1,
+        bytes: 42,
+        result: lookup.result,
+        metrics: {},
+        attempts: [],
+        startedAt: at,
+        endedAt: at,
+        cache: { hit: true, reason: lookup.reason, fromRun: lookup.fromRun },
+      };
+    }
     const w = (task.stage.with ?? {}) as Behaviour;
     const previous = (ctx.info.heartbeatDetails ?? undefined) as Heartbeat | undefined;
     const startedAt = new Date().toISOString();
@@ -167,7 +193,7 @@ function createScriptedActivities() {
           type,
           message,
           nonRetryable: (NON_RETRYABLE_FAILURE_TYPES as readonly string[]).includes(type),
-          details: [{ attempt, exitCode: type === FailureTypes.OutOfMemory ? 4 : 1, settings, attempts }],
+          details: [{ attempt, exitCode: type === FailureTypes.OutOfMemory ? 4 : 1, settings, attempts, ...(lookup ? { cache: lookup.reason } : {}) }],
         });
       }
       beat({ step: TOTAL });
@@ -185,6 +211,7 @@ function createScriptedActivities() {
         attempts: close(),
         startedAt,
         endedAt: new Date().toISOString(),
+        ...(lookup ? { cache: { hit: false, reason: lookup.reason } } : {}),
       };
     } catch (err) {
       rec.outcome = err instanceof CancelledFailure || ctx.cancellationSignal.aborted ? 'cancelled' : 'failed';
@@ -193,7 +220,7 @@ function createScriptedActivities() {
   }
 
   return {
-    activities: { checkCache: createFakeActivities().activities.checkCache, runStage },
+    activities: { checkCache, runStage },
     ran,
     /** Attempts of one stage of one run. */
     attemptsOf: (workflowId: string, stage: string) => ran.filter((r) => r.key === `${workflowId}/${stage}`),
@@ -236,7 +263,8 @@ const written: Array<{ file: string; events: number; bytes: number; last: string
 
 function write(scenario: string, history: History) {
   const file = `${PREFIX}${scenario}.json`;
-  const text = historyToJSON(history) + '\n';
+  // Stack traces keep their first line only: the frames would name this machine's paths.
+  const text = historyToJSON(history).replace(/("stackTrace": ")((?:[^"\\]|\\.)*?)(\\n(?:[^"\\]|\\.)*)?"/g, '$1$2"') + '\n';
   writeFileSync(path.join(OUT_DIR, file), text);
   written.push({ file, events: events(history).length, bytes: text.length, last: eventName(events(history).at(-1)?.eventType) });
 }
@@ -275,7 +303,7 @@ async function main() {
 
     await worker.runUntil(async () => {
       // 1. A stage whose outputs are cached, then one that misses the cache and runs.
-      {
+      if (want('cache-miss-then-run')) {
         const h = await start('cache-miss-then-run', [
           { id: 'prep', run: ['x'], with: { cached: true } },
           { id: 'train', needs: ['prep'], run: ['x'] },
@@ -291,7 +319,7 @@ async function main() {
       }
 
       // 2. Attempt 1 crashes (StageCrashed), attempt 2 succeeds; a dependent stage runs after.
-      {
+      if (want('retry-after-crash')) {
         const h = await start(
           'retry-after-crash',
           [
@@ -315,7 +343,7 @@ async function main() {
       }
 
       // 3. Attempt 1 runs out of memory; attempt 2 runs with half the micro-batch and succeeds.
-      {
+      if (want('oom-shrink')) {
         const h = await start(
           'oom-shrink',
           [{ id: 'sft', run: ['x'], with: { micro_batch_size: 8, gradient_accumulation_steps: 2, failAttempts: 1, failType: 'OutOfMemory' }, retry: quick }],
@@ -339,7 +367,7 @@ async function main() {
       }
 
       // 4. Paused while a stage runs: it finishes, nothing new starts until resume.
-      {
+      if (want('pause-resume')) {
         const h = await start(
           'pause-resume',
           [
@@ -366,7 +394,7 @@ async function main() {
       }
 
       // 5. Cancelled while a stage runs: the cancellation reaches the stage, the run ends cancelled.
-      {
+      if (want('cancel')) {
         const h = await start(
           'cancel',
           [
@@ -387,7 +415,7 @@ async function main() {
 
       // 6. A completed run reset (signals re-applied, as the UI and `temporal workflow reset` do by default)
       //    to just before its second stage was scheduled; the new execution runs it again and completes.
-      {
+      if (want('reset')) {
         const h = await start(
           'reset',
           [
@@ -439,7 +467,7 @@ async function main() {
 
       // 7. A 60-stage chain continues as new (server suggests it at 300 events); the first execution ends
       //    in WorkflowExecutionContinuedAsNew, the last starts from `carried` state.
-      {
+      if (want('continue-as-new')) {
         const n = 60;
         const stages = Array.from({ length: n }, (_, i) => ({
           id: `s${i}`,
@@ -471,7 +499,7 @@ async function main() {
       }
 
       // 8. A non-retryable failure: no retry, its dependent skipped, the independent branch still runs.
-      {
+      if (want('failed')) {
         const h = await start(
           'failed',
           [
@@ -497,6 +525,28 @@ async function main() {
         const history = await h.fetchHistory();
         check(history, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED);
         write('failed', history);
+      }
+
+      // 9. ONE_ACTIVITY_PATCH: CPU stages look the cache up inside runStage (no checkCache activity): a hit,
+      //    then a miss whose first attempt crashes and whose second succeeds.
+      if (want('one-activity')) {
+        const h = await start('one-activity', [
+          { id: 'prep', run: ['x'], with: { cached: true } },
+          { id: 'train', needs: ['prep'], run: ['x'], with: { failAttempts: 1, failType: 'StageCrashed' }, retry: quick },
+        ]);
+        const r = (await h.result()) as RunResult;
+        assert.deepEqual(
+          r.stages.map((s) => [s.state, s.attempt, s.cache]),
+          [
+            ['cached', 0, 'cache hit: outputs of run earlier'],
+            ['succeeded', 2, 'cache miss: no earlier run of this stage'],
+          ],
+        );
+        const history = await h.fetchHistory();
+        check(history, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED);
+        const types = events(history).flatMap((e) => e.activityTaskScheduledEventAttributes?.activityType?.name ?? []);
+        assert.deepEqual(types, ['runStage', 'runStage'], 'one activity per stage');
+        write('one-activity', history);
       }
     });
   } finally {

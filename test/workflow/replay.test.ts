@@ -31,6 +31,7 @@ const LEAN_HISTORIES = [
   'continue-as-new-first',
   'continue-as-new-last',
   'failed',
+  'one-activity',
 ].map((s) => `lean-${s}.json`);
 
 /** Patch ids a recorded history's `core_patch` markers name. */
