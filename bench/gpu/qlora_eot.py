@@ -26,6 +26,7 @@ written to $OUT/qlora-eot.json. Exit status: 0 PASS, 1 FAIL, 2 ERROR (a stage fa
 --cpu-smoke: the same flow on the CPU with plain LoRA (no 4-bit: the route QLoRA takes except the quantisation,
 adapter likewise not merged), to test this script where no GPU is lent. It is not the QLoRA check and says so.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,7 +75,9 @@ def say(msg: str) -> None:
 
 def verdict(out: Path, status: str, **fields) -> int:
     doc = {"check": "qlora-end-of-turn", "status": status, **fields}
-    (out / "qlora-eot.json").write_text(json.dumps(doc, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    (out / "qlora-eot.json").write_text(
+        json.dumps(doc, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
     print(json.dumps(doc, ensure_ascii=False), flush=True)
     return EXIT[status]
 
@@ -85,13 +88,28 @@ def build_base(root: Path, seed: int) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
-    texts = [m["content"] for line in DATA.read_text(encoding="utf-8").splitlines() for m in json.loads(line)["messages"]]
+    texts = [
+        m["content"]
+        for line in DATA.read_text(encoding="utf-8").splitlines()
+        for m in json.loads(line)["messages"]
+    ]
     texts += PROMPTS + ["### 指示:", "### 応答:"]
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.Metaspace()
     bpe.decoder = decoders.Metaspace()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>", "<pad>"]))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    bpe.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=600, special_tokens=["<unk>", "<s>", "</s>", "<pad>"]
+        ),
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+    )
     tok.chat_template = BASE_TEMPLATE
     torch.manual_seed(seed)
     cfg = LlamaConfig(
@@ -114,12 +132,16 @@ def build_base(root: Path, seed: int) -> Path:
     return d
 
 
-def run_sft(work: Path, python: str, params: dict, device: str, timeout: float) -> tuple[int, list[dict], str]:
+def run_sft(
+    work: Path, python: str, params: dict, device: str, timeout: float
+) -> tuple[int, list[dict], str]:
     """The sft stage in its own process, with the environment and files the worker gives a stage."""
     work.mkdir(parents=True, exist_ok=True)
     for sub in ("out", "ckpt", "inputs"):
         (work / sub).mkdir(exist_ok=True)
-    (work / "params.json").write_text(json.dumps(params, ensure_ascii=False), encoding="utf-8")
+    (work / "params.json").write_text(
+        json.dumps(params, ensure_ascii=False), encoding="utf-8"
+    )
     env = dict(os.environ)
     env.update(
         PYTHONPATH=str(REPO / "stages"),
@@ -140,13 +162,32 @@ def run_sft(work: Path, python: str, params: dict, device: str, timeout: float) 
     )
     try:
         proc = subprocess.run(
-            [python, "-m", "tanren_stages.sft"], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+            [python, "-m", "tanren_stages.sft"],
+            check=False,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         rc, err = proc.returncode, proc.stderr
     except subprocess.TimeoutExpired as e:
-        rc, err = 124, (e.stderr or b"").decode("utf-8", "replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        rc, err = (
+            124,
+            (e.stderr or b"").decode("utf-8", "replace")
+            if isinstance(e.stderr, bytes)
+            else (e.stderr or ""),
+        )
     events_file = work / "events.jsonl"
-    events = [json.loads(x) for x in events_file.read_text(encoding="utf-8").splitlines() if x.strip()] if events_file.exists() else []
+    events = (
+        [
+            json.loads(x)
+            for x in events_file.read_text(encoding="utf-8").splitlines()
+            if x.strip()
+        ]
+        if events_file.exists()
+        else []
+    )
     (work / "stderr.log").write_text(err, encoding="utf-8")
     return rc, events, err
 
@@ -167,11 +208,19 @@ def answer(gen, prompt: str) -> dict:
     finally:
         gen.model.generate = generate
     new = seen["ids"][0, -n:].tolist()
-    return {"prompt": prompt, "answer": text, "tokens": n, "last_id": new[-1], "last": gen.tok.convert_ids_to_tokens(new[-1]),
-            "stop_ids": seen["stop"]}
+    return {
+        "prompt": prompt,
+        "answer": text,
+        "tokens": n,
+        "last_id": new[-1],
+        "last": gen.tok.convert_ids_to_tokens(new[-1]),
+        "stop_ids": seen["stop"],
+    }
 
 
-def check_route(route: str, base: Path, out: Path, python: str, device: str, args) -> dict:
+def check_route(
+    route: str, base: Path, out: Path, python: str, device: str, args
+) -> dict:
     from tanren_stages.common import model_source_at
     from tanren_stages.generation import Generator
 
@@ -192,81 +241,149 @@ def check_route(route: str, base: Path, out: Path, python: str, device: str, arg
         "seed": args.seed,
     }
     if args.cpu_smoke:
-        params.update(device="cpu", merge_adapter=False, threads=max(1, min(4, os.cpu_count() or 1)))
+        params.update(
+            device="cpu",
+            merge_adapter=False,
+            threads=max(1, min(4, os.cpu_count() or 1)),
+        )
     else:
         params.update(device="cuda", load_in_4bit=True)
     t0 = time.monotonic()
-    rc, events, err = run_sft(out / f"sft-{route}", python, params, device, args.stage_timeout)
-    res = {"route": route, "chat_template_param": template, "sft_rc": rc, "sft_s": round(time.monotonic() - t0, 1)}
+    rc, events, err = run_sft(
+        out / f"sft-{route}", python, params, device, args.stage_timeout
+    )
+    res = {
+        "route": route,
+        "chat_template_param": template,
+        "sft_rc": rc,
+        "sft_s": round(time.monotonic() - t0, 1),
+    }
     results = [e["values"] for e in events if e.get("event") == "result"]
     if rc != 0 or not results:
         errors = [e for e in events if e.get("event") == "error"]
-        res.update(error=(errors[-1]["message"] if errors else "no result event"), stderr_tail=err[-2000:])
+        res.update(
+            error=(errors[-1]["message"] if errors else "no result event"),
+            stderr_tail=err[-2000:],
+        )
         return res
     res["sft"] = results[-1]
     model_dir = out / f"sft-{route}" / "out" / "model"
     pointer = model_dir / "base.json"
     res["adapter_unmerged"] = pointer.exists()
-    res["pointer_4bit"] = bool(json.loads(pointer.read_text())["load_in_4bit"]) if pointer.exists() else False
+    res["pointer_4bit"] = (
+        bool(json.loads(pointer.read_text())["load_in_4bit"])
+        if pointer.exists()
+        else False
+    )
     fmt_file = model_dir.parent / "adapter" / "chat_format.json"
-    res["tuned_format"] = json.loads(fmt_file.read_text())["format"] if fmt_file.exists() else None
+    res["tuned_format"] = (
+        json.loads(fmt_file.read_text())["format"] if fmt_file.exists() else None
+    )
     source = model_source_at(model_dir, f"sft-{route}")
-    gen = Generator(source, device, args.seed, load_in_4bit=None, where=f"sft-{route}")  # None: as trained
-    res["generator_4bit"] = bool(getattr(gen.model, "is_loaded_in_4bit", False) or getattr(
-        getattr(gen.model, "get_base_model", lambda: None)(), "is_loaded_in_4bit", False))
-    eot_id = gen.tok.eos_token_id if eot_token is None else gen.tok.convert_tokens_to_ids(eot_token)
+    gen = Generator(
+        source, device, args.seed, load_in_4bit=None, where=f"sft-{route}"
+    )  # None: as trained
+    res["generator_4bit"] = bool(
+        getattr(gen.model, "is_loaded_in_4bit", False)
+        or getattr(
+            getattr(gen.model, "get_base_model", lambda: None)(),
+            "is_loaded_in_4bit",
+            False,
+        )
+    )
+    eot_id = (
+        gen.tok.eos_token_id
+        if eot_token is None
+        else gen.tok.convert_tokens_to_ids(eot_token)
+    )
     res["end_of_turn"] = {"token": gen.tok.convert_ids_to_tokens(eot_id), "id": eot_id}
     res["answers"] = [answer(gen, p) for p in PROMPTS]
     for a in res["answers"]:
-        a["ends_at_end_of_turn"] = a["last_id"] == eot_id and a["tokens"] < MAX_NEW_TOKENS
-        a["nonempty"] = a["tokens"] >= 2 and bool(a["answer"].strip())  # a turn ended at once is no answer
+        a["ends_at_end_of_turn"] = (
+            a["last_id"] == eot_id and a["tokens"] < MAX_NEW_TOKENS
+        )
+        a["nonempty"] = a["tokens"] >= 2 and bool(
+            a["answer"].strip()
+        )  # a turn ended at once is no answer
     want_4bit = not args.cpu_smoke
     res["checks"] = {
-        "trained": res["sft"].get("steps") == args.steps and res["sft"].get("lora") is True,
+        "trained": res["sft"].get("steps") == args.steps
+        and res["sft"].get("lora") is True,
         "tuned_in_format": res["tuned_format"] == fmt,
         "adapter_not_merged": res["adapter_unmerged"],
         "base_4bit_in_training": res["pointer_4bit"] == want_4bit,
         "base_4bit_in_generation": res["generator_4bit"] == want_4bit,
-        "every_answer_ends_at_end_of_turn": all(a["ends_at_end_of_turn"] for a in res["answers"]),
+        "every_answer_ends_at_end_of_turn": all(
+            a["ends_at_end_of_turn"] for a in res["answers"]
+        ),
         "every_answer_nonempty": all(a["nonempty"] for a in res["answers"]),
     }
     res["pass"] = all(res["checks"].values())
     del gen
-    try:
-        import torch
+    import torch
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # noqa: BLE001
-        pass
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return res
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cpu-smoke", action="store_true", help="plain LoRA on the CPU: tests this script, not QLoRA")
-    ap.add_argument("--routes", default="chatml,llm-jp", help="comma-separated: chatml (chat_template auto), llm-jp")
-    ap.add_argument("--steps", type=int, default=150, help="sft optimizer steps per route")
+    ap.add_argument(
+        "--cpu-smoke",
+        action="store_true",
+        help="plain LoRA on the CPU: tests this script, not QLoRA",
+    )
+    ap.add_argument(
+        "--routes",
+        default="chatml,llm-jp",
+        help="comma-separated: chatml (chat_template auto), llm-jp",
+    )
+    ap.add_argument(
+        "--steps", type=int, default=150, help="sft optimizer steps per route"
+    )
     ap.add_argument("--lr", type=float, default=5e-3, help="sft learning rate")
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--stage-timeout", type=float, default=600, help="seconds per sft run")
+    ap.add_argument(
+        "--stage-timeout", type=float, default=600, help="seconds per sft run"
+    )
     args = ap.parse_args()
     out = Path(os.environ.get("OUT") or tempfile.mkdtemp(prefix="qlora-eot-"))
     out.mkdir(parents=True, exist_ok=True)
     routes = [r.strip() for r in args.routes.split(",") if r.strip()]
     bad = [r for r in routes if r not in ROUTES]
     if bad or not routes:
-        return verdict(out, "ERROR", reason=f"--routes: unknown {bad or 'none'}; choose from {', '.join(ROUTES)}")
-    mode = "cpu-smoke (plain LoRA, no 4-bit: not the QLoRA check)" if args.cpu_smoke else "qlora (NF4 base on CUDA)"
+        return verdict(
+            out,
+            "ERROR",
+            reason=f"--routes: unknown {bad or 'none'}; choose from {', '.join(ROUTES)}",
+        )
+    mode = (
+        "cpu-smoke (plain LoRA, no 4-bit: not the QLoRA check)"
+        if args.cpu_smoke
+        else "qlora (NF4 base on CUDA)"
+    )
     try:
         import torch
     except Exception as e:  # noqa: BLE001
-        return verdict(out, "ERROR", mode=mode, reason=f"torch does not import under {sys.executable} ({e}); "
-                       "run with PYTHON=$(infra/install-stages | tail -1)")
-    info = {"mode": mode, "torch": torch.__version__, "python": sys.executable, "out_dir": str(out)}
+        return verdict(
+            out,
+            "ERROR",
+            mode=mode,
+            reason=f"torch does not import under {sys.executable} ({e}); "
+            "run with PYTHON=$(infra/install-stages | tail -1)",
+        )
+    info = {
+        "mode": mode,
+        "torch": torch.__version__,
+        "python": sys.executable,
+        "out_dir": str(out),
+    }
     if not args.cpu_smoke:
         if not torch.cuda.is_available():
-            say("no CUDA device: skipped (this check needs a GPU; --cpu-smoke tests the script without one)")
+            say(
+                "no CUDA device: skipped (this check needs a GPU; --cpu-smoke tests the script without one)"
+            )
             return verdict(out, "SKIPPED", reason="no CUDA device: skipped", **info)
         info["device"] = torch.cuda.get_device_name(0)
         try:
@@ -274,29 +391,50 @@ def main() -> int:
 
             info["bitsandbytes"] = bitsandbytes.__version__
         except Exception as e:  # noqa: BLE001
-            return verdict(out, "ERROR", reason=f"bitsandbytes does not import ({e}): the 4-bit route needs it", **info)
+            return verdict(
+                out,
+                "ERROR",
+                reason=f"bitsandbytes does not import ({e}): the 4-bit route needs it",
+                **info,
+            )
     device = "cpu" if args.cpu_smoke else "cuda"
     try:
         import peft
         import transformers
         import trl
 
-        info.update(transformers=transformers.__version__, peft=peft.__version__, trl=trl.__version__)
+        info.update(
+            transformers=transformers.__version__,
+            peft=peft.__version__,
+            trl=trl.__version__,
+        )
     except Exception as e:  # noqa: BLE001
-        return verdict(out, "ERROR", reason=f"a training package does not import ({e})", **info)
+        return verdict(
+            out, "ERROR", reason=f"a training package does not import ({e})", **info
+        )
     say(f"{mode}; OUT={out}")
     base = build_base(out, args.seed)
     say(f"tiny llm-jp-3-shaped base in {base}")
     routes_out = []
     for route in routes:
-        say(f"route {route}: sft ({args.steps} steps), then answers through Generator.chat")
+        say(
+            f"route {route}: sft ({args.steps} steps), then answers through Generator.chat"
+        )
         r = check_route(route, base, out, sys.executable, device, args)
         routes_out.append(r)
         if "error" in r:
             say(f"route {route}: sft failed (rc {r['sft_rc']}): {r['error']}")
-            return verdict(out, "ERROR", reason=f"route {route}: sft failed: {r['error']}", routes=routes_out, **info)
+            return verdict(
+                out,
+                "ERROR",
+                reason=f"route {route}: sft failed: {r['error']}",
+                routes=routes_out,
+                **info,
+            )
         ends = sum(a["ends_at_end_of_turn"] for a in r["answers"])
-        say(f"route {route}: {ends}/{len(r['answers'])} answers end at {r['end_of_turn']['token']}; checks {r['checks']}")
+        say(
+            f"route {route}: {ends}/{len(r['answers'])} answers end at {r['end_of_turn']['token']}; checks {r['checks']}"
+        )
     status = "PASS" if all(r["pass"] for r in routes_out) else "FAIL"
     return verdict(out, status, routes=routes_out, **info)
 
@@ -308,6 +446,15 @@ if __name__ == "__main__":
         import traceback
 
         traceback.print_exc()
-        print(json.dumps({"check": "qlora-end-of-turn", "status": "ERROR", "reason": f"{type(e).__name__}: {e}"}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "check": "qlora-end-of-turn",
+                    "status": "ERROR",
+                    "reason": f"{type(e).__name__}: {e}",
+                }
+            ),
+            flush=True,
+        )
         code = EXIT["ERROR"]
     sys.exit(code)
