@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,6 +253,11 @@ def check_qlora(ctx: StageContext, device: str) -> bool:
     return qlora
 
 
+# A {% generation %} block tag (with or without whitespace control), not the word inside `add_generation_prompt`,
+# which nearly every chat template has (llm-jp-3's included).
+GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
 def choose_chat_template(ctx: StageContext, tok) -> str:
     """Sets tok.chat_template from params `chat_template` and returns the format's name: "auto" (default) keeps the
     tokenizer's own template when it marks the assistant's text with {% generation %} (needed for the
@@ -263,7 +269,7 @@ def choose_chat_template(ctx: StageContext, tok) -> str:
         tok.chat_template = CHAT_TEMPLATES[want]
         return want
     own = tok.chat_template or ""
-    if "generation" in own:
+    if GENERATION_BLOCK.search(own):
         return next((name for name, t in CHAT_TEMPLATES.items() if t == own), "tokenizer")
     if own:
         print(

@@ -437,3 +437,23 @@ def test_sft_llm_jp_format_adds_no_tokens(tmp_path, pretrained):
     text = tok.decode(ids[labels == -100].tolist())
     assert "### 指示:" in text and "### 応答:" in text
     assert tok.decode(ids[labels != -100].tolist()) == "関東地方です。" + tok.eos_token
+
+
+def test_auto_chat_template_needs_a_generation_block(tmp_path):
+    """`chat_template: auto` keeps a tokenizer's template only when it has a {% generation %} block: the word in
+    `add_generation_prompt`, which llm-jp-3's template (like most) has, is no such block, and keeping that template
+    would fail TRL's assistant-only loss (found by bench/gpu/qlora-eot.sh --cpu-smoke)."""
+    from types import SimpleNamespace
+
+    from tanren_stages.common import CHAT_TEMPLATES
+    from tanren_stages.hf_train import choose_chat_template
+
+    ctx = make_ctx(tmp_path / "s", {}, {})
+    no_block = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}### 応答:{% endif %}"
+    tok = SimpleNamespace(chat_template=no_block)
+    assert choose_chat_template(ctx, tok) == "chatml" and tok.chat_template == CHAT_TEMPLATES["chatml"]
+    own = "{% for m in messages %}{%- generation -%}{{ m['content'] }}{%- endgeneration -%}{% endfor %}"
+    tok = SimpleNamespace(chat_template=own)
+    assert choose_chat_template(ctx, tok) == "tokenizer" and tok.chat_template == own
+    tok = SimpleNamespace(chat_template=CHAT_TEMPLATES["llm-jp"])
+    assert choose_chat_template(ctx, tok) == "llm-jp"

@@ -5,13 +5,15 @@
  *
  * 1. run 1: preflight → … → pretrain → sft (+ judge-sft: the same kind trained
  *    on data/sft/judge.jsonl, so the tiny model answers in the judge's rating
- *    format) → mt-bench (no judge: "not configured") → report.
+ *    format) → llm-jp-eval (two samples a dataset, four new tokens) and
+ *    mt-bench (no judge: "not configured") → report.
  * 2. `tanren serve <run 1> judge-sft` on a port the workers allow
  *    (TANREN_JUDGE_BASE_URLS); the OpenAI API checked by hand.
  * 3. run 2: the same spec with the judge pointed at the served model, its key
  *    in TANREN_JUDGE_API_KEY (a canary), `judge_note: tiny`; every stage but
- *    mt-bench and the report is a cache hit; plus a `run:` stage that dumps its
- *    environment into an output file.
+ *    mt-bench and the report is a cache hit; the report plots the run's point
+ *    (its MT-Bench score × its llm-jp-eval average) on the scatter; plus a
+ *    `run:` stage that dumps its environment into an output file.
  * 4. run 3: a stage that prints its environment (judge key included: it names
  *    it) to stderr and fails.
  * 5. The audit: no canary (the workers' real S3 secret, the judge key, an AWS
@@ -61,7 +63,9 @@ const CANARY = {
 
 /** As in test/llm-pipeline.test.ts, cut further: the model only has to exist and answer. */
 const OVERRIDES = { vocab_size: 1000, pretrain_steps: 60, checkpoint_every: 20, sft_steps: 6, mt_bench_max_new_tokens: 12 };
-const KEEP = new Set(['preflight', 'wiki40b-to-jsonl', 'train-tokenizer', 'tokenize', 'pretrain', 'sft', 'mt-bench', 'report']);
+const KEEP = new Set(['preflight', 'wiki40b-to-jsonl', 'train-tokenizer', 'tokenize', 'pretrain', 'sft', 'llm-jp-eval', 'mt-bench', 'report']);
+/** llm-jp-eval at its smallest that still scores every category of data/jaster: a shot, two samples, four tokens. */
+const LLM_JP_EVAL_CUT = { max_samples: 2, max_new_tokens: 4, num_few_shots: 1 };
 
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -74,7 +78,7 @@ async function freePort(): Promise<number> {
   });
 }
 
-/** The cut-down tiny pipeline: no DPO and llm-jp-eval; a judge-sft stage; `extra` stages appended. */
+/** The cut-down tiny pipeline: no DPO, evaluation of the sft model, a cut llm-jp-eval; a judge-sft stage; `extra` stages appended. */
 function tinySpec(extra: PipelineSpec['stages'] = []): PipelineSpec {
   const spec = loadSpecFile(SPEC_FILE);
   const stages = spec.stages.filter((s) => KEEP.has(s.id));
@@ -86,9 +90,18 @@ function tinySpec(extra: PipelineSpec['stages'] = []): PipelineSpec {
   };
   for (const s of stages) {
     if (s.id === 'mt-bench') s.needs = ['sft'];
-    if (s.id === 'report') s.needs = ['pretrain', 'sft', 'mt-bench'];
+    if (s.id === 'llm-jp-eval') {
+      s.needs = ['sft'];
+      s.with = { ...s.with, ...LLM_JP_EVAL_CUT };
+    }
+    if (s.id === 'report') s.needs = ['pretrain', 'sft', 'llm-jp-eval', 'mt-bench'];
   }
   return { ...spec, stages: [...stages, judgeSft, ...extra] as PipelineSpec['stages'] };
+}
+
+/** A stage's wall time as "12.3 s" (start to end of its last attempt), for the diagnostics. */
+function stageSeconds(s: RunResult['stages'][number]): string {
+  return s.startedAt && s.endedAt ? `${((Date.parse(s.endedAt) - Date.parse(s.startedAt)) / 1000).toFixed(1)} s` : '';
 }
 
 /** JSON of a workflow history with every payload's bytes as text, so a value inside one is found by a search. */
@@ -174,13 +187,18 @@ describe('tanren serve, the MT-Bench judge on it, and the secrets audit (one tin
 
   it('run 1 trains the models; mt-bench without a judge says so', { timeout: 20 * 60_000 }, async (t) => {
     const r = await submit('one', tinySpec(), OVERRIDES);
-    for (const s of r.stages) t.diagnostic(`${s.id}: ${s.state} ${JSON.stringify(s.result)}`);
+    for (const s of r.stages) t.diagnostic(`${s.id}: ${s.state} ${stageSeconds(s)} ${JSON.stringify(s.result)}`);
     assert.equal(r.state, 'succeeded', r.stages.map((s) => `${s.id}=${s.state} ${s.reason ?? ''}`).join('; '));
     const mt = r.stages.find((s) => s.id === 'mt-bench')!;
     assert.equal(mt.result!.judge, 'not configured');
     assert.ok(Number(mt.result!.answered) > 0);
     const manifest = JSON.parse(await storage.getText(mt.manifestKey!)) as OutputManifest;
     assert.ok(!manifest.files.some((f) => f.path === 'scores.json' || f.path === 'judgments.jsonl'), 'nothing graded without a judge');
+    const lje = r.stages.find((s) => s.id === 'llm-jp-eval')!;
+    assert.equal(typeof lje.result!.average, 'number', 'an llm-jp-eval average');
+    const report = r.stages.find((s) => s.id === 'report')!.result!;
+    assert.equal(report.run_point, false, 'no MT-Bench score yet, so no point');
+    assert.equal(report.llm_jp_eval, lje.result!.average);
   });
 
   it('tanren serve refuses what it cannot serve, clearly', { timeout: 120_000 }, async () => {
@@ -267,7 +285,7 @@ describe('tanren serve, the MT-Bench judge on it, and the secrets audit (one tin
       judge_api_key_env: 'TANREN_JUDGE_API_KEY',
       judge_note: 'tiny',
     });
-    for (const s of r.stages) t.diagnostic(`${s.id}: ${s.state} ${JSON.stringify(s.result)}`);
+    for (const s of r.stages) t.diagnostic(`${s.id}: ${s.state} ${stageSeconds(s)} ${JSON.stringify(s.result)}`);
     assert.equal(r.state, 'succeeded', r.stages.map((s) => `${s.id}=${s.state} ${s.reason ?? ''}`).join('; '));
     for (const s of r.stages) {
       const expected = ['mt-bench', 'report', 'env-dump'].includes(s.id) ? 'succeeded' : 'cached';
@@ -294,6 +312,30 @@ describe('tanren serve, the MT-Bench judge on it, and the secrets audit (one tin
       (serveStderr.match(/POST \/v1\/chat\/completions HTTP\/1\.1" 200/g) ?? []).length >= scores.judge_calls,
       'the served model answered the judge calls',
     );
+
+    // The report puts the run on the scatter at (its MT-Bench score, its llm-jp-eval average), each read
+    // from the stage's own scores.json (llm-jp-eval's a cache hit from run 1).
+    const ljeManifest = JSON.parse(await storage.getText(r.stages.find((s) => s.id === 'llm-jp-eval')!.manifestKey!)) as OutputManifest;
+    const ljeScores = manifestFiles(ljeManifest).find((f) => f.path === 'scores.json')!;
+    const lje = JSON.parse(await storage.getText(ljeScores.key)) as Record<string, any>;
+    assert.equal(typeof lje.average, 'number', 'an llm-jp-eval average');
+    assert.ok(lje.average >= 0 && lje.average <= 1, `llm-jp-eval average ${lje.average}`);
+    assert.deepEqual(Object.keys(lje.categories).sort(), ['FA', 'MC', 'RC'], 'every category of data/jaster scored');
+    const report = r.stages.find((s) => s.id === 'report')!.result!;
+    t.diagnostic(`report: ${JSON.stringify(report)}`);
+    assert.equal(report.run_point, true, "the run's point is on the scatter");
+    assert.equal(report.mt_bench, scores.score);
+    assert.equal(report.llm_jp_eval, lje.average);
+    assert.equal(report.mt_bench_missing, undefined);
+    // The drawn point: the run's red diamond where the chart's axes put those values (x: MT-Bench on
+    // [0, 10] over 640 px, y: llm-jp-eval on [0, 1] over 420 px, upwards).
+    const svg = await storage.getText(await outputKey(storage, runs.two, 'report', 'scatter.svg'));
+    const diamond = /<path [^>]*aria-roledescription="point" transform="translate\(([\d.]+),([\d.]+)\)" d="M-[\d.]+,0L0,-[^"]*" fill="#d62728"/.exec(svg);
+    assert.ok(diamond, "the scatter has the run's diamond");
+    assert.ok(Math.abs(Number(diamond[1]) - (scores.score / 10) * 640) < 0.5, `x ${diamond[1]} for MT-Bench ${scores.score}`);
+    assert.ok(Math.abs(Number(diamond[2]) - (1 - lje.average) * 420) < 0.5, `y ${diamond[2]} for llm-jp-eval ${lje.average}`);
+    assert.ok(svg.includes(`>${runs.two}</text>`), 'labelled with the run');
+    assert.doesNotMatch(svg, /is not plotted as a point/);
   });
 
   it('run 3: a failing stage prints its environment, judge key included, to stderr', { timeout: 5 * 60_000 }, async () => {
