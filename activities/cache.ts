@@ -7,7 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readdir, stat } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { StageSpec } from '../schemas/pipeline.js';
 import { STAGE_KINDS, isStageKind } from '../schemas/stage-kinds.js';
@@ -90,7 +90,23 @@ async function programFileDigest(p: string): Promise<string> {
   return sha256;
 }
 
-/** Digest of the stage programs: the stages package's lockfile, project file and sources. */
+/** Files of a directory tree, relative and sorted, without Python's byte-code caches. */
+async function treeFiles(dir: string, rel = ''): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(path.join(dir, rel), { withFileTypes: true })) {
+    if (e.name === '__pycache__' || e.name.endsWith('.pyc')) continue;
+    const p = rel ? `${rel}/${e.name}` : e.name;
+    if (e.isDirectory()) out.push(...(await treeFiles(dir, p)));
+    else if (e.isFile()) out.push(p);
+  }
+  return out.sort();
+}
+
+/**
+ * Digest of the stage programs: the stages package's lockfile and project
+ * file, and every file of the package (its subpackages and data files such as
+ * the judge prompts included).
+ */
 async function stagesProgramDigest(projectDir: string): Promise<string> {
   const hash = createHash('sha256');
   const dir = path.join(projectDir, 'stages');
@@ -100,23 +116,44 @@ async function stagesProgramDigest(projectDir: string): Promise<string> {
   }
   const pkg = path.join(dir, 'tanren_stages');
   if (existsSync(pkg)) {
-    for (const f of (await readdir(pkg)).filter((n) => n.endsWith('.py')).sort()) {
-      hash.update(`${f}:${await programFileDigest(path.join(pkg, f))}\n`);
-    }
+    for (const f of await treeFiles(pkg)) hash.update(`${f}:${await programFileDigest(path.join(pkg, f))}\n`);
   }
+  return hash.digest('hex');
+}
+
+/** Relative module specifiers of compiled JavaScript: static `from '…'`, bare `import '…'` and `import('…')`. */
+const RELATIVE_IMPORT = /(?:\bfrom\s*|\bimport\s*\(?\s*)['"](\.{1,2}\/[^'"]+)['"]/g;
+
+/**
+ * Digest of a Node program: its entry file and every file it imports by a
+ * relative path, transitively (a change to a module the entry imports is a
+ * change of the program; packages under node_modules are pinned by the lockfile).
+ */
+async function nodeProgramDigest(entry: string): Promise<string> {
+  const seen = new Set<string>();
+  const queue = [path.resolve(entry)];
+  while (queue.length) {
+    const file = queue.pop()!;
+    if (seen.has(file) || !existsSync(file)) continue;
+    seen.add(file);
+    for (const m of (await readFile(file, 'utf8')).matchAll(RELATIVE_IMPORT)) queue.push(path.resolve(path.dirname(file), m[1]));
+  }
+  const root = path.dirname(path.resolve(entry));
+  const hash = createHash('sha256');
+  for (const f of [...seen].sort()) hash.update(`${path.relative(root, f)}:${await programFileDigest(f)}\n`);
   return hash.digest('hex');
 }
 
 /**
  * Version of the program a stage runs: for built-in kinds the stage programs'
- * digest (Node kinds: the compiled file's digest); for `run:` stages the
+ * digest (Node kinds: the compiled entry and the modules it imports); for `run:` stages the
  * argv, the declared `version`, and the digest of every argument that names a
  * file in the project (so editing a script is a change).
  */
 export async function programVersion(stage: StageSpec, projectDir: string, distDir: string): Promise<string> {
   if (stage.uses && isStageKind(stage.uses)) {
     const info = STAGE_KINDS[stage.uses];
-    if (info.runtime === 'node') return `node:${await programFileDigest(path.join(distDir, info.module))}`;
+    if (info.runtime === 'node') return `node:${await nodeProgramDigest(path.join(distDir, info.module))}`;
     return `python:${await stagesProgramDigest(projectDir)}`;
   }
   const files: Record<string, string> = {};

@@ -473,7 +473,7 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
       s.attempt = result.attempt;
       s.result = result.result;
       s.manifestKey = result.manifestKey;
-      if (s.kind === 'report' && result.outputsPrefix) s.outputsPrefix = result.outputsPrefix;
+      if (stageKindInfo(s.kind)?.writesRunReport && result.outputsPrefix) s.outputsPrefix = result.outputsPrefix;
       Object.assign(s.metrics, result.metrics);
       // The final progress, not the last tick anyone happened to see.
       if (result.step !== undefined) s.step = result.step;

@@ -19,6 +19,7 @@ import {
   toStorageError,
   type StorageErrorKind,
 } from '../../activities/storage/errors.js';
+import { storageFailure } from '../../activities/errors.js';
 import { checkpointKeys, keys, manifestObjectKey, outputKeys } from '../../activities/storage/keys.js';
 import { isRetryable, resolveRetryOptions, retry, retryDelay, RETRY_POLICIES } from '../../activities/storage/retry.js';
 
@@ -272,5 +273,18 @@ describe('object keys', () => {
     assert.equal(checkpointKeys.manifest('r', 's', 'step-1'), 'runs/r/s/checkpoints/step-1/manifest.json');
     assert.ok(checkpointKeys.files('r', 's', 'step-1').startsWith(checkpointKeys.root('r', 's')));
     assert.equal(manifestObjectKey({ runId: 'r', stage: 's' }, { path: 'a.txt', size: 1, sha256: 'x' }), 'runs/r/s/outputs/a.txt');
+  });
+});
+
+describe('storageFailure: what a stage attempt fails as when the store fails', () => {
+  it('refused credentials are the worker’s configuration (WorkerMisconfigured), anything else StorageUnavailable; both retried', () => {
+    const auth = storageFailure('downloading inputs', new StorageAuthError('Access Denied.', { code: 'AccessDenied' }));
+    assert.equal(auth.type, 'WorkerMisconfigured');
+    assert.equal(auth.nonRetryable, false);
+    assert.match(auth.message, /refused this worker's credentials while downloading inputs.*Access Denied\./);
+    const down = storageFailure('uploading outputs', new StorageUnavailableError('connect ECONNREFUSED', { code: 'ECONNREFUSED' }));
+    assert.equal(down.type, 'StorageUnavailable');
+    assert.equal(down.nonRetryable, false);
+    assert.match(down.message, /unavailable while uploading outputs: connect ECONNREFUSED/);
   });
 });
