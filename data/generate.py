@@ -181,9 +181,15 @@ def mt_bench() -> None:
             121: ["def total(xs):\n    return sum(xs)", "sum([]) は 0 を返すので 0 になります。"]}
     (d / "reference_answer.jsonl").write_text("".join(json.dumps({"question_id": i, "model_id": "reference", "choices": [{"index": 0, "turns": t}]}, ensure_ascii=False) + "\n" for i, t in refs.items()), encoding="utf-8")
 
-# Published figures only, each with the page it was read from (see docs/evaluation.md, "Reference scores").
-# None of these sources gives both an MT-Bench (Japanese) score and an llm-jp-eval average for the same model,
-# so no row has both and none is plotted; an empty cell is a figure that was not found, never a guess.
+# Published figures only, each with the page it was read from (see docs/evaluation.md, "Reference scores");
+# an empty cell is a figure that was not found, never a guess. Rows with both scores are plotted: the LLM-jp
+# paper (arXiv 2407.03963v2) gives both for six 13B fine-tuned models, by its own model IDs (Table 9), with
+# llm-jp-eval v1.3.0 "AVR" (Table 10: mean of the categories EL FA HE MC MR MT NLI QA RC) and Japanese
+# MT-Bench "Avg." (Table 12: mean of the eight categories, judge gpt-4-0613); test/unit/report.test.ts
+# recomputes both averages from the tables' category columns.
+LLM_JP_PAPER = "https://arxiv.org/abs/2407.03963v2"
+LLM_JP_PAPER_NOTE = ("LLM-jp paper, model ID {id} (13B, {tuning}); llm-jp-eval v1.3.0 AVR (Table 10), "
+                     "Japanese MT-Bench Avg. judged by gpt-4-0613 (Table 12)")
 REFERENCE_ROWS = [
     ("model", "mt_bench", "llm_jp_eval", "note", "source", "date"),
     ("llm-jp-3-1.8b-instruct", "4.93", "",
@@ -199,6 +205,15 @@ REFERENCE_ROWS = [
     ("Tanuki-8B-dpo-v1.0", "7.24", "",
      "Japanese MT-Bench average as a model overview page quotes it (secondary source; judge not stated there)",
      "https://featherless.ai/models/weblab-GENIAC/Tanuki-8B-dpo-v1.0", "not stated"),
+    *((f"LLM-jp {pid}", mt, avr, LLM_JP_PAPER_NOTE.format(id=pid, tuning=tuning), LLM_JP_PAPER, "2024-12-30 (paper v2)")
+      for pid, tuning, mt, avr in [
+          ("v1.1-I", "SFT on dolly, oasst, ichikara", "3.05", "0.365"),
+          ("v1.1-J", "LoRA on dolly, oasst, ichikara", "2.69", "0.395"),
+          ("v1.1-K", "SFT on dolly, oasst, ichikara, then DPO on HH-RLHF", "3.09", "0.350"),
+          ("v2.0-M", "SFT on dolly, oasst, ichikara", "3.54", "0.387"),
+          ("v2.0-N", "SFT, AnswerCarefully added", "3.54", "0.383"),
+          ("v2.0-O", "SFT, AnswerCarefully 16x", "3.68", "0.388"),
+      ]),
 ]
 
 

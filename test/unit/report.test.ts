@@ -129,6 +129,46 @@ describe('data/reference-scores.csv', () => {
   });
 });
 
+describe('data/reference-scores.csv: the LLM-jp paper rows (arXiv 2407.03963v2)', () => {
+  // Category columns as printed in the paper. Table 10 (llm-jp-eval v1.3.0): EL FA HE MC MR MT NLI QA RC,
+  // "AVR is the average score across all categories". Table 12 (Japanese MT-Bench, gpt-4-0613): coding
+  // extraction humanities math reasoning roleplay stem writing, then "Avg.". Derivation checked here:
+  // each average is the mean of its row, rounded as printed (3 decimals, 2 decimals); e.g. v2.0-M:
+  // (0.350+0.196+0.250+0.186+0.216+0.785+0.316+0.421+0.759)/9 = 3.479/9 = 0.3866 → 0.387, and
+  // (1.35+2.90+6.05+1.15+1.70+5.20+4.40+5.55)/8 = 28.30/8 = 3.5375 → 3.54.
+  const table10: Record<string, number[]> = {
+    'v1.1-I': [0.367, 0.155, 0.237, 0.221, 0.042, 0.759, 0.435, 0.361, 0.708],
+    'v1.1-J': [0.387, 0.159, 0.241, 0.258, 0.044, 0.786, 0.48, 0.471, 0.726],
+    'v1.1-K': [0.351, 0.151, 0.236, 0.225, 0.042, 0.774, 0.359, 0.33, 0.678],
+    'v2.0-M': [0.35, 0.196, 0.25, 0.186, 0.216, 0.785, 0.316, 0.421, 0.759],
+    'v2.0-N': [0.355, 0.192, 0.246, 0.193, 0.208, 0.782, 0.313, 0.409, 0.751],
+    'v2.0-O': [0.348, 0.19, 0.248, 0.215, 0.21, 0.783, 0.32, 0.429, 0.75],
+  };
+  const table12: Record<string, number[]> = {
+    'v1.1-I': [1.25, 2.15, 4.3, 1.0, 3.05, 4.45, 3.25, 4.95],
+    'v1.1-J': [1.3, 3.3, 2.2, 1.5, 2.05, 4.5, 2.4, 4.3],
+    'v1.1-K': [1.35, 2.75, 2.95, 1.15, 2.5, 5.4, 4.35, 4.25],
+    'v2.0-M': [1.35, 2.9, 6.05, 1.15, 1.7, 5.2, 4.4, 5.55],
+    'v2.0-N': [1.9, 2.4, 5.4, 1.1, 2.8, 5.45, 4.8, 4.5],
+    'v2.0-O': [1.8, 3.6, 6.15, 1.05, 2.25, 5.2, 5.15, 4.2],
+  };
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+
+  it('each row is its categories’ mean as the paper prints it, and is plotted', async () => {
+    const refs = await readReferenceScores('data/reference-scores.csv', { cwd: ROOT, paramsSource: 'test' });
+    for (const id of Object.keys(table10)) {
+      const r = refs.find((x) => x.model === `LLM-jp ${id}`);
+      assert.ok(r, `LLM-jp ${id} is in the file`);
+      assert.equal(r.source, 'https://arxiv.org/abs/2407.03963v2');
+      assert.ok(r.llmJpEval !== null && r.mtBench !== null, `${id} has both scores`);
+      // Within the printed rounding: a category mean may round either way of the printed average by half a unit.
+      assert.ok(Math.abs(mean(table10[id]) - r.llmJpEval) <= 0.0005 + 1e-9, `${id}: llm-jp-eval ${r.llmJpEval} vs mean ${mean(table10[id])}`);
+      assert.ok(Math.abs(mean(table12[id]) - r.mtBench) <= 0.005 + 1e-9, `${id}: MT-Bench ${r.mtBench} vs mean ${mean(table12[id])}`);
+    }
+    assert.ok(refs.filter((r) => r.mtBench !== null && r.llmJpEval !== null).length >= 6);
+  });
+});
+
 describe('parseCsv', () => {
   it('reads quotes, doubled quotes, CRLF, a BOM and skips blank lines', () => {
     const rows = parseCsv('\ufeffmodel,note\r\n"a,b","say ""hi"""\r\n\r\nc,"multi\nline"\n');
