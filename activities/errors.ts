@@ -25,7 +25,10 @@ export function stageFailure(type: FailureType, message: string, details?: unkno
 export function storageFailure(doing: string, err: unknown): ApplicationFailure {
   const message = (err as Error).message ?? String(err);
   if (err instanceof StorageAuthError) {
-    return stageFailure(FailureTypes.WorkerMisconfigured, `object storage refused this worker's credentials while ${doing} (check TANREN_S3_ACCESS_KEY/TANREN_S3_SECRET_KEY and the bucket policy): ${message}`);
+    return stageFailure(
+      FailureTypes.WorkerMisconfigured,
+      `object storage refused this worker's credentials while ${doing} (check TANREN_S3_ACCESS_KEY/TANREN_S3_SECRET_KEY and the bucket policy): ${message}`,
+    );
   }
   return stageFailure(FailureTypes.StorageUnavailable, `object storage unavailable while ${doing}: ${message}`);
 }
