@@ -61,7 +61,7 @@ const CANARY = {
   s3var: `canary-s3var-${rand()}${rand()}`,
 };
 
-/** As in test/llm-pipeline.test.ts, cut further: the model only has to exist and answer. */
+/** As in test/e2e/llm-pipeline.test.ts, cut further: the model only has to exist and answer. */
 const OVERRIDES = { vocab_size: 1000, pretrain_steps: 60, checkpoint_every: 20, sft_steps: 6, mt_bench_max_new_tokens: 12 };
 const KEEP = new Set(['preflight', 'wiki40b-to-jsonl', 'train-tokenizer', 'tokenize', 'pretrain', 'sft', 'llm-jp-eval', 'mt-bench', 'report']);
 /** llm-jp-eval at its smallest that still scores every category of data/jaster: a shot, two samples, four tokens. */

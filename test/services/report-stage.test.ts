@@ -409,9 +409,9 @@ describe('report stage (dist/stages/report/main.js)', () => {
   });
 });
 
-/** Screenshots the page with Debian's chromium into test-artifacts/; does nothing without chromium. */
+/** Screenshots the page with Debian's chromium (infra/test installs it with infra/install-browser) into test-artifacts/. */
 async function screenshot(htmlFile: string, name: string): Promise<void> {
-  if (!existsSync(CHROMIUM)) return;
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: infra/install-browser installs it`);
   const dir = path.join(ROOT, 'test-artifacts');
   mkdirSync(dir, { recursive: true });
   const png = path.join(dir, name);
