@@ -279,7 +279,7 @@ export function createRunStage(deps: StageRunnerDeps) {
         if (lookup.hit) return cacheHit(task, lookup, startedAt);
       }
       lease = await takeGpus(config.gpuSlots, task, beat);
-      const cacheKey = lookup?.parts ? { key: lookup.key, parts: lookup.parts } : undefined;
+      const cacheKey = lookup ? { key: lookup.key, parts: lookup.parts } : undefined;
       const result = await runAttempt(task, heartbeat, startedAt, lease?.cudaVisibleDevices ?? config.cudaVisibleDevices, cacheKey);
       return lookup ? { ...result, cache: { hit: false, reason: lookup.reason } } : result;
     } catch (err) {

@@ -404,6 +404,14 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
     // A CPU stage's cache look-up happens in its runStage activity; a GPU stage's stays on the CPU queue,
     // so that a hit does not wait for a GPU.
     const lookupInStage = oneActivity && !stage.sweep && cacheOn(stage) && queue === 'cpu';
+    /** A verified cache hit, from either look-up: the stage ran nothing and points at the cached outputs. */
+    const markCached = (manifestKey: string, result: Record<string, unknown> | undefined, fromRun: string | undefined) => {
+      results.set(stage.id, { manifestKey });
+      s.state = 'cached';
+      s.result = result;
+      s.manifestKey = manifestKey;
+      s.cachedFrom = fromRun;
+    };
     try {
       if (stage.sweep) {
         // A cache key knows the stage's `with:`, not its sweep: a swept stage always searches.
@@ -415,14 +423,7 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
           lean ? proxyActivities<Activities>({ ...ioOptions, activityId: `cache:${stage.id}`, startToCloseTimeout: CACHE_LOOKUP_TIMEOUT }) : io
         ).checkCache(task);
         s.cache = lookup.reason;
-        if (lookup.hit) {
-          results.set(stage.id, { manifestKey: lookup.manifestKey });
-          s.state = 'cached';
-          s.result = lookup.result;
-          s.manifestKey = lookup.manifestKey;
-          s.cachedFrom = lookup.fromRun;
-          return;
-        }
+        if (lookup.hit) return markCached(lookup.manifestKey, lookup.result, lookup.fromRun);
       } else {
         s.cache = options.noCache ? NO_CACHE_NOTE : 'cache: off for this stage';
       }
@@ -460,13 +461,8 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
       if (result.cache) s.cache = result.cache.reason;
       if (result.cache?.hit) {
         // Nothing ran: as a hit of the checkCache activity leaves it.
-        results.set(stage.id, { manifestKey: result.manifestKey });
-        s.state = 'cached';
         s.attempt = 0;
-        s.result = result.result;
-        s.manifestKey = result.manifestKey;
-        s.cachedFrom = result.cache.fromRun;
-        return;
+        return markCached(result.manifestKey, result.result, result.cache.fromRun);
       }
       results.set(stage.id, result);
       s.state = 'succeeded';

@@ -13,8 +13,8 @@ import type { StageRunnerDeps } from './types.js';
 
 /** A look-up's answer, with the key parts a miss records its outputs under later, and a hit's size. */
 export type StageCacheLookup =
-  | (Extract<CacheLookup, { hit: false }> & { parts?: CacheKeyParts })
-  | (Extract<CacheLookup, { hit: true }> & { parts?: CacheKeyParts; files: number; bytes: number });
+  | (Extract<CacheLookup, { hit: false }> & { parts: CacheKeyParts })
+  | (Extract<CacheLookup, { hit: true }> & { parts: CacheKeyParts; files: number; bytes: number });
 
 /**
  * Looks a stage up in the cross-run cache. A verified hit gets its own

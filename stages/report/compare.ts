@@ -118,14 +118,16 @@ export const RUN_COLOURS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e
  * `eval_loss` dashed.
  */
 export function compareLossSpec(runs: readonly ComparedRun[]): TopLevelSpec {
-  const rows: { stage: string; run: string; step: number; metric: string; value: number }[] = [];
+  const rows: { stage: string; run: string; step: number; metric: string; value: number; dot: boolean }[] = [];
   const stages: string[] = [];
   for (const r of runs) {
     for (const s of r.metrics.filter(hasLoss)) {
       if (!stages.includes(s.stage)) stages.push(s.stage);
       for (const metric of LOSS_METRICS) {
         const logged = s.points.filter((p) => metric in p.values);
-        for (const p of thin(logged, MAX_CURVE_POINTS)) rows.push({ stage: s.stage, run: r.run, step: p.step, metric, value: p.values[metric] });
+        // A series logged once (a held-out loss measured only at the end) is a one-point path, which draws nothing: a dot.
+        const dot = logged.length === 1;
+        for (const p of thin(logged, MAX_CURVE_POINTS)) rows.push({ stage: s.stage, run: r.run, step: p.step, metric, value: p.values[metric], dot });
       }
     }
   }
@@ -160,14 +162,7 @@ export function compareLossSpec(runs: readonly ComparedRun[]): TopLevelSpec {
         },
         detail: { field: 'metric' },
       },
-      layer: [
-        { mark: { type: 'line', strokeWidth: 1.8 } },
-        // A series logged once (a held-out loss measured only at the end) is a one-point path, which draws nothing: mark it.
-        {
-          transform: [{ joinaggregate: [{ op: 'count', as: 'logged' }], groupby: ['stage', 'run', 'metric'] }, { filter: 'datum.logged == 1' }],
-          mark: { type: 'point', filled: true, size: 45 },
-        },
-      ],
+      layer: [{ mark: { type: 'line', strokeWidth: 1.8 } }, { transform: [{ filter: 'datum.dot' }], mark: { type: 'point', filled: true, size: 45 } }],
     },
     resolve: { scale: { x: 'independent', y: 'independent' } },
   };

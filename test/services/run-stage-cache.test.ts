@@ -7,10 +7,10 @@
  * writes no entry.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { before, describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { computeCacheKey } from '../../activities/cache.js';
 import { createRunStage } from '../../activities/run-stage.js';
@@ -34,6 +34,7 @@ describe('runStage with its own cache look-up', () => {
     counter = path.join(workRoot, 'ran.txt');
     writeFileSync(counter, '');
   });
+  after(() => rmSync(workRoot, { recursive: true, force: true }));
 
   const runStage = () => createRunStage({ storage, config: { workRoot, projectDir: ROOT, device: 'cpu', queue: 'cpu', pollIntervalMs: 50 } });
   /** Counts its runs in `counter` and writes one output; `version` makes the cache key this test's own. */
