@@ -77,11 +77,13 @@ export function createRunStage(deps: StageRunnerDeps) {
     // Independent, so together: the params and events files, the inputs (every file of each needed stage's
     // manifest, verified by digest) and the newest complete checkpoint in object storage to resume from
     // (the previous attempt's, by heartbeat, else any). A reset re-runs attempt 1, so even a first attempt looks.
+    // A local stage is short and leaves no heartbeat: it starts afresh.
+    const resumable = stage.checkpoint?.resume !== false && !ctx.info.isLocal;
     const [, , inputEnv, resume] = await Promise.all([
       writeFile(dir.paramsFile, JSON.stringify(params, null, 2)),
       writeFile(dir.eventsFile, ''),
       downloadInputs(storage, config.inputCache, stage.id, task.inputs, dir.inputs, beat, retryOpts),
-      stage.checkpoint?.resume !== false ? restoreResume(storage, deps.s3, runId, stage.id, dir.resume, previous?.checkpoint, log, retryOpts) : undefined,
+      resumable ? restoreResume(storage, deps.s3, runId, stage.id, dir.resume, previous?.checkpoint, log, retryOpts) : undefined,
     ]);
     const { argv, extraEnv } = stageCommand(stage, { python: config.python, projectDir: config.projectDir, pythonPath: process.env.PYTHONPATH, attempt });
     const env = stageProtocolEnv(
@@ -212,10 +214,13 @@ export function createRunStage(deps: StageRunnerDeps) {
       Object.assign(state.result, resumeInfo);
       if (checkpointError) state.result.checkpoint_upload_error = String((checkpointError as Error).message ?? checkpointError);
       const published = await publishOutputs({ storage, runId, stageId: stage.id, attempt, outputDir: dir.output, result: state.result, beat, retryOpts });
-      await Promise.all([
-        task.cache ? recordInCache(storage, task, config.projectDir, published, log, cacheKey) : undefined,
-        config.keepWorkDirs ? undefined : removeAttemptDir(dir),
-      ]);
+      if (task.cache) await recordInCache(storage, task, config.projectDir, published, log, cacheKey);
+      // Nothing reads the directory again: the result need not wait for its removal.
+      if (!config.keepWorkDirs) {
+        void removeAttemptDir(dir).catch((err: unknown) => {
+          log.warn('attempt directory not removed', { dir: dir.dir, error: String(err) });
+        });
+      }
       const { files } = published;
       return {
         stage: stage.id,

@@ -162,6 +162,8 @@ interface GraphView {
     inputs?: string[];
     gpus?: unknown;
     host?: unknown;
+    local?: unknown;
+    sweep?: unknown;
   }>;
 }
 
@@ -182,6 +184,8 @@ function lenientView(raw: unknown): GraphView | undefined {
       ...(Array.isArray(st.inputs) ? { inputs: strings(st.inputs) } : {}),
       ...(st.gpus !== undefined ? { gpus: st.gpus } : {}),
       ...(st.host !== undefined ? { host: st.host } : {}),
+      ...(st.local !== undefined ? { local: st.local } : {}),
+      ...(st.sweep !== undefined ? { sweep: st.sweep } : {}),
     };
   });
   const params = r.params && typeof r.params === 'object' ? (r.params as Record<string, unknown>) : {};
@@ -214,6 +218,12 @@ function graphProblems(spec: GraphView): SpecProblem[] {
         'gpus',
         `the built-in kind "${q(stage.uses)}" runs on one GPU; only pretrain is launched with torchrun for gpus > 1 (or use a \`run:\` stage with your own launcher)`,
       );
+    }
+    if (stage.local === true && stageQueue(stage) !== 'cpu') {
+      add('local', 'a local stage runs in the worker that runs the workflow, on a CPU host: only a cpu-queue stage can be local');
+    }
+    if (stage.local === true && stage.sweep !== undefined) {
+      add('local', 'a swept stage runs each trial as an activity of its own and cannot be local; leave `local` out');
     }
     const needSeen = new Set<string>();
     stage.needs.forEach((need, j) => {

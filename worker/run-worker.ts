@@ -169,6 +169,10 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
           namespace: env.TEMPORAL_NAMESPACE,
           taskQueue: opts.controlTaskQueue ?? env.TANREN_CONTROL_QUEUE,
           workflowBundle: await workflowBundle(),
+          // `local: true` stages run here, as local activities of the workflow; this worker polls no activity tasks.
+          activities,
+          enableNonLocalActivities: false,
+          maxConcurrentLocalActivityExecutions: env.TANREN_CPU_CONCURRENCY,
           identity: `tanren-control@${os.hostname()}:${process.pid}`,
         }),
       );

@@ -17,6 +17,7 @@ import {
   log,
   patched,
   proxyActivities,
+  proxyLocalActivities,
   setCurrentDetails,
   setHandler,
   TimeoutFailure,
@@ -107,6 +108,12 @@ export const LEAN_PROGRESS_PATCH = 'tanren-lean-progress-1';
  * the separate `checkCache` activity.
  */
 export const ONE_ACTIVITY_PATCH = 'tanren-one-activity-per-stage-1';
+
+/**
+ * Patch marking runs that run `local: true` stages as local activities (a spec with `local` did not validate
+ * before, so only new runs take this path; the patch keeps that explicit in the history).
+ */
+export const LOCAL_STAGES_PATCH = 'tanren-local-stages-1';
 
 /**
  * A run continues as new once its history passes this many events (or the
@@ -364,6 +371,15 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
     const s = stageStatus(stage.id);
     const queue = stageQueue(stage);
     const retry = { ...defaults.retry, ...stage.retry };
+    const retryPolicy = () => ({
+      // 0 means unlimited in the spec, as in Temporal; the SDK wants it left unset for that.
+      maximumAttempts: retry.maximumAttempts === 0 ? undefined : (retry.maximumAttempts ?? 3),
+      initialInterval: ms(retry.initialInterval, 1000),
+      backoffCoefficient: retry.backoffCoefficient ?? 2,
+      // Temporal's own default: 100 times the initial interval.
+      maximumInterval: ms(retry.maximumInterval, 100 * ms(retry.initialInterval, 1000)),
+      nonRetryableErrorTypes: [...NON_RETRYABLE_FAILURE_TYPES],
+    });
     // One proxy per activity id: the stage's own, or each trial-rung's of a sweep.
     const activitiesFor = (activityId: string) =>
       proxyActivities<Activities>({
@@ -374,17 +390,18 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
         startToCloseTimeout: ms(stage.timeout ?? defaults.timeout, DEFAULT_TIMEOUT_MS),
         heartbeatTimeout: ms(stage.heartbeatTimeout ?? defaults.heartbeatTimeout, DEFAULT_HEARTBEAT_MS),
         cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-        retry: {
-          // 0 means unlimited in the spec, as in Temporal; the SDK wants it left unset for that.
-          maximumAttempts: retry.maximumAttempts === 0 ? undefined : (retry.maximumAttempts ?? 3),
-          initialInterval: ms(retry.initialInterval, 1000),
-          backoffCoefficient: retry.backoffCoefficient ?? 2,
-          // Temporal's own default: 100 times the initial interval.
-          maximumInterval: ms(retry.maximumInterval, 100 * ms(retry.initialInterval, 1000)),
-          nonRetryableErrorTypes: [...NON_RETRYABLE_FAILURE_TYPES],
-        },
+        retry: retryPolicy(),
       });
-    const act = activitiesFor(stage.id);
+    // A local stage runs in this workflow's worker: no dispatch, and the workflow goes on in the same workflow task.
+    const local = !stage.sweep && stage.local === true && queue === 'cpu' && patched(LOCAL_STAGES_PATCH);
+    const act = local
+      ? proxyLocalActivities<Activities>({
+          startToCloseTimeout: ms(stage.timeout ?? defaults.timeout, DEFAULT_TIMEOUT_MS),
+          cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+          summary: `${stage.id} · ${kindOf(stage)} · local`,
+          retry: retryPolicy(),
+        })
+      : activitiesFor(stage.id);
     const inputIds = stage.inputs ?? stage.needs;
     const stall = stage.stallTimeout ?? defaults.stallTimeout ?? (stage.uses && isStageKind(stage.uses) ? STAGE_KINDS[stage.uses].stallTimeout : undefined);
     const task: StageTask = {

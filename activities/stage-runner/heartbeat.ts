@@ -34,7 +34,8 @@ export function createHeartbeat(ctx: Context, startedAt: string): HeartbeatWrite
   };
   const beat: Beat = (change = {}) => {
     Object.assign(hb, change);
-    ctx.heartbeat({ ...hb });
+    // A local activity (a `local: true` stage) has no heartbeats: its details live only in this attempt.
+    if (!ctx.info.isLocal) ctx.heartbeat({ ...hb });
   };
   return { hb, beat, previous };
 }

@@ -1,19 +1,18 @@
 /**
- * The stage process: started with execa in its own process group (so
- * cancellation and cleanup reach grandchildren), its output redacted into the
- * attempt's log, its group recorded under `running/` with the identities the
+ * The stage process: started by the worker's stage launcher (./launcher.ts) in
+ * its own process group (so cancellation and cleanup reach grandchildren), its
+ * output redacted into the attempt's log, its group recorded under `running/` with the identities the
  * reaper of a restarted worker checks, and SIGTERM then SIGKILL on cancellation.
  */
 import { createWriteStream } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 import type { Logger } from '@temporalio/common';
-import { execa } from 'execa';
 import { FailureTypes } from '../../schemas/names.js';
 import { stageFailure } from '../errors.js';
 import { identify } from '../process-identity.js';
 import { runningDir } from './attempt-dir.js';
+import { launch } from './launcher-client.js';
 
 /** How the process ended. */
 export interface ProcessOutcome {
@@ -79,45 +78,48 @@ export async function startStageProcess(o: StartOptions): Promise<StageProcess> 
     log.info(line, { stage: o.stageId, attempt: o.attempt, stream: streamName });
   };
 
-  let child;
-  try {
-    child = execa(o.argv[0], o.argv.slice(1), {
-      cwd: o.cwd,
-      env: o.env,
-      extendEnv: false,
-      detached: true, // own process group, so cancellation reaches grandchildren too
-      reject: false,
-      stdin: 'ignore',
-      buffer: false,
-      cleanup: true,
-    });
-  } catch (err) {
-    throw stageFailure(FailureTypes.StageConfigError, `stage "${o.stageId}": cannot start ${o.argv[0]}: ${(err as Error).message}`);
+  let onExit!: (outcome: ProcessOutcome) => void;
+  const exited = new Promise<ProcessOutcome>((r) => (onExit = r));
+  let onClosed!: () => void;
+  const streamsClosed = new Promise<void>((r) => (onClosed = r));
+  // The launcher relays output from the start: nothing written at once is lost.
+  const started = await launch(
+    { file: o.argv[0], args: o.argv.slice(1), cwd: o.cwd, env: o.env },
+    {
+      line: record,
+      exit: (e) => {
+        if (e.error) record('stderr', `tanren: ${e.error}`);
+        onExit({ exitCode: e.exitCode, signal: e.signal });
+      },
+      closed: onClosed,
+    },
+  );
+  if (started.error && !started.pid) {
+    logStream.end();
+    throw stageFailure(FailureTypes.StageConfigError, `stage "${o.stageId}": cannot start ${o.argv[0]}: ${started.error}`);
   }
-  // Listen before any await: output written at once would otherwise be lost.
-  const streamsClosed: Array<Promise<void>> = [];
-  for (const [name, stream] of [
-    ['stdout', child.stdout],
-    ['stderr', child.stderr],
-  ] as const) {
-    if (!stream) continue;
-    const lines = createInterface({ input: stream });
-    lines.on('line', (l) => record(name, l));
-    streamsClosed.push(new Promise<void>((r) => lines.once('close', () => r())));
-  }
-  // The last lines arrive after the exit event; a grandchild holding the pipe must not stall us.
-  const drained = (ms: number) => Promise.race([Promise.all(streamsClosed), new Promise((r) => setTimeout(r, ms))]);
-  const exited: Promise<ProcessOutcome> = child.then((r) => ({ exitCode: r.exitCode, signal: r.signal }));
-  const pid = child.pid;
+  // The last lines arrive after the exit; a grandchild holding the pipe must not stall us.
+  const drained = (ms: number) => Promise.race([streamsClosed, new Promise((r) => setTimeout(r, ms))]);
+  const pid = started.pid;
   const runningRecord = pid ? path.join(runningDir(o.workRoot), `${o.queue}-${pid}.json`) : undefined;
-  if (runningRecord) {
-    await mkdir(path.dirname(runningRecord), { recursive: true });
-    // Who owns the group, and who it is: the reaper of a restarted worker kills it only if both checks say so.
-    await writeFile(
-      runningRecord,
-      JSON.stringify({ pgid: pid, runId: o.runId, stage: o.stageId, attempt: o.attempt, stageProcess: identify(pid!), worker: identify(process.pid) }),
-    );
-  }
+  // Who owns the group, and who it is: the reaper of a restarted worker kills it only if both checks say so.
+  // Written while the process runs (it is only read after a worker restart); reap waits for it before removing it.
+  const recorded = runningRecord
+    ? (async () => {
+        const content = JSON.stringify({
+          pgid: pid,
+          runId: o.runId,
+          stage: o.stageId,
+          attempt: o.attempt,
+          stageProcess: started.identity,
+          worker: identify(process.pid),
+        });
+        await mkdir(path.dirname(runningRecord), { recursive: true });
+        await writeFile(runningRecord, content);
+      })().catch((err: unknown) => {
+        log.warn('stage process record not written', { stage: o.stageId, error: String(err) });
+      })
+    : undefined;
 
   const killGroup = (signal: NodeJS.Signals) => {
     if (!pid) return;
@@ -151,6 +153,7 @@ export async function startStageProcess(o: StartOptions): Promise<StageProcess> 
       // A stage may leave grandchildren behind; they belong to its group.
       killGroup('SIGKILL');
       await drained(1000);
+      await recorded;
       if (runningRecord) await rm(runningRecord, { force: true });
     },
     closeLog: () => new Promise<void>((r) => logStream.end(r)),

@@ -157,12 +157,13 @@ type Shape = 'chain' | 'fanout';
  * The pipeline of a case. Without the cache (`--no-cache`) it measures orchestration alone; with it, every
  * stage is a miss (a fresh `version` per run changes each cache key) that is looked up and then recorded.
  */
-function pipelineInput(w: Workers, shape: Shape, n: number, cache: boolean) {
+function pipelineInput(w: Workers, shape: Shape, n: number, cache: boolean, local: boolean) {
   const version = unique('v');
   const stages = Array.from({ length: n }, (_, i) => ({
     id: `s${String(i).padStart(4, '0')}`,
     run: TRUE_ARGV,
     ...(cache ? { version } : {}),
+    ...(local ? { local: true } : {}),
     needs: shape === 'chain' && i > 0 ? [`s${String(i - 1).padStart(4, '0')}`] : [],
   }));
   return { spec: { name: `bench-${shape}-${n}`, queues: { cpu: w.cpuQueue, gpu: w.gpuQueue }, stages }, options: { noCache: !cache } };
@@ -247,13 +248,13 @@ async function phasesOf(client: Client, workflowId: string): Promise<Phases> {
   };
 }
 
-async function runPipeline(client: Client, w: Workers, shape: Shape, n: number, cache = false): Promise<{ wallMs: number; workflowId: string }> {
+async function runPipeline(client: Client, w: Workers, shape: Shape, n: number, cache = false, local = false): Promise<{ wallMs: number; workflowId: string }> {
   const workflowId = unique(`bench-${shape}-${n}`);
   const t0 = performance.now();
   const result = (await client.workflow.execute('pipelineWorkflow', {
     taskQueue: w.controlQueue,
     workflowId,
-    args: [pipelineInput(w, shape, n, cache)],
+    args: [pipelineInput(w, shape, n, cache, local)],
   })) as { state: string };
   const wallMs = performance.now() - t0;
   if (result.state !== 'succeeded') throw new Error(`${workflowId}: ${result.state}`);
@@ -270,6 +271,8 @@ interface CaseResult {
   stages: number;
   /** The cross-run cache on (each stage a miss, looked up and recorded) or off (`--no-cache`). */
   cache: boolean;
+  /** Every stage `local: true` (a local activity of the workflow) instead of an activity on the CPU queue. */
+  local: boolean;
   cpuConcurrency: number;
   tanrenWallMs: number[];
   tanrenWallMedianMs: number;
@@ -298,11 +301,12 @@ async function benchCase(
   reps: number,
   baselineFns: Record<string, () => Promise<unknown>>,
   cache = false,
+  local = false,
 ): Promise<CaseResult> {
-  const name = `${shape}-${n}${shape === 'fanout' ? `@c${w.concurrency}` : ''}${cache ? '+cache' : ''}`;
+  const name = `${shape}-${n}${shape === 'fanout' ? `@c${w.concurrency}` : ''}${cache ? '+cache' : ''}${local ? '+local' : ''}`;
   process.stderr.write(`[overhead] ${name}: tanren ×${reps} …\n`);
   const runs: Array<{ wallMs: number; workflowId: string }> = [];
-  for (let i = 0; i < reps; i++) runs.push(await runPipeline(client, w, shape, n, cache));
+  for (let i = 0; i < reps; i++) runs.push(await runPipeline(client, w, shape, n, cache, local));
   const walls = runs.map((r) => r.wallMs);
   const tanren = median(walls);
   // Phases from the run closest to the median.
@@ -321,6 +325,7 @@ async function benchCase(
     shape,
     stages: n,
     cache,
+    local,
     cpuConcurrency: w.concurrency,
     tanrenWallMs: walls.map(r1),
     tanrenWallMedianMs: r1(tanren),
@@ -425,12 +430,17 @@ async function main() {
   try {
     process.stderr.write('[overhead] warm-up …\n');
     await runPipeline(client, w, 'chain', 5);
-    for (const n of chainSizes) {
-      for (const cache of [false, true]) {
-        if (want(`chain-${n}${cache ? '+cache' : ''}`)) cases.push(await benchCase(client, w, 'chain', n, n >= 200 ? 1 : reps, baselinesFor(n), cache));
+    for (const local of [false, true]) {
+      for (const n of chainSizes) {
+        for (const cache of [false, true]) {
+          const name = `chain-${n}${cache ? '+cache' : ''}${local ? '+local' : ''}`;
+          if (want(name)) cases.push(await benchCase(client, w, 'chain', n, n >= 200 ? 1 : reps, baselinesFor(n), cache, local));
+        }
+      }
+      if (want(`fanout-${fanN}@c${defaultConc}${local ? '+local' : ''}`)) {
+        cases.push(await benchCase(client, w, 'fanout', fanN, 1, baselinesFor(fanN, defaultConc), false, local));
       }
     }
-    if (want(`fanout-${fanN}@c${defaultConc}`)) cases.push(await benchCase(client, w, 'fanout', fanN, 1, baselinesFor(fanN, defaultConc)));
     if (!args.cases) micro = await microBenchmarks(client, w, workDir, args.quick ? 10 : 30);
   } finally {
     await w.stop();

@@ -167,6 +167,19 @@ describe('pipeline spec validation', () => {
     assert.equal(stageQueue({}), 'cpu');
   });
 
+  it('accepts local on cpu-queue stages and names the field where it cannot be', () => {
+    const problems = (stage: Record<string, unknown>) => {
+      const v = validatePipelineSpec({ name: 'p', stages: [{ id: 's', ...stage }] });
+      return v.ok ? [] : v.problems.map((p) => `${p.path}: ${p.message}`);
+    };
+    assert.deepEqual(problems({ run: ['x'], local: true }), []);
+    assert.deepEqual(problems({ uses: 'tokenize', local: true }), []);
+    assert.match(problems({ run: ['x'], queue: 'gpu', local: true }).join('\n'), /^stages\[0\]\.local: .*only a cpu-queue stage can be local/);
+    assert.match(problems({ uses: 'sft', local: true }).join('\n'), /^stages\[0\]\.local: /);
+    assert.match(problems({ run: ['x'], with: { lr: 1 }, local: true, sweep: { space: { lr: [1, 2] } } }).join('\n'), /local: a swept stage/);
+    assert.match(problems({ run: ['x'], local: 'yes' }).join('\n'), /local/);
+  });
+
   it('finds no cycle in a diamond', () => {
     assert.equal(
       findCycle([

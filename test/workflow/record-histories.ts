@@ -548,6 +548,32 @@ async function main() {
         assert.deepEqual(types, ['runStage', 'runStage'], 'one activity per stage');
         write('one-activity', history);
       }
+
+      // 10. LOCAL_STAGES_PATCH: `local: true` stages run as local activities (markers, no activity tasks): a cache
+      //     hit, then a miss whose first attempt crashes and whose second succeeds; a regular stage after them.
+      if (want('local-stages')) {
+        const h = await start('local-stages', [
+          { id: 'prep', run: ['x'], local: true, with: { cached: true } },
+          { id: 'train', needs: ['prep'], run: ['x'], local: true, with: { failAttempts: 1, failType: 'StageCrashed' }, retry: quick },
+          { id: 'after', needs: ['train'], run: ['x'] },
+        ]);
+        const r = (await h.result()) as RunResult;
+        assert.deepEqual(
+          r.stages.map((s) => [s.state, s.attempt]),
+          [
+            ['cached', 0],
+            ['succeeded', 2],
+            ['succeeded', 1],
+          ],
+        );
+        const history = await h.fetchHistory();
+        check(history, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED);
+        const scheduled = events(history).flatMap((e) => e.activityTaskScheduledEventAttributes?.activityId ?? []);
+        assert.deepEqual(scheduled, ['after'], 'only the regular stage is an activity task');
+        const markers = events(history).filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity').length;
+        assert.ok(markers >= 2, `${markers} local activity markers`);
+        write('local-stages', history);
+      }
     });
   } finally {
     await env.teardown();

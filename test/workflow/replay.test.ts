@@ -32,6 +32,7 @@ const LEAN_HISTORIES = [
   'continue-as-new-last',
   'failed',
   'one-activity',
+  'local-stages',
 ].map((s) => `lean-${s}.json`);
 
 /** Patch ids a recorded history's `core_patch` markers name. */

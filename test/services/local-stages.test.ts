@@ -1,0 +1,129 @@
+/**
+ * `local: true` stages through real workers, the real Temporal dev server and
+ * real MinIO: they run as local activities of the workflow (markers in the
+ * history, no activity tasks), pass outputs on like any stage, are retried
+ * after a crash, hit the cache on a second run, and a cancelled run stops a
+ * local stage's process group.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { Client, Connection, WorkflowFailedError } from '@temporalio/client';
+import { CancelledFailure } from '@temporalio/common';
+import { keys } from '../../activities/storage/keys.js';
+import { createObjectStore, type ObjectStore } from '../../activities/storage/store.js';
+import type { OutputManifest } from '../../activities/types.js';
+import { s3Credentials } from '../../worker/config.js';
+import type { RunResult } from '../../workflows/pipeline.js';
+import { unique, waitFor } from '../helpers/env.js';
+import { startTestWorkers, type TestWorkers } from '../helpers/workers.js';
+
+describe('local stages', () => {
+  let workers: TestWorkers;
+  let client: Client;
+  let storage: ObjectStore;
+  let scratch: string;
+
+  before(async () => {
+    workers = await startTestWorkers({ prefix: 'local', gpu: false });
+    client = new Client({ connection: await Connection.connect({ address: workers.env.TEMPORAL_ADDRESS }), namespace: workers.env.TEMPORAL_NAMESPACE });
+    storage = createObjectStore({ endpoint: workers.env.TANREN_S3_ENDPOINT, bucket: workers.env.TANREN_BUCKET, ...s3Credentials(workers.env) });
+    scratch = mkdtempSync(path.join(os.tmpdir(), 'tanren-local-'));
+  });
+  after(async () => {
+    await workers?.stop();
+    await client?.connection.close();
+    rmSync(scratch, { recursive: true, force: true });
+  });
+
+  const input = (name: string, stages: unknown[], options: Record<string, unknown> = {}) => ({
+    spec: { name, queues: { cpu: workers.queues.cpu }, stages },
+    options,
+  });
+
+  it('runs a chain of local stages as local activities: outputs passed on, a crash retried, a second run cached', async () => {
+    const marker = path.join(scratch, 'crashed-once');
+    const version = unique('v');
+    const stages = [
+      { id: 'make', local: true, version, run: ['sh', '-c', 'echo 21 > "$TANREN_OUTPUT/n.txt"'] },
+      {
+        id: 'double',
+        local: true,
+        version,
+        needs: ['make'],
+        retry: { maximumAttempts: 3, initialInterval: '200ms' },
+        // Attempt 1 dies by SIGKILL (a crash); attempt 2 reads the input and writes its double.
+        run: [
+          'sh',
+          '-c',
+          `if [ ! -e "${marker}" ]; then touch "${marker}"; kill -9 $$; fi; echo $(( $(cat "$TANREN_INPUT_MAKE/n.txt") * 2 )) > "$TANREN_OUTPUT/n.txt"`,
+        ],
+      },
+      { id: 'report', version, needs: ['double'], run: ['sh', '-c', 'cp "$TANREN_INPUT_DOUBLE/n.txt" "$TANREN_OUTPUT/final.txt"'] },
+    ];
+    const workflowId = unique('local-chain');
+    const result = (await client.workflow.execute('pipelineWorkflow', {
+      taskQueue: workers.queues.control,
+      workflowId,
+      args: [input('local-chain', stages)],
+    })) as RunResult;
+    assert.deepEqual(
+      result.stages.map((s) => [s.id, s.state, s.attempt]),
+      [
+        ['make', 'succeeded', 1],
+        ['double', 'succeeded', 2],
+        ['report', 'succeeded', 1],
+      ],
+    );
+    const final = JSON.parse(await storage.getText(keys.manifest(workflowId, 'report'))) as OutputManifest;
+    assert.equal((await storage.getText(final.prefix + 'final.txt')).trim(), '42');
+    // The crashed attempt's log went up like any attempt's.
+    assert.ok(await storage.stat(keys.log(workflowId, 'double', 1)), 'log of the crashed attempt');
+
+    const history = await client.workflow.getHandle(workflowId).fetchHistory();
+    const events = history.events ?? [];
+    const scheduled = events.flatMap((e) => e.activityTaskScheduledEventAttributes?.activityId ?? []);
+    assert.deepEqual(scheduled, ['report'], 'only the regular stage was an activity task');
+    const markers = events.filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity');
+    assert.ok(markers.length >= 2, `${markers.length} local activity markers`);
+
+    // The same pipeline again, cache on: every stage a hit, nothing runs.
+    const again = (await client.workflow.execute('pipelineWorkflow', {
+      taskQueue: workers.queues.control,
+      workflowId: unique('local-chain-again'),
+      args: [input('local-chain', stages)],
+    })) as RunResult;
+    assert.deepEqual(
+      again.stages.map((s) => [s.id, s.state]),
+      [
+        ['make', 'cached'],
+        ['double', 'cached'],
+        ['report', 'cached'],
+      ],
+    );
+  });
+
+  it('a cancelled run stops a running local stage and its process group', async () => {
+    const pidFile = path.join(scratch, 'sleeper.pid');
+    const workflowId = unique('local-cancel');
+    const handle = await client.workflow.start('pipelineWorkflow', {
+      taskQueue: workers.queues.control,
+      workflowId,
+      args: [input('local-cancel', [{ id: 'wait', local: true, run: ['sh', '-c', `sleep 300 & echo $! > "${pidFile}"; wait`] }], { noCache: true })],
+    });
+    await waitFor('the local stage to start its sleeper', () => existsSync(pidFile) && readFileSync(pidFile, 'utf8').trim().length > 0);
+    const sleeper = Number(readFileSync(pidFile, 'utf8'));
+    await handle.cancel();
+    await assert.rejects(handle.result(), (err: unknown) => err instanceof WorkflowFailedError && err.cause instanceof CancelledFailure);
+    await waitFor('the sleeper (a grandchild) to be gone', () => {
+      try {
+        process.kill(sleeper, 0);
+        return false;
+      } catch {
+        return true;
+      }
+    });
+  });
+});
