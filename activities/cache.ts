@@ -13,6 +13,7 @@ import type { StageSpec } from '../schemas/pipeline.js';
 import { STAGE_KINDS, isStageKind } from '../schemas/stage-kinds.js';
 import { sha256File } from './files.js';
 import { cacheKeys, manifestFiles } from './storage/keys.js';
+import { isNotFound } from './storage/errors.js';
 import { sha256Object, type ObjectStore } from './storage/store.js';
 import type { OutputManifest, StageInputRef } from './types.js';
 
@@ -50,7 +51,7 @@ export type CacheLookup =
  * them again), and for a hit the verified manifest (never sent to the workflow: it can be large).
  */
 export type CacheLookupWithManifest =
-  | (Extract<CacheLookup, { hit: false }> & { parts: CacheKeyParts })
+  | (Extract<CacheLookup, { hit: false }> & { parts: CacheKeyParts; inputManifests: OutputManifest[] })
   | (Extract<CacheLookup, { hit: true }> & { parts: CacheKeyParts; manifest: OutputManifest & { cachedFrom?: string } });
 
 function canonical(v: unknown): unknown {
@@ -191,7 +192,7 @@ export async function computeCacheKey(
   stage: StageSpec,
   inputs: readonly StageInputRef[],
   dirs: { projectDir: string; distDir: string },
-): Promise<{ key: string; parts: CacheKeyParts }> {
+): Promise<{ key: string; parts: CacheKeyParts; inputManifests: OutputManifest[] }> {
   const inputDigests: Record<string, string> = {};
   // One round trip of latency for all inputs; the digests keep the inputs' order.
   const manifests = await Promise.all(inputs.map(async (input) => JSON.parse(await storage.getText(input.manifestKey)) as OutputManifest));
@@ -204,12 +205,17 @@ export async function computeCacheKey(
     program: await programVersion(stage, dirs.projectDir, dirs.distDir),
     inputs: inputDigests,
   };
-  return { key: digestJson(parts), parts };
+  return { key: digestJson(parts), parts, inputManifests: manifests };
 }
 
+/** One GET: most reads of a cache entry are misses, and a stat first would cost a second round trip on a hit. */
 async function readJson<T>(storage: ObjectStore, key: string): Promise<T | undefined> {
-  if (!(await storage.stat(key))) return undefined;
-  return JSON.parse(await storage.getText(key)) as T;
+  try {
+    return JSON.parse(await storage.getText(key)) as T;
+  } catch (err) {
+    if (isNotFound(err)) return undefined;
+    throw err;
+  }
 }
 
 /** How many cached objects are hashed at once: hides the store's latency for many small files. */
@@ -264,19 +270,25 @@ export async function lookupCache(
   inputs: readonly StageInputRef[],
   dirs: { projectDir: string; distDir: string },
 ): Promise<CacheLookupWithManifest> {
-  const { key, parts } = await computeCacheKey(storage, stage, inputs, dirs);
   // The stage's latest entry (what a miss compares with) is read alongside: most look-ups are misses.
   const lastOfStage = readJson<CacheEntry>(storage, cacheKeys.lastOfStage(pipeline, stage.id));
   void lastOfStage.catch(() => undefined); // awaited only on a miss
+  const { key, parts, inputManifests } = await computeCacheKey(storage, stage, inputs, dirs);
   const entry = await readJson<CacheEntry>(storage, cacheKeys.entry(key));
   if (!entry) {
     const last = await lastOfStage;
-    return { hit: false, key, parts, reason: last ? `cache miss: ${explainChange(last.parts, parts)}` : 'cache miss: no earlier run of this stage' };
+    return {
+      hit: false,
+      key,
+      parts,
+      inputManifests,
+      reason: last ? `cache miss: ${explainChange(last.parts, parts)}` : 'cache miss: no earlier run of this stage',
+    };
   }
   const manifest = entry.manifest ?? (await readJson<OutputManifest>(storage, entry.manifestKey));
-  if (!manifest) return { hit: false, key, parts, reason: `cache hit rejected: manifest missing (${entry.manifestKey})` };
+  if (!manifest) return { hit: false, key, parts, inputManifests, reason: `cache hit rejected: manifest missing (${entry.manifestKey})` };
   const problem = await verifyManifestObjects(storage, manifest);
-  if (problem) return { hit: false, key, parts, reason: `cache hit rejected: ${problem}` };
+  if (problem) return { hit: false, key, parts, inputManifests, reason: `cache hit rejected: ${problem}` };
   return {
     hit: true,
     key,

@@ -7,7 +7,7 @@
  * classification and the publishing of its outputs, all heartbeating through
  * one writer.
  */
-import { writeFile } from 'node:fs/promises';
+import { stat, writeFile } from 'node:fs/promises';
 import { Context, CancelledFailure } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { CacheKeyParts } from './cache.js';
@@ -16,7 +16,7 @@ import { keys } from './storage/keys.js';
 import type { RetryOptions } from './storage/retry.js';
 import { stageFailure } from './errors.js';
 import { boundMetrics, boundResult, capHead, capTail, createRedactor, stageEnvironment } from './stage-env.js';
-import type { StageResult, StageTask } from './types.js';
+import type { OutputManifest, StageResult, StageTask } from './types.js';
 import { attemptDir, checkRunId, prepareAttemptDir, removeAttemptDir } from './stage-runner/attempt-dir.js';
 import { checkGpuMemory, checkJudgeUrl, judgeKeyNames, secretValues, stageCommand, stageParams, stageProtocolEnv } from './stage-runner/command.js';
 import { classifyExit } from './stage-runner/exit-classification.js';
@@ -46,6 +46,7 @@ export function createRunStage(deps: StageRunnerDeps) {
     startedAt: string,
     cudaVisibleDevices = config.cudaVisibleDevices,
     cacheKey?: { key: string; parts: CacheKeyParts },
+    inputManifests?: readonly OutputManifest[],
   ): Promise<StageResult> => {
     const { hb, beat, previous } = heartbeat;
     const ctx = Context.current();
@@ -82,7 +83,7 @@ export function createRunStage(deps: StageRunnerDeps) {
     const [, , inputEnv, resume] = await Promise.all([
       writeFile(dir.paramsFile, JSON.stringify(params, null, 2)),
       writeFile(dir.eventsFile, ''),
-      downloadInputs(storage, config.inputCache, stage.id, task.inputs, dir.inputs, beat, retryOpts),
+      downloadInputs(storage, config.inputCache, stage.id, task.inputs, dir.inputs, beat, retryOpts, inputManifests),
       resumable ? restoreResume(storage, deps.s3, runId, stage.id, dir.resume, previous?.checkpoint, log, retryOpts) : undefined,
     ]);
     const { argv, extraEnv } = stageCommand(stage, { python: config.python, projectDir: config.projectDir, pythonPath: process.env.PYTHONPATH, attempt });
@@ -134,10 +135,13 @@ export function createRunStage(deps: StageRunnerDeps) {
       attempt,
       signal: ctx.cancellationSignal,
       killGraceMs: task.killGraceMs ?? config.killGraceMs ?? 30_000,
+      prefork: config.prefork ?? false,
     });
     const logKey = keys.log(runId, stage.id, attempt);
     const uploadLog = async () => {
       try {
+        // A program that printed nothing has no log object (`tanren logs` shows nothing either way): one request less.
+        if ((await stat(dir.logFile)).size === 0) return;
         await storage.putFile(logKey, dir.logFile);
       } catch (err) {
         log.warn('stage log not uploaded', { error: String(err) });
@@ -285,7 +289,14 @@ export function createRunStage(deps: StageRunnerDeps) {
       }
       lease = await takeGpus(config.gpuSlots, task, beat);
       const cacheKey = lookup ? { key: lookup.key, parts: lookup.parts } : undefined;
-      const result = await runAttempt(task, heartbeat, startedAt, lease?.cudaVisibleDevices ?? config.cudaVisibleDevices, cacheKey);
+      const result = await runAttempt(
+        task,
+        heartbeat,
+        startedAt,
+        lease?.cudaVisibleDevices ?? config.cudaVisibleDevices,
+        cacheKey,
+        lookup?.hit === false ? lookup.inputManifests : undefined,
+      );
       return lookup ? { ...result, cache: { hit: false, reason: lookup.reason } } : result;
     } catch (err) {
       if (!(err instanceof ApplicationFailure)) throw err;

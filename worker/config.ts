@@ -60,6 +60,10 @@ export const EnvSchema = z.object({
     ),
   TANREN_JUDGE_BASE_URLS: z.string().optional().describe('Comma-separated URL prefixes the MT-Bench judge may be called at. @default local addresses only'),
   TANREN_LOG_UPLOAD_INTERVAL_MS: z.coerce.number().int().min(100).default(5000).describe("How often a running stage's log is copied to object storage"),
+  TANREN_PREFORK: z
+    .enum(['0', '1'])
+    .default('1')
+    .describe('Start built-in Python kinds forked from a pre-forked Python that has imported torch and transformers once (1), or each with `python -m` (0)'),
 });
 
 /** Parsed environment. */

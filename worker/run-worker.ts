@@ -139,6 +139,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       judgeBaseUrls: listSetting(env.TANREN_JUDGE_BASE_URLS),
       secrets: [s3.accessKey, s3.secretKey],
       logUploadIntervalMs: env.TANREN_LOG_UPLOAD_INTERVAL_MS,
+      prefork: env.TANREN_PREFORK === '1',
     },
   });
 

@@ -7,13 +7,13 @@ import { lookupCache, type CacheKeyParts, type CacheLookup } from '../cache.js';
 import { storageFailure } from '../errors.js';
 import { keys, manifestFiles } from '../storage/keys.js';
 import type { ObjectStore } from '../storage/store.js';
-import type { StageTask } from '../types.js';
+import type { OutputManifest, StageTask } from '../types.js';
 import { DIST_DIR } from './command.js';
 import type { StageRunnerDeps } from './types.js';
 
 /** A look-up's answer, with the key parts a miss records its outputs under later, and a hit's size. */
 export type StageCacheLookup =
-  | (Extract<CacheLookup, { hit: false }> & { parts: CacheKeyParts })
+  | (Extract<CacheLookup, { hit: false }> & { parts: CacheKeyParts; inputManifests: OutputManifest[] })
   | (Extract<CacheLookup, { hit: true }> & { parts: CacheKeyParts; files: number; bytes: number });
 
 /**

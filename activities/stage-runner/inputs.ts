@@ -32,16 +32,12 @@ export async function downloadInputs(
   inputsDir: string,
   beat: Beat,
   retryOpts: RetryOptions,
+  /** Manifests this attempt has already read (by the cache look-up), in the order of `inputs`. */
+  known?: readonly OutputManifest[],
 ): Promise<Record<string, string>> {
   const inputEnv: Record<string, string> = {};
-  for (const input of inputs) {
-    let manifest: OutputManifest;
-    try {
-      // Written by another worker just before this stage was scheduled: read-after-write, through an outage.
-      manifest = JSON.parse(await retry(() => retry(() => storage.getText(input.manifestKey), 'eventual-read'), retryOpts)) as OutputManifest;
-    } catch (err) {
-      throw storageFailure(`reading the manifest of stage "${input.stage}" (${input.manifestKey})`, err);
-    }
+  for (const [i, input] of inputs.entries()) {
+    const manifest = known?.[i] ?? (await readInputManifest(storage, input, retryOpts));
     const target = path.join(inputsDir, input.stage);
     await mkdir(target, { recursive: true });
     let files;
@@ -69,6 +65,15 @@ export async function downloadInputs(
     beat({ phase: `downloading inputs of ${input.stage}` });
   }
   return inputEnv;
+}
+
+/** Reads a needed stage's manifest: written by another worker just before this stage was scheduled, so read-after-write, through an outage. */
+async function readInputManifest(storage: ObjectStore, input: StageInputRef, retryOpts: RetryOptions): Promise<OutputManifest> {
+  try {
+    return JSON.parse(await retry(() => retry(() => storage.getText(input.manifestKey), 'eventual-read'), retryOpts)) as OutputManifest;
+  } catch (err) {
+    throw storageFailure(`reading the manifest of stage "${input.stage}" (${input.manifestKey})`, err);
+  }
 }
 
 /** Downloads one input file through the worker's input cache when it has one; returns the digest of what arrived. */

@@ -1,8 +1,17 @@
 /**
- * The worker's side of the stage launcher (./launcher.ts): one launcher
- * process per worker process, forked on the first stage and again if it dies.
+ * The worker's side of the processes that start stage programs for it:
+ *
+ * - the stage launcher (./launcher.ts), a small Node process forked on the
+ *   first stage (and again if it dies), for any program;
+ * - the zygote (stages/tanren_stages/zygote.py), a Python that has imported
+ *   torch and transformers once and forks each built-in Python kind from there,
+ *   one per Python and import-time environment, started on the first such stage.
+ *
+ * Both speak the same messages (`started`, `line`, `exit`, `closed`); this
+ * module turns them into one {@link LaunchListener} per program.
  */
-import { fork, type ChildProcess } from 'node:child_process';
+import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { ProcessIdentity } from '../process-identity.js';
 import type { LauncherMessage, LauncherRequest } from './launcher.js';
@@ -31,7 +40,21 @@ export interface Launched {
   identity?: ProcessIdentity;
 }
 
+/** A process that starts programs: the Node launcher or a zygote. */
+interface Starter {
+  readonly name: string;
+  readonly child: ChildProcess;
+  /** Resolves on the starter's `ready` message; rejects if it exits first. */
+  readonly ready: Promise<void>;
+  send(request: Record<string, unknown>): void;
+  /** Keeps the worker's event loop alive (while a program starts or runs) or not. */
+  hold(on: boolean): void;
+  /** Called on its `ready` message. */
+  onReady(): void;
+}
+
 interface Pending {
+  starter: Starter;
   listener: LaunchListener;
   pid?: number;
   started?: (s: Launched & { error?: string }) => void;
@@ -39,7 +62,6 @@ interface Pending {
   closed: boolean;
 }
 
-let launcher: { child: ChildProcess; ready: Promise<void> } | undefined;
 const pending = new Map<number, Pending>();
 let nextId = 1;
 
@@ -55,8 +77,79 @@ process.on('exit', () => {
   }
 });
 
-function launcherProcess(): { child: ChildProcess; ready: Promise<void> } {
-  if (launcher && launcher.child.exitCode === null && launcher.child.signalCode === null && launcher.child.connected) return launcher;
+const held = (starter: Starter) => [...pending.values()].some((p) => p.starter === starter);
+
+/** Routes one message of `starter` to its program's listener. */
+function onMessage(starter: Starter, m: LauncherMessage): void {
+  if (m.type === 'ready') return starter.onReady();
+  const p = pending.get(m.id);
+  if (!p) return;
+  if (m.type === 'started') {
+    p.pid = m.pid;
+    // Both starters read the identity before they can reap the program.
+    p.started?.(m);
+    p.started = undefined;
+  } else if (m.type === 'line') {
+    p.listener.line(m.stream, m.line);
+  } else if (m.type === 'exit') {
+    p.exited = true;
+    p.listener.exit(m);
+  } else if (m.type === 'closed') {
+    p.closed = true;
+    p.listener.closed();
+  }
+  // Exit and the end of output come in either order; both end the program's entry.
+  if (p.exited && p.closed) {
+    pending.delete(m.id);
+    if (!held(starter)) starter.hold(false);
+  }
+}
+
+/** Ends every program of a starter that went away: their output is lost. */
+function onStarterExit(starter: Starter, code: number | null, signal: NodeJS.Signals | null): void {
+  const why = `the ${starter.name} exited (${signal ?? `exit code ${code}`})`;
+  for (const [id, p] of pending) {
+    if (p.starter !== starter) continue;
+    pending.delete(id);
+    p.started?.({ error: why });
+    if (!p.exited) p.listener.exit({ error: why });
+    if (!p.closed) p.listener.closed();
+  }
+}
+
+/** A starter around `child`: ready on its first message, held through the process and its pipes or channel. */
+function makeStarter(name: string, child: ChildProcess, send: Starter['send']): Starter {
+  let onReady!: () => void;
+  const ready = new Promise<void>((resolve, reject) => {
+    onReady = resolve;
+    child.once('error', reject);
+    child.once('exit', (code, signal) => reject(new Error(`the ${name} exited during start-up (${signal ?? `exit code ${code}`})`)));
+  });
+  ready.catch(() => undefined);
+  const handles = [child, child.channel, child.stdin, child.stdout] as Array<{ ref?: () => void; unref?: () => void } | null | undefined>;
+  const starter: Starter = {
+    name,
+    child,
+    ready,
+    send,
+    onReady,
+    // The process too: its exit (a starter that died) must reach us while a program runs.
+    hold: (on) => handles.forEach((h) => (on ? h?.ref?.() : h?.unref?.())),
+  };
+  child.on('exit', (code, signal) => onStarterExit(starter, code, signal));
+  // Nothing of it keeps the worker alive until a program starts.
+  starter.hold(false);
+  return starter;
+}
+
+let launcher: Starter | undefined;
+
+function alive(s: Starter | undefined): s is Starter {
+  return !!s && s.child.exitCode === null && s.child.signalCode === null;
+}
+
+function launcherProcess(): Starter {
+  if (alive(launcher) && launcher.child.connected) return launcher;
   const child = fork(LAUNCHER_PATH, ['--tanren-stage-launcher'], {
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     // Only what Node itself needs; a stage's environment travels with each start.
@@ -64,69 +157,93 @@ function launcherProcess(): { child: ChildProcess; ready: Promise<void> } {
     execArgv: [],
     serialization: 'advanced',
   });
-  const ready = new Promise<void>((resolve, reject) => {
-    child.once('error', reject);
-    child.once('exit', (code, signal) => reject(new Error(`the stage launcher exited during start-up (${signal ?? `exit code ${code}`})`)));
-    child.on('message', (m: LauncherMessage) => {
-      if (m.type === 'ready') return resolve();
-      const p = pending.get(m.id);
-      if (!p) return;
-      if (m.type === 'started') {
-        p.pid = m.pid;
-        p.started?.(m);
-        p.started = undefined;
-      } else if (m.type === 'line') {
-        p.listener.line(m.stream, m.line);
-      } else if (m.type === 'exit') {
-        p.exited = true;
-        p.listener.exit(m);
-      } else if (m.type === 'closed') {
-        p.closed = true;
-        p.listener.closed();
-      }
-      // Exit and the end of output come in either order; both end the program's entry.
-      if (p.exited && p.closed) {
-        pending.delete(m.id);
-        if (pending.size === 0) child.channel?.unref();
-      }
-    });
+  const starter = makeStarter('stage launcher', child, (request) => child.send(request));
+  child.on('message', (m: LauncherMessage) => onMessage(starter, m));
+  child.on('exit', () => {
+    if (launcher === starter) launcher = undefined;
   });
-  ready.catch(() => undefined);
-  child.on('exit', (code, signal) => {
-    if (launcher?.child === child) launcher = undefined;
-    // Whatever was still running under it has lost its output: end each one here.
-    const why = `the stage launcher exited (${signal ?? `exit code ${code}`})`;
-    for (const [id, p] of pending) {
-      pending.delete(id);
-      p.started?.({ error: why });
-      if (!p.exited) p.listener.exit({ error: why });
-      if (!p.closed) p.listener.closed();
+  launcher = starter;
+  return starter;
+}
+
+/** Variables a Python reads while it imports torch and transformers: a zygote is started with the stage's values of these. */
+const IMPORT_TIME_ENV = /^(PATH|HOME|LANG|LC_.*|PYTHON.*|HF_.*|HUGGINGFACE_.*|TRANSFORMERS_.*|TOKENIZERS_.*|OMP_.*|MKL_.*|OPENBLAS_.*|TORCH.*|PYTORCH_.*)$/;
+/** Most zygotes a worker keeps (each holds torch in memory); stages of a further environment start with `python -m`. */
+const MAX_ZYGOTES = 2;
+const zygotes = new Map<string, Starter>();
+
+function zygoteFor(python: string, env: Record<string, string>): Starter | undefined {
+  const importEnv = Object.fromEntries(Object.entries(env).filter(([k]) => IMPORT_TIME_ENV.test(k) && k !== 'PYTHONUNBUFFERED'));
+  const key = JSON.stringify([python, Object.entries(importEnv).sort()]);
+  const known = zygotes.get(key);
+  if (alive(known)) return known;
+  if (known) zygotes.delete(key);
+  if (zygotes.size >= MAX_ZYGOTES) return undefined;
+  const child = spawn(python, ['-m', 'tanren_stages.zygote'], {
+    env: { ...importEnv, PYTHONUNBUFFERED: '1' },
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  const starter = makeStarter('stage zygote', child, (request) => child.stdin.write(`${JSON.stringify(request)}\n`));
+  createInterface({ input: child.stdout }).on('line', (line) => {
+    let m: LauncherMessage;
+    try {
+      m = JSON.parse(line) as LauncherMessage;
+    } catch {
+      return;
     }
+    onMessage(starter, m);
   });
-  // Neither the process nor its channel keeps the worker alive.
-  child.unref();
-  child.channel?.unref();
-  launcher = { child, ready };
-  return launcher;
+  child.stdin.on('error', () => undefined);
+  child.on('exit', () => {
+    if (zygotes.get(key) === starter) zygotes.delete(key);
+  });
+  zygotes.set(key, starter);
+  return starter;
+}
+
+async function startOn(starter: Starter, request: Record<string, unknown>, listener: LaunchListener): Promise<Launched & { error?: string }> {
+  // The starter keeps the worker's event loop alive only while a program starts or runs.
+  starter.hold(true);
+  try {
+    await starter.ready;
+  } catch (err) {
+    if (!held(starter)) starter.hold(false);
+    throw err;
+  }
+  const id = nextId++;
+  return new Promise((resolve) => {
+    pending.set(id, { starter, listener, started: resolve, exited: false, closed: false });
+    starter.send({ type: 'start', id, ...request });
+  });
 }
 
 /**
  * Starts `file args…` in its own process group through the launcher; resolves
  * once it runs (with its pid and identity) or could not be started.
  */
-export async function launch(req: Omit<LauncherRequest, 'type' | 'id'>, listener: LaunchListener): Promise<Launched & { error?: string }> {
-  const l = launcherProcess();
-  // The channel keeps the worker's event loop alive only while a program starts or runs.
-  l.child.channel?.ref();
-  try {
-    await l.ready;
-  } catch (err) {
-    if (pending.size === 0) l.child.channel?.unref();
-    throw err;
+export function launch(req: Omit<LauncherRequest, 'type' | 'id'>, listener: LaunchListener): Promise<Launched & { error?: string }> {
+  return startOn(launcherProcess(), req, listener);
+}
+
+/**
+ * Starts `python -m <module> args…` forked from this worker's zygote for
+ * `python` and the import-time part of `env`; falls back to {@link launch}
+ * when no zygote can serve it (too many environments, or it failed to start).
+ */
+export async function launchPythonModule(
+  req: { python: string; module: string; args: string[]; cwd: string; env: Record<string, string> },
+  listener: LaunchListener,
+  onFallback?: (why: string) => void,
+): Promise<Launched & { error?: string }> {
+  const zygote = zygoteFor(req.python, req.env);
+  if (zygote) {
+    try {
+      return await startOn(zygote, { module: req.module, args: req.args, cwd: req.cwd, env: req.env }, listener);
+    } catch (err) {
+      onFallback?.((err as Error).message);
+    }
+  } else {
+    onFallback?.(`more than ${MAX_ZYGOTES} import-time environments`);
   }
-  const id = nextId++;
-  return new Promise((resolve) => {
-    pending.set(id, { listener, started: resolve, exited: false, closed: false });
-    l.child.send({ type: 'start', id, ...req } satisfies LauncherRequest);
-  });
+  return launch({ file: req.python, args: ['-m', req.module, ...req.args], cwd: req.cwd, env: req.env }, listener);
 }

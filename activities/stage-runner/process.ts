@@ -12,7 +12,7 @@ import { FailureTypes } from '../../schemas/names.js';
 import { stageFailure } from '../errors.js';
 import { identify } from '../process-identity.js';
 import { runningDir } from './attempt-dir.js';
-import { launch } from './launcher-client.js';
+import { launch, launchPythonModule, type LaunchListener } from './launcher-client.js';
 
 /** How the process ended. */
 export interface ProcessOutcome {
@@ -40,6 +40,8 @@ export interface StartOptions {
   /** Aborts on activity cancellation: SIGTERM to the group, SIGKILL after `killGraceMs`. */
   signal: AbortSignal;
   killGraceMs: number;
+  /** Start `python -m tanren_stages.<kind>` forked from the worker's zygote. */
+  prefork?: boolean;
 }
 
 /** A started stage process. */
@@ -83,17 +85,22 @@ export async function startStageProcess(o: StartOptions): Promise<StageProcess> 
   let onClosed!: () => void;
   const streamsClosed = new Promise<void>((r) => (onClosed = r));
   // The launcher relays output from the start: nothing written at once is lost.
-  const started = await launch(
-    { file: o.argv[0], args: o.argv.slice(1), cwd: o.cwd, env: o.env },
-    {
-      line: record,
-      exit: (e) => {
-        if (e.error) record('stderr', `tanren: ${e.error}`);
-        onExit({ exitCode: e.exitCode, signal: e.signal });
-      },
-      closed: onClosed,
+  const listener: LaunchListener = {
+    line: record,
+    exit: (e) => {
+      if (e.error) record('stderr', `tanren: ${e.error}`);
+      onExit({ exitCode: e.exitCode, signal: e.signal });
     },
-  );
+    closed: onClosed,
+  };
+  const [file, ...args] = o.argv;
+  // A built-in Python kind: forked from the zygote, which has imported torch and transformers already.
+  const started =
+    o.prefork && args[0] === '-m' && args[1]?.startsWith('tanren_stages.')
+      ? await launchPythonModule({ python: file, module: args[1], args: args.slice(2), cwd: o.cwd, env: o.env }, listener, (why) =>
+          log.warn('stage started with python -m: no zygote', { stage: o.stageId, why }),
+        )
+      : await launch({ file, args, cwd: o.cwd, env: o.env }, listener);
   if (started.error && !started.pid) {
     logStream.end();
     throw stageFailure(FailureTypes.StageConfigError, `stage "${o.stageId}": cannot start ${o.argv[0]}: ${started.error}`);

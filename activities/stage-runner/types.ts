@@ -28,6 +28,8 @@ export interface StageRunnerConfig {
   logUploadIntervalMs?: number;
   /** Grace period between SIGTERM and SIGKILL. @default 30000 */
   killGraceMs?: number;
+  /** Start built-in Python kinds from the zygote (stages/tanren_stages/zygote.py). @default false */
+  prefork?: boolean;
   /** Keep attempt work directories after success (for debugging). @default false */
   keepWorkDirs?: boolean;
   /** How long uploads and downloads retry while object storage is unreachable. @default 90000 */

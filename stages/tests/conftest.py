@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from zygote_client import ZygoteProcess, shared_zygote
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ROOT / "stages"
@@ -21,6 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# TANREN_TEST_ZYGOTE=0 starts each stage with `python -m` instead of forking it from the zygote.
+USE_ZYGOTE = os.environ.get("TANREN_TEST_ZYGOTE", "1") != "0"
 
 TINY_MODEL = {
     "hidden_size": 64,
@@ -112,14 +116,19 @@ def run_stage(
     sigterm_after_event: str | None = None,
 ) -> StageRun:
     env = stage_env(tmp, params, inputs, resume_from, extra_env)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", f"tanren_stages.{module}"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc: subprocess.Popen | ZygoteProcess
+    if USE_ZYGOTE:
+        # As a worker starts a built-in kind: forked from the pre-forked Python (tanren_stages.zygote).
+        proc = shared_zygote(env).start(f"tanren_stages.{module}", [], ROOT, env)
+    else:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", f"tanren_stages.{module}"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     if sigterm_after_event:
         deadline = time.time() + timeout
         while time.time() < deadline and proc.poll() is None:
@@ -132,6 +141,7 @@ def run_stage(
     except subprocess.TimeoutExpired:
         proc.kill()
         _, err = proc.communicate()
+    assert proc.returncode is not None
     return StageRun(proc.returncode, read_events(tmp / "events.jsonl"), err, tmp / "out", tmp / "ckpt")
 
 
