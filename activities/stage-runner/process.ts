@@ -97,9 +97,9 @@ export async function startStageProcess(o: StartOptions): Promise<StageProcess> 
   // A built-in Python kind: forked from the zygote, which has imported torch and transformers already.
   const started =
     o.prefork && args[0] === '-m' && args[1]?.startsWith('tanren_stages.')
-      ? await launchPythonModule({ python: file, module: args[1], args: args.slice(2), cwd: o.cwd, env: o.env }, listener, (why) =>
-          log.warn('stage started with python -m: no zygote', { stage: o.stageId, why }),
-        )
+      ? await launchPythonModule({ python: file, module: args[1], args: args.slice(2), cwd: o.cwd, env: o.env }, listener, (why) => {
+          log.warn('stage started with python -m: no zygote', { stage: o.stageId, why });
+        })
       : await launch({ file, args, cwd: o.cwd, env: o.env }, listener);
   if (started.error && !started.pid) {
     logStream.end();
