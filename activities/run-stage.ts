@@ -135,7 +135,8 @@ export function createRunStage(deps: StageRunnerDeps) {
       attempt,
       signal: ctx.cancellationSignal,
       killGraceMs: task.killGraceMs ?? config.killGraceMs ?? 30_000,
-      prefork: config.prefork ?? false,
+      // Not where a GPU is used: CUDA does not survive a fork, and a library that probes the GPU while it is imported would break every child.
+      prefork: (config.prefork ?? false) && config.device !== 'cuda',
     });
     const logKey = keys.log(runId, stage.id, attempt);
     const uploadLog = async () => {
