@@ -63,7 +63,9 @@ export const EnvSchema = z.object({
   TANREN_PREFORK: z
     .enum(['0', '1'])
     .default('1')
-    .describe('Start built-in Python kinds forked from a pre-forked Python that has imported torch and transformers once (1), or each with `python -m` (0)'),
+    .describe(
+      'Start built-in Python kinds forked from a pre-forked Python that has imported torch and transformers once (1), or each with `python -m` (0); a worker with a GPU always uses `python -m`',
+    ),
 });
 
 /** Parsed environment. */
