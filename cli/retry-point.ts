@@ -30,6 +30,23 @@ function stageOf(activityId: string | null | undefined): string | undefined {
 }
 
 /**
+ * Stage id of a local stage's marker (a `local: true` stage runs as a local activity, recorded as a
+ * `core_local_activity` marker): its summary, `<stage> · <kind> · local`, set by the workflow.
+ */
+function localStageOf(e: HistoryEvent): string | undefined {
+  if (e.markerRecordedEventAttributes?.markerName !== 'core_local_activity') return undefined;
+  const data = e.userMetadata?.summary?.data;
+  if (!data) return undefined;
+  try {
+    const summary = JSON.parse(Buffer.from(data).toString('utf8')) as unknown;
+    const m = typeof summary === 'string' ? /^(\S+) · \S+ · local$/.exec(summary) : null;
+    return m?.[1];
+  } catch {
+    return undefined;
+  }
+}
+
+/**
  * Finds the reset point: with `from`, where that stage was first scheduled;
  * without it, where the first stage that failed, timed out or was cancelled
  * was first scheduled.
@@ -47,6 +64,15 @@ export function findRetryPoint(events: readonly HistoryEvent[], from?: string): 
       if (!firstScheduled.has(stage)) {
         firstScheduled.set(stage, { eventId: id, finish: Number(e.activityTaskScheduledEventAttributes?.workflowTaskCompletedEventId) });
       }
+    }
+    // A local stage's marker is written when it ends, by the workflow task it ran in: a reset to that task runs it
+    // (and any local stage before it in the same task) again. A marker with a failure is a stage that failed.
+    const local = localStageOf(e);
+    if (local) {
+      if (!firstScheduled.has(local)) {
+        firstScheduled.set(local, { eventId: id, finish: Number(e.markerRecordedEventAttributes?.workflowTaskCompletedEventId) });
+      }
+      if (e.markerRecordedEventAttributes?.failure) unfinished.push({ stage: local, eventId: firstScheduled.get(local)!.eventId });
     }
     const scheduled =
       e.activityTaskFailedEventAttributes?.scheduledEventId ??
