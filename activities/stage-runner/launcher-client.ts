@@ -40,6 +40,9 @@ export interface Launched {
   identity?: ProcessIdentity;
 }
 
+/** What starting a program gave: it runs, or why not (retryable when the starter, not the program, was at fault). */
+export type LaunchResult = Launched & { error?: string; retryable?: boolean };
+
 /** A process that starts programs: the Node launcher or a zygote. */
 interface Starter {
   readonly name: string;
@@ -57,7 +60,7 @@ interface Pending {
   starter: Starter;
   listener: LaunchListener;
   pid?: number;
-  started?: (s: Launched & { error?: string }) => void;
+  started?: (s: LaunchResult) => void;
   exited: boolean;
   closed: boolean;
 }
@@ -111,7 +114,7 @@ function onStarterExit(starter: Starter, code: number | null, signal: NodeJS.Sig
   for (const [id, p] of pending) {
     if (p.starter !== starter) continue;
     pending.delete(id);
-    p.started?.({ error: why });
+    p.started?.({ error: why, retryable: true });
     if (!p.exited) p.listener.exit({ error: why });
     if (!p.closed) p.listener.closed();
   }
@@ -201,7 +204,7 @@ function zygoteFor(python: string, env: Record<string, string>): Starter | undef
   return starter;
 }
 
-async function startOn(starter: Starter, request: Record<string, unknown>, listener: LaunchListener): Promise<Launched & { error?: string }> {
+async function startOn(starter: Starter, request: Record<string, unknown>, listener: LaunchListener): Promise<LaunchResult> {
   // The starter keeps the worker's event loop alive only while a program starts or runs.
   starter.hold(true);
   try {
@@ -221,7 +224,7 @@ async function startOn(starter: Starter, request: Record<string, unknown>, liste
  * Starts `file args…` in its own process group through the launcher; resolves
  * once it runs (with its pid and identity) or could not be started.
  */
-export function launch(req: Omit<LauncherRequest, 'type' | 'id'>, listener: LaunchListener): Promise<Launched & { error?: string }> {
+export function launch(req: Omit<LauncherRequest, 'type' | 'id'>, listener: LaunchListener): Promise<LaunchResult> {
   return startOn(launcherProcess(), req, listener);
 }
 
@@ -234,7 +237,7 @@ export async function launchPythonModule(
   req: { python: string; module: string; args: string[]; cwd: string; env: Record<string, string> },
   listener: LaunchListener,
   onFallback?: (why: string) => void,
-): Promise<Launched & { error?: string }> {
+): Promise<LaunchResult> {
   const zygote = zygoteFor(req.python, req.env);
   if (zygote) {
     try {

@@ -30,7 +30,7 @@ export interface LauncherRequest {
 /** What the launcher tells the worker. */
 export type LauncherMessage =
   | { type: 'ready' }
-  | { type: 'started'; id: number; pid?: number; identity?: ProcessIdentity; error?: string }
+  | { type: 'started'; id: number; pid?: number; identity?: ProcessIdentity; error?: string; retryable?: boolean }
   | { type: 'line'; id: number; stream: 'stdout' | 'stderr'; line: string }
   | { type: 'exit'; id: number; exitCode?: number; signal?: string; error?: string }
   | { type: 'closed'; id: number };

@@ -103,7 +103,11 @@ export async function startStageProcess(o: StartOptions): Promise<StageProcess> 
       : await launch({ file, args, cwd: o.cwd, env: o.env }, listener);
   if (started.error && !started.pid) {
     logStream.end();
-    throw stageFailure(FailureTypes.StageConfigError, `stage "${o.stageId}": cannot start ${o.argv[0]}: ${started.error}`);
+    // A starter that died or could not fork is the worker's trouble (retried); a program that cannot be started is the spec's.
+    throw stageFailure(
+      started.retryable ? FailureTypes.StageCrashed : FailureTypes.StageConfigError,
+      `stage "${o.stageId}": cannot start ${o.argv[0]}: ${started.error}`,
+    );
   }
   // The last lines arrive after the exit; a grandchild holding the pipe must not stall us.
   const drained = (ms: number) => Promise.race([streamsClosed, new Promise((r) => setTimeout(r, ms))]);
@@ -145,6 +149,8 @@ export async function startStageProcess(o: StartOptions): Promise<StageProcess> 
     killTimer = setTimeout(() => killGroup('SIGKILL'), o.killGraceMs);
   };
   o.signal.addEventListener('abort', onCancel, { once: true });
+  // Cancelled while it was being started.
+  if (o.signal.aborted) onCancel();
 
   return {
     exited,

@@ -148,7 +148,7 @@ class Zygote:
             err_r, err_w = os.pipe()
             pid = os.fork()
         except OSError as e:
-            self.send({"type": "started", "id": rid, "error": f"fork failed: {e}"})
+            self.send({"type": "started", "id": rid, "error": f"fork failed: {e}", "retryable": True})
             return
         if pid == 0:
             _run_child(req, out_w, err_w)

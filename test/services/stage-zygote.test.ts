@@ -1,0 +1,51 @@
+/**
+ * The zygote of built-in Python kinds (stages/tanren_stages/zygote.py, started by
+ * activities/stage-runner/launcher-client.ts): a stage forked from a Python that has imported
+ * torch. No services, but the stages environment and a torch import: here, not in test/unit.
+ */
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { launchPythonModule } from '../../activities/stage-runner/launcher-client.js';
+import { ROOT, stagesPython } from '../helpers/env.js';
+import { parentCommand, ran } from '../helpers/launch.js';
+
+describe('stage zygote', () => {
+  let python: string;
+  let pkgs: string;
+  before(() => {
+    python = stagesPython();
+    pkgs = mkdtempSync(path.join(os.tmpdir(), 'tanren-zygote-'));
+    mkdirSync(path.join(pkgs, 'zprobe'));
+    writeFileSync(path.join(pkgs, 'zprobe', '__init__.py'), '');
+    writeFileSync(
+      path.join(pkgs, 'zprobe', 'main.py'),
+      'import os, sys\nprint("args", sys.argv[1:], os.getcwd(), os.environ.get("ONLY"))\nprint("torch preloaded", "torch" in sys.modules)\nsys.exit(4)\n',
+    );
+  });
+  after(() => rmSync(pkgs, { recursive: true, force: true }));
+
+  it('forks a built-in kind from a Python that has imported torch; exit code, args, cwd and environment as with python -m', { timeout: 120_000 }, async () => {
+    const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', PYTHONPATH: `${path.join(ROOT, 'stages')}${path.delimiter}${pkgs}`, ONLY: 'this' };
+    const fallbacks: string[] = [];
+    let parent = '';
+    const r = await ran(
+      (l) => launchPythonModule({ python, module: 'zprobe.main', args: ['--a', 'b c'], cwd: pkgs, env }, l, (why) => fallbacks.push(why)),
+      (pid) => {
+        try {
+          parent = parentCommand(pid);
+        } catch {
+          // already reaped: checked below through the output instead
+        }
+      },
+    );
+    assert.deepEqual(fallbacks, []);
+    assert.equal(r.exit.exitCode, 4);
+    assert.ok(r.lines.includes(`stdout: args ['--a', 'b c'] ${pkgs} this`), r.lines.join('\n'));
+    assert.ok(r.lines.includes('stdout: torch preloaded True'), 'forked after torch was imported');
+    if (parent) assert.match(parent, /tanren_stages\.zygote/);
+    assert.ok(r.identity?.startTicks !== undefined, 'the zygote sends the identity');
+  });
+});
