@@ -7,7 +7,7 @@
  * classification and the publishing of its outputs, all heartbeating through
  * one writer.
  */
-import { stat, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { Context, CancelledFailure } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { CacheKeyParts } from './cache.js';
@@ -141,8 +141,6 @@ export function createRunStage(deps: StageRunnerDeps) {
     const logKey = keys.log(runId, stage.id, attempt);
     const uploadLog = async () => {
       try {
-        // A program that printed nothing has no log object (`tanren logs` shows nothing either way): one request less.
-        if ((await stat(dir.logFile)).size === 0) return;
         await storage.putFile(logKey, dir.logFile);
       } catch (err) {
         log.warn('stage log not uploaded', { error: String(err) });
