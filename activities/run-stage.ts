@@ -216,8 +216,17 @@ export function createRunStage(deps: StageRunnerDeps) {
       await checkDeclaredOutputs(stage.id, stage.outputs ?? [], dir.output);
       Object.assign(state.result, resumeInfo);
       if (checkpointError) state.result.checkpoint_upload_error = String((checkpointError as Error).message ?? checkpointError);
-      const published = await publishOutputs({ storage, runId, stageId: stage.id, attempt, outputDir: dir.output, result: state.result, beat, retryOpts });
-      if (task.cache) await recordInCache(storage, task, config.projectDir, published, log, cacheKey);
+      const published = await publishOutputs({
+        storage,
+        runId,
+        stageId: stage.id,
+        attempt,
+        outputDir: dir.output,
+        result: state.result,
+        beat,
+        retryOpts,
+        alongsideManifest: task.cache ? (p) => recordInCache(storage, task, config.projectDir, p, log, cacheKey) : undefined,
+      });
       // Nothing reads the directory again: the result need not wait for its removal.
       if (!config.keepWorkDirs) {
         void removeAttemptDir(dir).catch((err: unknown) => {

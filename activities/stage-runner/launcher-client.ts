@@ -11,6 +11,7 @@
  * module turns them into one {@link LaunchListener} per program.
  */
 import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { ProcessIdentity } from '../process-identity.js';
@@ -169,19 +170,33 @@ function launcherProcess(): Starter {
   return starter;
 }
 
-/** Variables a Python reads while it imports torch and transformers: a zygote is started with the stage's values of these. */
-const IMPORT_TIME_ENV = /^(PATH|HOME|LANG|LC_.*|PYTHON.*|HF_.*|HUGGINGFACE_.*|TRANSFORMERS_.*|TOKENIZERS_.*|OMP_.*|MKL_.*|OPENBLAS_.*|TORCH.*|PYTORCH_.*)$/;
+/** Where the stage programs keep the list of variables a Python reads while it imports torch and transformers. */
+const IMPORT_TIME_ENV_FILE = fileURLToPath(new URL('../../../stages/tanren_stages/import_time_env.json', import.meta.url));
+let importTimeEnvList: { include: RegExp; exclude: Set<string> } | undefined;
+
+/** The part of `env` a zygote is started with, and keyed by (stages/tanren_stages/import_time_env.json). */
+export function importTimeEnv(env: Record<string, string>): Record<string, string> {
+  if (!importTimeEnvList) {
+    const list = JSON.parse(readFileSync(IMPORT_TIME_ENV_FILE, 'utf8')) as { include: string[]; exclude: string[] };
+    const glob = (p: string) => p.replace(/[.+?^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*');
+    importTimeEnvList = { include: new RegExp(`^(?:${list.include.map(glob).join('|')})$`), exclude: new Set(list.exclude) };
+  }
+  const { include, exclude } = importTimeEnvList;
+  return Object.fromEntries(Object.entries(env).filter(([k]) => include.test(k) && !exclude.has(k)));
+}
 /** Most zygotes a worker keeps (each holds torch in memory); stages of a further environment start with `python -m`. */
 const MAX_ZYGOTES = 2;
 const zygotes = new Map<string, Starter>();
+/** Environments already reported as served by `python -m`: said once per worker, not per stage. */
+const unserved = new Set<string>();
 
-function zygoteFor(python: string, env: Record<string, string>): Starter | undefined {
-  const importEnv = Object.fromEntries(Object.entries(env).filter(([k]) => IMPORT_TIME_ENV.test(k) && k !== 'PYTHONUNBUFFERED'));
+function zygoteFor(python: string, env: Record<string, string>): { key: string; starter?: Starter } {
+  const importEnv = importTimeEnv(env);
   const key = JSON.stringify([python, Object.entries(importEnv).sort()]);
   const known = zygotes.get(key);
-  if (alive(known)) return known;
+  if (alive(known)) return { key, starter: known };
   if (known) zygotes.delete(key);
-  if (zygotes.size >= MAX_ZYGOTES) return undefined;
+  if (zygotes.size >= MAX_ZYGOTES) return { key };
   const child = spawn(python, ['-m', 'tanren_stages.zygote'], {
     env: { ...importEnv, PYTHONUNBUFFERED: '1' },
     stdio: ['pipe', 'pipe', 'inherit'],
@@ -201,7 +216,7 @@ function zygoteFor(python: string, env: Record<string, string>): Starter | undef
     if (zygotes.get(key) === starter) zygotes.delete(key);
   });
   zygotes.set(key, starter);
-  return starter;
+  return { key, starter };
 }
 
 async function startOn(starter: Starter, request: Record<string, unknown>, listener: LaunchListener): Promise<LaunchResult> {
@@ -238,15 +253,37 @@ export async function launchPythonModule(
   listener: LaunchListener,
   onFallback?: (why: string) => void,
 ): Promise<LaunchResult> {
-  const zygote = zygoteFor(req.python, req.env);
-  if (zygote) {
+  const { key, starter } = zygoteFor(req.python, req.env);
+  if (starter) {
     try {
-      return await startOn(zygote, { module: req.module, args: req.args, cwd: req.cwd, env: req.env }, listener);
+      return await startOn(starter, { module: req.module, args: req.args, cwd: req.cwd, env: req.env }, listener);
     } catch (err) {
       onFallback?.((err as Error).message);
     }
-  } else {
-    onFallback?.(`more than ${MAX_ZYGOTES} import-time environments`);
+  } else if (!unserved.has(key)) {
+    unserved.add(key);
+    onFallback?.(`more than ${MAX_ZYGOTES} import-time environments; stages of this one start with python -m`);
   }
   return launch({ file: req.python, args: ['-m', req.module, ...req.args], cwd: req.cwd, env: req.env }, listener);
+}
+
+/**
+ * Stops this process's launcher and zygotes once their programs have ended (a
+ * zygote exits when its stdin closes, the launcher when its channel does);
+ * resolves when they are gone. Programs still running keep their starter.
+ */
+export async function closeStarters(): Promise<void> {
+  const starters = [launcher, ...zygotes.values()].filter(alive).filter((s) => !held(s));
+  await Promise.all(
+    starters.map(
+      (s) =>
+        new Promise<void>((resolve) => {
+          s.child.once('exit', () => resolve());
+          // Held until it is gone, or the wait would not keep the process alive.
+          s.hold(true);
+          if (s.child.stdin) s.child.stdin.end();
+          else s.child.disconnect();
+        }),
+    ),
+  );
 }

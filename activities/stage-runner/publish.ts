@@ -1,7 +1,8 @@
 /**
  * Publishing a succeeded attempt's outputs: every file under this attempt's
  * own prefix, then the manifest, written last and the only pointer to them,
- * then (for cached stages) the cross-run cache record.
+ * and beside it (for cached stages) the cross-run cache record, which carries
+ * its own copy of the manifest.
  */
 import { access } from 'node:fs/promises';
 import path from 'node:path';
@@ -43,6 +44,11 @@ export interface PublishOptions {
   result: Record<string, unknown>;
   beat: Beat;
   retryOpts: RetryOptions;
+  /**
+   * Runs beside the manifest's write, once the manifest is final: the cache record, which holds its own
+   * copy of the manifest (a hit copies that and verifies every object it lists). Must not throw.
+   */
+  alongsideManifest?: (p: Published) => Promise<void>;
 }
 
 /** A published attempt. */
@@ -72,7 +78,10 @@ export async function publishOutputs(o: PublishOptions): Promise<Published> {
     }
     manifest.createdAt = new Date().toISOString();
     // Written last, and the only pointer to this attempt's objects: a manifest means every file it lists is complete.
-    await retry(() => storage.putText(manifestKey, JSON.stringify(manifest, null, 2)), o.retryOpts);
+    await Promise.all([
+      retry(() => storage.putText(manifestKey, JSON.stringify(manifest, null, 2)), o.retryOpts),
+      o.alongsideManifest?.({ prefix, files, manifest, manifestKey }),
+    ]);
   } catch (err) {
     if (err instanceof ApplicationFailure) throw err;
     throw storageFailure(`uploading the outputs of stage "${stageId}"`, err);

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import errno
+import fnmatch
 import importlib
 import json
 import os
@@ -36,8 +37,20 @@ import signal
 import sys
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 
 DEFAULT_PRELOAD = ("torch", "transformers")
+
+_IMPORT_TIME_ENV = json.loads(Path(__file__).with_name("import_time_env.json").read_text())
+
+
+def import_time_env(env: dict[str, str]) -> dict[str, str]:
+    """The part of ``env`` a Python reads while importing torch and transformers (import_time_env.json).
+
+    A zygote serves a stage only if the zygote started with the stage's values of these.
+    """
+    inc, exc = _IMPORT_TIME_ENV["include"], set(_IMPORT_TIME_ENV["exclude"])
+    return {k: v for k, v in env.items() if k not in exc and any(fnmatch.fnmatchcase(k, pattern) for pattern in inc)}
 
 
 @dataclass

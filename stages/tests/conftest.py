@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from zygote_client import ZygoteProcess, shared_zygote
+from zygote_client import ZygoteProcess, close_shared, shared_zygote
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ROOT / "stages"
@@ -25,6 +25,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # TANREN_TEST_ZYGOTE=0 starts each stage with `python -m` instead of forking it from the zygote.
 USE_ZYGOTE = os.environ.get("TANREN_TEST_ZYGOTE", "1") != "0"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _zygotes_stopped():
+    """The zygotes started for the session end with it."""
+    yield
+    close_shared()
+
 
 TINY_MODEL = {
     "hidden_size": 64,

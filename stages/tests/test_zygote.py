@@ -112,3 +112,19 @@ def test_the_zygote_exits_when_its_input_closes(tmp_path: Path):
     z.close()
     assert z.proc.returncode == 0
     assert sys.executable
+
+
+def test_import_time_env_is_the_listed_part_of_the_environment():
+    """Same cases as test/unit/launcher.test.ts: the worker and the tests key zygotes alike."""
+    from tanren_stages.zygote import import_time_env
+
+    env = {
+        "HF_HOME": "/h",
+        "LC_ALL": "C",
+        "PYTHONPATH": "/p",
+        "PYTHONUNBUFFERED": "1",
+        "TANREN_RUN": "r",
+        "PATHX": "x",
+        "PATH": "/bin",
+    }
+    assert import_time_env(env) == {"HF_HOME": "/h", "LC_ALL": "C", "PYTHONPATH": "/p", "PATH": "/bin"}

@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+from tanren_stages.zygote import import_time_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -121,18 +123,20 @@ _shared: dict[str, Zygote] = {}
 
 
 def shared_zygote(env: dict[str, str]) -> Zygote:
-    """One zygote per test session and import-time environment (HF_*, PYTHONPATH, …)."""
-    key = json.dumps(
-        {
-            k: v
-            for k, v in sorted(env.items())
-            if k.startswith(("HF_", "TRANSFORMERS_", "PYTHON", "OMP_", "TOKENIZERS_"))
-        }
-    )
+    """One zygote per test session and import-time environment (tanren_stages/import_time_env.json), as a worker keeps them."""
+    key = json.dumps(sorted(import_time_env(env).items()))
     z = _shared.get(key)
     if z is None or z.proc.poll() is not None:
         z = _shared[key] = Zygote(env)
     return z
+
+
+def close_shared() -> None:
+    """Stops the session's zygotes (their stages run in sessions of their own and are the tests' to end)."""
+    while _shared:
+        _, z = _shared.popitem()
+        if z.proc.poll() is None:
+            z.close()
 
 
 def wait_for(pred, timeout: float) -> bool:

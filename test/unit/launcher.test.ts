@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import { describe, it } from 'node:test';
-import { launch } from '../../activities/stage-runner/launcher-client.js';
+import { importTimeEnv, launch } from '../../activities/stage-runner/launcher-client.js';
 import { ran } from '../helpers/launch.js';
 
 describe('stage launcher', () => {
@@ -39,5 +39,10 @@ describe('stage launcher', () => {
   it('says why a program could not start', async () => {
     const r = await ran((l) => launch({ file: '/nonexistent/program', args: [], cwd: os.tmpdir(), env }, l));
     assert.match(r.exit.error ?? '', /ENOENT/);
+  });
+
+  it('keys zygotes by the import-time part of the environment (same cases as stages/tests/test_zygote.py)', () => {
+    const env = { HF_HOME: '/h', LC_ALL: 'C', PYTHONPATH: '/p', PYTHONUNBUFFERED: '1', TANREN_RUN: 'r', PATHX: 'x', PATH: '/bin' };
+    assert.deepEqual(importTimeEnv(env), { HF_HOME: '/h', LC_ALL: 'C', PYTHONPATH: '/p', PATH: '/bin' });
   });
 });
