@@ -18,10 +18,13 @@
  * MinIO server's CPU-seconds per GiB when its pid file is found (it shares
  * the host here; it would not in production), and throughput. Before the
  * windows, upload throughput without the trainer: child vs inproc vs mc,
- * interleaved (the ≥ 0.9× mc target).
+ * interleaved (the ≥ 0.9× mc target). With `--separate-minio-cpu`, that
+ * comparison is repeated with MinIO pinned to one CPU and this process (so
+ * every uploader it starts) to the others, as with MinIO on a host of its own:
+ * on a shared CPU the niced upload process yields to MinIO itself.
  *
  *   node dist/bench/checkpoint-io/slowdown.js [--quick] [--mib 1024] [--rounds 3] [--window-s 5]
- *        [--trainer-threads 1] [--throughput-reps 3] [--modes child,inproc,mc] [--label text] [--out file]
+ *        [--trainer-threads 1] [--throughput-reps 3] [--modes child,inproc,mc] [--separate-minio-cpu] [--label text] [--out file]
  *
  * Needs the services (`infra/dev up`; TANREN_STATE_DIR selects them), `mc`
  * (`infra/install-tools mc`) and the stages venv (`infra/install-stages`).
@@ -56,6 +59,7 @@ const { values: args } = parseArgs({
     'window-s': { type: 'string' },
     'trainer-threads': { type: 'string', default: '1' },
     'throughput-reps': { type: 'string' },
+    'separate-minio-cpu': { type: 'boolean', default: false },
     modes: { type: 'string', default: 'child,inproc,mc' },
     label: { type: 'string' },
     out: { type: 'string' },
@@ -196,6 +200,7 @@ async function main() {
   const minioPid = existsSync(statePids) ? Number(readFileSync(statePids, 'utf8').trim()) : undefined;
   const minioCpu = () => (minioPid ? procCpu(minioPid)?.self : undefined);
 
+  const tuning = defaultUploadTuning();
   const started = new Date();
   const loadavgAtStart = os.loadavg();
   const id = `bench-slowdown-${process.pid}-${Date.now().toString(36)}`;
@@ -234,8 +239,9 @@ async function main() {
           s3,
           uploadProcess: mode === 'child',
           processThreshold: 0,
-          // The previous uploader's settings: 4 parts in flight in the worker.
-          ...(mode === 'inproc' ? { multipart: { concurrency: 4 } } : {}),
+          // The previous uploader's settings: 4 parts in flight in the worker. The child's are the host's
+          // defaults, taken before any pinning (they follow the CPUs this process may use).
+          multipart: mode === 'inproc' ? { concurrency: 4 } : tuning,
           onUploadStats: (st) => (childCpu = (childCpu ?? 0) + st.cpuSeconds),
         });
         up.announce({ path: cpName, step: 1000 });
@@ -252,6 +258,27 @@ async function main() {
     for (let r = 1; r <= throughputReps; r++) {
       for (const m of modes) throughput[m].push((await uploadOnce(m)).seconds);
       console.log(`throughput rep ${r}: ${modes.map((m) => `${m} ${throughput[m].at(-1)!.toFixed(2)} s`).join(', ')}`);
+    }
+
+    // 1b. The same with MinIO on a CPU of its own (a stand-in for MinIO on another host): affinity is inherited,
+    // so this process pinned to the other CPUs pins the upload process and mc too.
+    const separate: Record<Mode, number[]> = { child: [], inproc: [], mc: [] };
+    if (args['separate-minio-cpu']) {
+      const cpus = os.cpus().length;
+      if (!minioPid || cpus < 2) throw new Error('--separate-minio-cpu needs the MinIO pid file and at least 2 CPUs');
+      const others = cpus === 2 ? '0' : `0-${cpus - 2}`;
+      await execa('taskset', ['-a', '-p', '-c', String(cpus - 1), String(minioPid)], { stdout: 'ignore' });
+      await execa('taskset', ['-a', '-p', '-c', others, String(process.pid)], { stdout: 'ignore' });
+      try {
+        await uploadOnce('child');
+        for (let r = 1; r <= throughputReps; r++) {
+          for (const m of modes) separate[m].push((await uploadOnce(m)).seconds);
+          console.log(`MinIO on CPU ${cpus - 1}, uploaders on ${others}, rep ${r}: ${modes.map((m) => `${m} ${separate[m].at(-1)!.toFixed(2)} s`).join(', ')}`);
+        }
+      } finally {
+        await execa('taskset', ['-a', '-p', '-c', `0-${cpus - 1}`, String(minioPid)], { stdout: 'ignore' });
+        await execa('taskset', ['-a', '-p', '-c', `0-${cpus - 1}`, String(process.pid)], { stdout: 'ignore' });
+      }
     }
 
     // 2. Alternating windows with the trainer running.
@@ -343,9 +370,17 @@ async function main() {
       date: started.toISOString(),
       host: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memGiB: os.totalmem() / GiB, loadavgAtStart, node: process.version },
       checkpoint: { files, bytes },
-      settings: { quick, rounds, windowS, trainerThreads, throughputReps, modes, childTuning: defaultUploadTuning(), minioPidFound: !!minioPid },
+      settings: { quick, rounds, windowS, trainerThreads, throughputReps, modes, childTuning: tuning, minioPidFound: !!minioPid },
       throughputSeconds: throughput,
       throughputVsMc: { child: ratio('child'), inproc: ratio('inproc') },
+      ...(separate.mc.length
+        ? {
+            separateMinioCpu: {
+              throughputSeconds: separate,
+              throughputVsMc: Object.fromEntries(modes.filter((m) => m !== 'mc').map((m) => [m, median(separate.mc) / median(separate[m])])),
+            },
+          }
+        : {}),
       summary,
       windows: windows.map((w) => ({ ...w, steps: inWindow(w).length, stepMs: mean(inWindow(w).map((s) => s.ms)) })),
       loadavgAtEnd: os.loadavg(),
@@ -366,6 +401,13 @@ async function main() {
         `| ${m} | ${s.steps} | ${f(s.stepMs)} | **${f(s.delayPct, 1)}** / ${f(s.delayPctPairedMedian, 1)} | ${f(s.runQueueWaitMsPerStep)} | ${f(s.uploaderCpuSecondsPerGiB)}` +
           `${s.childReportedCpuSecondsPerGiB !== undefined ? ` (child: ${f(s.childReportedCpuSecondsPerGiB)})` : ''} | ${f(s.minioCpuSecondsPerGiB)} | ` +
           `${f(s.uploadGBpsDuringTraining, 3)} / ${f(s.uploadGBpsAlone, 3)} | ${m === 'mc' ? '1.00×' : `${f(ratio(m))}×`} |`,
+      );
+    }
+    if (separate.mc.length) {
+      console.log(
+        `MinIO on a CPU of its own, upload alone (median of ${throughputReps}): ${modes
+          .map((m) => `${m} ${f(median(separate[m]))} s${m === 'mc' ? '' : ` (${f(median(separate.mc) / median(separate[m]))}× mc)`}`)
+          .join(', ')}`,
       );
     }
     console.log(

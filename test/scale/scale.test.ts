@@ -1,7 +1,9 @@
 /**
  * The supported maximum, run for real: a pipeline of 5,000 stages (the limit
- * `tanren validate` enforces, schemas/validate.ts MAX_STAGES) and a long
- * chain, each stage a real `run: ['true']` process on real workers, MinIO
+ * `tanren validate` enforces, schemas/validate.ts MAX_STAGES), a long chain
+ * and a long chain of `local: true` stages (local activities, which record a
+ * marker each and may run many to one workflow task), each stage a real
+ * `run: ['true']` process on real workers, MinIO
  * storing every manifest. The run's Temporal server is a dev server of this
  * test's own with `limit.historyCount.error` lowered to 10,000 events, so a
  * run whose history is not bounded by continue-as-new is terminated and fails.
@@ -38,6 +40,7 @@ const exec = promisify(execFile);
 const HISTORY_LIMIT = 10_000;
 const FAN_OUT = 5000;
 const CHAIN = 2000;
+const LOCAL_CHAIN = 2000;
 
 describe('the stage limit', () => {
   it(`a ${MAX_STAGES + 1}-stage spec is rejected by \`tanren validate\`, naming the limit ${MAX_STAGES}`, async () => {
@@ -73,7 +76,7 @@ describe(`runs at the supported maximum (real workers, dev server with limit.his
   });
 
   /** Runs `stages` to the end, checks every execution's history and prints the one-line summary. */
-  async function runAtScale(label: string, stages: Array<{ id: string; run: string[]; needs?: string[] }>) {
+  async function runAtScale(label: string, stages: Array<{ id: string; run: string[]; needs?: string[]; local?: boolean }>) {
     const workflowId = unique(label);
     const started = performance.now();
     const handle = await env.client.workflow.start('pipelineWorkflow', {
@@ -149,6 +152,25 @@ describe(`runs at the supported maximum (real workers, dev server with limit.his
     const at = activityEvents(runs);
     assert.equal(at.size, FAN_OUT);
     for (const [id, e] of at) assert.ok(e.scheduled && e.completed, `${id}: ${JSON.stringify(e)}`);
+  });
+
+  it(`a chain of ${LOCAL_CHAIN} local stages completes, each run once, in order`, { timeout: 3 * 3_600_000 }, async () => {
+    const stages = Array.from({ length: LOCAL_CHAIN }, (_, i) => ({ id: `s${i}`, local: true, run: ['true'], ...(i ? { needs: [`s${i - 1}`] } : {}) }));
+    const runs = await runAtScale('local-chain', stages);
+    // One marker per local stage across the executions, in chain order, and no activity tasks.
+    const summaries: string[] = [];
+    for (const r of runs) {
+      for (const e of r.history.events ?? []) {
+        assert.ok(!e.activityTaskScheduledEventAttributes, 'a local stage never becomes an activity task');
+        if (e.markerRecordedEventAttributes?.markerName !== 'core_local_activity') continue;
+        const data = e.userMetadata?.summary?.data;
+        summaries.push(data ? (JSON.parse(Buffer.from(data).toString('utf8')) as string).split(' · ')[0] : '?');
+      }
+    }
+    assert.deepEqual(
+      summaries,
+      stages.map((s) => s.id),
+    );
   });
 
   it(`a chain of ${CHAIN} stages completes`, { timeout: 3 * 3_600_000 }, async () => {

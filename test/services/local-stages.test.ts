@@ -2,10 +2,12 @@
  * `local: true` stages through real workers, the real Temporal dev server and
  * real MinIO: they run as local activities of the workflow (markers in the
  * history, no activity tasks), pass outputs on like any stage, are retried
- * after a crash, hit the cache on a second run, and a cancelled run stops a
- * local stage's process group.
+ * after a crash, hit the cache on a second run, run again after a reset (the
+ * UI's Reset button: `temporal workflow reset`, signals re-applied), and a
+ * cancelled run stops a local stage's process group.
  */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -17,7 +19,9 @@ import { createObjectStore, type ObjectStore } from '../../activities/storage/st
 import type { OutputManifest } from '../../activities/types.js';
 import { s3Credentials } from '../../worker/config.js';
 import type { RunResult } from '../../workflows/pipeline.js';
-import { unique, waitFor } from '../helpers/env.js';
+import { promisify } from 'node:util';
+import { temporalBin, unique, waitFor } from '../helpers/env.js';
+import { temporalWorkflowArgv } from '../helpers/servers.js';
 import { startTestWorkers, type TestWorkers } from '../helpers/workers.js';
 
 describe('local stages', () => {
@@ -103,6 +107,47 @@ describe('local stages', () => {
         ['report', 'cached'],
       ],
     );
+  });
+
+  it("a reset to the first workflow task (the UI's Reset, signals re-applied) runs the local stages again and completes", async () => {
+    const counter = path.join(scratch, 'reset-runs.txt');
+    const stages = [
+      { id: 'make', local: true, run: ['sh', '-c', `echo make >> "${counter}"; echo 21 > "$TANREN_OUTPUT/n.txt"`] },
+      {
+        id: 'double',
+        local: true,
+        needs: ['make'],
+        run: ['sh', '-c', `echo double >> "${counter}"; echo $(( $(cat "$TANREN_INPUT_MAKE/n.txt") * 2 )) > "$TANREN_OUTPUT/n.txt"`],
+      },
+      { id: 'report', needs: ['double'], run: ['sh', '-c', 'cp "$TANREN_INPUT_DOUBLE/n.txt" "$TANREN_OUTPUT/final.txt"'] },
+    ];
+    const workflowId = unique('local-reset');
+    const first = await client.workflow.start('pipelineWorkflow', {
+      taskQueue: workers.queues.control,
+      workflowId,
+      args: [input('local-reset', stages, { noCache: true })],
+    });
+    await first.result();
+    const target = { TEMPORAL_ADDRESS: workers.env.TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE: workers.env.TEMPORAL_NAMESPACE };
+    // The operator's command, as the UI's Reset button runs it: its default re-applies signals.
+    await promisify(execFile)(
+      temporalBin(),
+      temporalWorkflowArgv('reset', target, '--workflow-id', workflowId, '--type', 'FirstWorkflowTask', '--reason', 'operator reset'),
+    );
+    const latest = client.workflow.getHandle(workflowId);
+    assert.notEqual((await latest.describe()).runId, first.firstExecutionRunId, 'a new execution runs');
+    const result = (await latest.result()) as RunResult;
+    assert.deepEqual(
+      result.stages.map((s) => [s.id, s.state]),
+      [
+        ['make', 'succeeded'],
+        ['double', 'succeeded'],
+        ['report', 'succeeded'],
+      ],
+    );
+    assert.deepEqual(readFileSync(counter, 'utf8').trim().split('\n'), ['make', 'double', 'make', 'double'], 'each local stage ran once per execution');
+    const final = JSON.parse(await storage.getText(keys.manifest(workflowId, 'report'))) as OutputManifest;
+    assert.equal((await storage.getText(final.prefix + 'final.txt')).trim(), '42');
   });
 
   it('a cancelled run stops a running local stage and its process group', async () => {
