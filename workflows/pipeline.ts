@@ -126,6 +126,15 @@ export const LOCAL_STAGES_PATCH = 'tanren-local-stages-1';
 export const CONTINUE_AS_NEW_AFTER_EVENTS = 2500;
 /** Same, by history size in bytes (Temporal's hard limit is 50 MB). */
 export const CONTINUE_AS_NEW_AFTER_BYTES = 8 * 1024 * 1024;
+/**
+ * Same, by stages ended in this execution. Replaying an execution costs about the same per stage whatever its
+ * events (the workflow re-plans and re-renders its status for each), and `local: true` stages add only two events
+ * each: a 2,000-stage chain of them put 1,350 stages into one execution, whose replay took 25–35 s on two cores,
+ * past the first execution's 10 s workflow task timeout. A regular chain reaches the event bound at ~360 stages.
+ */
+export const CONTINUE_AS_NEW_AFTER_STAGES = 300;
+/** Patch marking runs that also continue as new after {@link CONTINUE_AS_NEW_AFTER_STAGES} stages. */
+export const STAGE_BUDGET_PATCH = 'tanren-stage-budget-1';
 /** A cache hit streams every cached object through sha256 (about 5 s per GiB): room for large outputs. */
 const CACHE_LOOKUP_TIMEOUT = '1h';
 /** Most stages one execution runs at once. */
@@ -367,6 +376,8 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
     };
   };
 
+  /** Stages that ended in this execution (for {@link CONTINUE_AS_NEW_AFTER_STAGES}). */
+  let endedHere = 0;
   const runStage = async (stage: StageSpec): Promise<void> => {
     const s = stageStatus(stage.id);
     const queue = stageQueue(stage);
@@ -523,6 +534,7 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
       failure ??= err;
     } finally {
       s.endedAt = new Date().toISOString();
+      endedHere++;
       touch();
     }
   };
@@ -531,7 +543,9 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
   const historyFull = () => {
     if (!lean) return false;
     const now = workflowInfo();
-    return now.continueAsNewSuggested || now.historyLength > CONTINUE_AS_NEW_AFTER_EVENTS || now.historySize > CONTINUE_AS_NEW_AFTER_BYTES;
+    if (now.continueAsNewSuggested || now.historyLength > CONTINUE_AS_NEW_AFTER_EVENTS || now.historySize > CONTINUE_AS_NEW_AFTER_BYTES) return true;
+    // Histories of earlier workers have no marker: for them patched() is false and they replay unchanged.
+    return endedHere >= CONTINUE_AS_NEW_AFTER_STAGES && patched(STAGE_BUDGET_PATCH);
   };
 
   const running = new Map<string, Promise<void>>();

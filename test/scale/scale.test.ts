@@ -31,7 +31,7 @@ import { Worker } from '@temporalio/worker';
 import { MAX_STAGES } from '../../schemas/validate.js';
 import { workflowBundle } from '../../worker/run-worker.js';
 import type { RunResult } from '../../workflows/pipeline.js';
-import { statusQuery } from '../../workflows/pipeline.js';
+import { CONTINUE_AS_NEW_AFTER_STAGES, statusQuery } from '../../workflows/pipeline.js';
 import { ROOT, unique } from '../helpers/env.js';
 import { startTestWorkers, type TestWorkers } from '../helpers/workers.js';
 import { executions, startLimitedServer, type Execution } from '../helpers/history.js';
@@ -160,6 +160,9 @@ describe(`runs at the supported maximum (real workers, dev server with limit.his
     // One marker per local stage across the executions, in chain order, and no activity tasks.
     const summaries: string[] = [];
     for (const r of runs) {
+      const here = (r.history.events ?? []).filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity').length;
+      // Bounded by stages as well as by events: a worker replays one execution within a workflow task's timeout.
+      assert.ok(here <= CONTINUE_AS_NEW_AFTER_STAGES, `execution ${r.runId} ran ${here} local stages`);
       for (const e of r.history.events ?? []) {
         assert.ok(!e.activityTaskScheduledEventAttributes, 'a local stage never becomes an activity task');
         if (e.markerRecordedEventAttributes?.markerName !== 'core_local_activity') continue;
