@@ -51,7 +51,17 @@ export type CacheLookup =
  * them again), and for a hit the verified manifest (never sent to the workflow: it can be large).
  */
 export type CacheLookupWithManifest =
-  | (Extract<CacheLookup, { hit: false }> & { parts: CacheKeyParts; inputManifests: OutputManifest[] })
+  | {
+      hit: false;
+      key: string;
+      parts: CacheKeyParts;
+      inputManifests: OutputManifest[];
+      /**
+       * Why it missed, compared with the stage's latest entry: read after the miss is known, so that it
+       * overlaps the stage's run instead of delaying its start. Never rejects.
+       */
+      reason: Promise<string>;
+    }
   | (Extract<CacheLookup, { hit: true }> & { parts: CacheKeyParts; manifest: OutputManifest & { cachedFrom?: string } });
 
 function canonical(v: unknown): unknown {
@@ -72,6 +82,9 @@ export function digestJson(v: unknown): string {
     .update(JSON.stringify(canonical(v)))
     .digest('hex');
 }
+
+/** Cache records this process is writing, by cache key: a look-up of the same key waits for its record. */
+const recordsInFlight = new Map<string, Promise<void>>();
 
 /** Program files hashed by this process, by path: reused while the file's size, times and inode stay the same. */
 const programDigests = new Map<string, { stamp: string; sha256: string }>();
@@ -195,7 +208,7 @@ export async function computeCacheKey(
 ): Promise<{ key: string; parts: CacheKeyParts; inputManifests: OutputManifest[] }> {
   const inputDigests: Record<string, string> = {};
   // One round trip of latency for all inputs; the digests keep the inputs' order.
-  const manifests = await Promise.all(inputs.map(async (input) => JSON.parse(await storage.getText(input.manifestKey)) as OutputManifest));
+  const manifests = await Promise.all(inputs.map(async (input) => input.manifest ?? (JSON.parse(await storage.getText(input.manifestKey)) as OutputManifest)));
   inputs.forEach((input, i) => {
     inputDigests[input.stage] = digestJson(manifests[i].files.map((f) => [f.path, f.size, f.sha256]));
   });
@@ -208,7 +221,7 @@ export async function computeCacheKey(
   return { key: digestJson(parts), parts, inputManifests: manifests };
 }
 
-/** One GET: most reads of a cache entry are misses, and a stat first would cost a second round trip on a hit. */
+/** One GET; undefined when there is no such object. */
 async function readJson<T>(storage: ObjectStore, key: string): Promise<T | undefined> {
   try {
     return JSON.parse(await storage.getText(key)) as T;
@@ -270,25 +283,26 @@ export async function lookupCache(
   inputs: readonly StageInputRef[],
   dirs: { projectDir: string; distDir: string },
 ): Promise<CacheLookupWithManifest> {
-  // The stage's latest entry (what a miss compares with) is read alongside: most look-ups are misses.
-  const lastOfStage = readJson<CacheEntry>(storage, cacheKeys.lastOfStage(pipeline, stage.id));
-  void lastOfStage.catch(() => undefined); // awaited only on a miss
   const { key, parts, inputManifests } = await computeCacheKey(storage, stage, inputs, dirs);
-  const entry = await readJson<CacheEntry>(storage, cacheKeys.entry(key));
+  // A record this worker is still writing (records are written behind the stage's result) is awaited first.
+  await recordsInFlight.get(key);
+  // A stat first: most look-ups are misses, and a missing object's stat costs half the CPU of a GET's error
+  // (no error body to parse); a hit's extra round trip is small beside verifying each of its objects.
+  const entryKey = cacheKeys.entry(key);
+  const entry = (await storage.stat(entryKey)) ? await readJson<CacheEntry>(storage, entryKey) : undefined;
   if (!entry) {
-    const last = await lastOfStage;
-    return {
-      hit: false,
-      key,
-      parts,
-      inputManifests,
-      reason: last ? `cache miss: ${explainChange(last.parts, parts)}` : 'cache miss: no earlier run of this stage',
-    };
+    // The stage's latest entry is read only now, one request at a time: on two cores a second request alongside
+    // delayed the entry's answer by 1.5 ms, and the stage can start before the reason is known.
+    const reason = readJson<CacheEntry>(storage, cacheKeys.lastOfStage(pipeline, stage.id)).then(
+      (last) => (last ? `cache miss: ${explainChange(last.parts, parts)}` : 'cache miss: no earlier run of this stage'),
+      (err: unknown) => `cache miss (the stage's latest entry could not be read: ${String((err as Error)?.message ?? err).slice(0, 200)})`,
+    );
+    return { hit: false, key, parts, inputManifests, reason };
   }
   const manifest = entry.manifest ?? (await readJson<OutputManifest>(storage, entry.manifestKey));
-  if (!manifest) return { hit: false, key, parts, inputManifests, reason: `cache hit rejected: manifest missing (${entry.manifestKey})` };
+  if (!manifest) return { hit: false, key, parts, inputManifests, reason: Promise.resolve(`cache hit rejected: manifest missing (${entry.manifestKey})`) };
   const problem = await verifyManifestObjects(storage, manifest);
-  if (problem) return { hit: false, key, parts, inputManifests, reason: `cache hit rejected: ${problem}` };
+  if (problem) return { hit: false, key, parts, inputManifests, reason: Promise.resolve(`cache hit rejected: ${problem}`) };
   return {
     hit: true,
     key,
@@ -306,4 +320,24 @@ export async function recordCache(storage: ObjectStore, pipeline: string, entry:
   const text = JSON.stringify(entry, null, 2);
   // Independent objects: written together, one round trip of latency instead of two.
   await Promise.all([storage.putText(cacheKeys.entry(entry.key), text), storage.putText(cacheKeys.lastOfStage(pipeline, entry.stage), text)]);
+}
+
+/**
+ * Starts {@link recordCache} without waiting for it: a stage's result need not wait for its cache record (a
+ * record that is late or lost costs a later run a hit, never a wrong result). A look-up of the same key in this
+ * process waits for it, and {@link flushCacheRecords} waits for all (the worker calls it when it stops).
+ * `onError` hears a failed write.
+ */
+export function recordCacheBehind(storage: ObjectStore, pipeline: string, entry: CacheEntry, onError: (err: unknown) => void): void {
+  const writing = recordCache(storage, pipeline, entry)
+    .catch(onError)
+    .finally(() => {
+      if (recordsInFlight.get(entry.key) === writing) recordsInFlight.delete(entry.key);
+    });
+  recordsInFlight.set(entry.key, writing);
+}
+
+/** Waits for every cache record this process is still writing. */
+export async function flushCacheRecords(): Promise<void> {
+  await Promise.all(recordsInFlight.values());
 }

@@ -16,7 +16,7 @@ import { keys } from './storage/keys.js';
 import type { RetryOptions } from './storage/retry.js';
 import { stageFailure } from './errors.js';
 import { boundMetrics, boundResult, capHead, capTail, createRedactor, stageEnvironment } from './stage-env.js';
-import type { OutputManifest, StageResult, StageTask } from './types.js';
+import { HANDED_ON_MANIFEST_BYTES, type OutputManifest, type StageResult, type StageTask } from './types.js';
 import { attemptDir, checkRunId, prepareAttemptDir, removeAttemptDir } from './stage-runner/attempt-dir.js';
 import { checkGpuMemory, checkJudgeUrl, judgeKeyNames, secretValues, stageCommand, stageParams, stageProtocolEnv } from './stage-runner/command.js';
 import { classifyExit } from './stage-runner/exit-classification.js';
@@ -140,6 +140,8 @@ export function createRunStage(deps: StageRunnerDeps) {
     });
     const logKey = keys.log(runId, stage.id, attempt);
     const uploadLog = async () => {
+      // A program that printed nothing (most short `run:` stages) costs no object write; `tanren logs` says so.
+      if (proc.loggedLines === 0) return;
       try {
         await storage.putFile(logKey, dir.logFile);
       } catch (err) {
@@ -225,7 +227,7 @@ export function createRunStage(deps: StageRunnerDeps) {
         result: state.result,
         beat,
         retryOpts,
-        alongsideManifest: task.cache ? (p) => recordInCache(storage, task, config.projectDir, p, log, cacheKey) : undefined,
+        afterManifest: task.cache ? (p) => recordInCache(storage, task, config.projectDir, p, log, cacheKey) : undefined,
       });
       // Nothing reads the directory again: the result need not wait for its removal.
       if (!config.keepWorkDirs) {
@@ -234,6 +236,7 @@ export function createRunStage(deps: StageRunnerDeps) {
         });
       }
       const { files } = published;
+      const handOn = ctx.info.isLocal ? JSON.stringify(published.manifest) : undefined;
       return {
         stage: stage.id,
         attempt,
@@ -248,6 +251,7 @@ export function createRunStage(deps: StageRunnerDeps) {
         attempts: closeAttempt(hb),
         startedAt,
         endedAt: new Date().toISOString(),
+        ...(handOn && handOn.length <= HANDED_ON_MANIFEST_BYTES ? { manifest: published.manifest } : {}),
       };
     } finally {
       await logUploaded;
@@ -305,7 +309,7 @@ export function createRunStage(deps: StageRunnerDeps) {
         cacheKey,
         lookup?.hit === false ? lookup.inputManifests : undefined,
       );
-      return lookup ? { ...result, cache: { hit: false, reason: lookup.reason } } : result;
+      return lookup ? { ...result, cache: { hit: false, reason: await lookup.reason } } : result;
     } catch (err) {
       if (!(err instanceof ApplicationFailure)) throw err;
       // Record this attempt's failure where the next attempt and the workflow will find it.
@@ -313,7 +317,7 @@ export function createRunStage(deps: StageRunnerDeps) {
       beat();
       const first = err.details?.[0];
       // What the cache said, for the run's status (the look-up happened in this activity).
-      const said = { attempt, attempts, ...(lookup ? { cache: lookup.reason } : {}) };
+      const said = { attempt, attempts, ...(lookup ? { cache: await lookup.reason } : {}) };
       if (first && typeof first === 'object' && !Array.isArray(first)) {
         Object.assign(first, said);
         throw err;

@@ -9,6 +9,11 @@ export interface StageInputRef {
   stage: string;
   /** Object key of the needed stage's manifest. */
   manifestKey: string;
+  /**
+   * The manifest itself, when the needed stage was a local stage with a small manifest and this stage is local
+   * too (neither task enters the history): saves reading it back. Absent otherwise; then it is read by its key.
+   */
+  manifest?: OutputManifest;
 }
 
 /** Everything an activity needs to run one stage. */
@@ -88,7 +93,18 @@ export interface StageResult {
    * on a hit nothing ran, and `manifestKey` is this run's copy of the cached manifest.
    */
   cache?: { hit: boolean; reason: string; fromRun?: string };
+  /**
+   * The manifest, from a local stage whose manifest is at most {@link HANDED_ON_MANIFEST_BYTES} as JSON:
+   * the workflow hands it on to the local stages that need this one (see {@link StageInputRef.manifest}).
+   */
+  manifest?: OutputManifest;
 }
+
+/**
+ * Largest manifest (as JSON) a local stage returns to be handed on. A local stage's result is recorded in its
+ * marker event, so this bounds what handing on adds to the history: at most 2 KiB per stage.
+ */
+export const HANDED_ON_MANIFEST_BYTES = 2048;
 
 /** Progress signal of runs started before progress moved to heartbeats; still accepted (and ignored) so old runs replay. */
 export interface StageProgress {

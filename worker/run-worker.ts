@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { DefaultLogger, Worker, bundleWorkflowCode, type WorkflowBundle } from '@temporalio/worker';
 import type { Logger } from 'pino';
 import { createActivities } from '../activities/index.js';
+import { flushCacheRecords } from '../activities/cache.js';
 import { pidInUse, stillRunning, type ProcessIdentity } from '../activities/process-identity.js';
 import { runningDir } from '../activities/run-stage.js';
 import { createObjectStore } from '../activities/storage/store.js';
@@ -188,6 +189,8 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       void opts.stopWhen.then(() => workers.forEach((w) => w.getState() === 'RUNNING' && w.shutdown()));
     }
     await running;
+    // Cache records are written behind stage results: a worker that stops finishes writing them.
+    await flushCacheRecords();
     logger.info({ queue }, 'worker stopped');
   } finally {
     release?.();

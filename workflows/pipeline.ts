@@ -335,7 +335,7 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
 
   const defaults = spec.defaults ?? {};
   const queueName = (q: 'cpu' | 'gpu') => (q === 'gpu' ? spec.queues!.gpu! : (spec.queues?.cpu ?? DEFAULT_CPU_TASK_QUEUE));
-  const results = new Map<string, Pick<StageResult, 'manifestKey'>>();
+  const results = new Map<string, Pick<StageResult, 'manifestKey' | 'manifest'>>();
   for (const s of status.stages) if (s.manifestKey && (s.state === 'succeeded' || s.state === 'cached')) results.set(s.id, { manifestKey: s.manifestKey });
   const cacheOn = (stage: StageSpec) => !options.noCache && (stage.cache ?? defaults.cache ?? true);
   const ioOptions: ActivityOptions = {
@@ -423,7 +423,11 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
           ? { ...stage, with: { ...stage.with, timeline: timeline(), ...sweepsParam(stage) } }
           : stage,
       queue,
-      inputs: inputIds.map((id) => ({ stage: id, manifestKey: results.get(id)!.manifestKey })),
+      inputs: inputIds.map((id) => {
+        const { manifestKey, manifest } = results.get(id)!;
+        // Only into a local stage's task, which no history event records: a scheduled activity's input is one.
+        return { stage: id, manifestKey, ...(local && manifest ? { manifest } : {}) };
+      }),
       ...(lean && stall !== undefined ? { stallTimeoutMs: parseDuration(stall) } : {}),
     };
     s.startedAt = new Date().toISOString();

@@ -58,8 +58,12 @@ export function attemptDir(workRoot: string, runId: string, stageId: string, att
 
 /** Creates the attempt's directory empty, with its inputs, output and checkpoints directories. */
 export async function prepareAttemptDir(d: AttemptDir): Promise<void> {
-  await rm(d.dir, { recursive: true, force: true });
-  for (const sub of [d.inputs, d.output, d.checkpoints]) await mkdir(sub, { recursive: true });
+  // mkdir says whether it created the directory: only a directory an earlier run of this attempt left is emptied.
+  if ((await mkdir(d.dir, { recursive: true })) === undefined) {
+    await rm(d.dir, { recursive: true, force: true });
+    await mkdir(d.dir, { recursive: true });
+  }
+  await Promise.all([d.inputs, d.output, d.checkpoints].map((sub) => mkdir(sub)));
 }
 
 /** Removes the attempt's directory and everything in it. */

@@ -3,18 +3,17 @@
  * (GPU stages, runs of older workflows) and the same look-up inside `runStage`
  * (CPU stages of current runs, saving an activity and a workflow task per stage).
  */
-import { lookupCache, type CacheKeyParts, type CacheLookup } from '../cache.js';
+import { lookupCache, type CacheKeyParts, type CacheLookup, type CacheLookupWithManifest } from '../cache.js';
 import { storageFailure } from '../errors.js';
 import { keys, manifestFiles } from '../storage/keys.js';
 import type { ObjectStore } from '../storage/store.js';
-import type { OutputManifest, StageTask } from '../types.js';
+import type { StageTask } from '../types.js';
 import { DIST_DIR } from './command.js';
 import type { StageRunnerDeps } from './types.js';
 
 /** A look-up's answer, with the key parts a miss records its outputs under later, and a hit's size. */
 export type StageCacheLookup =
-  | (Extract<CacheLookup, { hit: false }> & { parts: CacheKeyParts; inputManifests: OutputManifest[] })
-  | (Extract<CacheLookup, { hit: true }> & { parts: CacheKeyParts; files: number; bytes: number });
+  Extract<CacheLookupWithManifest, { hit: false }> | (Extract<CacheLookup, { hit: true }> & { parts: CacheKeyParts; files: number; bytes: number });
 
 /**
  * Looks a stage up in the cross-run cache. A verified hit gets its own
@@ -41,7 +40,7 @@ export function createCheckCache(deps: StageRunnerDeps) {
   return async function checkCache(task: StageTask): Promise<CacheLookup> {
     // The key parts stay in the worker: the workflow needs the answer only.
     const found = await lookupStage(deps.storage, task, deps.config.projectDir);
-    if (!found.hit) return { hit: false, key: found.key, reason: found.reason };
+    if (!found.hit) return { hit: false, key: found.key, reason: await found.reason };
     const { parts: _parts, files: _files, bytes: _bytes, ...hit } = found;
     return hit;
   };

@@ -37,7 +37,7 @@ export async function downloadInputs(
 ): Promise<Record<string, string>> {
   const inputEnv: Record<string, string> = {};
   for (const [i, input] of inputs.entries()) {
-    const manifest = known?.[i] ?? (await readInputManifest(storage, input, retryOpts));
+    const manifest = known?.[i] ?? input.manifest ?? (await readInputManifest(storage, input, retryOpts));
     const target = path.join(inputsDir, input.stage);
     await mkdir(target, { recursive: true });
     let files;

@@ -61,6 +61,8 @@ export interface StageProcess {
   reap(): Promise<void>;
   /** Closes the log file (after {@link reap}). */
   closeLog(): Promise<void>;
+  /** Lines written to the log so far: a program that printed nothing leaves no log object. */
+  readonly loggedLines: number;
 }
 
 /**
@@ -71,7 +73,9 @@ export async function startStageProcess(o: StartOptions): Promise<StageProcess> 
   const { log } = o;
   const logStream = createWriteStream(o.logFile, { flags: 'a' });
   const tail: string[] = [];
+  let loggedLines = 0;
   const record = (streamName: 'stdout' | 'stderr', raw: string) => {
+    loggedLines++;
     // The log goes to object storage and the worker's log: no credential value of the worker in either.
     const line = o.redact(raw);
     logStream.write(`${line}\n`);
@@ -170,5 +174,8 @@ export async function startStageProcess(o: StartOptions): Promise<StageProcess> 
       if (runningRecord) await rm(runningRecord, { force: true });
     },
     closeLog: () => new Promise<void>((r) => logStream.end(r)),
+    get loggedLines() {
+      return loggedLines;
+    },
   };
 }

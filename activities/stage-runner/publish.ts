@@ -1,15 +1,15 @@
 /**
  * Publishing a succeeded attempt's outputs: every file under this attempt's
  * own prefix, then the manifest, written last and the only pointer to them,
- * and beside it (for cached stages) the cross-run cache record, which carries
- * its own copy of the manifest.
+ * and after it (for cached stages, not awaited) the cross-run cache record,
+ * which carries its own copy of the manifest.
  */
 import { access } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from '@temporalio/common';
 import { ApplicationFailure } from '@temporalio/common';
 import { FailureTypes } from '../../schemas/names.js';
-import { computeCacheKey, recordCache, type CacheKeyParts } from '../cache.js';
+import { computeCacheKey, recordCacheBehind, type CacheKeyParts } from '../cache.js';
 import { stageFailure, storageFailure } from '../errors.js';
 import { describeFiles } from '../files.js';
 import { attemptToken, keys, outputKeys } from '../storage/keys.js';
@@ -45,10 +45,10 @@ export interface PublishOptions {
   beat: Beat;
   retryOpts: RetryOptions;
   /**
-   * Runs beside the manifest's write, once the manifest is final: the cache record, which holds its own
-   * copy of the manifest (a hit copies that and verifies every object it lists). Must not throw.
+   * Called once the manifest is written, not awaited: the cache record, which holds its own copy of the
+   * manifest (a hit copies that and verifies every object it lists). Must not throw.
    */
-  alongsideManifest?: (p: Published) => Promise<void>;
+  afterManifest?: (p: Published) => void;
 }
 
 /** A published attempt. */
@@ -78,41 +78,49 @@ export async function publishOutputs(o: PublishOptions): Promise<Published> {
     }
     manifest.createdAt = new Date().toISOString();
     // Written last, and the only pointer to this attempt's objects: a manifest means every file it lists is complete.
-    await Promise.all([
-      retry(() => storage.putText(manifestKey, JSON.stringify(manifest, null, 2)), o.retryOpts),
-      o.alongsideManifest?.({ prefix, files, manifest, manifestKey }),
-    ]);
+    await retry(() => storage.putText(manifestKey, JSON.stringify(manifest, null, 2)), o.retryOpts);
   } catch (err) {
     if (err instanceof ApplicationFailure) throw err;
     throw storageFailure(`uploading the outputs of stage "${stageId}"`, err);
   }
-  return { prefix, files, manifest, manifestKey };
+  const published = { prefix, files, manifest, manifestKey };
+  o.afterManifest?.(published);
+  return published;
 }
 
 /**
  * Records a published stage in the cross-run cache under `known` (the key its look-up computed) or a key
- * computed now; a failure only costs a later cache hit, so it is logged, not thrown.
+ * computed now, behind the stage's result (activities/cache.ts `recordCacheBehind`): a failure only costs a
+ * later cache hit, so it is logged, not thrown.
  */
-export async function recordInCache(
+export function recordInCache(
   storage: ObjectStore,
   task: StageTask,
   projectDir: string,
   published: Published,
   log: Logger,
   known?: { key: string; parts: CacheKeyParts },
-): Promise<void> {
-  try {
-    const { key, parts } = known ?? (await computeCacheKey(storage, task.stage, task.inputs, { projectDir, distDir: DIST_DIR }));
-    await recordCache(storage, task.pipeline, {
-      key,
-      parts,
-      manifestKey: published.manifestKey,
-      manifest: published.manifest,
-      runId: task.runId,
-      stage: task.stage.id,
-      createdAt: new Date().toISOString(),
-    });
-  } catch (err) {
+): void {
+  const onError = (err: unknown) => {
     log.warn('cache entry not recorded', { stage: task.stage.id, error: String(err) });
-  }
+  };
+  const record = ({ key, parts }: { key: string; parts: CacheKeyParts }) =>
+    recordCacheBehind(
+      storage,
+      task.pipeline,
+      {
+        key,
+        parts,
+        manifestKey: published.manifestKey,
+        manifest: published.manifest,
+        runId: task.runId,
+        stage: task.stage.id,
+        createdAt: new Date().toISOString(),
+      },
+      onError,
+    );
+  if (known) return record(known);
+  // GPU stages looked up in their own checkCache activity: the key is computed again (a look-up in this
+  // process of the same key does not wait for this record until the key is known).
+  computeCacheKey(storage, task.stage, task.inputs, { projectDir, distDir: DIST_DIR }).then(record, onError);
 }

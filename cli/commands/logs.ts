@@ -151,6 +151,15 @@ export function configureLogsCommand(program: Command): void {
             await printLog(store, from, stage, theirs.at(-1)!);
             return;
           }
+          // Ran here and printed nothing: the worker writes no log object for a silent attempt.
+          if (found && !from) {
+            process.stderr.write(`stage "${stage}" of run ${run} printed nothing (attempt ${found.manifest.attempt})\n`);
+            return;
+          }
+          if (from && opts.attempt === undefined && (await manifestFinder(e, store, from)(stage))) {
+            process.stderr.write(`stage "${stage}" was a cache hit in ${run}; in run ${from}, which produced its outputs, it printed nothing\n`);
+            return;
+          }
           if (from)
             throw new CliError(
               `stage "${stage}" of run ${run} did not run: cache hit on the outputs of run ${from} (tanren logs ${from} ${stage})`,
@@ -160,7 +169,10 @@ export function configureLogsCommand(program: Command): void {
         }
         const attempt = opts.attempt ?? attempts.at(-1)!;
         if (!attempts.includes(attempt)) {
-          throw new CliError(`stage "${stage}" of run ${run} has no log of attempt ${attempt} (attempts: ${attempts.join(', ')})`, ExitCodes.notFound);
+          throw new CliError(
+            `stage "${stage}" of run ${run} has no log of attempt ${attempt}: it has not run, or printed nothing (attempts with a log: ${attempts.join(', ')})`,
+            ExitCodes.notFound,
+          );
         }
         await printLog(store, run, stage, attempt);
       }),

@@ -14,7 +14,7 @@ import { createRunStage, type StageHeartbeat } from '../../activities/run-stage.
 import { sha256File } from '../../activities/files.js';
 import { keys } from '../../activities/storage/keys.js';
 import { createObjectStore, type ObjectStore } from '../../activities/storage/store.js';
-import type { OutputManifest, StageResult, StageTask } from '../../activities/types.js';
+import { HANDED_ON_MANIFEST_BYTES, type OutputManifest, type StageResult, type StageTask } from '../../activities/types.js';
 import type { StageSpec } from '../../schemas/pipeline.js';
 import { s3Credentials } from '../../worker/config.js';
 import { ROOT, servicesEnv, unique, waitFor } from '../helpers/env.js';
@@ -143,6 +143,30 @@ print("hello from the stage")
     };
     const used: StageResult = await new MockActivityEnvironment().run(runStage, consumer);
     assert.equal(used.result.got, '42');
+  });
+
+  it('a local stage returns its small manifest; a local consumer handed it reads no manifest; a silent stage leaves no log object', async () => {
+    const { runStage, calls } = setup();
+    const producer = task({ id: 'make-data', run: ['sh', '-c', 'printf 42 > "$TANREN_OUTPUT/x.txt"'] });
+    const made: StageResult = await new MockActivityEnvironment({ isLocal: true }).run(runStage, producer);
+    assert.deepEqual(made.manifest, JSON.parse(await storage.getText(made.manifestKey)), 'the result carries the manifest as written');
+    assert.ok(JSON.stringify(made.manifest).length <= HANDED_ON_MANIFEST_BYTES);
+    // It printed nothing: no log object (`tanren logs` says so).
+    assert.equal(await storage.stat(keys.log(producer.runId, 'make-data', 1)), undefined);
+    assert.ok(!calls.some((c) => c.includes('/logs/')), calls.join('\n'));
+    // A regular activity's result enters the history: no manifest there.
+    const regular: StageResult = await new MockActivityEnvironment().run(runStage, task({ id: 'make-data', run: ['true'] }));
+    assert.equal(regular.manifest, undefined);
+
+    // The handed-on manifest is used as is: its key names no object, so a read of it would fail the stage.
+    const consumer = {
+      ...task({ id: 'use-data', run: ['sh', '-c', 'cp "$TANREN_INPUT_MAKE_DATA/x.txt" "$TANREN_OUTPUT/y.txt"'] }),
+      runId: producer.runId,
+      inputs: [{ stage: 'make-data', manifestKey: `runs/${unique('nowhere')}/make-data/manifest.json`, manifest: made.manifest }],
+    };
+    const used: StageResult = await new MockActivityEnvironment({ isLocal: true }).run(runStage, consumer);
+    const out = JSON.parse(await storage.getText(used.manifestKey)) as OutputManifest;
+    assert.equal(await storage.getText(out.prefix + 'y.txt'), '42');
   });
 
   it('rejects an input whose digest does not match its manifest, without retry', async () => {

@@ -195,10 +195,14 @@ describe('tanren runs / artifacts / get / logs through real workers', () => {
 
   it('artifacts, get and logs of cache hits resolve to the run that produced the outputs', async () => {
     const demo = path.join(ROOT, 'pipelines', 'demo.yaml');
+    // freq-0 says something (the demo stages print nothing), in both runs alike: the same cache key.
+    const mutate = (spec: PipelineSpec) => {
+      spec.stages.find((s) => s.id === 'freq-0')!.run = ['sh', '-c', 'echo "hello from cached freq-0"; exec python3 pipelines/demo/wordcount.py freq'];
+    };
     const first = unique('ops-cache-a');
-    await (await start(demo, first, { noCache: false })).result();
+    await (await start(demo, first, { noCache: false, mutate })).result();
     const second = unique('ops-cache-b');
-    await (await start(demo, second, { noCache: false })).result();
+    await (await start(demo, second, { noCache: false, mutate })).result();
     const r = await tanren('artifacts', second, '--json');
     assert.equal(r.code, 0, r.stderr);
     const out = JSON.parse(r.stdout) as {
@@ -214,9 +218,18 @@ describe('tanren runs / artifacts / get / logs through real workers', () => {
     const got = await tanren('get', second, 'merge', 'top-words.json', dest);
     assert.equal(got.code, 0, got.stderr);
     assert.equal(sha256(readFileSync(dest)), merge.files.find((f) => f.path === 'top-words.json')!.sha256);
-    const logs = await tanren('logs', second, 'merge');
+    const freq = out.stages.find((s) => s.stage === 'freq-0')!;
+    const logs = await tanren('logs', second, 'freq-0');
     assert.equal(logs.code, 0, logs.stderr);
-    assert.match(logs.stderr, new RegExp(`cache hit in ${second}; the log of run ${merge.cachedFrom}`));
+    assert.match(logs.stderr, new RegExp(`cache hit in ${second}; the log of run ${freq.cachedFrom}`));
+    assert.match(logs.stdout, /hello from cached freq-0/, "the producing run's log");
+    // merge prints nothing: its producing attempt left no log object, and logs says so.
+    const silent = await tanren('logs', second, 'merge');
+    assert.equal(silent.code, 0, silent.stderr);
+    assert.match(silent.stderr, new RegExp(`cache hit in ${second}; in run ${merge.cachedFrom}, which produced its outputs, it printed nothing`));
+    const own = await tanren('logs', merge.cachedFrom, 'merge');
+    assert.equal(own.code, 0, own.stderr);
+    assert.match(own.stderr, /printed nothing \(attempt 1\)/);
   });
 
   it('logs --follow prints the lines of a running stage as they are uploaded and exits when the stage ends', async () => {

@@ -13,10 +13,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Client, Connection, WorkflowFailedError } from '@temporalio/client';
-import { CancelledFailure } from '@temporalio/common';
+import { CancelledFailure, defaultPayloadConverter } from '@temporalio/common';
 import { keys } from '../../activities/storage/keys.js';
 import { createObjectStore, type ObjectStore } from '../../activities/storage/store.js';
-import type { OutputManifest } from '../../activities/types.js';
+import type { OutputManifest, StageResult } from '../../activities/types.js';
 import { s3Credentials } from '../../worker/config.js';
 import type { RunResult } from '../../workflows/pipeline.js';
 import { promisify } from 'node:util';
@@ -92,6 +92,15 @@ describe('local stages', () => {
     assert.deepEqual(scheduled, ['report'], 'only the regular stage was an activity task');
     const markers = events.filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity');
     assert.ok(markers.length >= 2, `${markers.length} local activity markers`);
+    // make's result (its marker) carries its manifest, as written, for the workflow to hand on to double.
+    const results = markers.flatMap((e) => {
+      const data = e.markerRecordedEventAttributes?.details?.result?.payloads?.[0];
+      return data ? [defaultPayloadConverter.fromPayload<StageResult>(data)] : [];
+    });
+    const made = results.find((r) => r.stage === 'make');
+    assert.deepEqual(made?.manifest, JSON.parse(await storage.getText(keys.manifest(workflowId, 'make'))));
+    // make printed nothing: no log object.
+    assert.equal(await storage.stat(keys.log(workflowId, 'make', 1)), undefined);
 
     // The same pipeline again, cache on: every stage a hit, nothing runs.
     const again = (await client.workflow.execute('pipelineWorkflow', {

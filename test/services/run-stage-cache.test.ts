@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { MockActivityEnvironment } from '@temporalio/testing';
-import { computeCacheKey } from '../../activities/cache.js';
+import { computeCacheKey, flushCacheRecords } from '../../activities/cache.js';
 import { createRunStage } from '../../activities/run-stage.js';
 import { DIST_DIR } from '../../activities/stage-runner/command.js';
 import { cacheKeys } from '../../activities/storage/keys.js';
@@ -63,11 +63,12 @@ describe('runStage with its own cache look-up', () => {
     assert.equal(first.cache?.hit, false);
     assert.match(first.cache.reason, /^cache miss: /);
     assert.equal(runs(), before + 1);
-    const { key } = await computeCacheKey(storage, s, [], { projectDir: ROOT, distDir: DIST_DIR });
-    assert.ok(await storage.stat(cacheKeys.entry(key)), 'the miss recorded its outputs under the key of its look-up');
 
+    // At once: the record is written behind the first result, and a look-up of its key waits for it.
     const second = task(s, { cache: true, lookupCache: true });
     const hit = await run(second);
+    const { key } = await computeCacheKey(storage, s, [], { projectDir: ROOT, distDir: DIST_DIR });
+    assert.ok(await storage.stat(cacheKeys.entry(key)), 'the miss recorded its outputs under the key of its look-up');
     assert.deepEqual(hit.cache, {
       hit: true,
       reason: `cache hit: outputs of run ${first.manifestKey.split('/')[1]}`,
@@ -102,6 +103,7 @@ describe('runStage with its own cache look-up', () => {
     const s = stage(unique('v'));
     const result = await run(task(s, { cache: false }));
     assert.equal(result.cache, undefined, 'no look-up was asked for');
+    await flushCacheRecords();
     const { key } = await computeCacheKey(storage, s, [], { projectDir: ROOT, distDir: DIST_DIR });
     assert.equal(await storage.stat(cacheKeys.entry(key)), undefined);
   });
