@@ -140,8 +140,9 @@ export function createRunStage(deps: StageRunnerDeps) {
     });
     const logKey = keys.log(runId, stage.id, attempt);
     const uploadLog = async () => {
-      // A program that printed nothing (most short `run:` stages) costs no object write; `tanren logs` says so.
-      if (proc.loggedLines === 0) return;
+      // A local stage (short, on the hot path of a chain) that printed nothing costs no object write;
+      // `tanren logs` says so. Other attempts always leave a log, empty or not.
+      if (proc.loggedLines === 0 && ctx.info.isLocal) return;
       try {
         await storage.putFile(logKey, dir.logFile);
       } catch (err) {

@@ -186,7 +186,7 @@ export const StageSchema = z
       .boolean()
       .optional()
       .describe(
-        "Run as a Temporal local activity in the worker that runs the workflow (a CPU worker): no task queue dispatch and no workflow task of its own, for short CPU stages (seconds). It sends no live progress, and a retry does not see the last attempt's heartbeat; a cpu-queue stage without `sweep` only. @default false",
+        "Run as a Temporal local activity in the worker that runs the workflow (a CPU worker): no task queue dispatch and no workflow task of its own, for short CPU stages (seconds). It sends no live progress, a retry does not see the last attempt's heartbeat, and an attempt that printed nothing leaves no log object; a cpu-queue stage without `sweep` only. @default false",
       ),
     inputs: z.array(z.string()).optional().describe('Needed stages whose outputs are downloaded. @default all of `needs`'),
     outputs: z.array(z.string()).optional().describe('Paths the stage must produce under its output directory'),

@@ -187,7 +187,7 @@ export function importTimeEnv(env: Record<string, string>): Record<string, strin
 /** Most zygotes a worker keeps (each holds torch in memory); stages of a further environment start with `python -m`. */
 const MAX_ZYGOTES = 2;
 const zygotes = new Map<string, Starter>();
-/** Environments already reported as served by `python -m`: said once per worker, not per stage. */
+/** Environments reported as served by `python -m` and not served by a zygote since: said once, not per stage. */
 const unserved = new Set<string>();
 
 function zygoteFor(python: string, env: Record<string, string>): { key: string; starter?: Starter } {
@@ -255,6 +255,8 @@ export async function launchPythonModule(
 ): Promise<LaunchResult> {
   const { key, starter } = zygoteFor(req.python, req.env);
   if (starter) {
+    // Served now (a slot freed): should it be left without a zygote again, that is said again.
+    unserved.delete(key);
     try {
       return await startOn(starter, { module: req.module, args: req.args, cwd: req.cwd, env: req.env }, listener);
     } catch (err) {

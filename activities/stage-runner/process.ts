@@ -61,7 +61,7 @@ export interface StageProcess {
   reap(): Promise<void>;
   /** Closes the log file (after {@link reap}). */
   closeLog(): Promise<void>;
-  /** Lines written to the log so far: a program that printed nothing leaves no log object. */
+  /** Lines written to the log so far (a local stage that printed nothing leaves no log object). */
   readonly loggedLines: number;
 }
 

@@ -223,17 +223,11 @@ describe('tanren runs / artifacts / get / logs through real workers', () => {
     assert.equal(logs.code, 0, logs.stderr);
     assert.match(logs.stderr, new RegExp(`cache hit in ${second}; the log of run ${freq.cachedFrom}`));
     assert.match(logs.stdout, /hello from cached freq-0/, "the producing run's log");
-    // merge prints nothing: its producing attempt left no log object, and logs says so.
-    const silent = await tanren('logs', second, 'merge');
-    assert.equal(silent.code, 0, silent.stderr);
-    assert.match(silent.stderr, new RegExp(`cache hit in ${second}; in run ${merge.cachedFrom}, which produced its outputs, it printed nothing`));
-    const own = await tanren('logs', merge.cachedFrom, 'merge');
-    assert.equal(own.code, 0, own.stderr);
-    assert.match(own.stderr, /printed nothing \(attempt 1\)/);
   });
 
   it('logs --follow prints the lines of a running stage as they are uploaded and exits when the stage ends', async () => {
-    // The worker uploads the log every 5 s (logUploadIntervalMs): the stage lasts ~7 s, so one upload happens while it runs.
+    // The worker uploads the log every 5 s (logUploadIntervalMs): the stage lasts ~10 s, so an upload happens while it
+    // runs, and a loaded host that takes seconds to start the CLI still finds it running.
     const file = path.join(tmp, 'follow.yaml');
     writeFileSync(
       file,
@@ -241,7 +235,7 @@ describe('tanren runs / artifacts / get / logs through real workers', () => {
         'name: ops-follow',
         'stages:',
         '  - id: talk',
-        '    run: [python3, -c, "import time\\nfor i in range(14): print(\'line\', i, flush=True); time.sleep(0.5)"]',
+        '    run: [python3, -c, "import time\\nfor i in range(20): print(\'line\', i, flush=True); time.sleep(0.5)"]',
         '',
       ].join('\n'),
     );
@@ -253,7 +247,7 @@ describe('tanren runs / artifacts / get / logs through real workers', () => {
     const lines = r.stdout.trim().split('\n');
     assert.deepEqual(
       lines,
-      Array.from({ length: 14 }, (_, i) => `line ${i}`),
+      Array.from({ length: 20 }, (_, i) => `line ${i}`),
     );
     assert.match(r.stderr, /talk attempt 1: succeeded/);
     const closed = (await handle.describe()).closeTime;

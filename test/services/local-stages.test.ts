@@ -20,9 +20,11 @@ import type { OutputManifest, StageResult } from '../../activities/types.js';
 import { s3Credentials } from '../../worker/config.js';
 import type { RunResult } from '../../workflows/pipeline.js';
 import { promisify } from 'node:util';
-import { temporalBin, unique, waitFor } from '../helpers/env.js';
+import { ROOT, temporalBin, unique, waitFor } from '../helpers/env.js';
 import { temporalWorkflowArgv } from '../helpers/servers.js';
 import { startTestWorkers, type TestWorkers } from '../helpers/workers.js';
+
+const CLI = path.join(ROOT, 'dist', 'cli', 'main.js');
 
 describe('local stages', () => {
   let workers: TestWorkers;
@@ -99,13 +101,18 @@ describe('local stages', () => {
     });
     const made = results.find((r) => r.stage === 'make');
     assert.deepEqual(made?.manifest, JSON.parse(await storage.getText(keys.manifest(workflowId, 'make'))));
-    // make printed nothing: no log object.
+    // make (local) printed nothing: no log object, and `tanren logs` says so; report (regular) has its empty log.
     assert.equal(await storage.stat(keys.log(workflowId, 'make', 1)), undefined);
+    assert.equal((await storage.stat(keys.log(workflowId, 'report', 1)))?.size, 0);
+    const logs = await promisify(execFile)(process.execPath, [CLI, 'logs', workflowId, 'make']);
+    assert.equal(logs.stdout, '');
+    assert.match(logs.stderr, /stage "make" of run \S+ printed nothing \(attempt 1\)/);
 
     // The same pipeline again, cache on: every stage a hit, nothing runs.
+    const againId = unique('local-chain-again');
     const again = (await client.workflow.execute('pipelineWorkflow', {
       taskQueue: workers.queues.control,
-      workflowId: unique('local-chain-again'),
+      workflowId: againId,
       args: [input('local-chain', stages)],
     })) as RunResult;
     assert.deepEqual(
@@ -116,6 +123,8 @@ describe('local stages', () => {
         ['report', 'cached'],
       ],
     );
+    const hitLogs = await promisify(execFile)(process.execPath, [CLI, 'logs', againId, 'make']);
+    assert.match(hitLogs.stderr, new RegExp(`cache hit in ${againId}; in run \\S+, which produced its outputs, it printed nothing`));
   });
 
   it("a reset to the first workflow task (the UI's Reset, signals re-applied) runs the local stages again and completes", async () => {
