@@ -30,7 +30,7 @@
  * (`infra/install-tools mc`) and the stages venv (`infra/install-stages`).
  * Results: bench/results/checkpoint-slowdown-<date>[-quick].json and a table on stdout.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { open, rm } from 'node:fs/promises';
@@ -267,6 +267,17 @@ async function main() {
       const cpus = os.cpus().length;
       if (!minioPid || cpus < 2) throw new Error('--separate-minio-cpu needs the MinIO pid file and at least 2 CPUs');
       const others = cpus === 2 ? '0' : `0-${cpus - 2}`;
+      // Interrupted (Ctrl-C, a timeout's SIGTERM) while MinIO is pinned: unpin it before leaving. Only a SIGKILL
+      // leaves it on one CPU, until `infra/dev down` and `up`, or `taskset -a -p -c 0-<n-1> <pid>`.
+      const unpinOnSignal = (signal: NodeJS.Signals) => {
+        try {
+          execFileSync('taskset', ['-a', '-p', '-c', `0-${cpus - 1}`, String(minioPid)], { stdio: 'ignore' });
+        } finally {
+          process.exit(signal === 'SIGINT' ? 130 : 143);
+        }
+      };
+      process.once('SIGINT', unpinOnSignal);
+      process.once('SIGTERM', unpinOnSignal);
       await execa('taskset', ['-a', '-p', '-c', String(cpus - 1), String(minioPid)], { stdout: 'ignore' });
       await execa('taskset', ['-a', '-p', '-c', others, String(process.pid)], { stdout: 'ignore' });
       try {
@@ -278,6 +289,8 @@ async function main() {
       } finally {
         await execa('taskset', ['-a', '-p', '-c', `0-${cpus - 1}`, String(minioPid)], { stdout: 'ignore' });
         await execa('taskset', ['-a', '-p', '-c', `0-${cpus - 1}`, String(process.pid)], { stdout: 'ignore' });
+        process.removeListener('SIGINT', unpinOnSignal);
+        process.removeListener('SIGTERM', unpinOnSignal);
       }
     }
 
