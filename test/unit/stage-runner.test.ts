@@ -4,11 +4,13 @@
  * with the OutOfMemory shrink of the batch settings. No services.
  */
 import assert from 'node:assert/strict';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { ApplicationFailure } from '@temporalio/common';
 import { FailureTypes } from '../../schemas/names.js';
-import { attemptDir } from '../../activities/stage-runner/attempt-dir.js';
+import { attemptDir, prepareAttemptDir } from '../../activities/stage-runner/attempt-dir.js';
 import {
   DIST_DIR,
   batchSettingsOf,
@@ -175,6 +177,28 @@ describe('command building', () => {
   it('finds the worker credential values to redact', () => {
     const found = secretValues({ TANREN_S3_SECRET_KEY: 's3', TANREN_JUDGE_API_KEY: 'jk', DB_PASSWORD: 'pw', HOME: '/home/x', EMPTY_TOKEN: '' });
     assert.deepEqual(found.sort(), ['jk', 'pw', 's3']);
+  });
+});
+
+describe('attempt directory', () => {
+  it('is created with its subdirectories, and one an earlier run of the attempt left is emptied first', async () => {
+    const root = mkdtempSync(path.join(os.tmpdir(), 'tanren-attempt-dir-'));
+    try {
+      const d = attemptDir(root, 'run-1', 'prep', 1);
+      await prepareAttemptDir(d);
+      assert.deepEqual(readdirSync(d.dir).sort(), ['checkpoints', 'inputs', 'output']);
+      // What a crashed run of the same attempt left behind (a reset re-runs attempt 1 on the same worker).
+      writeFileSync(path.join(d.output, 'stale.txt'), 'old');
+      mkdirSync(path.join(d.inputs, 'make'));
+      writeFileSync(d.eventsFile, '{"event":"progress"}\n');
+      await prepareAttemptDir(d);
+      assert.deepEqual(readdirSync(d.dir).sort(), ['checkpoints', 'inputs', 'output']);
+      assert.deepEqual(readdirSync(d.output), []);
+      assert.deepEqual(readdirSync(d.inputs), []);
+      assert.ok(!existsSync(d.eventsFile));
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 });
 
