@@ -337,7 +337,19 @@ export function recordCacheBehind(storage: ObjectStore, pipeline: string, entry:
   recordsInFlight.set(entry.key, writing);
 }
 
-/** Waits for every cache record this process is still writing. */
-export async function flushCacheRecords(): Promise<void> {
-  await Promise.all(recordsInFlight.values());
+/**
+ * Waits for every cache record this process is still writing, at most `timeoutMs` (a store that hangs must not
+ * hold up a worker's shutdown); returns how many were still being written when it gave up (0: all done).
+ */
+export async function flushCacheRecords(timeoutMs = 30_000): Promise<number> {
+  let timer: NodeJS.Timeout | undefined;
+  const gaveUp = new Promise<'timeout'>((resolve) => {
+    timer = setTimeout(() => resolve('timeout'), timeoutMs);
+  });
+  try {
+    const outcome = await Promise.race([Promise.all(recordsInFlight.values()), gaveUp]);
+    return outcome === 'timeout' ? recordsInFlight.size : 0;
+  } finally {
+    clearTimeout(timer);
+  }
 }

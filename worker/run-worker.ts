@@ -189,8 +189,10 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       void opts.stopWhen.then(() => workers.forEach((w) => w.getState() === 'RUNNING' && w.shutdown()));
     }
     await running;
-    // Cache records are written behind stage results: a worker that stops finishes writing them.
-    await flushCacheRecords();
+    // Cache records are written behind stage results: a worker that stops finishes writing them (a lost one
+    // only costs a later run a cache hit).
+    const unwritten = await flushCacheRecords();
+    if (unwritten) logger.warn({ unwritten }, 'cache records not written before the worker stopped: later runs of those stages miss the cache');
     logger.info({ queue }, 'worker stopped');
   } finally {
     release?.();
