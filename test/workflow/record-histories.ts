@@ -45,7 +45,7 @@ import { DefaultLogger, Runtime, Worker } from '@temporalio/worker';
 import type { StageResult, StageTask } from '../../activities/types.js';
 import { FailureTypes, NON_RETRYABLE_FAILURE_TYPES } from '../../schemas/names.js';
 import { workflowBundle } from '../../worker/run-worker.js';
-import { LEAN_PROGRESS_PATCH, pauseSignal, resumeSignal, stageProgressSignal, statusQuery, type RunResult } from '../../workflows/pipeline.js';
+import { CONTINUE_AS_NEW_AFTER_STAGES, LEAN_PROGRESS_PATCH, pauseSignal, resumeSignal, stageProgressSignal, statusQuery, type RunResult } from '../../workflows/pipeline.js';
 import { createFakeActivities } from '../helpers/fake-activities.js';
 import { ROOT, unique, waitFor } from '../helpers/env.js';
 import { startDevServer } from '../helpers/servers.js';
@@ -573,6 +573,22 @@ async function main() {
         const markers = events(history).filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity').length;
         assert.ok(markers >= 2, `${markers} local activity markers`);
         write('local-stages', history);
+      }
+
+      // 11. A chain of local stages continues as new after 300 stages ended in one execution (patch
+      //     tanren-stage-budget-1): one workflow task, few events, so neither the event count nor the server's
+      //     suggestion would have ended it. The first execution is kept.
+      if (want('stage-budget')) {
+        const n = CONTINUE_AS_NEW_AFTER_STAGES + 5;
+        const stages = Array.from({ length: n }, (_, i) => ({ id: `s${i}`, run: ['x'], local: true, ...(i ? { needs: [`s${i - 1}`] } : {}) }));
+        const h = await start('stage-budget', stages, { noCache: true });
+        const r = (await h.result()) as RunResult;
+        assert.ok(r.stages.length === n && r.stages.every((s) => s.state === 'succeeded'));
+        const first = await client.workflow.getHandle(h.workflowId, h.firstExecutionRunId, { followRuns: false }).fetchHistory();
+        check(first, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW);
+        const markers = events(first).filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity').length;
+        assert.equal(markers, CONTINUE_AS_NEW_AFTER_STAGES, 'the first execution ran exactly the stage budget');
+        write('stage-budget-first', first);
       }
     });
   } finally {

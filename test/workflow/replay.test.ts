@@ -33,6 +33,7 @@ const LEAN_HISTORIES = [
   'failed',
   'one-activity',
   'local-stages',
+  'stage-budget-first',
 ].map((s) => `lean-${s}.json`);
 
 /** Patch ids a recorded history's `core_patch` markers name. */
