@@ -45,7 +45,15 @@ import { DefaultLogger, Runtime, Worker } from '@temporalio/worker';
 import type { StageResult, StageTask } from '../../activities/types.js';
 import { FailureTypes, NON_RETRYABLE_FAILURE_TYPES } from '../../schemas/names.js';
 import { workflowBundle } from '../../worker/run-worker.js';
-import { CONTINUE_AS_NEW_AFTER_STAGES, LEAN_PROGRESS_PATCH, pauseSignal, resumeSignal, stageProgressSignal, statusQuery, type RunResult } from '../../workflows/pipeline.js';
+import {
+  CONTINUE_AS_NEW_AFTER_STAGES,
+  LEAN_PROGRESS_PATCH,
+  pauseSignal,
+  resumeSignal,
+  stageProgressSignal,
+  statusQuery,
+  type RunResult,
+} from '../../workflows/pipeline.js';
 import { createFakeActivities } from '../helpers/fake-activities.js';
 import { ROOT, unique, waitFor } from '../helpers/env.js';
 import { startDevServer } from '../helpers/servers.js';
