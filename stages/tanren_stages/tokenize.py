@@ -68,6 +68,68 @@ def _init(model_path: str, field: str, dtype: str = "uint16") -> None:
     _DTYPE = np.dtype(dtype)
 
 
+def _range_worker(conn, init: tuple[str, str, str]) -> None:
+    """A pool process: encodes each range it is sent, in order, until it is sent None."""
+    _init(*init)
+    while (task := conn.recv()) is not None:
+        conn.send(_encode_range(task))
+
+
+class _RangePool:
+    """Forked processes that encode byte ranges, results in task order, with no helper threads.
+
+    multiprocessing.Pool joins three helper threads when it is terminated; abandoned mid-iteration (a bad line)
+    in a process with other threads, that join hung for good in the test suite. Here each process has its own
+    pipe, task i goes to process i mod n, at most two tasks are in flight per process, and results are read in
+    task order: nothing to join but the processes, which are killed if they do not stop.
+    """
+
+    IN_FLIGHT = 2
+
+    def __init__(self, workers: int, init: tuple[str, str, str]):
+        ctx = mp.get_context("fork")
+        self._conns = []
+        self._procs = []
+        for _ in range(workers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_range_worker, args=(child, init), daemon=True)
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+
+    def imap(self, tasks):
+        """Yields each task's result, in task order."""
+        n = len(self._conns)
+        tasks = list(tasks)
+        sent = 0
+        for i in range(len(tasks)):
+            while sent < len(tasks) and sent < i + n * self.IN_FLIGHT:
+                self._conns[sent % n].send(tasks[sent])
+                sent += 1
+            conn, proc = self._conns[i % n], self._procs[i % n]
+            # A process that died (killed, out of memory) would leave recv() waiting forever.
+            while not conn.poll(1.0):
+                if not proc.is_alive():
+                    raise RuntimeError(f"tokenizer process {proc.pid} died (exit code {proc.exitcode})")
+            yield conn.recv()
+
+    def close(self) -> None:
+        """Stops the processes: asked first, killed if they do not stop within a few seconds."""
+        for conn in self._conns:
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+        for proc in self._procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for conn in self._conns:
+            conn.close()
+
+
 def _line_number(fname: str, start: int, index: int) -> int:
     """1-based line number of the index-th line (counting blank ones) of the range starting at byte `start`."""
     with open(fname, "rb") as fh:
@@ -162,8 +224,8 @@ def tokenize_files(
             _init(*init)
             results = map(_encode_range, tasks)
         else:
-            pool = mp.get_context("fork").Pool(workers, initializer=_init, initargs=init)
-            results = pool.imap(_encode_range, tasks, chunksize=1)
+            pool = _RangePool(workers, init)
+            results = pool.imap(tasks)
         for res in results:
             if res[0] == "error":
                 raise InvalidStageInput(res[1])
@@ -175,7 +237,7 @@ def tokenize_files(
     finally:
         writer.close()
         if pool is not None:
-            pool.terminate()
+            pool.close()
     secs = time.perf_counter() - t0
     return {
         "documents": writer.documents,
