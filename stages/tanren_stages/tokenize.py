@@ -21,8 +21,10 @@ import json
 import multiprocessing as mp
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -219,6 +221,8 @@ def tokenize_files(
     tasks = byte_ranges([Path(f) for f in files], max(1, int(chunk_bytes)))
     init = (str(model_path), field, dtype.name)
     pool = None
+    # ("ok", documents, lengths, ids) or ("error", message): told apart by the first item below.
+    results: Iterable[Any]
     try:
         if workers <= 1:
             _init(*init)
