@@ -16,7 +16,7 @@ import { gpuHostQueue, gpuPoolQueue, PIPELINE_WORKFLOW_TYPE } from '../../schema
 import type { PipelineSpec } from '../../schemas/pipeline.js';
 import { connectClient } from '../../worker/connection.js';
 import type { RunResult } from '../../workflows/pipeline.js';
-import { ROOT, stateDir, unique } from '../helpers/env.js';
+import { ROOT, stateDir, unique, waitFor } from '../helpers/env.js';
 import { startWorkerProcess, stopWorkerProcess, type WorkerProcess } from '../helpers/worker-process.js';
 import { startTestWorkers, type TestWorkers } from '../helpers/workers.js';
 
@@ -174,6 +174,7 @@ describe('GPU pools and multi-GPU hosts', () => {
     const cached = path.join(work, 'input-cache', 'sha256', digest.slice(0, 2), digest);
     // …and still the same inode after attempt 2: a second download would have replaced the object.
     assert.equal(statSync(first).ino, statSync(cached).ino, 'attempt 2 reused the cached input');
-    assert.ok(!existsSync(path.join(work, runDir, 'consume', 'attempt-2')), 'attempt 2 succeeded and cleaned up');
+    // The worker removes a succeeded attempt's directory after returning its result, not before.
+    await waitFor('attempt 2 succeeded and cleaned up', () => !existsSync(path.join(work, runDir, 'consume', 'attempt-2')), 10_000, 50);
   });
 });
