@@ -143,7 +143,7 @@ const RELATIVE_IMPORT = /(?:\bfrom\s*|\bimport\s*\(?\s*)['"](\.{1,2}\/[^'"]+)['"
  * relative path, transitively (a change to a module the entry imports is a
  * change of the program; packages under node_modules are pinned by the lockfile).
  */
-async function nodeProgramDigest(entry: string): Promise<string> {
+export async function nodeProgramDigest(entry: string): Promise<string> {
   const seen = new Set<string>();
   const queue = [path.resolve(entry)];
   while (queue.length) {

@@ -2,11 +2,9 @@
  * What every sub-command shares: loading the environment, connecting to
  * Temporal, and turning errors into messages for people and exit codes.
  */
-import { WorkflowNotFoundError } from '@temporalio/client';
 import type { Client } from '@temporalio/client';
 import { z } from 'zod';
 import { ConfigError, loadEnv, type TanrenEnv } from '../worker/config.js';
-import { connectClient } from '../worker/connection.js';
 import { ExitCodes, colour } from './output.js';
 import { SpecFileError } from './spec-file.js';
 
@@ -38,6 +36,8 @@ export function env(): TanrenEnv & { projectDir: string } {
 /** Connects to Temporal, with a clear message when it cannot. */
 export async function client(e: TanrenEnv): Promise<Client> {
   try {
+    // Loaded on first use: commands that need no server (validate, render) skip loading the client.
+    const { connectClient } = await import('../worker/connection.js');
     return await connectClient(e);
   } catch (err) {
     throw new CliError(
@@ -59,7 +59,8 @@ export function action<A extends unknown[]>(fn: (...args: A) => Promise<number |
       if (err instanceof CliError) code = err.exitCode;
       else if (err instanceof SpecFileError) code = ExitCodes.failed;
       else if (err instanceof ConfigError) code = ExitCodes.config;
-      else if (err instanceof WorkflowNotFoundError) {
+      // By name, not instanceof: this module does not load the client (an error of that name can only come from it).
+      else if ((err as Error)?.name === 'WorkflowNotFoundError') {
         code = ExitCodes.notFound;
         message = `no such run: ${message}`;
       }

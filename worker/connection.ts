@@ -4,7 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { Client, Connection } from '@temporalio/client';
-import { NativeConnection } from '@temporalio/worker';
+import type { NativeConnection } from '@temporalio/worker';
 import type { TanrenEnv } from './config.js';
 
 function tlsOptions(env: TanrenEnv) {
@@ -25,5 +25,8 @@ export async function connectClient(env: TanrenEnv): Promise<Client> {
 
 /** Connects a worker to Temporal. */
 export async function connectWorker(env: TanrenEnv): Promise<NativeConnection> {
+  // Loaded here, not at the top: the CLI imports this module for its client, and the worker SDK (native
+  // bridge included) costs every `tanren` command ~0.5 s of CPU to load.
+  const { NativeConnection } = await import('@temporalio/worker');
   return NativeConnection.connect({ address: env.TEMPORAL_ADDRESS, tls: tlsOptions(env) });
 }

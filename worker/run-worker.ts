@@ -7,7 +7,7 @@ import { readdir, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DefaultLogger, Worker, bundleWorkflowCode, type WorkflowBundle } from '@temporalio/worker';
+import { Worker, type WorkflowBundle } from '@temporalio/worker';
 import type { Logger } from 'pino';
 import { createActivities } from '../activities/index.js';
 import { flushCacheRecords } from '../activities/cache.js';
@@ -19,7 +19,8 @@ import { connectWorker } from './connection.js';
 import { acquireGpuLocks, gpuFreeMemoryGiB, gpuLockDir, GpuSlots, probeGpu } from './gpu.js';
 import { InputCache } from '../activities/input-cache.js';
 import { gpuPoolQueue } from '../schemas/names.js';
-import { resolveStagesPython } from './stages-env.js';
+import { defaultCacheDir, resolveStagesPython } from './stages-env.js';
+import { cachedWorkflowBundle } from './workflow-bundle.js';
 
 /** Options of {@link runWorker}. */
 export interface RunWorkerOptions {
@@ -41,11 +42,16 @@ export interface RunWorkerOptions {
 
 /** Path of the compiled workflows module the worker bundles. */
 export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.js', import.meta.url));
+/** The checkout this code was compiled in (its lockfile pins the packages the bundle contains). */
+const PROJECT_DIR = fileURLToPath(new URL('../../', import.meta.url));
 
 let bundle: Promise<WorkflowBundle> | undefined;
-/** Bundles the workflow code once per process. */
+/**
+ * The workflow code's bundle, once per process: from the per-user cache when the same code was bundled
+ * before (TANREN_CACHE, else ~/.cache/tanren), else built and stored there.
+ */
 export function workflowBundle(): Promise<WorkflowBundle> {
-  bundle ??= bundleWorkflowCode({ workflowsPath: WORKFLOWS_PATH, logger: new DefaultLogger('WARN') });
+  bundle ??= cachedWorkflowBundle({ workflowsPath: WORKFLOWS_PATH, projectDir: PROJECT_DIR, cacheDir: defaultCacheDir() });
   return bundle;
 }
 
