@@ -21,10 +21,16 @@
  * interleaved (the ≥ 0.9× mc target). With `--separate-minio-cpu`, that
  * comparison is repeated with MinIO pinned to one CPU and this process (so
  * every uploader it starts) to the others, as with MinIO on a host of its own:
- * on a shared CPU the niced upload process yields to MinIO itself.
+ * on a shared CPU the niced upload process yields to MinIO itself. With
+ * `--training-layout minio-apart`, the training windows run that way too: MinIO
+ * on the last CPU, the trainer, this process and every uploader on the others,
+ * so a window's delay is what the uploader itself costs the trainer on the CPUs
+ * they share (in production MinIO runs on a host of its own; here its CPU per
+ * GiB, more than the uploader's, lands on the trainer's CPUs otherwise).
  *
  *   node dist/bench/checkpoint-io/slowdown.js [--quick] [--mib 1024] [--rounds 3] [--window-s 5]
- *        [--trainer-threads 1] [--throughput-reps 3] [--modes child,inproc,mc] [--separate-minio-cpu] [--label text] [--out file]
+ *        [--trainer-threads 1] [--throughput-reps 3] [--modes child,inproc,mc] [--separate-minio-cpu] [--training-layout shared|minio-apart]
+ *        [--label text] [--out file]
  *
  * Needs the services (`infra/dev up`; TANREN_STATE_DIR selects them), `mc`
  * (`infra/install-tools mc`) and the stages venv (`infra/install-stages`).
@@ -60,6 +66,7 @@ const { values: args } = parseArgs({
     'trainer-threads': { type: 'string', default: '1' },
     'throughput-reps': { type: 'string' },
     'separate-minio-cpu': { type: 'boolean', default: false },
+    'training-layout': { type: 'string', default: 'shared' },
     modes: { type: 'string', default: 'child,inproc,mc' },
     label: { type: 'string' },
     out: { type: 'string' },
@@ -73,6 +80,10 @@ const trainerThreads = Number(args['trainer-threads']);
 const throughputReps = Number(args['throughput-reps'] ?? (quick ? 2 : 3));
 const modes = args.modes.split(',').map((m) => m.trim()) as Mode[];
 type Mode = 'child' | 'inproc' | 'mc';
+const trainingLayout = args['training-layout'];
+if (trainingLayout !== 'shared' && trainingLayout !== 'minio-apart') {
+  throw new Error(`--training-layout: unknown layout "${trainingLayout}" (shared, minio-apart)`);
+}
 for (const m of modes) if (!['child', 'inproc', 'mc'].includes(m)) throw new Error(`--modes: unknown mode "${m}" (child, inproc, mc)`);
 
 const CLK_TCK = 100; // USER_HZ on Linux
@@ -263,12 +274,15 @@ async function main() {
     // 1b. The same with MinIO on a CPU of its own (a stand-in for MinIO on another host): affinity is inherited,
     // so this process pinned to the other CPUs pins the upload process and mc too.
     const separate: Record<Mode, number[]> = { child: [], inproc: [], mc: [] };
-    if (args['separate-minio-cpu']) {
-      const cpus = os.cpus().length;
-      if (!minioPid || cpus < 2) throw new Error('--separate-minio-cpu needs the MinIO pid file and at least 2 CPUs');
-      const others = cpus === 2 ? '0' : `0-${cpus - 2}`;
-      // Interrupted (Ctrl-C, a timeout's SIGTERM) while MinIO is pinned: unpin it before leaving. Only a SIGKILL
-      // leaves it on one CPU, until `infra/dev down` and `up`, or `taskset -a -p -c 0-<n-1> <pid>`.
+    const cpus = os.cpus().length;
+    const others = cpus === 2 ? '0' : `0-${cpus - 2}`;
+    /**
+     * Runs `fn` with MinIO pinned to the last CPU and this process (so every process it starts from now on) to
+     * the others; both are unpinned after it, also on Ctrl-C or SIGTERM (only a SIGKILL leaves MinIO on one
+     * CPU, until `infra/dev down` and `up`, or `taskset -a -p -c 0-<n-1> <pid>`).
+     */
+    const withMinioApart = async <T>(fn: () => Promise<T>): Promise<T> => {
+      if (!minioPid || cpus < 2) throw new Error('MinIO on a CPU of its own needs the MinIO pid file and at least 2 CPUs');
       const unpinOnSignal = (signal: NodeJS.Signals) => {
         try {
           execFileSync('taskset', ['-a', '-p', '-c', `0-${cpus - 1}`, String(minioPid)], { stdio: 'ignore' });
@@ -281,61 +295,72 @@ async function main() {
       await execa('taskset', ['-a', '-p', '-c', String(cpus - 1), String(minioPid)], { stdout: 'ignore' });
       await execa('taskset', ['-a', '-p', '-c', others, String(process.pid)], { stdout: 'ignore' });
       try {
-        await uploadOnce('child');
-        for (let r = 1; r <= throughputReps; r++) {
-          for (const m of modes) separate[m].push((await uploadOnce(m)).seconds);
-          console.log(`MinIO on CPU ${cpus - 1}, uploaders on ${others}, rep ${r}: ${modes.map((m) => `${m} ${separate[m].at(-1)!.toFixed(2)} s`).join(', ')}`);
-        }
+        return await fn();
       } finally {
         await execa('taskset', ['-a', '-p', '-c', `0-${cpus - 1}`, String(minioPid)], { stdout: 'ignore' });
         await execa('taskset', ['-a', '-p', '-c', `0-${cpus - 1}`, String(process.pid)], { stdout: 'ignore' });
         process.removeListener('SIGINT', unpinOnSignal);
         process.removeListener('SIGTERM', unpinOnSignal);
       }
+    };
+    if (args['separate-minio-cpu']) {
+      await withMinioApart(async () => {
+        await uploadOnce('child');
+        for (let r = 1; r <= throughputReps; r++) {
+          for (const m of modes) separate[m].push((await uploadOnce(m)).seconds);
+          console.log(`MinIO on CPU ${cpus - 1}, uploaders on ${others}, rep ${r}: ${modes.map((m) => `${m} ${separate[m].at(-1)!.toFixed(2)} s`).join(', ')}`);
+        }
+      });
     }
 
-    // 2. Alternating windows with the trainer running.
-    trainer = await startTrainer(python);
-    await sleep(1000); // its first steps settle
+    // 2. Alternating windows with the trainer running (started after the pinning, so it inherits it).
     const windows: Window[] = [];
-    const idleWindow = async (round: number) => {
-      const start = Date.now();
-      await sleep(windowS * 1000);
-      windows.push({ kind: 'idle', round, start, end: Date.now() });
-    };
-    for (let round = 1; round <= rounds; round++) {
-      for (const m of modes) {
-        await idleWindow(round);
-        const w: Window = { kind: m, round, start: Date.now(), end: 0, uploads: 0, uploadSeconds: [], bytes: 0, uploaderCpuSeconds: 0 };
-        const self0 = procCpu('self')!;
-        const mio0 = minioCpu();
-        let childCpu = 0;
-        const t0 = Date.now();
-        // Whole uploads until the window has lasted windowS (the objects are removed in between, outside MinIO's CPU figure only approximately).
-        do {
-          const u = await uploadOnce(m);
-          w.uploads!++;
-          w.uploadSeconds!.push(u.seconds);
-          w.bytes! += bytes;
-          childCpu += u.childCpu ?? 0;
-        } while (Date.now() - t0 < windowS * 1000);
-        w.end = Date.now();
-        const self1 = procCpu('self')!;
-        const mio1 = minioCpu();
-        w.uploaderCpuSeconds = m === 'inproc' ? self1.self - self0.self : self1.children - self0.children;
-        if (m === 'child') w.childReportedCpuSeconds = childCpu;
-        if (mio0 !== undefined && mio1 !== undefined) w.minioCpuSeconds = mio1 - mio0;
-        windows.push(w);
-        console.log(
-          `round ${round} ${m}: ${w.uploads} upload(s) in ${((w.end - w.start) / 1000).toFixed(1)} s, uploader ${w.uploaderCpuSeconds.toFixed(2)} CPU-s` +
-            (w.childReportedCpuSeconds !== undefined ? ` (child says ${w.childReportedCpuSeconds.toFixed(2)})` : ''),
-        );
-        await sleep(300); // let the deletes and the last part settle before the next idle window
+    const trainingWindows = async () => {
+      trainer = await startTrainer(python);
+      await sleep(1000); // its first steps settle
+      const idleWindow = async (round: number) => {
+        const start = Date.now();
+        await sleep(windowS * 1000);
+        windows.push({ kind: 'idle', round, start, end: Date.now() });
+      };
+      for (let round = 1; round <= rounds; round++) {
+        for (const m of modes) {
+          await idleWindow(round);
+          const w: Window = { kind: m, round, start: Date.now(), end: 0, uploads: 0, uploadSeconds: [], bytes: 0, uploaderCpuSeconds: 0 };
+          const self0 = procCpu('self')!;
+          const mio0 = minioCpu();
+          let childCpu = 0;
+          const t0 = Date.now();
+          // Whole uploads until the window has lasted windowS (the objects are removed in between, outside MinIO's CPU figure only approximately).
+          do {
+            const u = await uploadOnce(m);
+            w.uploads!++;
+            w.uploadSeconds!.push(u.seconds);
+            w.bytes! += bytes;
+            childCpu += u.childCpu ?? 0;
+          } while (Date.now() - t0 < windowS * 1000);
+          w.end = Date.now();
+          const self1 = procCpu('self')!;
+          const mio1 = minioCpu();
+          w.uploaderCpuSeconds = m === 'inproc' ? self1.self - self0.self : self1.children - self0.children;
+          if (m === 'child') w.childReportedCpuSeconds = childCpu;
+          if (mio0 !== undefined && mio1 !== undefined) w.minioCpuSeconds = mio1 - mio0;
+          windows.push(w);
+          console.log(
+            `round ${round} ${m}: ${w.uploads} upload(s) in ${((w.end - w.start) / 1000).toFixed(1)} s, uploader ${w.uploaderCpuSeconds.toFixed(2)} CPU-s` +
+              (w.childReportedCpuSeconds !== undefined ? ` (child says ${w.childReportedCpuSeconds.toFixed(2)})` : ''),
+          );
+          await sleep(300); // let the deletes and the last part settle before the next idle window
+        }
       }
-    }
-    await idleWindow(rounds + 1);
-    await trainer.stop();
-    const steps = trainer.steps;
+      await idleWindow(rounds + 1);
+      await trainer.stop();
+    };
+    if (trainingLayout === 'minio-apart') {
+      console.log(`training windows: MinIO on CPU ${cpus - 1}; the trainer and the uploaders on ${others}`);
+      await withMinioApart(trainingWindows);
+    } else await trainingWindows();
+    const steps = trainer!.steps;
 
     const inWindow = (w: Window) => steps.filter((s) => s.t >= w.start && s.t + s.ms <= w.end);
     const stepsOf = (kind: Window['kind']) => windows.filter((w) => w.kind === kind).flatMap(inWindow);
@@ -383,7 +408,7 @@ async function main() {
       date: started.toISOString(),
       host: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memGiB: os.totalmem() / GiB, loadavgAtStart, node: process.version },
       checkpoint: { files, bytes },
-      settings: { quick, rounds, windowS, trainerThreads, throughputReps, modes, childTuning: tuning, minioPidFound: !!minioPid },
+      settings: { quick, rounds, windowS, trainerThreads, throughputReps, modes, trainingLayout, childTuning: tuning, minioPidFound: !!minioPid },
       throughputSeconds: throughput,
       throughputVsMc: { child: ratio('child'), inproc: ratio('inproc') },
       ...(separate.mc.length
