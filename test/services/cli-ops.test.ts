@@ -35,6 +35,11 @@ interface CliResult {
 
 /** Runs the CLI as a child process without blocking the in-process workers. */
 function tanren(...args: string[]): Promise<CliResult> {
+  return tanrenWatched({}, ...args);
+}
+
+/** {@link tanren}, with `onStdout` hearing everything printed so far each time more arrives. */
+function tanrenWatched(opts: { onStdout?: (soFar: string) => void }, ...args: string[]): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, env: { ...process.env, NO_COLOR: '1' } });
     const out: Buffer[] = [];
@@ -43,6 +48,7 @@ function tanren(...args: string[]): Promise<CliResult> {
     child.stdout.on('data', (d: Buffer) => {
       firstStdoutAt ??= Date.now();
       out.push(d);
+      opts.onStdout?.(Buffer.concat(out).toString('utf8'));
     });
     child.stderr.on('data', (d: Buffer) => err.push(d));
     child.on('error', reject);
@@ -226,31 +232,46 @@ describe('tanren runs / artifacts / get / logs through real workers', () => {
   });
 
   it('logs --follow prints the lines of a running stage as they are uploaded and exits when the stage ends', async () => {
-    // The worker uploads the log every 5 s (logUploadIntervalMs): the stage lasts ~10 s, so an upload happens while it
-    // runs, and a loaded host that takes seconds to start the CLI still finds it running.
+    // The stage prints ten lines and then waits for a file that the test creates only once `logs --follow` has printed
+    // them: the CLI provably followed a running stage (the worker uploads the log every 5 s), whatever the host's load.
+    const go = path.join(tmp, `follow-go-${process.pid}-${Date.now()}`);
+    const script = [
+      'import os, sys, time',
+      "for i in range(10): print('line', i, flush=True)",
+      'deadline = time.time() + 120',
+      `while not os.path.exists(${JSON.stringify(go)}):`,
+      '    if time.time() > deadline: sys.exit("the test never said go")',
+      '    time.sleep(0.05)',
+      "for i in range(10, 20): print('line', i, flush=True)",
+    ].join('\n');
     const file = path.join(tmp, 'follow.yaml');
-    writeFileSync(
-      file,
-      [
-        'name: ops-follow',
-        'stages:',
-        '  - id: talk',
-        '    run: [python3, -c, "import time\\nfor i in range(20): print(\'line\', i, flush=True); time.sleep(0.5)"]',
-        '',
-      ].join('\n'),
-    );
+    writeFileSync(file, ['name: ops-follow', 'stages:', '  - id: talk', `    run: [python3, -c, ${JSON.stringify(script)}]`, ''].join('\n'));
     const run = unique('ops-follow');
     const handle = await start(file, run);
     await waitFor('stage talk running', async () => (await handle.query(statusQuery)).stages.find((s) => s.id === 'talk')?.state === 'running', 30_000, 100);
-    const r = await tanren('logs', run, 'talk', '--follow', '--interval', '300');
+    let said = false;
+    const r = await tanrenWatched(
+      {
+        onStdout: (soFar) => {
+          if (!said && soFar.includes('line 9\n')) {
+            said = true;
+            writeFileSync(go, '');
+          }
+        },
+      },
+      'logs',
+      run,
+      'talk',
+      '--follow',
+      '--interval',
+      '300',
+    );
     assert.equal(r.code, 0, r.stderr);
-    const lines = r.stdout.trim().split('\n');
+    assert.ok(said, 'the first ten lines were printed while the stage waited');
     assert.deepEqual(
-      lines,
+      r.stdout.trim().split('\n'),
       Array.from({ length: 20 }, (_, i) => `line ${i}`),
     );
     assert.match(r.stderr, /talk attempt 1: succeeded/);
-    const closed = (await handle.describe()).closeTime;
-    assert.ok(r.firstStdoutAt !== undefined && closed !== undefined && r.firstStdoutAt < closed.getTime(), 'the first lines came while the stage still ran');
   });
 });
