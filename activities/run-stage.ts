@@ -35,6 +35,9 @@ export { DIST_DIR, inputEnvName, launcherArgv } from './stage-runner/command.js'
 export { shrinkBatch } from './stage-runner/exit-classification.js';
 export { createCheckCache } from './stage-runner/check-cache.js';
 
+/** How often an attempt beats before its program runs (the SDK sends at most one per throttle interval). */
+const KEEP_ALIVE_MS = 1000;
+
 /** Creates the `runStage` activity bound to its dependencies. */
 export function createRunStage(deps: StageRunnerDeps) {
   const { storage, config } = deps;
@@ -138,6 +141,8 @@ export function createRunStage(deps: StageRunnerDeps) {
       // Not where a GPU is used: CUDA does not survive a fork, and a library that probes the GPU while it is imported would break every child.
       prefork: (config.prefork ?? false) && config.device !== 'cuda',
     });
+    // From here the monitor beats on every poll of the program's events.
+    heartbeat.stopKeepAlive();
     const logKey = keys.log(runId, stage.id, attempt);
     const uploadLog = async () => {
       // A local stage (short, on the hot path of a chain) that printed nothing costs no object write;
@@ -295,6 +300,8 @@ export function createRunStage(deps: StageRunnerDeps) {
     const { hb, beat } = heartbeat;
     let lease: GpuLease | undefined;
     let lookup: StageCacheLookup | undefined;
+    // Until the program runs: see keepAlive (a first attempt timed out waiting for a zygote with a 10 s heartbeatTimeout).
+    heartbeat.keepAlive(KEEP_ALIVE_MS);
     try {
       if (task.lookupCache) {
         lookup = await lookUp(task, beat);
@@ -331,6 +338,7 @@ export function createRunStage(deps: StageRunnerDeps) {
         cause: err.cause,
       });
     } finally {
+      heartbeat.stopKeepAlive();
       lease?.release();
     }
   };

@@ -17,6 +17,15 @@ export interface HeartbeatWriter {
   readonly beat: Beat;
   /** The details the previous attempt last sent, if any. */
   readonly previous: StageHeartbeat | undefined;
+  /**
+   * Beats every `everyMs` until {@link HeartbeatWriter.stopKeepAlive}: for the part of an attempt that reports no
+   * progress of its own (inputs, a checkpoint to restore, a GPU to wait for, the program's start, which for the
+   * first built-in stage of a worker waits for its zygote to import torch), which can outlast a short
+   * `heartbeatTimeout` on a loaded host. The SDK sends at most one heartbeat per throttle interval.
+   */
+  keepAlive(everyMs: number): void;
+  /** Stops {@link HeartbeatWriter.keepAlive}; idempotent. */
+  stopKeepAlive(): void;
 }
 
 /**
@@ -37,7 +46,18 @@ export function createHeartbeat(ctx: Context, startedAt: string): HeartbeatWrite
     // A local activity (a `local: true` stage) has no heartbeats: its details live only in this attempt.
     if (!ctx.info.isLocal) ctx.heartbeat({ ...hb });
   };
-  return { hb, beat, previous };
+  let keeping: NodeJS.Timeout | undefined;
+  const stopKeepAlive = () => {
+    clearInterval(keeping);
+    keeping = undefined;
+  };
+  const keepAlive = (everyMs: number) => {
+    stopKeepAlive();
+    if (ctx.info.isLocal) return;
+    beat();
+    keeping = setInterval(() => beat(), everyMs);
+  };
+  return { hb, beat, previous, keepAlive, stopKeepAlive };
 }
 
 /** Ends the current attempt's record (with its failure, if any); returns every attempt recorded. */

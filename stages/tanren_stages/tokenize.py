@@ -107,14 +107,25 @@ class _RangePool:
         sent = 0
         for i in range(len(tasks)):
             while sent < len(tasks) and sent < i + n * self.IN_FLIGHT:
-                self._conns[sent % n].send(tasks[sent])
+                try:
+                    self._conns[sent % n].send(tasks[sent])
+                except OSError as e:  # the process is gone: its end of the pipe is closed
+                    raise self._died(self._procs[sent % n]) from e
                 sent += 1
             conn, proc = self._conns[i % n], self._procs[i % n]
             # A process that died (killed, out of memory) would leave recv() waiting forever.
             while not conn.poll(1.0):
                 if not proc.is_alive():
-                    raise RuntimeError(f"tokenizer process {proc.pid} died (exit code {proc.exitcode})")
-            yield conn.recv()
+                    raise self._died(proc)
+            try:
+                yield conn.recv()
+            except EOFError as e:  # it died after the poll saw its pipe close
+                raise self._died(proc) from e
+
+    @staticmethod
+    def _died(proc) -> RuntimeError:
+        proc.join(timeout=1)
+        return RuntimeError(f"tokenizer process {proc.pid} died (exit code {proc.exitcode})")
 
     def close(self) -> None:
         """Stops the processes: asked first, killed if they do not stop within a few seconds."""

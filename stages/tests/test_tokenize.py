@@ -1,5 +1,8 @@
 import json
+import os
+import signal
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -7,7 +10,7 @@ import sentencepiece as spm
 
 from tanren_stages.indexed_dataset import IndexedDataset, IndexedDatasetWriter
 from tanren_stages.protocol import InvalidStageInput
-from tanren_stages.tokenize import byte_ranges, tokenize_files
+from tanren_stages.tokenize import _RangePool, byte_ranges, tokenize_files
 
 
 def test_idx_layout_field_by_field(tokenized, corpus):
@@ -119,3 +122,25 @@ def test_bad_line_is_named(tmp_path, tokenizer_run, workers):
     f.write_bytes(f.read_bytes().replace(b'{"text": "ok"', b'{"text": "\xff"}'))
     with pytest.raises(InvalidStageInput, match=r"bad\.jsonl:251: not valid UTF-8"):
         tokenize_files([f], tokenizer_run.output / "tokenizer.model", tmp_path / "o", workers=workers, chunk_bytes=512)
+
+
+def test_a_dead_tokenizer_process_raises_instead_of_hanging(tmp_path, tokenizer_run):
+    """A pool process killed (out of memory, an operator) ends the iteration with an error naming it; close() returns."""
+    f = tmp_path / "docs.jsonl"
+    f.write_text(
+        "".join(json.dumps({"text": f"文書{i}"}, ensure_ascii=False) + "\n" for i in range(200)), encoding="utf-8"
+    )
+    tasks = list(byte_ranges([f], 256))
+    assert len(tasks) >= 4
+    pool = _RangePool(2, (str(tokenizer_run.output / "tokenizer.model"), "text", "uint16"))
+    victim = pool._procs[1]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(timeout=10)
+    t0 = time.monotonic()
+    got = []
+    with pytest.raises(RuntimeError, match=rf"tokenizer process {victim.pid} died \(exit code -9\)"):
+        for res in pool.imap(tasks):
+            got.append(res)
+    pool.close()
+    assert time.monotonic() - t0 < 30
+    assert len(got) <= 1, "only task 0 (the live process's) can have been answered"

@@ -1,16 +1,21 @@
 /**
  * The zygote of built-in Python kinds (stages/tanren_stages/zygote.py, started by
  * activities/stage-runner/launcher-client.ts): a stage forked from a Python that has imported
- * torch. No services, but the stages environment and a torch import: here, not in test/unit.
+ * torch. The stages environment and a torch import: here, not in test/unit; the last test
+ * runs a stage through the test services and a real worker.
  */
 import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { Client, Connection } from '@temporalio/client';
 import { closeStarters, launchPythonModule } from '../../activities/stage-runner/launcher-client.js';
-import { ROOT, stagesPython } from '../helpers/env.js';
+import { PIPELINE_WORKFLOW_TYPE } from '../../schemas/names.js';
+import type { RunResult } from '../../workflows/pipeline.js';
+import { ROOT, stagesPython, unique } from '../helpers/env.js';
 import { parentCommand, ran } from '../helpers/launch.js';
+import { startTestWorkers } from '../helpers/workers.js';
 
 describe('stage zygote', () => {
   let python: string;
@@ -73,5 +78,45 @@ describe('stage zygote', () => {
     assert.deepEqual(parents, ['zygote', 'zygote', 'python -m', 'python -m']);
     assert.equal(fallbacks.length, 1, `once per environment left to python -m: ${fallbacks.join('; ')}`);
     assert.match(fallbacks[0], /more than 2 import-time environments/);
+  });
+
+  it('the first built-in stage of a worker waits 4 s for a cold zygote and still keeps a 2 s heartbeatTimeout', { timeout: 180_000 }, async () => {
+    // No zygote: the stage's start waits while one starts, before the program runs and reports anything. A
+    // sitecustomize on the stages' PYTHONPATH (which the zygote imports at start-up, before torch) makes that wait at
+    // least 4 s on any host. The attempt beats meanwhile, so its first attempt succeeds.
+    await closeStarters();
+    const slow = mkdtempSync(path.join(os.tmpdir(), 'tanren-slow-zygote-'));
+    writeFileSync(path.join(slow, 'sitecustomize.py'), 'import time\ntime.sleep(4)\n');
+    const pythonPathBefore = process.env.PYTHONPATH;
+    process.env.PYTHONPATH = slow; // the worker in this process passes it on to the stages' PYTHONPATH
+    const workers = await startTestWorkers({ prefix: 'zyg-hb', python, gpu: false, envOverrides: { TANREN_PREFORK: '1' } });
+    const client = new Client({ connection: await Connection.connect({ address: workers.env.TEMPORAL_ADDRESS }), namespace: workers.env.TEMPORAL_NAMESPACE });
+    try {
+      const result = (await client.workflow.execute(PIPELINE_WORKFLOW_TYPE, {
+        taskQueue: workers.queues.control,
+        workflowId: unique('zygote-heartbeat'),
+        args: [
+          {
+            spec: {
+              name: 'zygote-heartbeat',
+              queues: { cpu: workers.queues.cpu, gpu: workers.queues.cpu },
+              defaults: { cache: false, retry: { maximumAttempts: 3, initialInterval: '1s' } },
+              stages: [{ id: 'jsonl', uses: 'wiki40b-to-jsonl', with: { source: 'data/wiki40b-ja', min_chars: 100 }, heartbeatTimeout: '2s' }],
+            },
+            options: {},
+          },
+        ],
+      })) as RunResult;
+      const [jsonl] = result.stages;
+      assert.equal(jsonl.state, 'succeeded');
+      assert.equal(jsonl.attempt, 1, `the first attempt succeeded (attempts: ${JSON.stringify(jsonl.attempts)})`);
+    } finally {
+      if (pythonPathBefore === undefined) delete process.env.PYTHONPATH;
+      else process.env.PYTHONPATH = pythonPathBefore;
+      await workers.stop();
+      await client.connection.close();
+      await closeStarters();
+      rmSync(slow, { recursive: true, force: true });
+    }
   });
 });
