@@ -15,6 +15,7 @@ import { sha256File } from './files.js';
 import { cacheKeys, manifestFiles } from './storage/keys.js';
 import { isNotFound } from './storage/errors.js';
 import { sha256Object, type ObjectStore } from './storage/store.js';
+import { settledWithin } from './time-limit.js';
 import type { OutputManifest, StageInputRef } from './types.js';
 
 /** What a cache key is made of; kept next to the entry so a miss can say what changed. */
@@ -342,14 +343,5 @@ export function recordCacheBehind(storage: ObjectStore, pipeline: string, entry:
  * hold up a worker's shutdown); returns how many were still being written when it gave up (0: all done).
  */
 export async function flushCacheRecords(timeoutMs = 30_000): Promise<number> {
-  let timer: NodeJS.Timeout | undefined;
-  const gaveUp = new Promise<'timeout'>((resolve) => {
-    timer = setTimeout(() => resolve('timeout'), timeoutMs);
-  });
-  try {
-    const outcome = await Promise.race([Promise.all(recordsInFlight.values()), gaveUp]);
-    return outcome === 'timeout' ? recordsInFlight.size : 0;
-  } finally {
-    clearTimeout(timer);
-  }
+  return (await settledWithin(Promise.all(recordsInFlight.values()), timeoutMs)) ? 0 : recordsInFlight.size;
 }

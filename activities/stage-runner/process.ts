@@ -13,6 +13,7 @@ import { stageFailure } from '../errors.js';
 import { identify } from '../process-identity.js';
 import { runningDir } from './attempt-dir.js';
 import { launch, launchPythonModule, type LaunchListener } from './launcher-client.js';
+import { settledWithin } from '../time-limit.js';
 
 /** How the process ended. */
 export interface ProcessOutcome {
@@ -114,7 +115,7 @@ export async function startStageProcess(o: StartOptions): Promise<StageProcess> 
     );
   }
   // The last lines arrive after the exit; a grandchild holding the pipe must not stall us.
-  const drained = (ms: number) => Promise.race([streamsClosed, new Promise((r) => setTimeout(r, ms))]);
+  const drained = (ms: number) => settledWithin(streamsClosed, ms);
   const pid = started.pid;
   const runningRecord = pid ? path.join(runningDir(o.workRoot), `${o.queue}-${pid}.json`) : undefined;
   // Who owns the group, and who it is: the reaper of a restarted worker kills it only if both checks say so.
