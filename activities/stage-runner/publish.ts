@@ -9,7 +9,7 @@ import path from 'node:path';
 import type { Logger } from '@temporalio/common';
 import { ApplicationFailure } from '@temporalio/common';
 import { FailureTypes } from '../../schemas/names.js';
-import { computeCacheKey, recordCacheBehind, type CacheKeyParts } from '../cache.js';
+import { computeCacheKey, recordCacheBehind, recordCacheBehindWhenKeyed, type CacheKeyParts } from '../cache.js';
 import { stageFailure, storageFailure } from '../errors.js';
 import { describeFiles } from '../files.js';
 import { attemptToken, keys, outputKeys } from '../storage/keys.js';
@@ -104,23 +104,14 @@ export function recordInCache(
   const onError = (err: unknown) => {
     log.warn('cache entry not recorded', { stage: task.stage.id, error: String(err) });
   };
-  const record = ({ key, parts }: { key: string; parts: CacheKeyParts }) =>
-    recordCacheBehind(
-      storage,
-      task.pipeline,
-      {
-        key,
-        parts,
-        manifestKey: published.manifestKey,
-        manifest: published.manifest,
-        runId: task.runId,
-        stage: task.stage.id,
-        createdAt: new Date().toISOString(),
-      },
-      onError,
-    );
-  if (known) return record(known);
-  // GPU stages looked up in their own checkCache activity: the key is computed again (a look-up in this
-  // process of the same key does not wait for this record until the key is known).
-  computeCacheKey(storage, task.stage, task.inputs, { projectDir, distDir: DIST_DIR }).then(record, onError);
+  const entry = {
+    manifestKey: published.manifestKey,
+    manifest: published.manifest,
+    runId: task.runId,
+    stage: task.stage.id,
+    createdAt: new Date().toISOString(),
+  };
+  if (known) return recordCacheBehind(storage, task.pipeline, { ...entry, ...known }, onError);
+  // GPU stages looked up in their own checkCache activity: the key is computed again.
+  recordCacheBehindWhenKeyed(storage, task.pipeline, computeCacheKey(storage, task.stage, task.inputs, { projectDir, distDir: DIST_DIR }), entry, onError);
 }

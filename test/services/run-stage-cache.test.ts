@@ -3,8 +3,9 @@
  * with MockActivityEnvironment, real child processes and the real MinIO: a
  * miss runs the stage and records it under the key its look-up computed, a
  * later run of the same stage is a verified hit that runs nothing, a hit whose
- * objects changed is rejected and runs, and `cache: false` (`--no-cache`)
- * writes no entry.
+ * objects changed is rejected and runs, a stage looked up by its own checkCache
+ * activity (GPU stages) records its outputs under a key computed again, and
+ * `cache: false` (`--no-cache`) writes no entry.
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -97,6 +98,21 @@ describe('runStage with its own cache look-up', () => {
     assert.equal(again.cache?.hit, false);
     assert.match(again.cache.reason, /^cache hit rejected: /);
     assert.equal(runs(), before + 1);
+  });
+
+  it('a stage looked up elsewhere (GPU stages: checkCache) records behind its result under the key computed again; a flush waits for it', async () => {
+    const s = stage(unique('v'));
+    const { key } = await computeCacheKey(storage, s, [], { projectDir: ROOT, distDir: DIST_DIR });
+    const first = await run(task(s, { cache: true }));
+    assert.equal(first.cache, undefined, 'no look-up in this activity');
+    // What a stopping worker does: every record, including one whose key was still being computed, is written.
+    assert.equal(await flushCacheRecords(), 0);
+    const entry = JSON.parse(await storage.getText(cacheKeys.entry(key))) as { manifestKey: string; runId: string };
+    assert.equal(entry.manifestKey, first.manifestKey);
+    const before = runs();
+    const hit = await run(task(s, { cache: true, lookupCache: true }));
+    assert.equal(hit.cache?.hit, true);
+    assert.equal(runs(), before, 'a hit runs nothing');
   });
 
   it('writes no cache entry for a run without the cache (--no-cache)', async () => {
