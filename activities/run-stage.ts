@@ -264,14 +264,12 @@ export function createRunStage(deps: StageRunnerDeps) {
     }
   };
 
-  /** The look-up of a task that asks for one; heartbeats while a hit's objects are verified (about 5 s per GiB). */
+  /** The look-up of a task that asks for one; the attempt's keep-alive beats while a hit's objects are verified (about 5 s per GiB). */
   const lookUp = async (task: StageTask, beat: HeartbeatWriter['beat']): Promise<StageCacheLookup> => {
     beat({ phase: 'checking the cache' });
-    const ticking = setInterval(() => beat({ phase: 'checking the cache' }), 5000);
     try {
       return await lookupStage(storage, task, config.projectDir);
     } finally {
-      clearInterval(ticking);
       beat({ phase: undefined });
     }
   };

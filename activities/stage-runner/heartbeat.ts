@@ -53,9 +53,8 @@ export function createHeartbeat(ctx: Context, startedAt: string): HeartbeatWrite
   };
   const keepAlive = (everyMs: number) => {
     stopKeepAlive();
-    if (ctx.info.isLocal) return;
-    beat();
-    keeping = setInterval(() => beat(), everyMs);
+    // No beat at once: most attempts start their program well within a second, and a beat is a call to the server.
+    if (!ctx.info.isLocal) keeping = setInterval(() => beat(), everyMs);
   };
   return { hb, beat, previous, keepAlive, stopKeepAlive };
 }

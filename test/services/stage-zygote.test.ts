@@ -15,7 +15,7 @@ import { PIPELINE_WORKFLOW_TYPE } from '../../schemas/names.js';
 import type { RunResult } from '../../workflows/pipeline.js';
 import { ROOT, stagesPython, unique } from '../helpers/env.js';
 import { parentCommand, ran } from '../helpers/launch.js';
-import { startTestWorkers } from '../helpers/workers.js';
+import { startTestWorkers, type TestWorkers } from '../helpers/workers.js';
 
 describe('stage zygote', () => {
   let python: string;
@@ -89,9 +89,11 @@ describe('stage zygote', () => {
     writeFileSync(path.join(slow, 'sitecustomize.py'), 'import time\ntime.sleep(4)\n');
     const pythonPathBefore = process.env.PYTHONPATH;
     process.env.PYTHONPATH = slow; // the worker in this process passes it on to the stages' PYTHONPATH
-    const workers = await startTestWorkers({ prefix: 'zyg-hb', python, gpu: false, envOverrides: { TANREN_PREFORK: '1' } });
-    const client = new Client({ connection: await Connection.connect({ address: workers.env.TEMPORAL_ADDRESS }), namespace: workers.env.TEMPORAL_NAMESPACE });
+    let workers: TestWorkers | undefined;
+    let client: Client | undefined;
     try {
+      workers = await startTestWorkers({ prefix: 'zyg-hb', python, gpu: false, envOverrides: { TANREN_PREFORK: '1' } });
+      client = new Client({ connection: await Connection.connect({ address: workers.env.TEMPORAL_ADDRESS }), namespace: workers.env.TEMPORAL_NAMESPACE });
       const result = (await client.workflow.execute(PIPELINE_WORKFLOW_TYPE, {
         taskQueue: workers.queues.control,
         workflowId: unique('zygote-heartbeat'),
@@ -113,8 +115,8 @@ describe('stage zygote', () => {
     } finally {
       if (pythonPathBefore === undefined) delete process.env.PYTHONPATH;
       else process.env.PYTHONPATH = pythonPathBefore;
-      await workers.stop();
-      await client.connection.close();
+      await workers?.stop();
+      await client?.connection.close();
       await closeStarters();
       rmSync(slow, { recursive: true, force: true });
     }

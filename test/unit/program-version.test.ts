@@ -5,23 +5,11 @@
  * siblings and ../../schemas/…), no services.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { describe, it } from 'node:test';
 import { programVersion } from '../../activities/cache.js';
+import { tempTree, writeUnder } from '../helpers/tree.js';
 
-function tree(files: Record<string, string>): string {
-  const root = mkdtempSync(path.join(os.tmpdir(), 'tanren-program-'));
-  for (const [rel, text] of Object.entries(files)) write(root, rel, text);
-  return root;
-}
-
-function write(root: string, rel: string, text: string) {
-  mkdirSync(path.dirname(path.join(root, rel)), { recursive: true });
-  writeFileSync(path.join(root, rel), text);
-}
-
+const tree = (files: Record<string, string>) => tempTree('tanren-program', files);
 describe('programVersion', () => {
   it('a Python kind changes with any file of the stages package, subpackages and data files included, not with byte-code', async () => {
     const root = tree({
@@ -34,16 +22,16 @@ describe('programVersion', () => {
     const stage = { id: 'sft', uses: 'sft', needs: [], with: {} };
     const v0 = await programVersion(stage, root, root);
     assert.match(v0, /^python:[0-9a-f]{64}$/);
-    write(root, 'stages/tanren_stages/__pycache__/sft.cpython-311.pyc', 'bytes');
-    write(root, 'stages/tanren_stages/eval/__pycache__/jaster.cpython-311.pyc', 'bytes');
+    writeUnder(root, 'stages/tanren_stages/__pycache__/sft.cpython-311.pyc', 'bytes');
+    writeUnder(root, 'stages/tanren_stages/eval/__pycache__/jaster.cpython-311.pyc', 'bytes');
     assert.equal(await programVersion(stage, root, root), v0, 'byte-code caches are not the program');
-    write(root, 'stages/tanren_stages/eval/jaster.py', 'X = 2');
+    writeUnder(root, 'stages/tanren_stages/eval/jaster.py', 'X = 2');
     const v1 = await programVersion(stage, root, root);
     assert.notEqual(v1, v0, 'a module in a subpackage');
-    write(root, 'stages/tanren_stages/eval/judge_prompts.jsonl', '{"name": "single-v2"}\n');
+    writeUnder(root, 'stages/tanren_stages/eval/judge_prompts.jsonl', '{"name": "single-v2"}\n');
     const v2 = await programVersion(stage, root, root);
     assert.notEqual(v2, v1, 'a data file');
-    write(root, 'stages/uv.lock', 'lock 2');
+    writeUnder(root, 'stages/uv.lock', 'lock 2');
     assert.notEqual(await programVersion(stage, root, root), v2, 'the lockfile');
   });
 
@@ -58,15 +46,15 @@ describe('programVersion', () => {
     const stage = { id: 'report', uses: 'report', needs: [], with: {} };
     const v0 = await programVersion(stage, dist, dist);
     assert.match(v0, /^node:[0-9a-f]{64}$/);
-    write(dist, 'stages/report/unused.js', 'export const unused = 2;\n');
+    writeUnder(dist, 'stages/report/unused.js', 'export const unused = 2;\n');
     assert.equal(await programVersion(stage, dist, dist), v0, 'a file the program does not import');
-    write(dist, 'schemas/durations.js', 'export const formatDuration = (n) => `${n} s`;\n');
+    writeUnder(dist, 'schemas/durations.js', 'export const formatDuration = (n) => `${n} s`;\n');
     const v1 = await programVersion(stage, dist, dist);
     assert.notEqual(v1, v0, 'a module imported two levels down, outside the entry folder');
-    write(dist, 'stages/report/side-effect.js', 'globalThis.x = 2;\n');
+    writeUnder(dist, 'stages/report/side-effect.js', 'globalThis.x = 2;\n');
     const v2 = await programVersion(stage, dist, dist);
     assert.notEqual(v2, v1, 'a module imported for its side effects');
-    write(dist, 'stages/report/main.js', "import { build } from './build-report.js';\nimport './side-effect.js';\nbuild(); build();\n");
+    writeUnder(dist, 'stages/report/main.js', "import { build } from './build-report.js';\nimport './side-effect.js';\nbuild(); build();\n");
     assert.notEqual(await programVersion(stage, dist, dist), v2, 'the entry');
   });
 });

@@ -5,29 +5,22 @@
  * no webpack.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readdirSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, utimesSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { cachedWorkflowBundle, KEPT_WORKFLOW_BUNDLES, pruneBundles, workflowBundleKey } from '../../worker/workflow-bundle.js';
+import { tempTree, writeUnder } from '../helpers/tree.js';
 
 function checkout(): string {
-  const root = mkdtempSync(path.join(os.tmpdir(), 'tanren-bundle-'));
-  const files: Record<string, string> = {
+  return tempTree('tanren-bundle', {
     'package-lock.json': '{"lock":1}',
     'node_modules/@temporalio/worker/package.json': '{"version":"1.0.0"}',
     'node_modules/@temporalio/workflow/package.json': '{"version":"1.0.0"}',
     'dist/workflows/index.js': "export * from './pipeline.js';\n",
     'dist/workflows/pipeline.js': "import { x } from '../schemas/names.js';\nexport const y = x;\n",
     'dist/schemas/names.js': 'export const x = 1;\n',
-  };
-  for (const [rel, text] of Object.entries(files)) write(root, rel, text);
-  return root;
-}
-
-function write(root: string, rel: string, text: string) {
-  mkdirSync(path.dirname(path.join(root, rel)), { recursive: true });
-  writeFileSync(path.join(root, rel), text);
+  });
 }
 
 describe('cached workflow bundle', () => {
@@ -37,7 +30,7 @@ describe('cached workflow bundle', () => {
     const key = () => workflowBundleKey(entry, root);
     const first = await key();
     assert.equal(await key(), first);
-    write(root, 'dist/activities/unrelated.js', 'export const z = 2;\n');
+    writeUnder(root, 'dist/activities/unrelated.js', 'export const z = 2;\n');
     assert.equal(await key(), first, 'a module the workflows do not import');
     const seen = new Set([first]);
     for (const [rel, text] of [
@@ -45,7 +38,7 @@ describe('cached workflow bundle', () => {
       ['package-lock.json', '{"lock":2}'],
       ['node_modules/@temporalio/worker/package.json', '{"version":"1.0.1"}'],
     ]) {
-      write(root, rel, text);
+      writeUnder(root, rel, text);
       const k = await key();
       assert.ok(!seen.has(k), `${rel} changed the key`);
       seen.add(k);
@@ -58,7 +51,7 @@ describe('cached workflow bundle', () => {
     const workflowsPath = path.join(root, 'dist/workflows/index.js');
     const key = await workflowBundleKey(workflowsPath, root);
     // Not a bundle webpack could make from these modules: only a read of the cache returns it.
-    write(cacheDir, `workflow-bundles/${key}.js`, '/* cached */');
+    writeUnder(cacheDir, `workflow-bundles/${key}.js`, '/* cached */');
     assert.deepEqual(await cachedWorkflowBundle({ workflowsPath, projectDir: root, cacheDir }), { code: '/* cached */' });
   });
 
@@ -66,12 +59,12 @@ describe('cached workflow bundle', () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'tanren-bundle-prune-'));
     const now = Date.now() / 1000;
     for (let i = 0; i < KEPT_WORKFLOW_BUNDLES + 3; i++) {
-      write(dir, `b${i}.js`, '');
+      writeUnder(dir, `b${i}.js`, '');
       utimesSync(path.join(dir, `b${i}.js`), now - i * 60, now - i * 60);
     }
-    write(dir, 'old.js.1.tmp', '');
+    writeUnder(dir, 'old.js.1.tmp', '');
     utimesSync(path.join(dir, 'old.js.1.tmp'), now - 7200, now - 7200);
-    write(dir, 'new.js.2.tmp', '');
+    writeUnder(dir, 'new.js.2.tmp', '');
     await pruneBundles(dir);
     assert.deepEqual(readdirSync(dir).sort(), [...Array.from({ length: KEPT_WORKFLOW_BUNDLES }, (_, i) => `b${i}.js`), 'new.js.2.tmp'].sort());
   });
