@@ -342,7 +342,7 @@ export function recordCacheBehind(storage: ObjectStore, pipeline: string, entry:
 
 /**
  * {@link recordCacheBehind} for a record whose key is still being computed (a GPU stage, looked up by its own
- * `checkCache` activity, computes it again): {@link flushCacheRecords} waits for it from now on; a look-up of
+ * `checkCache` activity, computes the key of its program as the program starts): {@link flushCacheRecords} waits for it from now on; a look-up of
  * the key in this process waits for it once the key is known.
  */
 export function recordCacheBehindWhenKeyed(

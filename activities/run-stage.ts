@@ -10,7 +10,7 @@
 import { writeFile } from 'node:fs/promises';
 import { Context, CancelledFailure } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
-import type { CacheKeyParts } from './cache.js';
+import { computeCacheKey, type CacheKeyParts } from './cache.js';
 import { createCheckpointUploader } from './checkpoints/uploader.js';
 import { keys } from './storage/keys.js';
 import type { RetryOptions } from './storage/retry.js';
@@ -18,7 +18,7 @@ import { stageFailure } from './errors.js';
 import { boundMetrics, boundResult, capHead, capTail, createRedactor, stageEnvironment } from './stage-env.js';
 import { HANDED_ON_MANIFEST_BYTES, type OutputManifest, type StageResult, type StageTask } from './types.js';
 import { attemptDir, checkRunId, prepareAttemptDir, removeAttemptDir } from './stage-runner/attempt-dir.js';
-import { checkGpuMemory, checkJudgeUrl, judgeKeyNames, secretValues, stageCommand, stageParams, stageProtocolEnv } from './stage-runner/command.js';
+import { checkGpuMemory, checkJudgeUrl, DIST_DIR, judgeKeyNames, secretValues, stageCommand, stageParams, stageProtocolEnv } from './stage-runner/command.js';
 import { classifyExit } from './stage-runner/exit-classification.js';
 import { takeGpus, type GpuLease } from './stage-runner/gpus.js';
 import { closeAttempt, createHeartbeat, type HeartbeatWriter } from './stage-runner/heartbeat.js';
@@ -123,6 +123,11 @@ export function createRunStage(deps: StageRunnerDeps) {
       },
     });
 
+    // The key of the program that runs now (it reads its code on disk when it starts): a GPU stage's look-up
+    // was in its checkCache activity, maybe long before, and the sources may change while it trains.
+    const keyed = task.cache && !cacheKey ? computeCacheKey(storage, stage, task.inputs, { projectDir: config.projectDir, distDir: DIST_DIR }) : undefined;
+    // Observed here as well: an attempt that fails before publishing records nothing, and leaves no unhandled rejection.
+    keyed?.catch(() => undefined);
     const proc = await startStageProcess({
       argv,
       cwd: config.projectDir,
@@ -233,7 +238,7 @@ export function createRunStage(deps: StageRunnerDeps) {
         result: state.result,
         beat,
         retryOpts,
-        afterManifest: task.cache ? (p) => recordInCache(storage, task, config.projectDir, p, log, cacheKey) : undefined,
+        afterManifest: task.cache ? (p) => recordInCache(storage, task, p, log, (cacheKey ?? keyed)!) : undefined,
       });
       // Nothing reads the directory again: the result need not wait for its removal.
       if (!config.keepWorkDirs) {

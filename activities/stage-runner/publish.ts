@@ -9,14 +9,13 @@ import path from 'node:path';
 import type { Logger } from '@temporalio/common';
 import { ApplicationFailure } from '@temporalio/common';
 import { FailureTypes } from '../../schemas/names.js';
-import { computeCacheKey, recordCacheBehind, recordCacheBehindWhenKeyed, type CacheKeyParts } from '../cache.js';
+import { recordCacheBehind, recordCacheBehindWhenKeyed, type CacheKeyParts } from '../cache.js';
 import { stageFailure, storageFailure } from '../errors.js';
 import { describeFiles } from '../files.js';
 import { attemptToken, keys, outputKeys } from '../storage/keys.js';
 import { retry, type RetryOptions } from '../storage/retry.js';
 import type { ObjectStore } from '../storage/store.js';
 import type { ManifestEntry, OutputManifest, StageTask } from '../types.js';
-import { DIST_DIR } from './command.js';
 import type { Beat } from './types.js';
 
 /** Throws `InvalidStageOutput` when the program did not write an output its spec declares (`outputs[]`). */
@@ -89,17 +88,16 @@ export async function publishOutputs(o: PublishOptions): Promise<Published> {
 }
 
 /**
- * Records a published stage in the cross-run cache under `known` (the key its look-up computed) or a key
- * computed now, behind the stage's result (activities/cache.ts `recordCacheBehind`): a failure only costs a
+ * Records a published stage in the cross-run cache under its key (computed by the stage's look-up, or before its
+ * program started), behind the stage's result (activities/cache.ts `recordCacheBehind`): a failure only costs a
  * later cache hit, so it is logged, not thrown.
  */
 export function recordInCache(
   storage: ObjectStore,
   task: StageTask,
-  projectDir: string,
   published: Published,
   log: Logger,
-  known?: { key: string; parts: CacheKeyParts },
+  key: { key: string; parts: CacheKeyParts } | Promise<{ key: string; parts: CacheKeyParts }>,
 ): void {
   const onError = (err: unknown) => {
     log.warn('cache entry not recorded', { stage: task.stage.id, error: String(err) });
@@ -111,7 +109,6 @@ export function recordInCache(
     stage: task.stage.id,
     createdAt: new Date().toISOString(),
   };
-  if (known) return recordCacheBehind(storage, task.pipeline, { ...entry, ...known }, onError);
-  // GPU stages looked up in their own checkCache activity: the key is computed again.
-  recordCacheBehindWhenKeyed(storage, task.pipeline, computeCacheKey(storage, task.stage, task.inputs, { projectDir, distDir: DIST_DIR }), entry, onError);
+  if (key instanceof Promise) return recordCacheBehindWhenKeyed(storage, task.pipeline, key, entry, onError);
+  recordCacheBehind(storage, task.pipeline, { ...entry, ...key }, onError);
 }

@@ -65,6 +65,11 @@ describe('GPU pools and multi-GPU hosts', () => {
     return w;
   };
 
+  let poolHosts: Promise<unknown> | undefined;
+  /** Hosts a and b in the pool, started once by whichever test needs them first (each test also runs alone). */
+  const startPoolHosts = () =>
+    (poolHosts ??= Promise.all([startGpuHost(hosts.a, { TANREN_GPU_POOL: pool }), startGpuHost(hosts.b, { TANREN_GPU_POOL: pool })]));
+
   /** Runs independent `gpu-work` stages; returns where and when each ran, and the run's wall time. */
   const runStages = async (name: string, stages: Array<Partial<PipelineSpec['stages'][number]> & { id: string }>, gpuQueue: string) => {
     const spec = {
@@ -97,8 +102,7 @@ describe('GPU pools and multi-GPU hosts', () => {
 
   it('two hosts in one pool share six stages, running at the same time, each host one stage at a time', { timeout: 180_000 }, async () => {
     const six = Array.from({ length: 6 }, (_, i) => ({ id: `work-${i + 1}` }));
-    await startGpuHost(hosts.a, { TANREN_GPU_POOL: pool });
-    await startGpuHost(hosts.b, { TANREN_GPU_POOL: pool });
+    await startPoolHosts();
     const two = await runStages('two-hosts', six, gpuPoolQueue(pool));
     const perHost = new Map<string, Ran[]>();
     for (const r of two.ran) perHost.set(r.host, [...(perHost.get(r.host) ?? []), r]);
@@ -119,6 +123,7 @@ describe('GPU pools and multi-GPU hosts', () => {
   });
 
   it('a stage pinned to a host runs there, whatever queues.gpu names', { timeout: 60_000 }, async () => {
+    await startPoolHosts();
     const { ran } = await runStages(
       'pinned',
       [
@@ -159,6 +164,7 @@ describe('GPU pools and multi-GPU hosts', () => {
   it("a retried stage takes its input from the host's cache, not from object storage", { timeout: 60_000 }, async () => {
     // Fails its first attempt after the input arrived; the second attempt runs on the same (pinned) host.
     const flaky = [process.execPath, '-e', 'process.exit(process.env.TANREN_ATTEMPT === "1" ? 1 : 0)'];
+    await startPoolHosts();
     const { ran } = await runStages(
       'input-cache',
       [

@@ -4,11 +4,12 @@
  * miss runs the stage and records it under the key its look-up computed, a
  * later run of the same stage is a verified hit that runs nothing, a hit whose
  * objects changed is rejected and runs, a stage looked up by its own checkCache
- * activity (GPU stages) records its outputs under a key computed again, and
- * `cache: false` (`--no-cache`) writes no entry.
+ * activity (GPU stages) records its outputs under the key of the program that
+ * ran (computed as it starts, not after it ended), and `cache: false`
+ * (`--no-cache`) writes no entry.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -21,7 +22,7 @@ import { createObjectStore, type ObjectStore } from '../../activities/storage/st
 import type { OutputManifest, StageResult, StageTask } from '../../activities/types.js';
 import type { StageSpec } from '../../schemas/pipeline.js';
 import { objectStoreConfig } from '../../worker/config.js';
-import { ROOT, servicesEnv, unique } from '../helpers/env.js';
+import { ROOT, servicesEnv, stateDir, unique } from '../helpers/env.js';
 
 describe('runStage with its own cache look-up', () => {
   let storage: ObjectStore;
@@ -100,7 +101,7 @@ describe('runStage with its own cache look-up', () => {
     assert.equal(runs(), before + 1);
   });
 
-  it('a stage looked up elsewhere (GPU stages: checkCache) records behind its result under the key computed again; a flush waits for it', async () => {
+  it('a stage looked up elsewhere (GPU stages: checkCache) records behind its result under its key; a flush waits for it', async () => {
     const s = stage(unique('v'));
     const { key } = await computeCacheKey(storage, s, [], { projectDir: ROOT, distDir: DIST_DIR });
     const first = await run(task(s, { cache: true }));
@@ -113,6 +114,26 @@ describe('runStage with its own cache look-up', () => {
     const hit = await run(task(s, { cache: true, lookupCache: true }));
     assert.equal(hit.cache?.hit, true);
     assert.equal(runs(), before, 'a hit runs nothing');
+  });
+
+  it('a GPU-path stage whose program changes while it runs is recorded under the program that ran, not the edited one', async () => {
+    // A program file in the project: its digest is part of the key (programVersion). The stage edits it as it runs,
+    // as a user editing a script during a week of training would; sh reads on past the appended comment.
+    const dir = path.join(stateDir(), 'cache-program');
+    mkdirSync(dir, { recursive: true });
+    const script = path.join(dir, `${unique('edited')}.sh`);
+    writeFileSync(script, `echo '# edited while it ran' >> "$0"\necho data > "$TANREN_OUTPUT/out.txt"\n`);
+    const s: StageSpec = { id: 'edited', needs: [], with: {}, run: ['sh', script] };
+    const dirs = { projectDir: ROOT, distDir: DIST_DIR };
+    const ran = await computeCacheKey(storage, s, [], dirs);
+    const first = await run(task(s, { cache: true }));
+    assert.equal(await flushCacheRecords(), 0);
+    const edited = await computeCacheKey(storage, s, [], dirs);
+    assert.notEqual(edited.key, ran.key, 'the stage edited its program');
+    const entry = JSON.parse(await storage.getText(cacheKeys.entry(ran.key))) as { manifestKey: string };
+    assert.equal(entry.manifestKey, first.manifestKey, 'recorded under the key of the program that ran');
+    assert.equal(await storage.stat(cacheKeys.entry(edited.key)), undefined, 'the edited program has no entry: its next run must run it');
+    rmSync(script);
   });
 
   it('writes no cache entry for a run without the cache (--no-cache)', async () => {
