@@ -79,15 +79,26 @@ export function capHead(text: string, max: number): string {
 
 /** Most bytes of a stage's `result` values (as JSON) that go into history; larger values are replaced by a note. */
 export const MAX_RESULT_VALUE_BYTES = 16 * 1024;
+/**
+ * Most bytes of a stage's whole `result` (as JSON) that go into history: the activity's result is one payload,
+ * which Temporal refuses over 2 MB (the attempt would fail, and its retries too). Values past it are replaced
+ * by a note; the manifest keeps them all.
+ */
+export const MAX_RESULT_BYTES = 128 * 1024;
 /** Most metrics of a stage that go into history. */
 export const MAX_METRICS = 100;
 
-/** A stage's result bounded and redacted for history: oversized values become a note pointing at the manifest. */
+/** A stage's result bounded and redacted for history: oversized values, and values past the total, become a note pointing at the manifest. */
 export function boundResult(result: Record<string, unknown>, redact: (t: string) => string): Record<string, unknown> {
   const out: Record<string, unknown> = {};
+  let total = 0;
   for (const [k, v] of Object.entries(result)) {
     const json = JSON.stringify(v) ?? '';
-    if (json.length > MAX_RESULT_VALUE_BYTES) out[k] = `[${json.length} bytes: too large for the run's history; see the stage's outputs]`;
+    const bytes = Buffer.byteLength(json);
+    total += bytes + Buffer.byteLength(k) + 4;
+    if (bytes > MAX_RESULT_VALUE_BYTES) out[k] = `[${bytes} bytes: too large for the run's history; see the stage's outputs]`;
+    else if (total > MAX_RESULT_BYTES)
+      out[k] = `[${bytes} bytes: past the ${MAX_RESULT_BYTES} bytes of a result kept in the run's history; see the stage's manifest]`;
     else out[k] = typeof v === 'string' ? redact(v) : JSON.parse(redact(json));
   }
   return out;

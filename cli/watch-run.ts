@@ -19,6 +19,9 @@ export function formatResults(view: RunView): string {
   for (const st of view.status?.stages ?? []) {
     const values = Object.entries(st.result ?? {}).filter(([, v]) => v !== null && typeof v !== 'object');
     if (values.length) lines.push(`  ${st.id.padEnd(16)} ${values.map(([k, v]) => `${k}=${formatValue(v)}`).join('  ')}`);
+    // A large run leaves results out of its state (one payload, 2 MB at most): the manifest keeps each.
+    else if (st.resultOmitted)
+      lines.push(`  ${st.id.padEnd(16)} ${colour.dim(`result left out of the run's state: tanren artifacts ${view.workflowId} ${st.id} --json`)}`);
     if (st.result?.judge === 'not configured') {
       lines.push(`  ${''.padEnd(16)} ${colour.yellow('MT-Bench judge: not configured — answers were generated, no score was given')}`);
     }

@@ -7,6 +7,7 @@ import type { z } from 'zod';
 import { parseDuration } from './durations.js';
 import { MAX_SWEEP_TRIALS, PipelineSpecSchema, type PipelineSpec } from './pipeline.js';
 import { isStageKind, STAGE_KIND_NAMES, STAGE_KINDS } from './stage-kinds.js';
+import { jsonBytesUpTo } from './payload-size.js';
 
 /** One thing wrong with a spec. */
 export interface SpecProblem {
@@ -280,10 +281,33 @@ function graphProblems(spec: GraphView): SpecProblem[] {
 /** The most stages one pipeline may have (docs/architecture.md: what bounds a run's history). */
 export const MAX_STAGES = 5000;
 
+/**
+ * Largest spec, as JSON (UTF-8). A run hands its spec on with its state when it continues as new, in one
+ * payload that Temporal refuses over 2 MB; the state of 5,000 stages takes up to ~1.2 MB of it.
+ */
+export const MAX_SPEC_BYTES = 640 * 1024;
+
 /** Deepest nesting of a stage's `with:` parameters. */
 export const MAX_WITH_DEPTH = 32;
 /** Largest `with:` of one stage, as JSON. */
 export const MAX_WITH_BYTES = 256 * 1024;
+
+/** Path of the problem of a spec over {@link MAX_SPEC_BYTES}. */
+export const SPEC_SIZE_PROBLEM_PATH = '(the whole spec)';
+
+/** The whole spec over `maxBytes` as JSON: its run could not hand it on with its state (see {@link MAX_SPEC_BYTES}). */
+function specSizeProblems(raw: unknown, maxBytes: number): SpecProblem[] {
+  const bytes = jsonBytesUpTo(raw, maxBytes);
+  if (bytes <= maxBytes) return [];
+  return [
+    {
+      path: SPEC_SIZE_PROBLEM_PATH,
+      message:
+        `more than ${maxBytes / 1024} KiB as JSON, the most a pipeline spec may have ` +
+        '(a run hands it on with its state in one Temporal payload, 2 MB at most); move large `with:` values into a file a stage reads',
+    },
+  ];
+}
 
 /** Checks that must pass before the rest may walk the spec: nesting depth and size of each stage's `with:`. */
 function limitProblems(raw: unknown): SpecProblem[] {
@@ -438,7 +462,7 @@ function bounded(problems: SpecProblem[]): SpecProblem[] {
 }
 
 /** Validates a parsed YAML/JSON value as a pipeline spec and returns every problem found. */
-export function validatePipelineSpec(raw: unknown): SpecValidation {
+export function validatePipelineSpec(raw: unknown, opts: { maxSpecBytes?: number } = {}): SpecValidation {
   const count = raw && typeof raw === 'object' && Array.isArray((raw as { stages?: unknown }).stages) ? (raw as { stages: unknown[] }).stages.length : 0;
   const limits = limitProblems(raw);
   if (limits.length) return { ok: false, problems: limits };
@@ -471,6 +495,8 @@ export function validatePipelineSpec(raw: unknown): SpecValidation {
     ...graphProblems(parsed.data),
     ...sweepProblems(parsed.data),
     ...resolvedSizeProblems(parsed.data),
+    // Only of a spec of the right shape: the walk of any raw input could overflow the stack.
+    ...specSizeProblems(raw, opts.maxSpecBytes ?? MAX_SPEC_BYTES),
   ];
   return problems.length ? { ok: false, problems: bounded(problems) } : { ok: true, spec: parsed.data };
 }

@@ -4,6 +4,7 @@
  * must fit with room to spare. Fields that equal what the spec and the run
  * id already say are left out and filled in again on unpacking. Pure code.
  */
+import { jsonBytes } from '../schemas/payload-size.js';
 import type { CarriedStage, StageStatus } from './pipeline.js';
 
 /** What unpacking needs besides the packed stage. */
@@ -41,4 +42,45 @@ export function unpackStage(packed: CarriedStage, base: Pick<StageStatus, 'id' |
     s.attempts = [{ attempt: s.attempt, startedAt: s.startedAt, ...(s.endedAt ? { endedAt: s.endedAt } : {}) }];
   }
   return s;
+}
+
+/**
+ * Most bytes (JSON, UTF-8) of one payload the workflow writes with stage results in it: the input it continues
+ * as new with, its result and its `status` reply. Temporal refuses payloads over 2 MiB (`limit.blobSize.error`);
+ * the rest is margin.
+ */
+export const PAYLOAD_BUDGET_BYTES = 1536 * 1024;
+
+/** What {@link fitResults} needs of a stage. */
+export interface WithResult {
+  result?: Record<string, unknown>;
+  resultOmitted?: true;
+}
+
+/**
+ * Leaves stage results out of a payload, largest first, until the payload (`wrap(stages)`, as JSON) fits
+ * `budget`. A result left out is marked `resultOmitted`: the stage's manifest has it (`tanren get` reads it
+ * there). Within the budget the stages come back as they were; the input is never changed.
+ */
+export function fitResults<T extends WithResult>(
+  stages: readonly T[],
+  wrap: (stages: readonly T[]) => unknown,
+  budget = PAYLOAD_BUDGET_BYTES,
+): { stages: T[]; omitted: number } {
+  let total = jsonBytes(wrap(stages));
+  if (total <= budget) return { stages: [...stages], omitted: 0 };
+  // Largest first (ties: the earlier stage), so that the fewest results are left out.
+  const order = stages.map((s, i) => ({ size: s.result ? jsonBytes(s.result) : 0, i })).filter((x) => x.size > 0);
+  order.sort((a, b) => b.size - a.size || a.i - b.i);
+  const out = [...stages];
+  let omitted = 0;
+  for (const { size, i } of order) {
+    if (total <= budget) break;
+    const { result: _result, ...rest } = out[i];
+    out[i] = { ...rest, resultOmitted: true } as T;
+    // `"result":…,` goes and `"resultOmitted":true,` comes.
+    total += 21 - (size + 10);
+    omitted++;
+  }
+  return { stages: out, omitted };
 }

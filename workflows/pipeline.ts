@@ -30,8 +30,9 @@ import { parseDuration } from '../schemas/durations.js';
 import { FailureTypes, NON_RETRYABLE_FAILURE_TYPES, SEARCH_ATTRIBUTES, DEFAULT_CPU_TASK_QUEUE, gpuHostQueue } from '../schemas/names.js';
 import { PipelineRunInputSchema, type PipelineRunInput, type PipelineSpec, type RunOptions, type StageSpec } from '../schemas/pipeline.js';
 import { isStageKind, STAGE_KINDS, stageKindInfo } from '../schemas/stage-kinds.js';
-import { formatProblems, MAX_LISTED_PROBLEMS, resolveSpec, stageQueue, validatePipelineSpec } from '../schemas/validate.js';
-import { packStage, unpackStage } from './carry.js';
+import { formatProblems, MAX_LISTED_PROBLEMS, resolveSpec, SPEC_SIZE_PROBLEM_PATH, stageQueue, validatePipelineSpec } from '../schemas/validate.js';
+import { jsonBytes } from '../schemas/payload-size.js';
+import { fitResults, packStage, PAYLOAD_BUDGET_BYTES, unpackStage } from './carry.js';
 import { renderDetails } from './details.js';
 import { planStages, TERMINAL_STATES, type StageState } from './planner.js';
 import { runSweep, type SweepStatus } from './sweep.js';
@@ -52,6 +53,11 @@ export interface StageStatus {
   message?: string;
   metrics: Record<string, number>;
   result?: Record<string, unknown>;
+  /**
+   * The result is left out of the run's state and result, which travel as one payload each (Temporal: 2 MB):
+   * the stage's manifest (`manifestKey`) has it. Set only on large runs (workflows/carry.ts `fitResults`).
+   */
+  resultOmitted?: true;
   manifestKey?: string;
   /** A report stage's outputs prefix (its attempt's own), for the link to its page; other stages leave it out. */
   outputsPrefix?: string;
@@ -135,6 +141,14 @@ export const CONTINUE_AS_NEW_AFTER_BYTES = 8 * 1024 * 1024;
 export const CONTINUE_AS_NEW_AFTER_STAGES = 300;
 /** Patch marking runs that also continue as new after {@link CONTINUE_AS_NEW_AFTER_STAGES} stages. */
 export const STAGE_BUDGET_PATCH = 'tanren-stage-budget-1';
+/**
+ * Patch marking runs that leave stage results out of the input they continue as new with and of their result
+ * once either would pass {@link PAYLOAD_BUDGET_BYTES} (Temporal refuses a payload over 2 MB: the run's workflow
+ * task failed for ever). Asked only when over the budget, so runs within it record no marker.
+ */
+export const PAYLOAD_BUDGET_PATCH = 'tanren-payload-budget-1';
+/** Patch marking runs that refuse a spec over `MAX_SPEC_BYTES` (schemas/validate.ts) at their start. */
+export const SPEC_SIZE_PATCH = 'tanren-spec-size-1';
 /** A cache hit streams every cached object through sha256 (about 5 s per GiB): room for large outputs. */
 const CACHE_LOOKUP_TIMEOUT = '1h';
 /** Most stages one execution runs at once. */
@@ -193,7 +207,11 @@ function validateInput(input: unknown): { spec: PipelineSpec; source: string; op
     );
   }
   const source = envelope.data.options.specFile ?? 'workflow input';
-  const checked = validatePipelineSpec(envelope.data.spec);
+  let checked = validatePipelineSpec(envelope.data.spec);
+  // Runs started before the spec size limit replay without it: the patch is asked only of a spec over the limit.
+  if (!checked.ok && checked.problems.some((p) => p.path === SPEC_SIZE_PROBLEM_PATH) && !patched(SPEC_SIZE_PATCH)) {
+    checked = validatePipelineSpec(envelope.data.spec, { maxSpecBytes: Number.POSITIVE_INFINITY });
+  }
   if (!checked.ok) {
     throw ApplicationFailure.nonRetryable(
       `invalid pipeline spec (${checked.problems.length} problem${checked.problems.length > 1 ? 's' : ''}):\n${formatProblems(checked.problems, source)}`,
@@ -215,7 +233,14 @@ function validateInput(input: unknown): { spec: PipelineSpec; source: string; op
 
 function compactResult(stages: StageStatus[]): RunResult['stages'] {
   if (stages.length <= COMPACT_RESULT_OVER) return stages;
-  return stages.map((s) => ({ id: s.id, state: s.state, attempt: s.attempt, manifestKey: s.manifestKey, result: s.result }));
+  return stages.map((s) => ({
+    id: s.id,
+    state: s.state,
+    attempt: s.attempt,
+    manifestKey: s.manifestKey,
+    result: s.result,
+    ...(s.resultOmitted ? { resultOmitted: s.resultOmitted } : {}),
+  }));
 }
 
 /** Reads the carried state of a continued run, or undefined when there is none or it does not fit the spec. */
@@ -238,7 +263,11 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
   const startedAt = new Date().toISOString();
   const status: RunStatus = { pipeline: '(invalid)', state: 'running', stages: [], startedAt };
   // A reply must fit in 2 MB: large runs leave out empty fields (the CLI fills them in again).
-  setHandler(statusQuery, () => (status.stages.length > COMPACT_RESULT_OVER ? compactStatus(status) : status));
+  setHandler(statusQuery, () => {
+    const reply = status.stages.length > COMPACT_RESULT_OVER ? compactStatus(status) : status;
+    // A reply is one payload too; a query records nothing, so no patch.
+    return { ...reply, stages: fitResults(reply.stages, (stages) => ({ ...reply, stages })).stages };
+  });
   // Runs started by this code keep live progress in activity heartbeats; older histories replay the signal path.
   const lean = patched(LEAN_PROGRESS_PATCH);
   const oneActivity = lean && patched(ONE_ACTIVITY_PATCH);
@@ -572,9 +601,15 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
           startedAt: status.startedAt,
           continuedAsNew: status.continuedAsNew,
         };
+        const nextInput = (stages: readonly CarriedStage[]) => ({ spec: input.spec, options: input.options ?? {}, carried: { ...next, stages: [...stages] } });
+        if (jsonBytes(nextInput(next.stages)) > PAYLOAD_BUDGET_BYTES && patched(PAYLOAD_BUDGET_PATCH)) {
+          const fit = fitResults(next.stages, nextInput);
+          next.stages = fit.stages;
+          log.warn('stage results left out of the state handed on (each stage manifest has its own)', { omitted: fit.omitted });
+        }
         log.info('continuing as new to keep the history bounded', { historyLength: workflowInfo().historyLength, continuedAsNew: next.continuedAsNew });
         // A longer task timeout than the 10 s default: replaying a full execution of a large run takes seconds.
-        await makeContinueAsNewFunc<typeof pipelineWorkflow>({ workflowTaskTimeout: '60s' })({ spec: input.spec, options: input.options ?? {}, carried: next });
+        await makeContinueAsNewFunc<typeof pipelineWorkflow>({ workflowTaskTimeout: '60s' })(nextInput(next.stages));
       }
       if (!paused && !draining) {
         for (const id of plan.ready) {
@@ -621,5 +656,11 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
   }
   status.state = 'succeeded';
   publish();
-  return { pipeline: spec.name, state: 'succeeded', stages: lean ? compactResult(status.stages) : status.stages };
+  const done: RunResult = { pipeline: spec.name, state: 'succeeded', stages: lean ? compactResult(status.stages) : status.stages };
+  if (lean && jsonBytes(done) > PAYLOAD_BUDGET_BYTES && patched(PAYLOAD_BUDGET_PATCH)) {
+    const fit = fitResults(done.stages, (stages) => ({ ...done, stages }));
+    log.warn("stage results left out of the run's result (each stage manifest has its own)", { omitted: fit.omitted });
+    return { ...done, stages: fit.stages };
+  }
+  return done;
 }

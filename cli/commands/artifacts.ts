@@ -19,6 +19,8 @@ export interface StageArtifacts {
   manifestKey?: string;
   /** The run whose outputs a cached stage reused. */
   cachedFrom?: string;
+  /** What the stage's program reported (`result` events), from its manifest: also for a large run, whose state leaves results out. */
+  result?: Record<string, unknown>;
   files: Array<{ path: string; key: string; size: number; sha256: string }>;
 }
 
@@ -48,6 +50,7 @@ export function configureArtifactsCommand(program: Command): void {
             finished: Boolean(m),
             ...(found ? { attempt: found.manifest.attempt, createdAt: found.manifest.createdAt, manifestKey: found.key } : {}),
             ...(found?.cachedFrom ? { cachedFrom: found.cachedFrom } : {}),
+            ...(m?.result ? { result: m.result } : {}),
             files: (m ? manifestFiles(m) : []).map((f) => ({ path: f.path, key: f.key, size: f.size, sha256: f.sha256 })),
           });
         }

@@ -73,6 +73,8 @@ export function createFakeActivities() {
         x?: unknown;
         max_steps?: number;
         stop_at_step?: number;
+        /** Add a string of this many bytes to the result (a stage reporting a large result). */
+        resultBytes?: number;
       };
       const rec: AttemptRecord = { stage: task.stage.id, attempt: ctx.info.attempt, start: Date.now() };
       attempts.push(rec);
@@ -110,7 +112,7 @@ export function createFakeActivities() {
           manifestKey: `runs/${task.runId}/${task.stage.id}/manifest.json`,
           files: 0,
           bytes: 0,
-          result: { inputs: task.inputs.map((i) => i.stage) },
+          result: { inputs: task.inputs.map((i) => i.stage), ...(w.resultBytes ? { blob: 'r'.repeat(w.resultBytes) } : {}) },
           metrics,
           startedAt: new Date(rec.start).toISOString(),
           endedAt: new Date().toISOString(),

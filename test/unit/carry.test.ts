@@ -1,7 +1,9 @@
 /** The run state carried across continue-as-new: packed small, unpacked to the same status. */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { packStage, unpackStage } from '../../workflows/carry.js';
+import { MAX_RESULT_BYTES, MAX_RESULT_VALUE_BYTES, boundResult } from '../../activities/stage-env.js';
+import { jsonBytes, jsonBytesUpTo, utf8Bytes } from '../../schemas/payload-size.js';
+import { fitResults, packStage, PAYLOAD_BUDGET_BYTES, unpackStage } from '../../workflows/carry.js';
 import type { StageStatus } from '../../workflows/pipeline.js';
 
 const ctx = { runId: 'big-run', defaultCache: 'cache: off for this run (--no-cache)' };
@@ -62,5 +64,77 @@ describe('carried run state', () => {
     const all = Array.from({ length: 5000 }, (_, i) => packStage({ ...plain, id: `stage-${i}`, manifestKey: `runs/big-run/stage-${i}/manifest.json` }, ctx));
     const bytes = JSON.stringify(all).length;
     assert.ok(bytes < 800_000, `${bytes} bytes`);
+  });
+});
+
+describe('payloads with stage results: within the 2 MB Temporal takes', () => {
+  const stage = (id: string, bytes: number): { id: string; state: string; result: { text: string }; resultOmitted?: true } => ({
+    id,
+    state: 'succeeded',
+    result: { text: 'x'.repeat(bytes) },
+  });
+
+  it('counts UTF-8 bytes as Buffer.byteLength does (Japanese, emoji, ASCII)', () => {
+    for (const t of ['', 'abc', '鍛錬', 'loss が下がった 📉', '\u00e9\u0800\uffff']) assert.equal(utf8Bytes(t), Buffer.byteLength(t), t);
+    assert.equal(jsonBytes({ a: '鍛錬' }), Buffer.byteLength(JSON.stringify({ a: '鍛錬' })));
+  });
+
+  it('sizes a plain value without writing its JSON: exact within the limit, over it past the limit, at once', () => {
+    const values: unknown[] = [
+      { a: [1, 2.5, null, true, 'x'], b: { c: '鍛錬 📉', d: undefined, e: [] }, '"q"': '\n\t\\' },
+      [undefined, () => 1, 'é'],
+      'lone \ud800',
+      {},
+      -0.000123,
+    ];
+    for (const v of values) assert.equal(jsonBytesUpTo(v, 1e9), jsonBytes(v), JSON.stringify(v));
+    const huge = Array.from({ length: 30 }, () => 'x'.repeat(1_000_000));
+    const t0 = performance.now();
+    assert.ok(jsonBytesUpTo({ huge }, 1000) > 1000);
+    assert.ok(performance.now() - t0 < 50, 'stops at the limit');
+  });
+
+  it('leaves a payload within the budget as it is', () => {
+    const stages = [stage('a', 100), stage('b', 200)];
+    const fit = fitResults(stages, (st) => ({ stages: st }));
+    assert.equal(fit.omitted, 0);
+    assert.deepEqual(fit.stages, stages);
+  });
+
+  it('leaves results out largest first until the payload fits, marks them, and changes nothing else', () => {
+    const stages = [stage('a', 300_000), stage('b', 900_000), stage('c', 500_000), stage('d', 10)];
+    const wrap = (st: readonly object[]) => ({ pipeline: 'p', stages: st });
+    assert.ok(jsonBytes(wrap(stages)) > PAYLOAD_BUDGET_BYTES);
+    const fit = fitResults(stages, wrap);
+    // Without b (900 kB) the rest is 800 kB: within 1.5 MiB, so b alone goes.
+    assert.equal(fit.omitted, 1);
+    assert.deepEqual(fit.stages[1], { id: 'b', state: 'succeeded', resultOmitted: true });
+    assert.equal(fit.stages[0], stages[0]);
+    assert.ok(jsonBytes(wrap(fit.stages)) <= PAYLOAD_BUDGET_BYTES);
+    assert.equal(stages[1].result.text.length, 900_000, 'the input is not changed');
+  });
+
+  it('5,000 stages with 1 KiB results each (5 MB): the payload ends within the budget and no more is left out than needed', () => {
+    const stages = Array.from({ length: 5000 }, (_, i) => stage(`s${i}`, 1024));
+    const fit = fitResults(stages, (st) => ({ stages: st }));
+    const size = jsonBytes({ stages: fit.stages });
+    // One more result kept (~1,030 bytes more) would not fit.
+    assert.ok(size <= PAYLOAD_BUDGET_BYTES && size > PAYLOAD_BUDGET_BYTES - 1030, `${size} bytes`);
+    assert.equal(fit.stages.filter((s) => s.resultOmitted).length, fit.omitted);
+  });
+
+  it("bounds a stage's result: each value, then the whole, in bytes (a Japanese string counts 3 per character)", () => {
+    const same = (t: string) => t;
+    const one = boundResult({ big: 'x'.repeat(MAX_RESULT_VALUE_BYTES + 1), ok: 1 }, same);
+    assert.match(one.big as string, /too large for the run's history/);
+    assert.equal(one.ok, 1);
+    // 6,000 characters of Japanese are 18,000 bytes: over the per-value bound although under it in characters.
+    assert.match(boundResult({ ja: '鍛'.repeat(6000) }, same).ja as string, /^\[18002 bytes: too large/);
+    const many = Object.fromEntries(Array.from({ length: 20 }, (_, i) => [`k${i}`, 'y'.repeat(15_000)]));
+    const bounded = boundResult(many, same);
+    const kept = Object.values(bounded).filter((v) => (v as string).length === 15_000).length;
+    assert.equal(kept, Math.floor(MAX_RESULT_BYTES / (15_002 + 3 + 4)));
+    assert.match(bounded.k19 as string, /past the 131072 bytes of a result/);
+    assert.ok(Buffer.byteLength(JSON.stringify(bounded)) < MAX_RESULT_BYTES + 20 * 200);
   });
 });

@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
 import { parseDuration } from '../../schemas/durations.js';
 import { pipelineJsonSchema, runInputJsonSchema, schemaFileText, stageEventJsonSchema } from '../../schemas/json-schema.js';
-import { findCycle, formatProblems, resolveSpec, stageQueue, validatePipelineSpec } from '../../schemas/validate.js';
+import { findCycle, formatProblems, MAX_SPEC_BYTES, MAX_STAGES, resolveSpec, stageQueue, validatePipelineSpec } from '../../schemas/validate.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 
@@ -190,6 +190,29 @@ describe('pipeline spec validation', () => {
       ]),
       undefined,
     );
+  });
+});
+
+describe('spec size: a spec travels with its run state in one 2 MB payload', () => {
+  const spec = (stages: number, withBytes: number) => ({
+    name: 'big',
+    stages: Array.from({ length: stages }, (_, i) => ({ id: `s${i}`, run: ['true'], with: { text: 'x'.repeat(withBytes) } })),
+  });
+
+  it(`refuses a spec over ${MAX_SPEC_BYTES / 1024} KiB as JSON, naming the limit and what to do`, () => {
+    const checked = validatePipelineSpec(spec(600, 1200));
+    assert.equal(checked.ok, false);
+    const text = formatProblems(checked.ok ? [] : checked.problems, 'big.yaml');
+    assert.match(text, /^big\.yaml: \(the whole spec\): more than 640 KiB as JSON, the most a pipeline spec may have .*move large `with:` values into a file/);
+  });
+
+  it('counts UTF-8 bytes: 250,000 Japanese characters (under 640 K characters) are 750,000 bytes', () => {
+    const ja = { name: 'ja', stages: [{ id: 'a', run: ['true'], with: { prompt: '鍛'.repeat(250_000) } }] };
+    assert.equal(validatePipelineSpec(ja).ok, false);
+  });
+
+  it(`takes the largest plain pipeline: ${MAX_STAGES} stages with short params`, () => {
+    assert.equal(validatePipelineSpec(spec(MAX_STAGES, 40)).ok, true);
   });
 });
 
