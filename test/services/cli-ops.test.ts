@@ -135,13 +135,18 @@ describe('tanren runs / artifacts / get / logs through real workers', () => {
     it("artifacts --json lists merge's top-words.json with the manifest's full sha256", async () => {
       const r = await tanren('artifacts', run, '--json');
       assert.equal(r.code, 0, r.stderr);
-      const out = JSON.parse(r.stdout) as { stages: Array<{ stage: string; finished: boolean; files: Array<{ path: string; size: number; sha256: string }> }> };
+      const out = JSON.parse(r.stdout) as {
+        stages: Array<{ stage: string; finished: boolean; result?: Record<string, unknown>; files: Array<{ path: string; size: number; sha256: string }> }>;
+      };
       assert.deepEqual(
         out.stages.map((s) => s.stage),
         ['count', 'shard', 'freq-0', 'freq-1', 'chars', 'merge'],
       );
       const merge = out.stages.find((s) => s.stage === 'merge')!;
       assert.equal(merge.finished, true);
+      // The program's result, from the manifest (where a large run's status leaves it out).
+      assert.equal(typeof merge.result?.distinct_words, 'number');
+      assert.deepEqual(merge.result, manifest.result);
       const file = merge.files.find((f) => f.path === 'top-words.json')!;
       assert.match(file.sha256, /^[0-9a-f]{64}$/);
       assert.equal(file.sha256, manifest.files.find((f) => f.path === 'top-words.json')!.sha256);

@@ -140,3 +140,30 @@ describe('worker logs', () => {
     assert.equal(prettyLine('not json'), 'not json');
   });
 });
+
+describe('results in `tanren watch`', () => {
+  it("prints each stage's values, and where a result left out of a large run's state is", async () => {
+    const { formatResults } = await import('../../cli/watch-run.js');
+    const stage = { kind: 'run', queue: 'cpu' as const, needs: [], attempt: 1, metrics: {}, attempts: [] };
+    const text = formatResults({
+      workflowId: 'big-run',
+      runId: 'r',
+      temporalStatus: 'RUNNING',
+      state: 'running',
+      status: {
+        pipeline: 'p',
+        state: 'running',
+        startedAt: '',
+        stages: [
+          { ...stage, id: 'kept', state: 'succeeded', result: { loss: 1.5, steps: 10 } },
+          { ...stage, id: 'omitted', state: 'succeeded', resultOmitted: true, manifestKey: 'runs/big-run/omitted/manifest.json' },
+          { ...stage, id: 'pending', state: 'pending', attempt: 0 },
+        ],
+      },
+    });
+    const lines = text.split('\n');
+    assert.equal(lines.length, 2, text);
+    assert.match(lines[0], /kept\s+loss=1\.500\s+steps=10/);
+    assert.match(lines[1], /omitted\s+.*result left out of the run's state: tanren artifacts big-run omitted --json/);
+  });
+});
