@@ -57,22 +57,45 @@ export interface WithResult {
   resultOmitted?: true;
 }
 
+/** The texts a stage piles up as it fails and retries; cut when a payload is over its budget without any results. */
+interface WithTexts {
+  reason?: string;
+  message?: string;
+  attempts?: Array<{ failure?: string }>;
+}
+
+const cut = (text: string | undefined, max: number) => (text !== undefined && text.length > max ? `${text.slice(0, max)}…` : text);
+
+/** A stage with its texts cut to `max` characters and at most `attempts` attempts (0: none listed; `attempt` still counts them). */
+function cutTexts<T>(stage: T, max: number, attempts: number): T {
+  const s = stage as T & WithTexts;
+  const out = { ...s };
+  if (s.reason !== undefined) out.reason = cut(s.reason, max);
+  if (s.message !== undefined) out.message = cut(s.message, max);
+  if (s.attempts !== undefined)
+    out.attempts = attempts ? s.attempts.slice(-attempts).map((a) => (a.failure ? { ...a, failure: cut(a.failure, max) } : a)) : undefined;
+  if (out.attempts === undefined) delete out.attempts;
+  return out;
+}
+
 /**
- * Leaves stage results out of a payload, largest first, until the payload (`wrap(stages)`, as JSON) fits
- * `budget`. A result left out is marked `resultOmitted`: the stage's manifest has it (`tanren get` reads it
- * there). Within the budget the stages come back as they were; the input is never changed.
+ * Fits stages into a payload (`wrap(stages)`, as JSON) of at most `budget` bytes, each step only if the one
+ * before was not enough: results are left out, largest first (marked `resultOmitted`: the stage's manifest has
+ * it, and `tanren artifacts <run> <stage> --json` shows it); then the texts of failures, reasons and messages
+ * are cut to 200 characters and the attempts listed to the last 3; then to 80 characters and none listed.
+ * Within the budget the stages come back as they were; the input is never changed.
  */
 export function fitResults<T extends WithResult>(
   stages: readonly T[],
   wrap: (stages: readonly T[]) => unknown,
   budget = PAYLOAD_BUDGET_BYTES,
-): { stages: T[]; omitted: number } {
+): { stages: T[]; omitted: number; textsCut: boolean } {
   let total = jsonBytes(wrap(stages));
-  if (total <= budget) return { stages: [...stages], omitted: 0 };
+  if (total <= budget) return { stages: [...stages], omitted: 0, textsCut: false };
   // Largest first (ties: the earlier stage), so that the fewest results are left out.
   const order = stages.map((s, i) => ({ size: s.result ? jsonBytes(s.result) : 0, i })).filter((x) => x.size > 0);
   order.sort((a, b) => b.size - a.size || a.i - b.i);
-  const out = [...stages];
+  let out = [...stages];
   let omitted = 0;
   for (const { size, i } of order) {
     if (total <= budget) break;
@@ -82,5 +105,14 @@ export function fitResults<T extends WithResult>(
     total += 21 - (size + 10);
     omitted++;
   }
-  return { stages: out, omitted };
+  if (total <= budget) return { stages: out, omitted, textsCut: false };
+  // Many failing stages: their texts are what is left to cut.
+  for (const [max, attempts] of [
+    [200, 3],
+    [80, 0],
+  ] as const) {
+    out = out.map((st) => cutTexts(st, max, attempts));
+    if (jsonBytes(wrap(out)) <= budget) break;
+  }
+  return { stages: out, omitted, textsCut: true };
 }

@@ -605,7 +605,7 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
         if (jsonBytes(nextInput(next.stages)) > PAYLOAD_BUDGET_BYTES && patched(PAYLOAD_BUDGET_PATCH)) {
           const fit = fitResults(next.stages, nextInput);
           next.stages = fit.stages;
-          log.warn('stage results left out of the state handed on (each stage manifest has its own)', { omitted: fit.omitted });
+          log.warn('stage results left out of the state handed on (each stage manifest has its own)', { omitted: fit.omitted, textsCut: fit.textsCut });
         }
         log.info('continuing as new to keep the history bounded', { historyLength: workflowInfo().historyLength, continuedAsNew: next.continuedAsNew });
         // A longer task timeout than the 10 s default: replaying a full execution of a large run takes seconds.
@@ -659,7 +659,7 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
   const done: RunResult = { pipeline: spec.name, state: 'succeeded', stages: lean ? compactResult(status.stages) : status.stages };
   if (lean && jsonBytes(done) > PAYLOAD_BUDGET_BYTES && patched(PAYLOAD_BUDGET_PATCH)) {
     const fit = fitResults(done.stages, (stages) => ({ ...done, stages }));
-    log.warn("stage results left out of the run's result (each stage manifest has its own)", { omitted: fit.omitted });
+    log.warn("stage results left out of the run's result (each stage manifest has its own)", { omitted: fit.omitted, textsCut: fit.textsCut });
     return { ...done, stages: fit.stages };
   }
   return done;

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { MAX_RESULT_BYTES, MAX_RESULT_VALUE_BYTES, boundResult } from '../../activities/stage-env.js';
 import { jsonBytes, jsonBytesUpTo, utf8Bytes } from '../../schemas/payload-size.js';
-import { fitResults, packStage, PAYLOAD_BUDGET_BYTES, unpackStage } from '../../workflows/carry.js';
+import { fitResults, packStage, PAYLOAD_BUDGET_BYTES, unpackStage, type WithResult } from '../../workflows/carry.js';
 import type { StageStatus } from '../../workflows/pipeline.js';
 
 const ctx = { runId: 'big-run', defaultCache: 'cache: off for this run (--no-cache)' };
@@ -121,6 +121,38 @@ describe('payloads with stage results: within the 2 MB Temporal takes', () => {
     // One more result kept (~1,030 bytes more) would not fit.
     assert.ok(size <= PAYLOAD_BUDGET_BYTES && size > PAYLOAD_BUDGET_BYTES - 1030, `${size} bytes`);
     assert.equal(fit.stages.filter((s) => s.resultOmitted).length, fit.omitted);
+  });
+
+  it('then cuts the texts that many failing stages pile up: reasons, messages, failures, attempts listed', () => {
+    type Failing = WithResult & {
+      id: string;
+      state: string;
+      attempt: number;
+      reason: string;
+      message: string;
+      attempts: Array<{ attempt: number; failure?: string }>;
+    };
+    const failing: Failing[] = Array.from({ length: 2000 }, (_, i) => ({
+      id: `s${i}`,
+      state: 'failed',
+      attempt: 5,
+      reason: 'StageCrashed: '.padEnd(4000, 'e'),
+      message: 'step 3'.padEnd(500, '.'),
+      attempts: Array.from({ length: 5 }, (_, a) => ({ attempt: a + 1, startedAt: 't', failure: 'x'.repeat(1000) })),
+    }));
+    const size = (st: readonly object[]) => jsonBytes({ stages: st });
+    assert.ok(size(failing) > 5 * PAYLOAD_BUDGET_BYTES);
+    const fit = fitResults(failing, (st) => ({ stages: st }));
+    assert.equal(fit.textsCut, true);
+    assert.ok(size(fit.stages) <= PAYLOAD_BUDGET_BYTES, `${size(fit.stages)} bytes`);
+    const one = fit.stages[0];
+    assert.equal(one.attempt, 5, 'the attempts are still counted');
+    assert.ok(one.reason.startsWith('StageCrashed: ') && one.reason.length <= 201);
+    assert.equal(failing[0].reason.length, 4000, 'the input is not changed');
+    // 300 such stages fit with their texts cut to 200 characters and their last 3 attempts.
+    const some = fitResults(failing.slice(0, 300), (st) => ({ stages: st }));
+    assert.equal(some.stages[0].attempts?.length, 3);
+    assert.equal(some.stages[0].attempts?.[2].failure?.length, 201);
   });
 
   it("bounds a stage's result: each value, then the whole, in bytes (a Japanese string counts 3 per character)", () => {
