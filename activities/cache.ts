@@ -86,8 +86,6 @@ export function digestJson(v: unknown): string {
 
 /** Cache records this process is writing, by cache key: a look-up of the same key waits for its record. */
 const recordsInFlight = new Map<string, Promise<void>>();
-/** Cache records whose key is still being computed ({@link recordCacheBehindWhenKeyed}). */
-const keysInFlight = new Set<Promise<void>>();
 
 /** Program files hashed by this process, by path: reused while the file's size, times and inode stay the same. */
 const programDigests = new Map<string, { stamp: string; sha256: string }>();
@@ -341,32 +339,13 @@ export function recordCacheBehind(storage: ObjectStore, pipeline: string, entry:
 }
 
 /**
- * {@link recordCacheBehind} for a record whose key is still being computed (a GPU stage, looked up by its own
- * `checkCache` activity, computes the key of its program as the program starts): {@link flushCacheRecords} waits for it from now on; a look-up of
- * the key in this process waits for it once the key is known.
- */
-export function recordCacheBehindWhenKeyed(
-  storage: ObjectStore,
-  pipeline: string,
-  keyed: Promise<{ key: string; parts: CacheKeyParts }>,
-  entry: Omit<CacheEntry, 'key' | 'parts'>,
-  onError: (err: unknown) => void,
-): void {
-  const keying: Promise<void> = keyed
-    .then(({ key, parts }) => recordCacheBehind(storage, pipeline, { ...entry, key, parts }, onError), onError)
-    .finally(() => keysInFlight.delete(keying));
-  keysInFlight.add(keying);
-}
-
-/**
- * Waits for every cache record this process is still writing (or computing the key of), at most `timeoutMs` (a
- * store that hangs must not hold up a worker's shutdown); returns how many were still pending when it gave up
- * (0: all done).
+ * Waits for every cache record this process is still writing, at most `timeoutMs` (a store that hangs must not
+ * hold up a worker's shutdown); returns how many were still pending when it gave up (0: all done).
  */
 export async function flushCacheRecords(timeoutMs = 30_000): Promise<number> {
-  // Again until none is left: a record whose key was being computed is written only once its key is known.
+  // Again until none is left: a stage that finishes meanwhile starts another.
   const drain = async () => {
-    while (keysInFlight.size || recordsInFlight.size) await Promise.all([...keysInFlight, ...recordsInFlight.values()]);
+    while (recordsInFlight.size) await Promise.all([...recordsInFlight.values()]);
   };
-  return (await settledWithin(drain(), timeoutMs)) ? 0 : keysInFlight.size + recordsInFlight.size;
+  return (await settledWithin(drain(), timeoutMs)) ? 0 : recordsInFlight.size;
 }

@@ -123,11 +123,17 @@ export function createRunStage(deps: StageRunnerDeps) {
       },
     });
 
-    // The key of the program that runs now (it reads its code on disk when it starts): a GPU stage's look-up
-    // was in its checkCache activity, maybe long before, and the sources may change while it trains.
-    const keyed = task.cache && !cacheKey ? computeCacheKey(storage, stage, task.inputs, { projectDir: config.projectDir, distDir: DIST_DIR }) : undefined;
-    // Observed here as well: an attempt that fails before publishing records nothing, and leaves no unhandled rejection.
-    keyed?.catch(() => undefined);
+    // The key of the program about to run (it reads its code on disk when it starts), computed before it starts: a
+    // GPU stage's look-up was in its checkCache activity, maybe long before, and the sources may change while it trains.
+    const recordKey =
+      cacheKey ??
+      (task.cache
+        ? await computeCacheKey(storage, stage, task.inputs, { projectDir: config.projectDir, distDir: DIST_DIR }).catch((err: unknown) => {
+            // A record lost costs a later run a hit, never this stage.
+            log.warn('cache key not computed: this attempt records no cache entry', { stage: stage.id, error: String(err) });
+            return undefined;
+          })
+        : undefined);
     const proc = await startStageProcess({
       argv,
       cwd: config.projectDir,
@@ -238,7 +244,7 @@ export function createRunStage(deps: StageRunnerDeps) {
         result: state.result,
         beat,
         retryOpts,
-        afterManifest: task.cache ? (p) => recordInCache(storage, task, p, log, (cacheKey ?? keyed)!) : undefined,
+        afterManifest: task.cache && recordKey ? (p) => recordInCache(storage, task, p, log, recordKey) : undefined,
       });
       // Nothing reads the directory again: the result need not wait for its removal.
       if (!config.keepWorkDirs) {

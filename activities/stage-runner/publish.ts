@@ -9,7 +9,7 @@ import path from 'node:path';
 import type { Logger } from '@temporalio/common';
 import { ApplicationFailure } from '@temporalio/common';
 import { FailureTypes } from '../../schemas/names.js';
-import { recordCacheBehind, recordCacheBehindWhenKeyed, type CacheKeyParts } from '../cache.js';
+import { recordCacheBehind, type CacheKeyParts } from '../cache.js';
 import { stageFailure, storageFailure } from '../errors.js';
 import { describeFiles } from '../files.js';
 import { attemptToken, keys, outputKeys } from '../storage/keys.js';
@@ -92,13 +92,7 @@ export async function publishOutputs(o: PublishOptions): Promise<Published> {
  * program started), behind the stage's result (activities/cache.ts `recordCacheBehind`): a failure only costs a
  * later cache hit, so it is logged, not thrown.
  */
-export function recordInCache(
-  storage: ObjectStore,
-  task: StageTask,
-  published: Published,
-  log: Logger,
-  key: { key: string; parts: CacheKeyParts } | Promise<{ key: string; parts: CacheKeyParts }>,
-): void {
+export function recordInCache(storage: ObjectStore, task: StageTask, published: Published, log: Logger, key: { key: string; parts: CacheKeyParts }): void {
   const onError = (err: unknown) => {
     log.warn('cache entry not recorded', { stage: task.stage.id, error: String(err) });
   };
@@ -109,6 +103,5 @@ export function recordInCache(
     stage: task.stage.id,
     createdAt: new Date().toISOString(),
   };
-  if (key instanceof Promise) return recordCacheBehindWhenKeyed(storage, task.pipeline, key, entry, onError);
   recordCacheBehind(storage, task.pipeline, { ...entry, ...key }, onError);
 }

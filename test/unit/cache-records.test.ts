@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { flushCacheRecords, recordCacheBehind, recordCacheBehindWhenKeyed, type CacheEntry } from '../../activities/cache.js';
+import { flushCacheRecords, recordCacheBehind, type CacheEntry } from '../../activities/cache.js';
 import type { ObjectStore } from '../../activities/storage/store.js';
 
 /** A store whose writes wait until `release()`; everything else is unused here. */
@@ -43,19 +43,6 @@ describe('cache records written behind the result', () => {
     release();
     assert.equal(await flushed, 0);
     assert.deepEqual(written.sort(), ['cache/keys/k1.json', 'cache/stages/pipe/s.json']);
-  });
-
-  it('a flush also waits for a record whose key is still being computed (GPU stages), and writes it under that key', async () => {
-    const written: string[] = [];
-    const store = { bucket: 'b', endpoint: 'e', putText: async (key: string) => void written.push(key) } as unknown as ObjectStore;
-    let keyIsKnown!: (k: { key: string; parts: CacheEntry['parts'] }) => void;
-    const keyed = new Promise<{ key: string; parts: CacheEntry['parts'] }>((r) => (keyIsKnown = r));
-    const { key: _key, parts, ...rest } = entry('unused');
-    recordCacheBehindWhenKeyed(store, 'pipe', keyed, rest, () => assert.fail('no error expected'));
-    const flushed = flushCacheRecords(5_000);
-    setTimeout(() => keyIsKnown({ key: 'k-late', parts }), 50);
-    assert.equal(await flushed, 0);
-    assert.deepEqual(written.sort(), ['cache/keys/k-late.json', 'cache/stages/pipe/s.json']);
   });
 
   it('a store that hangs does not hold up the flush: it gives up after its timeout and counts what is left', async () => {
