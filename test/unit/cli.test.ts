@@ -90,6 +90,16 @@ describe('tanren validate / render', { concurrency: true }, () => {
   });
 });
 
+describe('tanren loads only the command it runs (cli/main.ts)', () => {
+  it('has no global option that takes a value, which the command detection (the first non-option argument) relies on', async () => {
+    const r = await tanren('--help');
+    assert.equal(r.code, 0, r.stderr);
+    const options = r.stdout.split('\nOptions:\n')[1].split('\n\n')[0].split('\n');
+    assert.ok(options.length >= 2, r.stdout);
+    for (const line of options) assert.doesNotMatch(line.trim().split(/\s{2,}/)[0], /[<[]/, `a global option takes a value: ${line}`);
+  });
+});
+
 describe('tanren without a server', { concurrency: true }, () => {
   it('says clearly when Temporal cannot be reached (exit 69)', async () => {
     const r = spawnSync(process.execPath, [CLI, 'status', 'x'], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, TEMPORAL_ADDRESS: '127.0.0.1:1' } });
