@@ -83,7 +83,7 @@ export function createRunStage(deps: StageRunnerDeps) {
     // (the previous attempt's, by heartbeat, else any). A reset re-runs attempt 1, so even a first attempt looks.
     // A local stage is short and leaves no heartbeat: it starts afresh.
     const resumable = stage.checkpoint?.resume !== false && !ctx.info.isLocal;
-    const [, , inputEnv, resume] = await Promise.all([
+    const [, , { inputEnv, manifests: inputManifestsRead }, resume] = await Promise.all([
       writeFile(dir.paramsFile, JSON.stringify(params, null, 2)),
       writeFile(dir.eventsFile, ''),
       downloadInputs(storage, config.inputCache, stage.id, task.inputs, dir.inputs, beat, retryOpts, inputManifests),
@@ -128,7 +128,13 @@ export function createRunStage(deps: StageRunnerDeps) {
     const recordKey =
       cacheKey ??
       (task.cache
-        ? await computeCacheKey(storage, stage, task.inputs, { projectDir: config.projectDir, distDir: DIST_DIR }).catch((err: unknown) => {
+        ? await computeCacheKey(
+            storage,
+            stage,
+            // The manifests the download just read: no second GET per input.
+            task.inputs.map((input, i) => ({ ...input, manifest: inputManifestsRead[i] })),
+            { projectDir: config.projectDir, distDir: DIST_DIR },
+          ).catch((err: unknown) => {
             // A record lost costs a later run a hit, never this stage.
             log.warn('cache key not computed: this attempt records no cache entry', { stage: stage.id, error: String(err) });
             return undefined;

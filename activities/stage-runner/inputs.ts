@@ -22,7 +22,8 @@ import type { Beat } from './types.js';
 /**
  * Downloads every file of each needed stage's manifest into
  * `<inputsDir>/<stage>/` (through the worker's input cache when it has one),
- * verifying each sha256; returns the `TANREN_INPUT_<ID>` variables.
+ * verifying each sha256; returns the `TANREN_INPUT_<ID>` variables and the
+ * manifests read (in the order of `inputs`).
  */
 export async function downloadInputs(
   storage: ObjectStore,
@@ -34,10 +35,12 @@ export async function downloadInputs(
   retryOpts: RetryOptions,
   /** Manifests this attempt has already read (by the cache look-up), in the order of `inputs`. */
   known?: readonly OutputManifest[],
-): Promise<Record<string, string>> {
+): Promise<{ inputEnv: Record<string, string>; manifests: OutputManifest[] }> {
   const inputEnv: Record<string, string> = {};
+  const manifests: OutputManifest[] = [];
   for (const [i, input] of inputs.entries()) {
     const manifest = known?.[i] ?? input.manifest ?? (await readInputManifest(storage, input, retryOpts));
+    manifests.push(manifest);
     const target = path.join(inputsDir, input.stage);
     await mkdir(target, { recursive: true });
     let files;
@@ -64,7 +67,7 @@ export async function downloadInputs(
     inputEnv[inputEnvName(input.stage)] = target;
     beat({ phase: `downloading inputs of ${input.stage}` });
   }
-  return inputEnv;
+  return { inputEnv, manifests };
 }
 
 /** Reads a needed stage's manifest: written by another worker just before this stage was scheduled, so read-after-write, through an outage. */

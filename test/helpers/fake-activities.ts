@@ -4,7 +4,11 @@
  */
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import { Worker, type WorkerOptions } from '@temporalio/worker';
 import type { StageResult, StageTask } from '../../activities/types.js';
+import { workflowBundle } from '../../worker/run-worker.js';
+import { unique } from './env.js';
 
 /** What the fake recorded of one attempt. */
 export interface AttemptRecord {
@@ -131,4 +135,22 @@ export function createFakeActivities() {
     },
   };
   return { activities, attempts, release: (stage: string) => (gate(stage), gates.get(stage)!()) };
+}
+
+/**
+ * A worker of the real workflows and the fake activities on a task queue of its own (`prefix` made unique), on
+ * a test server: what a workflow test at scale runs against. `options` adds worker options (throttles).
+ */
+export async function startFakeWorker(env: TestWorkflowEnvironment, prefix: string, options: Partial<WorkerOptions> = {}) {
+  const taskQueue = unique(prefix);
+  const fake = createFakeActivities();
+  const worker = await Worker.create({
+    connection: env.nativeConnection,
+    taskQueue,
+    workflowBundle: await workflowBundle(),
+    activities: fake.activities,
+    maxConcurrentActivityTaskExecutions: 32,
+    ...options,
+  });
+  return { taskQueue, fake, worker };
 }

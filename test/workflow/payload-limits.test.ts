@@ -11,11 +11,9 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { Client } from '@temporalio/client';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { Worker } from '@temporalio/worker';
 import { fetchRun } from '../../cli/run-status.js';
-import { workflowBundle } from '../../worker/run-worker.js';
 import { CONTINUE_AS_NEW_AFTER_STAGES, type RunResult } from '../../workflows/pipeline.js';
-import { createFakeActivities } from '../helpers/fake-activities.js';
+import { startFakeWorker } from '../helpers/fake-activities.js';
 import { startDevServer } from '../helpers/servers.js';
 import { unique } from '../helpers/env.js';
 
@@ -65,15 +63,7 @@ describe("a run whose stages' results outgrow Temporal's 2 MB payload limit", ()
     { timeout: 180_000 },
     async () => {
       assert.ok(STAGES * RESULT_BYTES > 1.5 * PAYLOAD_LIMIT, 'the results alone are over the limit');
-      const taskQueue = unique('payloads');
-      const fake = createFakeActivities();
-      const worker = await Worker.create({
-        connection: env.nativeConnection,
-        taskQueue,
-        workflowBundle: await workflowBundle(),
-        activities: fake.activities,
-        maxConcurrentActivityTaskExecutions: 32,
-      });
+      const { taskQueue, worker } = await startFakeWorker(env, 'payloads');
       const spec = {
         name: 'large-results',
         queues: { cpu: taskQueue, gpu: taskQueue },

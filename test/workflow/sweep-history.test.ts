@@ -11,12 +11,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { Worker } from '@temporalio/worker';
 import { fetchRun } from '../../cli/run-status.js';
 import { MAX_SWEEP_RUNGS, MAX_SWEEP_TRIALS } from '../../schemas/pipeline.js';
-import { workflowBundle } from '../../worker/run-worker.js';
 import type { RunResult } from '../../workflows/pipeline.js';
-import { createFakeActivities } from '../helpers/fake-activities.js';
+import { startFakeWorker } from '../helpers/fake-activities.js';
 import { executions, startLimitedServer } from '../helpers/history.js';
 import { unique } from '../helpers/env.js';
 
@@ -40,15 +38,7 @@ describe(`the largest sweep on a dev server with limit.historyCount.error=${HIST
     { timeout: 600_000 },
     async () => {
       assert.equal(TRIAL_RUNGS, 510);
-      const taskQueue = unique('sweep-scale');
-      const fake = createFakeActivities();
-      const worker = await Worker.create({
-        connection: env.nativeConnection,
-        taskQueue,
-        workflowBundle: await workflowBundle(),
-        activities: fake.activities,
-        maxConcurrentActivityTaskExecutions: 32,
-      });
+      const { taskQueue, fake, worker } = await startFakeWorker(env, 'sweep-scale');
       const spec = {
         name: 'sweep-scale',
         queues: { cpu: taskQueue, gpu: taskQueue },
