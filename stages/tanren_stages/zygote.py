@@ -273,6 +273,10 @@ def main(argv: list[str]) -> None:
         except Exception as e:  # noqa: BLE001 - a missing optional library only costs its import later
             print(f"zygote: not preloaded: {name}: {e}", file=sys.stderr)
     Zygote(proto_in, proto_out).run()
+    # Nothing is left to clean up (running stages are processes of their own), and the interpreter's teardown with
+    # torch and transformers loaded took 10-16 s on a loaded host: a stopping worker would wait for it.
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

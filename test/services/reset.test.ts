@@ -144,8 +144,10 @@ describe('reset and retry', () => {
       args: [{ spec: spec('retry', ['fail']), options: { noCache: true } }],
     });
     await assert.rejects(handle.result());
-    const failed = await exec(process.execPath, ['dist/cli/main.js', 'status', workflowId], { cwd: ROOT }).catch((e: { stdout: string }) => e);
-    assert.match(failed.stdout, new RegExp(`${workflowId}\\s+failed`));
+    const failed = await exec(process.execPath, ['dist/cli/main.js', 'status', workflowId], { cwd: ROOT }).catch(
+      (e: { stdout: string; stderr: string; code?: number }) => e,
+    );
+    assert.match(failed.stdout, new RegExp(`${workflowId}\\s+failed`), `tanren status: exit ${(failed as { code?: number }).code}, stderr: ${failed.stderr}`);
     assert.match(failed.stdout, /StageCrashed: stage "train" exited with code 1: the data loader crashed/);
     // The stage now "works": the retried attempt finds the checkpoint and finishes.
     const out = await exec(process.execPath, ['dist/cli/main.js', 'retry', workflowId], { cwd: ROOT });
