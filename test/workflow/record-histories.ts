@@ -34,9 +34,10 @@
  */
 import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
+import { gzipSync } from 'node:zlib';
 import path from 'node:path';
 import { Context } from '@temporalio/activity';
-import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { Client, Connection, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { historyToJSON } from '@temporalio/common/lib/proto-utils.js';
 import protos from '@temporalio/proto';
@@ -48,6 +49,7 @@ import { workflowBundle } from '../../worker/run-worker.js';
 import {
   CONTINUE_AS_NEW_AFTER_STAGES,
   LEAN_PROGRESS_PATCH,
+  PAYLOAD_BUDGET_PATCH,
   pauseSignal,
   resumeSignal,
   stageProgressSignal,
@@ -90,6 +92,8 @@ interface Behaviour {
   block?: boolean;
   micro_batch_size?: number;
   gradient_accumulation_steps?: number;
+  /** Add a string of this many bytes to the result (a stage reporting a large result). */
+  resultBytes?: number;
 }
 
 interface Attempt {
@@ -212,7 +216,7 @@ function createScriptedActivities() {
         manifestKey: `runs/${task.runId}/${id}/manifest.json`,
         files: 1,
         bytes: 42,
-        result: { inputs: task.inputs.map((i) => i.stage), ...(settings ?? {}) },
+        result: { inputs: task.inputs.map((i) => i.stage), ...(settings ?? {}), ...(w.resultBytes ? { blob: 'r'.repeat(w.resultBytes) } : {}) },
         metrics: { loss: 1.5 },
         step: TOTAL,
         total: TOTAL,
@@ -248,6 +252,15 @@ function events(history: History) {
   return history.events ?? [];
 }
 
+/** Ids of the patches a history's markers name. */
+function patchesIn(history: History): string[] {
+  return events(history)
+    .filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_patch')
+    .flatMap((e) =>
+      Object.values(e.markerRecordedEventAttributes?.details ?? {}).flatMap((p) => (p.payloads ?? []).map((x) => Buffer.from(x.data ?? []).toString())),
+    );
+}
+
 /** Throws unless the history ran the lean path and ended with `lastEvent`. */
 function check(history: History, lastEvent: protos.temporal.api.enums.v1.EventType) {
   const evs = events(history);
@@ -269,12 +282,14 @@ function check(history: History, lastEvent: protos.temporal.api.enums.v1.EventTy
 
 const written: Array<{ file: string; events: number; bytes: number; last: string }> = [];
 
-function write(scenario: string, history: History) {
-  const file = `${PREFIX}${scenario}.json`;
+/** Writes a history as `lean-<scenario>.json`, or gzipped as `.json.gz` (a history of large payloads: megabytes of repeats). */
+function write(scenario: string, history: History, gzip = false) {
+  const file = `${PREFIX}${scenario}.json${gzip ? '.gz' : ''}`;
   // Stack traces keep their first line only: the frames would name this machine's paths.
   const text = historyToJSON(history).replace(/("stackTrace": ")((?:[^"\\]|\\.)*?)(\\n(?:[^"\\]|\\.)*)?"/g, '$1$2"') + '\n';
-  writeFileSync(path.join(OUT_DIR, file), text);
-  written.push({ file, events: events(history).length, bytes: text.length, last: eventName(events(history).at(-1)?.eventType) });
+  const data = gzip ? gzipSync(text, { level: 9 }) : text;
+  writeFileSync(path.join(OUT_DIR, file), data);
+  written.push({ file, events: events(history).length, bytes: data.length, last: eventName(events(history).at(-1)?.eventType) });
 }
 
 async function main() {
@@ -602,8 +617,83 @@ async function main() {
   } finally {
     await env.teardown();
   }
+  // 12. Stage results past the 1.5 MiB payload budget (PAYLOAD_BUDGET_PATCH): on a dev server of its own, without the
+  // continue-as-new suggestion above (it would end the first execution long before its results fill the budget).
+  if (want('payload-budget')) await recordPayloadBudget();
   console.log(`recorded ${written.length} histories in ${path.relative(ROOT, OUT_DIR)}/:`);
   for (const w of written) console.log(`  ${w.file.padEnd(34)} ${String(w.events).padStart(4)} events  ${String(w.bytes).padStart(7)} bytes  ends ${w.last}`);
+}
+
+/**
+ * 600 stages of 6 KiB results (as test/workflow/payload-limits.test.ts runs them): the first execution continues as
+ * new with results left out, the last completes with its result fitted; both histories take the patched path.
+ */
+async function recordPayloadBudget() {
+  const env = await startDevServer();
+  try {
+    const taskQueue = unique('record-payloads');
+    const worker = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue,
+      workflowBundle: await workflowBundle(),
+      activities: createScriptedActivities().activities,
+      maxConcurrentActivityTaskExecutions: 32,
+    });
+    const n = 2 * CONTINUE_AS_NEW_AFTER_STAGES;
+    const stages = Array.from({ length: n }, (_, i) => ({ id: `s${i}`, run: ['x'], with: { resultBytes: 6 * 1024 } }));
+    const workflowId = unique('lean-payload-budget');
+    const runIds = await worker.runUntil(async () => {
+      const h = await env.client.workflow.start('pipelineWorkflow', {
+        taskQueue,
+        workflowId,
+        args: [{ spec: { name: 'lean-payload-budget', queues: { cpu: taskQueue, gpu: taskQueue }, stages }, options: {} }],
+      });
+      const r = (await h.result()) as RunResult;
+      assert.ok(r.stages.length === n && r.stages.every((s) => s.state === 'succeeded'));
+      assert.ok(
+        r.stages.some((s) => s.resultOmitted),
+        'the final result left results out',
+      );
+      const ids: string[] = [];
+      let runId: string | null | undefined = h.firstExecutionRunId;
+      while (runId) {
+        ids.push(runId);
+        const reply: protos.temporal.api.workflowservice.v1.IGetWorkflowExecutionHistoryReverseResponse =
+          await env.client.workflowService.getWorkflowExecutionHistoryReverse({
+            namespace: env.client.options.namespace,
+            execution: { workflowId, runId },
+            maximumPageSize: 1,
+          });
+        runId = reply.history?.events?.[0]?.workflowExecutionContinuedAsNewEventAttributes?.newExecutionRunId;
+      }
+      return ids;
+    });
+    assert.ok(runIds.length >= 2, 'the run continued as new');
+    // A page of this run's history (a batch of results that arrived together) passes gRPC's default 4 MB message limit.
+    const connection = await Connection.connect({
+      address: env.address,
+      channelArgs: { 'grpc.max_receive_message_length': 64 * 1024 * 1024 },
+    });
+    const reader = new Client({ connection, namespace: env.namespace ?? 'default' });
+    const fetch = (runId: string) => reader.workflow.getHandle(workflowId, runId, { followRuns: false }).fetchHistory();
+    const [first, last] = [await fetch(runIds[0]), await fetch(runIds.at(-1)!)];
+    await connection.close();
+    check(first, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW);
+    check(last, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED);
+    for (const [name, h] of [
+      ['first', first],
+      ['last', last],
+    ] as const) {
+      assert.ok(
+        patchesIn(h).some((p) => p.includes(PAYLOAD_BUDGET_PATCH)),
+        `the ${name} execution did not take the ${PAYLOAD_BUDGET_PATCH} path`,
+      );
+    }
+    write('payload-budget-first', first, true);
+    write('payload-budget-last', last, true);
+  } finally {
+    await env.teardown();
+  }
 }
 
 await main();

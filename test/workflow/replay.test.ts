@@ -4,16 +4,18 @@
  * The `lean-` histories are runs of the `tanren-lean-progress-1` path
  * (progress in heartbeats, continue-as-new with carried state), recorded by
  * test/workflow/record-histories.ts; the others are older runs of the signal path.
+ * Histories of megabytes (stage results past the payload budget) are kept gzipped (`.json.gz`).
  * Re-record only when a change is meant to be incompatible, and version it
  * with `patched()` first: see the header of test/workflow/record-histories.ts.
  */
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
+import { gunzipSync } from 'node:zlib';
 import { describe, it } from 'node:test';
 import { DefaultLogger, Runtime, Worker } from '@temporalio/worker';
 import { workflowBundle } from '../../worker/run-worker.js';
-import { LEAN_PROGRESS_PATCH } from '../../workflows/pipeline.js';
+import { LEAN_PROGRESS_PATCH, PAYLOAD_BUDGET_PATCH } from '../../workflows/pipeline.js';
 import { ROOT } from '../helpers/env.js';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
@@ -35,6 +37,14 @@ const LEAN_HISTORIES = [
   'local-stages',
   'stage-budget-first',
 ].map((s) => `lean-${s}.json`);
+/** Gzipped histories of the lean path: runs whose payloads passed the budget (PAYLOAD_BUDGET_PATCH). */
+const LEAN_BUDGET_HISTORIES = ['payload-budget-first', 'payload-budget-last'].map((s) => `lean-${s}.json.gz`);
+
+/** A recorded history file, gzipped or not. */
+function readHistory(file: string) {
+  const raw = readFileSync(path.join(dir, file));
+  return JSON.parse((file.endsWith('.gz') ? gunzipSync(raw) : raw).toString('utf8'));
+}
 
 /** Patch ids a recorded history's `core_patch` markers name. */
 function patchesOf(history: {
@@ -50,7 +60,7 @@ function patchesOf(history: {
 }
 
 describe('replay of recorded runs', () => {
-  const files = readdirSync(dir).filter((f) => f.endsWith('.json'));
+  const files = readdirSync(dir).filter((f) => f.endsWith('.json') || f.endsWith('.json.gz'));
   it('has recorded histories to replay', () => {
     assert.ok(files.length >= 3, `only ${files.length} histories in test/histories`);
   });
@@ -58,19 +68,20 @@ describe('replay of recorded runs', () => {
     const lean = files.filter((f) => f.startsWith('lean-'));
     assert.ok(lean.length >= LEAN_HISTORIES.length, `only ${lean.length} lean- histories in test/histories`);
     assert.deepEqual(
-      LEAN_HISTORIES.filter((f) => !files.includes(f)),
+      [...LEAN_HISTORIES, ...LEAN_BUDGET_HISTORIES].filter((f) => !files.includes(f)),
       [],
       'missing: run `node dist/test/workflow/record-histories.js`',
     );
     for (const file of lean) {
-      const history = JSON.parse(readFileSync(path.join(dir, file), 'utf8'));
+      const history = readHistory(file);
       assert.ok(patchesOf(history).includes(LEAN_PROGRESS_PATCH), `${file} did not take the ${LEAN_PROGRESS_PATCH} path: recorded from older code`);
+      if (LEAN_BUDGET_HISTORIES.includes(file))
+        assert.ok(patchesOf(history).includes(PAYLOAD_BUDGET_PATCH), `${file} did not take the ${PAYLOAD_BUDGET_PATCH} path`);
     }
   });
   for (const file of files) {
     it(`replays ${file} without non-determinism`, async () => {
-      const history = JSON.parse(readFileSync(path.join(dir, file), 'utf8'));
-      await Worker.runReplayHistory({ workflowBundle: await workflowBundle() }, history, file.replace(/\.json$/, ''));
+      await Worker.runReplayHistory({ workflowBundle: await workflowBundle() }, readHistory(file), file.replace(/\.json(\.gz)?$/, ''));
     });
   }
 });
