@@ -61,6 +61,7 @@ export interface WithResult {
 interface WithTexts {
   reason?: string;
   message?: string;
+  cache?: string;
   attempts?: Array<{ failure?: string }>;
 }
 
@@ -72,17 +73,30 @@ function cutTexts<T>(stage: T, max: number, attempts: number): T {
   const out = { ...s };
   if (s.reason !== undefined) out.reason = cut(s.reason, max);
   if (s.message !== undefined) out.message = cut(s.message, max);
+  if (s.cache !== undefined) out.cache = cut(s.cache, max);
   if (s.attempts !== undefined)
     out.attempts = attempts ? s.attempts.slice(-attempts).map((a) => (a.failure ? { ...a, failure: cut(a.failure, max) } : a)) : undefined;
   if (out.attempts === undefined) delete out.attempts;
   return out;
 }
 
+/** A stage with only its failure's type left of its texts (`StageCrashed` of `StageCrashed: stage "x" exited…`). */
+function typesOnly<T>(stage: T): T {
+  const out = { ...cutTexts(stage, 40, 0) } as T & WithTexts;
+  if (out.reason !== undefined) out.reason = cut(out.reason.split(':')[0], 40);
+  delete out.message;
+  // Empty, not absent: an absent note would unpack as the run's default (`cache: off for this run`).
+  if (out.cache !== undefined) out.cache = '';
+  return out;
+}
+
 /**
  * Fits stages into a payload (`wrap(stages)`, as JSON) of at most `budget` bytes, each step only if the one
  * before was not enough: results are left out, largest first (marked `resultOmitted`: the stage's manifest has
- * it, and `tanren artifacts <run> <stage> --json` shows it); then the texts of failures, reasons and messages
- * are cut to 200 characters and the attempts listed to the last 3; then to 80 characters and none listed.
+ * it, and `tanren artifacts <run> <stage> --json` shows it); then the texts of failures, reasons, messages and
+ * cache notes are cut to 200 characters and the attempts listed to the last 3; then to 80 characters and none
+ * listed; then to 40; then only the failure's type is kept (5,000 failed stages beside a spec of the largest size
+ * then still fit in Temporal's 2 MiB, though not in the budget).
  * Within the budget the stages come back as they were; the input is never changed.
  */
 export function fitResults<T extends WithResult>(
@@ -110,9 +124,10 @@ export function fitResults<T extends WithResult>(
   for (const [max, attempts] of [
     [200, 3],
     [80, 0],
+    [40, 0],
   ] as const) {
     out = out.map((st) => cutTexts(st, max, attempts));
-    if (jsonBytes(wrap(out)) <= budget) break;
+    if (jsonBytes(wrap(out)) <= budget) return { stages: out, omitted, textsCut: true };
   }
-  return { stages: out, omitted, textsCut: true };
+  return { stages: out.map(typesOnly), omitted, textsCut: true };
 }

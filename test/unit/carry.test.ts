@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { MAX_RESULT_BYTES, MAX_RESULT_VALUE_BYTES, boundResult } from '../../activities/stage-env.js';
 import { jsonBytes, jsonBytesUpTo, utf8Bytes } from '../../schemas/payload-size.js';
+import { MAX_SPEC_BYTES, MAX_STAGES } from '../../schemas/validate.js';
 import { fitResults, packStage, PAYLOAD_BUDGET_BYTES, unpackStage, type WithResult } from '../../workflows/carry.js';
 import type { StageStatus } from '../../workflows/pipeline.js';
 
@@ -153,6 +154,52 @@ describe('payloads with stage results: within the 2 MB Temporal takes', () => {
     const some = fitResults(failing.slice(0, 300), (st) => ({ stages: st }));
     assert.equal(some.stages[0].attempts?.length, 3);
     assert.equal(some.stages[0].attempts?.[2].failure?.length, 201);
+  });
+
+  it("at worst keeps only the failures' types: the most stages, all failed with long texts, beside the largest spec stay under 2 MiB", () => {
+    // What a run continues as new with (workflows/pipeline.ts): its spec, its options and its packed stages.
+    const at = '2026-12-01T10:00:00.000Z';
+    const failed: StageStatus[] = Array.from({ length: MAX_STAGES }, (_, i) => ({
+      ...base(`tokenize-shard-${String(i).padStart(4, '0')}`),
+      state: 'failed',
+      attempt: 3,
+      startedAt: at,
+      endedAt: at,
+      step: 100,
+      total: 1000,
+      metrics: { loss: 1.2345 },
+      reason: 'InvalidStageInput: '.padEnd(300, 'e'),
+      message: 'reading shard '.padEnd(300, '.'),
+      cache: 'cache miss: params changed: '.padEnd(100, 'p'),
+      attempts: [1, 2, 3].map((attempt) => ({ attempt, startedAt: at, endedAt: at, failure: 'x'.repeat(300) })),
+    }));
+    const packed = failed.map((st) => packStage(st, ctx));
+    // A spec of the largest size validation lets through (schemas/validate.ts).
+    const spec = { name: 'p', stages: failed.map((st) => ({ id: st.id, run: ['tok'] })) };
+    spec.name = 'p'.repeat(MAX_SPEC_BYTES - jsonBytes(spec) + 1);
+    assert.equal(jsonBytes(spec), MAX_SPEC_BYTES);
+    const wrap = (stages: readonly object[]) => ({ spec, options: {}, carried: { stages } });
+    const fit = fitResults(packed, wrap);
+    const bytes = jsonBytes(wrap(fit.stages));
+    assert.ok(bytes < 2 * 1024 * 1024, `${bytes} bytes`);
+    const one = unpackStage(fit.stages[0], base('tokenize-shard-0000'), ctx);
+    assert.equal(one.reason, 'InvalidStageInput');
+    assert.deepEqual([one.state, one.attempt, one.step, one.message, one.cache], ['failed', 3, 100, undefined, '']);
+    // One level up (texts at 40 characters) would not have fitted.
+    assert.ok(
+      jsonBytes(
+        wrap(
+          packed.map((st) => ({
+            ...st,
+            reason: st.reason!.slice(0, 40),
+            message: st.message!.slice(0, 40),
+            cache: st.cache!.slice(0, 40),
+            attempts: undefined,
+          })),
+        ),
+      ) >
+        2 * 1024 * 1024,
+    );
   });
 
   it("bounds a stage's result: each value, then the whole, in bytes (a Japanese string counts 3 per character)", () => {
