@@ -81,6 +81,12 @@ export const CheckpointPolicySchema = z
 export const MAX_SWEEP_TRIALS = 256;
 /** Most rungs of an `asha` sweep. */
 export const MAX_SWEEP_RUNGS = 8;
+/**
+ * Most trials the sweeps of one pipeline may run in all. Sweeps may run side by side, and a run continues as new
+ * only between stages, so their trial-rungs' history events (at most ~12 per trial) add up in one execution; and
+ * each trial's row (~340 bytes) travels in the run's state, status and result payloads (2 MB each at most).
+ */
+export const MAX_PIPELINE_SWEEP_TRIALS = 1024;
 
 const SweepValueSchema = z.union([z.string(), z.number(), z.boolean()]);
 const RangeSchema = z

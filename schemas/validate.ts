@@ -5,7 +5,7 @@
  */
 import type { z } from 'zod';
 import { parseDuration } from './durations.js';
-import { MAX_SWEEP_TRIALS, PipelineSpecSchema, type PipelineSpec } from './pipeline.js';
+import { MAX_PIPELINE_SWEEP_TRIALS, MAX_SWEEP_TRIALS, PipelineSpecSchema, type PipelineSpec } from './pipeline.js';
 import { isStageKind, STAGE_KIND_NAMES, STAGE_KINDS } from './stage-kinds.js';
 import { jsonBytesUpTo } from './payload-size.js';
 
@@ -462,7 +462,7 @@ function bounded(problems: SpecProblem[]): SpecProblem[] {
 }
 
 /** Validates a parsed YAML/JSON value as a pipeline spec and returns every problem found. */
-export function validatePipelineSpec(raw: unknown, opts: { maxSpecBytes?: number } = {}): SpecValidation {
+export function validatePipelineSpec(raw: unknown, opts: { maxSpecBytes?: number; maxSweepTrials?: number } = {}): SpecValidation {
   const count = raw && typeof raw === 'object' && Array.isArray((raw as { stages?: unknown }).stages) ? (raw as { stages: unknown[] }).stages.length : 0;
   const limits = limitProblems(raw);
   if (limits.length) return { ok: false, problems: limits };
@@ -493,7 +493,7 @@ export function validatePipelineSpec(raw: unknown, opts: { maxSpecBytes?: number
     ...protoKeys,
     ...mergedRetryProblems(parsed.data),
     ...graphProblems(parsed.data),
-    ...sweepProblems(parsed.data),
+    ...sweepProblems(parsed.data, opts.maxSweepTrials ?? MAX_PIPELINE_SWEEP_TRIALS),
     ...resolvedSizeProblems(parsed.data),
     // Only of a spec of the right shape: the walk of any raw input could overflow the stack.
     ...specSizeProblems(raw, opts.maxSpecBytes ?? MAX_SPEC_BYTES),
@@ -506,14 +506,37 @@ const MAX_SWEEP_STEPS = 10_000_000;
 /** Parameters a sweep with `budget.steps` sets itself. */
 const SWEEP_OWNED = new Set(['max_steps', 'max_tokens', 'stop_at_step']);
 
-/** Checks of each stage's `sweep:` beyond its shape: parameter names, budgets and what the stage's kind can do. */
-function sweepProblems(spec: PipelineSpec): SpecProblem[] {
+/** Words of the problem of a pipeline whose sweeps would run more than {@link MAX_PIPELINE_SWEEP_TRIALS} trials in all. */
+const SWEEP_TRIALS_PROBLEM = "trials in all across the pipeline's sweeps";
+
+/** Whether a problem is the pipeline's sweeps' total of trials (the workflow asks a patch before enforcing it). */
+export function isSweepTrialsProblem(p: SpecProblem): boolean {
+  return p.message.includes(SWEEP_TRIALS_PROBLEM);
+}
+
+/**
+ * Checks of each stage's `sweep:` beyond its shape: parameter names, budgets and what the stage's kind can do; and
+ * the trials of all sweeps together, at most `maxTrials`.
+ */
+function sweepProblems(spec: PipelineSpec, maxTrials: number): SpecProblem[] {
   const problems: SpecProblem[] = [];
+  let trials = 0;
   spec.stages.forEach((stage, i) => {
     const sweep = stage.sweep;
     if (!sweep) return;
     const add = (field: string, message: string) => problems.push({ path: `stages[${i}].sweep${field ? `.${field}` : ''}`, stage: stage.id, message });
     const kind = stage.uses && isStageKind(stage.uses) ? STAGE_KINDS[stage.uses] : undefined;
+    // Named at the sweep that passes the total, once.
+    const countTrials = (n: number, field: string) => {
+      if (trials <= maxTrials && trials + n > maxTrials) {
+        add(
+          field,
+          `${trials + n} ${SWEEP_TRIALS_PROBLEM} (${n} here, ${trials} before): a pipeline may run at most ${maxTrials} ` +
+            '(sweeps may run side by side in one history, and every trial travels with the run state); split the sweeps into pipelines of their own',
+        );
+      }
+      trials += n;
+    };
     const names = Object.keys(sweep.space);
     if (names.length === 0) add('space', 'name at least one parameter to sweep');
     for (const name of names) {
@@ -534,8 +557,11 @@ function sweepProblems(spec: PipelineSpec): SpecProblem[] {
       if (sweep.budget.trials !== undefined) add('budget.trials', 'grid runs every combination of the listed values; leave budget.trials out');
       const size = Object.values(sweep.space).reduce<number>((n, v) => n * (Array.isArray(v) ? v.length : 1), 1);
       if (size > MAX_SWEEP_TRIALS) add('space', `${size} combinations: a sweep may run at most ${MAX_SWEEP_TRIALS} trials`);
+      else countTrials(size, 'space');
     } else if (sweep.budget.trials === undefined) {
       add('budget.trials', `${sweep.scheduler} needs budget.trials (1 to ${MAX_SWEEP_TRIALS})`);
+    } else {
+      countTrials(sweep.budget.trials, 'budget.trials');
     }
     if (sweep.scheduler !== 'asha') {
       if (sweep.eta !== undefined) add('eta', 'eta is for the asha scheduler');

@@ -30,7 +30,15 @@ import { parseDuration } from '../schemas/durations.js';
 import { FailureTypes, NON_RETRYABLE_FAILURE_TYPES, SEARCH_ATTRIBUTES, DEFAULT_CPU_TASK_QUEUE, gpuHostQueue } from '../schemas/names.js';
 import { PipelineRunInputSchema, type PipelineRunInput, type PipelineSpec, type RunOptions, type StageSpec } from '../schemas/pipeline.js';
 import { isStageKind, STAGE_KINDS, stageKindInfo } from '../schemas/stage-kinds.js';
-import { formatProblems, MAX_LISTED_PROBLEMS, resolveSpec, SPEC_SIZE_PROBLEM_PATH, stageQueue, validatePipelineSpec } from '../schemas/validate.js';
+import {
+  formatProblems,
+  isSweepTrialsProblem,
+  MAX_LISTED_PROBLEMS,
+  resolveSpec,
+  SPEC_SIZE_PROBLEM_PATH,
+  stageQueue,
+  validatePipelineSpec,
+} from '../schemas/validate.js';
 import { jsonBytes } from '../schemas/payload-size.js';
 import { fitResults, packStage, PAYLOAD_BUDGET_BYTES, unpackStage } from './carry.js';
 import { renderDetails } from './details.js';
@@ -149,6 +157,8 @@ export const STAGE_BUDGET_PATCH = 'tanren-stage-budget-1';
 export const PAYLOAD_BUDGET_PATCH = 'tanren-payload-budget-1';
 /** Patch marking runs that refuse a spec over `MAX_SPEC_BYTES` (schemas/validate.ts) at their start. */
 export const SPEC_SIZE_PATCH = 'tanren-spec-size-1';
+/** Marks runs that enforce the limit of trials across a pipeline's sweeps (schemas/pipeline.ts MAX_PIPELINE_SWEEP_TRIALS). */
+export const SWEEP_TRIALS_PATCH = 'tanren-sweep-trials-1';
 /** A cache hit streams every cached object through sha256 (about 5 s per GiB): room for large outputs. */
 const CACHE_LOOKUP_TIMEOUT = '1h';
 /** Most stages one execution runs at once. */
@@ -208,9 +218,14 @@ function validateInput(input: unknown): { spec: PipelineSpec; source: string; op
   }
   const source = envelope.data.options.specFile ?? 'workflow input';
   let checked = validatePipelineSpec(envelope.data.spec);
-  // Runs started before the spec size limit replay without it: the patch is asked only of a spec over the limit.
-  if (!checked.ok && checked.problems.some((p) => p.path === SPEC_SIZE_PROBLEM_PATH) && !patched(SPEC_SIZE_PATCH)) {
-    checked = validatePipelineSpec(envelope.data.spec, { maxSpecBytes: Number.POSITIVE_INFINITY });
+  // Runs started before a limit replay without it: each patch is asked only of a spec over its limit.
+  if (!checked.ok) {
+    const problems = checked.problems;
+    const relaxed = {
+      ...(problems.some((p) => p.path === SPEC_SIZE_PROBLEM_PATH) && !patched(SPEC_SIZE_PATCH) ? { maxSpecBytes: Number.POSITIVE_INFINITY } : {}),
+      ...(problems.some(isSweepTrialsProblem) && !patched(SWEEP_TRIALS_PATCH) ? { maxSweepTrials: Number.POSITIVE_INFINITY } : {}),
+    };
+    if (Object.keys(relaxed).length) checked = validatePipelineSpec(envelope.data.spec, relaxed);
   }
   if (!checked.ok) {
     throw ApplicationFailure.nonRetryable(

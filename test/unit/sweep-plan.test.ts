@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { SweepSpec } from '../../schemas/pipeline.js';
+import { MAX_PIPELINE_SWEEP_TRIALS, MAX_SWEEP_TRIALS, type SweepSpec } from '../../schemas/pipeline.js';
 import { formatProblems, validatePipelineSpec } from '../../schemas/validate.js';
 import { expectedOutcome, gridSize, pickBest, planSweep, promote, rankScores, seededRandom, trialParams } from '../../workflows/sweep-plan.js';
 
@@ -197,6 +197,29 @@ describe('sweep validation', () => {
     assert.match(
       problems(spec({ scheduler: 'random', space: { lr: [1] }, metric: { name: 'loss' }, budget: { trials: 2 }, eta: 3 })),
       /eta is for the asha scheduler/,
+    );
+  });
+
+  it("bounds the trials of all the pipeline's sweeps together, naming the sweep that passes the limit", () => {
+    const swept = (id: string, sweep: Record<string, unknown>) => ({ id, run: ['x'], with: { lr: 1 }, sweep: { metric: { name: 'loss' }, ...sweep } });
+    const random = (id: string, trials: number) => swept(id, { scheduler: 'random', space: { lr: { uniform: [0, 1] } }, budget: { trials } });
+    const full = Array.from({ length: MAX_PIPELINE_SWEEP_TRIALS / MAX_SWEEP_TRIALS }, (_, i) => random(`s${i}`, MAX_SWEEP_TRIALS));
+    assert.equal(problems({ name: 'p', stages: full }), '', 'exactly the limit');
+    // A grid's trials are its combinations.
+    const grid = swept('g', { scheduler: 'grid', space: { lr: [1, 2, 3] } });
+    assert.equal(
+      problems({ name: 'p', stages: [...full, grid, random('after', 5)] }),
+      `x.yaml: stage "g": stages[4].sweep.space: ${MAX_PIPELINE_SWEEP_TRIALS + 3} trials in all across the pipeline's sweeps ` +
+        `(3 here, ${MAX_PIPELINE_SWEEP_TRIALS} before): a pipeline may run at most ${MAX_PIPELINE_SWEEP_TRIALS} ` +
+        '(sweeps may run side by side in one history, and every trial travels with the run state); split the sweeps into pipelines of their own',
+    );
+    assert.match(
+      problems({ name: 'p', stages: [...full.slice(1), random('x', 200), random('y', 57)] }),
+      /^x\.yaml: stage "y": stages\[4\]\.sweep\.budget\.trials: 1025 trials/,
+    );
+    assert.ok(
+      validatePipelineSpec({ name: 'p', stages: [...full, grid] }, { maxSweepTrials: Number.POSITIVE_INFINITY }).ok,
+      'the limit can be lifted (old runs replay without it)',
     );
   });
 
