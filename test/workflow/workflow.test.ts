@@ -11,7 +11,8 @@ import { TestWorkflowEnvironment } from '@temporalio/testing';
 import protos from '@temporalio/proto';
 import { Runtime, DefaultLogger, Worker, type WorkflowBundle } from '@temporalio/worker';
 import { workflowBundle } from '../../worker/run-worker.js';
-import { pauseSignal, resumeSignal, statusQuery, type RunResult } from '../../workflows/pipeline.js';
+import { MAX_PIPELINE_SWEEP_TRIALS, MAX_SWEEP_TRIALS } from '../../schemas/pipeline.js';
+import { pauseSignal, resumeSignal, statusQuery, SWEEP_TRIALS_PATCH, type RunResult } from '../../workflows/pipeline.js';
 import { createFakeActivities } from '../helpers/fake-activities.js';
 import { searchAttributeKeys, unique, waitFor } from '../helpers/env.js';
 import { startDevServer, startTimeSkippingServer } from '../helpers/servers.js';
@@ -199,6 +200,38 @@ describe('pipelineWorkflow on the local dev server', () => {
     assert.match(err.cause.message, /stage "b": stages\[1\]\.timeout: not a duration/);
     assert.match(err.cause.message, /cycle in needs: a → b → a/);
     assert.equal(fake.attempts.length, 0);
+  });
+
+  it(`fails a spec whose sweeps pass ${MAX_PIPELINE_SWEEP_TRIALS} trials in all, naming the sweep, behind ${SWEEP_TRIALS_PATCH}`, async () => {
+    const fake = createFakeActivities();
+    const swept = (id: string, trials: number) => ({
+      id,
+      run: ['x'],
+      with: { x: 0 },
+      sweep: { scheduler: 'random', space: { x: { uniform: [0, 1] } }, metric: { name: 'score' }, budget: { trials } },
+    });
+    const stages = [...Array.from({ length: MAX_PIPELINE_SWEEP_TRIALS / MAX_SWEEP_TRIALS }, (_, i) => swept(`s${i}`, MAX_SWEEP_TRIALS)), swept('last', 1)];
+    const workflowId = unique('too-many-trials');
+    const err = await withWorker(fake, (tq) =>
+      env.client.workflow.execute('pipelineWorkflow', { taskQueue: tq, workflowId, args: [input(tq, stages)] }).then(
+        () => assert.fail('expected the run to fail'),
+        (e: unknown) => e,
+      ),
+    );
+    assert.ok(err instanceof WorkflowFailedError && err.cause instanceof ApplicationFailure);
+    assert.equal(err.cause.type, 'InvalidPipelineSpec');
+    assert.match(err.cause.message, new RegExp(`stage "last": stages\\[4\\]\\.sweep\\.budget\\.trials: ${MAX_PIPELINE_SWEEP_TRIALS + 1} trials in all`));
+    assert.equal(fake.attempts.length, 0);
+    const history = await env.client.workflow.getHandle(workflowId).fetchHistory();
+    const patches = (history.events ?? [])
+      .filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_patch')
+      .flatMap((e) =>
+        Object.values(e.markerRecordedEventAttributes?.details ?? {}).flatMap((p) => (p.payloads ?? []).map((x) => Buffer.from(x.data ?? []).toString())),
+      );
+    assert.ok(
+      patches.some((p) => p.includes(SWEEP_TRIALS_PATCH)),
+      `the patch marker is recorded: ${patches.join(', ')}`,
+    );
   });
 
   it('sweeps: grid trials with a failure among them, then asha rung by rung with two lanes; downstream gets the best trial', async () => {
