@@ -12,12 +12,21 @@
  * trials·eta/(eta−1) ≤ 2·trials of them, so a sweep of the maximum 256 trials
  * adds at most ~3,100 events (docs/sweeps.md).
  */
-import { ApplicationFailure, isCancellation } from '@temporalio/workflow';
+import { ApplicationFailure, isCancellation, patched, workflowInfo } from '@temporalio/workflow';
 import type { PublishSweepTask } from '../activities/sweep.js';
 import type { StageResult } from '../activities/types.js';
 import { FailureTypes } from '../schemas/names.js';
 import type { StageSpec, SweepSpec } from '../schemas/pipeline.js';
 import { pickBest, planSweep, promote, trialParams, type RungScore, type SweepPlan, type SweepValue } from './sweep-plan.js';
+
+/**
+ * History a run may reach (bytes) before its sweeps start no more trial-rungs: Temporal ends a run at 50 MB, and a
+ * sweep's trial-rungs all land in one execution (it continues as new only between stages). Trials' results (up to
+ * 128 KiB each) and inputs decide how far a sweep gets; the trial-rungs in flight when it is reached still end.
+ */
+export const SWEEP_HISTORY_BYTES = 32 * 1024 * 1024;
+/** Patch marking runs whose sweeps stop at {@link SWEEP_HISTORY_BYTES}; asked only when a history passes it. */
+export const SWEEP_HISTORY_PATCH = 'tanren-sweep-history-1';
 
 /** Where a trial stands. */
 export type TrialState = 'pending' | 'running' | 'paused-at-rung' | 'promoted' | 'stopped-early' | 'completed' | 'best' | 'failed';
@@ -145,25 +154,63 @@ export async function runSweep(deps: SweepDeps, startedAt: string): Promise<Stag
     deps.changed(status, `rung ${rung + 1}/${plan.rungs.length}: ${trial.id} ${t.state}`);
   };
 
+  /** Why no further trial-rung starts, once the run's history passed SWEEP_HISTORY_BYTES. */
+  let historyFull: string | undefined;
+  /** The trial chosen when the history filled up, running on to the end: it alone still starts. */
+  let finishing = false;
+  const mayStart = (): boolean => {
+    if (finishing) return true;
+    if (historyFull === undefined) {
+      const size = workflowInfo().historySize;
+      if (size > SWEEP_HISTORY_BYTES && patched(SWEEP_HISTORY_PATCH)) {
+        historyFull = `stopped early: the run's history reached ${Math.round(size / 2 ** 20)} MiB (Temporal ends a run at 50 MB)`;
+        deps.changed(status, historyFull);
+      }
+    }
+    return historyFull === undefined;
+  };
+
   let alive = plan.trials.map((t) => t.index);
   for (let rung = 0; rung < plan.rungs.length; rung++) {
     const queue = [...alive];
     // `parallel` lanes pull trials in index order: deterministic whatever finishes first.
     await Promise.all(
       Array.from({ length: Math.min(plan.parallel, queue.length) }, async () => {
-        for (let next = queue.shift(); next !== undefined; next = queue.shift()) await runOne(next, rung);
+        while (queue.length && mayStart()) await runOne(queue.shift()!, rung);
       }),
     );
-    const scores: RungScore[] = alive.map((i) => ({ index: i, metric: status.trials[i].state === 'failed' ? undefined : status.trials[i].metric }));
+    // Trials the full history kept from this rung: they stop here, scored at the rung before (if any) no more.
+    const notRun = new Set(queue);
+    for (const i of notRun) {
+      const t = status.trials[i];
+      t.state = 'stopped-early';
+      t.reason = `not run at rung ${rung + 1}: ${historyFull}`;
+    }
+    const scores: RungScore[] = alive
+      .filter((i) => !notRun.has(i))
+      .map((i) => ({ index: i, metric: status.trials[i].state === 'failed' ? undefined : status.trials[i].metric }));
+    if (historyFull !== undefined && !finishing && rung < plan.rungs.length - 1) {
+      // The best of this rung runs on to the end (one trial-rung more), so that the sweep has final outputs.
+      const chosen = pickBest(plan, scores);
+      if (!chosen) break;
+      for (const i of alive) if (i !== chosen.index && status.trials[i].state === 'paused-at-rung') status.trials[i].state = 'stopped-early';
+      status.trials[chosen.index].state = 'promoted';
+      alive = [chosen.index];
+      finishing = true;
+      deps.changed(status, `${status.trials[chosen.index].trial} runs on to the end: ${historyFull}`);
+      rung = plan.rungs.length - 2;
+      continue;
+    }
     if (rung === plan.rungs.length - 1) {
       const best = pickBest(plan, scores);
       if (!best) break;
       const t = status.trials[best.index];
       t.state = 'best';
       status.best = t.trial;
-      status.reason = best.reason;
+      const reason = historyFull === undefined ? best.reason : `${best.reason}; the sweep ${historyFull}`;
+      status.reason = reason;
       deps.changed(status, `best: ${t.trial}`);
-      const choice = { best_trial: t.trial, params: t.params, metric: plan.metric, value: best.metric, reason: best.reason };
+      const choice = { best_trial: t.trial, params: t.params, metric: plan.metric, value: best.metric, reason };
       const published = await deps.publish({
         stage: stage.id,
         bestTrial: t.trial,

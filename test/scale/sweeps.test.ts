@@ -9,17 +9,25 @@
  * own 2 MiB. The activities are the scriptable fakes: the events and payloads
  * are the workflow's, whatever the stage does.
  *
+ * Then a sweep whose trials report large results, past what 50 MB of history
+ * holds: it stops starting trial-rungs at SWEEP_HISTORY_BYTES, runs the best of
+ * the rung it reached on to the end, and the run completes instead of being
+ * terminated by the server.
+ *
  * `make test-scale` runs this; it is not part of `make test`.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { Client, Connection } from '@temporalio/client';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { fetchRun } from '../../cli/run-status.js';
 import { MAX_PIPELINE_SWEEP_TRIALS, MAX_SWEEP_RUNGS, MAX_SWEEP_TRIALS } from '../../schemas/pipeline.js';
 import { validatePipelineSpec } from '../../schemas/validate.js';
 import type { RunResult } from '../../workflows/pipeline.js';
+import { SWEEP_HISTORY_BYTES, SWEEP_HISTORY_PATCH } from '../../workflows/sweep.js';
 import { startFakeWorker } from '../helpers/fake-activities.js';
 import { executions, startLimitedServer } from '../helpers/history.js';
+import { startDevServer } from '../helpers/servers.js';
 import { unique } from '../helpers/env.js';
 
 /** docs/sweeps.md's bound per trial-rung, as test/workflow/sweep-history.test.ts checks it for one sweep. */
@@ -107,6 +115,98 @@ describe(`the most trials a pipeline may sweep, side by side, on a dev server wi
       console.log(
         `# ${SWEEPS} sweeps × ${MAX_SWEEP_TRIALS} trials side by side: ${events} events in the first of ${runs.length} execution(s) (limit ${HISTORY_LIMIT}), ` +
           `${(events / TRIAL_RUNGS).toFixed(2)} per trial-rung; result ${resultBytes} bytes, status ${statusBytes} bytes; ${seconds.toFixed(0)} s`,
+      );
+    },
+  );
+});
+
+/** Temporal's default `limit.historySize.error`: the server terminates a run whose history passes it. */
+const HISTORY_SIZE_LIMIT = 50 * 1024 * 1024;
+/** Each trial-rung's result: under the 128 KiB a stage's result may have (activities/stage-env.ts). */
+const RESULT_BYTES = 120 * 1024;
+
+describe(`a sweep whose trials' results outgrow a run's history (limit.historySize.error=${HISTORY_SIZE_LIMIT})`, () => {
+  let env: TestWorkflowEnvironment;
+
+  before(async () => {
+    env = await startDevServer(`limit.historySize.error=${HISTORY_SIZE_LIMIT}`);
+  });
+  after(async () => {
+    await env?.teardown();
+  });
+
+  it(
+    `stops starting trial-rungs at ${SWEEP_HISTORY_BYTES / 2 ** 20} MiB, finishes the best one reached, and the run completes`,
+    { timeout: 900_000 },
+    async () => {
+      const trials = MAX_SWEEP_TRIALS;
+      const rungs = 3;
+      // 256 + 128 + 64 trial-rungs of 120 KiB: 52.5 MiB of results alone, past the limit.
+      const trialRungs = trials + trials / 2 + trials / 4;
+      assert.ok(trialRungs * RESULT_BYTES > HISTORY_SIZE_LIMIT);
+      const { taskQueue, fake, worker } = await startFakeWorker(env, 'sweep-bytes');
+      const spec = {
+        name: 'sweep-bytes',
+        queues: { cpu: taskQueue, gpu: taskQueue },
+        stages: [
+          {
+            id: 'train',
+            run: ['x'],
+            with: { x: 0, scoreFrom: 'x', resultBytes: RESULT_BYTES },
+            sweep: {
+              scheduler: 'asha',
+              space: { x: { uniform: [0, 100] } },
+              metric: { name: 'score', goal: 'max' },
+              budget: { trials, steps: 1 },
+              rungs,
+              eta: 2,
+              seed: 5,
+              parallel: 32,
+            },
+          },
+          { id: 'eval', run: ['x'], needs: ['train'] },
+        ],
+      };
+      const workflowId = unique('sweep-bytes');
+      const result = await worker.runUntil(async () => {
+        const handle = await env.client.workflow.start('pipelineWorkflow', { taskQueue, workflowId, args: [{ spec, options: {} }] });
+        return (await handle.result()) as RunResult;
+      });
+      assert.deepEqual(
+        result.stages.map((s) => s.state),
+        ['succeeded', 'succeeded'],
+      );
+      const sweep = result.stages[0].sweep!;
+      const best = sweep.trials.find((t) => t.state === 'best')!;
+      assert.equal(best.rung, rungs, 'the best trial ran the last rung');
+      assert.match(sweep.reason ?? '', /the sweep stopped early: the run's history reached \d+ MiB/);
+      const notRun = sweep.trials.filter((t) => t.reason?.startsWith('not run at rung'));
+      assert.ok(notRun.length > 0, 'some trials were not run');
+      // The best is the best of the rung the sweep stopped in, among those that ran it.
+      const stoppedIn = Number(/not run at rung (\d+)/.exec(notRun[0].reason!)![1]);
+      const ranIt = sweep.trials.filter((t) => t.runs.some((r) => r.rung === stoppedIn));
+      assert.equal(best.params.x, Math.max(...ranIt.map((t) => t.params.x as number)));
+      const ran = fake.attempts.filter((a) => a.stage.includes('.trial-')).length;
+      assert.ok(ran < trialRungs, `${ran} of ${trialRungs} trial-rungs ran`);
+
+      // A page of this history (results that arrived together) passes gRPC's default 4 MB message limit.
+      const connection = await Connection.connect({ address: env.address, channelArgs: { 'grpc.max_receive_message_length': 256 * 1024 * 1024 } });
+      const runs = await executions(new Client({ connection, namespace: env.namespace ?? 'default' }), workflowId).finally(() => connection.close());
+      assert.equal(runs.at(-1)!.status, 'COMPLETED');
+      const history = runs[0].history;
+      const patches = (history.events ?? [])
+        .filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_patch')
+        .flatMap((e) =>
+          Object.values(e.markerRecordedEventAttributes?.details ?? {}).flatMap((p) => (p.payloads ?? []).map((x) => Buffer.from(x.data ?? []).toString())),
+        );
+      assert.ok(
+        patches.some((p) => p.includes(SWEEP_HISTORY_PATCH)),
+        'the patch marker is recorded',
+      );
+      const bytes = Buffer.byteLength(JSON.stringify(history));
+      console.log(
+        `# sweep of ${trials} trials × ${RESULT_BYTES / 1024} KiB results: stopped in rung ${stoppedIn}, ${ran} of ${trialRungs} trial-rungs ran, ` +
+          `${notRun.length} trials not run; history ${runs[0].events} events, ~${Math.round(bytes / 2 ** 20)} MiB as JSON`,
       );
     },
   );

@@ -80,13 +80,14 @@ describe('stage zygote', () => {
     assert.match(fallbacks[0], /more than 2 import-time environments/);
   });
 
-  it('the first built-in stage of a worker waits 4 s for a cold zygote and still keeps a 2 s heartbeatTimeout', { timeout: 180_000 }, async () => {
+  it('the first built-in stage of a worker waits 8 s for a cold zygote and still keeps a 4 s heartbeatTimeout', { timeout: 180_000 }, async () => {
     // No zygote: the stage's start waits while one starts, before the program runs and reports anything. A
     // sitecustomize on the stages' PYTHONPATH (which the zygote imports at start-up, before torch) makes that wait at
-    // least 4 s on any host. The attempt beats meanwhile, so its first attempt succeeds.
+    // least 8 s on any host, twice the heartbeatTimeout. The attempt beats meanwhile, so its first attempt succeeds. (2 s
+    // was too short for the rest of the attempt on a loaded 2-core host: one attempt lost a beat while the program ran.)
     await closeStarters();
     const slow = mkdtempSync(path.join(os.tmpdir(), 'tanren-slow-zygote-'));
-    writeFileSync(path.join(slow, 'sitecustomize.py'), 'import time\ntime.sleep(4)\n');
+    writeFileSync(path.join(slow, 'sitecustomize.py'), 'import time\ntime.sleep(8)\n');
     const pythonPathBefore = process.env.PYTHONPATH;
     process.env.PYTHONPATH = slow; // the worker in this process passes it on to the stages' PYTHONPATH
     let workers: TestWorkers | undefined;
@@ -103,7 +104,7 @@ describe('stage zygote', () => {
               name: 'zygote-heartbeat',
               queues: { cpu: workers.queues.cpu, gpu: workers.queues.cpu },
               defaults: { cache: false, retry: { maximumAttempts: 3, initialInterval: '1s' } },
-              stages: [{ id: 'jsonl', uses: 'wiki40b-to-jsonl', with: { source: 'data/wiki40b-ja', min_chars: 100 }, heartbeatTimeout: '2s' }],
+              stages: [{ id: 'jsonl', uses: 'wiki40b-to-jsonl', with: { source: 'data/wiki40b-ja', min_chars: 100 }, heartbeatTimeout: '4s' }],
             },
             options: {},
           },
