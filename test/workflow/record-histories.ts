@@ -45,12 +45,14 @@ import type Long from 'long';
 import { DefaultLogger, Runtime, Worker } from '@temporalio/worker';
 import type { StageResult, StageTask } from '../../activities/types.js';
 import { FailureTypes, NON_RETRYABLE_FAILURE_TYPES } from '../../schemas/names.js';
+import { MAX_PIPELINE_SWEEP_TRIALS, MAX_SWEEP_TRIALS } from '../../schemas/pipeline.js';
 import { workflowBundle } from '../../worker/run-worker.js';
 import {
   CONTINUE_AS_NEW_AFTER_STAGES,
   LEAN_PROGRESS_PATCH,
   PAYLOAD_BUDGET_PATCH,
   pauseSignal,
+  SWEEP_TRIALS_PATCH,
   resumeSignal,
   stageProgressSignal,
   statusQuery,
@@ -283,8 +285,8 @@ function check(history: History, lastEvent: protos.temporal.api.enums.v1.EventTy
 const written: Array<{ file: string; events: number; bytes: number; last: string }> = [];
 
 /** Writes a history as `lean-<scenario>.json`, or gzipped as `.json.gz` (a history of large payloads: megabytes of repeats). */
-function write(scenario: string, history: History, gzip = false) {
-  const file = `${PREFIX}${scenario}.json${gzip ? '.gz' : ''}`;
+function write(scenario: string, history: History, gzip = false, prefix = PREFIX) {
+  const file = `${prefix}${scenario}.json${gzip ? '.gz' : ''}`;
   // Stack traces keep their first line only: the frames would name this machine's paths.
   const text = historyToJSON(history).replace(/("stackTrace": ")((?:[^"\\]|\\.)*?)(\\n(?:[^"\\]|\\.)*)?"/g, '$1$2"') + '\n';
   const data = gzip ? gzipSync(text, { level: 9 }) : text;
@@ -548,6 +550,29 @@ async function main() {
         const history = await h.fetchHistory();
         check(history, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED);
         write('failed', history);
+      }
+
+      // 8b. A spec whose sweeps pass MAX_PIPELINE_SWEEP_TRIALS fails at its start behind SWEEP_TRIALS_PATCH. It never
+      //     reaches the lean path's patch, so it is written without the `lean-` prefix.
+      if (want('sweep-trials')) {
+        const swept = (id: string, trials: number) => ({
+          id,
+          run: ['x'],
+          with: { x: 0 },
+          sweep: { scheduler: 'random', space: { x: { uniform: [0, 1] } }, metric: { name: 'score' }, budget: { trials } },
+        });
+        const h = await start('sweep-trials', [
+          ...Array.from({ length: MAX_PIPELINE_SWEEP_TRIALS / MAX_SWEEP_TRIALS }, (_, i) => swept(`s${i}`, MAX_SWEEP_TRIALS)),
+          swept('last', 1),
+        ]);
+        const err = await failureOf(h);
+        assert.ok(err.cause instanceof ApplicationFailure && err.cause.type === 'InvalidPipelineSpec', String(err.cause));
+        const history = await h.fetchHistory();
+        assert.ok(
+          patchesIn(history).some((p) => p.includes(SWEEP_TRIALS_PATCH)),
+          `no ${SWEEP_TRIALS_PATCH} marker`,
+        );
+        write('sweep-trials-refused', history, false, '');
       }
 
       // 9. ONE_ACTIVITY_PATCH: CPU stages look the cache up inside runStage (no checkCache activity): a hit,
