@@ -1,5 +1,5 @@
 /** Reading a run's histories: every execution of a workflow id, following its continue-as-new chain. */
-import type { Client, WorkflowHandle } from '@temporalio/client';
+import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { startDevServer } from './servers.js';
 
@@ -36,4 +36,22 @@ export async function executions(client: Client, workflowId: string): Promise<Ex
 /** A dev server of a test's own whose history limit is lowered, so a run that outgrows it is terminated (and the test fails). */
 export async function startLimitedServer(historyLimit: number, ...dynamicConfig: string[]): Promise<TestWorkflowEnvironment> {
   return startDevServer(`limit.historyCount.error=${historyLimit}`, ...dynamicConfig);
+}
+
+/** Ids of the patches a history's `core_patch` markers name (a patch's marker holds its id in JSON). */
+export function patchIds(history: History): string[] {
+  return (history.events ?? [])
+    .filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_patch')
+    .flatMap((e) =>
+      Object.values(e.markerRecordedEventAttributes?.details ?? {}).flatMap((p) => (p.payloads ?? []).map((x) => Buffer.from(x.data ?? []).toString())),
+    );
+}
+
+/**
+ * A client of `env`'s server that takes replies up to 256 MiB: a history page of a run whose stages report large
+ * results (a batch of them arriving together) passes gRPC's default 4 MB. `close` ends its connection.
+ */
+export async function largeMessageClient(env: TestWorkflowEnvironment): Promise<{ client: Client; close: () => Promise<void> }> {
+  const connection = await Connection.connect({ address: env.address, channelArgs: { 'grpc.max_receive_message_length': 256 * 1024 * 1024 } });
+  return { client: new Client({ connection, namespace: env.namespace ?? 'default' }), close: () => connection.close() };
 }

@@ -18,7 +18,6 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { Client, Connection } from '@temporalio/client';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { fetchRun } from '../../cli/run-status.js';
 import { MAX_PIPELINE_SWEEP_TRIALS, MAX_SWEEP_RUNGS, MAX_SWEEP_TRIALS } from '../../schemas/pipeline.js';
@@ -26,7 +25,7 @@ import { validatePipelineSpec } from '../../schemas/validate.js';
 import type { RunResult } from '../../workflows/pipeline.js';
 import { SWEEP_HISTORY_BYTES, SWEEP_HISTORY_PATCH } from '../../workflows/sweep.js';
 import { startFakeWorker } from '../helpers/fake-activities.js';
-import { executions, startLimitedServer } from '../helpers/history.js';
+import { executions, largeMessageClient, patchIds, startLimitedServer } from '../helpers/history.js';
 import { startDevServer } from '../helpers/servers.js';
 import { unique } from '../helpers/env.js';
 
@@ -189,16 +188,11 @@ describe(`a sweep whose trials' results outgrow a run's history (limit.historySi
       const ran = fake.attempts.filter((a) => a.stage.includes('.trial-')).length;
       assert.ok(ran < trialRungs, `${ran} of ${trialRungs} trial-rungs ran`);
 
-      // A page of this history (results that arrived together) passes gRPC's default 4 MB message limit.
-      const connection = await Connection.connect({ address: env.address, channelArgs: { 'grpc.max_receive_message_length': 256 * 1024 * 1024 } });
-      const runs = await executions(new Client({ connection, namespace: env.namespace ?? 'default' }), workflowId).finally(() => connection.close());
+      const reader = await largeMessageClient(env);
+      const runs = await executions(reader.client, workflowId).finally(reader.close);
       assert.equal(runs.at(-1)!.status, 'COMPLETED');
       const history = runs[0].history;
-      const patches = (history.events ?? [])
-        .filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_patch')
-        .flatMap((e) =>
-          Object.values(e.markerRecordedEventAttributes?.details ?? {}).flatMap((p) => (p.payloads ?? []).map((x) => Buffer.from(x.data ?? []).toString())),
-        );
+      const patches = patchIds(history);
       assert.ok(
         patches.some((p) => p.includes(SWEEP_HISTORY_PATCH)),
         'the patch marker is recorded',

@@ -9,12 +9,12 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import type { Client } from '@temporalio/client';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { fetchRun } from '../../cli/run-status.js';
 import { CONTINUE_AS_NEW_AFTER_STAGES, type RunResult } from '../../workflows/pipeline.js';
 import { startFakeWorker } from '../helpers/fake-activities.js';
 import { startDevServer } from '../helpers/servers.js';
+import { executions, largeMessageClient } from '../helpers/history.js';
 import { unique } from '../helpers/env.js';
 
 /** Temporal's default `limit.blobSize.error`. */
@@ -26,28 +26,6 @@ const RESULT_BYTES = 6 * 1024;
  * some for the next execution, which is handed the results of up to 500 (~3 MiB).
  */
 const STAGES = 2 * CONTINUE_AS_NEW_AFTER_STAGES;
-
-/**
- * Each execution of `workflowId` with the size of the input it continued as new with, from its last event
- * alone: a whole history page of this run (600 results of 6 KiB) is past the client's 4 MB message limit.
- */
-async function chain(client: Client, workflowId: string): Promise<Array<{ runId: string; status: string; continuedWithBytes?: number }>> {
-  const out = [];
-  let runId: string | undefined = (await client.workflow.getHandle(workflowId).describe()).raw.workflowExecutionInfo?.firstRunId ?? undefined;
-  while (runId) {
-    const { history } = await client.workflowService.getWorkflowExecutionHistoryReverse({
-      namespace: client.options.namespace,
-      execution: { workflowId, runId },
-      maximumPageSize: 1,
-    });
-    const last = history?.events?.[0];
-    const continued = last?.workflowExecutionContinuedAsNewEventAttributes;
-    const status = (await client.workflow.getHandle(workflowId, runId, { followRuns: false }).describe()).status.name;
-    out.push({ runId, status, ...(continued ? { continuedWithBytes: continued.input?.payloads?.reduce((n, p) => n + (p.data?.length ?? 0), 0) } : {}) });
-    runId = continued?.newExecutionRunId ?? undefined;
-  }
-  return out;
-}
 
 describe("a run whose stages' results outgrow Temporal's 2 MB payload limit", () => {
   let env: TestWorkflowEnvironment;
@@ -75,7 +53,9 @@ describe("a run whose stages' results outgrow Temporal's 2 MB payload limit", ()
         const result = (await handle.result()) as RunResult;
         return { result, shown: await fetchRun(env.client, workflowId) };
       });
-      const runs = await chain(env.client, workflowId);
+      // Whole history pages of this run (600 results of 6 KiB) pass the default client's 4 MB message limit.
+      const reader = await largeMessageClient(env);
+      const runs = await executions(reader.client, workflowId).finally(reader.close);
       assert.ok(runs.length >= 2, 'the run continued as new');
       assert.equal(runs.at(-1)!.status, 'COMPLETED');
       for (const r of runs)

@@ -37,7 +37,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { gzipSync } from 'node:zlib';
 import path from 'node:path';
 import { Context } from '@temporalio/activity';
-import { Client, Connection, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { historyToJSON } from '@temporalio/common/lib/proto-utils.js';
 import protos from '@temporalio/proto';
@@ -61,6 +61,7 @@ import {
 import { createFakeActivities } from '../helpers/fake-activities.js';
 import { ROOT, unique, waitFor } from '../helpers/env.js';
 import { startDevServer } from '../helpers/servers.js';
+import { executions, largeMessageClient, patchIds } from '../helpers/history.js';
 
 // A CommonJS module: its namespace is only reachable through the default export.
 const { temporal } = protos;
@@ -254,32 +255,15 @@ function events(history: History) {
   return history.events ?? [];
 }
 
-/** Ids of the patches a history's markers name. */
-function patchesIn(history: History): string[] {
-  return events(history)
-    .filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_patch')
-    .flatMap((e) =>
-      Object.values(e.markerRecordedEventAttributes?.details ?? {}).flatMap((p) => (p.payloads ?? []).map((x) => Buffer.from(x.data ?? []).toString())),
-    );
-}
-
 /** Throws unless the history ran the lean path and ended with `lastEvent`. */
 function check(history: History, lastEvent: protos.temporal.api.enums.v1.EventType) {
   const evs = events(history);
   const last = evs.at(-1)?.eventType;
   assert.equal(eventName(last), eventName(lastEvent), 'last event');
-  const patches = evs.filter(
-    (e) =>
-      e.eventType === EventType.EVENT_TYPE_MARKER_RECORDED &&
-      Object.values(e.markerRecordedEventAttributes?.details ?? {}).some((p) =>
-        p.payloads?.some((x) =>
-          Buffer.from(x.data ?? [])
-            .toString()
-            .includes(LEAN_PROGRESS_PATCH),
-        ),
-      ),
+  assert.ok(
+    patchIds(history).some((p) => p.includes(LEAN_PROGRESS_PATCH)),
+    `no ${LEAN_PROGRESS_PATCH} marker: the worker ran old workflow code`,
   );
-  assert.ok(patches.length >= 1, `no ${LEAN_PROGRESS_PATCH} marker: the worker ran old workflow code`);
 }
 
 const written: Array<{ file: string; events: number; bytes: number; last: string }> = [];
@@ -569,7 +553,7 @@ async function main() {
         assert.ok(err.cause instanceof ApplicationFailure && err.cause.type === 'InvalidPipelineSpec', String(err.cause));
         const history = await h.fetchHistory();
         assert.ok(
-          patchesIn(history).some((p) => p.includes(SWEEP_TRIALS_PATCH)),
+          patchIds(history).some((p) => p.includes(SWEEP_TRIALS_PATCH)),
           `no ${SWEEP_TRIALS_PATCH} marker`,
         );
         write('sweep-trials-refused', history, false, '');
@@ -667,7 +651,7 @@ async function recordPayloadBudget() {
     const n = 2 * CONTINUE_AS_NEW_AFTER_STAGES;
     const stages = Array.from({ length: n }, (_, i) => ({ id: `s${i}`, run: ['x'], with: { resultBytes: 6 * 1024 } }));
     const workflowId = unique('lean-payload-budget');
-    const runIds = await worker.runUntil(async () => {
+    await worker.runUntil(async () => {
       const h = await env.client.workflow.start('pipelineWorkflow', {
         taskQueue,
         workflowId,
@@ -679,30 +663,11 @@ async function recordPayloadBudget() {
         r.stages.some((s) => s.resultOmitted),
         'the final result left results out',
       );
-      const ids: string[] = [];
-      let runId: string | null | undefined = h.firstExecutionRunId;
-      while (runId) {
-        ids.push(runId);
-        const reply: protos.temporal.api.workflowservice.v1.IGetWorkflowExecutionHistoryReverseResponse =
-          await env.client.workflowService.getWorkflowExecutionHistoryReverse({
-            namespace: env.client.options.namespace,
-            execution: { workflowId, runId },
-            maximumPageSize: 1,
-          });
-        runId = reply.history?.events?.[0]?.workflowExecutionContinuedAsNewEventAttributes?.newExecutionRunId;
-      }
-      return ids;
     });
-    assert.ok(runIds.length >= 2, 'the run continued as new');
-    // A page of this run's history (a batch of results that arrived together) passes gRPC's default 4 MB message limit.
-    const connection = await Connection.connect({
-      address: env.address,
-      channelArgs: { 'grpc.max_receive_message_length': 64 * 1024 * 1024 },
-    });
-    const reader = new Client({ connection, namespace: env.namespace ?? 'default' });
-    const fetch = (runId: string) => reader.workflow.getHandle(workflowId, runId, { followRuns: false }).fetchHistory();
-    const [first, last] = [await fetch(runIds[0]), await fetch(runIds.at(-1)!)];
-    await connection.close();
+    const reader = await largeMessageClient(env);
+    const runs = await executions(reader.client, workflowId).finally(reader.close);
+    assert.ok(runs.length >= 2, 'the run continued as new');
+    const [first, last] = [runs[0].history, runs.at(-1)!.history];
     check(first, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW);
     check(last, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED);
     for (const [name, h] of [
@@ -710,7 +675,7 @@ async function recordPayloadBudget() {
       ['last', last],
     ] as const) {
       assert.ok(
-        patchesIn(h).some((p) => p.includes(PAYLOAD_BUDGET_PATCH)),
+        patchIds(h).some((p) => p.includes(PAYLOAD_BUDGET_PATCH)),
         `the ${name} execution did not take the ${PAYLOAD_BUDGET_PATCH} path`,
       );
     }

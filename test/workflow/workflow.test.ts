@@ -16,6 +16,7 @@ import { pauseSignal, resumeSignal, statusQuery, SWEEP_TRIALS_PATCH, type RunRes
 import { createFakeActivities } from '../helpers/fake-activities.js';
 import { searchAttributeKeys, unique, waitFor } from '../helpers/env.js';
 import { startDevServer, startTimeSkippingServer } from '../helpers/servers.js';
+import { patchIds } from '../helpers/history.js';
 
 const { temporal } = protos;
 Runtime.install({ logger: new DefaultLogger('WARN') });
@@ -223,11 +224,7 @@ describe('pipelineWorkflow on the local dev server', () => {
     assert.match(err.cause.message, new RegExp(`stage "last": stages\\[4\\]\\.sweep\\.budget\\.trials: ${MAX_PIPELINE_SWEEP_TRIALS + 1} trials in all`));
     assert.equal(fake.attempts.length, 0);
     const history = await env.client.workflow.getHandle(workflowId).fetchHistory();
-    const patches = (history.events ?? [])
-      .filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_patch')
-      .flatMap((e) =>
-        Object.values(e.markerRecordedEventAttributes?.details ?? {}).flatMap((p) => (p.payloads ?? []).map((x) => Buffer.from(x.data ?? []).toString())),
-      );
+    const patches = patchIds(history);
     assert.ok(
       patches.some((p) => p.includes(SWEEP_TRIALS_PATCH)),
       `the patch marker is recorded: ${patches.join(', ')}`,
