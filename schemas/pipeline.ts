@@ -87,6 +87,12 @@ export const MAX_SWEEP_RUNGS = 8;
  * each trial's row (~340 bytes) travels in the run's state, status and result payloads (2 MB each at most).
  */
 export const MAX_PIPELINE_SWEEP_TRIALS = 1024;
+/**
+ * Most bytes of trial parameters the sweeps of one pipeline may carry in all: each sweep's trials times its largest
+ * trial's parameters as JSON. Every trial's parameters travel in the run's state, status and result (2 MB each at
+ * most), so a long swept value multiplies by the trials (64 values of 9 KB drawn by 256 trials: 2.3 MB).
+ */
+export const MAX_PIPELINE_SWEEP_PARAMS_BYTES = 256 * 1024;
 
 const SweepValueSchema = z.union([z.string(), z.number(), z.boolean()]);
 const RangeSchema = z

@@ -5,9 +5,16 @@
  */
 import type { z } from 'zod';
 import { parseDuration } from './durations.js';
-import { MAX_PIPELINE_SWEEP_TRIALS, MAX_SWEEP_TRIALS, PipelineSpecSchema, type PipelineSpec } from './pipeline.js';
+import {
+  MAX_PIPELINE_SWEEP_PARAMS_BYTES,
+  MAX_PIPELINE_SWEEP_TRIALS,
+  MAX_SWEEP_TRIALS,
+  PipelineSpecSchema,
+  type PipelineSpec,
+  type SweepSpec,
+} from './pipeline.js';
 import { isStageKind, STAGE_KIND_NAMES, STAGE_KINDS } from './stage-kinds.js';
-import { jsonBytesUpTo } from './payload-size.js';
+import { jsonBytes, jsonBytesUpTo } from './payload-size.js';
 
 /** One thing wrong with a spec. */
 export interface SpecProblem {
@@ -462,7 +469,10 @@ function bounded(problems: SpecProblem[]): SpecProblem[] {
 }
 
 /** Validates a parsed YAML/JSON value as a pipeline spec and returns every problem found. */
-export function validatePipelineSpec(raw: unknown, opts: { maxSpecBytes?: number; maxSweepTrials?: number } = {}): SpecValidation {
+export function validatePipelineSpec(
+  raw: unknown,
+  opts: { maxSpecBytes?: number; maxSweepTrials?: number; maxSweepParamsBytes?: number } = {},
+): SpecValidation {
   const count = raw && typeof raw === 'object' && Array.isArray((raw as { stages?: unknown }).stages) ? (raw as { stages: unknown[] }).stages.length : 0;
   const limits = limitProblems(raw);
   if (limits.length) return { ok: false, problems: limits };
@@ -493,7 +503,7 @@ export function validatePipelineSpec(raw: unknown, opts: { maxSpecBytes?: number
     ...protoKeys,
     ...mergedRetryProblems(parsed.data),
     ...graphProblems(parsed.data),
-    ...sweepProblems(parsed.data, opts.maxSweepTrials ?? MAX_PIPELINE_SWEEP_TRIALS),
+    ...sweepProblems(parsed.data, opts.maxSweepTrials ?? MAX_PIPELINE_SWEEP_TRIALS, opts.maxSweepParamsBytes ?? MAX_PIPELINE_SWEEP_PARAMS_BYTES),
     ...resolvedSizeProblems(parsed.data),
     // Only of a spec of the right shape: the walk of any raw input could overflow the stack.
     ...specSizeProblems(raw, opts.maxSpecBytes ?? MAX_SPEC_BYTES),
@@ -514,13 +524,41 @@ export function isSweepTrialsProblem(p: SpecProblem): boolean {
   return p.message.includes(SWEEP_TRIALS_PROBLEM);
 }
 
+/** Words of the problem of a pipeline whose sweeps' trials would carry more than {@link MAX_PIPELINE_SWEEP_PARAMS_BYTES}. */
+const SWEEP_PARAMS_PROBLEM = "bytes of trial parameters in all across the pipeline's sweeps";
+
+/** Whether a problem is the pipeline's sweeps' total of trial parameters (the workflow asks a patch before enforcing it). */
+export function isSweepParamsProblem(p: SpecProblem): boolean {
+  return p.message.includes(SWEEP_PARAMS_PROBLEM);
+}
+
+/** Most bytes of a number drawn from a range, as JSON (`-2.2250738585072014e-308`). */
+const MAX_NUMBER_JSON_BYTES = 24;
+
+/**
+ * Most bytes a trial's parameters of this space take as JSON (`{"lr":0.0003,"prompt":"…"}`): each name with the
+ * longest of its listed values, or with the longest number its range can draw.
+ */
+export function maxTrialParamsBytes(space: SweepSpec['space']): number {
+  const entries = Object.entries(space).map(([name, values]) => {
+    const value = Array.isArray(values)
+      ? Math.max(...values.map((v) => jsonBytes(v)))
+      : 'int_uniform' in values
+        ? Math.max(...values.int_uniform.map((v) => jsonBytes(v)))
+        : MAX_NUMBER_JSON_BYTES;
+    return jsonBytes(name) + 1 + value;
+  });
+  return 2 + entries.reduce((a, b) => a + b, 0) + Math.max(0, entries.length - 1);
+}
+
 /**
  * Checks of each stage's `sweep:` beyond its shape: parameter names, budgets and what the stage's kind can do; and
- * the trials of all sweeps together, at most `maxTrials`.
+ * the trials of all sweeps together: at most `maxTrials`, carrying at most `maxParamsBytes` of parameters.
  */
-function sweepProblems(spec: PipelineSpec, maxTrials: number): SpecProblem[] {
+function sweepProblems(spec: PipelineSpec, maxTrials: number, maxParamsBytes: number): SpecProblem[] {
   const problems: SpecProblem[] = [];
   let trials = 0;
+  let paramsBytes = 0;
   spec.stages.forEach((stage, i) => {
     const sweep = stage.sweep;
     if (!sweep) return;
@@ -536,6 +574,17 @@ function sweepProblems(spec: PipelineSpec, maxTrials: number): SpecProblem[] {
         );
       }
       trials += n;
+      // Named at the sweep that passes the total, once; only its trials count, whether or not they pass the limit above.
+      const bytes = n * maxTrialParamsBytes(sweep.space);
+      if (paramsBytes <= maxParamsBytes && paramsBytes + bytes > maxParamsBytes) {
+        add(
+          'space',
+          `${paramsBytes + bytes} ${SWEEP_PARAMS_PROBLEM} (${n} trials of up to ${bytes / n} bytes here, ${paramsBytes} before): ` +
+            `a pipeline's sweeps may carry at most ${maxParamsBytes} (every trial's parameters travel with the run state, its status and its result); ` +
+            'sweep shorter values (a long text goes in a file, and its path is swept) or fewer trials',
+        );
+      }
+      paramsBytes += bytes;
     };
     const names = Object.keys(sweep.space);
     if (names.length === 0) add('space', 'name at least one parameter to sweep');

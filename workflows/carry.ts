@@ -63,6 +63,8 @@ interface WithTexts {
   message?: string;
   cache?: string;
   attempts?: Array<{ failure?: string }>;
+  /** A swept stage's trials: each with its reason and its trial-rungs (up to 1,024 trials in a run). */
+  sweep?: { reason?: string; trials: Array<{ reason?: string; runs: unknown[] }> };
 }
 
 const cut = (text: string | undefined, max: number) => (text !== undefined && text.length > max ? `${text.slice(0, max)}…` : text);
@@ -77,7 +79,17 @@ function cutTexts<T>(stage: T, max: number, attempts: number): T {
   if (s.attempts !== undefined)
     out.attempts = attempts ? s.attempts.slice(-attempts).map((a) => (a.failure ? { ...a, failure: cut(a.failure, max) } : a)) : undefined;
   if (out.attempts === undefined) delete out.attempts;
+  if (s.sweep) out.sweep = cutSweep(s.sweep, (t) => cut(t, max)!, attempts);
   return out;
+}
+
+/** A sweep's texts cut by `cutText`, and each trial's trial-rungs to the last `runs` (0: none listed, `[]`). */
+function cutSweep<S extends NonNullable<WithTexts['sweep']>>(sweep: S, cutText: (text: string) => string, runs: number): S {
+  return {
+    ...sweep,
+    ...(sweep.reason !== undefined ? { reason: cutText(sweep.reason) } : {}),
+    trials: sweep.trials.map((t) => ({ ...t, ...(t.reason !== undefined ? { reason: cutText(t.reason) } : {}), runs: runs ? t.runs.slice(-runs) : [] })),
+  };
 }
 
 /** A stage with only its failure's type left of its texts (`StageCrashed` of `StageCrashed: stage "x" exited…`). */
@@ -87,6 +99,7 @@ function typesOnly<T>(stage: T): T {
   delete out.message;
   // Empty, not absent: an absent note would unpack as the run's default (`cache: off for this run`).
   if (out.cache !== undefined) out.cache = '';
+  if (out.sweep) out.sweep = cutSweep(out.sweep, (t) => cut(t.split(':')[0], 40)!, 0);
   return out;
 }
 
@@ -95,8 +108,10 @@ function typesOnly<T>(stage: T): T {
  * before was not enough: results are left out, largest first (marked `resultOmitted`: the stage's manifest has
  * it, and `tanren artifacts <run> <stage> --json` shows it); then the texts of failures, reasons, messages and
  * cache notes are cut to 200 characters and the attempts listed to the last 3; then to 80 characters and none
- * listed; then to 40; then only the failure's type is kept (5,000 failed stages beside a spec of the largest size
- * then still fit in Temporal's 2 MiB, though not in the budget).
+ * listed; then to 40; then only the failure's type is kept (5,000 failed stages, and 1,024 failed trials with
+ * the most parameters a spec may give them, beside a spec of the largest size then still fit in Temporal's 2 MiB,
+ * though not in the budget). A sweep's reasons are cut with the rest, and its trials' trial-rungs listed as the
+ * attempts are.
  * Within the budget the stages come back as they were; the input is never changed.
  */
 export function fitResults<T extends WithResult>(

@@ -32,6 +32,7 @@ import { PipelineRunInputSchema, type PipelineRunInput, type PipelineSpec, type 
 import { isStageKind, STAGE_KINDS, stageKindInfo } from '../schemas/stage-kinds.js';
 import {
   formatProblems,
+  isSweepParamsProblem,
   isSweepTrialsProblem,
   MAX_LISTED_PROBLEMS,
   resolveSpec,
@@ -159,6 +160,8 @@ export const PAYLOAD_BUDGET_PATCH = 'tanren-payload-budget-1';
 export const SPEC_SIZE_PATCH = 'tanren-spec-size-1';
 /** Marks runs that enforce the limit of trials across a pipeline's sweeps (schemas/pipeline.ts MAX_PIPELINE_SWEEP_TRIALS). */
 export const SWEEP_TRIALS_PATCH = 'tanren-sweep-trials-1';
+/** Marks runs that enforce the limit of trial parameters across a pipeline's sweeps (schemas/pipeline.ts MAX_PIPELINE_SWEEP_PARAMS_BYTES). */
+export const SWEEP_PARAMS_PATCH = 'tanren-sweep-params-1';
 /** A cache hit streams every cached object through sha256 (about 5 s per GiB): room for large outputs. */
 const CACHE_LOOKUP_TIMEOUT = '1h';
 /** Most stages one execution runs at once. */
@@ -224,6 +227,7 @@ function validateInput(input: unknown): { spec: PipelineSpec; source: string; op
     const relaxed = {
       ...(problems.some((p) => p.path === SPEC_SIZE_PROBLEM_PATH) && !patched(SPEC_SIZE_PATCH) ? { maxSpecBytes: Number.POSITIVE_INFINITY } : {}),
       ...(problems.some(isSweepTrialsProblem) && !patched(SWEEP_TRIALS_PATCH) ? { maxSweepTrials: Number.POSITIVE_INFINITY } : {}),
+      ...(problems.some(isSweepParamsProblem) && !patched(SWEEP_PARAMS_PATCH) ? { maxSweepParamsBytes: Number.POSITIVE_INFINITY } : {}),
     };
     if (Object.keys(relaxed).length) checked = validatePipelineSpec(envelope.data.spec, relaxed);
   }

@@ -3,9 +3,11 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { MAX_RESULT_BYTES, MAX_RESULT_VALUE_BYTES, boundResult } from '../../activities/stage-env.js';
 import { jsonBytes, jsonBytesUpTo, utf8Bytes } from '../../schemas/payload-size.js';
+import { MAX_PIPELINE_SWEEP_PARAMS_BYTES, MAX_PIPELINE_SWEEP_TRIALS, MAX_SWEEP_RUNGS } from '../../schemas/pipeline.js';
 import { MAX_SPEC_BYTES, MAX_STAGES } from '../../schemas/validate.js';
 import { fitResults, packStage, PAYLOAD_BUDGET_BYTES, unpackStage, type WithResult } from '../../workflows/carry.js';
 import type { StageStatus } from '../../workflows/pipeline.js';
+import type { SweepStatus } from '../../workflows/sweep.js';
 
 const ctx = { runId: 'big-run', defaultCache: 'cache: off for this run (--no-cache)' };
 const base = (id: string) => ({ id, kind: 'run', queue: 'cpu' as const, needs: ['a'] });
@@ -156,9 +158,40 @@ describe('payloads with stage results: within the 2 MB Temporal takes', () => {
     assert.equal(some.stages[0].attempts?.[2].failure?.length, 201);
   });
 
-  it("at worst keeps only the failures' types: the most stages, all failed with long texts, beside the largest spec stay under 2 MiB", () => {
-    // What a run continues as new with (workflows/pipeline.ts): its spec, its options and its packed stages.
+  /**
+   * What a run continues as new with (workflows/pipeline.ts: its spec, its options and its packed stages) at its
+   * worst: the most stages, all failed with long texts, beside a spec of the largest size; with `sweeps`, four of the
+   * stages are asha sweeps of 256 trials (the pipeline's most, 1,024), each trial failed with the longest reason
+   * (500 characters, workflows/sweep.ts), a trial-rung at each of 8 rungs, and the most parameters the spec may give
+   * them (MAX_PIPELINE_SWEEP_PARAMS_BYTES over 1,024 trials: 256 bytes each).
+   */
+  const worstRun = (sweeps: boolean) => {
     const at = '2026-12-01T10:00:00.000Z';
+    const trialParams = { prompt: 'p'.repeat(MAX_PIPELINE_SWEEP_PARAMS_BYTES / MAX_PIPELINE_SWEEP_TRIALS - '{"prompt":""}'.length) };
+    assert.equal(jsonBytes(trialParams), MAX_PIPELINE_SWEEP_PARAMS_BYTES / MAX_PIPELINE_SWEEP_TRIALS);
+    const sweep = (s: number): SweepStatus => ({
+      scheduler: 'asha',
+      metric: 'loss',
+      goal: 'min',
+      rungs: Array.from({ length: MAX_SWEEP_RUNGS }, () => null),
+      reason: 'no trial of the sweep finished: '.padEnd(500, 'r'),
+      trials: Array.from({ length: MAX_PIPELINE_SWEEP_TRIALS / 4 }, (_, t) => ({
+        trial: `train-${s}.trial-${String(t).padStart(3, '0')}`,
+        params: trialParams,
+        rung: MAX_SWEEP_RUNGS - 1,
+        state: 'failed' as const,
+        step: 123_456,
+        reason: 'StageCrashed: '.padEnd(500, 'e'),
+        runs: Array.from({ length: MAX_SWEEP_RUNGS }, (_, rung) => ({
+          rung,
+          startedAt: at,
+          endedAt: at,
+          attempt: 3,
+          step: 123_456,
+          resumedFrom: `runs/big-run/train-${s}/trial-${t}/ckpt-${rung}`,
+        })),
+      })),
+    });
     const failed: StageStatus[] = Array.from({ length: MAX_STAGES }, (_, i) => ({
       ...base(`tokenize-shard-${String(i).padStart(4, '0')}`),
       state: 'failed',
@@ -172,6 +205,7 @@ describe('payloads with stage results: within the 2 MB Temporal takes', () => {
       message: 'reading shard '.padEnd(300, '.'),
       cache: 'cache miss: params changed: '.padEnd(100, 'p'),
       attempts: [1, 2, 3].map((attempt) => ({ attempt, startedAt: at, endedAt: at, failure: 'x'.repeat(300) })),
+      ...(sweeps && i < 4 ? { sweep: sweep(i) } : {}),
     }));
     const packed = failed.map((st) => packStage(st, ctx));
     // A spec of the largest size validation lets through (schemas/validate.ts).
@@ -179,6 +213,11 @@ describe('payloads with stage results: within the 2 MB Temporal takes', () => {
     spec.name = 'p'.repeat(MAX_SPEC_BYTES - jsonBytes(spec) + 1);
     assert.equal(jsonBytes(spec), MAX_SPEC_BYTES);
     const wrap = (stages: readonly object[]) => ({ spec, options: {}, carried: { stages } });
+    return { packed, wrap };
+  };
+
+  it("at worst keeps only the failures' types: the most stages, all failed with long texts, beside the largest spec stay under 2 MiB", () => {
+    const { packed, wrap } = worstRun(false);
     const fit = fitResults(packed, wrap);
     const bytes = jsonBytes(wrap(fit.stages));
     assert.ok(bytes < 2 * 1024 * 1024, `${bytes} bytes`);
@@ -200,6 +239,23 @@ describe('payloads with stage results: within the 2 MB Temporal takes', () => {
       ) >
         2 * 1024 * 1024,
     );
+  });
+
+  it("and with the pipeline's most swept trials beside them, all failed: their reasons cut to the type, their trial-rungs not listed", () => {
+    const { packed, wrap } = worstRun(true);
+    assert.ok(jsonBytes(wrap(packed)) > 6 * 1024 * 1024, 'the sweeps alone add ~3.5 MB');
+    const fit = fitResults(packed, wrap);
+    const bytes = jsonBytes(wrap(fit.stages));
+    assert.ok(bytes < 2 * 1024 * 1024, `${bytes} bytes`);
+    const swept = unpackStage(fit.stages[0], base('tokenize-shard-0000'), ctx);
+    assert.equal(swept.sweep!.trials.length, MAX_PIPELINE_SWEEP_TRIALS / 4);
+    assert.deepEqual(swept.sweep!.trials[7], {
+      ...(packed[0].sweep!.trials[7] as object),
+      reason: 'StageCrashed',
+      runs: [],
+    });
+    assert.equal(swept.sweep!.reason, 'no trial of the sweep finished');
+    assert.equal((packed[0].sweep!.trials[7] as { runs: unknown[] }).runs.length, MAX_SWEEP_RUNGS, 'the input is not changed');
   });
 
   it("bounds a stage's result: each value, then the whole, in bytes (a Japanese string counts 3 per character)", () => {

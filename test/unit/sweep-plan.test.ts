@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { MAX_PIPELINE_SWEEP_TRIALS, MAX_SWEEP_TRIALS, type SweepSpec } from '../../schemas/pipeline.js';
-import { formatProblems, validatePipelineSpec } from '../../schemas/validate.js';
+import { MAX_PIPELINE_SWEEP_PARAMS_BYTES, MAX_PIPELINE_SWEEP_TRIALS, MAX_SWEEP_TRIALS, type SweepSpec } from '../../schemas/pipeline.js';
+import { formatProblems, maxTrialParamsBytes, validatePipelineSpec } from '../../schemas/validate.js';
 import { expectedOutcome, gridSize, pickBest, planSweep, promote, rankScores, seededRandom, trialParams } from '../../workflows/sweep-plan.js';
 
 const asha: SweepSpec = {
@@ -219,6 +219,36 @@ describe('sweep validation', () => {
     );
     assert.ok(
       validatePipelineSpec({ name: 'p', stages: [...full, grid] }, { maxSweepTrials: Number.POSITIVE_INFINITY }).ok,
+      'the limit can be lifted (old runs replay without it)',
+    );
+  });
+
+  it("bounds the bytes of trial parameters of all the pipeline's sweeps together: trials times the largest trial", () => {
+    // The largest trial's parameters, as JSON.stringify writes them (Japanese: 3 bytes a character in UTF-8).
+    const space: SweepSpec['space'] = {
+      prompt: ['短い', '鍛錬'.repeat(50), 'x'],
+      lr: { log_uniform: [1e-5, 1e-2] },
+      layers: { int_uniform: [-1000, 12] },
+      on: [true, false],
+    };
+    const worst = { prompt: '鍛錬'.repeat(50), lr: -2.2250738585072014e-308, layers: -1000, on: false };
+    assert.equal(maxTrialParamsBytes(space), Buffer.byteLength(JSON.stringify(worst)));
+    // 256 trials of {"prompt":"<1,100 x>"}: 2 + 8 + 1 + 1,102 = 1,113 bytes each, 284,928 in all, over 262,144.
+    const long = (id: string, trials: number, chars = 1100) => ({
+      id,
+      run: ['x'],
+      with: { prompt: '' },
+      sweep: { scheduler: 'random', space: { prompt: ['a', 'p'.repeat(chars)] }, metric: { name: 'loss' }, budget: { trials } },
+    });
+    assert.equal(
+      problems({ name: 'p', stages: [long('a', 128), long('b', 128)] }),
+      `x.yaml: stage "b": stages[1].sweep.space: 284928 bytes of trial parameters in all across the pipeline's sweeps ` +
+        `(128 trials of up to 1113 bytes here, 142464 before): a pipeline's sweeps may carry at most ${MAX_PIPELINE_SWEEP_PARAMS_BYTES} ` +
+        "(every trial's parameters travel with the run state, its status and its result); sweep shorter values (a long text goes in a file, and its path is swept) or fewer trials",
+    );
+    assert.equal(problems({ name: 'p', stages: [long('a', 128), long('b', 128, 900)] }), '', '(1,113 + 913) × 128 = 259,328: under');
+    assert.ok(
+      validatePipelineSpec({ name: 'p', stages: [long('a', 256)] }, { maxSweepParamsBytes: Number.POSITIVE_INFINITY }).ok,
       'the limit can be lifted (old runs replay without it)',
     );
   });

@@ -52,6 +52,7 @@ import {
   LEAN_PROGRESS_PATCH,
   PAYLOAD_BUDGET_PATCH,
   pauseSignal,
+  SWEEP_PARAMS_PATCH,
   SWEEP_TRIALS_PATCH,
   resumeSignal,
   stageProgressSignal,
@@ -557,6 +558,32 @@ async function main() {
           `no ${SWEEP_TRIALS_PATCH} marker`,
         );
         write('sweep-trials-refused', history, false, '');
+      }
+
+      // 8c. A spec whose sweeps' trials would carry more than MAX_PIPELINE_SWEEP_PARAMS_BYTES of parameters fails at
+      //     its start behind SWEEP_PARAMS_PATCH (256 trials drawing among prompts of 2,000 characters: 515 kB).
+      if (want('sweep-params')) {
+        const h = await start('sweep-params', [
+          {
+            id: 'tune',
+            run: ['x'],
+            with: { prompt: '' },
+            sweep: {
+              scheduler: 'random',
+              space: { prompt: ['a'.padEnd(2000, '.'), 'b'] },
+              metric: { name: 'score' },
+              budget: { trials: MAX_SWEEP_TRIALS },
+            },
+          },
+        ]);
+        const err = await failureOf(h);
+        assert.ok(err.cause instanceof ApplicationFailure && err.cause.type === 'InvalidPipelineSpec', String(err.cause));
+        const history = await h.fetchHistory();
+        assert.ok(
+          patchIds(history).some((p) => p.includes(SWEEP_PARAMS_PATCH)),
+          `no ${SWEEP_PARAMS_PATCH} marker`,
+        );
+        write('sweep-params-refused', history, false, '');
       }
 
       // 9. ONE_ACTIVITY_PATCH: CPU stages look the cache up inside runStage (no checkCache activity): a hit,

@@ -11,8 +11,8 @@ import { TestWorkflowEnvironment } from '@temporalio/testing';
 import protos from '@temporalio/proto';
 import { Runtime, DefaultLogger, Worker, type WorkflowBundle } from '@temporalio/worker';
 import { workflowBundle } from '../../worker/run-worker.js';
-import { MAX_PIPELINE_SWEEP_TRIALS, MAX_SWEEP_TRIALS } from '../../schemas/pipeline.js';
-import { pauseSignal, resumeSignal, statusQuery, SWEEP_TRIALS_PATCH, type RunResult } from '../../workflows/pipeline.js';
+import { MAX_PIPELINE_SWEEP_PARAMS_BYTES, MAX_PIPELINE_SWEEP_TRIALS, MAX_SWEEP_TRIALS } from '../../schemas/pipeline.js';
+import { pauseSignal, resumeSignal, statusQuery, SWEEP_PARAMS_PATCH, SWEEP_TRIALS_PATCH, type RunResult } from '../../workflows/pipeline.js';
 import { createFakeActivities } from '../helpers/fake-activities.js';
 import { searchAttributeKeys, unique, waitFor } from '../helpers/env.js';
 import { startDevServer, startTimeSkippingServer } from '../helpers/servers.js';
@@ -227,6 +227,38 @@ describe('pipelineWorkflow on the local dev server', () => {
     const patches = patchIds(history);
     assert.ok(
       patches.some((p) => p.includes(SWEEP_TRIALS_PATCH)),
+      `the patch marker is recorded: ${patches.join(', ')}`,
+    );
+  });
+
+  it(`fails a spec whose sweeps' trials would carry more than ${MAX_PIPELINE_SWEEP_PARAMS_BYTES} bytes of parameters, behind ${SWEEP_PARAMS_PATCH}`, async () => {
+    const fake = createFakeActivities();
+    // 256 trials drawing among 64 prompts of 9,000 characters (a 576 kB spec): up to 2.3 MB of parameters in the
+    // sweep's status, past the 2 MB its result may take.
+    const prompts = Array.from({ length: 64 }, (_, i) => `${i}`.padEnd(9000, '.'));
+    const stages = [
+      {
+        id: 'tune',
+        run: ['x'],
+        with: { prompt: '' },
+        sweep: { scheduler: 'random', space: { prompt: prompts }, metric: { name: 'score' }, budget: { trials: MAX_SWEEP_TRIALS } },
+      },
+    ];
+    const workflowId = unique('long-sweep-values');
+    const err = await withWorker(fake, (tq) =>
+      env.client.workflow.execute('pipelineWorkflow', { taskQueue: tq, workflowId, args: [input(tq, stages)] }).then(
+        () => assert.fail('expected the run to fail'),
+        (e: unknown) => e,
+      ),
+    );
+    assert.ok(err instanceof WorkflowFailedError && err.cause instanceof ApplicationFailure);
+    assert.equal(err.cause.type, 'InvalidPipelineSpec');
+    // 256 × {"prompt":"<9,000>"} = 256 × (2 + 8 + 1 + 9,002) bytes.
+    assert.match(err.cause.message, /stage "tune": stages\[0\]\.sweep\.space: 2307328 bytes of trial parameters in all/);
+    assert.equal(fake.attempts.length, 0);
+    const patches = patchIds(await env.client.workflow.getHandle(workflowId).fetchHistory());
+    assert.ok(
+      patches.some((p) => p.includes(SWEEP_PARAMS_PATCH)),
       `the patch marker is recorded: ${patches.join(', ')}`,
     );
   });
