@@ -45,6 +45,7 @@ import { fitResults, packStage, PAYLOAD_BUDGET_BYTES, unpackStage } from './carr
 import { renderDetails } from './details.js';
 import { planStages, TERMINAL_STATES, type StageState } from './planner.js';
 import { runSweep, type SweepStatus } from './sweep.js';
+import { fitTimeline } from './timeline.js';
 import { rankScores } from './sweep-plan.js';
 
 type Activities = ReturnType<typeof activities.createActivities>;
@@ -394,18 +395,22 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
   const io = proxyActivities<Activities>(ioOptions);
   let failure: unknown;
 
-  /** Every stage that has ended so far, for the report stage's timeline. */
-  const timeline = () =>
-    status.stages
-      .filter((s) => s.startedAt && s.endedAt)
-      .map((s) => ({
-        stage: s.id,
-        start: s.startedAt!,
-        end: s.endedAt!,
-        attempts: s.attempt,
-        state: s.state,
-        ...(s.cachedFrom ? { cachedFrom: s.cachedFrom } : {}),
-      }));
+  /** Every stage that has ended so far, for the report stage's timeline (within its budget: workflows/timeline.ts). */
+  const timeline = () => {
+    const { rows, omitted } = fitTimeline(
+      status.stages
+        .filter((s) => s.startedAt && s.endedAt)
+        .map((s) => ({
+          stage: s.id,
+          start: s.startedAt!,
+          end: s.endedAt!,
+          attempts: s.attempt,
+          state: s.state,
+          ...(s.cachedFrom ? { cachedFrom: s.cachedFrom } : {}),
+        })),
+    );
+    return { timeline: rows, ...(omitted ? { timeline_omitted: omitted } : {}) };
+  };
 
   /** The `sweeps` param of a report stage: only when the run has swept stages, so other runs' reports get the input they always did. */
   const sweepsParam = (stage: StageSpec) => {
@@ -468,7 +473,7 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
       pipeline: spec.name,
       stage:
         stageKindInfo(stage.uses)?.receivesTimeline && stage.with.timeline === undefined
-          ? { ...stage, with: { ...stage.with, timeline: timeline(), ...sweepsParam(stage) } }
+          ? { ...stage, with: { ...stage.with, ...timeline(), ...sweepsParam(stage) } }
           : stage,
       queue,
       inputs: inputIds.map((id) => {

@@ -367,7 +367,13 @@ ${table(['model', 'MT-Bench', 'llm-jp-eval', 'note', 'source', 'date'], refRows,
       });
     timelineBody =
       figure(svgs, CHART_FILES.timeline, 'When each stage ran (UTC); a stage that took no time (skipped, an instant cache hit) is a tick.') +
-      table(['stage', 'start', 'end', 'duration', 'outcome'], rows);
+      table(['stage', 'start', 'end', 'duration', 'outcome'], rows) +
+      (inputs.timelineOmitted
+        ? note(
+            `${inputs.timelineOmitted} more stage${inputs.timelineOmitted > 1 ? 's' : ''}, the shortest-running, not shown: ` +
+              "this run's timeline was cut to fit in Temporal's payload limit (<code>tanren status</code> lists every stage).",
+          )
+        : '');
   } else {
     timelineBody = note(
       'No stage timeline: the <code>timeline</code> param (a list of <code>{stage, start, end, attempts, state, cachedFrom?}</code>) was not given.',

@@ -106,6 +106,7 @@ export async function loadReportInputs(params: ReportParams, ctx: LoadContext): 
     llmJpEvalSamples,
     metrics,
     timeline: params.timeline ?? null,
+    ...(params.timeline_omitted ? { timelineOmitted: params.timeline_omitted } : {}),
     ...(params.sweeps?.length ? { sweeps: params.sweeps } : {}),
     notes,
   };

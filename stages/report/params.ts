@@ -60,6 +60,12 @@ export const ReportParamsSchema = z.strictObject({
     .array(TimelineEntrySchema)
     .optional()
     .describe('stage timeline given by the engine: [{stage, start, end, attempts, state, cachedFrom?}]; the section is omitted without it'),
+  timeline_omitted: z
+    .number()
+    .int()
+    .min(1)
+    .optional()
+    .describe("rows the engine left out of the timeline to keep the report's task within Temporal's payload limit (the longest-running stages are kept)"),
   sweeps: z
     .array(SweepEntrySchema)
     .optional()

@@ -159,6 +159,8 @@ export interface ReportInputs {
   readonly metrics: readonly MetricSeries[];
   /** Null when the `timeline` param was not given. */
   readonly timeline: readonly TimelineEntry[] | null;
+  /** Stages left out of `timeline` by the engine (a run too large for its task's payload); absent when none. */
+  readonly timelineOmitted?: number;
   /** Swept stages of the run (the `sweeps` param); absent or empty when none. */
   readonly sweeps?: readonly SweepEntry[];
   /** Remarks gathered while loading (skipped lines, fallbacks), shown on the page. */

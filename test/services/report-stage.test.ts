@@ -321,6 +321,8 @@ describe('report stage (dist/stages/report/main.js)', () => {
         { stage: 'mt-bench', start: '2025-06-02T09:01:41Z', end: '2025-06-02T09:01:41Z', attempts: 0, state: 'cancelled' },
         { stage: 'tokenize', start: '2025-06-02T09:00:00Z', end: '2025-06-02T09:00:20Z', attempts: 3, state: 'failed' },
       ],
+      // As the engine passes it for a run whose timeline passed its budget (workflows/timeline.ts).
+      timeline_omitted: 2,
     });
     assert.equal(run.status, 0, run.stderr);
     assert.doesNotMatch(run.stderr, /WARN/, 'vega-lite has nothing to warn about');
@@ -335,6 +337,7 @@ describe('report stage (dist/stages/report/main.js)', () => {
     assert.ok(row('llm-jp-eval').endsWith('<td>—</td><td>skipped</td></tr>'), `a skipped stage has no duration: ${row('llm-jp-eval')}`);
     assert.ok(row('mt-bench').endsWith('<td>0ms</td><td>cancelled</td></tr>'), row('mt-bench'));
     assert.ok(row('tokenize').endsWith('<td>failed after 3 attempts</td></tr>'), row('tokenize'));
+    assert.match(timeline, /2 more stages, the shortest-running, not shown/);
 
     const svg = readFileSync(path.join(run.out, 'timeline.svg'), 'utf8');
     assert.doesNotMatch(svg, /NaN|Infinity/, 'zero-length rows keep the chart finite');

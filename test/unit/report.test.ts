@@ -66,6 +66,13 @@ describe('buildReport', () => {
     assert.equal(r.summary.timeline, true);
   });
 
+  it('says how many stages the engine left out of the timeline', async () => {
+    const row = { stage: 'a', start: '2025-06-01T10:00:00Z', end: '2025-06-01T10:00:05Z', attempts: 1, state: 'succeeded' as const };
+    const r = await buildReport({ ...base, timeline: [row], timelineOmitted: 4999 });
+    assert.match(r.html, /4999 more stages, the shortest-running, not shown/);
+    assert.doesNotMatch((await buildReport({ ...base, timeline: [row] })).html, /more stages?, the shortest-running/);
+  });
+
   it("has a sweep section: every trial's params, rung, metric and state, and the chosen one with its reason", async () => {
     const r = await buildReport({
       ...base,
