@@ -22,7 +22,7 @@ import { checkGpuMemory, checkJudgeUrl, DIST_DIR, judgeKeyNames, secretValues, s
 import { classifyExit } from './stage-runner/exit-classification.js';
 import { takeGpus, type GpuLease } from './stage-runner/gpus.js';
 import { closeAttempt, createHeartbeat, type HeartbeatWriter } from './stage-runner/heartbeat.js';
-import { downloadInputs, restoreResume } from './stage-runner/inputs.js';
+import { downloadInputs, inputRefs, restoreResume } from './stage-runner/inputs.js';
 import { startMonitor } from './stage-runner/monitor.js';
 import { startStageProcess } from './stage-runner/process.js';
 import { checkDeclaredOutputs, publishOutputs, recordInCache } from './stage-runner/publish.js';
@@ -86,7 +86,7 @@ export function createRunStage(deps: StageRunnerDeps) {
     const [, , { inputEnv, manifests: inputManifestsRead }, resume] = await Promise.all([
       writeFile(dir.paramsFile, JSON.stringify(params, null, 2)),
       writeFile(dir.eventsFile, ''),
-      downloadInputs(storage, config.inputCache, stage.id, task.inputs, dir.inputs, beat, retryOpts, inputManifests),
+      downloadInputs(storage, config.inputCache, stage.id, inputRefs(task), dir.inputs, beat, retryOpts, inputManifests),
       resumable ? restoreResume(storage, deps.s3, runId, stage.id, dir.resume, previous?.checkpoint, log, retryOpts) : undefined,
     ]);
     const { argv, extraEnv } = stageCommand(stage, { python: config.python, projectDir: config.projectDir, pythonPath: process.env.PYTHONPATH, attempt });
@@ -132,7 +132,7 @@ export function createRunStage(deps: StageRunnerDeps) {
             storage,
             stage,
             // The manifests the download just read: no second GET per input.
-            task.inputs.map((input, i) => ({ ...input, manifest: inputManifestsRead[i] })),
+            inputRefs(task).map((input, i) => ({ ...input, manifest: inputManifestsRead[i] })),
             { projectDir: config.projectDir, distDir: DIST_DIR },
           ).catch((err: unknown) => {
             // A record lost costs a later run a hit, never this stage.

@@ -16,13 +16,20 @@ export interface StageInputRef {
   manifest?: OutputManifest;
 }
 
-/** Everything an activity needs to run one stage. */
+/**
+ * A needed stage as a task names it. Without `manifestKey`, the manifest is this run's of that stage
+ * (`runs/<run>/<stage>/manifest.json`): the workflow leaves such keys out of a task whose inputs would pass
+ * 1 MiB (a fan-in of thousands of stages; the task is one payload of at most 2 MB).
+ */
+export type TaskInputRef = Omit<StageInputRef, 'manifestKey'> & { manifestKey?: string };
+
+/** Everything an activity needs to run one stage, as the workflow sends it. */
 export interface StageTask {
   runId: string;
   pipeline: string;
   stage: StageSpec;
   queue: 'cpu' | 'gpu';
-  inputs: StageInputRef[];
+  inputs: TaskInputRef[];
   /** Grace period between SIGTERM and SIGKILL on cancellation, ms. */
   killGraceMs?: number;
   /** Record the outputs in the cross-run cache after success. @default false */

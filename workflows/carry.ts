@@ -44,6 +44,25 @@ export function unpackStage(packed: CarriedStage, base: Pick<StageStatus, 'id' |
   return s;
 }
 
+/** Most bytes (JSON) of a task's inputs before the keys of this run's manifests are left out of them. */
+export const TASK_INPUTS_BUDGET_BYTES = 1024 * 1024;
+
+/**
+ * A task's inputs within {@link TASK_INPUTS_BUDGET_BYTES}: past it, an input whose manifest is this run's of that
+ * stage (`runs/<run>/<stage>/manifest.json`, every stage that ran or hit the cache in this run) names its stage
+ * only, and the activity fills the key in (activities/stage-runner/inputs.ts `inputRefs`). Each input names a
+ * stage id and a key with the run id in it: a fan-in of 4,999 stages with the longest ids and a run id of
+ * Temporal's 1,000 bytes needs 5.9 MB, ~0.4 MB without. The input is never changed.
+ */
+export function fitInputs<T extends { stage: string; manifestKey?: string }>(inputs: readonly T[], runId: string, budget = TASK_INPUTS_BUDGET_BYTES): T[] {
+  if (jsonBytes(inputs) <= budget) return [...inputs];
+  return inputs.map((input) => {
+    if (input.manifestKey !== manifestKeyOf(runId, input.stage)) return input;
+    const { manifestKey: _key, ...rest } = input;
+    return rest as T;
+  });
+}
+
 /**
  * Most bytes (JSON, UTF-8) of one payload the workflow writes with stage results in it: the input it continues
  * as new with, its result and its `status` reply. Temporal refuses payloads over 2 MiB (`limit.blobSize.error`);

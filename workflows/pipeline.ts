@@ -41,7 +41,7 @@ import {
   validatePipelineSpec,
 } from '../schemas/validate.js';
 import { jsonBytes } from '../schemas/payload-size.js';
-import { fitResults, packStage, PAYLOAD_BUDGET_BYTES, unpackStage } from './carry.js';
+import { fitInputs, fitResults, packStage, PAYLOAD_BUDGET_BYTES, unpackStage } from './carry.js';
 import { renderDetails } from './details.js';
 import { planStages, TERMINAL_STATES, type StageState } from './planner.js';
 import { runSweep, type SweepStatus } from './sweep.js';
@@ -476,11 +476,14 @@ export async function pipelineWorkflow(input: PipelineRunInput): Promise<RunResu
           ? { ...stage, with: { ...stage.with, ...timeline(), ...sweepsParam(stage) } }
           : stage,
       queue,
-      inputs: inputIds.map((id) => {
-        const { manifestKey, manifest } = results.get(id)!;
-        // Only into a local stage's task, which no history event records: a scheduled activity's input is one.
-        return { stage: id, manifestKey, ...(local && manifest ? { manifest } : {}) };
-      }),
+      inputs: fitInputs(
+        inputIds.map((id) => {
+          const { manifestKey, manifest } = results.get(id)!;
+          // Only into a local stage's task, which no history event records: a scheduled activity's input is one.
+          return { stage: id, manifestKey, ...(local && manifest ? { manifest } : {}) };
+        }),
+        info.workflowId,
+      ),
       ...(lean && stall !== undefined ? { stallTimeoutMs: parseDuration(stall) } : {}),
     };
     s.startedAt = new Date().toISOString();

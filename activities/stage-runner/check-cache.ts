@@ -9,6 +9,7 @@ import { keys, manifestFiles } from '../storage/keys.js';
 import type { ObjectStore } from '../storage/store.js';
 import type { StageTask } from '../types.js';
 import { DIST_DIR } from './command.js';
+import { inputRefs } from './inputs.js';
 import type { StageRunnerDeps } from './types.js';
 
 /** A look-up's answer, with the key parts a miss records its outputs under later, and a hit's size. */
@@ -22,7 +23,7 @@ export type StageCacheLookup =
  */
 export async function lookupStage(storage: ObjectStore, task: StageTask, projectDir: string): Promise<StageCacheLookup> {
   try {
-    const found = await lookupCache(storage, task.pipeline, task.stage, task.inputs, { projectDir, distDir: DIST_DIR });
+    const found = await lookupCache(storage, task.pipeline, task.stage, inputRefs(task), { projectDir, distDir: DIST_DIR });
     if (!found.hit) return found;
     // Hit: the manifest stays here (it can be large).
     const { manifest, ...hit } = found;

@@ -10,14 +10,19 @@ import type { CheckpointRef } from '../checkpoints/manifest.js';
 import { restoreLatestCheckpoint } from '../checkpoints/restore.js';
 import { sha256File } from '../files.js';
 import type { ObjectStoreConfig } from '../storage/client.js';
-import { manifestFiles } from '../storage/keys.js';
+import { keys, manifestFiles } from '../storage/keys.js';
 import { retry, type RetryOptions } from '../storage/retry.js';
 import type { ObjectStore } from '../storage/store.js';
 import { stageFailure, storageFailure } from '../errors.js';
 import type { InputCache } from '../input-cache.js';
-import type { OutputManifest, StageInputRef } from '../types.js';
+import type { OutputManifest, StageInputRef, StageTask } from '../types.js';
 import { inputEnvName } from './command.js';
 import type { Beat } from './types.js';
+
+/** A task's inputs, each with its manifest's key: one the workflow left out is this run's manifest of that stage. */
+export function inputRefs(task: Pick<StageTask, 'runId' | 'inputs'>): StageInputRef[] {
+  return task.inputs.map((input) => ({ ...input, manifestKey: input.manifestKey ?? keys.manifest(task.runId, input.stage) }));
+}
 
 /**
  * Downloads every file of each needed stage's manifest into

@@ -143,6 +143,11 @@ print("hello from the stage")
     };
     const used: StageResult = await new MockActivityEnvironment().run(runStage, consumer);
     assert.equal(used.result.got, '42');
+    // As a task whose inputs passed their budget names them (workflows/carry.ts fitInputs): this run's manifest of
+    // the stage, by its id alone; with the cache on, its key is computed from the same manifest.
+    assert.equal(made.manifestKey, `runs/${producer.runId}/make-data/manifest.json`);
+    const byId: StageResult = await new MockActivityEnvironment().run(runStage, { ...consumer, cache: true, inputs: [{ stage: 'make-data' }] });
+    assert.equal(byId.result.got, '42');
   });
 
   it('a local stage returns its small manifest; a local consumer handed it reads no manifest; a silent stage leaves no log object', async () => {

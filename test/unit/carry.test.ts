@@ -5,7 +5,7 @@ import { MAX_RESULT_BYTES, MAX_RESULT_VALUE_BYTES, boundResult } from '../../act
 import { jsonBytes, jsonBytesUpTo, utf8Bytes } from '../../schemas/payload-size.js';
 import { MAX_PIPELINE_SWEEP_PARAMS_BYTES, MAX_PIPELINE_SWEEP_TRIALS, MAX_SWEEP_RUNGS } from '../../schemas/pipeline.js';
 import { MAX_SPEC_BYTES, MAX_STAGES } from '../../schemas/validate.js';
-import { fitResults, packStage, PAYLOAD_BUDGET_BYTES, unpackStage, type WithResult } from '../../workflows/carry.js';
+import { fitInputs, fitResults, packStage, PAYLOAD_BUDGET_BYTES, unpackStage, type WithResult } from '../../workflows/carry.js';
 import type { StageStatus } from '../../workflows/pipeline.js';
 import type { SweepStatus } from '../../workflows/sweep.js';
 
@@ -256,6 +256,24 @@ describe('payloads with stage results: within the 2 MB Temporal takes', () => {
     });
     assert.equal(swept.sweep!.reason, 'no trial of the sweep finished');
     assert.equal((packed[0].sweep!.trials[7] as { runs: unknown[] }).runs.length, MAX_SWEEP_RUNGS, 'the input is not changed');
+  });
+
+  it("leaves this run's manifest keys out of a task's inputs past 1 MiB: a fan-in of 4,999 stages with the longest ids and run id", () => {
+    // Temporal takes workflow ids of up to 1,000 bytes (limit.maxIDLength); a stage id has at most 63 characters.
+    const runId = 'r'.repeat(1000);
+    const id = (i: number) => `shard-${String(i).padStart(4, '0')}`.padEnd(63, '-');
+    const inputs = Array.from({ length: MAX_STAGES - 1 }, (_, i) => ({ stage: id(i), manifestKey: `runs/${runId}/${id(i)}/manifest.json` }));
+    // One reused from another run (`tanren submit --reuse`, a reset) keeps its key.
+    inputs[7] = { ...inputs[7], manifestKey: `runs/earlier/${id(7)}/manifest.json` };
+    assert.ok(jsonBytes(inputs) > 5.8e6, `${jsonBytes(inputs)} bytes`);
+    const fit = fitInputs(inputs, runId);
+    // {"stage":"<63>"} is 1 + 8 + 65 + 1 = 75 bytes, and a comma.
+    assert.equal(jsonBytes(fit), 2 + (MAX_STAGES - 1) * 76 - 1 + (jsonBytes(inputs[7]) - 75));
+    assert.deepEqual(fit[0], { stage: id(0) });
+    assert.deepEqual(fit[7], inputs[7]);
+    assert.equal(inputs[0].manifestKey.length, 1083, 'the input is not changed');
+    const few = inputs.slice(0, 10);
+    assert.deepEqual(fitInputs(few, runId), few, 'within the budget the keys stay');
   });
 
   it("bounds a stage's result: each value, then the whole, in bytes (a Japanese string counts 3 per character)", () => {
