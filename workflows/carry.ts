@@ -51,8 +51,9 @@ export const TASK_INPUTS_BUDGET_BYTES = 1024 * 1024;
  * A task's inputs within {@link TASK_INPUTS_BUDGET_BYTES}: past it, an input whose manifest is this run's of that
  * stage (`runs/<run>/<stage>/manifest.json`, every stage that ran or hit the cache in this run) names its stage
  * only, and the activity fills the key in (activities/stage-runner/inputs.ts `inputRefs`). Each input names a
- * stage id and a key with the run id in it: a fan-in of 4,999 stages with the longest ids and a run id of
- * Temporal's 1,000 bytes needs 5.9 MB, ~0.4 MB without. The input is never changed.
+ * stage id and a key with the run id in it: the largest fan-in a spec allows (4,999 needs with ids of 51
+ * characters, a 640 KiB spec) under the longest run id a stage runs with (200 characters) made a task of 2.03 MB,
+ * 97 % of the 2 MiB a payload may have; ~0.3 MB of inputs without the keys. The input is never changed.
  */
 export function fitInputs<T extends { stage: string; manifestKey?: string }>(inputs: readonly T[], runId: string, budget = TASK_INPUTS_BUDGET_BYTES): T[] {
   if (jsonBytes(inputs) <= budget) return [...inputs];

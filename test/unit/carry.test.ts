@@ -258,20 +258,28 @@ describe('payloads with stage results: within the 2 MB Temporal takes', () => {
     assert.equal((packed[0].sweep!.trials[7] as { runs: unknown[] }).runs.length, MAX_SWEEP_RUNGS, 'the input is not changed');
   });
 
-  it("leaves this run's manifest keys out of a task's inputs past 1 MiB: a fan-in of 4,999 stages with the longest ids and run id", () => {
-    // Temporal takes workflow ids of up to 1,000 bytes (limit.maxIDLength); a stage id has at most 63 characters.
-    const runId = 'r'.repeat(1000);
-    const id = (i: number) => `shard-${String(i).padStart(4, '0')}`.padEnd(63, '-');
-    const inputs = Array.from({ length: MAX_STAGES - 1 }, (_, i) => ({ stage: id(i), manifestKey: `runs/${runId}/${id(i)}/manifest.json` }));
+  it("leaves this run's manifest keys out of a task's inputs past 1 MiB: the largest fan-in a spec allows, under the longest run id", () => {
+    // A stage runs under a run id of at most 200 characters (activities/stage-runner/attempt-dir.ts). A fan-in of
+    // 4,999 stages fits a spec of 640 KiB with ids of at most 51 characters ({"id":"<51>","run":["true"]} and the
+    // fan-in's needs list).
+    const runId = 'r'.repeat(200);
+    const id = (i: number) => `shard-${String(i).padStart(4, '0')}`.padEnd(51, '-');
+    const stages = Array.from({ length: MAX_STAGES - 1 }, (_, i) => ({ id: id(i), run: ['true'] }));
+    const merge = { id: 'merge', run: ['true'], needs: stages.map((st) => st.id), with: {} };
+    assert.ok(jsonBytes({ name: 'p', stages: [...stages, merge] }) <= MAX_SPEC_BYTES);
+    const inputs = stages.map((st) => ({ stage: st.id, manifestKey: `runs/${runId}/${st.id}/manifest.json` }));
     // One reused from another run (`tanren submit --reuse`, a reset) keeps its key.
     inputs[7] = { ...inputs[7], manifestKey: `runs/earlier/${id(7)}/manifest.json` };
-    assert.ok(jsonBytes(inputs) > 5.8e6, `${jsonBytes(inputs)} bytes`);
+    // The task as the workflow sends it (activities/types.ts StageTask): 97 % of Temporal's 2 MiB with every key.
+    const task = (ins: readonly object[]) => ({ runId, pipeline: 'p', stage: merge, queue: 'cpu', inputs: ins });
+    assert.ok(jsonBytes(task(inputs)) > 0.95 * 2 * 1024 * 1024, `${jsonBytes(task(inputs))} bytes`);
     const fit = fitInputs(inputs, runId);
-    // {"stage":"<63>"} is 1 + 8 + 65 + 1 = 75 bytes, and a comma.
-    assert.equal(jsonBytes(fit), 2 + (MAX_STAGES - 1) * 76 - 1 + (jsonBytes(inputs[7]) - 75));
+    // {"stage":"<51>"} is 1 + 8 + 53 + 1 = 63 bytes, and a comma.
+    assert.equal(jsonBytes(fit), 2 + (MAX_STAGES - 1) * 64 - 1 + (jsonBytes(inputs[7]) - 63));
+    assert.ok(jsonBytes(task(fit)) < 0.4 * 2 * 1024 * 1024, `${jsonBytes(task(fit))} bytes`);
     assert.deepEqual(fit[0], { stage: id(0) });
     assert.deepEqual(fit[7], inputs[7]);
-    assert.equal(inputs[0].manifestKey.length, 1083, 'the input is not changed');
+    assert.equal(inputs[0].manifestKey.length, 271, 'the input is not changed');
     const few = inputs.slice(0, 10);
     assert.deepEqual(fitInputs(few, runId), few, 'within the budget the keys stay');
   });
