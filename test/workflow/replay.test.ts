@@ -15,7 +15,7 @@ import { gunzipSync } from 'node:zlib';
 import { describe, it } from 'node:test';
 import { DefaultLogger, Runtime, Worker } from '@temporalio/worker';
 import { workflowBundle } from '../../worker/run-worker.js';
-import { LEAN_PROGRESS_PATCH, PAYLOAD_BUDGET_PATCH } from '../../workflows/pipeline.js';
+import { LEAN_PROGRESS_PATCH, PAYLOAD_BUDGET_PATCH, SWEEP_PARAMS_PATCH, SWEEP_TRIALS_PATCH } from '../../workflows/pipeline.js';
 import { ROOT } from '../helpers/env.js';
 
 Runtime.install({ logger: new DefaultLogger('WARN') });
@@ -39,6 +39,12 @@ const LEAN_HISTORIES = [
 ].map((s) => `lean-${s}.json`);
 /** Gzipped histories of the lean path: runs whose payloads passed the budget (PAYLOAD_BUDGET_PATCH). */
 const LEAN_BUDGET_HISTORIES = ['payload-budget-first', 'payload-budget-last'].map((s) => `lean-${s}.json.gz`);
+
+/** Histories of specs refused at their start for a limit, each behind its patch (recorded without the `lean-` prefix). */
+const REFUSED_HISTORIES: Record<string, string> = {
+  'sweep-trials-refused.json': SWEEP_TRIALS_PATCH,
+  'sweep-params-refused.json': SWEEP_PARAMS_PATCH,
+};
 
 /** A recorded history file, gzipped or not. */
 function readHistory(file: string) {
@@ -77,6 +83,12 @@ describe('replay of recorded runs', () => {
       assert.ok(patchesOf(history).includes(LEAN_PROGRESS_PATCH), `${file} did not take the ${LEAN_PROGRESS_PATCH} path: recorded from older code`);
       if (LEAN_BUDGET_HISTORIES.includes(file))
         assert.ok(patchesOf(history).includes(PAYLOAD_BUDGET_PATCH), `${file} did not take the ${PAYLOAD_BUDGET_PATCH} path`);
+    }
+  });
+  it('has a history of each limit a spec is refused for at its start, with its patch', () => {
+    for (const [file, patch] of Object.entries(REFUSED_HISTORIES)) {
+      assert.ok(files.includes(file), `missing ${file}: run \`node dist/test/workflow/record-histories.js\``);
+      assert.ok(patchesOf(readHistory(file)).includes(patch), `${file} did not take the ${patch} path`);
     }
   });
   for (const file of files) {
