@@ -46,7 +46,7 @@ test: install stages ## every test, fast ones first (TANREN_TEST_GROUPS=... for 
 test-unit: build stages ## the unit tests only: no services, under half a minute
 	npm run --silent test:unit
 
-test-scale: install stages ## 5,000-stage fan-out, 2,000-stage chains (regular and local), the stage limit, 1,024 swept trials side by side (own services, like test)
+test-scale: install stages ## 5,000-stage fan-out and fan-in, 2,000-stage chains (regular and local), the stage limit, 1,024 swept trials side by side, a report past its timeline budget (own services, like test)
 	TANREN_TEST_FILES="$$(echo dist/test/scale/*.test.js)" infra/test
 
 clean: ## remove build output (keeps .tanren/ run data and the tool cache)
