@@ -26,6 +26,12 @@ export function gpuHostQueue(host: string): string {
   return `${GPU_TASK_QUEUE_PREFIX}${host}`;
 }
 
+/** Most characters of a run id (the workflow id): it names directories and object keys. */
+export const MAX_RUN_ID_CHARS = 200;
+
+/** What a run id may look like: letters, digits, ".", "_" and "-", starting with a letter or digit. */
+export const RUN_ID_PATTERN = new RegExp(`^[A-Za-z0-9][A-Za-z0-9._-]{0,${MAX_RUN_ID_CHARS - 1}}$`);
+
 /** Workflow type name a `temporal`/`tctl` user passes as `--type`. */
 export const PIPELINE_WORKFLOW_TYPE = 'pipelineWorkflow';
 

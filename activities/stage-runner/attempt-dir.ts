@@ -4,11 +4,8 @@
  */
 import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { FailureTypes } from '../../schemas/names.js';
+import { FailureTypes, MAX_RUN_ID_CHARS, RUN_ID_PATTERN } from '../../schemas/names.js';
 import { stageFailure } from '../errors.js';
-
-/** What a run id (the workflow id) may look like: it names directories and object keys. */
-const RUN_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/;
 
 /** The paths of an attempt's work directory, as the stage protocol hands them to the program. */
 export interface AttemptDir {
@@ -32,11 +29,11 @@ export interface AttemptDir {
 
 /** Throws `InvalidPipelineSpec` unless the run id is plain enough to name directories and object keys. */
 export function checkRunId(runId: string): void {
-  if (!RUN_ID.test(runId)) {
+  if (!RUN_ID_PATTERN.test(runId)) {
     // The run id names directories that are removed recursively and object keys: it must be plain.
     throw stageFailure(
       FailureTypes.InvalidPipelineSpec,
-      `run id ${JSON.stringify(runId.slice(0, 100))}: use letters, digits, ".", "_" and "-" (at most 200, starting with a letter or digit)`,
+      `run id ${JSON.stringify(runId.slice(0, 100))}: use letters, digits, ".", "_" and "-" (at most ${MAX_RUN_ID_CHARS}, starting with a letter or digit)`,
     );
   }
 }

@@ -2,7 +2,7 @@
 import { WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError, type Client } from '@temporalio/client';
 import type { Command } from 'commander';
 import { z } from 'zod';
-import { PIPELINE_WORKFLOW_TYPE, SEARCH_ATTRIBUTES } from '../../schemas/names.js';
+import { MAX_RUN_ID_CHARS, PIPELINE_WORKFLOW_TYPE, SEARCH_ATTRIBUTES } from '../../schemas/names.js';
 import type { PipelineSpec } from '../../schemas/pipeline.js';
 import { action, CliError, client, env, parseOptions } from '../common.js';
 import { ExitCodes } from '../output.js';
@@ -51,7 +51,7 @@ export function configureSubmitCommand(program: Command): void {
     .description('validate a pipeline spec and start a run')
     .argument('<spec>', 'pipeline spec file')
     .option('--set <name=value>', 'override a parameter (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
-    .option('--run-name <name>', 'name of the run (the workflow id is <pipeline>-<name>)')
+    .option('--run-name <name>', 'name of the run (the workflow id is <pipeline>-<name>, at most 200 characters in all)')
     .option('--watch', 'follow the run until it ends')
     .option('--no-cache', 'ignore cached outputs of earlier runs')
     .option('--reuse', "start again under the id of a closed run: first removes that run's manifests, checkpoints and logs (outputs stay)")
@@ -68,8 +68,16 @@ export function configureSubmitCommand(program: Command): void {
           noCache: opts.noCache,
           runName: opts.runName,
         });
-        const c = await client(e);
         const workflowId = runId(spec, opts.runName);
+        // Checked before anything is started: every stage of a run under a longer id would fail.
+        if (workflowId.length > MAX_RUN_ID_CHARS) {
+          throw new CliError(
+            `--run-name: the run id "${spec.name}-<run name>" would have ${workflowId.length} characters; a run id has at most ${MAX_RUN_ID_CHARS} ` +
+              '(it names directories and object keys): choose a shorter --run-name',
+            ExitCodes.usage,
+          );
+        }
+        const c = await client(e);
         // The run id names the run's objects: a second execution must not find the first one's manifests and checkpoints.
         const earlier = await earlierExecution(c, workflowId);
         if (earlier?.status === 'RUNNING') throw alreadyRunning(workflowId);

@@ -106,6 +106,21 @@ describe('tanren without a server', { concurrency: true }, () => {
     assert.equal(r.status, 69);
     assert.match(r.stderr, /cannot reach Temporal at 127\.0\.0\.1:1/);
   });
+
+  it('refuses a --run-name that makes the run id longer than a stage accepts, before reaching for Temporal (exit 2)', () => {
+    // "wiki40b-ja.tiny-" is 16 characters: 185 more make 201, one past MAX_RUN_ID_CHARS.
+    const submit = (name: string) =>
+      spawnSync(process.execPath, [CLI, 'submit', 'pipelines/wiki40b-ja.tiny.yaml', '--run-name', name], {
+        cwd: ROOT,
+        encoding: 'utf8',
+        env: { ...process.env, TEMPORAL_ADDRESS: '127.0.0.1:1' },
+      });
+    const r = submit('x'.repeat(185));
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /--run-name: the run id "wiki40b-ja\.tiny-<run name>" would have 201 characters; a run id has at most 200/);
+    // One shorter is a run id a stage accepts: this one goes on to Temporal, which is not there.
+    assert.equal(submit('x'.repeat(184)).status, 69);
+  });
 });
 
 describe('GPU worker lock', () => {
