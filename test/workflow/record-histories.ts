@@ -537,8 +537,20 @@ async function main() {
         write('failed', history);
       }
 
-      // 8b. A spec whose sweeps pass MAX_PIPELINE_SWEEP_TRIALS fails at its start behind SWEEP_TRIALS_PATCH. It never
-      //     reaches the lean path's patch, so it is written without the `lean-` prefix.
+      /** Records a run refused at its start behind `patch`. It never reaches the lean path's patch: no `lean-` prefix. */
+      const recordRefused = async (scenario: string, stages: object[], patch: string) => {
+        const h = await start(scenario, stages);
+        const err = await failureOf(h);
+        assert.ok(err.cause instanceof ApplicationFailure && err.cause.type === 'InvalidPipelineSpec', String(err.cause));
+        const history = await h.fetchHistory();
+        assert.ok(
+          patchIds(history).some((p) => p.includes(patch)),
+          `no ${patch} marker`,
+        );
+        write(`${scenario}-refused`, history, false, '');
+      };
+
+      // 8b. A spec whose sweeps pass MAX_PIPELINE_SWEEP_TRIALS fails at its start behind SWEEP_TRIALS_PATCH.
       if (want('sweep-trials')) {
         const swept = (id: string, trials: number) => ({
           id,
@@ -546,44 +558,29 @@ async function main() {
           with: { x: 0 },
           sweep: { scheduler: 'random', space: { x: { uniform: [0, 1] } }, metric: { name: 'score' }, budget: { trials } },
         });
-        const h = await start('sweep-trials', [
-          ...Array.from({ length: MAX_PIPELINE_SWEEP_TRIALS / MAX_SWEEP_TRIALS }, (_, i) => swept(`s${i}`, MAX_SWEEP_TRIALS)),
-          swept('last', 1),
-        ]);
-        const err = await failureOf(h);
-        assert.ok(err.cause instanceof ApplicationFailure && err.cause.type === 'InvalidPipelineSpec', String(err.cause));
-        const history = await h.fetchHistory();
-        assert.ok(
-          patchIds(history).some((p) => p.includes(SWEEP_TRIALS_PATCH)),
-          `no ${SWEEP_TRIALS_PATCH} marker`,
+        await recordRefused(
+          'sweep-trials',
+          [...Array.from({ length: MAX_PIPELINE_SWEEP_TRIALS / MAX_SWEEP_TRIALS }, (_, i) => swept(`s${i}`, MAX_SWEEP_TRIALS)), swept('last', 1)],
+          SWEEP_TRIALS_PATCH,
         );
-        write('sweep-trials-refused', history, false, '');
       }
 
       // 8c. A spec whose sweeps' trials would carry more than MAX_PIPELINE_SWEEP_PARAMS_BYTES of parameters fails at
       //     its start behind SWEEP_PARAMS_PATCH (256 trials drawing among prompts of 2,000 characters: 515 kB).
       if (want('sweep-params')) {
-        const h = await start('sweep-params', [
-          {
-            id: 'tune',
-            run: ['x'],
-            with: { prompt: '' },
-            sweep: {
-              scheduler: 'random',
-              space: { prompt: ['a'.padEnd(2000, '.'), 'b'] },
-              metric: { name: 'score' },
-              budget: { trials: MAX_SWEEP_TRIALS },
+        const space = { prompt: ['a'.padEnd(2000, '.'), 'b'] };
+        await recordRefused(
+          'sweep-params',
+          [
+            {
+              id: 'tune',
+              run: ['x'],
+              with: { prompt: '' },
+              sweep: { scheduler: 'random', space, metric: { name: 'score' }, budget: { trials: MAX_SWEEP_TRIALS } },
             },
-          },
-        ]);
-        const err = await failureOf(h);
-        assert.ok(err.cause instanceof ApplicationFailure && err.cause.type === 'InvalidPipelineSpec', String(err.cause));
-        const history = await h.fetchHistory();
-        assert.ok(
-          patchIds(history).some((p) => p.includes(SWEEP_PARAMS_PATCH)),
-          `no ${SWEEP_PARAMS_PATCH} marker`,
+          ],
+          SWEEP_PARAMS_PATCH,
         );
-        write('sweep-params-refused', history, false, '');
       }
 
       // 9. ONE_ACTIVITY_PATCH: CPU stages look the cache up inside runStage (no checkCache activity): a hit,

@@ -203,8 +203,28 @@ describe('pipelineWorkflow on the local dev server', () => {
     assert.equal(fake.attempts.length, 0);
   });
 
-  it(`fails a spec whose sweeps pass ${MAX_PIPELINE_SWEEP_TRIALS} trials in all, naming the sweep, behind ${SWEEP_TRIALS_PATCH}`, async () => {
+  /** Runs `stages`, which must fail at the start as InvalidPipelineSpec behind `patch` with no stage run; returns the failure's message. */
+  async function refusedAtStart(name: string, stages: object[], patch: string): Promise<string> {
     const fake = createFakeActivities();
+    const workflowId = unique(name);
+    const err = await withWorker(fake, (tq) =>
+      env.client.workflow.execute('pipelineWorkflow', { taskQueue: tq, workflowId, args: [input(tq, stages)] }).then(
+        () => assert.fail('expected the run to fail'),
+        (e: unknown) => e,
+      ),
+    );
+    assert.ok(err instanceof WorkflowFailedError && err.cause instanceof ApplicationFailure);
+    assert.equal(err.cause.type, 'InvalidPipelineSpec');
+    assert.equal(fake.attempts.length, 0);
+    const patches = patchIds(await env.client.workflow.getHandle(workflowId).fetchHistory());
+    assert.ok(
+      patches.some((p) => p.includes(patch)),
+      `the patch marker is recorded: ${patches.join(', ')}`,
+    );
+    return err.cause.message;
+  }
+
+  it(`fails a spec whose sweeps pass ${MAX_PIPELINE_SWEEP_TRIALS} trials in all, naming the sweep, behind ${SWEEP_TRIALS_PATCH}`, async () => {
     const swept = (id: string, trials: number) => ({
       id,
       run: ['x'],
@@ -212,55 +232,18 @@ describe('pipelineWorkflow on the local dev server', () => {
       sweep: { scheduler: 'random', space: { x: { uniform: [0, 1] } }, metric: { name: 'score' }, budget: { trials } },
     });
     const stages = [...Array.from({ length: MAX_PIPELINE_SWEEP_TRIALS / MAX_SWEEP_TRIALS }, (_, i) => swept(`s${i}`, MAX_SWEEP_TRIALS)), swept('last', 1)];
-    const workflowId = unique('too-many-trials');
-    const err = await withWorker(fake, (tq) =>
-      env.client.workflow.execute('pipelineWorkflow', { taskQueue: tq, workflowId, args: [input(tq, stages)] }).then(
-        () => assert.fail('expected the run to fail'),
-        (e: unknown) => e,
-      ),
-    );
-    assert.ok(err instanceof WorkflowFailedError && err.cause instanceof ApplicationFailure);
-    assert.equal(err.cause.type, 'InvalidPipelineSpec');
-    assert.match(err.cause.message, new RegExp(`stage "last": stages\\[4\\]\\.sweep\\.budget\\.trials: ${MAX_PIPELINE_SWEEP_TRIALS + 1} trials in all`));
-    assert.equal(fake.attempts.length, 0);
-    const history = await env.client.workflow.getHandle(workflowId).fetchHistory();
-    const patches = patchIds(history);
-    assert.ok(
-      patches.some((p) => p.includes(SWEEP_TRIALS_PATCH)),
-      `the patch marker is recorded: ${patches.join(', ')}`,
-    );
+    const message = await refusedAtStart('too-many-trials', stages, SWEEP_TRIALS_PATCH);
+    assert.match(message, new RegExp(`stage "last": stages\\[4\\]\\.sweep\\.budget\\.trials: ${MAX_PIPELINE_SWEEP_TRIALS + 1} trials in all`));
   });
 
   it(`fails a spec whose sweeps' trials would carry more than ${MAX_PIPELINE_SWEEP_PARAMS_BYTES} bytes of parameters, behind ${SWEEP_PARAMS_PATCH}`, async () => {
-    const fake = createFakeActivities();
     // 256 trials drawing among 64 prompts of 9,000 characters (a 576 kB spec): up to 2.3 MB of parameters in the
     // sweep's status, past the 2 MB its result may take.
     const prompts = Array.from({ length: 64 }, (_, i) => `${i}`.padEnd(9000, '.'));
-    const stages = [
-      {
-        id: 'tune',
-        run: ['x'],
-        with: { prompt: '' },
-        sweep: { scheduler: 'random', space: { prompt: prompts }, metric: { name: 'score' }, budget: { trials: MAX_SWEEP_TRIALS } },
-      },
-    ];
-    const workflowId = unique('long-sweep-values');
-    const err = await withWorker(fake, (tq) =>
-      env.client.workflow.execute('pipelineWorkflow', { taskQueue: tq, workflowId, args: [input(tq, stages)] }).then(
-        () => assert.fail('expected the run to fail'),
-        (e: unknown) => e,
-      ),
-    );
-    assert.ok(err instanceof WorkflowFailedError && err.cause instanceof ApplicationFailure);
-    assert.equal(err.cause.type, 'InvalidPipelineSpec');
+    const sweep = { scheduler: 'random', space: { prompt: prompts }, metric: { name: 'score' }, budget: { trials: MAX_SWEEP_TRIALS } };
+    const message = await refusedAtStart('long-sweep-values', [{ id: 'tune', run: ['x'], with: { prompt: '' }, sweep }], SWEEP_PARAMS_PATCH);
     // 256 × {"prompt":"<9,000>"} = 256 × (2 + 8 + 1 + 9,002) bytes.
-    assert.match(err.cause.message, /stage "tune": stages\[0\]\.sweep\.space: 2307328 bytes of trial parameters in all/);
-    assert.equal(fake.attempts.length, 0);
-    const patches = patchIds(await env.client.workflow.getHandle(workflowId).fetchHistory());
-    assert.ok(
-      patches.some((p) => p.includes(SWEEP_PARAMS_PATCH)),
-      `the patch marker is recorded: ${patches.join(', ')}`,
-    );
+    assert.match(message, /stage "tune": stages\[0\]\.sweep\.space: 2307328 bytes of trial parameters in all/);
   });
 
   it('sweeps: grid trials with a failure among them, then asha rung by rung with two lanes; downstream gets the best trial', async () => {
