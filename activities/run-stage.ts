@@ -17,7 +17,7 @@ import type { RetryOptions } from './storage/retry.js';
 import { stageFailure } from './errors.js';
 import { boundMetrics, boundResult, capHead, capTail, createRedactor, stageEnvironment } from './stage-env.js';
 import { HANDED_ON_MANIFEST_BYTES, type OutputManifest, type StageResult, type StageTask } from './types.js';
-import { attemptDir, checkRunId, prepareAttemptDir, removeAttemptDir } from './stage-runner/attempt-dir.js';
+import { attemptDir, checkRunId, prepareAttemptDir, removeAttemptDir, type AttemptDir } from './stage-runner/attempt-dir.js';
 import { checkGpuMemory, checkJudgeUrl, DIST_DIR, judgeKeyNames, secretValues, stageCommand, stageParams, stageProtocolEnv } from './stage-runner/command.js';
 import { classifyExit } from './stage-runner/exit-classification.js';
 import { takeGpus, type GpuLease } from './stage-runner/gpus.js';
@@ -35,6 +35,11 @@ export { DIST_DIR, inputEnvName, launcherArgv } from './stage-runner/command.js'
 export { shrinkBatch } from './stage-runner/exit-classification.js';
 export { createCheckCache } from './stage-runner/check-cache.js';
 
+/** Why an attempt that failed keeps its directory, if it does; set as the attempt goes. */
+interface AttemptEnding {
+  keepBecause?: string;
+}
+
 /** How often an attempt beats before its program runs (the SDK sends at most one per throttle interval). */
 const KEEP_ALIVE_MS = 1000;
 
@@ -43,6 +48,11 @@ export function createRunStage(deps: StageRunnerDeps) {
   const { storage, config } = deps;
   const redact = createRedactor([...(config.secrets ?? []), ...secretValues(config.workerEnv ?? process.env)]);
 
+  /**
+   * One attempt in a directory of its own, removed when the attempt ends, whichever way: the log and the checkpoints
+   * are in object storage by then, and a multi-day run's failed attempts would otherwise fill the worker's disk
+   * with their checkpoints and restored copies. Kept only where something in it exists nowhere else.
+   */
   const runAttempt = async (
     task: StageTask,
     heartbeat: HeartbeatWriter,
@@ -51,12 +61,42 @@ export function createRunStage(deps: StageRunnerDeps) {
     cacheKey?: { key: string; parts: CacheKeyParts },
     inputManifests?: readonly OutputManifest[],
   ): Promise<StageResult> => {
+    const ctx = Context.current();
+    checkRunId(task.runId);
+    const dir = attemptDir(config.workRoot, task.runId, task.stage.id, ctx.info.attempt);
+    await prepareAttemptDir(dir);
+    const ending: AttemptEnding = {};
+    const removeDir = () =>
+      removeAttemptDir(dir).catch((err: unknown) => {
+        ctx.log.warn('attempt directory not removed', { dir: dir.dir, error: String(err) });
+      });
+    try {
+      const result = await runInDir(task, heartbeat, startedAt, dir, ending, cudaVisibleDevices, cacheKey, inputManifests);
+      // Nothing reads the directory again: the result need not wait for its removal.
+      if (!config.keepWorkDirs) void removeDir();
+      return result;
+    } catch (err) {
+      if (ending.keepBecause) ctx.log.warn(`attempt directory kept: ${ending.keepBecause}`, { stage: task.stage.id, dir: dir.dir });
+      else if (!config.keepWorkDirs) await removeDir();
+      throw err;
+    }
+  };
+
+  const runInDir = async (
+    task: StageTask,
+    heartbeat: HeartbeatWriter,
+    startedAt: string,
+    dir: AttemptDir,
+    ending: AttemptEnding,
+    cudaVisibleDevices: string | undefined,
+    cacheKey?: { key: string; parts: CacheKeyParts },
+    inputManifests?: readonly OutputManifest[],
+  ): Promise<StageResult> => {
     const { hb, beat, previous } = heartbeat;
     const ctx = Context.current();
     const attempt = ctx.info.attempt;
     const { stage, runId } = task;
     const log = ctx.log;
-    checkRunId(runId);
 
     const retryOpts: RetryOptions = {
       policy: 'outage',
@@ -66,8 +106,6 @@ export function createRunStage(deps: StageRunnerDeps) {
         log.warn('object storage unavailable, retrying', { stage: stage.id, retry: n, error: String(err) });
       },
     };
-    const dir = attemptDir(config.workRoot, runId, stage.id, attempt);
-    await prepareAttemptDir(dir);
     const { params, settings, shrunk } = stageParams(stage, previous?.nextSettings);
     if (shrunk) log.info('running with the micro-batch an earlier OutOfMemory left', { stage: stage.id, ...previous!.nextSettings });
     checkJudgeUrl(stage.id, params, config.judgeBaseUrls);
@@ -158,6 +196,7 @@ export function createRunStage(deps: StageRunnerDeps) {
       // Not where a GPU is used: CUDA does not survive a fork, and a library that probes the GPU while it is imported would break every child.
       prefork: (config.prefork ?? false) && config.device !== 'cuda',
     });
+    ending.keepBecause = 'its program may still be running';
     // From here the monitor beats on every poll of the program's events.
     heartbeat.stopKeepAlive();
     const logKey = keys.log(runId, stage.id, attempt);
@@ -189,6 +228,7 @@ export function createRunStage(deps: StageRunnerDeps) {
     const outcome = await proc.exited;
     await monitor.stop();
     await proc.reap();
+    ending.keepBecause = undefined;
     await monitor.pump(true);
     await proc.closeLog();
     // The final log goes up while the attempt finishes; every way out of this attempt waits for it.
@@ -202,6 +242,7 @@ export function createRunStage(deps: StageRunnerDeps) {
         await uploader.flush();
       } catch (err) {
         checkpointError = err;
+        ending.keepBecause = 'some of its checkpoints are not in object storage';
         log.warn('some checkpoints were not uploaded', { stage: stage.id, error: String(err) });
       } finally {
         clearInterval(uploading);
@@ -252,12 +293,6 @@ export function createRunStage(deps: StageRunnerDeps) {
         retryOpts,
         afterManifest: task.cache && recordKey ? (p) => recordInCache(storage, task, p, log, recordKey) : undefined,
       });
-      // Nothing reads the directory again: the result need not wait for its removal.
-      if (!config.keepWorkDirs) {
-        void removeAttemptDir(dir).catch((err: unknown) => {
-          log.warn('attempt directory not removed', { dir: dir.dir, error: String(err) });
-        });
-      }
       const { files } = published;
       const handOn = ctx.info.isLocal ? JSON.stringify(published.manifest) : undefined;
       return {

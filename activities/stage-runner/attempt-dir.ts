@@ -1,8 +1,8 @@
 /**
  * The work directory of one stage attempt: its layout, its creation (empty,
- * whatever an earlier run of the attempt left) and its removal.
+ * whatever an earlier run of the attempt left) and its removal when the attempt ends.
  */
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, rm, rmdir } from 'node:fs/promises';
 import path from 'node:path';
 import { FailureTypes, MAX_RUN_ID_CHARS, RUN_ID_PATTERN } from '../../schemas/names.js';
 import { stageFailure } from '../errors.js';
@@ -56,16 +56,42 @@ export function attemptDir(workRoot: string, runId: string, stageId: string, att
 /** Creates the attempt's directory empty, with its inputs, output and checkpoints directories. */
 export async function prepareAttemptDir(d: AttemptDir): Promise<void> {
   // mkdir says whether it created the directory: only a directory an earlier run of this attempt left is emptied.
-  if ((await mkdir(d.dir, { recursive: true })) === undefined) {
+  if ((await mkdirAmidRemovals(d.dir)) === undefined) {
     await rm(d.dir, { recursive: true, force: true });
-    await mkdir(d.dir, { recursive: true });
+    await mkdirAmidRemovals(d.dir);
   }
   await Promise.all([d.inputs, d.output, d.checkpoints].map((sub) => mkdir(sub)));
 }
 
-/** Removes the attempt's directory and everything in it. */
+/**
+ * `mkdir -p` that tries again when a parent vanished half-way: another stage of the run, ending, may remove the
+ * run's directory (once empty) between the creation of a parent and of its child.
+ */
+async function mkdirAmidRemovals(dir: string): Promise<string | undefined> {
+  for (let tries = 1; ; tries++) {
+    try {
+      return await mkdir(dir, { recursive: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || tries >= 5) throw err;
+    }
+  }
+}
+
+/**
+ * Removes the attempt's directory and everything in it, then its stage's and run's directories if that left them
+ * empty: a worker that runs for months keeps no trace of the attempts it ended.
+ */
 export async function removeAttemptDir(d: AttemptDir): Promise<void> {
   await rm(d.dir, { recursive: true, force: true });
+  const stageDir = path.dirname(d.dir);
+  for (const dir of [stageDir, path.dirname(stageDir)]) {
+    try {
+      await rmdir(dir);
+    } catch {
+      // Not empty (another attempt or stage of the run is under way) or already gone: left to whoever ends last.
+      return;
+    }
+  }
 }
 
 /** Directory of the records of stage process groups a worker has running. */

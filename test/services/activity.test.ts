@@ -12,7 +12,7 @@ import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { createRunStage, type StageHeartbeat } from '../../activities/run-stage.js';
 import { sha256File } from '../../activities/files.js';
-import { keys } from '../../activities/storage/keys.js';
+import { checkpointKeys, keys } from '../../activities/storage/keys.js';
 import { createObjectStore, type ObjectStore } from '../../activities/storage/store.js';
 import { HANDED_ON_MANIFEST_BYTES, type OutputManifest, type StageResult, type StageTask } from '../../activities/types.js';
 import type { StageSpec } from '../../schemas/pipeline.js';
@@ -205,7 +205,8 @@ print("hello from the stage")
   for (const [what, code, type, nonRetryable] of exitCases) {
     it(`maps ${what} to ${type}`, async () => {
       const { runStage } = setup();
-      await assert.rejects(new MockActivityEnvironment().run(runStage, task({ id: 'failing', run: [PY, '-c', code] })), (err: unknown) => {
+      const t = task({ id: 'failing', run: [PY, '-c', code] });
+      await assert.rejects(new MockActivityEnvironment().run(runStage, t), (err: unknown) => {
         assert.ok(err instanceof ApplicationFailure, String(err));
         assert.equal(err.type, type);
         assert.equal(err.nonRetryable, nonRetryable);
@@ -215,8 +216,44 @@ print("hello from the stage")
         assert.match(d.attempts?.[0]?.failure ?? '', new RegExp(`^${type}: `), 'the failure is recorded with its attempt');
         return true;
       });
+      assert.ok(!existsSync(path.join(workRoot, t.runId)), "the failed attempt's directory is gone, and its run's with it");
     });
   }
+
+  it("removes a failed attempt's directory once its checkpoints are in object storage, and keeps it while they are not", async () => {
+    // Saves a checkpoint, announces it, then crashes: the next attempt resumes from object storage, never from here.
+    const script = `
+import json, os, sys
+d = os.path.join(os.environ["TANREN_CHECKPOINTS"], "step-000001")
+os.makedirs(d)
+open(os.path.join(d, "w.txt"), "w").write("weights")
+open(os.environ["TANREN_EVENTS"], "a").write(json.dumps({"event": "checkpoint", "step": 1, "path": "step-000001"}) + "\\n")
+sys.exit(1)
+`;
+    const saved = task({ id: 'saver', run: [PY, '-c', script] });
+    await assert.rejects(new MockActivityEnvironment().run(setup().runStage, saved), /exited with code 1/);
+    assert.ok(await storage.stat(checkpointKeys.manifest(saved.runId, 'saver', 'step-000001')), 'the checkpoint went up');
+    assert.ok(!existsSync(path.join(workRoot, saved.runId)), 'the attempt left nothing on the worker');
+
+    // The object store refuses the checkpoint: the directory holds its only copy, so it stays.
+    const refused = task({ id: 'saver', run: [PY, '-c', script] });
+    const refusing: ObjectStore = {
+      ...storage,
+      bucket: storage.bucket,
+      endpoint: storage.endpoint,
+      putFile: async (key, file) => {
+        if (key.includes('/checkpoints/')) throw Object.assign(new Error('Access Denied (injected)'), { code: 'AccessDenied' });
+        await storage.putFile(key, file);
+      },
+    };
+    const runStage = createRunStage({ storage: refusing, config: { workRoot, projectDir: ROOT, device: 'cpu', queue: 'cpu', pollIntervalMs: 50 } });
+    await assert.rejects(new MockActivityEnvironment().run(runStage, refused), /exited with code 1/);
+    assert.equal(
+      readFileSync(path.join(workRoot, refused.runId, 'saver', 'attempt-1', 'checkpoints', 'step-000001', 'w.txt'), 'utf8'),
+      'weights',
+      'the checkpoint that did not go up is kept',
+    );
+  });
 
   it('retries OutOfMemory with half the micro-batch and twice the accumulation until it fits', async () => {
     const { runStage } = setup();
@@ -441,13 +478,15 @@ while True:
     time.sleep(0.1)
 `;
     const env = new MockActivityEnvironment();
-    const running = env.run(runStage, task({ id: 'stubborn', run: [PY, '-c', script] }));
+    const stubborn = task({ id: 'stubborn', run: [PY, '-c', script] });
+    const running = env.run(runStage, stubborn);
     await waitFor('the grandchild to start', () => existsSync(childPidFile) && readFileSync(childPidFile, 'utf8').length > 0);
     const started = Date.now();
     env.cancel();
     await assert.rejects(running, (err: unknown) => err instanceof CancelledFailure);
     assert.ok(Date.now() - started >= 900, 'waited the grace period before SIGKILL');
     assert.equal(readFileSync(marker, 'utf8'), 'term', 'the stage saw SIGTERM');
+    assert.ok(!existsSync(path.join(workRoot, stubborn.runId)), "the cancelled attempt's directory is gone");
     const grandchild = Number(readFileSync(childPidFile, 'utf8'));
     await waitFor(
       'the grandchild to be gone',

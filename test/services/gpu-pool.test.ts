@@ -162,27 +162,38 @@ describe('GPU pools and multi-GPU hosts', () => {
   });
 
   it("a retried stage takes its input from the host's cache, not from object storage", { timeout: 60_000 }, async () => {
-    // Fails its first attempt after the input arrived; the second attempt runs on the same (pinned) host.
-    const flaky = [process.execPath, '-e', 'process.exit(process.env.TANREN_ATTEMPT === "1" ? 1 : 0)'];
+    // Notes the inode and text of its input in a file of the test's, then fails its first attempt; the second
+    // attempt runs on the same (pinned) host.
+    const notes = mkdtempSync(path.join(logDir, 'input-notes-'));
+    const flaky = [
+      process.execPath,
+      '-e',
+      `const fs = require('fs');
+const f = process.env.TANREN_INPUT_PRODUCE + '/digest.txt';
+const note = JSON.parse(fs.readFileSync(process.env.TANREN_PARAMS, 'utf8')).note;
+fs.writeFileSync(note + '-' + process.env.TANREN_ATTEMPT, JSON.stringify({ ino: fs.statSync(f).ino, text: fs.readFileSync(f, 'utf8') }));
+process.exit(process.env.TANREN_ATTEMPT === '1' ? 1 : 0);`,
+    ];
     await startPoolHosts();
     const { ran } = await runStages(
       'input-cache',
       [
         { id: 'produce', host: hosts.a, with: { seconds: 0.2 } },
-        { id: 'consume', host: hosts.a, needs: ['produce'], run: flaky, with: {} },
+        { id: 'consume', host: hosts.a, needs: ['produce'], run: flaky, with: { note: path.join(notes, 'attempt') } },
       ],
       gpuPoolQueue(pool),
     );
     assert.equal(ran.length, 2);
+    const [first, second] = [1, 2].map((a) => JSON.parse(readFileSync(path.join(notes, `attempt-${a}`), 'utf8')) as { ino: number; text: string });
     const work = workDirs.get(hosts.a)!;
-    const runDir = readdirSync(work).find((d) => d.startsWith('pool-input-cache-'))!;
-    // The failed attempt's directory stays; its input is a link to the cached object…
-    const first = path.join(work, runDir, 'consume', 'attempt-1', 'inputs', 'produce', 'digest.txt');
-    const digest = createHash('sha256').update(readFileSync(first)).digest('hex');
+    // Each attempt's input was a link to the cached object…
+    const digest = createHash('sha256').update(first.text).digest('hex');
     const cached = path.join(work, 'input-cache', 'sha256', digest.slice(0, 2), digest);
-    // …and still the same inode after attempt 2: a second download would have replaced the object.
-    assert.equal(statSync(first).ino, statSync(cached).ino, 'attempt 2 reused the cached input');
-    // The worker removes a succeeded attempt's directory after returning its result, not before.
-    await waitFor('attempt 2 succeeded and cleaned up', () => !existsSync(path.join(work, runDir, 'consume', 'attempt-2')), 10_000, 50);
+    assert.equal(first.ino, statSync(cached).ino, "attempt 1's input is the cached object");
+    // …the same inode in attempt 2: a second download would have replaced the object.
+    assert.equal(second.ino, first.ino, 'attempt 2 reused the cached input');
+    // Both attempts' directories go (the failed one's too), and the run's with them; the cache stays.
+    await waitFor('the attempts cleaned up', () => !readdirSync(work).some((d) => d.startsWith('pool-input-cache-')), 10_000, 50);
+    assert.ok(existsSync(cached), 'the cached input outlives the run');
   });
 });
