@@ -61,11 +61,30 @@ class _Child:
     partial: dict[int, bytes] = field(default_factory=dict)
 
 
+def _keep_nice_in_own_autogroup() -> None:
+    """Gives the new session's scheduler autogroup this process's nice (Linux with autogroups).
+
+    With autogroups on, the kernel shares the CPU between sessions before it shares it between
+    the processes of one, so plain nice only ranks a session's own processes: a stage in a new
+    session would run at full weight however low its worker runs (`nice -n 10`, a test run's
+    Python tests). Raising an autogroup's nice needs no privilege.
+    """
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    if own <= 0:
+        return
+    try:
+        with open("/proc/self/autogroup", "w") as f:
+            f.write(str(min(own, 19)))
+    except OSError:
+        pass  # no autogroups: plain nice, inherited, applies
+
+
 def _run_child(req: dict, out_w: int, err_w: int) -> None:
     """In the forked child: become the stage process; never returns."""
     code = 1
     try:
         os.setsid()
+        _keep_nice_in_own_autogroup()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)

@@ -17,6 +17,8 @@ print("cwd", os.getcwd())
 print("env", os.environ.get("PROBE_VALUE"), os.environ.get("LEFT_OUT"))
 print("session", os.getsid(0) == os.getpid(), os.getpgid(0) == os.getpid())
 print("name", __name__)
+_ag = "/proc/self/autogroup"
+print("nice", os.getpriority(os.PRIO_PROCESS, 0), open(_ag).read().split()[-1] if os.path.exists(_ag) else "no-autogroups")
 print("preloaded tanren_stages", any(m.startswith("tanren_stages") and m != "tanren_stages" for m in sys.modules if m != "probe_pkg.probe"))
 print("to stderr", file=sys.stderr)
 print("no newline at the end", end="")
@@ -72,6 +74,24 @@ def test_runs_the_module_as_main_with_args_cwd_env_and_its_own_session(zygote, t
     assert "preloaded tanren_stages False" in lines
     assert lines[-1] == "no newline at the end"
     assert err.strip() == "to stderr"
+
+
+def test_a_stage_keeps_the_nice_of_its_zygote_in_its_own_sessions_autogroup(zygote, tmp_path: Path):
+    _, env = zygote
+    # Three more than this process (the test run may itself run under nice), as a worker under `nice -n 3`.
+    expected = min(os.getpriority(os.PRIO_PROCESS, 0) + 3, 19)
+    niced = Zygote(env, preload=["json"], nice=3)
+    try:
+        p = niced.start("probe_pkg.probe", [], tmp_path, env)
+        out, err = p.communicate(timeout=60)
+    finally:
+        niced.close()
+    assert p.returncode == 0, err
+    line = next(x for x in out.splitlines() if x.startswith("nice "))
+    _, own, group = line.split()
+    assert int(own) == expected
+    # Without autogroups, plain nice (inherited) is all there is; with them, the new session's group carries it.
+    assert group == "no-autogroups" or int(group) == expected, line
 
 
 def test_exit_codes_are_those_of_python_m(zygote, tmp_path: Path):

@@ -19,11 +19,13 @@ ROOT = Path(__file__).resolve().parents[2]
 class Zygote:
     """One zygote process; `start` forks a stage from it."""
 
-    def __init__(self, env: dict[str, str], preload: list[str] | None = None) -> None:
+    def __init__(self, env: dict[str, str], preload: list[str] | None = None, nice: int = 0) -> None:
+        """`nice`: added to this process's nice for the zygote, as for a worker started under `nice -n`."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tanren_stages.zygote", *(preload or [])],
             cwd=ROOT,
             env=env,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ApplicationFailure } from '@temporalio/common';
-import { InvalidArgumentError, S3Error } from 'minio';
+import { InvalidArgumentError, InvalidObjectNameError, S3Error } from 'minio';
 import {
   classifyStorageError,
   isNotFound,
@@ -286,5 +286,17 @@ describe('storageFailure: what a stage attempt fails as when the store fails', (
     assert.equal(down.type, 'StorageUnavailable');
     assert.equal(down.nonRetryable, false);
     assert.match(down.message, /unavailable while uploading outputs: connect ECONNREFUSED/);
+  });
+
+  it("a full or read-only local disk is the worker host's (WorkerMisconfigured); a request the store refuses is not called an outage", () => {
+    const full = storageFailure('downloading x for stage "pretrain"', sysError('ENOSPC'));
+    assert.equal(full.type, 'WorkerMisconfigured');
+    assert.equal(full.nonRetryable, false);
+    assert.match(full.message, /this worker's disk refused a file while downloading x for stage "pretrain".*TANREN_WORK_DIR.*ENOSPC/);
+    const bad = storageFailure('uploading outputs', new InvalidObjectNameError('Invalid object name: undefined'));
+    assert.equal(bad.type, 'StorageUnavailable');
+    assert.match(bad.message, /^object storage call failed while uploading outputs: Invalid object name: undefined$/);
+    // A vanished local file is no disk problem of the host's.
+    assert.match(storageFailure('uploading outputs', sysError('ENOENT')).message, /^object storage call failed/);
   });
 });
