@@ -132,13 +132,18 @@ describe('fault injection', () => {
     const stepAtKill = (await fetchRun(client, workflowId)).status!.stages.find((s) => s.id === 'pretrain')!.step ?? 0;
     // Restarted as `infra/dev workers-up` does after a crash: nothing exported, the worker finds the stages environment itself.
     await restartGpuWorker('SIGKILL', { TANREN_PYTHON: '' });
+    // What was complete in object storage once the worker was dead. Checkpoints go up from a process at the lowest
+    // priority (so training keeps the CPU): on a busy host the newest announced ones may not be up yet, and those
+    // are redone, so the steps redone are reported, not bounded by the interval.
+    const completeAtKill = Math.max(...(await listCheckpoints(storage, workflowId, 'pretrain')).map((r) => r.step));
     const result = (await handle.result()) as RunResult;
     const pre = result.stages.find((s) => s.id === 'pretrain')!;
     assert.equal(pre.state, 'succeeded');
     assert.ok(pre.attempt >= 2, 'a second attempt ran');
     const resumed = Number(pre.result!.resumed_from_step);
     assert.ok(resumed >= published.step, `resumed from step ${resumed}, a checkpoint of step ${published.step} was complete`);
-    assert.ok(stepAtKill - resumed <= 8, `redid ${stepAtKill - resumed} steps (checkpoint interval 8)`);
+    assert.ok(resumed >= completeAtKill, `resumed from step ${resumed}, the newest complete checkpoint at the kill was of step ${completeAtKill}`);
+    console.log(`[faults] killed at step ${stepAtKill}, resumed from ${resumed}: redid ${stepAtKill - resumed} steps (checkpoint interval 8)`);
     assert.equal(await modelDigest(workflowId), await modelDigest(baselineId), "final weights equal the uninterrupted run's");
   });
 
