@@ -143,7 +143,9 @@ describe('fault injection', () => {
     const resumed = Number(pre.result!.resumed_from_step);
     assert.ok(resumed >= published.step, `resumed from step ${resumed}, a checkpoint of step ${published.step} was complete`);
     assert.ok(resumed >= completeAtKill, `resumed from step ${resumed}, the newest complete checkpoint at the kill was of step ${completeAtKill}`);
-    console.log(`[faults] killed at step ${stepAtKill}, resumed from ${resumed}: redid ${stepAtKill - resumed} steps (checkpoint interval 8)`);
+    console.log(
+      `[faults] the run's status said step ${stepAtKill} at the kill (heartbeats lag the trainer); resumed from step ${resumed} (checkpoint interval 8)`,
+    );
     assert.equal(await modelDigest(workflowId), await modelDigest(baselineId), "final weights equal the uninterrupted run's");
   });
 
