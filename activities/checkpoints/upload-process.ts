@@ -15,12 +15,13 @@
  * child reported every file.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { setAutogroupNice } from '../autogroup.js';
 import type { ObjectStoreConfig } from '../storage/client.js';
 import { createMultipartClient, defaultPartConcurrency, DEFAULT_PART_SIZE, type TransferRetryOptions } from '../storage/multipart.js';
 
@@ -115,13 +116,9 @@ function lowPriorityPrefix(): string[] {
   return wrapper;
 }
 
-/** Raises the calling process's scheduler autogroup nice to 19 (Linux with autogroups; ignored elsewhere). */
+/** Raises the calling process's scheduler autogroup nice to 19 (Linux with autogroups; ignored elsewhere: nice alone applies). */
 export function lowerAutogroupPriority(): void {
-  try {
-    writeFileSync('/proc/self/autogroup', '19');
-  } catch {
-    /* no autogroups (or a kernel without them): nice alone applies */
-  }
+  setAutogroupNice(19);
 }
 
 /** Options of {@link runUploadProcess}. */

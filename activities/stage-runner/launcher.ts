@@ -13,10 +13,10 @@
  * from the worker; `started` (pid and identity, read before the program can
  * be reaped), `line`, `exit` and `closed` (both output streams ended) back.
  */
-import { writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
+import { setAutogroupNice } from '../autogroup.js';
 import { identify, type ProcessIdentity } from '../process-identity.js';
 
 /** What the worker asks of the launcher. */
@@ -44,22 +44,6 @@ function send(message: LauncherMessage): void {
 /** This process's nice: the worker's, inherited. */
 const OWN_NICE = Math.min(os.getPriority(), 19);
 
-/**
- * Gives a started program's new session (its scheduler autogroup) the worker's nice (Linux with autogroups). With
- * autogroups on, the kernel shares the CPU between sessions before it shares it between the processes of one, so
- * plain nice only ranks a session's own processes: a stage in a session of its own would run at full weight however
- * low its worker runs (`nice -n 10 tanren worker`). Raising an autogroup's nice needs no privilege; spawn returns once
- * the program's session exists.
- */
-function keepNiceInOwnAutogroup(pid: number): void {
-  if (OWN_NICE <= 0 || process.platform !== 'linux') return;
-  try {
-    writeFileSync(`/proc/${pid}/autogroup`, String(OWN_NICE));
-  } catch {
-    // No autogroups (plain nice, inherited, applies), or the program is already gone.
-  }
-}
-
 function start(req: LauncherRequest): void {
   // Plain spawn, not execa: it costs half as much per start (2 ms less on a small host), and nothing of execa's is used here.
   let child;
@@ -76,7 +60,9 @@ function start(req: LauncherRequest): void {
     return;
   }
   const pid = child.pid;
-  if (pid !== undefined) keepNiceInOwnAutogroup(pid);
+  // The program's session has an autogroup of its own (at nice 0): it gets the worker's nice, so that a stage of a
+  // worker started under `nice -n 10` runs at 10 too. Spawn returns once that session exists.
+  if (pid !== undefined && OWN_NICE > 0) setAutogroupNice(OWN_NICE, pid);
   if (pid === undefined) {
     // Not started (no such file, no such directory): the reason comes as an error event, and there is no exit.
     send({ type: 'started', id: req.id });
