@@ -17,7 +17,7 @@ import type { RetryOptions } from './storage/retry.js';
 import { stageFailure } from './errors.js';
 import { boundMetrics, boundResult, capHead, capTail, createRedactor, stageEnvironment } from './stage-env.js';
 import { HANDED_ON_MANIFEST_BYTES, type OutputManifest, type StageResult, type StageTask } from './types.js';
-import { attemptDir, checkRunId, prepareAttemptDir, removeAttemptDir, type AttemptDir } from './stage-runner/attempt-dir.js';
+import { attemptDir, checkRunId, markAttemptDirKept, prepareAttemptDir, removeAttemptDir, type AttemptDir } from './stage-runner/attempt-dir.js';
 import { checkGpuMemory, checkJudgeUrl, DIST_DIR, judgeKeyNames, secretValues, stageCommand, stageParams, stageProtocolEnv } from './stage-runner/command.js';
 import { classifyExit } from './stage-runner/exit-classification.js';
 import { takeGpus, type GpuLease } from './stage-runner/gpus.js';
@@ -38,6 +38,8 @@ export { createCheckCache } from './stage-runner/check-cache.js';
 /** Why an attempt that failed keeps its directory, if it does; set as the attempt goes. */
 interface AttemptEnding {
   keepBecause?: string;
+  /** Kept for what exists nowhere else (not only while the worker may still use it): no later sweep removes it. */
+  keepForPeople?: boolean;
 }
 
 /** How often an attempt beats before its program runs (the SDK sends at most one per throttle interval). */
@@ -76,8 +78,12 @@ export function createRunStage(deps: StageRunnerDeps) {
       if (!config.keepWorkDirs) void removeDir();
       return result;
     } catch (err) {
-      if (ending.keepBecause) ctx.log.warn(`attempt directory kept: ${ending.keepBecause}`, { stage: task.stage.id, dir: dir.dir });
-      else if (!config.keepWorkDirs) await removeDir();
+      if (ending.keepBecause) {
+        ctx.log.warn(`attempt directory kept: ${ending.keepBecause}`, { stage: task.stage.id, dir: dir.dir });
+        // What is only there stays for people, also after this worker is gone; a program that may still run is
+        // killed by the next worker, which then removes its directory.
+        if (ending.keepForPeople) await markAttemptDirKept(dir, ending.keepBecause).catch(() => undefined);
+      } else if (!config.keepWorkDirs) await removeDir();
       throw err;
     }
   };
@@ -243,6 +249,7 @@ export function createRunStage(deps: StageRunnerDeps) {
       } catch (err) {
         checkpointError = err;
         ending.keepBecause = 'some of its checkpoints are not in object storage';
+        ending.keepForPeople = true;
         log.warn('some checkpoints were not uploaded', { stage: stage.id, error: String(err) });
       } finally {
         clearInterval(uploading);

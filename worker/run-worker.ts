@@ -13,6 +13,7 @@ import { createActivities } from '../activities/index.js';
 import { flushCacheRecords } from '../activities/cache.js';
 import { pidInUse, stillRunning, type ProcessIdentity } from '../activities/process-identity.js';
 import { runningDir } from '../activities/run-stage.js';
+import { INPUT_CACHE_DIR, sweepOrphanAttemptDirs } from '../activities/stage-runner/attempt-dir.js';
 import { createObjectStore } from '../activities/storage/store.js';
 import { gpuHostName, gpuQueueName, listSetting, objectStoreConfig, type TanrenEnv } from './config.js';
 import { connectWorker } from './connection.js';
@@ -121,6 +122,9 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
     }
   }
   await reapOrphanStages(workRoot, queue, logger);
+  const swept = await sweepOrphanAttemptDirs(workRoot);
+  for (const dir of swept.removed) logger.warn({ dir }, 'removed the attempt directory of a worker that died');
+  for (const { dir, error } of swept.failed) logger.warn({ dir, error }, 'could not remove the attempt directory of a worker that died');
   // One slot per GPU, shared by the host's queue and the pool's: never more stages than GPUs.
   const slots =
     queue === 'gpu'
@@ -128,7 +132,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       : undefined;
   const pool = queue === 'gpu' ? (opts.pool ?? env.TANREN_GPU_POOL) : undefined;
   const queues = [taskQueue, ...(pool ? [gpuPoolQueue(pool)] : [])];
-  const inputCache = env.TANREN_INPUT_CACHE_GIB > 0 ? new InputCache(path.join(workRoot, 'input-cache'), env.TANREN_INPUT_CACHE_GIB * 2 ** 30) : undefined;
+  const inputCache = env.TANREN_INPUT_CACHE_GIB > 0 ? new InputCache(path.join(workRoot, INPUT_CACHE_DIR), env.TANREN_INPUT_CACHE_GIB * 2 ** 30) : undefined;
 
   const activities = createActivities({
     storage,

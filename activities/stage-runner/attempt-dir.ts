@@ -2,10 +2,45 @@
  * The work directory of one stage attempt: its layout, its creation (empty,
  * whatever an earlier run of the attempt left) and its removal when the attempt ends.
  */
-import { mkdir, rm, rmdir } from 'node:fs/promises';
+import { readlinkSync } from 'node:fs';
+import { mkdir, readdir, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import path from 'node:path';
 import { FailureTypes, MAX_RUN_ID_CHARS, RUN_ID_PATTERN } from '../../schemas/names.js';
 import { stageFailure } from '../errors.js';
+import { identify, stillRunning, type ProcessIdentity } from '../process-identity.js';
+
+/**
+ * Who an attempt's directory belongs to (`.tanren-owner.json` in it): the worker process running the attempt, and
+ * its host (a work directory may be shared by workers of several hosts). A worker that starts removes the
+ * directories of owners that are gone ({@link sweepOrphanAttemptDirs}).
+ */
+export interface AttemptDirOwner {
+  host: string;
+  /** The worker's pid namespace (`/proc/self/ns/pid`): containers of one host share its name and boot, not its pids. */
+  pidNs?: string;
+  worker: ProcessIdentity;
+}
+
+/** Name of the owner record in an attempt's directory. */
+export const OWNER_FILE = '.tanren-owner.json';
+/** Name of the note that keeps an attempt's directory for people (why, in one line): no sweep removes it. */
+export const KEPT_FILE = '.tanren-kept';
+
+let ownSelf: AttemptDirOwner | undefined;
+/** This worker process as the owner of the attempt directories it creates. */
+export function thisWorker(): AttemptDirOwner {
+  ownSelf ??= { host: hostname(), pidNs: pidNamespace(), worker: identify(process.pid) };
+  return ownSelf;
+}
+
+function pidNamespace(): string | undefined {
+  try {
+    return readlinkSync('/proc/self/ns/pid');
+  } catch {
+    return undefined;
+  }
+}
 
 /** The paths of an attempt's work directory, as the stage protocol hands them to the program. */
 export interface AttemptDir {
@@ -53,14 +88,22 @@ export function attemptDir(workRoot: string, runId: string, stageId: string, att
   };
 }
 
-/** Creates the attempt's directory empty, with its inputs, output and checkpoints directories. */
-export async function prepareAttemptDir(d: AttemptDir): Promise<void> {
+/**
+ * Creates the attempt's directory empty, with its inputs, output and checkpoints directories and the record of its
+ * owner.
+ */
+export async function prepareAttemptDir(d: AttemptDir, owner: AttemptDirOwner = thisWorker()): Promise<void> {
   // mkdir says whether it created the directory: only a directory an earlier run of this attempt left is emptied.
   if ((await mkdirAmidRemovals(d.dir)) === undefined) {
     await rm(d.dir, { recursive: true, force: true });
     await mkdirAmidRemovals(d.dir);
   }
-  await Promise.all([d.inputs, d.output, d.checkpoints].map((sub) => mkdir(sub)));
+  await Promise.all([...[d.inputs, d.output, d.checkpoints].map((sub) => mkdir(sub)), writeFile(path.join(d.dir, OWNER_FILE), JSON.stringify(owner))]);
+}
+
+/** Notes in the attempt's directory why it is kept: a later worker's sweep leaves it to people. */
+export async function markAttemptDirKept(d: AttemptDir, why: string): Promise<void> {
+  await writeFile(path.join(d.dir, KEPT_FILE), `${why}\n`);
 }
 
 /**
@@ -93,6 +136,78 @@ export async function removeAttemptDir(d: AttemptDir): Promise<void> {
     }
   }
 }
+
+/** What {@link sweepOrphanAttemptDirs} did: the attempt directories it removed, and the empty ones above them. */
+export interface SweepResult {
+  removed: string[];
+  /** Directories that could not be removed, and why (the worker starts all the same). */
+  failed: Array<{ dir: string; error: string }>;
+  emptyDirsRemoved: number;
+}
+
+/**
+ * Removes the attempt directories whose worker is gone: a worker killed mid-attempt (SIGKILL, a crash, a power
+ * loss) had no chance to remove its attempt's directory, and its next attempt resumes from object storage, not
+ * from there. Run by a worker as it starts, after it killed the stages such workers left running. Left alone: the
+ * directories of live workers (another worker sharing the work directory), of other hosts, those with no owner
+ * record (being created, or from a version that wrote none) and those kept for people ({@link KEPT_FILE}). Stage
+ * and run directories left empty go too.
+ */
+export async function sweepOrphanAttemptDirs(workRoot: string, self: AttemptDirOwner = thisWorker()): Promise<SweepResult> {
+  const result: SweepResult = { removed: [], failed: [], emptyDirsRemoved: 0 };
+  const subdirs = async (dir: string) => {
+    try {
+      return (await readdir(dir, { withFileTypes: true })).filter((e) => e.isDirectory()).map((e) => path.join(dir, e.name));
+    } catch {
+      return [];
+    }
+  };
+  const removeIfEmpty = async (dir: string) => {
+    try {
+      await rmdir(dir);
+      result.emptyDirsRemoved++;
+    } catch {
+      // not empty, or gone
+    }
+  };
+  // The worker's own directories beside the runs': its running records (the reaper's) and its input cache.
+  const own = new Set([runningDir(workRoot), path.join(workRoot, INPUT_CACHE_DIR)]);
+  for (const runDir of await subdirs(workRoot)) {
+    if (own.has(runDir)) continue;
+    for (const stageDir of await subdirs(runDir)) {
+      for (const dir of await subdirs(stageDir)) {
+        if (!/^attempt-\d+$/.test(path.basename(dir))) continue;
+        let owner: AttemptDirOwner;
+        try {
+          owner = JSON.parse(await readFile(path.join(dir, OWNER_FILE), 'utf8')) as AttemptDirOwner;
+        } catch {
+          continue;
+        }
+        const elsewhere = owner.host !== self.host || owner.pidNs !== self.pidNs;
+        if (elsewhere || !owner.worker || owner.worker.pid === self.worker.pid || stillRunning(owner.worker)) continue;
+        try {
+          await readFile(path.join(dir, KEPT_FILE));
+          continue;
+        } catch {
+          // not kept
+        }
+        try {
+          // A killed stage's last processes may still be exiting (the reaper's SIGKILL is asynchronous).
+          await rm(dir, { recursive: true, force: true, maxRetries: 3 });
+          result.removed.push(dir);
+        } catch (err) {
+          result.failed.push({ dir, error: String(err) });
+        }
+      }
+      await removeIfEmpty(stageDir);
+    }
+    await removeIfEmpty(runDir);
+  }
+  return result;
+}
+
+/** Name of the worker's local cache of stage inputs under its work directory (activities/input-cache.ts). */
+export const INPUT_CACHE_DIR = 'input-cache';
 
 /** Directory of the records of stage process groups a worker has running. */
 export function runningDir(workRoot: string): string {

@@ -130,8 +130,12 @@ describe('fault injection', () => {
       50,
     );
     const stepAtKill = (await fetchRun(client, workflowId)).status!.stages.find((s) => s.id === 'pretrain')!.step ?? 0;
+    const killedAttemptDir = path.join(workers.workRoot, workflowId, 'pretrain', 'attempt-1');
+    assert.ok(existsSync(path.join(killedAttemptDir, 'checkpoints')), `${killedAttemptDir} holds the attempt's checkpoints`);
     // Restarted as `infra/dev workers-up` does after a crash: nothing exported, the worker finds the stages environment itself.
     await restartGpuWorker('SIGKILL', { TANREN_PYTHON: '' });
+    // The killed worker could not remove its attempt's directory (checkpoints and all): the restarted one did, as it started.
+    assert.ok(!existsSync(killedAttemptDir), `${killedAttemptDir} removed by the restarted worker`);
     // What was complete in object storage once the worker was dead. Checkpoints go up from a process at the lowest
     // priority (so training keeps the CPU): on a busy host the newest announced ones may not be up yet, and those
     // are redone, so the steps redone are reported, not bounded by the interval.
@@ -147,6 +151,8 @@ describe('fault injection', () => {
       `[faults] the run's status said step ${stepAtKill} at the kill (heartbeats lag the trainer); resumed from step ${resumed} (checkpoint interval 8)`,
     );
     assert.equal(await modelDigest(workflowId), await modelDigest(baselineId), "final weights equal the uninterrupted run's");
+    // Each attempt's directory goes as it ends, the run's with the last (the removal does not hold up the result).
+    await waitFor('no work directory of the run left', () => !existsSync(path.join(workers.workRoot, workflowId)), 30_000);
   });
 
   it('2. the worker SIGKILLed during a checkpoint upload: the partial checkpoint is never used, the run completes', { timeout: 600_000 }, async () => {

@@ -186,13 +186,13 @@ describe('attempt directory', () => {
     try {
       const d = attemptDir(root, 'run-1', 'prep', 1);
       await prepareAttemptDir(d);
-      assert.deepEqual(readdirSync(d.dir).sort(), ['checkpoints', 'inputs', 'output']);
+      assert.deepEqual(readdirSync(d.dir).sort(), ['.tanren-owner.json', 'checkpoints', 'inputs', 'output']);
       // What a crashed run of the same attempt left behind (a reset re-runs attempt 1 on the same worker).
       writeFileSync(path.join(d.output, 'stale.txt'), 'old');
       mkdirSync(path.join(d.inputs, 'make'));
       writeFileSync(d.eventsFile, '{"event":"progress"}\n');
       await prepareAttemptDir(d);
-      assert.deepEqual(readdirSync(d.dir).sort(), ['checkpoints', 'inputs', 'output']);
+      assert.deepEqual(readdirSync(d.dir).sort(), ['.tanren-owner.json', 'checkpoints', 'inputs', 'output']);
       assert.deepEqual(readdirSync(d.output), []);
       assert.deepEqual(readdirSync(d.inputs), []);
       assert.ok(!existsSync(d.eventsFile));
