@@ -42,6 +42,19 @@ interface AttemptEnding {
   keepForPeople?: boolean;
 }
 
+/** What an attempt starts from: its task, its heartbeat writer and what the activity found before it. */
+interface AttemptSetup {
+  task: StageTask;
+  heartbeat: HeartbeatWriter;
+  startedAt: string;
+  /** The devices of the GPU slots it holds (the worker's own on a worker without slots). */
+  cudaVisibleDevices: string | undefined;
+  /** A cache look-up's key, under which a success is recorded (none: computed when the task asks to be cached). */
+  cacheKey?: { key: string; parts: CacheKeyParts };
+  /** The inputs' manifests the look-up read (not read again). */
+  inputManifests?: readonly OutputManifest[];
+}
+
 /** How often an attempt beats before its program runs (the SDK sends at most one per throttle interval). */
 const KEEP_ALIVE_MS = 1000;
 
@@ -55,14 +68,8 @@ export function createRunStage(deps: StageRunnerDeps) {
    * are in object storage by then, and a multi-day run's failed attempts would otherwise fill the worker's disk
    * with their checkpoints and restored copies. Kept only where something in it exists nowhere else.
    */
-  const runAttempt = async (
-    task: StageTask,
-    heartbeat: HeartbeatWriter,
-    startedAt: string,
-    cudaVisibleDevices = config.cudaVisibleDevices,
-    cacheKey?: { key: string; parts: CacheKeyParts },
-    inputManifests?: readonly OutputManifest[],
-  ): Promise<StageResult> => {
+  const runAttempt = async (a: AttemptSetup): Promise<StageResult> => {
+    const { task } = a;
     const ctx = Context.current();
     checkRunId(task.runId);
     const dir = attemptDir(config.workRoot, task.runId, task.stage.id, ctx.info.attempt);
@@ -73,7 +80,7 @@ export function createRunStage(deps: StageRunnerDeps) {
         ctx.log.warn('attempt directory not removed', { dir: dir.dir, error: String(err) });
       });
     try {
-      const result = await runInDir(task, heartbeat, startedAt, dir, ending, cudaVisibleDevices, cacheKey, inputManifests);
+      const result = await runInDir(a, dir, ending);
       // Nothing reads the directory again: the result need not wait for its removal.
       if (!config.keepWorkDirs) void removeDir();
       return result;
@@ -88,16 +95,8 @@ export function createRunStage(deps: StageRunnerDeps) {
     }
   };
 
-  const runInDir = async (
-    task: StageTask,
-    heartbeat: HeartbeatWriter,
-    startedAt: string,
-    dir: AttemptDir,
-    ending: AttemptEnding,
-    cudaVisibleDevices: string | undefined,
-    cacheKey?: { key: string; parts: CacheKeyParts },
-    inputManifests?: readonly OutputManifest[],
-  ): Promise<StageResult> => {
+  const runInDir = async (a: AttemptSetup, dir: AttemptDir, ending: AttemptEnding): Promise<StageResult> => {
+    const { task, heartbeat, startedAt, cudaVisibleDevices, cacheKey, inputManifests } = a;
     const { hb, beat, previous } = heartbeat;
     const ctx = Context.current();
     const attempt = ctx.info.attempt;
@@ -366,14 +365,14 @@ export function createRunStage(deps: StageRunnerDeps) {
       }
       lease = await takeGpus(config.gpuSlots, task, beat);
       const cacheKey = lookup ? { key: lookup.key, parts: lookup.parts } : undefined;
-      const result = await runAttempt(
+      const result = await runAttempt({
         task,
         heartbeat,
         startedAt,
-        lease?.cudaVisibleDevices ?? config.cudaVisibleDevices,
+        cudaVisibleDevices: lease?.cudaVisibleDevices ?? config.cudaVisibleDevices,
         cacheKey,
-        lookup?.hit === false ? lookup.inputManifests : undefined,
-      );
+        inputManifests: lookup?.hit === false ? lookup.inputManifests : undefined,
+      });
       return lookup ? { ...result, cache: { hit: false, reason: await lookup.reason } } : result;
     } catch (err) {
       if (!(err instanceof ApplicationFailure)) throw err;
