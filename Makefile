@@ -40,8 +40,8 @@ status: ## show what is running
 demo: install stages ## start everything and run the reference pipeline
 	infra/demo
 
-test: install stages ## every test, fast ones first (TANREN_TEST_GROUPS=... for some of unit python workflow services e2e)
-	infra/test
+test: node_modules/.tanren-installed tools stages ## build, then every test, fast ones first (TANREN_TEST_GROUPS=... for some of unit python workflow services e2e)
+	TANREN_TEST_BUILD=1 infra/test
 
 test-unit: build stages ## the unit tests only: no services, under half a minute
 	npm run --silent test:unit
