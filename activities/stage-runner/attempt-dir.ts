@@ -172,6 +172,9 @@ export async function sweepOrphanAttemptDirs(workRoot: string, self: AttemptDirO
   };
   // The worker's own directories beside the runs': its running records (the reaper's) and its input cache.
   const own = new Set([runningDir(workRoot), path.join(workRoot, INPUT_CACHE_DIR)]);
+  // A dead worker's stage that still runs (each worker reaps only its own queue's: a GPU stage's program waits for
+  // a GPU worker) keeps its directory until a worker of its queue has killed it.
+  const stillUsed = await attemptsStillRunning(workRoot);
   for (const runDir of await subdirs(workRoot)) {
     if (own.has(runDir)) continue;
     for (const stageDir of await subdirs(runDir)) {
@@ -183,6 +186,7 @@ export async function sweepOrphanAttemptDirs(workRoot: string, self: AttemptDirO
         } catch {
           continue;
         }
+        if (stillUsed.has(path.relative(workRoot, dir))) continue;
         const elsewhere = owner.host !== self.host || owner.pidNs !== self.pidNs;
         if (elsewhere || !owner.worker || owner.worker.pid === self.worker.pid || stillRunning(owner.worker)) continue;
         try {
@@ -204,6 +208,34 @@ export async function sweepOrphanAttemptDirs(workRoot: string, self: AttemptDirO
     await removeIfEmpty(runDir);
   }
   return result;
+}
+
+/** `<run>/<stage>/attempt-<n>` of each stage program a running record lists that still runs. */
+async function attemptsStillRunning(workRoot: string): Promise<Set<string>> {
+  const out = new Set<string>();
+  const dir = runningDir(workRoot);
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return out;
+  }
+  for (const name of names) {
+    try {
+      const rec = JSON.parse(await readFile(path.join(dir, name), 'utf8')) as {
+        runId?: string;
+        stage?: string;
+        attempt?: number;
+        stageProcess?: ProcessIdentity;
+      };
+      if (rec.runId && rec.stage && rec.attempt !== undefined && rec.stageProcess && stillRunning(rec.stageProcess)) {
+        out.add(path.join(rec.runId, rec.stage, `attempt-${rec.attempt}`));
+      }
+    } catch {
+      // unreadable: the reaper's to deal with
+    }
+  }
+  return out;
 }
 
 /** Name of the worker's local cache of stage inputs under its work directory (activities/input-cache.ts). */

@@ -56,6 +56,8 @@ describe('sweep of orphaned attempt directories', () => {
     const otherHost = await make('run-c', 'pretrain', 1, { ...dead, host: `${self.host}-elsewhere` });
     const otherPidNs = await make('run-c', 'sft', 1, { ...dead, pidNs: 'pid:[1]' });
     const noOwner = await make('run-d', 'pretrain', 3, undefined);
+    // A dead worker's stage still running (a GPU stage waits for a GPU worker to reap it): its directory stays.
+    const stageStillRunning = await make('run-g', 'pretrain', 2, dead);
     const kept = await make('run-e', 'pretrain', 1, dead);
     await markAttemptDirKept(kept, 'some of its checkpoints are not in object storage');
     // Empty stage directories, as earlier versions left them, and the running records' directory.
@@ -64,13 +66,22 @@ describe('sweep of orphaned attempt directories', () => {
     await mkdir(path.join(root, INPUT_CACHE_DIR, 'sha256'), { recursive: true });
     await mkdir(runningDir(root), { recursive: true });
     await writeFile(path.join(runningDir(root), 'gpu-1.json'), '{}');
+    await writeFile(
+      path.join(runningDir(root), `gpu-${parent.pid}.json`),
+      JSON.stringify({ pgid: parent.pid, runId: 'run-g', stage: 'pretrain', attempt: 2, stageProcess: parent, worker: dead.worker }),
+    );
+    // A record of a stage that has ended does not keep the directory.
+    await writeFile(
+      path.join(runningDir(root), 'cpu-7.json'),
+      JSON.stringify({ pgid: 7, runId: 'run-a', stage: 'sft', attempt: 2, stageProcess: dead.worker, worker: dead.worker }),
+    );
 
     const swept = await sweepOrphanAttemptDirs(root, self);
 
     assert.deepEqual(swept.removed.sort(), [orphan.dir, orphanSibling.dir].sort());
     assert.ok(!existsSync(path.join(root, 'run-a')), 'the run directory of the dead worker, left empty, is gone');
     assert.ok(!existsSync(path.join(root, 'run-old')), 'empty stage and run directories of earlier versions are gone');
-    for (const d of [ofLiveWorker, ofThisWorker, otherHost, otherPidNs, noOwner, kept]) {
+    for (const d of [ofLiveWorker, ofThisWorker, otherHost, otherPidNs, noOwner, kept, stageStillRunning]) {
       assert.ok(existsSync(path.join(d.checkpoints, 'step-8', 'model.safetensors')), `${d.dir} is kept`);
     }
     assert.ok(existsSync(path.join(kept.dir, KEPT_FILE)));
@@ -78,7 +89,7 @@ describe('sweep of orphaned attempt directories', () => {
     assert.ok(existsSync(path.join(root, INPUT_CACHE_DIR, 'sha256')), "the input cache's directories stay, empty or not");
     // 3 empty dirs of run-old, and run-a's two stage directories and itself.
     assert.equal(swept.emptyDirsRemoved, 6);
-    assert.deepEqual((await readdir(root)).sort(), ['input-cache', 'run-b', 'run-c', 'run-d', 'run-e', 'running']);
+    assert.deepEqual((await readdir(root)).sort(), ['input-cache', 'run-b', 'run-c', 'run-d', 'run-e', 'run-g', 'running']);
   });
 
   it('records the owner of a directory it prepares: this worker, on this host', async () => {
