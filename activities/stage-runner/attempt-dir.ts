@@ -1,6 +1,7 @@
 /**
  * The work directory of one stage attempt: its layout, its creation (empty,
- * whatever an earlier run of the attempt left) and its removal when the attempt ends.
+ * whatever an earlier run of the attempt left, with a record of its owner), its
+ * removal when the attempt ends, and the sweep of those whose worker died.
  */
 import { readlinkSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
