@@ -3,7 +3,7 @@
  * queue) and CPU stages in parallel; a GPU worker serves its host's GPU queue
  * (and its pool's, when it joins one), one stage per GPU.
  */
-import { readdir, readFile, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,9 +11,8 @@ import { Worker, type WorkflowBundle } from '@temporalio/worker';
 import type { Logger } from 'pino';
 import { createActivities } from '../activities/index.js';
 import { flushCacheRecords } from '../activities/cache.js';
-import { pidInUse, stillRunning, type ProcessIdentity } from '../activities/process-identity.js';
-import { runningDir } from '../activities/run-stage.js';
-import { INPUT_CACHE_DIR, sweepOrphanAttemptDirs } from '../activities/stage-runner/attempt-dir.js';
+import { pidInUse, stillRunning } from '../activities/process-identity.js';
+import { INPUT_CACHE_DIR, readRunningRecords, sweepOrphanAttemptDirs } from '../activities/stage-runner/attempt-dir.js';
 import { createObjectStore } from '../activities/storage/store.js';
 import { gpuHostName, gpuQueueName, listSetting, objectStoreConfig, type TanrenEnv } from './config.js';
 import { connectWorker } from './connection.js';
@@ -58,42 +57,25 @@ export function workflowBundle(): Promise<WorkflowBundle> {
 
 /** Kills stage process groups a previous worker of this queue left running (it died without cleaning up). */
 export async function reapOrphanStages(workRoot: string, queue: 'cpu' | 'gpu', logger: Logger): Promise<number> {
-  const dir = runningDir(workRoot);
-  let names: string[];
-  try {
-    names = await readdir(dir);
-  } catch {
-    return 0;
-  }
   let reaped = 0;
-  for (const name of names.filter((n) => n.startsWith(`${queue}-`))) {
-    const file = path.join(dir, name);
-    try {
-      const rec = JSON.parse(await readFile(file, 'utf8')) as {
-        pgid: number;
-        runId: string;
-        stage: string;
-        stageProcess?: ProcessIdentity;
-        worker?: ProcessIdentity;
-      };
+  for (const { name, file, rec } of await readRunningRecords(workRoot)) {
+    if (!name.startsWith(`${queue}-`)) continue;
+    if (rec && typeof rec.pgid === 'number') {
       // Another worker sharing the work directory is alive: its stages are not orphans.
       if (rec.worker && rec.worker.pid !== process.pid && stillRunning(rec.worker)) continue;
       // The leader's pid now belongs to an unrelated process: the stage's group is gone (Linux never reuses
       // the id of a group that still has members), so there is nothing of it to kill.
-      if (rec.stageProcess && !stillRunning(rec.stageProcess) && pidInUse(rec.pgid)) {
-        await rm(file, { force: true });
-        continue;
+      if (!(rec.stageProcess && !stillRunning(rec.stageProcess) && pidInUse(rec.pgid))) {
+        try {
+          process.kill(-rec.pgid, 'SIGKILL');
+          reaped++;
+          logger.warn({ runId: rec.runId, stage: rec.stage, pgid: rec.pgid }, 'killed a stage left running by a worker that died');
+        } catch {
+          // already gone
+        }
       }
-      try {
-        process.kill(-rec.pgid, 'SIGKILL');
-        reaped++;
-        logger.warn({ runId: rec.runId, stage: rec.stage, pgid: rec.pgid }, 'killed a stage left running by a worker that died');
-      } catch {
-        // already gone
-      }
-    } catch {
-      // unreadable record
     }
+    // Reaped, gone, or unreadable: the record has served.
     await rm(file, { force: true });
   }
   return reaped;

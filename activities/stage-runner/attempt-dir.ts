@@ -214,29 +214,49 @@ export async function sweepOrphanAttemptDirs(workRoot: string, self: AttemptDirO
 /** `<run>/<stage>/attempt-<n>` of each stage program a running record lists that still runs. */
 async function attemptsStillRunning(workRoot: string): Promise<Set<string>> {
   const out = new Set<string>();
+  for (const { rec } of await readRunningRecords(workRoot)) {
+    if (rec?.runId && rec.stage && rec.attempt !== undefined && rec.stageProcess && stillRunning(rec.stageProcess)) {
+      out.add(path.join(rec.runId, rec.stage, `attempt-${rec.attempt}`));
+    }
+  }
+  return out;
+}
+
+/**
+ * The record of a stage process group a worker has running (`<workRoot>/running/<queue>-<pid>.json`): written by the
+ * stage's process step, read after a worker restart by the reaper (which kills the group) and the sweep (which
+ * leaves its directory while it runs).
+ */
+export interface RunningRecord {
+  pgid: number;
+  runId: string;
+  stage: string;
+  attempt?: number;
+  /** The program (the group's leader); absent in records of older versions. */
+  stageProcess?: ProcessIdentity;
+  /** The worker that started it; absent in records of older versions. */
+  worker?: ProcessIdentity;
+}
+
+/** The running records under a work directory, each with its file; an unreadable one has `rec` undefined. */
+export async function readRunningRecords(workRoot: string): Promise<Array<{ name: string; file: string; rec?: Partial<RunningRecord> }>> {
   const dir = runningDir(workRoot);
   let names: string[];
   try {
     names = await readdir(dir);
   } catch {
-    return out;
+    return [];
   }
-  for (const name of names) {
-    try {
-      const rec = JSON.parse(await readFile(path.join(dir, name), 'utf8')) as {
-        runId?: string;
-        stage?: string;
-        attempt?: number;
-        stageProcess?: ProcessIdentity;
-      };
-      if (rec.runId && rec.stage && rec.attempt !== undefined && rec.stageProcess && stillRunning(rec.stageProcess)) {
-        out.add(path.join(rec.runId, rec.stage, `attempt-${rec.attempt}`));
+  return Promise.all(
+    names.map(async (name) => {
+      const file = path.join(dir, name);
+      try {
+        return { name, file, rec: JSON.parse(await readFile(file, 'utf8')) as Partial<RunningRecord> };
+      } catch {
+        return { name, file };
       }
-    } catch {
-      // unreadable: the reaper's to deal with
-    }
-  }
-  return out;
+    }),
+  );
 }
 
 /** Name of the worker's local cache of stage inputs under its work directory (activities/input-cache.ts). */

@@ -11,7 +11,7 @@ import type { Logger } from '@temporalio/common';
 import { FailureTypes } from '../../schemas/names.js';
 import { stageFailure } from '../errors.js';
 import { identify } from '../process-identity.js';
-import { runningDir } from './attempt-dir.js';
+import { runningDir, type RunningRecord } from './attempt-dir.js';
 import { launch, launchPythonModule, type LaunchListener } from './launcher-client.js';
 import { settledWithin } from '../time-limit.js';
 
@@ -120,22 +120,24 @@ export async function startStageProcess(o: StartOptions): Promise<StageProcess> 
   const runningRecord = pid ? path.join(runningDir(o.workRoot), `${o.queue}-${pid}.json`) : undefined;
   // Who owns the group, and who it is: the reaper of a restarted worker kills it only if both checks say so.
   // Written while the process runs (it is only read after a worker restart); reap waits for it before removing it.
-  const recorded = runningRecord
-    ? (async () => {
-        const content = JSON.stringify({
-          pgid: pid,
-          runId: o.runId,
-          stage: o.stageId,
-          attempt: o.attempt,
-          stageProcess: started.identity,
-          worker: identify(process.pid),
-        });
-        await mkdir(path.dirname(runningRecord), { recursive: true });
-        await writeFile(runningRecord, content);
-      })().catch((err: unknown) => {
-        log.warn('stage process record not written', { stage: o.stageId, error: String(err) });
-      })
-    : undefined;
+  const recorded =
+    runningRecord && pid
+      ? (async () => {
+          const record: RunningRecord = {
+            pgid: pid,
+            runId: o.runId,
+            stage: o.stageId,
+            attempt: o.attempt,
+            stageProcess: started.identity,
+            worker: identify(process.pid),
+          };
+          const content = JSON.stringify(record);
+          await mkdir(path.dirname(runningRecord), { recursive: true });
+          await writeFile(runningRecord, content);
+        })().catch((err: unknown) => {
+          log.warn('stage process record not written', { stage: o.stageId, error: String(err) });
+        })
+      : undefined;
 
   const killGroup = (signal: NodeJS.Signals) => {
     if (!pid) return;
