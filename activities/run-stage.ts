@@ -58,6 +58,9 @@ interface AttemptSetup {
 /** How often an attempt beats before its program runs (the SDK sends at most one per throttle interval). */
 const KEEP_ALIVE_MS = 1000;
 
+/** What `.tanren-kept` says in an attempt directory kept because the worker was asked to keep them all. */
+export const KEPT_AS_ASKED = 'kept as asked (TANREN_KEEP_WORK_DIRS=1)';
+
 /** Creates the `runStage` activity bound to its dependencies. */
 export function createRunStage(deps: StageRunnerDeps) {
   const { storage, config } = deps;
@@ -79,18 +82,21 @@ export function createRunStage(deps: StageRunnerDeps) {
       removeAttemptDir(dir).catch((err: unknown) => {
         ctx.log.warn('attempt directory not removed', { dir: dir.dir, error: String(err) });
       });
+    // Kept on request (TANREN_KEEP_WORK_DIRS=1), marked so that no later worker's sweep removes it either.
+    const keepAsAsked = () => markAttemptDirKept(dir, KEPT_AS_ASKED).catch(() => undefined);
     try {
       const result = await runInDir(a, dir, ending);
       // Nothing reads the directory again: the result need not wait for its removal.
-      if (!config.keepWorkDirs) void removeDir();
+      if (config.keepWorkDirs) await keepAsAsked();
+      else void removeDir();
       return result;
     } catch (err) {
-      if (ending.keepBecause) {
-        ctx.log.warn(`attempt directory kept: ${ending.keepBecause}`, { stage: task.stage.id, dir: dir.dir });
-        // What is only there stays for people, also after this worker is gone; a program that may still run is
-        // killed by the next worker, which then removes its directory.
-        if (ending.keepForPeople) await markAttemptDirKept(dir, ending.keepBecause).catch(() => undefined);
-      } else if (!config.keepWorkDirs) await removeDir();
+      if (ending.keepBecause) ctx.log.warn(`attempt directory kept: ${ending.keepBecause}`, { stage: task.stage.id, dir: dir.dir });
+      // What is only there stays for people, also after this worker is gone; a program that may still run is
+      // killed by the next worker, which then removes its directory.
+      if (ending.keepBecause && ending.keepForPeople) await markAttemptDirKept(dir, ending.keepBecause).catch(() => undefined);
+      else if (config.keepWorkDirs) await keepAsAsked();
+      else if (!ending.keepBecause) await removeDir();
       throw err;
     }
   };

@@ -60,6 +60,10 @@ export const EnvSchema = z.object({
     ),
   TANREN_JUDGE_BASE_URLS: z.string().optional().describe('Comma-separated URL prefixes the MT-Bench judge may be called at. @default local addresses only'),
   TANREN_LOG_UPLOAD_INTERVAL_MS: z.coerce.number().int().min(100).default(5000).describe("How often a running stage's log is copied to object storage"),
+  TANREN_KEEP_WORK_DIRS: z
+    .enum(['0', '1'])
+    .default('0')
+    .describe("Keep every stage attempt's work directory for inspection (1), marked `.tanren-kept`; delete them by hand. 0: removed when the attempt ends"),
   TANREN_PREFORK: z
     .enum(['0', '1'])
     .default('1')

@@ -133,6 +133,7 @@ export async function runWorker(opts: RunWorkerOptions): Promise<void> {
       secrets: [s3.accessKey, s3.secretKey],
       logUploadIntervalMs: env.TANREN_LOG_UPLOAD_INTERVAL_MS,
       prefork: env.TANREN_PREFORK === '1',
+      keepWorkDirs: env.TANREN_KEEP_WORK_DIRS === '1',
     },
   });
 

@@ -30,7 +30,10 @@ export interface StageRunnerConfig {
   killGraceMs?: number;
   /** Start built-in Python kinds from the zygote (stages/tanren_stages/zygote.py). @default false */
   prefork?: boolean;
-  /** Keep attempt work directories after success (for debugging). @default false */
+  /**
+   * Keep every attempt's work directory, succeeded or failed, for people to look into (`TANREN_KEEP_WORK_DIRS=1`);
+   * each gets `.tanren-kept`, so no later worker's sweep removes it. @default false
+   */
   keepWorkDirs?: boolean;
   /** How long uploads and downloads retry while object storage is unreachable. @default 90000 */
   storageRetryMs?: number;

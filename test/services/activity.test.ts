@@ -4,13 +4,23 @@
  * manifest written last, cancellation through the process group.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
-import { createRunStage, type StageHeartbeat } from '../../activities/run-stage.js';
+import { createRunStage, KEPT_AS_ASKED, type StageHeartbeat } from '../../activities/run-stage.js';
+import {
+  attemptDir,
+  KEPT_FILE,
+  OWNER_FILE,
+  prepareAttemptDir,
+  sweepOrphanAttemptDirs,
+  thisWorker,
+  type AttemptDirOwner,
+} from '../../activities/stage-runner/attempt-dir.js';
+import { identify } from '../../activities/process-identity.js';
 import { sha256File } from '../../activities/files.js';
 import { checkpointKeys, keys } from '../../activities/storage/keys.js';
 import { createObjectStore, type ObjectStore } from '../../activities/storage/store.js';
@@ -253,6 +263,34 @@ sys.exit(1)
       'weights',
       'the checkpoint that did not go up is kept',
     );
+  });
+
+  it('keeps every attempt directory when asked (TANREN_KEEP_WORK_DIRS=1), marked so that no later worker sweeps it', async () => {
+    const keepRoot = mkdtempSync(path.join(os.tmpdir(), 'tanren-keep-'));
+    const runStage = createRunStage({
+      storage,
+      config: { workRoot: keepRoot, projectDir: ROOT, device: 'cpu', queue: 'cpu', pollIntervalMs: 50, keepWorkDirs: true },
+    });
+    const script = 'import os, sys; open(os.path.join(os.environ["TANREN_OUTPUT"], "o.txt"), "w").write("out"); sys.exit(int(sys.argv[1]))';
+    const ok = task({ id: 'kept', run: [PY, '-c', script, '0'] });
+    const failed = task({ id: 'kept', run: [PY, '-c', script, '1'] });
+    await new MockActivityEnvironment().run(runStage, ok);
+    await assert.rejects(new MockActivityEnvironment().run(runStage, failed), /exited with code 1/);
+    for (const t of [ok, failed]) {
+      const dir = path.join(keepRoot, t.runId, 'kept', 'attempt-1');
+      assert.equal(readFileSync(path.join(dir, 'output', 'o.txt'), 'utf8'), 'out', `${t.runId}: the output stays`);
+      assert.equal(readFileSync(path.join(dir, KEPT_FILE), 'utf8').trim(), KEPT_AS_ASKED);
+    }
+    // A worker that starts once this one is gone leaves them. Their owner records are made a dead worker's (the
+    // parent's pid with another start time), and a directory of that dead worker without the mark is the control.
+    const parent = identify(process.ppid);
+    const dead: AttemptDirOwner = { ...thisWorker(), worker: { ...parent, startTicks: (parent.startTicks ?? 0) + 1 } };
+    for (const t of [ok, failed]) writeFileSync(path.join(keepRoot, t.runId, 'kept', 'attempt-1', OWNER_FILE), JSON.stringify(dead));
+    const control = attemptDir(keepRoot, unique('act'), 'unmarked', 1);
+    await prepareAttemptDir(control, dead);
+    const swept = await sweepOrphanAttemptDirs(keepRoot);
+    assert.deepEqual(swept.removed, [control.dir], 'only the unmarked directory of the dead worker is removed');
+    for (const t of [ok, failed]) assert.ok(existsSync(path.join(keepRoot, t.runId, 'kept', 'attempt-1', 'output', 'o.txt')));
   });
 
   it('retries OutOfMemory with half the micro-batch and twice the accumulation until it fits', async () => {
