@@ -210,6 +210,8 @@ async function main() {
   const statePids = path.join(process.env.TANREN_STATE_DIR ?? path.join(ROOT, '.tanren'), 'pids', 'minio.pid');
   const minioPid = existsSync(statePids) ? Number(readFileSync(statePids, 'utf8').trim()) : undefined;
   const minioCpu = () => (minioPid ? procCpu(minioPid)?.self : undefined);
+  // MinIO's CPU priority (`TANREN_MINIO_NICE` of infra/dev): its autogroup's nice, e.g. "/autogroup-6 nice 19".
+  const minioAutogroup = minioPid && existsSync(`/proc/${minioPid}/autogroup`) ? readFileSync(`/proc/${minioPid}/autogroup`, 'utf8').trim() : undefined;
 
   const tuning = defaultUploadTuning();
   const started = new Date();
@@ -408,7 +410,18 @@ async function main() {
       date: started.toISOString(),
       host: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memGiB: os.totalmem() / GiB, loadavgAtStart, node: process.version },
       checkpoint: { files, bytes },
-      settings: { quick, rounds, windowS, trainerThreads, throughputReps, modes, trainingLayout, childTuning: tuning, minioPidFound: !!minioPid },
+      settings: {
+        quick,
+        rounds,
+        windowS,
+        trainerThreads,
+        throughputReps,
+        modes,
+        trainingLayout,
+        childTuning: tuning,
+        minioPidFound: !!minioPid,
+        minioAutogroup,
+      },
       throughputSeconds: throughput,
       throughputVsMc: { child: ratio('child'), inproc: ratio('inproc') },
       ...(separate.mc.length
@@ -452,7 +465,7 @@ async function main() {
       `load average ${result.host.loadavgAtStart.map((x) => x.toFixed(1)).join(' ')} at the start, ${os
         .loadavg()
         .map((x) => x.toFixed(1))
-        .join(' ')} at the end; results: ${path.relative(ROOT, out)}`,
+        .join(' ')} at the end; MinIO's autogroup: ${minioAutogroup ?? 'unknown'}; results: ${path.relative(ROOT, out)}`,
     );
   } finally {
     if (trainer && trainer.child.exitCode === null) trainer.child.kill('SIGKILL');
