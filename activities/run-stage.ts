@@ -17,7 +17,7 @@ import type { RetryOptions } from './storage/retry.js';
 import { stageFailure } from './errors.js';
 import { boundMetrics, boundResult, capHead, capTail, createRedactor, stageEnvironment } from './stage-env.js';
 import { HANDED_ON_MANIFEST_BYTES, type OutputManifest, type StageResult, type StageTask } from './types.js';
-import { attemptDir, checkRunId, markAttemptDirKept, prepareAttemptDir, removeAttemptDir, type AttemptDir } from './stage-runner/attempt-dir.js';
+import { attemptDir, checkRunId, KEPT_AS_ASKED, markAttemptDirKept, prepareAttemptDir, removeAttemptDir, type AttemptDir } from './stage-runner/attempt-dir.js';
 import { checkGpuMemory, checkJudgeUrl, DIST_DIR, judgeKeyNames, secretValues, stageCommand, stageParams, stageProtocolEnv } from './stage-runner/command.js';
 import { classifyExit } from './stage-runner/exit-classification.js';
 import { takeGpus, type GpuLease } from './stage-runner/gpus.js';
@@ -57,9 +57,6 @@ interface AttemptSetup {
 
 /** How often an attempt beats before its program runs (the SDK sends at most one per throttle interval). */
 const KEEP_ALIVE_MS = 1000;
-
-/** What `.tanren-kept` says in an attempt directory kept because the worker was asked to keep them all. */
-export const KEPT_AS_ASKED = 'kept as asked (TANREN_KEEP_WORK_DIRS=1)';
 
 /** Creates the `runStage` activity bound to its dependencies. */
 export function createRunStage(deps: StageRunnerDeps) {

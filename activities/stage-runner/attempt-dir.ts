@@ -27,6 +27,8 @@ export interface AttemptDirOwner {
 export const OWNER_FILE = '.tanren-owner.json';
 /** Name of the note that keeps an attempt's directory for people (why, in one line): no sweep removes it. */
 export const KEPT_FILE = '.tanren-kept';
+/** What {@link KEPT_FILE} says in a directory kept because the worker keeps them all (`TANREN_KEEP_WORK_DIRS=1`). */
+export const KEPT_AS_ASKED = 'kept as asked (TANREN_KEEP_WORK_DIRS=1)';
 
 let ownSelf: AttemptDirOwner | undefined;
 /** This worker process as the owner of the attempt directories it creates. */

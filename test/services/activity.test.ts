@@ -4,29 +4,21 @@
  * manifest written last, cancellation through the process group.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
-import { createRunStage, KEPT_AS_ASKED, type StageHeartbeat } from '../../activities/run-stage.js';
-import {
-  attemptDir,
-  KEPT_FILE,
-  OWNER_FILE,
-  prepareAttemptDir,
-  sweepOrphanAttemptDirs,
-  thisWorker,
-  type AttemptDirOwner,
-} from '../../activities/stage-runner/attempt-dir.js';
-import { identify } from '../../activities/process-identity.js';
+import { createRunStage, type StageHeartbeat } from '../../activities/run-stage.js';
+import { attemptDir, KEPT_AS_ASKED, KEPT_FILE, OWNER_FILE, prepareAttemptDir, sweepOrphanAttemptDirs } from '../../activities/stage-runner/attempt-dir.js';
 import { sha256File } from '../../activities/files.js';
 import { checkpointKeys, keys } from '../../activities/storage/keys.js';
 import { createObjectStore, type ObjectStore } from '../../activities/storage/store.js';
 import { HANDED_ON_MANIFEST_BYTES, type OutputManifest, type StageResult, type StageTask } from '../../activities/types.js';
 import type { StageSpec } from '../../schemas/pipeline.js';
 import { s3Credentials } from '../../worker/config.js';
+import { deadWorkerOwner } from '../helpers/attempt-dirs.js';
 import { ROOT, servicesEnv, unique, waitFor } from '../helpers/env.js';
 
 const PY = 'python3';
@@ -281,16 +273,16 @@ sys.exit(1)
       assert.equal(readFileSync(path.join(dir, 'output', 'o.txt'), 'utf8'), 'out', `${t.runId}: the output stays`);
       assert.equal(readFileSync(path.join(dir, KEPT_FILE), 'utf8').trim(), KEPT_AS_ASKED);
     }
-    // A worker that starts once this one is gone leaves them. Their owner records are made a dead worker's (the
-    // parent's pid with another start time), and a directory of that dead worker without the mark is the control.
-    const parent = identify(process.ppid);
-    const dead: AttemptDirOwner = { ...thisWorker(), worker: { ...parent, startTicks: (parent.startTicks ?? 0) + 1 } };
+    // A worker that starts once this one is gone leaves them. Their owner records are made a dead worker's, and a
+    // directory of that dead worker without the mark is the control.
+    const dead = deadWorkerOwner();
     for (const t of [ok, failed]) writeFileSync(path.join(keepRoot, t.runId, 'kept', 'attempt-1', OWNER_FILE), JSON.stringify(dead));
     const control = attemptDir(keepRoot, unique('act'), 'unmarked', 1);
     await prepareAttemptDir(control, dead);
     const swept = await sweepOrphanAttemptDirs(keepRoot);
     assert.deepEqual(swept.removed, [control.dir], 'only the unmarked directory of the dead worker is removed');
     for (const t of [ok, failed]) assert.ok(existsSync(path.join(keepRoot, t.runId, 'kept', 'attempt-1', 'output', 'o.txt')));
+    rmSync(keepRoot, { recursive: true, force: true });
   });
 
   it('retries OutOfMemory with half the micro-batch and twice the accumulation until it fits', async () => {

@@ -22,6 +22,7 @@ import {
   type AttemptDirOwner,
 } from '../../activities/stage-runner/attempt-dir.js';
 import { identify } from '../../activities/process-identity.js';
+import { deadWorkerOwner } from '../helpers/attempt-dirs.js';
 
 describe('sweep of orphaned attempt directories', () => {
   const roots: string[] = [];
@@ -34,9 +35,7 @@ describe('sweep of orphaned attempt directories', () => {
     roots.push(root);
     const self = thisWorker();
     const parent = identify(process.ppid);
-    assert.ok(parent.startTicks !== undefined, 'the test reads process start times from /proc');
-    // A worker that died: the parent's pid with another start time is how a dead worker whose pid was reused looks.
-    const dead: AttemptDirOwner = { ...self, worker: { ...parent, startTicks: parent.startTicks + 1 } };
+    const dead = deadWorkerOwner();
     const live: AttemptDirOwner = { ...self, worker: parent };
 
     const make = async (run: string, stage: string, attempt: number, owner: AttemptDirOwner | undefined) => {
